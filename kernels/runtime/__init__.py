@@ -1,0 +1,1 @@
+"""Shared kernel machinery, written once: NVRTC compile/cache/launch, Numba interop, argument checks."""
