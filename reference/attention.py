@@ -1,2 +1,132 @@
-"""(being written)"""
-__all__: list[str] = []
+"""Softmax attention: packed variable-length prefill (ViT and LM) and one-token decode against a KV cache.
+
+Layouts (see docs/op_catalogue.md):
+  * packed: tokens of all segments concatenated on axis 0, `cu_seqlens` int32/int64 [n+1] marks the boundaries
+    (starts at 0, non-decreasing, ends at T; zero-length segments are allowed).
+  * GQA: with r = Hq / Hkv, kv head j serves query heads j*r .. j*r+r-1 (query head h reads kv head h // r).
+
+Precision: scores, softmax and the weighted sum are computed in fp32 (fp64 when the inputs are fp64); the output
+has the dtype of q. The log-sum-exp is returned in that compute dtype (fp32, or fp64 for fp64 inputs).
+Strided (non-contiguous) inputs are accepted: the reference is the math, layout rules belong to the kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_cu_seqlens, check_divides, check_float, check_same_device, check_tensor
+
+__all__ = ["attention_mask", "attention", "decode_attention"]
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """fp32 math, unless the caller already works in fp64."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _total_tokens(cu_seqlens) -> int:
+    """Last entry of cu_seqlens (0 if it is not a usable tensor, so that check_cu_seqlens reports the problem)."""
+    if isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.dim() == 1 and cu_seqlens.numel() > 0:
+        return int(cu_seqlens[-1])
+    return 0
+
+
+def attention_mask(cu_seqlens: torch.Tensor, causal: bool) -> torch.Tensor:
+    """The explicit mask that `attention` applies.
+
+    cu_seqlens: int [n+1], segment boundaries of T = cu_seqlens[-1] packed tokens.
+    causal:     also forbid attending to later tokens of the same segment.
+    Returns mask[T, T] bool on cu_seqlens' device: mask[i, j] is True when query token i may attend to key token j,
+    i.e. i and j lie in the same segment (block-diagonal), and j <= i when causal.
+    """
+    check_cu_seqlens(cu_seqlens, _total_tokens(cu_seqlens))
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    cu = cu_seqlens.to(torch.int64)
+    total = int(cu[-1])
+    pos = torch.arange(total, device=cu.device)
+    # segment id of each token: number of boundaries cu[1:] at or below its position
+    seg = torch.searchsorted(cu[1:], pos, right=True)  # [T]
+    mask = seg[:, None] == seg[None, :]  # [T, T] block-diagonal
+    if causal:
+        mask &= pos[None, :] <= pos[:, None]
+    return mask
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, causal: bool,
+              scale: float | None = None, return_lse: bool = False):
+    """Packed variable-length softmax attention, each segment attending only within itself.
+
+    q: [T, Hq, d]; k, v: [T, Hkv, d] (Hkv divides Hq; GQA as in the module docstring).
+    cu_seqlens: int [n+1], ends at T.  causal: bool.  scale: default d ** -0.5.
+    out[i, h] = sum_j softmax_j(scale * q[i,h] . k[j,h//r], over j with mask[i,j]) * v[j, h//r]
+    Returns out [T, Hq, d] in q.dtype, or (out, lse) with lse [T, Hq] = log sum_{j allowed} exp(scale * q[i,h].k[j]).
+    """
+    check_float("q", q, ndim=3)
+    check_float("k", k, ndim=3)
+    check_float("v", v, ndim=3)
+    check_same_device(q=q, k=k, v=v, cu_seqlens=cu_seqlens)
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v must share a dtype, got q={q.dtype}, k={k.dtype}, v={v.dtype}")
+    T, Hq, d = q.shape
+    check_tensor("k", k, shape=(T, None, d))
+    Hkv = k.shape[1]
+    check_tensor("v", v, shape=(T, Hkv, d))
+    check_divides("Hkv (k heads)", Hkv, "Hq (q heads)", Hq)
+    check_cu_seqlens(cu_seqlens, T)
+    mask = attention_mask(cu_seqlens, causal)  # [T, T]
+    scale = d ** -0.5 if scale is None else float(scale)
+
+    acc = _compute_dtype(q)
+    r = Hq // Hkv
+    qf = q.to(acc)
+    kf = k.to(acc).repeat_interleave(r, dim=1)  # [T, Hq, d]: q head h sees kv head h // r
+    vf = v.to(acc).repeat_interleave(r, dim=1)
+    scores = torch.einsum("ihd,jhd->hij", qf, kf) * scale  # [Hq, T, T]
+    scores = scores.masked_fill(~mask, float("-inf"))
+    # every query row allows at least itself (it lies in its own segment), so no row is all -inf
+    lse = torch.logsumexp(scores, dim=-1)  # [Hq, T]
+    probs = torch.exp(scores - lse[..., None])  # softmax; exp(-inf) = 0 on masked entries
+    out = torch.einsum("hij,jhd->ihd", probs, vf)  # [T, Hq, d]
+    out = out.to(q.dtype)
+    if return_lse:
+        return out, lse.transpose(0, 1).contiguous()  # [T, Hq]
+    return out
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
+                     scale: float | None = None) -> torch.Tensor:
+    """One new token per sequence attending to its KV cache (the new token's k/v already written to the cache).
+
+    q: [B, Hq, d]; k_cache, v_cache: [B, Smax, Hkv, d]; lengths: int32/int64 [B], 1 <= lengths[b] <= Smax.
+    Sequence b attends to cache rows 0 .. lengths[b]-1 only; rows past that are never read (may hold garbage).
+    scale: default d ** -0.5.  Returns [B, Hq, d] in q.dtype.
+    """
+    check_float("q", q, ndim=3)
+    check_float("k_cache", k_cache, ndim=4)
+    check_float("v_cache", v_cache, ndim=4)
+    check_tensor("lengths", lengths, ndim=1, dtypes=(torch.int32, torch.int64))
+    check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, lengths=lengths)
+    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError(f"q, k_cache, v_cache must share a dtype, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
+    B, Hq, d = q.shape
+    check_tensor("k_cache", k_cache, shape=(B, None, None, d))
+    Smax, Hkv = k_cache.shape[1], k_cache.shape[2]
+    check_tensor("v_cache", v_cache, shape=(B, Smax, Hkv, d))
+    check_tensor("lengths", lengths, shape=(B,))
+    check_divides("Hkv (cache heads)", Hkv, "Hq (q heads)", Hq)
+    lens = lengths.detach().to("cpu", torch.int64)
+    if B > 0 and (int(lens.min()) < 1 or int(lens.max()) > Smax):
+        raise ValueError(f"lengths must lie in [1, Smax={Smax}], got {lens.tolist()}")
+    scale = d ** -0.5 if scale is None else float(scale)
+
+    acc = _compute_dtype(q)
+    r = Hq // Hkv
+    out = torch.empty(B, Hq, d, dtype=acc, device=q.device)
+    for b in range(B):
+        L = int(lens[b])
+        kb = k_cache[b, :L].to(acc).repeat_interleave(r, dim=1)  # [L, Hq, d]
+        vb = v_cache[b, :L].to(acc).repeat_interleave(r, dim=1)
+        scores = torch.einsum("hd,jhd->hj", q[b].to(acc), kb) * scale  # [Hq, L]
+        out[b] = torch.einsum("hj,jhd->hd", torch.softmax(scores, dim=-1), vb)
+    return out.to(q.dtype)

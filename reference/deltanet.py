@@ -1,2 +1,200 @@
-"""(being written)"""
-__all__: list[str] = []
+"""Gated DeltaNet pieces (architecture doc 3.6): the short causal conv and the gated delta rule.
+
+Packed layout: tokens of n sequences concatenated on axis 0, `cu_seqlens` int32/int64 [n+1] marks the boundaries
+(zero-length sequences allowed). Per-sequence state is carried in [n, ...] tensors, so a prefill can be resumed
+by a later call (e.g. decode: T = n, one token per sequence).
+
+Precision: fp32 math (fp64 when the main input is fp64); outputs in the input dtype, recurrent states in the compute
+dtype (fp32, or fp64 for fp64 inputs). Strided inputs are accepted: layout rules belong to the kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_cu_seqlens, check_divides, check_float, check_same_device, check_tensor
+from .norms import l2norm
+
+__all__ = ["causal_conv1d", "gated_delta_rule", "chunked_gated_delta_rule"]
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _segments(cu_seqlens: torch.Tensor) -> list[tuple[int, int]]:
+    cu = cu_seqlens.detach().to("cpu", torch.int64).tolist()
+    return list(zip(cu[:-1], cu[1:]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# causal depthwise conv1d (+ SiLU)
+# ---------------------------------------------------------------------------------------------------------------
+
+def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor,
+                  state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depthwise causal conv over each sequence, then SiLU.
+
+    x: [T, C] packed tokens of n sequences; weight: [C, K] (the HF conv1d.weight [C, 1, K] squeezed);
+    cu_seqlens: int [n+1]; state: [n, C, K-1] or None (zeros), same dtype as x: the K-1 inputs that precede each
+    sequence, oldest first (state[s, :, -1] is the input right before the sequence's first token).
+
+    For a token at position t of sequence s, with xs = concat(state[s].T, x[sequence s]) ([K-1+L, C]):
+        y[t, c] = silu( sum_{j=0..K-1} weight[c, j] * xs[t + j, c] )        (weight[:, K-1] hits the current token)
+    new_state[s] = the last K-1 rows of xs, transposed ([C, K-1]); for a sequence shorter than K-1 it still
+    contains the tail of the old state.
+    Returns (y [T, C] in x.dtype, new_state [n, C, K-1] in x.dtype).
+    """
+    check_float("x", x, ndim=2)
+    check_float("weight", weight, ndim=2)
+    T, C = x.shape
+    check_tensor("weight", weight, shape=(C, None))
+    K = weight.shape[1]
+    if K < 1:
+        raise ValueError(f"weight must have at least one tap, got shape {tuple(weight.shape)}")
+    check_cu_seqlens(cu_seqlens, T)
+    n = cu_seqlens.numel() - 1
+    if state is not None:
+        check_float("state", state, shape=(n, C, K - 1))
+        if state.dtype != x.dtype:
+            raise ValueError(f"state must have the dtype of x ({x.dtype}), got {state.dtype}")
+    check_same_device(x=x, weight=weight, cu_seqlens=cu_seqlens, state=state)
+
+    acc = _compute_dtype(x)
+    w = weight.to(acc)
+    y = torch.empty(T, C, dtype=acc, device=x.device)
+    new_state = torch.empty(n, C, K - 1, dtype=x.dtype, device=x.device)
+    for s, (a, b) in enumerate(_segments(cu_seqlens)):
+        prev = torch.zeros(K - 1, C, dtype=acc, device=x.device) if state is None else state[s].to(acc).T
+        xs = torch.cat([prev, x[a:b].to(acc)], dim=0)  # [K-1+L, C]
+        L = b - a
+        y[a:b] = sum(w[:, j] * xs[j:j + L] for j in range(K))  # tap j sees the input K-1-j steps back
+        new_state[s] = xs[xs.shape[0] - (K - 1):].T.to(x.dtype)
+    return F.silu(y).to(x.dtype), new_state
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# gated delta rule
+# ---------------------------------------------------------------------------------------------------------------
+
+def _check_gdr(q, k, v, g, beta, cu_seqlens, initial_state):
+    """Shared validation for both forms; returns (n, Hk, Hv, dk, dv)."""
+    check_float("q", q, ndim=3)
+    check_float("k", k, ndim=3)
+    check_float("v", v, ndim=3)
+    check_float("g", g, ndim=2)
+    check_float("beta", beta, ndim=2)
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v must share a dtype, got q={q.dtype}, k={k.dtype}, v={v.dtype}")
+    T, Hk, dk = q.shape
+    check_tensor("k", k, shape=(T, Hk, dk))
+    check_tensor("v", v, shape=(T, None, None))
+    Hv, dv = v.shape[1], v.shape[2]
+    check_divides("Hk (key heads)", Hk, "Hv (value heads)", Hv)
+    check_tensor("g", g, shape=(T, Hv))
+    check_tensor("beta", beta, shape=(T, Hv))
+    check_cu_seqlens(cu_seqlens, T)
+    n = cu_seqlens.numel() - 1
+    if initial_state is not None:
+        check_float("initial_state", initial_state, shape=(n, Hv, dk, dv))
+    check_same_device(q=q, k=k, v=v, g=g, beta=beta, cu_seqlens=cu_seqlens, initial_state=initial_state)
+    return n, Hk, Hv, dk, dv
+
+
+def _prepare_gdr(q, k, v, g, beta, scale, use_qk_l2norm):
+    """Cast to the compute dtype, l2-normalise q/k if asked, scale q, and expand key heads to value heads (GVA)."""
+    acc = _compute_dtype(q)
+    Hk, dk, Hv = q.shape[1], q.shape[2], v.shape[1]
+    qf, kf = q.to(acc), k.to(acc)
+    if use_qk_l2norm:  # on the already upcast tensors, so no rounding back to the input dtype
+        qf, kf = l2norm(qf, eps=1e-6), l2norm(kf, eps=1e-6)
+    qf = qf * (dk ** -0.5 if scale is None else float(scale))
+    # GVA: value head h reads key head h // (Hv / Hk), i.e. consecutive value heads share a key head
+    qf = qf.repeat_interleave(Hv // Hk, dim=1)  # [T, Hv, dk]
+    kf = kf.repeat_interleave(Hv // Hk, dim=1)
+    return qf, kf, v.to(acc), g.to(acc), beta.to(acc), acc
+
+
+def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                     cu_seqlens: torch.Tensor, initial_state: torch.Tensor | None = None,
+                     scale: float | None = None, use_qk_l2norm: bool = False):
+    """The gated delta rule as a token-by-token recurrence (the spec; architecture doc 3.6).
+
+    q, k: [T, Hk, dk]; v: [T, Hv, dv] (Hk divides Hv; value head h uses key head h // (Hv/Hk));
+    g: [T, Hv] log-decay (<= 0 in the model); beta: [T, Hv] write strength (in (0, 1) in the model);
+    cu_seqlens: int [n+1]; initial_state: [n, Hv, dk, dv] or None (zeros).
+    q and k are used as given: Qwen3.5 l2-normalises them first (reference.l2norm), which the caller either does
+    itself or requests with use_qk_l2norm=True (HF's use_qk_l2norm_in_kernel; eps 1e-6, in fp32).
+    q is then multiplied by `scale` (default dk ** -0.5).
+
+    Per sequence and value head, with state S [dk, dv] starting at initial_state:
+        S   = exp(g_t) * S                       decay
+        u   = S^T k_t                            what the state currently predicts for k_t   [dv]
+        S   = S + k_t (x) beta_t (v_t - u)       delta-rule write                             [dk, dv]
+        o_t = S^T q_t                                                                         [dv]
+    Returns (o [T, Hv, dv] in v.dtype, final_state [n, Hv, dk, dv] in the compute dtype).
+    """
+    n, Hk, Hv, dk, dv = _check_gdr(q, k, v, g, beta, cu_seqlens, initial_state)
+    qf, kf, vf, gf, bf, acc = _prepare_gdr(q, k, v, g, beta, scale, use_qk_l2norm)
+    o = torch.empty(v.shape, dtype=acc, device=v.device)
+    final = torch.empty(n, Hv, dk, dv, dtype=acc, device=v.device)
+    for s, (a, b) in enumerate(_segments(cu_seqlens)):
+        S = (torch.zeros(Hv, dk, dv, dtype=acc, device=v.device) if initial_state is None
+             else initial_state[s].to(acc))
+        for t in range(a, b):
+            S = torch.exp(gf[t])[:, None, None] * S
+            u = torch.einsum("hkv,hk->hv", S, kf[t])
+            S = S + kf[t][:, :, None] * (bf[t][:, None] * (vf[t] - u))[:, None, :]
+            o[t] = torch.einsum("hkv,hk->hv", S, qf[t])
+        final[s] = S
+    return o.to(v.dtype), final
+
+
+def chunked_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
+                             beta: torch.Tensor, cu_seqlens: torch.Tensor,
+                             initial_state: torch.Tensor | None = None, scale: float | None = None,
+                             use_qk_l2norm: bool = False, chunk_size: int = 64):
+    """The same op as `gated_delta_rule`, computed chunk by chunk (the form the prefill kernels use).
+
+    Same arguments, meaning and return value; chunk_size >= 1. Sequences are cut into chunks of chunk_size
+    tokens (the last one shorter, no padding). Inside a chunk (positions i = 1..L, entry state S0, per value head):
+      G_i = g_1 + ... + g_i                 cumulative log-decay, so the decay from j to i is exp(G_i - G_j)
+      w_j = the value row token j writes,   w_j = beta_j (v_j - u_j)   ([dv])
+    Unrolling the recurrence, the (decayed) state that token j reads is exp(G_j) S0 + sum_{m<j} exp(G_j - G_m) k_m w_m^T,
+    so the writes satisfy a unit lower-triangular system (the "UT transform"):
+      w_j + beta_j sum_{m<j} exp(G_j - G_m) (k_j . k_m) w_m = beta_j v_j - beta_j exp(G_j) S0^T k_j
+      i.e. (I + A) W = diag(beta) V - diag(beta exp(G)) K S0,   A[j,m] = beta_j exp(G_j - G_m) k_j.k_m  (m < j)
+    Then, with D[i,j] = exp(G_i - G_j) for j <= i (else 0):
+      O      = diag(exp(G)) Q S0 + (D * Q K^T) W                              outputs of the chunk  [L, dv]
+      S_next = exp(G_L) S0 + K^T diag(exp(G_L - G)) W                         state after the chunk [dk, dv]
+    """
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    n, Hk, Hv, dk, dv = _check_gdr(q, k, v, g, beta, cu_seqlens, initial_state)
+    qf, kf, vf, gf, bf, acc = _prepare_gdr(q, k, v, g, beta, scale, use_qk_l2norm)
+    # head-major views [Hv, T, ...] so that every chunk is a batch of per-head matrices
+    qh, kh, vh = qf.transpose(0, 1), kf.transpose(0, 1), vf.transpose(0, 1)
+    gh, bh = gf.transpose(0, 1), bf.transpose(0, 1)
+    o = torch.empty(Hv, v.shape[0], dv, dtype=acc, device=v.device)
+    final = torch.empty(n, Hv, dk, dv, dtype=acc, device=v.device)
+    for s, (a, b) in enumerate(_segments(cu_seqlens)):
+        S = (torch.zeros(Hv, dk, dv, dtype=acc, device=v.device) if initial_state is None
+             else initial_state[s].to(acc))
+        for c0 in range(a, b, chunk_size):
+            c1 = min(c0 + chunk_size, b)
+            L = c1 - c0
+            Q, K, V = qh[:, c0:c1], kh[:, c0:c1], vh[:, c0:c1]  # [Hv, L, dk|dv]
+            bet = bh[:, c0:c1, None]  # [Hv, L, 1]
+            G = torch.cumsum(gh[:, c0:c1], dim=1)  # [Hv, L]
+            lower = torch.ones(L, L, dtype=torch.bool, device=v.device).tril()  # j <= i
+            # decay between positions, exp(G_i - G_j); masked before exp so j > i cannot overflow
+            D = torch.exp((G[:, :, None] - G[:, None, :]).masked_fill(~lower, float("-inf")))  # [Hv, L, L]
+            A = (bet * (K @ K.transpose(1, 2)) * D).tril(-1)  # strictly lower
+            eye = torch.eye(L, dtype=acc, device=v.device)
+            rhs = bet * V - (bet * torch.exp(G)[..., None] * K) @ S  # [Hv, L, dv]
+            W = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
+            o[:, c0:c1] = torch.exp(G)[..., None] * (Q @ S) + (D * (Q @ K.transpose(1, 2))) @ W
+            S = torch.exp(G[:, -1])[:, None, None] * S + (K * torch.exp(G[:, -1:] - G)[..., None]).transpose(1, 2) @ W
+        final[s] = S
+    return o.transpose(0, 1).to(v.dtype), final
