@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 TINY_NAME = "tiny-qwen3_5"
-TINY_VERSION = 1  # bump when the checkpoint below changes, so cached copies are rebuilt
+TINY_VERSION = 2  # bump when the checkpoint below changes, so cached copies are rebuilt
 SEED = 0
 
 TEXT = dict(
@@ -30,7 +30,8 @@ TEXT = dict(
 # head_dim 64 with the real partial_rotary_factor 0.25 gives 16 rotary dims = 8 frequencies, split
 # T/H/W as [3, 3, 2] (interleaved), so every mRoPE axis is exercised.
 MROPE_SECTION = [3, 3, 2]
-VISION = dict(depth=2, hidden_size=64, num_heads=2, intermediate_size=128, out_hidden_size=64, patch_size=16,
+# vision head_dim 64 (128 / 2 heads): a head size the kernels backend supports, so `--backend kernels` runs too
+VISION = dict(depth=2, hidden_size=128, num_heads=2, intermediate_size=128, out_hidden_size=64, patch_size=16,
               temporal_patch_size=2, spatial_merge_size=2, in_channels=3, num_position_embeddings=2304)
 
 

@@ -1,0 +1,345 @@
+"""`Model`: the Qwen3.5 VLM (vision tower + hybrid LM) on an op backend, with prefill logits and generation."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .generate import check_sampling, decode_loop
+from .language import LanguageModel
+from .loader import LM, LM_HEAD, VISUAL, load_weights
+from .ops import ops_for, placement
+from .vision import VisionTower
+
+
+@dataclass
+class _Batch:
+    """A left-padded batch, packed: the real tokens of every row back to back."""
+    input_ids: torch.Tensor  # [B, S] as given
+    mask: torch.Tensor  # bool [B, S]
+    lengths: list[int]  # real tokens per row
+    cu_seqlens: torch.Tensor  # int32 [B+1]
+    embeds: torch.Tensor  # [T, H] packed input embeddings (vision rows scattered in)
+    positions: torch.Tensor  # int64 [3, T] mRoPE ids
+    rope_delta: torch.Tensor  # int64 [B]
+    vision_ms: float
+
+
+def load(path, *, device="cpu", dtype=None, backend: str = "reference", progress: bool | None = None,
+         cuda_graphs: bool | None = None) -> "Model":
+    """Load a Qwen3.5 / Qwen3.5-MoE checkpoint directory (HF layout) onto `device` for `backend`.
+
+    dtype: None = the checkpoint's (config.json "dtype"). cuda_graphs: replay the vision tower from CUDA graphs
+    (model.vision_graph); None = on for the kernels backend on a CUDA device.
+    """
+    cfg, weights = load_weights(path, device=device, dtype=dtype, progress=progress)
+    return Model(cfg, weights, backend=backend, path=path, cuda_graphs=cuda_graphs)
+
+
+class Model:
+    """The Qwen3.5 VLM on one op backend ("reference" or "kernels", see model.ops).
+
+    encode_images(pixel_values, grid_thw)        vision tower + merger -> [N/4, H]
+    logits(input_ids, attention_mask=..., ...)   full prefill, no cache -> [B, S, V]
+    generate_ids(input_ids, ..., max_new_tokens) HF `generate` semantics on token ids (greedy by default)
+    generate(prompt or messages, images=...)     chat text in, text (or streamed pieces) out; `last_timings`
+    Batches are left padded; inside, the real tokens of all rows are packed back to back (varlen ops), so
+    padding never enters attention, the conv or the delta rule (equivalent to HF's masking).
+    """
+
+    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], *, backend: str = "reference",
+                 path=None, cuda_graphs: bool | None = None):
+        self.config, self.backend = config, backend
+        self.path = None if path is None else Path(path)
+        self.ops = ops_for(backend)
+        vis = {k[len(VISUAL):]: t for k, t in weights.items() if k.startswith(VISUAL)}
+        lm = {k[len(LM):]: t for k, t in weights.items() if k.startswith(LM)}
+        lm["lm_head.weight"] = weights[LM_HEAD]
+        self.vision = VisionTower(config.vision, vis, self.ops)
+        self.lm = LanguageModel(config.text, lm, self.ops)
+        if cuda_graphs is None:
+            cuda_graphs = backend == "kernels" and self.device.type == "cuda"
+        if cuda_graphs:
+            from .vision_graph import GraphedVisionTower
+            self.vision = GraphedVisionTower(self.vision)
+        self._processor = None
+        self.last_timings: dict = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm.dtype
+
+    def placement(self) -> dict[str, str]:
+        """Which ops run on kernels and which on the reference."""
+        return placement(self.backend)
+
+    @property
+    def processor(self):
+        if self._processor is None:
+            from .processor import Processor
+            self._processor = Processor.from_pretrained(self.path)
+        return self._processor
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return self.config.eos_token_ids
+
+    # ---------------------------------------------------------------------------------------------- vision
+    @torch.inference_mode()
+    def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        """pixel_values [N, 1536] of all images (or videos), grid_thw [n, 3] -> merged embeddings [N/4, H]."""
+        return self.vision(pixel_values, image_grid_thw)
+
+    # ---------------------------------------------------------------------------------------------- prefill
+    @torch.inference_mode()
+    def logits(self, input_ids, *, attention_mask=None, pixel_values=None, image_grid_thw=None,
+               pixel_values_videos=None, video_grid_thw=None, mm_token_type_ids=None) -> torch.Tensor:
+        """Full-sequence logits [B, S, V] in the model dtype; padded positions are 0.
+
+        input_ids [B, S] (or [S]); attention_mask [B, S], 1 = real token, padding on the left. Takes the
+        processor's output dict as keywords; mm_token_type_ids is accepted and not needed (the placeholder
+        ids say the same).
+        """
+        batch = self._prepare(input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
+                              video_grid_thw)
+        h = self.lm.forward(batch.embeds, batch.positions, batch.cu_seqlens)
+        packed = self.lm.head(h)  # [T, V]
+        out = packed.new_zeros(*batch.mask.shape, packed.shape[-1])
+        out[batch.mask.to(out.device)] = packed  # row-major order of the mask = packing order
+        return out
+
+    def _prepare(self, input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
+                 video_grid_thw) -> _Batch:
+        cfg, ops, dev = self.config, self.ops, self.device
+        ids = torch.as_tensor(input_ids)
+        if ids.dim() == 1:
+            ids = ids[None]
+            attention_mask = None if attention_mask is None else torch.as_tensor(attention_mask)[None]
+        if ids.dim() != 2 or ids.shape[1] == 0 or ids.is_floating_point():
+            raise ValueError(f"input_ids must be an integer tensor [B, S] with S > 0, got {tuple(ids.shape)}")
+        ids = ids.to(torch.int64)
+        B, S = ids.shape
+        if attention_mask is None:
+            mask = torch.ones(B, S, dtype=torch.bool)
+        else:
+            mask = torch.as_tensor(attention_mask).to("cpu").bool()
+            if tuple(mask.shape) != (B, S):
+                raise ValueError(f"attention_mask must have shape {(B, S)}, got {tuple(mask.shape)}")
+        lengths = mask.sum(1).tolist()
+        for b, n in enumerate(lengths):  # left padding: zeros, then ones
+            if n == 0 or not bool(mask[b, S - n:].all()):
+                raise ValueError(f"attention_mask row {b} must be left padding (0s then at least one 1)")
+        ids_cpu = ids.cpu()
+        real = ids_cpu[mask]  # [T] packed real tokens, row by row
+        cu = torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0).to(torch.int32)
+
+        embeds = self.lm.embed(real)
+        # images and videos go through the tower in one call; their rows then replace the placeholders
+        media = []
+        for grid, pixels, tok, name in ((image_grid_thw, pixel_values, cfg.image_token_id, "image"),
+                                        (video_grid_thw, pixel_values_videos, cfg.video_token_id, "video")):
+            if pixels is None:
+                if bool((real == tok).any()):
+                    raise ValueError(f"input_ids hold {name} tokens but no {name} pixel values were given")
+                continue
+            if grid is None:
+                raise ValueError(f"{name} pixel values were given without their grid_thw")
+            media.append((torch.as_tensor(pixels).to(dev, self.dtype), torch.as_tensor(grid).cpu(), tok))
+        vision_ms = 0.0
+        if media:
+            _sync(dev)
+            t0 = time.perf_counter()
+            feats = self.vision(torch.cat([m[0] for m in media]), torch.cat([m[1] for m in media]))
+            counts = [int(m[1].prod(-1).sum()) // cfg.vision.spatial_merge_size ** 2 for m in media]
+            for (_, _, tok), f in zip(media, feats.split(counts)):
+                embeds = ops.scatter_image_embeds(embeds, f.to(embeds.dtype), (real == tok).to(dev))
+            _sync(dev)
+            vision_ms = (time.perf_counter() - t0) * 1e3
+
+        # mRoPE ids per row, each row taking its own images / videos (whole grids, in order)
+        merge = cfg.vision.spatial_merge_size
+        grids = {cfg.image_token_id: _grid_list(image_grid_thw), cfg.video_token_id: _grid_list(video_grid_thw)}
+        used = {tok: 0 for tok in grids}
+        positions, deltas = [], []
+        for b in range(B):
+            row = real[int(cu[b]): int(cu[b + 1])]
+            row_grids = {}
+            for tok, glist in grids.items():
+                need, take = int((row == tok).sum()), []
+                while need > 0 and used[tok] < len(glist):
+                    take.append(glist[used[tok]])
+                    need -= take[-1][0] * take[-1][1] * take[-1][2] // merge ** 2
+                    used[tok] += 1
+                if need != 0:
+                    raise ValueError(f"row {b}: the number of tokens with id {tok} does not match the grids given")
+                row_grids[tok] = torch.tensor(take, dtype=torch.int64, device=dev) if take else None
+            pos, delta = ops.rope_index(row.to(dev), row_grids[cfg.image_token_id], row_grids[cfg.video_token_id],
+                                        cfg.image_token_id, cfg.video_token_id, merge)
+            positions.append(pos)
+            deltas.append(int(delta))
+        for tok, glist in grids.items():
+            if used[tok] != len(glist):
+                raise ValueError(f"{len(glist) - used[tok]} grid(s) for token id {tok} have no tokens in input_ids")
+        return _Batch(input_ids=ids, mask=mask, lengths=lengths, cu_seqlens=cu.to(dev), embeds=embeds,
+                      positions=torch.cat(positions, dim=1).to(dev),
+                      rope_delta=torch.tensor(deltas, dtype=torch.int64, device=dev), vision_ms=vision_ms)
+
+    # ---------------------------------------------------------------------------------------------- generation
+    def generate_ids(self, input_ids, *, attention_mask=None, pixel_values=None, image_grid_thw=None,
+                     pixel_values_videos=None, video_grid_thw=None, max_new_tokens: int = 32,
+                     do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                     seed=None, eos_token_ids=None, pad_token_id=None, mm_token_type_ids=None) -> torch.Tensor:
+        """Prompt ids [B, S] (left padded) -> [B, S + n] with n <= max_new_tokens generated tokens (HF semantics).
+
+        Greedy unless do_sample (temperature, then top_k (0 = off), then top_p; `seed` makes it repeatable).
+        Rows stop at the checkpoint's eos ids (or `eos_token_ids`); a stopped row is filled with the pad id
+        (`pad_token_id`, else the checkpoint's, else the first eos id, else 0); the loop ends when all stopped.
+        """
+        ids = torch.as_tensor(input_ids)
+        new = list(self.generate_steps(
+            ids, attention_mask=attention_mask, pixel_values=pixel_values, image_grid_thw=image_grid_thw,
+            pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw, max_new_tokens=max_new_tokens,
+            do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+            eos_token_ids=eos_token_ids, pad_token_id=pad_token_id))
+        out = (ids[None] if ids.dim() == 1 else ids).to(self.device, torch.int64)
+        return torch.cat([out, torch.stack(new, dim=1)], dim=1) if new else out
+
+    @torch.inference_mode()
+    def generate_steps(self, input_ids, *, attention_mask=None, pixel_values=None, image_grid_thw=None,
+                       pixel_values_videos=None, video_grid_thw=None, max_new_tokens: int = 32,
+                       do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                       seed=None, eos_token_ids=None, pad_token_id=None, mm_token_type_ids=None):
+        """`generate_ids` one step at a time: yields the new token of every row ([B] int64) per step."""
+        check_sampling(do_sample, temperature, top_k, top_p, max_new_tokens)
+        eos = tuple(self.eos_token_ids if eos_token_ids is None else
+                    ([eos_token_ids] if isinstance(eos_token_ids, int) else eos_token_ids))
+        pad = pad_token_id if pad_token_id is not None else self.config.pad_token_id
+        pad = pad if pad is not None else (eos[0] if eos else 0)
+
+        t0 = time.perf_counter()
+        batch = self._prepare(input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
+                              video_grid_thw)
+        B = len(batch.lengths)
+        cache = self.lm.new_cache(B, max(batch.lengths) + max(max_new_tokens, 1))
+        cache.rope_delta.copy_(batch.rope_delta)
+        h = self.lm.forward(batch.embeds, batch.positions, batch.cu_seqlens, cache)
+        cache.lengths.copy_(torch.tensor(batch.lengths, dtype=torch.int32))
+        logits = self.lm.head(h[batch.cu_seqlens[1:].long() - 1])  # each row's last token
+        _sync(self.device)
+        timings = dict(vision_ms=batch.vision_ms, prefill_ms=(time.perf_counter() - t0) * 1e3 - batch.vision_ms,
+                       decode_tokens=0, decode_s=0.0)
+        self.last_timings = timings
+
+        steps = decode_loop(self.lm, cache, logits, max_new_tokens, eos_ids=eos, pad_id=pad, do_sample=do_sample,
+                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        while True:  # time only the model's work, not the consumer's
+            t1 = time.perf_counter()
+            tokens = next(steps, None)
+            _sync(self.device)
+            timings["decode_s"] += time.perf_counter() - t1
+            if tokens is None:
+                return
+            timings["decode_tokens"] += 1
+            yield tokens
+
+    def generate(self, prompt_or_messages, images=None, videos=None, *, stream: bool = False,
+                 max_new_tokens: int = 256, enable_thinking: bool = False, fps: float = 2.0, **sampling):
+        """Chat generation through the processor.
+
+        prompt_or_messages: a user prompt (str), a chat (list of {"role", "content"} dicts), or a list of
+        those for a batch. Media: a str prompt shows `images` then `videos` before its text; a chat carries
+        its media in its content items ({"type": "image", "image": x}), or has media-less items
+        ({"type": "image"}) that `images` / `videos` fill in order. For a batch, images / videos hold one
+        list per prompt. fps: the frame rate the video frames were sampled at.
+        Returns the answer text (a list of texts for a batch), or with stream=True (one prompt only) an
+        iterator of text pieces. Sampling options as in `generate_ids`; timings go to `self.last_timings`.
+        """
+        from .processor import collect_media
+
+        batched = isinstance(prompt_or_messages, (list, tuple)) and bool(prompt_or_messages) and \
+            not isinstance(prompt_or_messages[0], dict)
+        prompts = list(prompt_or_messages) if batched else [prompt_or_messages]
+        if batched:
+            images = [None] * len(prompts) if images is None else list(images)
+            videos = [None] * len(prompts) if videos is None else list(videos)
+            if len(images) != len(prompts) or len(videos) != len(prompts):
+                raise ValueError("for a batch, images and videos must hold one list per prompt")
+        else:
+            images, videos = [images], [videos]
+        proc = self.processor
+        texts, all_images, all_videos = [], [], []
+        for prompt, imgs, vids in zip(prompts, images, videos):
+            imgs, vids = list(imgs or []), list(vids or [])
+            if isinstance(prompt, str):
+                content = [{"type": "image"} for _ in imgs] + [{"type": "video"} for _ in vids]
+                messages = [{"role": "user", "content": content + [{"type": "text", "text": prompt}]}]
+            else:
+                messages = list(prompt)
+                m_imgs, m_vids = collect_media(messages)
+                if (imgs or vids) and (m_imgs or m_vids):
+                    raise ValueError("give the images/videos either inside the messages or as arguments, not both")
+                if not (imgs or vids):
+                    imgs, vids = m_imgs, m_vids
+            texts.append(proc.apply_chat_template(messages, add_generation_prompt=True,
+                                                  enable_thinking=enable_thinking))
+            all_images += imgs
+            all_videos += vids
+        inputs = proc(texts, images=all_images or None, videos=all_videos or None, fps=fps)
+        S = inputs["input_ids"].shape[1]
+        sampling.setdefault("eos_token_ids", tuple(sorted(set(self.eos_token_ids) | set(proc.eos_token_ids))))
+        sampling.setdefault("pad_token_id", proc.pad_token_id)
+        kwargs = dict(inputs, max_new_tokens=max_new_tokens, **sampling)
+
+        if not stream:
+            out = self.generate_ids(**kwargs)
+            answers = [proc.decode(_strip(row[S:].tolist(), kwargs["eos_token_ids"])) for row in out]
+            return answers if batched else answers[0]
+        if batched:
+            raise ValueError("stream=True takes one prompt, not a batch")
+        return self._stream(kwargs, proc)
+
+    def _stream(self, kwargs, proc):
+        """Yield the answer text as it grows (whole characters only; stops at eos)."""
+        stop = set(kwargs["eos_token_ids"])
+        ids, sent = [], ""
+        for tokens in self.generate_steps(**kwargs):
+            t = int(tokens[0])
+            if t in stop:
+                break
+            ids.append(t)
+            text = proc.decode(ids)
+            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+                continue
+            if len(text) > len(sent) and text.startswith(sent):
+                yield text[len(sent):]
+                sent = text
+        text = proc.decode(ids)
+        if len(text) > len(sent) and text.startswith(sent):
+            yield text[len(sent):]
+
+
+def _grid_list(grid) -> list[tuple[int, int, int]]:
+    return [] if grid is None else [tuple(r) for r in torch.as_tensor(grid).tolist()]
+
+
+def _strip(ids: list[int], eos) -> list[int]:
+    """Generated ids up to (not including) the first eos (a stopped row holds only padding after it)."""
+    out = []
+    for t in ids:
+        if t in eos:
+            break
+        out.append(t)
+    return out
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
