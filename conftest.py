@@ -27,6 +27,9 @@ if not HAS_GPU and _forced is None:
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # must precede the first `import numba.cuda`
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 os.environ.setdefault("NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS", "0")
+if os.environ.get("PYTEST_XDIST_WORKER") and not HAS_GPU:
+    # n workers on n cores: torch's own threads would oversubscribe the CPU (toy shapes run 10-20x slower)
+    torch.set_num_threads(1)
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
