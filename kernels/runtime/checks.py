@@ -1,0 +1,56 @@
+"""Argument checks for the kernel wrappers, run before anything is compiled or launched.
+
+They reuse reference/_checks.py and add what a kernel needs on top: a dtype the kernels are built for,
+a contiguous layout, and every tensor on one CUDA device (a CPU tensor handed to a GPU kernel is an
+error, never a silent copy). Wrappers check structure first and devices last, so each mistake gets
+its own message even on a CPU-only machine. Every failure is a ValueError (TypeError for a non-tensor)
+that names the argument.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from reference._checks import check_tensor
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_input(name: str, t, *, ndim: int | None = None, shape: tuple | None = None,
+                dtypes: tuple = KERNEL_DTYPES) -> torch.Tensor:
+    """Rank (ndim) or exact shape, dtype, and a contiguous layout."""
+    # the common case cheaply (this runs on every launch); check_tensor words the errors
+    if not (isinstance(t, torch.Tensor) and t.dtype in dtypes
+            and (t.shape == shape if shape is not None else ndim is None or t.dim() == ndim)):
+        check_tensor(name, t, ndim=ndim, shape=shape, dtypes=dtypes)
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous, got strides {t.stride()} for shape {tuple(t.shape)}")
+    return t
+
+
+def check_same_dtype(dtype: torch.dtype, **tensors) -> None:
+    """Every given tensor (None skipped) has `dtype` (the activations' dtype)."""
+    for name, t in tensors.items():
+        if t is not None and t.dtype != dtype:
+            raise ValueError(f"{name} must have the input dtype {dtype}, got {t.dtype}")
+
+
+def check_cuda(**tensors) -> int:
+    """Every given tensor (None skipped) is on one CUDA device; returns that device's index."""
+    dev = None
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if not t.is_cuda:
+            raise ValueError(f"{name} must be on a CUDA device, got {t.device} (kernels never copy inputs)")
+        if dev is None:
+            dev = t.get_device()
+        elif t.get_device() != dev:
+            raise ValueError(f"{name} is on {t.device} but the other inputs are on cuda:{dev}")
+    return dev
+
+
+def check_out(name: str, out, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """An `out=` tensor: exactly the result's shape and dtype, contiguous (its device is checked with the rest)."""
+    check_input(name, out, shape=shape, dtypes=(dtype,))
+    return out

@@ -1,0 +1,88 @@
+"""Every NVRTC source builds, with every template instantiation its wrapper may launch, for sm_80 and sm_90.
+
+No GPU or driver is needed (NVRTC emits a CUBIN directly). Sources register themselves with their
+instantiations in kernels.runtime.dispatch.SOURCES when their wrapper module is imported; a .cu file no
+wrapper registers is still compiled (syntax and template definitions) with no instantiations.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import pytest
+
+import kernels
+from kernels.runtime import nvrtc
+from kernels.runtime.dispatch import SOURCES
+
+pytestmark = pytest.mark.compile
+
+ARCHS = ("sm_80", "sm_90")
+
+for _m in pkgutil.iter_modules(kernels.__path__):  # import every wrapper so its source registers
+    if not _m.ispkg:
+        importlib.import_module(f"kernels.{_m.name}")
+
+ALL_CU = sorted(p.name for p in nvrtc.CUDA_DIR.glob("*.cu"))
+
+
+def test_vision_sources_are_registered():
+    for name in ("norms.cu", "activations.cu", "vision.cu", "rope.cu"):
+        assert name in SOURCES and SOURCES[name].exprs, f"{name} has no registered instantiations"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_every_instantiation_builds(source, arch):
+    exprs = SOURCES[source].exprs
+    mod = nvrtc.compile_source(nvrtc.read_source(source), exprs, arch)
+    code = bytes(mod.code)
+    assert code[:4] == b"\x7fELF" and len(code) > 1000
+    mapping = {k.decode() if isinstance(k, bytes) else k: v for k, v in (mod.symbol_mapping or {}).items()}
+    missing = [e for e in exprs if e not in mapping]
+    assert not missing, f"{source}: no symbol for {missing}"
+    for e in exprs:
+        sym = mapping[e]
+        sym = sym if isinstance(sym, bytes) else sym.encode()
+        assert sym in code, f"{source}: {e} ({sym!r}) is not in the {arch} cubin"
+
+
+@pytest.mark.parametrize("source", [s for s in ALL_CU if s not in SOURCES])
+def test_unregistered_sources_compile(source):
+    mod = nvrtc.compile_source(nvrtc.read_source(source), (), "sm_90")
+    assert bytes(mod.code)[:4] == b"\x7fELF"
+
+
+def _ptx(source: str, exprs: tuple[str, ...], arch: str = "compute_90") -> str:
+    """PTX through the raw NVRTC bindings (cuda.core's PTX path asks the driver for its version)."""
+    from cuda.bindings import nvrtc as N
+
+    def ok(res):
+        err, *rest = res
+        assert err == N.nvrtcResult.NVRTC_SUCCESS, err
+        return rest[0] if len(rest) == 1 else rest
+
+    prog = ok(N.nvrtcCreateProgram(nvrtc.read_source(source).encode(), source.encode(), 0, [], []))
+    for e in exprs:
+        ok(N.nvrtcAddNameExpression(prog, e.encode()))
+    opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17"] + [f"-I{d}".encode() for d in nvrtc.cuda_include_dirs()]
+    err, = N.nvrtcCompileProgram(prog, len(opts), opts)
+    if err != N.nvrtcResult.NVRTC_SUCCESS:
+        size = ok(N.nvrtcGetProgramLogSize(prog))
+        log = b" " * size
+        N.nvrtcGetProgramLog(prog, log)
+        pytest.fail(log.decode(errors="replace"))
+    size = ok(N.nvrtcGetPTXSize(prog))
+    buf = b" " * size
+    (err,) = N.nvrtcGetPTX(prog, buf)
+    N.nvrtcDestroyProgram(prog)
+    return buf.decode(errors="replace")
+
+
+@pytest.mark.parametrize("source", ["norms.cu", "activations.cu", "vision.cu", "rope.cu"])
+def test_no_fp64_math(source):
+    """fp32 math throughout: a stray double literal or libm call would put .f64 instructions in the PTX."""
+    ptx = _ptx(source, SOURCES[source].exprs)
+    assert ".entry" in ptx
+    assert ".f64" not in ptx, f"{source}: fp64 instructions in the PTX"
