@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import statistics
 import subprocess
 from functools import lru_cache
@@ -56,6 +57,9 @@ def bf16_gemm_TFLOPs() -> float:
 
 
 def git_commit() -> str:
+    """The commit measured: $QWEN35_COMMIT (set it where the tree has no .git, e.g. the GPU machine), else git."""
+    if os.environ.get("QWEN35_COMMIT"):
+        return os.environ["QWEN35_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parent, timeout=10)

@@ -14,6 +14,9 @@ from .norms import add_bias_layer_norm, layer_norm  # noqa: E402
 from .pos_embed import add_pos_embed  # noqa: E402
 from .rope import qkv_bias_rope  # noqa: E402
 
+# GEMMs: cuBLAS through torch
+from .gemm import patch_embed  # noqa: E402
+
 # Numba kernels (the numba twins of layer_norm / bias_gelu are registry variants, see kernels.registry)
 from .glue import rope_index, scatter_image_embeds  # noqa: E402
 from .vision import vision_cu_seqlens, vision_pos_taps, vision_rope_cos_sin  # noqa: E402

@@ -21,7 +21,7 @@ import torch
 
 import reference as R
 
-from . import activations, glue, norms, pos_embed, rope, vision
+from . import activations, gemm, glue, norms, pos_embed, rope, vision
 from .numba import activations as numba_activations, norms as numba_norms
 
 
@@ -57,15 +57,15 @@ ROUNDED_ONCE = {torch.float32: Tol(1e-5, 1e-5), torch.float16: Tol(1e-3, 2e-3), 
 class OpSpec:
     name: str
     reference: Callable
-    kernels: dict[str, Callable] = field(default_factory=dict)  # variant ("nvrtc", "numba") -> callable
+    kernels: dict[str, Callable] = field(default_factory=dict)  # variant ("nvrtc", "numba", "cublas") -> callable
     dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES               # float input dtypes the kernels take
     tol: dict = field(default_factory=lambda: dict(ROUNDED_ONCE))  # dtype -> Tol
     exact: bool = False                                           # index ops: outputs must be equal
 
     @property
     def kernel(self) -> Callable | None:
-        """The default kernel: nvrtc, else numba, else None (reference only)."""
-        return next((self.kernels[v] for v in ("nvrtc", "numba") if v in self.kernels), None)
+        """The default kernel: nvrtc, else numba, else cublas (GEMMs through torch), else None (reference only)."""
+        return next((self.kernels[v] for v in ("nvrtc", "numba", "cublas") if v in self.kernels), None)
 
 
 def _spec(name: str, dtypes=FLOAT_DTYPES, tol=None, exact=False, **kernels) -> OpSpec:
@@ -77,7 +77,7 @@ _INDEX = {"dtypes": (), "exact": True}  # integer/index ops
 
 REGISTRY: dict[str, OpSpec] = {s.name: s for s in (
     # vision tower
-    _spec("patch_embed"),
+    _spec("patch_embed", cublas=gemm.patch_embed),
     _spec("vision_pos_taps", numba=vision.vision_pos_taps, **_INDEX),
     _spec("add_pos_embed", nvrtc=pos_embed.add_pos_embed),
     _spec("vision_rope_cos_sin", dtypes=(torch.float32,), numba=vision.vision_rope_cos_sin),
