@@ -10,6 +10,7 @@ if not hasattr(_np, "row_stack"):  # numba-cuda 0.30 uses np.row_stack, removed 
 
 # NVRTC (CUDA C++) kernels
 from .activations import bias_gelu  # noqa: E402
+from .attention import attention  # noqa: E402
 from .norms import add_bias_layer_norm, layer_norm  # noqa: E402
 from .pos_embed import add_pos_embed  # noqa: E402
 from .rope import qkv_bias_rope  # noqa: E402

@@ -22,6 +22,7 @@ import torch
 import reference as R
 
 from . import activations, gemm, glue, norms, pos_embed, rope, vision
+from .attention import attention as attention_nvrtc  # kernels.attention is also the function's name
 from .numba import activations as numba_activations, norms as numba_norms
 
 
@@ -86,7 +87,9 @@ REGISTRY: dict[str, OpSpec] = {s.name: s for s in (
     _spec("add_bias_layer_norm", nvrtc=norms.add_bias_layer_norm),
     _spec("qkv_bias_rope", nvrtc=rope.qkv_bias_rope),
     _spec("bias_gelu", nvrtc=activations.bias_gelu, numba=numba_activations.bias_gelu),
-    _spec("attention"),
+    # tensor cores, bf16/fp16 only (fp32 is refused with a ValueError); P is rounded to the input dtype before PV
+    _spec("attention", dtypes=(torch.bfloat16, torch.float16), nvrtc=attention_nvrtc,
+          tol={torch.bfloat16: Tol(1e-2, 4e-2), torch.float16: Tol(2e-3, 6e-3)}),
     _spec("attention_mask", **_INDEX),  # reference only, by design
     # multimodal glue
     _spec("rope_index", numba=glue.rope_index, **_INDEX),

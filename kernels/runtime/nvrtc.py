@@ -224,8 +224,14 @@ def set_max_dynamic_shared_memory(kernel, nbytes: int) -> None:
     """Allow a kernel more than 48 KB of dynamic shared memory (needed once per kernel)."""
     from cuda.bindings import driver
 
-    (err,) = driver.cuFuncSetAttribute(
-        int(kernel._handle) if hasattr(kernel, "_handle") else int(kernel.handle),
-        driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, int(nbytes))
+    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    h = kernel.handle if hasattr(kernel, "handle") else kernel._handle
+    if isinstance(h, driver.CUfunction):
+        (err,) = driver.cuFuncSetAttribute(h, attr, int(nbytes))
+    else:  # cuda.core >= 1.x loads libraries: the handle is a CUkernel, set per device
+        import torch
+
+        hk = h if isinstance(h, driver.CUkernel) else driver.CUkernel(int(h))
+        (err,) = driver.cuKernelSetAttribute(attr, int(nbytes), hk, driver.CUdevice(torch.cuda.current_device()))
     if int(err) != 0:
         raise RuntimeError(f"cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES={nbytes}) failed: {err}")

@@ -1,0 +1,275 @@
+"""Packed varlen flash attention on tensor cores (kernels/cuda/attention.cu), twin of `reference.attention`.
+
+    out = attention(q[T,Hq,d], k[T,Hkv,d], v[T,Hkv,d], cu_seqlens, causal)           # [T,Hq,d]
+    out, lse = attention(..., return_lse=True)                                       # lse [T,Hq] fp32
+
+Each segment [cu_seqlens[i], cu_seqlens[i+1]) attends only within itself (non-causal for the ViT, causal
+for LM prefill); Hq must be a multiple of Hkv (GQA); d in 64, 72, 80, 128, 256 (72 native, no padding);
+bf16 or fp16 in, same dtype out, fp32 softmax (fp32 inputs: kernels.attention_fp32).
+
+Kernels: `attn_fwd` (mma.sync m16n8k16, sm_80+) runs by default everywhere; its tile shape per head dim is
+the fastest measured on an H100 (CANDIDATES). `attn_fwd_wgmma` (Hopper wgmma, compiled for sm_90a) is
+correct and tested but was no faster on the H100 as written, so it runs only with USE_WGMMA = True or via
+run_variant (benchmarks/attention_notes.md says why and what would make it pay).
+
+Host synchronisation: the launch itself needs none. The grid is an upper bound on the number of query tiles,
+floor((T + nseg * (BM - 1)) / BM), computed from shapes only, and each CTA finds its segment on the device.
+`validate=True` (the default) additionally reads cu_seqlens to the host once per cu_seqlens tensor (cached
+by tensor and version) to check it starts at 0, never decreases and ends at T; pass `validate=False` on hot
+paths or under CUDA-graph capture. `max_seqlen` (optional, host int, never read from the device) only
+steers the tile-size choice for short segments.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from reference._checks import check_cu_seqlens, check_divides, check_tensor
+
+from .runtime.checks import check_cuda, check_input, check_out
+
+SUPPORTED_HEAD_DIMS = (64, 72, 80, 128, 256)
+DTYPES = (torch.bfloat16, torch.float16)
+_CTYPE = {torch.bfloat16: "__nv_bfloat16", torch.float16: "__half"}
+_LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class Variant:
+    """mma.sync kernel (sm_80+): NW warps of 16*MT query rows each, BN keys per step."""
+
+    nw: int      # warps per CTA
+    mt: int      # 16-row m-tiles per warp
+    bn: int      # keys per K/V tile
+    qreg: bool   # keep Q fragments in registers (else re-read from shared memory every key tile)
+    minb: int    # __launch_bounds__ min blocks per SM (caps registers)
+    arch = None  # compiled for the device's own arch
+
+    @property
+    def bm(self) -> int:
+        return 16 * self.mt * self.nw
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.nw
+
+    def smem_bytes(self, d: int, itemsize: int = 2) -> int:
+        ch = d // 8
+        stride = (ch if ch % 2 else ch + 1) * 8  # odd number of 16-byte chunks per row (see the .cu)
+        return (self.bm + 4 * self.bn) * stride * itemsize  # Q + 2 stages of K and V
+
+    def name(self, dtype: torch.dtype, d: int, causal: bool) -> str:
+        return (f"attn::attn_fwd<{_CTYPE[dtype]}, {d}, {self.nw}, {self.mt}, {self.bn}, {_b(causal)}, "
+                f"{_b(self.qreg)}, {self.minb}>")
+
+    def label(self) -> str:
+        return f"mma_{self.bm}x{self.bn}_{self.nw}w{'_qreg' if self.qreg else ''}_mb{self.minb}"
+
+
+@dataclass(frozen=True)
+class WgVariant:
+    """wgmma kernel (Hopper, compiled for sm_90a): NWG warpgroups of 64 query rows, BN keys per step."""
+
+    nwg: int     # warpgroups per CTA
+    bn: int      # keys per K/V tile (64 or 128)
+    minb: int    # __launch_bounds__ min blocks per SM
+    arch = "sm_90a"
+
+    @property
+    def bm(self) -> int:
+        return 64 * self.nwg
+
+    @property
+    def threads(self) -> int:
+        return 128 * self.nwg
+
+    def smem_bytes(self, d: int, itemsize: int = 2) -> int:
+        chk = (d + 15) // 16 * 2  # 16-byte chunks per row: d rounded up to 16 (72 -> 80, zeros in smem only)
+        return (self.bm + 4 * self.bn) * chk * 8 * itemsize
+
+    def name(self, dtype: torch.dtype, d: int, causal: bool) -> str:
+        return f"attn::attn_fwd_wgmma<{_CTYPE[dtype]}, {d}, {self.nwg}, {self.bn}, {_b(causal)}, {self.minb}>"
+
+    def label(self) -> str:
+        return f"wgmma_{self.bm}x{self.bn}_{self.nwg}wg_mb{self.minb}"
+
+
+def _b(x: bool) -> str:
+    return "true" if x else "false"
+
+
+# Tile shapes (ptxas on sm_90/sm_90a: no spills; registers in benchmarks/attention_notes.md).
+V_128x64_4w = Variant(nw=4, mt=2, bn=64, qreg=True, minb=2)    # 32 rows/warp: K/V fragments reused twice
+V_256x64_8w = Variant(nw=8, mt=2, bn=64, qreg=True, minb=1)    # same, 256 rows: half the K/V traffic per FLOP
+V_128x64_8w = Variant(nw=8, mt=1, bn=64, qreg=True, minb=2)    # 16 rows/warp, 128 regs, 16 warps/SM
+V_64x64_4w = Variant(nw=4, mt=1, bn=64, qreg=True, minb=2)     # short segments / more CTAs
+V_128x64_4w_d80 = Variant(nw=4, mt=2, bn=64, qreg=False, minb=2)
+V_256x64_8w_d80 = Variant(nw=8, mt=2, bn=64, qreg=False, minb=1)
+V_128x64_8w_d128 = Variant(nw=8, mt=1, bn=64, qreg=True, minb=1)
+V_256x32_8w_d128 = Variant(nw=8, mt=2, bn=32, qreg=False, minb=1)
+V_128x64_8w_d256 = Variant(nw=8, mt=1, bn=64, qreg=False, minb=1)
+V_64x32_4w_d256 = Variant(nw=4, mt=1, bn=32, qreg=False, minb=2)
+
+# mma.sync candidates per head dim, the default first: the fastest measured on an H100 (scripts/attention_gpu.py,
+# benchmarks/results/attention_v3-H100_80GB_HBM3-2026-11-26.json); d80 was not benchmarked.
+CANDIDATES: dict[int, tuple[Variant, ...]] = {
+    64: (V_128x64_4w, V_256x64_8w, V_128x64_8w, V_64x64_4w),
+    72: (V_128x64_4w, V_256x64_8w, V_128x64_8w, V_64x64_4w),
+    80: (V_128x64_4w_d80, V_256x64_8w_d80, V_64x64_4w),
+    128: (V_256x32_8w_d128, V_128x64_8w_d128, V_64x64_4w),
+    256: (V_128x64_8w_d256, V_64x32_4w_d256),
+}
+# wgmma candidates (sm_90 only), the default first. Correct, but no faster than mma.sync on the H100 as written
+# (see the notes), so they run only with USE_WGMMA = True or through run_variant.
+_WG_SMALL_D = (WgVariant(2, 64, 2), WgVariant(3, 64, 1), WgVariant(4, 64, 1), WgVariant(3, 128, 1))
+WG_CANDIDATES: dict[int, tuple[WgVariant, ...]] = {
+    64: _WG_SMALL_D,
+    72: _WG_SMALL_D,
+    80: _WG_SMALL_D,
+    128: (WgVariant(3, 64, 1), WgVariant(2, 64, 1)),
+    256: (WgVariant(2, 64, 1),),
+}
+SHORT_SEGMENT = 64  # at or below this many tokens per segment, prefer 64-row tiles (less tail waste)
+
+
+USE_WGMMA = False  # True: the wgmma kernel on sm_90 (measured no faster than mma.sync there; see the notes)
+
+
+def _use_wgmma(device: torch.device | None) -> bool:
+    """wgmma needs sm_90 exactly (sm_90a code does not run on later archs)."""
+    if not USE_WGMMA or device is None or device.type != "cuda":
+        return False
+    return _capability(device.index if device.index is not None else torch.cuda.current_device()) == (9, 0)
+
+
+@lru_cache(maxsize=None)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def all_variants(d: int, device: torch.device | None = None) -> list:
+    """Every tile shape the tests and benchmarks exercise for head dim d on `device`."""
+    vs = list(CANDIDATES[d]) + ([V_64x64_4w] if d != 256 and V_64x64_4w not in CANDIDATES[d] else [])
+    if device is not None and device.type == "cuda" and _capability(device.index or 0) == (9, 0):
+        vs += list(WG_CANDIDATES[d])
+    return vs
+
+
+def pick_variant(d: int, causal: bool, T: int, nseg: int, max_seqlen: int | None, wgmma: bool = False):
+    """Tile shape for this call, from shapes only (no device read)."""
+    if wgmma:
+        return WG_CANDIDATES[d][0]
+    longest = max_seqlen if max_seqlen is not None else T / max(nseg, 1)
+    if d != 256 and longest <= SHORT_SEGMENT:
+        return V_64x64_4w
+    return CANDIDATES[d][0]
+
+
+# cu_seqlens tensors already checked: {id: (weakref, version, T)}. Keyed by id with a weakref to confirm the
+# object (a WeakKeyDictionary would compare tensors with ==, which is elementwise).
+_VALIDATED: dict[int, tuple] = {}
+
+
+def _check_cu_seqlens_once(cu: torch.Tensor, total: int) -> None:
+    hit = _VALIDATED.get(id(cu))
+    if hit is not None and hit[0]() is cu and hit[1:] == (cu._version, total):
+        return
+    check_cu_seqlens(cu, total)
+    if len(_VALIDATED) > 256:  # drop entries of dead tensors now and then
+        for key in [key for key, e in _VALIDATED.items() if e[0]() is None]:
+            del _VALIDATED[key]
+    _VALIDATED[id(cu)] = (weakref.ref(cu), cu._version, total)
+
+
+def _validate(q, k, v, cu_seqlens, causal, scale, out, max_seqlen, validate):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_input(name, t, ndim=3, dtypes=DTYPES)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    T, Hq, d = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if k.shape[0] != T:
+        raise ValueError(f"k must have the same token count as q ({T}), got shape {tuple(k.shape)}")
+    if k.shape[2] != d:
+        raise ValueError(f"k and v head dim must equal q's ({d}), got {k.shape[2]}")
+    if d not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"head dim {d} not supported (supported: {SUPPORTED_HEAD_DIMS})")
+    check_divides("k heads", k.shape[1], "q heads", Hq)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    scale = float(scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive finite number, got {scale}")
+    check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32, torch.int64))
+    if cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must have at least 2 entries (one segment), got {cu_seqlens.numel()}")
+    if max_seqlen is not None and (isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int)
+                                   or max_seqlen < 0):
+        raise ValueError(f"max_seqlen must be a non-negative int or None, got {max_seqlen!r}")
+    if out is not None:
+        check_out("out", out, (T, Hq, d), q.dtype)
+    if validate:
+        _check_cu_seqlens_once(cu_seqlens, T)
+    check_cuda(q=q, k=k, v=v, cu_seqlens=cu_seqlens, out=out)
+    for name, t in (("q", q), ("k", k), ("v", v), ("out", out)):
+        if t is not None and t.data_ptr() % 16:  # cp.async moves 16-byte chunks
+            raise ValueError(f"{name} must be 16-byte aligned (got a view at offset {t.storage_offset()})")
+    return scale
+
+
+_SMEM_SET: set = set()
+
+
+def run_variant(variant: Variant | WgVariant, q, k, v, cu_seqlens, causal: bool, scale: float, out, lse) -> None:
+    """Launch one tile shape on already-validated arguments (also used by the benchmarks to sweep shapes)."""
+    from kernels.runtime.nvrtc import f32, get_kernel, i32, launch, set_max_dynamic_shared_memory
+
+    if q.device.index != torch.cuda.current_device():  # kernels are loaded per device
+        with torch.cuda.device(q.device):
+            return run_variant(variant, q, k, v, cu_seqlens, causal, scale, out, lse)
+    T, Hq, d = q.shape
+    nseg = cu_seqlens.numel() - 1
+    tiles = (T + nseg * (variant.bm - 1)) // variant.bm
+    if T == 0 or tiles == 0:
+        return
+    if cu_seqlens.dtype != torch.int32:
+        cu_seqlens = cu_seqlens.to(torch.int32)
+    name = variant.name(q.dtype, d, causal)
+    kern = get_kernel("attention.cu", name, arch=variant.arch)
+    smem = variant.smem_bytes(d, q.element_size())
+    key = (q.device.index, name)
+    if key not in _SMEM_SET:
+        set_max_dynamic_shared_memory(kern, smem)
+        _SMEM_SET.add(key)
+    launch(kern, (Hq * tiles, 1, 1), (variant.threads, 1, 1), smem,
+           q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), 0 if lse is None else lse.data_ptr(),
+           cu_seqlens.data_ptr(), i32(nseg), i32(Hq), i32(k.shape[1]), f32(scale * _LOG2E))
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, causal: bool,
+              scale: float | None = None, return_lse: bool = False, out: torch.Tensor | None = None,
+              max_seqlen: int | None = None, validate: bool = True):
+    """Varlen attention over packed segments; see the module docstring.
+
+    q [T,Hq,d], k/v [T,Hkv,d] (bf16/fp16, contiguous, CUDA), cu_seqlens [n+1] int32 (int64 is converted),
+    scale defaults to 1/sqrt(d). Returns out [T,Hq,d] (written into `out` when given), and lse [T,Hq] fp32
+    (natural log of the softmax denominator of the scaled scores) when return_lse.
+    """
+    scale = _validate(q, k, v, cu_seqlens, causal, scale, out, max_seqlen, validate)
+    T, Hq, d = q.shape
+    if out is None:
+        out = torch.empty_like(q)
+    lse = torch.empty((T, Hq), device=q.device, dtype=torch.float32) if return_lse else None
+    variant = pick_variant(d, causal, T, cu_seqlens.numel() - 1, max_seqlen, _use_wgmma(q.device))
+    run_variant(variant, q, k, v, cu_seqlens, causal, scale, out, lse)
+    return (out, lse) if return_lse else out

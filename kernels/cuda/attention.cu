@@ -1,0 +1,738 @@
+// Packed varlen flash attention (forward), mma.sync m16n8k16 tensor cores, sm_80+.
+//
+//   o[t, h, :] = softmax_j(scale * q[t, h, :] . k[j, h/g, :]) v[j, h/g, :]
+//   over keys j of the segment of t (cu_seqlens), j <= t when CAUSAL; g = Hq / Hkv (GQA).
+//
+// Layout: q [T, Hq, D], k/v [T, Hkv, D], o [T, Hq, D] contiguous; lse [T, Hq] fp32 (optional, natural log).
+// One CTA = one tile of BM = 16 * MT * NW query rows of one segment and one head; each of the NW warps owns
+// 16 * MT consecutive rows. The CTA walks the segment's key tiles of BN rows, double-buffered through
+// cp.async (16-byte chunks, zero-filled past the segment end), and keeps O, the running max and the running
+// sum in registers (online softmax in fp32, base 2 with log2(e) folded into the scale).
+//
+// Head dims: D is any multiple of 8 (instantiated for 64, 72, 80, 128, 256). D = 72 is native: QK^T runs
+// four m16n8k16 k-steps plus one m16n8k8 step on columns 64..71, and PV's n-dim is 9 blocks of 8, so there
+// is no padding in memory or in shared memory.
+//
+// Shared memory rows have an odd number of 16-byte chunks (D/8, or D/8 + 1 when that is even), which makes
+// every ldmatrix (8 rows x 16 bytes at one column) hit 8 distinct bank groups.
+//
+// Tile map: the grid is 1-D, head fastest (so the heads sharing a K/V head run side by side, and for causal
+// all heads of the heaviest tile start first). The host gives an upper bound on the number of q-tiles,
+// floor((T + nseg * (BM - 1)) / BM), which needs no read of cu_seqlens; warp 0 of each CTA finds its
+// (segment, tile) by a warp-wide prefix sum of ceil(len / BM) over the segments. CTAs past the last tile exit.
+//
+// A second kernel, attn_fwd_wgmma (end of file, sm_90a only), does the two products with Hopper's warpgroup
+// MMA and shares the tile map, mask, softmax and epilogue code.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace attn {
+
+typedef unsigned int u32;
+
+template <typename T> struct Mma;
+
+template <> struct Mma<__nv_bfloat16> {
+    static __device__ __forceinline__ void k16(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    static __device__ __forceinline__ void k8(float (&c)[4], u32 a0, u32 a1, u32 b0) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(b0));
+    }
+    static __device__ __forceinline__ u32 pack(float lo, float hi) {
+        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<u32*>(&h);
+    }
+};
+
+template <> struct Mma<__half> {
+    static __device__ __forceinline__ void k16(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    static __device__ __forceinline__ void k8(float (&c)[4], u32 a0, u32 a1, u32 b0) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(b0));
+    }
+    static __device__ __forceinline__ u32 pack(float lo, float hi) {
+        __half2 h = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<u32*>(&h);
+    }
+};
+
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+    return static_cast<u32>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void ldsm_x4(u32 (&r)[4], u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x2(u32 (&r)[2], u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(u32 (&r)[4], u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x2_t(u32 (&r)[2], u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
+}
+
+// 16-byte global -> shared copy; when !valid nothing is read and the 16 bytes are zero-filled.
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
+    const int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Copy rows [row0, row0 + NROWS) of a [*, D] strided matrix into shared memory (row stride STR elements);
+// rows at or past `limit` are zero-filled (never read from global memory).
+template <typename T, int D, int STR, int NROWS, int NT>
+__device__ __forceinline__ void load_tile(T* s, const T* g, size_t row_stride, int row0, int limit, int tid) {
+    constexpr int CH = D / 8;
+#pragma unroll 4
+    for (int i = tid; i < NROWS * CH; i += NT) {
+        const int r = i / CH, c = i - r * CH;
+        const bool ok = row0 + r < limit;
+        const T* src = ok ? g + (size_t)(row0 + r) * row_stride + c * 8 : g;
+        cp_async16(smem_u32(s + r * STR + c * 8), src, ok);
+    }
+}
+
+
+// Which (segment, q-tile) is CTA tile number `tile`: a warp-wide prefix sum of ceil(len / BM) over the
+// segments, 32 at a time. Writes {segment or -1 past the last tile, tile index inside the segment}.
+template <int BM>
+__device__ __forceinline__ void find_tile(const int* __restrict__ cu, int nseg, int tile, int lane, int* s_map) {
+    int base = 0, seg = -1, tl = 0;
+    for (int c0 = 0; c0 < nseg; c0 += 32) {
+        const int s = c0 + lane;
+        const int cnt = s < nseg ? (cu[s + 1] - cu[s] + BM - 1) / BM : 0;
+        int inc = cnt;
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {
+            const int y = __shfl_up_sync(0xffffffffu, inc, off);
+            if (lane >= off) inc += y;
+        }
+        const int exc = inc - cnt;
+        const unsigned hit = __ballot_sync(0xffffffffu, cnt > 0 && tile >= base + exc && tile < base + inc);
+        if (hit) {
+            const int src = __ffs(hit) - 1;
+            seg = c0 + src;
+            tl = tile - base - __shfl_sync(0xffffffffu, exc, src);
+            break;
+        }
+        base += __shfl_sync(0xffffffffu, inc, 31);
+    }
+    if (lane == 0) { s_map[0] = seg; s_map[1] = tl; }
+}
+
+
+// Set S to -inf where the key lies past the segment end or (causal) after the query row. Rows of this warp:
+// wrow0 + mt*16 + g (+8); columns kv0 + nb*8 + 2*t4 (+1): the m16n8 accumulator layout.
+template <int MT, int NB, bool CAUSAL>
+__device__ __forceinline__ void mask_tile(float (&s)[MT][NB][4], int wrow0, int kv0, int L, int g, int t4) {
+    const float NEG_INF = __int_as_float(0xff800000);
+    if (kv0 + NB * 8 > L || (CAUSAL && kv0 + NB * 8 - 1 > wrow0)) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int row = wrow0 + mt * 16 + g + ((e >> 1) << 3);
+                    const int col = kv0 + nb * 8 + 2 * t4 + (e & 1);
+                    if (col >= L || (CAUSAL && col > row)) s[mt][nb][e] = NEG_INF;
+                }
+    }
+}
+
+// Online softmax step (base 2): new running max, P = exp2(S * scale_log2 - max) in place of S, running
+// per-thread partial sums (the quad of threads sharing a row adds them up at the end), O rescaled.
+template <int MT, int NB, int DB>
+__device__ __forceinline__ void softmax_update(float (&s)[MT][NB][4], float (&acc)[MT][DB][4], float (&m_i)[MT][2],
+                                               float (&l_i)[MT][2], float scale_log2) {
+    const float NEG_INF = __int_as_float(0xff800000);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            float mx = NEG_INF;
+#pragma unroll
+            for (int nb = 0; nb < NB; ++nb) mx = fmaxf(mx, fmaxf(s[mt][nb][2 * h], s[mt][nb][2 * h + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float m_new = fmaxf(m_i[mt][h], mx * scale_log2);
+            const float m_use = m_new == NEG_INF ? 0.f : m_new;  // a row with no key yet
+            const float alpha = ex2(m_i[mt][h] - m_use);
+            m_i[mt][h] = m_new;
+            float rs = 0.f;
+#pragma unroll
+            for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+                for (int e = 2 * h; e < 2 * h + 2; ++e) {
+                    const float p = ex2(fmaf(s[mt][nb][e], scale_log2, -m_use));
+                    s[mt][nb][e] = p;
+                    rs += p;
+                }
+            l_i[mt][h] = l_i[mt][h] * alpha + rs;
+#pragma unroll
+            for (int db = 0; db < DB; ++db) {
+                acc[mt][db][2 * h] *= alpha;
+                acc[mt][db][2 * h + 1] *= alpha;
+            }
+        }
+}
+
+// Epilogue of one warp: O / l for its valid rows, lse = (m + log2 l) * ln 2.
+template <typename T, int MT, int DB, int D>
+__device__ __forceinline__ void store_rows(const float (&acc)[MT][DB][4], const float (&m_i)[MT][2],
+                                           const float (&l_i)[MT][2], T* __restrict__ o, float* __restrict__ lse,
+                                           int seg_start, int wrow0, int L, int Hq, int head, int g, int t4) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            float l = l_i[mt][h];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const int row = wrow0 + mt * 16 + g + h * 8;
+            if (row < L) {
+                const float inv = 1.f / l;
+                T* orow = o + ((size_t)(seg_start + row) * Hq + head) * D + 2 * t4;
+#pragma unroll
+                for (int db = 0; db < DB; ++db)
+                    *reinterpret_cast<u32*>(orow + db * 8) =
+                        Mma<T>::pack(acc[mt][db][2 * h] * inv, acc[mt][db][2 * h + 1] * inv);
+                if (lse != nullptr && t4 == 0)
+                    lse[(size_t)(seg_start + row) * Hq + head] = (m_i[mt][h] + log2f(l)) * 0.69314718055994531f;
+            }
+        }
+}
+
+template <typename T, int D, int NW, int MT, int BN, bool CAUSAL, bool QREG, int MINB>
+__global__ void __launch_bounds__(NW * 32, MINB)
+attn_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
+         float* __restrict__ lse, const int* __restrict__ cu, int nseg, int Hq, int Hkv, float scale_log2) {
+    constexpr int BM = 16 * MT * NW;  // query rows per CTA
+    constexpr int NT = NW * 32;
+    constexpr int CH = D / 8;                         // 16-byte chunks per row
+    constexpr int STR = ((CH % 2) ? CH : CH + 1) * 8;  // smem row stride (elements): odd chunk count
+    constexpr int K16 = D / 16;                       // m16n8k16 k-steps of QK^T
+    constexpr bool TAIL8 = (D % 16) != 0;             // one m16n8k8 step for the last 8 columns (D = 72)
+    constexpr int NB = BN / 8;                        // n-blocks of S per warp row block
+    constexpr int DB = D / 8;                         // n-blocks of O
+    static_assert(D % 8 == 0 && BN % 16 == 0, "tile shape");
+    const float NEG_INF = __int_as_float(0xff800000);
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* sQ = reinterpret_cast<T*>(smem_raw);
+    T* sK = sQ + BM * STR;        // 2 stages
+    T* sV = sK + 2 * BN * STR;    // 2 stages
+    __shared__ int s_map[2];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int head = blockIdx.x % Hq;
+    int tile = blockIdx.x / Hq;
+    if (CAUSAL) tile = gridDim.x / Hq - 1 - tile;  // longest (last) tiles first
+
+    if (warp == 0) find_tile<BM>(cu, nseg, tile, lane, s_map);
+    __syncthreads();
+    const int seg = s_map[0];
+    if (seg < 0) return;  // past the last tile (the grid is an upper bound)
+    const int q0 = s_map[1] * BM;  // first query row of the tile, local to the segment
+    const int seg_start = cu[seg];
+    const int L = cu[seg + 1] - seg_start;
+    const int kvh = head / (Hq / Hkv);
+    const size_t q_rs = (size_t)Hq * D, kv_rs = (size_t)Hkv * D;
+    const T* qb = q + (size_t)seg_start * q_rs + (size_t)head * D;
+    const T* kb = k + (size_t)seg_start * kv_rs + (size_t)kvh * D;
+    const T* vb = v + (size_t)seg_start * kv_rs + (size_t)kvh * D;
+    const int kv_len = CAUSAL ? min(L, q0 + BM) : L;
+    const int n_kv = (kv_len + BN - 1) / BN;
+
+    // ---- prologue: Q and the first K/V tile ----
+    load_tile<T, D, STR, BM, NT>(sQ, qb, q_rs, q0, L, tid);
+    load_tile<T, D, STR, BN, NT>(sK, kb, kv_rs, 0, kv_len, tid);
+    load_tile<T, D, STR, BN, NT>(sV, vb, kv_rs, 0, kv_len, tid);
+    cp_async_commit();
+
+    const int wr = warp * 16 * MT;  // first row of this warp inside the tile
+    const int wrow0 = q0 + wr;      // ... local to the segment
+    const bool warp_active = wrow0 < L;
+    const int g = lane >> 2, t4 = lane & 3;
+
+    float m_i[MT][2], l_i[MT][2];
+    float acc[MT][DB][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        m_i[mt][0] = m_i[mt][1] = NEG_INF;
+        l_i[mt][0] = l_i[mt][1] = 0.f;
+#pragma unroll
+        for (int db = 0; db < DB; ++db) acc[mt][db][0] = acc[mt][db][1] = acc[mt][db][2] = acc[mt][db][3] = 0.f;
+    }
+    u32 qf[QREG ? MT : 1][QREG ? K16 : 1][4];
+    u32 qt[QREG ? MT : 1][2];
+
+    for (int j = 0; j < n_kv; ++j) {
+        const int st = j & 1;
+        if (j + 1 < n_kv) {
+            load_tile<T, D, STR, BN, NT>(sK + (st ^ 1) * BN * STR, kb, kv_rs, (j + 1) * BN, kv_len, tid);
+            load_tile<T, D, STR, BN, NT>(sV + (st ^ 1) * BN * STR, vb, kv_rs, (j + 1) * BN, kv_len, tid);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();  // everything but the tile just issued has landed
+        __syncthreads();
+
+        const int kv0 = j * BN;
+        if (QREG && j == 0 && warp_active) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                const T* qrow = sQ + (wr + mt * 16 + (lane & 15)) * STR;
+#pragma unroll
+                for (int ks = 0; ks < K16; ++ks) ldsm_x4(qf[mt][ks], smem_u32(qrow + ks * 16 + (lane >> 4) * 8));
+                if (TAIL8) ldsm_x2(qt[mt], smem_u32(qrow + K16 * 16));
+            }
+        }
+        // a warp whose rows all precede this key tile (causal) or lie past the segment has nothing to do
+        const bool skip = !warp_active || (CAUSAL && kv0 > wrow0 + 16 * MT - 1);
+        if (!skip) {
+            const T* Ks = sK + st * BN * STR;
+            const T* Vs = sV + st * BN * STR;
+            // ---- S = Q K^T (fp32) ----
+            float s[MT][NB][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nb = 0; nb < NB; ++nb) s[mt][nb][0] = s[mt][nb][1] = s[mt][nb][2] = s[mt][nb][3] = 0.f;
+#pragma unroll
+            for (int ks = 0; ks < K16; ++ks) {
+                u32 a[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    if (QREG) {
+                        a[mt][0] = qf[mt][ks][0]; a[mt][1] = qf[mt][ks][1];
+                        a[mt][2] = qf[mt][ks][2]; a[mt][3] = qf[mt][ks][3];
+                    } else {
+                        ldsm_x4(a[mt], smem_u32(sQ + (wr + mt * 16 + (lane & 15)) * STR + ks * 16 + (lane >> 4) * 8));
+                    }
+                }
+#pragma unroll
+                for (int nb = 0; nb < NB; nb += 2) {
+                    u32 b[4];
+                    ldsm_x4(b, smem_u32(Ks + (nb * 8 + (lane & 7) + ((lane >> 4) << 3)) * STR + ks * 16 +
+                                        (((lane >> 3) & 1) << 3)));
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        Mma<T>::k16(s[mt][nb], a[mt], b[0], b[1]);
+                        Mma<T>::k16(s[mt][nb + 1], a[mt], b[2], b[3]);
+                    }
+                }
+            }
+            if (TAIL8) {  // columns K16*16 .. D-1 (8 of them) with m16n8k8
+                u32 at[MT][2];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    if (QREG) { at[mt][0] = qt[mt][0]; at[mt][1] = qt[mt][1]; }
+                    else ldsm_x2(at[mt], smem_u32(sQ + (wr + mt * 16 + (lane & 15)) * STR + K16 * 16));
+                }
+#pragma unroll
+                for (int nb = 0; nb < NB; nb += 4) {
+                    if (nb + 4 <= NB) {
+                        u32 b[4];
+                        ldsm_x4(b, smem_u32(Ks + (nb * 8 + lane) * STR + K16 * 16));
+#pragma unroll
+                        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                            for (int i = 0; i < 4; ++i) Mma<T>::k8(s[mt][nb + i], at[mt][0], at[mt][1], b[i]);
+                    } else {
+                        u32 b[2];
+                        ldsm_x2(b, smem_u32(Ks + (nb * 8 + (lane & 15)) * STR + K16 * 16));
+#pragma unroll
+                        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                            for (int i = 0; i < 2; ++i) Mma<T>::k8(s[mt][nb + i], at[mt][0], at[mt][1], b[i]);
+                    }
+                }
+            }
+            mask_tile<MT, NB, CAUSAL>(s, wrow0, kv0, L, g, t4);
+            softmax_update<MT, NB, DB>(s, acc, m_i, l_i, scale_log2);
+            // ---- O += P V: S's accumulator layout is the A-operand layout of the next mma ----
+#pragma unroll
+            for (int kb2 = 0; kb2 < BN / 16; ++kb2) {
+                u32 pa[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    pa[mt][0] = Mma<T>::pack(s[mt][2 * kb2][0], s[mt][2 * kb2][1]);
+                    pa[mt][1] = Mma<T>::pack(s[mt][2 * kb2][2], s[mt][2 * kb2][3]);
+                    pa[mt][2] = Mma<T>::pack(s[mt][2 * kb2 + 1][0], s[mt][2 * kb2 + 1][1]);
+                    pa[mt][3] = Mma<T>::pack(s[mt][2 * kb2 + 1][2], s[mt][2 * kb2 + 1][3]);
+                }
+                const T* vrow = Vs + (kb2 * 16 + (lane & 7) + (((lane >> 3) & 1) << 3)) * STR;
+#pragma unroll
+                for (int db = 0; db + 1 < DB; db += 2) {
+                    u32 b[4];
+                    ldsm_x4_t(b, smem_u32(vrow + db * 8 + ((lane >> 4) << 3)));
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        Mma<T>::k16(acc[mt][db], pa[mt], b[0], b[1]);
+                        Mma<T>::k16(acc[mt][db + 1], pa[mt], b[2], b[3]);
+                    }
+                }
+                if (DB % 2) {
+                    u32 b[2];
+                    ldsm_x2_t(b, smem_u32(vrow + (DB - 1) * 8));
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) Mma<T>::k16(acc[mt][DB - 1], pa[mt], b[0], b[1]);
+                }
+            }
+        }
+        __syncthreads();  // the stage just read is overwritten by the next iteration's loads
+    }
+    cp_async_wait<0>();
+
+    if (warp_active) store_rows<T, MT, DB, D>(acc, m_i, l_i, o, lse, seg_start, wrow0, L, Hq, head, g, t4);
+}
+
+// =====================================================================================================
+// Hopper variant (sm_90a only): warpgroup MMA (wgmma.mma_async) instead of mma.sync.
+//
+// One CTA = NWG warpgroups of 64 query rows (BM = 64 * NWG). S = Q K^T is m64nBNk16 with Q and K read by
+// the tensor cores straight from shared memory; O += P V is m64nDk16 with P from registers (the S
+// accumulator layout per warp is the mma.sync one, so the same softmax/mask/epilogue code serves) and V
+// from shared memory read N-major (trans-b). The k-dim of QK^T must be a multiple of 16: for D = 72 the
+// rows are 80 wide in shared memory with columns 72..79 zeroed once (never in global memory). PV's n-dim
+// is D itself (n72 is a legal wgmma shape).
+// Shared memory uses wgmma's no-swizzle canonical layout: 8-row x 16-byte core matrices, stored
+// [row / 8][chunk][row % 8][16 B], so Q, K and V tiles share one loader; descriptors pick K-major
+// (LBO = 128 B between k-chunks, SBO = CHK * 128 B between 8-row groups) or, for V, N-major
+// (SBO = 128 B between 8-column groups, LBO = CHK * 128 B between 8-row k-groups).
+// cp.async writes go through the generic proxy, so each thread fences them into the async proxy
+// (fence.proxy.async) before the barrier that precedes the wgmmas that read them.
+// =====================================================================================================
+__device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Shared-memory matrix descriptor, no swizzle: start address, leading and stride byte offsets (>> 4 each).
+__device__ __forceinline__ unsigned long long make_desc(u32 saddr, u32 lbo, u32 sbo) {
+    return (unsigned long long)((saddr & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
+           ((unsigned long long)(sbo >> 4) << 32);
+}
+
+// Rows [row0, row0 + NROWS) of a [*, D] strided matrix into the core-matrix layout (CHK chunks per row,
+// chunks >= D/8 untouched); rows at or past `limit` are zero-filled. Consecutive threads take consecutive
+// rows of one 8-row group, so each group of 8 writes 128 contiguous bytes.
+template <typename T, int D, int CHK, int NROWS, int NT>
+__device__ __forceinline__ void load_tile_cm(T* s, const T* g, size_t row_stride, int row0, int limit, int tid) {
+    constexpr int CH = D / 8;
+#pragma unroll 4
+    for (int i = tid; i < NROWS * CH; i += NT) {
+        const int r8 = i & 7, rest = i >> 3;
+        const int rg = rest / CH, c = rest - rg * CH;
+        const int r = rg * 8 + r8;
+        const bool ok = row0 + r < limit;
+        const T* src = ok ? g + (size_t)(row0 + r) * row_stride + c * 8 : g;
+        cp_async16(smem_u32(s + ((rg * CHK + c) * 8 + r8) * 8), src, ok);
+    }
+}
+
+// ---- begin generated (m64nNk16 f32 += bf16/f16 wrappers: ss = A and B in shared memory, K-major;
+//      rs = A in registers, B in shared memory N-major (trans-b = 1), always accumulating) ----
+template <bool BF16> __device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], unsigned long long da, unsigned long long db, int acc) {
+    if constexpr (BF16) asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db), "r"(acc));
+    else asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db), "r"(acc));
+}
+
+template <bool BF16> __device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], unsigned long long da, unsigned long long db, int acc) {
+    if constexpr (BF16) asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(acc));
+    else asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(acc));
+}
+
+template <bool BF16> __device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const unsigned (&a)[4], unsigned long long db) {
+    if constexpr (BF16) asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+    else asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
+
+template <bool BF16> __device__ __forceinline__ void wgmma_rs_n72(float (&d)[36], const unsigned (&a)[4], unsigned long long db) {
+    if constexpr (BF16) asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n72k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35}, {%36, %37, %38, %39}, %40, 1, 1, 1, 1;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+    else asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n72k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35}, {%36, %37, %38, %39}, %40, 1, 1, 1, 1;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
+
+template <bool BF16> __device__ __forceinline__ void wgmma_rs_n80(float (&d)[40], const unsigned (&a)[4], unsigned long long db) {
+    if constexpr (BF16) asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n80k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39}, {%40, %41, %42, %43}, %44, 1, 1, 1, 1;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+    else asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n80k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39}, {%40, %41, %42, %43}, %44, 1, 1, 1, 1;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
+
+template <bool BF16> __device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const unsigned (&a)[4], unsigned long long db) {
+    if constexpr (BF16) asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+    else asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
+// ---- end generated ----
+
+template <typename T> struct IsBf16 { static constexpr bool value = false; };
+template <> struct IsBf16<__nv_bfloat16> { static constexpr bool value = true; };
+
+// S (+)= Q K^T for one k16 step, N = BN keys (Q and K both read from shared memory).
+template <bool BF16, int N>
+__device__ __forceinline__ void wgmma_qk(float (&d)[N / 2], unsigned long long da, unsigned long long db, int acc) {
+    if constexpr (N == 64) wgmma_ss_n64<BF16>(d, da, db, acc);
+    else wgmma_ss_n128<BF16>(d, da, db, acc);
+}
+// O += P V for one k16 step, N = D head-dim columns (256 as two n128 halves, 16 chunks = 2048 B apart).
+template <bool BF16, int D>
+__device__ __forceinline__ void wgmma_pv(float (&d)[D / 2], const u32 (&a)[4], unsigned long long db) {
+    if constexpr (D == 64) wgmma_rs_n64<BF16>(d, a, db);
+    else if constexpr (D == 72) wgmma_rs_n72<BF16>(d, a, db);
+    else if constexpr (D == 80) wgmma_rs_n80<BF16>(d, a, db);
+    else if constexpr (D == 128) wgmma_rs_n128<BF16>(d, a, db);
+    else {
+        static_assert(D == 256, "head dim");
+        wgmma_rs_n128<BF16>(reinterpret_cast<float (&)[64]>(d[0]), a, db);
+        wgmma_rs_n128<BF16>(reinterpret_cast<float (&)[64]>(d[64]), a, db + (2048 >> 4));
+    }
+}
+
+template <typename T, int D, int NWG, int BN, bool CAUSAL, int MINB>
+__global__ void __launch_bounds__(NWG * 128, MINB)
+attn_fwd_wgmma(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
+               float* __restrict__ lse, const int* __restrict__ cu, int nseg, int Hq, int Hkv, float scale_log2) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr bool BF16 = IsBf16<T>::value;
+    constexpr int BM = 64 * NWG;
+    constexpr int NT = NWG * 128;
+    constexpr int DK = (D + 15) / 16 * 16;  // k-extent of QK^T (80 for D = 72)
+    constexpr int CHK = DK / 8;             // 16-byte chunks per row in shared memory
+    constexpr int CH = D / 8;               // chunks that come from global memory
+    constexpr int NB = BN / 8, DB = D / 8;
+    constexpr u32 ROWG = CHK * 128;         // bytes per 8-row group
+    static_assert(D % 8 == 0 && BN % 16 == 0 && (BN == 64 || BN == 128), "tile shape");
+    const float NEG_INF = __int_as_float(0xff800000);
+
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    T* sQ = reinterpret_cast<T*>(smem_raw);
+    T* sK = sQ + BM * CHK * 8;    // 2 stages
+    T* sV = sK + 2 * BN * CHK * 8;  // 2 stages
+    __shared__ int s_map[2];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
+    const int head = blockIdx.x % Hq;
+    int tile = blockIdx.x / Hq;
+    if (CAUSAL) tile = gridDim.x / Hq - 1 - tile;
+    if (warp == 0) find_tile<BM>(cu, nseg, tile, lane, s_map);
+    __syncthreads();
+    const int seg = s_map[0];
+    if (seg < 0) return;
+    const int q0 = s_map[1] * BM;
+    const int seg_start = cu[seg];
+    const int L = cu[seg + 1] - seg_start;
+    const int kvh = head / (Hq / Hkv);
+    const size_t q_rs = (size_t)Hq * D, kv_rs = (size_t)Hkv * D;
+    const T* qb = q + (size_t)seg_start * q_rs + (size_t)head * D;
+    const T* kb = k + (size_t)seg_start * kv_rs + (size_t)kvh * D;
+    const T* vb = v + (size_t)seg_start * kv_rs + (size_t)kvh * D;
+    const int kv_len = CAUSAL ? min(L, q0 + BM) : L;
+    const int n_kv = (kv_len + BN - 1) / BN;
+
+    if (DK != D) {  // zero the pad columns D..DK-1 of Q and both K stages (cp.async never writes them)
+        for (int r = tid; r < BM + 2 * BN; r += NT) {
+            T* base = r < BM ? sQ : sK - BM * CHK * 8;
+            *reinterpret_cast<uint4*>(base + (((r >> 3) * CHK + CH) * 8 + (r & 7)) * 8) = make_uint4(0, 0, 0, 0);
+        }
+    }
+    load_tile_cm<T, D, CHK, BM, NT>(sQ, qb, q_rs, q0, L, tid);
+    load_tile_cm<T, D, CHK, BN, NT>(sK, kb, kv_rs, 0, kv_len, tid);
+    load_tile_cm<T, D, CHK, BN, NT>(sV, vb, kv_rs, 0, kv_len, tid);
+    cp_async_commit();
+
+    const int wgrow0 = q0 + wg * 64;                // first row of this warpgroup, local to the segment
+    const int wrow0 = wgrow0 + (warp & 3) * 16;     // ... of this warp
+    const bool wg_active = wgrow0 < L;
+    const int g = lane >> 2, t4 = lane & 3;
+    const unsigned long long dq = make_desc(smem_u32(sQ) + wg * 8 * ROWG, 128, ROWG);
+
+    float m_i[1][2] = {{NEG_INF, NEG_INF}}, l_i[1][2] = {{0.f, 0.f}};
+    float acc[1][DB][4];
+#pragma unroll
+    for (int db = 0; db < DB; ++db) acc[0][db][0] = acc[0][db][1] = acc[0][db][2] = acc[0][db][3] = 0.f;
+
+    for (int j = 0; j < n_kv; ++j) {
+        const int st = j & 1;
+        if (j + 1 < n_kv) {
+            load_tile_cm<T, D, CHK, BN, NT>(sK + (st ^ 1) * BN * CHK * 8, kb, kv_rs, (j + 1) * BN, kv_len, tid);
+            load_tile_cm<T, D, CHK, BN, NT>(sV + (st ^ 1) * BN * CHK * 8, vb, kv_rs, (j + 1) * BN, kv_len, tid);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();
+        fence_proxy_async();  // make this thread's cp.async data visible to the tensor cores' async proxy
+        __syncthreads();
+
+        const int kv0 = j * BN;
+        if (wg_active && !(CAUSAL && kv0 > wgrow0 + 63)) {
+            float s[1][NB][4];
+            float (&sf)[BN / 2] = reinterpret_cast<float (&)[BN / 2]>(s);
+            float (&of)[D / 2] = reinterpret_cast<float (&)[D / 2]>(acc);
+            const unsigned long long dk = make_desc(smem_u32(sK + st * BN * CHK * 8), 128, ROWG);
+            const unsigned long long dv = make_desc(smem_u32(sV + st * BN * CHK * 8), ROWG, 128);
+            // ---- S = Q K^T ----
+#pragma unroll
+            for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < DK / 16; ++ks) wgmma_qk<BF16, BN>(sf, dq + ks * 16, dk + ks * 16, ks > 0);
+            wgmma_commit();
+            wgmma_wait0();
+#pragma unroll
+            for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+            mask_tile<1, NB, CAUSAL>(s, wrow0, kv0, L, g, t4);
+            softmax_update<1, NB, DB>(s, acc, m_i, l_i, scale_log2);
+            // ---- O += P V ----
+            u32 pa[BN / 16][4];
+#pragma unroll
+            for (int kb2 = 0; kb2 < BN / 16; ++kb2) {
+                pa[kb2][0] = Mma<T>::pack(s[0][2 * kb2][0], s[0][2 * kb2][1]);
+                pa[kb2][1] = Mma<T>::pack(s[0][2 * kb2][2], s[0][2 * kb2][3]);
+                pa[kb2][2] = Mma<T>::pack(s[0][2 * kb2 + 1][0], s[0][2 * kb2 + 1][1]);
+                pa[kb2][3] = Mma<T>::pack(s[0][2 * kb2 + 1][2], s[0][2 * kb2 + 1][3]);
+            }
+#pragma unroll
+            for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
+            wgmma_fence();
+#pragma unroll
+            for (int kb2 = 0; kb2 < BN / 16; ++kb2) wgmma_pv<BF16, D>(of, pa[kb2], dv + kb2 * (2 * ROWG >> 4));
+            wgmma_commit();
+            wgmma_wait0();
+#pragma unroll
+            for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
+        }
+        __syncthreads();
+    }
+    cp_async_wait<0>();
+
+    if (wgrow0 < L) store_rows<T, 1, DB, D>(acc, m_i, l_i, o, lse, seg_start, wrow0, L, Hq, head, g, t4);
+#endif
+}
+
+}  // namespace attn

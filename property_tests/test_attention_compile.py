@@ -1,0 +1,69 @@
+"""Every attention instantiation the wrapper can launch compiles to a CUBIN for sm_80 and sm_90, and the
+Hopper (wgmma) defaults for sm_90a (no GPU needed; cubins are cached on disk by kernels/runtime/nvrtc.py).
+
+Also reads ptxas' register/spill report (NVRTC passes -v through `ptxas_options`) for the default tile shapes
+and requires zero spill bytes: a spilling flash-attention kernel loses most of its speed.
+"""
+
+import io
+import re
+
+import pytest
+import torch
+
+from kernels.attention import CANDIDATES, SUPPORTED_HEAD_DIMS, WG_CANDIDATES, pick_variant
+from kernels.runtime.nvrtc import compile_source, cuda_include_dirs, read_source
+
+pytestmark = pytest.mark.compile
+
+
+def reachable(d: int, wgmma: bool) -> list:
+    """Tile shapes pick_variant can return for head dim d (long and short segments, both masks)."""
+    vs = []
+    for causal in (False, True):
+        for max_seqlen in (8, 100_000):
+            v = pick_variant(d, causal, T=100_000, nseg=1, max_seqlen=max_seqlen, wgmma=wgmma)
+            if v not in vs:
+                vs.append(v)
+    return vs
+
+
+def check_cubin(names, arch):
+    mod = compile_source(read_source("attention.cu"), names, arch)
+    cubin = bytes(mod.code)
+    assert cubin[:4] == b"\x7fELF"
+    for n in names:
+        mangled = mod.symbol_mapping[n]
+        mangled = mangled if isinstance(mangled, bytes) else mangled.encode()
+        assert mangled in cubin, f"{n} ({mangled!r}) missing from the {arch} cubin"
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_mma_instantiations_compile(arch, dtype, causal):
+    check_cubin(tuple(v.name(dtype, d, causal) for d in SUPPORTED_HEAD_DIMS for v in reachable(d, False)), arch)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_wgmma_instantiations_compile(dtype, causal):
+    check_cubin(tuple(v.name(dtype, d, causal) for d in SUPPORTED_HEAD_DIMS for v in reachable(d, True)), "sm_90a")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, table", [("sm_90", CANDIDATES), ("sm_90a", WG_CANDIDATES)])
+def test_default_shapes_do_not_spill(arch, table):
+    from cuda.core import Program, ProgramOptions
+
+    names = tuple(table[d][0].name(torch.bfloat16, d, False) for d in SUPPORTED_HEAD_DIMS)
+    log = io.StringIO()
+    opts = ProgramOptions(arch=arch, std="c++17", include_path=list(cuda_include_dirs()), ptxas_options=["-v"])
+    Program(read_source("attention.cu"), code_type="c++", options=opts).compile(
+        "cubin", name_expressions=names, logs=log)
+    report = log.getvalue()
+    regs = [int(x) for x in re.findall(r"Used (\d+) registers", report)]
+    spills = [int(x) for x in re.findall(r"(\d+) bytes spill stores", report)]
+    assert len(regs) == len(names) and len(spills) == len(names), report
+    assert all(r <= 255 for r in regs), report
+    assert not any(spills), f"register spills in a default tile shape:\n{report}"

@@ -1,0 +1,251 @@
+"""Attention on a GPU, standalone: correctness spot-checks of every tile shape, then timings beside SDPA.
+
+    PYTHONPATH=. python scripts/attention_gpu.py --check --bench [--out DIR]
+    PYTHONPATH=. python scripts/attention_gpu.py --tiny          # small workload for compute-sanitizer
+
+--check compares every candidate tile shape (bf16; fp16 for the default) on awkward packings (length-1,
+zero-length, non-multiple-of-tile segments, GQA, both masks) with reference.attention in fp32.
+--bench times every candidate shape (mma.sync, and wgmma on sm_90) and the default pick on
+benchmarks/bench_attention.CASES beside torch SDPA's cuDNN, flash and efficient backends (and torch's
+varlen_attn when present), with the card's measured matrix (cuBLAS bf16 8192^3) and copy ceilings, and
+writes attention-<card>-<date>.json. Each time is given twice: the median of single calls bracketed by
+events (cuda_time_ms: includes the host's launch cost, ~20-40 us for our Python wrapper) and "queued"
+(20 calls back to back, the launch cost hidden as in a CUDA graph); ratios use the queued figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import reference  # noqa: E402
+from benchmarks.bench_attention import CASES, SDPA_BACKENDS, make_inputs, ours_fn, sdpa_fn  # noqa: E402
+from benchmarks.common import (bf16_gemm_TFLOPs, card_name, copy_bandwidth_TBps, cuda_time_ms,  # noqa: E402
+                               write_results)
+from kernels.attention import (CANDIDATES, SUPPORTED_HEAD_DIMS, WG_CANDIDATES, _use_wgmma,  # noqa: E402
+                               all_variants as _all_variants, attention, pick_variant, run_variant)
+
+
+def all_variants(d):
+    return _all_variants(d, torch.device("cuda"))
+
+
+def vname(v):
+    return v.label()
+
+
+def kernel_info(v, dtype, d, causal):
+    from kernels.runtime.nvrtc import get_kernel
+    k = get_kernel("attention.cu", v.name(dtype, d, causal), arch=v.arch)
+    info = {}
+    try:
+        a = k.attributes
+        info = {"regs": a.num_regs(), "local_bytes": a.local_size_bytes()}
+    except Exception as e:  # attribute API differs across cuda-core versions
+        try:
+            info = {"regs": a.num_regs, "local_bytes": a.local_size_bytes}
+        except Exception:
+            info = {"err": str(e)[:80]}
+    try:
+        info["blocks_per_sm"] = k.occupancy.max_active_blocks_per_multiprocessor(v.threads, v.smem_bytes(d))
+    except Exception:
+        pass
+    return info
+
+
+def check():
+    shapes = [[1], [37], [130, 1, 64, 200], [0, 5, 0, 300], [513], [700, 77]]
+    heads = [(4, 2), (8, 8), (8, 1)]
+    fails, rows = 0, []
+    t0 = time.time()
+    for d in SUPPORTED_HEAD_DIMS:
+        for vi, var in enumerate(all_variants(d)):
+            for dtype in (torch.bfloat16, torch.float16):
+                if dtype == torch.float16 and var not in (CANDIDATES[d][0], WG_CANDIDATES[d][0]) and vi > 0:
+                    continue
+                for causal in (False, True):
+                    for si, lengths in enumerate(shapes):
+                        hq, hkv = heads[si % len(heads)]
+                        g = torch.Generator(device="cuda").manual_seed(si)
+                        T = sum(lengths)
+                        q, k, v = (torch.randn(T, h, d, device="cuda", generator=g).to(dtype) for h in (hq, hkv, hkv))
+                        cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32).cuda()
+                        out = torch.full_like(q, math.nan)
+                        lse = torch.full((T, hq), math.nan, device="cuda")
+                        run_variant(var, q, k, v, cu, causal, d ** -0.5, out, lse)
+                        torch.cuda.synchronize()
+                        ro, rl = reference.attention(q.float(), k.float(), v.float(), cu, causal, return_lse=True)
+                        err = out.float() - ro
+                        nan = int(out.isnan().sum())
+                        rel = (err.nan_to_num(1e9).norm() / ro.norm()).item()
+                        mx = err.nan_to_num(1e9).abs().max().item()
+                        le = (lse - rl).nan_to_num(1e9).abs().max().item()
+                        tol = (1e-2, 4e-2) if dtype == torch.bfloat16 else (2e-3, 6e-3)
+                        ok = nan == 0 and rel <= tol[0] and mx <= tol[1] and le <= 1e-3
+                        if not ok:
+                            fails += 1
+                            # where is it wrong: first bad (row, head, col)
+                            bad = (err.abs() > tol[1]) | out.isnan()
+                            idx = bad.nonzero()[:3].tolist()
+                            print(f"FAIL d={d} {vname(var)} {dtype} causal={causal} lengths={lengths} heads={hq}/{hkv} "
+                                  f"nan={nan} rel={rel:.3g} max={mx:.3g} lse={le:.3g} first_bad={idx}", flush=True)
+                        rows.append(dict(d=d, variant=vname(var), dtype=str(dtype), causal=causal, lengths=lengths,
+                                         hq=hq, hkv=hkv, nan=nan, rel=rel, max_abs=mx, lse_err=le, ok=ok))
+    print(f"check: {len(rows)} cases, {fails} failures, {time.time() - t0:.1f}s", flush=True)
+    return rows, fails
+
+
+def determinism():
+    q, k, v, cu = make_inputs(CASES[2])
+    res = {}
+    for causal in (False, True):
+        o1, l1 = attention(q, k, v, cu, causal, return_lse=True)
+        same = all(torch.equal(o1, o2) and torch.equal(l1, l2)
+                   for o2, l2 in (attention(q, k, v, cu, causal, return_lse=True) for _ in range(5)))
+        res[f"causal={causal}"] = same
+    print("determinism:", res, flush=True)
+    return res
+
+
+def l2_copy_TBps():
+    """Copy between two 8 MiB buffers (both stay in the 50 MB L2), bytes read plus written."""
+    n = 8 << 20
+    src = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
+    dst = torch.empty_like(src)
+    ms = queued_ms(lambda: dst.copy_(src), n=50)
+    return 2 * n / (ms * 1e-3) / 1e12
+
+
+def queued_ms(fn, n=20):
+    """GPU time per call with n calls queued back to back (the host's launch cost hidden, as in a graph)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(3):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(n):
+            fn()
+        b.record()
+        b.synchronize()
+        best = min(best, a.elapsed_time(b) / n)
+    return best
+
+
+def varlen_fn(case, q, k, v, cu):
+    from torch.nn.attention.varlen import varlen_attn
+    m = max(case.lengths)
+    kw = dict(enable_gqa=True) if case.hkv != case.hq else {}
+    try:
+        varlen_attn(q, k, v, cu, cu, m, m, window_size=(-1, 0) if case.causal else (-1, -1), **kw)
+        return lambda: varlen_attn(q, k, v, cu, cu, m, m, window_size=(-1, 0) if case.causal else (-1, -1), **kw)
+    except TypeError:
+        varlen_attn(q, k, v, cu, cu, m, m, is_causal=case.causal)
+        return lambda: varlen_attn(q, k, v, cu, cu, m, m, is_causal=case.causal)
+
+
+def bench(out_dir):
+    ceil = {"bf16_gemm_TFLOPs": bf16_gemm_TFLOPs(), "copy_TBps": copy_bandwidth_TBps(), "l2_copy_TBps": l2_copy_TBps()}
+    print(f"card: {card_name()}  ceilings: {ceil}", flush=True)
+    records = []
+    for case in CASES:
+        q, k, v, cu = make_inputs(case)
+        rec = {"case": case.tag, "lengths": list(case.lengths), "hq": case.hq, "hkv": case.hkv, "d": case.d,
+               "causal": case.causal, "gflop": case.flops / 1e9, "min_MB": case.min_bytes / 1e6, "impls": {}}
+
+        def timeit(name, fn, extra=None):
+            try:
+                fn()
+                torch.cuda.synchronize()
+                ms = cuda_time_ms(fn, warmup=3, iters=20)
+                qms = queued_ms(fn)
+                r = {"ms": ms, "tflops": case.flops / (ms * 1e-3) / 1e12,
+                     "ms_queued": qms, "tflops_queued": case.flops / (qms * 1e-3) / 1e12, **(extra or {})}
+            except Exception as e:  # noqa: BLE001 - a backend may refuse a shape
+                r = {"error": f"{type(e).__name__}: {e}"[:200]}
+            rec["impls"][name] = r
+            print(f"  {case.tag:30s} {name:44s} " + (f"{r['ms']:7.3f} ms {r['tflops']:6.1f} | queued {r['ms_queued']:7.3f} ms "
+                                                  f"{r['tflops_queued']:6.1f} TFLOP/s {extra or ''}" if "ms" in r else r["error"]), flush=True)
+
+        default = pick_variant(case.d, case.causal, case.T, len(case.lengths), max(case.lengths),
+                               _use_wgmma(q.device))
+        timeit(f"ours_default({vname(default)})", ours_fn(case, q, k, v, cu))
+        for var in all_variants(case.d):
+            timeit(f"ours_{vname(var)}", ours_fn(case, q, k, v, cu, var),
+                   kernel_info(var, torch.bfloat16, case.d, case.causal))
+        for be in SDPA_BACKENDS:
+            timeit(f"sdpa_{be}", sdpa_fn(case, q, k, v, be))
+        try:
+            timeit("torch_varlen_attn", varlen_fn(case, q, k, v, cu))
+        except Exception as e:  # noqa: BLE001
+            rec["impls"]["torch_varlen_attn"] = {"error": str(e)[:200]}
+        ours = {n: r["tflops_queued"] for n, r in rec["impls"].items() if n.startswith("ours_") and "tflops" in r}
+        sdpa = {n: r["tflops_queued"] for n, r in rec["impls"].items() if n.startswith("sdpa_") and "tflops" in r}
+        if ours and sdpa:
+            bo, bs = max(ours, key=ours.get), max(sdpa, key=sdpa.get)
+            rec["best_ours"], rec["best_sdpa"] = bo, bs
+            rec["ratio_best_ours_vs_best_sdpa"] = ours[bo] / sdpa[bs]
+            dflt = [n for n in ours if n.startswith("ours_default")]
+            if dflt:
+                rec["ratio_default_vs_best_sdpa"] = ours[dflt[0]] / sdpa[bs]
+            print(f"  -> best ours {bo} {ours[bo]:.1f}, best sdpa {bs} {sdpa[bs]:.1f}, "
+                  f"ratio {ours[bo] / sdpa[bs]:.3f} (default {rec.get('ratio_default_vs_best_sdpa', 0):.3f})", flush=True)
+        records.append(rec)
+        del q, k, v
+        torch.cuda.empty_cache()
+    path = write_results("attention", records, extra={"ceilings": ceil}, out_dir=out_dir)
+    print("wrote", path, flush=True)
+    return records
+
+
+def tiny():
+    """Small shapes for compute-sanitizer: every tile shape, both masks, GQA, odd and empty segments."""
+    n = 0
+    for d in SUPPORTED_HEAD_DIMS:
+        for causal in (False, True):
+            lengths = [1, 70, 0, 3, 150]
+            g = torch.Generator(device="cuda").manual_seed(0)
+            T = sum(lengths)
+            q, k, v = (torch.randn(T, h, d, device="cuda", generator=g).to(torch.bfloat16) for h in (4, 2, 2))
+            cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32).cuda()
+            o, l = attention(q, k, v, cu, causal, return_lse=True)  # the default
+            assert not o.isnan().any()
+            for var in all_variants(d):
+                o2 = torch.full_like(o, float("nan"))
+                run_variant(var, q, k, v, cu, causal, d ** -0.5, o2, None)
+                torch.cuda.synchronize()
+                assert not o2.isnan().any(), var.label()
+                n += 1
+    print(f"tiny: ok ({n} launches)", flush=True)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--bench", action="store_true")
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--out", default=os.environ.get("OUT"))
+    a = ap.parse_args()
+    out = Path(a.out) if a.out else None
+    summary = {"card": torch.cuda.get_device_name()}
+    if a.tiny:
+        tiny()
+    if a.check:
+        rows, fails = check()
+        summary["check_failures"] = fails
+        summary["determinism"] = determinism()
+        if out:
+            (out / "attention_check.json").write_text(json.dumps(rows, indent=0))
+    if a.bench:
+        bench(out)
+    print(json.dumps(summary), flush=True)
