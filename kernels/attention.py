@@ -261,10 +261,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: tor
               max_seqlen: int | None = None, validate: bool = True):
     """Varlen attention over packed segments; see the module docstring.
 
-    q [T,Hq,d], k/v [T,Hkv,d] (bf16/fp16, contiguous, CUDA), cu_seqlens [n+1] int32 (int64 is converted),
+    q [T,Hq,d], k/v [T,Hkv,d] (bf16/fp16 on tensor cores; fp32 goes to the exact SIMT kernel in
+    kernels/attention_fp32.py), contiguous, CUDA; cu_seqlens [n+1] int32 (int64 is converted),
     scale defaults to 1/sqrt(d). Returns out [T,Hq,d] (written into `out` when given), and lse [T,Hq] fp32
     (natural log of the softmax denominator of the scaled scores) when return_lse.
     """
+    if isinstance(q, torch.Tensor) and q.dtype == torch.float32:
+        from .attention_fp32 import attention_fp32
+
+        return attention_fp32(q, k, v, cu_seqlens, causal, scale=scale, return_lse=return_lse, out=out,
+                              max_seqlen=max_seqlen, validate=validate)
     scale = _validate(q, k, v, cu_seqlens, causal, scale, out, max_seqlen, validate)
     T, Hq, d = q.shape
     if out is None:

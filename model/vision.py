@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from reference._checks import check_grid_thw
+
 from .config import VisionConfig
 
 _EPS = 1e-6  # every LayerNorm of the tower (HF hard-codes it)
@@ -57,13 +59,22 @@ class VisionTower:
                              f"patches: {grid_thw.tolist()}")
         return self.forward(pixel_values.to(self.device, self.dtype), self.prepare(grid_thw))
 
-    def prepare(self, grid_thw: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The per-grid tables: position-embedding taps, 2D rotary cos/sin, attention segments (on the device)."""
+    def prepare(self, grid_thw: torch.Tensor) -> dict:
+        """The per-grid tables: position-embedding taps, 2D rotary cos/sin, attention segments (on the device).
+
+        Sizes come from grid_thw on the host (the processor's output lives there), so no kernel has to read
+        the grid back from the device: the tower does no host synchronisation.
+        """
         cfg, ops = self.cfg, self.ops
-        grid_thw = torch.as_tensor(grid_thw).to(self.device)
-        idx, wts = ops.vision_pos_taps(grid_thw, side=cfg.pos_side, merge=cfg.spatial_merge_size)
-        cos, sin = ops.vision_rope_cos_sin(grid_thw, cfg.head_dim, theta=cfg.rope_theta, merge=cfg.spatial_merge_size)
-        return dict(pos_index=idx, pos_weight=wts, cos=cos, sin=sin, cu_seqlens=ops.vision_cu_seqlens(grid_thw))
+        grid_cpu = check_grid_thw(torch.as_tensor(grid_thw).cpu(), merge=cfg.spatial_merge_size)
+        frames = [h * w for t, h, w in grid_cpu.tolist() for _ in range(t)]
+        n_patches, merge = sum(frames), cfg.spatial_merge_size
+        grid = grid_cpu.to(self.device, non_blocking=True)
+        idx, wts = ops.vision_pos_taps(grid, side=cfg.pos_side, merge=merge, num_patches=n_patches)
+        cos, sin = ops.vision_rope_cos_sin(grid, cfg.head_dim, theta=cfg.rope_theta, merge=merge,
+                                           num_patches=n_patches)
+        cu = ops.vision_cu_seqlens(grid, num_segments=len(frames))
+        return dict(pos_index=idx, pos_weight=wts, cos=cos, sin=sin, cu_seqlens=cu, max_seqlen=max(frames))
 
     def forward(self, pixel_values: torch.Tensor, tables: dict[str, torch.Tensor]) -> torch.Tensor:
         """The tower on device-resident pixels [N, C*T*P*P] (model dtype) and `prepare`d tables."""
@@ -79,7 +90,7 @@ class VisionTower:
             b = f"blocks.{i}."
             q, k, v = ops.qkv_bias_rope(F.linear(h, w[b + "attn.qkv.weight"]), w[b + "attn.qkv.bias"],
                                         cos, sin, heads)
-            o = ops.attention(q, k, v, cu, False)  # [N, heads, hd]
+            o = ops.attention(q, k, v, cu, False, max_seqlen=tables["max_seqlen"], validate=False)  # [N, heads, hd]
             o = F.linear(o.reshape(N, D), w[b + "attn.proj.weight"])
             h, res = ops.add_bias_layer_norm(o, w[b + "attn.proj.bias"], res,
                                              w[b + "norm2.weight"], w[b + "norm2.bias"], _EPS)

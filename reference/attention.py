@@ -54,13 +54,17 @@ def attention_mask(cu_seqlens: torch.Tensor, causal: bool) -> torch.Tensor:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, causal: bool,
-              scale: float | None = None, return_lse: bool = False):
+              scale: float | None = None, return_lse: bool = False, *, max_seqlen: int | None = None,
+              validate: bool = True):
     """Packed variable-length softmax attention, each segment attending only within itself.
 
     q: [T, Hq, d]; k, v: [T, Hkv, d] (Hkv divides Hq; GQA as in the module docstring).
     cu_seqlens: int [n+1], ends at T.  causal: bool.  scale: default d ** -0.5.
     out[i, h] = sum_j softmax_j(scale * q[i,h] . k[j,h//r], over j with mask[i,j]) * v[j, h//r]
     Returns out [T, Hq, d] in q.dtype, or (out, lse) with lse [T, Hq] = log sum_{j allowed} exp(scale * q[i,h].k[j]).
+    max_seqlen, validate: hints for the kernels (the longest segment, known on the host; skip the host-side
+    cu_seqlens check). The reference reads cu_seqlens to build its mask anyway, so it always checks it, and
+    checks that max_seqlen, when given, covers the longest segment.
     """
     check_float("q", q, ndim=3)
     check_float("k", k, ndim=3)
@@ -74,6 +78,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: tor
     check_tensor("v", v, shape=(T, Hkv, d))
     check_divides("Hkv (k heads)", Hkv, "Hq (q heads)", Hq)
     check_cu_seqlens(cu_seqlens, T)
+    if max_seqlen is not None:
+        longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if cu_seqlens.numel() > 1 else 0
+        if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < longest:
+            raise ValueError(f"max_seqlen must be an int >= the longest segment ({longest}), got {max_seqlen!r}")
     mask = attention_mask(cu_seqlens, causal)  # [T, T]
     scale = d ** -0.5 if scale is None else float(scale)
 

@@ -34,6 +34,13 @@ def _check_grid(grid_thw, merge: int) -> list[list[int]]:
     return grid_thw.tolist()
 
 
+def _check_hint(name: str, hint, actual: int) -> None:
+    """The kernels take sizes as host ints to avoid reading grid_thw back from the device; the reference checks
+    that such a hint is right (a wrong one is a clear error here, and undefined output in a kernel)."""
+    if hint is not None and hint != actual:
+        raise ValueError(f"{name}={hint!r} does not match grid_thw, which gives {actual}")
+
+
 def _frame_coords(h: int, w: int, merge: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(row, col) int64 [h*w] of one temporal slice's patches, in merge-block order (module docstring)."""
     i = torch.arange(h * w)
@@ -66,7 +73,8 @@ def patch_embed(pixel_values: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     return out.to(pixel_values.dtype)
 
 
-def vision_pos_taps(grid_thw: torch.Tensor, side: int = 48, merge: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+def vision_pos_taps(grid_thw: torch.Tensor, side: int = 48, merge: int = 2, *,
+                    num_patches: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Bilinear (align_corners=True) taps that resample the learned side x side position table to each grid.
 
     grid_thw: int [n, 3] of (t, h, w) pre-merge patch grids, h and w multiples of merge.
@@ -75,9 +83,10 @@ def vision_pos_taps(grid_thw: torch.Tensor, side: int = 48, merge: int = 2) -> t
     4 taps k = 0..3 are (r0,c0), (r0,c1), (r1,c0), (r1,c1) with weights (1-dr)(1-dc), (1-dr)dc, dr(1-dc), dr*dc.
     Coordinates are split into integer and fraction exactly (integer division); weights are computed in fp64.
     Returns index int32 [4, N] into the flattened table (r*side + c) and weight fp32 [4, N], N = sum(t*h*w),
-    patches in merge-block order, repeated over t.
+    patches in merge-block order, repeated over t. num_patches: optional sum(t*h*w) (a kernel hint; checked).
     """
     grids = _check_grid(grid_thw, merge)
+    _check_hint("num_patches", num_patches, sum(t * h * w for t, h, w in grids))
     _check_pos_int("side", side)
 
     def taps(pos: torch.Tensor, size: int):
@@ -125,17 +134,18 @@ def add_pos_embed(x: torch.Tensor, table: torch.Tensor, index: torch.Tensor, wei
     return (x.to(acc) + pos).to(x.dtype)
 
 
-def vision_rope_cos_sin(grid_thw: torch.Tensor, head_dim: int, theta: float = 1e4,
-                        merge: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+def vision_rope_cos_sin(grid_thw: torch.Tensor, head_dim: int, theta: float = 1e4, merge: int = 2, *,
+                        num_patches: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """2D RoPE tables of the ViT: the first hd/4 frequencies rotate by the patch row, the next hd/4 by the column.
 
     grid_thw: int [n, 3]; head_dim: hd, a multiple of 4 (64, 72, 80 or 128 in real towers).
     inv_freq = 1 / theta ** (2j / (hd/2)), j < hd/4 (fp32, see `reference.rope`); rows/cols are the pre-merge
     patch coordinates in merge-block order, repeated over t (no temporal component).
     Returns cos, sin: fp32 [N, hd/2] of the angles [row * inv_freq, col * inv_freq]; `qkv_bias_rope` applies
-    them NeoX-style over the whole head (dim j pairs with j + hd/2).
+    them NeoX-style over the whole head (dim j pairs with j + hd/2). num_patches: optional hint (checked).
     """
     grids = _check_grid(grid_thw, merge)
+    _check_hint("num_patches", num_patches, sum(t * h * w for t, h, w in grids))
     if _check_pos_int("head_dim", head_dim) % 4:
         raise ValueError(f"head_dim must be a multiple of 4, got {head_dim}")
     freq = inv_freq(head_dim // 2, theta)  # [hd/4]
@@ -149,12 +159,14 @@ def vision_rope_cos_sin(grid_thw: torch.Tensor, head_dim: int, theta: float = 1e
     return angle.cos(), angle.sin()
 
 
-def vision_cu_seqlens(grid_thw: torch.Tensor) -> torch.Tensor:
+def vision_cu_seqlens(grid_thw: torch.Tensor, *, num_segments: int | None = None) -> torch.Tensor:
     """Attention segment bounds of the ViT: one segment of h*w patches per (image, temporal slice).
 
     grid_thw: int [n, 3]. Returns int32 [sum(t) + 1] = [0, cumsum(h*w repeated t times)].
+    num_segments: optional sum(t) (a kernel hint; checked).
     """
     lengths = [h * w for t, h, w in _check_grid(grid_thw, merge=1) for _ in range(t)]
+    _check_hint("num_segments", num_segments, len(lengths))
     bounds = list(accumulate(lengths, initial=0))
     if bounds[-1] >= 2**31:
         raise ValueError(f"grid_thw has {bounds[-1]} patches, too many for int32 cu_seqlens")

@@ -51,10 +51,16 @@ def test_unsupported_head_dim(d):
         attention(q, k, v, CU, False)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int32])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int32])
 def test_unsupported_dtype(dtype):
     q, k, v = (t.to(dtype) for t in qkv())
     with pytest.raises(ValueError, match="dtype"):
+        attention(q, k, v, CU, False)
+
+
+def test_fp32_goes_to_the_fp32_kernel_and_checks_the_device():
+    q, k, v = (t.float() for t in qkv())  # CPU tensors: fp32 is supported, but never silently copied
+    with pytest.raises(ValueError, match="CUDA"):
         attention(q, k, v, CU, False)
 
 

@@ -185,3 +185,15 @@ def _good_decode():
 def test_decode_attention_bad_input(change, match):
     with pytest.raises(ValueError, match=match):
         ref.decode_attention(**{**_good_decode(), **change})
+
+
+def test_kernel_hints_are_checked():
+    """max_seqlen / validate are kernel hints; the reference accepts them and rejects a max_seqlen too small."""
+    import reference as R
+
+    q = torch.randn(7, 2, 8, dtype=torch.float64)
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+    want = R.attention(q, q, q, cu, False)
+    assert torch.equal(R.attention(q, q, q, cu, False, max_seqlen=4, validate=False), want)
+    with pytest.raises(ValueError, match="max_seqlen"):
+        R.attention(q, q, q, cu, False, max_seqlen=3)

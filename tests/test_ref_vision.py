@@ -260,3 +260,17 @@ def test_device_mismatch():
         patch_embed(torch.zeros(2, 1536), torch.zeros(4, 3, 2, 16, 16, **meta), None)
     with pytest.raises(ValueError, match="device"):
         add_pos_embed(**_ape_args(table=torch.zeros(48 * 48, 3, **meta)))
+
+
+def test_size_hints_are_checked():
+    """num_patches / num_segments let kernels skip a device read; the reference checks them."""
+    import reference as R
+
+    grid = torch.tensor([[1, 4, 6], [2, 2, 2]])
+    assert torch.equal(R.vision_cu_seqlens(grid, num_segments=3), R.vision_cu_seqlens(grid))
+    idx, _ = R.vision_pos_taps(grid, num_patches=32)
+    assert idx.shape == (4, 32)
+    with pytest.raises(ValueError, match="num_patches"):
+        R.vision_rope_cos_sin(grid, 64, num_patches=31)
+    with pytest.raises(ValueError, match="num_segments"):
+        R.vision_cu_seqlens(grid, num_segments=2)
