@@ -176,6 +176,9 @@ _VALIDATED: dict[int, tuple] = {}
 
 
 def _check_cu_seqlens_once(cu: torch.Tensor, total: int) -> None:
+    if cu.is_inference():  # inference tensors keep no version counter: check every time (or pass validate=False)
+        check_cu_seqlens(cu, total)
+        return
     hit = _VALIDATED.get(id(cu))
     if hit is not None and hit[0]() is cu and hit[1:] == (cu._version, total):
         return

@@ -20,6 +20,7 @@ class _Entry:
     graph: torch.cuda.CUDAGraph
     pixels: torch.Tensor  # static input [N, patch_dim]
     out: torch.Tensor  # static output [N/4, out_hidden]
+    tables: dict  # the per-grid tables the graph reads: they must live as long as the graph
     nbytes: int
 
 
@@ -87,4 +88,4 @@ class GraphedVisionTower:
             out = tower.forward(pixels, tables)
         torch.cuda.synchronize(dev)
         nbytes = max(0, torch.cuda.memory_reserved(dev) - before) + pixels.numel() * pixels.element_size()
-        return _Entry(graph, pixels, out, nbytes)
+        return _Entry(graph, pixels, out, tables, nbytes)

@@ -71,7 +71,7 @@ def floor_ms(spec, n_tokens, seg_lens):
     q = torch.randn(n_tokens, H, hd, device="cuda", dtype=torch.bfloat16)
     k, v = torch.randn_like(q), torch.randn_like(q)
     cu = torch.tensor([0] + list(torch.tensor(seg_lens).cumsum(0)), device="cuda", dtype=torch.int32)
-    attn = cuda_time_ms(lambda: kernels.attention(q, k, v, cu, False, max_seqlen=max(seg_lens)))
+    attn = cuda_time_ms(lambda: kernels.attention(q, k, v, cu, False, max_seqlen=max(seg_lens), validate=False))
     m = n_tokens // 4
     xm = torch.randn(m, 4 * D, device="cuda", dtype=torch.bfloat16)
     wm1 = torch.randn(4 * D, 4 * D, device="cuda", dtype=torch.bfloat16)

@@ -143,3 +143,12 @@ def test_cu_seqlens_revalidated_after_in_place_change():
     cu[1] = 7
     with pytest.raises(ValueError, match="non-decreasing"):
         attention(q, k, v, cu, False)
+
+
+def test_inference_mode_cu_seqlens_are_still_checked():
+    """Inference tensors keep no version counter, so the once-per-tensor cache is skipped, not the check."""
+    q, k, v = qkv()
+    with torch.inference_mode():
+        bad = torch.tensor([0, 5, 3], dtype=torch.int32)
+        with pytest.raises(ValueError, match="cu_seqlens"):
+            attention(q, k, v, bad, False)
