@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 TINY_NAME = "tiny-qwen3_5"
-TINY_VERSION = 2  # bump when the checkpoint below changes, so cached copies are rebuilt
+TINY_VERSION = 3  # bump when the checkpoint below changes, so cached copies are rebuilt
 SEED = 0
 
 TEXT = dict(
@@ -106,6 +106,9 @@ def tiny_state_dict(seed: int = SEED) -> dict[str, torch.Tensor]:
     def normal(*shape, std=0.02, mean=0.0):
         return torch.randn(*shape, generator=g) * std + mean
 
+    def linear(n_out, n_in):  # 1/sqrt(fan-in): every layer moves the residual, so the text is not one token
+        return normal(n_out, n_in, std=n_in ** -0.5)
+
     out = {}
     # Vision tower.
     D, I, P, T = VISION["hidden_size"], VISION["intermediate_size"], VISION["patch_size"], VISION["temporal_patch_size"]
@@ -141,26 +144,26 @@ def tiny_state_dict(seed: int = SEED) -> dict[str, torch.Tensor]:
         out[k + "post_attention_layernorm.weight"] = normal(H, std=0.1)
         if kind == "linear_attention":
             a, conv = k + "linear_attn.", 2 * nk * dk + nv * dv
-            out[a + "in_proj_qkv.weight"] = normal(conv, H)
-            out[a + "in_proj_z.weight"] = normal(nv * dv, H)
-            out[a + "in_proj_b.weight"] = normal(nv, H)
-            out[a + "in_proj_a.weight"] = normal(nv, H)
+            out[a + "in_proj_qkv.weight"] = linear(conv, H)
+            out[a + "in_proj_z.weight"] = linear(nv * dv, H)
+            out[a + "in_proj_b.weight"] = linear(nv, H)
+            out[a + "in_proj_a.weight"] = linear(nv, H)
             out[a + "conv1d.weight"] = normal(conv, 1, kc, std=0.3)  # fan-in of a depthwise tap is only kc
             out[a + "A_log"] = torch.empty(nv).uniform_(1.0, 16.0, generator=g).log()
             out[a + "dt_bias"] = normal(nv, std=0.1, mean=1.0)
             out[a + "norm.weight"] = normal(dv, std=0.1, mean=1.0)  # gated RMSNorm uses plain w
-            out[a + "out_proj.weight"] = normal(H, nv * dv)
+            out[a + "out_proj.weight"] = linear(H, nv * dv)
         else:
             a = k + "self_attn."
-            out[a + "q_proj.weight"] = normal(hq * hd * 2, H)  # per head [q | gate]
-            out[a + "k_proj.weight"] = normal(hkv * hd, H)
-            out[a + "v_proj.weight"] = normal(hkv * hd, H)
-            out[a + "o_proj.weight"] = normal(H, hq * hd)
+            out[a + "q_proj.weight"] = linear(hq * hd * 2, H)  # per head [q | gate]
+            out[a + "k_proj.weight"] = linear(hkv * hd, H)
+            out[a + "v_proj.weight"] = linear(hkv * hd, H)
+            out[a + "o_proj.weight"] = linear(H, hq * hd)
             out[a + "q_norm.weight"] = normal(hd, std=0.1)
             out[a + "k_norm.weight"] = normal(hd, std=0.1)
-        out[k + "mlp.gate_proj.weight"] = normal(F, H)
-        out[k + "mlp.up_proj.weight"] = normal(F, H)
-        out[k + "mlp.down_proj.weight"] = normal(H, F)
+        out[k + "mlp.gate_proj.weight"] = linear(F, H)
+        out[k + "mlp.up_proj.weight"] = linear(F, H)
+        out[k + "mlp.down_proj.weight"] = linear(H, F)
     out[t + "norm.weight"] = normal(H, std=0.1)
     return {name: w.to(torch.bfloat16).contiguous() for name, w in out.items()}
 

@@ -109,6 +109,26 @@ __device__ __forceinline__ float ex2(float x) {
     return y;
 }
 
+// 2^x for x <= 0 on the FMA/ALU pipes instead of the MUFU unit (16 ex2/clk per SM): 2^x = 2^r * 2^f with
+// r = round(x) (the 1.5 * 2^23 trick leaves r in the low mantissa bits of t) and f = x - r in [-0.5, 0.5],
+// 2^f by a degree-3 relative-minimax polynomial (max rel error 7.5e-5, far below the bf16/fp16 rounding
+// of P), 2^r added into the exponent field. x is clamped at -126 so the exponent never wraps: x = -inf
+// (a masked key) gives 1.2e-38 instead of 0, which no output can see.
+__device__ __forceinline__ float ex2_poly(float x) {
+    x = fmaxf(x, -126.f);
+    const float t = x + 12582912.f;
+    const float f = x - (t - 12582912.f);
+    const float p = fmaf(fmaf(fmaf(0.05517132207751274f, f, 0.24261054396629333f), f, 0.6932609677314758f), f,
+                         0.9999281167984009f);
+    return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
+}
+
+// Named barriers (ids 0..15) over n threads of the CTA; bar.arrive does not wait. Only whole warps call them.
+__device__ __forceinline__ void bar_sync(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+__device__ __forceinline__ void bar_arrive(int id, int n) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+
 // Copy rows [row0, row0 + NROWS) of a [*, D] strided matrix into shared memory (row stride STR elements);
 // rows at or past `limit` are zero-filled (never read from global memory).
 template <typename T, int D, int STR, int NROWS, int NT>
@@ -173,7 +193,8 @@ __device__ __forceinline__ void mask_tile(float (&s)[MT][NB][4], int wrow0, int 
 
 // Online softmax step (base 2): new running max, P = exp2(S * scale_log2 - max) in place of S, running
 // per-thread partial sums (the quad of threads sharing a row adds them up at the end), O rescaled.
-template <int MT, int NB, int DB>
+// POLY (0..4): n-blocks with nb % 4 < POLY take exp2 from ex2_poly (FMA pipe), the rest from MUFU.
+template <int MT, int NB, int DB, int POLY = 0>
 __device__ __forceinline__ void softmax_update(float (&s)[MT][NB][4], float (&acc)[MT][DB][4], float (&m_i)[MT][2],
                                                float (&l_i)[MT][2], float scale_log2) {
     const float NEG_INF = __int_as_float(0xff800000);
@@ -195,7 +216,8 @@ __device__ __forceinline__ void softmax_update(float (&s)[MT][NB][4], float (&ac
             for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
                 for (int e = 2 * h; e < 2 * h + 2; ++e) {
-                    const float p = ex2(fmaf(s[mt][nb][e], scale_log2, -m_use));
+                    const float x = fmaf(s[mt][nb][e], scale_log2, -m_use);
+                    const float p = (nb & 3) < POLY ? ex2_poly(x) : ex2(x);
                     s[mt][nb][e] = p;
                     rs += p;
                 }
@@ -234,6 +256,119 @@ __device__ __forceinline__ void store_rows(const float (&acc)[MT][DB][4], const 
         }
 }
 
+// ---- mma.sync building blocks of one warp (16 * MT query rows; shared-memory rows STR elements apart) ----
+
+// Q fragments (A operand of QK^T) of this warp's rows sQw[0 .. 16 * MT) into registers: K16 k16-steps plus,
+// for D % 16 = 8, one k8 tail.
+template <typename T, int D, int STR, int MT>
+__device__ __forceinline__ void load_q_frags(u32 (&qf)[MT][D / 16][4], u32 (&qt)[MT][2], const T* sQw, int lane) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        const T* qrow = sQw + (mt * 16 + (lane & 15)) * STR;
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks) ldsm_x4(qf[mt][ks], smem_u32(qrow + ks * 16 + (lane >> 4) * 8));
+        if (D % 16) ldsm_x2(qt[mt], smem_u32(qrow + (D / 16) * 16));
+    }
+}
+
+// S = Q K^T (fp32) for BN = 8 * NB keys Ks[0 .. BN). Q comes from qf/qt (QREG) or from sQw in shared memory.
+template <typename T, int D, int STR, int MT, int NB, bool QREG>
+__device__ __forceinline__ void qk_tile(float (&s)[MT][NB][4], const u32 (&qf)[QREG ? MT : 1][QREG ? D / 16 : 1][4],
+                                        const u32 (&qt)[QREG ? MT : 1][2], const T* sQw, const T* Ks, int lane) {
+    constexpr int K16 = D / 16;            // m16n8k16 k-steps
+    constexpr bool TAIL8 = (D % 16) != 0;  // one m16n8k8 step for the last 8 columns (D = 72)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb) s[mt][nb][0] = s[mt][nb][1] = s[mt][nb][2] = s[mt][nb][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < K16; ++ks) {
+        u32 a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            if (QREG) {
+                a[mt][0] = qf[mt][ks][0]; a[mt][1] = qf[mt][ks][1];
+                a[mt][2] = qf[mt][ks][2]; a[mt][3] = qf[mt][ks][3];
+            } else {
+                ldsm_x4(a[mt], smem_u32(sQw + (mt * 16 + (lane & 15)) * STR + ks * 16 + (lane >> 4) * 8));
+            }
+        }
+#pragma unroll
+        for (int nb = 0; nb < NB; nb += 2) {
+            u32 b[4];
+            ldsm_x4(b, smem_u32(Ks + (nb * 8 + (lane & 7) + ((lane >> 4) << 3)) * STR + ks * 16 +
+                                (((lane >> 3) & 1) << 3)));
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                Mma<T>::k16(s[mt][nb], a[mt], b[0], b[1]);
+                Mma<T>::k16(s[mt][nb + 1], a[mt], b[2], b[3]);
+            }
+        }
+    }
+    if (TAIL8) {  // columns K16*16 .. D-1 (8 of them) with m16n8k8
+        u32 at[MT][2];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            if (QREG) { at[mt][0] = qt[mt][0]; at[mt][1] = qt[mt][1]; }
+            else ldsm_x2(at[mt], smem_u32(sQw + (mt * 16 + (lane & 15)) * STR + K16 * 16));
+        }
+#pragma unroll
+        for (int nb = 0; nb < NB; nb += 4) {
+            if (nb + 4 <= NB) {
+                u32 b[4];
+                ldsm_x4(b, smem_u32(Ks + (nb * 8 + lane) * STR + K16 * 16));
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) Mma<T>::k8(s[mt][nb + i], at[mt][0], at[mt][1], b[i]);
+            } else {
+                u32 b[2];
+                ldsm_x2(b, smem_u32(Ks + (nb * 8 + (lane & 15)) * STR + K16 * 16));
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int i = 0; i < 2; ++i) Mma<T>::k8(s[mt][nb + i], at[mt][0], at[mt][1], b[i]);
+            }
+        }
+    }
+}
+
+// P (n-blocks 2*kb2, 2*kb2+1 of S, 16 keys) rounded to T and packed as the A operand of PV: S's accumulator
+// layout is the A-operand layout of the next mma.
+template <typename T, int MT, int NB>
+__device__ __forceinline__ void pack_p(u32 (&pa)[MT][4], const float (&s)[MT][NB][4], int kb2) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        pa[mt][0] = Mma<T>::pack(s[mt][2 * kb2][0], s[mt][2 * kb2][1]);
+        pa[mt][1] = Mma<T>::pack(s[mt][2 * kb2][2], s[mt][2 * kb2][3]);
+        pa[mt][2] = Mma<T>::pack(s[mt][2 * kb2 + 1][0], s[mt][2 * kb2 + 1][1]);
+        pa[mt][3] = Mma<T>::pack(s[mt][2 * kb2 + 1][2], s[mt][2 * kb2 + 1][3]);
+    }
+}
+
+// O += P V for the 16 keys kb2*16 .. kb2*16+15 of the V tile Vs (DB = D / 8 n-blocks of O).
+template <typename T, int STR, int MT, int DB>
+__device__ __forceinline__ void pv_step(float (&acc)[MT][DB][4], const u32 (&pa)[MT][4], const T* Vs, int kb2,
+                                        int lane) {
+    const T* vrow = Vs + (kb2 * 16 + (lane & 7) + (((lane >> 3) & 1) << 3)) * STR;
+#pragma unroll
+    for (int db = 0; db + 1 < DB; db += 2) {
+        u32 b[4];
+        ldsm_x4_t(b, smem_u32(vrow + db * 8 + ((lane >> 4) << 3)));
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            Mma<T>::k16(acc[mt][db], pa[mt], b[0], b[1]);
+            Mma<T>::k16(acc[mt][db + 1], pa[mt], b[2], b[3]);
+        }
+    }
+    if (DB % 2) {
+        u32 b[2];
+        ldsm_x2_t(b, smem_u32(vrow + (DB - 1) * 8));
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) Mma<T>::k16(acc[mt][DB - 1], pa[mt], b[0], b[1]);
+    }
+}
+
 template <typename T, int D, int NW, int MT, int BN, bool CAUSAL, bool QREG, int MINB>
 __global__ void __launch_bounds__(NW * 32, MINB)
 attn_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
@@ -242,8 +377,7 @@ attn_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__
     constexpr int NT = NW * 32;
     constexpr int CH = D / 8;                         // 16-byte chunks per row
     constexpr int STR = ((CH % 2) ? CH : CH + 1) * 8;  // smem row stride (elements): odd chunk count
-    constexpr int K16 = D / 16;                       // m16n8k16 k-steps of QK^T
-    constexpr bool TAIL8 = (D % 16) != 0;             // one m16n8k8 step for the last 8 columns (D = 72)
+    constexpr int K16 = D / 16;                       // m16n8k16 k-steps of QK^T (+ a k8 tail for D = 72)
     constexpr int NB = BN / 8;                        // n-blocks of S per warp row block
     constexpr int DB = D / 8;                         // n-blocks of O
     static_assert(D % 8 == 0 && BN % 16 == 0, "tile shape");
@@ -309,109 +443,171 @@ attn_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__
         __syncthreads();
 
         const int kv0 = j * BN;
-        if (QREG && j == 0 && warp_active) {
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                const T* qrow = sQ + (wr + mt * 16 + (lane & 15)) * STR;
-#pragma unroll
-                for (int ks = 0; ks < K16; ++ks) ldsm_x4(qf[mt][ks], smem_u32(qrow + ks * 16 + (lane >> 4) * 8));
-                if (TAIL8) ldsm_x2(qt[mt], smem_u32(qrow + K16 * 16));
-            }
+        if constexpr (QREG) {
+            if (j == 0 && warp_active) load_q_frags<T, D, STR, MT>(qf, qt, sQ + wr * STR, lane);
         }
         // a warp whose rows all precede this key tile (causal) or lie past the segment has nothing to do
         const bool skip = !warp_active || (CAUSAL && kv0 > wrow0 + 16 * MT - 1);
         if (!skip) {
-            const T* Ks = sK + st * BN * STR;
             const T* Vs = sV + st * BN * STR;
-            // ---- S = Q K^T (fp32) ----
             float s[MT][NB][4];
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int nb = 0; nb < NB; ++nb) s[mt][nb][0] = s[mt][nb][1] = s[mt][nb][2] = s[mt][nb][3] = 0.f;
-#pragma unroll
-            for (int ks = 0; ks < K16; ++ks) {
-                u32 a[MT][4];
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    if (QREG) {
-                        a[mt][0] = qf[mt][ks][0]; a[mt][1] = qf[mt][ks][1];
-                        a[mt][2] = qf[mt][ks][2]; a[mt][3] = qf[mt][ks][3];
-                    } else {
-                        ldsm_x4(a[mt], smem_u32(sQ + (wr + mt * 16 + (lane & 15)) * STR + ks * 16 + (lane >> 4) * 8));
-                    }
-                }
-#pragma unroll
-                for (int nb = 0; nb < NB; nb += 2) {
-                    u32 b[4];
-                    ldsm_x4(b, smem_u32(Ks + (nb * 8 + (lane & 7) + ((lane >> 4) << 3)) * STR + ks * 16 +
-                                        (((lane >> 3) & 1) << 3)));
-#pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        Mma<T>::k16(s[mt][nb], a[mt], b[0], b[1]);
-                        Mma<T>::k16(s[mt][nb + 1], a[mt], b[2], b[3]);
-                    }
-                }
-            }
-            if (TAIL8) {  // columns K16*16 .. D-1 (8 of them) with m16n8k8
-                u32 at[MT][2];
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    if (QREG) { at[mt][0] = qt[mt][0]; at[mt][1] = qt[mt][1]; }
-                    else ldsm_x2(at[mt], smem_u32(sQ + (wr + mt * 16 + (lane & 15)) * STR + K16 * 16));
-                }
-#pragma unroll
-                for (int nb = 0; nb < NB; nb += 4) {
-                    if (nb + 4 <= NB) {
-                        u32 b[4];
-                        ldsm_x4(b, smem_u32(Ks + (nb * 8 + lane) * STR + K16 * 16));
-#pragma unroll
-                        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                            for (int i = 0; i < 4; ++i) Mma<T>::k8(s[mt][nb + i], at[mt][0], at[mt][1], b[i]);
-                    } else {
-                        u32 b[2];
-                        ldsm_x2(b, smem_u32(Ks + (nb * 8 + (lane & 15)) * STR + K16 * 16));
-#pragma unroll
-                        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                            for (int i = 0; i < 2; ++i) Mma<T>::k8(s[mt][nb + i], at[mt][0], at[mt][1], b[i]);
-                    }
-                }
-            }
+            qk_tile<T, D, STR, MT, NB, QREG>(s, qf, qt, sQ + wr * STR, sK + st * BN * STR, lane);
             mask_tile<MT, NB, CAUSAL>(s, wrow0, kv0, L, g, t4);
             softmax_update<MT, NB, DB>(s, acc, m_i, l_i, scale_log2);
-            // ---- O += P V: S's accumulator layout is the A-operand layout of the next mma ----
 #pragma unroll
             for (int kb2 = 0; kb2 < BN / 16; ++kb2) {
                 u32 pa[MT][4];
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    pa[mt][0] = Mma<T>::pack(s[mt][2 * kb2][0], s[mt][2 * kb2][1]);
-                    pa[mt][1] = Mma<T>::pack(s[mt][2 * kb2][2], s[mt][2 * kb2][3]);
-                    pa[mt][2] = Mma<T>::pack(s[mt][2 * kb2 + 1][0], s[mt][2 * kb2 + 1][1]);
-                    pa[mt][3] = Mma<T>::pack(s[mt][2 * kb2 + 1][2], s[mt][2 * kb2 + 1][3]);
-                }
-                const T* vrow = Vs + (kb2 * 16 + (lane & 7) + (((lane >> 3) & 1) << 3)) * STR;
-#pragma unroll
-                for (int db = 0; db + 1 < DB; db += 2) {
-                    u32 b[4];
-                    ldsm_x4_t(b, smem_u32(vrow + db * 8 + ((lane >> 4) << 3)));
-#pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        Mma<T>::k16(acc[mt][db], pa[mt], b[0], b[1]);
-                        Mma<T>::k16(acc[mt][db + 1], pa[mt], b[2], b[3]);
-                    }
-                }
-                if (DB % 2) {
-                    u32 b[2];
-                    ldsm_x2_t(b, smem_u32(vrow + (DB - 1) * 8));
-#pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) Mma<T>::k16(acc[mt][DB - 1], pa[mt], b[0], b[1]);
-                }
+                pack_p<T, MT, NB>(pa, s, kb2);
+                pv_step<T, STR, MT, DB>(acc, pa, Vs, kb2, lane);
             }
         }
         __syncthreads();  // the stage just read is overwritten by the next iteration's loads
+    }
+    cp_async_wait<0>();
+
+    if (warp_active) store_rows<T, MT, DB, D>(acc, m_i, l_i, o, lse, seg_start, wrow0, L, Hq, head, g, t4);
+}
+
+// =====================================================================================================
+// Ping-pong variant of attn_fwd (mma.sync, sm_80+): 8 warps in two groups, A = warps 0-3 and B = warps 4-7,
+// so each SM sub-partition (warp % 4) holds one warp of each group. Per key tile j a warp runs a matrix
+// phase, O += P_{j-1} V_{j-1} then S_j = Q K_j^T (tensor cores only), and a softmax phase on S_j (MUFU/FMA
+// only; P_j is kept packed for the next matrix phase). Barriers order the matrix phases
+// A_0 < B_0 < A_1 < B_1 < ..., so while one group multiplies, the other exponentiates:
+//   group A:            [CTA barrier j] matrix A_j  [arrive BAR_B] softmax A_j         ...
+//   group B:  softmax B_{j-1} ......... [sync BAR_B] matrix B_j  [CTA barrier j+1] softmax B_j ...
+// CTA barrier j (bar 0, all 256 threads) is reached by A before its matrix phase j and by B after its matrix
+// phase j-1, i.e. at the same moment, so it costs the ping-pong nothing. It is also the only barrier on
+// shared memory: every read of K_{j-1} and V_{j-2} precedes it, so right after it all threads issue the
+// cp.async loads of K_{j+1} and V_j into those stages, and each thread waits for its own loads just before
+// CTA barrier j+1, which publishes them. Barrier counts: bar 0 n_kv + 1 times for both groups (barrier 0 in
+// the prologue, barrier n_kv ends A's loop and B's last iteration); BAR_B: A arrives and B syncs once per
+// tile, and A's next arrive needs CTA barrier j+1, which B reaches only after its sync, so they never mix.
+// POLY > 0 computes part of the exponentials with ex2_poly (FMA pipe) to take load off MUFU.
+// =====================================================================================================
+template <typename T, int D, int MT, int BN, bool CAUSAL, bool QREG, int POLY, int MINB>
+__global__ void __launch_bounds__(256, MINB)
+attn_fwd_pp(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
+            float* __restrict__ lse, const int* __restrict__ cu, int nseg, int Hq, int Hkv, float scale_log2) {
+    constexpr int NW = 8, NT = 256;
+    constexpr int BM = 16 * MT * NW;
+    constexpr int CH = D / 8;
+    constexpr int STR = ((CH % 2) ? CH : CH + 1) * 8;
+    constexpr int K16 = D / 16;
+    constexpr int NB = BN / 8, KB = BN / 16, DB = D / 8;
+    constexpr int BAR_CTA = 0, BAR_B = 1;
+    static_assert(D % 8 == 0 && BN % 16 == 0, "tile shape");
+    const float NEG_INF = __int_as_float(0xff800000);
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* sQ = reinterpret_cast<T*>(smem_raw);
+    T* sK = sQ + BM * STR;        // 2 stages
+    T* sV = sK + 2 * BN * STR;    // 2 stages
+    __shared__ int s_map[2];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const bool group_a = warp < 4;
+    const int head = blockIdx.x % Hq;
+    int tile = blockIdx.x / Hq;
+    if (CAUSAL) tile = gridDim.x / Hq - 1 - tile;
+
+    if (warp == 0) find_tile<BM>(cu, nseg, tile, lane, s_map);
+    __syncthreads();
+    const int seg = s_map[0];
+    if (seg < 0) return;  // uniform over the CTA: no named barrier has been touched yet
+    const int q0 = s_map[1] * BM;
+    const int seg_start = cu[seg];
+    const int L = cu[seg + 1] - seg_start;
+    const int kvh = head / (Hq / Hkv);
+    const size_t q_rs = (size_t)Hq * D, kv_rs = (size_t)Hkv * D;
+    const T* qb = q + (size_t)seg_start * q_rs + (size_t)head * D;
+    const T* kb = k + (size_t)seg_start * kv_rs + (size_t)kvh * D;
+    const T* vb = v + (size_t)seg_start * kv_rs + (size_t)kvh * D;
+    const int kv_len = CAUSAL ? min(L, q0 + BM) : L;
+    const int n_kv = (kv_len + BN - 1) / BN;  // >= 1: the tile has at least one row, and row 0 sees key 0
+
+    // Loads issued right after CTA barrier b: K_{b+1} and V_b (one commit group per thread, maybe empty).
+    auto issue_loads = [&](int b) {
+        if (b + 1 < n_kv)
+            load_tile<T, D, STR, BN, NT>(sK + ((b + 1) & 1) * BN * STR, kb, kv_rs, (b + 1) * BN, kv_len, tid);
+        if (b < n_kv) load_tile<T, D, STR, BN, NT>(sV + (b & 1) * BN * STR, vb, kv_rs, b * BN, kv_len, tid);
+        cp_async_commit();
+    };
+
+    // ---- prologue: Q and K_0, CTA barrier 0, then K_1 and V_0 in flight ----
+    load_tile<T, D, STR, BM, NT>(sQ, qb, q_rs, q0, L, tid);
+    load_tile<T, D, STR, BN, NT>(sK, kb, kv_rs, 0, kv_len, tid);
+    cp_async_commit();
+
+    const int wr = warp * 16 * MT;
+    const int wrow0 = q0 + wr;
+    const bool warp_active = wrow0 < L;
+    const int g = lane >> 2, t4 = lane & 3;
+    // does this warp compute key tile j (causal: not when all its rows precede the tile)
+    auto active = [&](int j) { return warp_active && !(CAUSAL && j * BN > wrow0 + 16 * MT - 1); };
+
+    float m_i[MT][2], l_i[MT][2];
+    float acc[MT][DB][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        m_i[mt][0] = m_i[mt][1] = NEG_INF;
+        l_i[mt][0] = l_i[mt][1] = 0.f;
+#pragma unroll
+        for (int db = 0; db < DB; ++db) acc[mt][db][0] = acc[mt][db][1] = acc[mt][db][2] = acc[mt][db][3] = 0.f;
+    }
+    u32 qf[QREG ? MT : 1][QREG ? K16 : 1][4];
+    u32 qt[QREG ? MT : 1][2];
+    u32 pp[KB][MT][4];  // P of the previous key tile, packed (A operand of PV)
+
+    cp_async_wait<0>();
+    __syncthreads();  // CTA barrier 0: Q and K_0 visible
+    issue_loads(0);
+    if constexpr (QREG) {
+        if (warp_active) load_q_frags<T, D, STR, MT>(qf, qt, sQ + wr * STR, lane);
+    }
+
+    for (int j = 0; j < n_kv; ++j) {
+        if (group_a) {
+            if (j > 0) {
+                cp_async_wait<0>();
+                bar_sync(BAR_CTA, NT);  // CTA barrier j
+                issue_loads(j);
+            }
+        } else {
+            bar_sync(BAR_B, NT);  // group A's matrix phase j is done
+        }
+        // ---- matrix phase: O += P_{j-1} V_{j-1}, S_j = Q K_j^T ----
+        if (j > 0 && active(j - 1)) {
+            const T* Vs = sV + ((j - 1) & 1) * BN * STR;
+#pragma unroll
+            for (int kb2 = 0; kb2 < KB; ++kb2) pv_step<T, STR, MT, DB>(acc, pp[kb2], Vs, kb2, lane);
+        }
+        const bool act = active(j);
+        float s[MT][NB][4];
+        if (act) qk_tile<T, D, STR, MT, NB, QREG>(s, qf, qt, sQ + wr * STR, sK + (j & 1) * BN * STR, lane);
+        if (group_a) {
+            bar_arrive(BAR_B, NT);
+        } else {
+            cp_async_wait<0>();
+            bar_sync(BAR_CTA, NT);  // CTA barrier j + 1
+            issue_loads(j + 1);
+        }
+        // ---- softmax phase on S_j (registers only) ----
+        if (act) {
+            mask_tile<MT, NB, CAUSAL>(s, wrow0, j * BN, L, g, t4);
+            softmax_update<MT, NB, DB, POLY>(s, acc, m_i, l_i, scale_log2);
+#pragma unroll
+            for (int kb2 = 0; kb2 < KB; ++kb2) pack_p<T, MT, NB>(pp[kb2], s, kb2);
+        }
+    }
+    if (group_a) {
+        cp_async_wait<0>();
+        bar_sync(BAR_CTA, NT);  // CTA barrier n_kv: V_{n_kv - 1} visible
+    }
+    if (active(n_kv - 1)) {
+        const T* Vs = sV + ((n_kv - 1) & 1) * BN * STR;
+#pragma unroll
+        for (int kb2 = 0; kb2 < KB; ++kb2) pv_step<T, STR, MT, DB>(acc, pp[kb2], Vs, kb2, lane);
     }
     cp_async_wait<0>();
 
