@@ -41,13 +41,19 @@ _LOG2E = 1.4426950408889634
 
 @dataclass(frozen=True)
 class Variant:
-    """mma.sync kernel (sm_80+): NW warps of 16*MT query rows each, BN keys per step."""
+    """mma.sync kernel (sm_80+): NW warps of 16*MT query rows each, BN keys per step.
+
+    pp: the ping-pong kernel attn_fwd_pp (8 warps in two groups that alternate matrix and softmax phases);
+    poly: in it, n-blocks with nb % 4 < poly take exp2 from a polynomial on the FMA pipe instead of MUFU.
+    """
 
     nw: int      # warps per CTA
     mt: int      # 16-row m-tiles per warp
     bn: int      # keys per K/V tile
     qreg: bool   # keep Q fragments in registers (else re-read from shared memory every key tile)
     minb: int    # __launch_bounds__ min blocks per SM (caps registers)
+    pp: bool = False
+    poly: int = 0
     arch = None  # compiled for the device's own arch
 
     @property
@@ -64,11 +70,17 @@ class Variant:
         return (self.bm + 4 * self.bn) * stride * itemsize  # Q + 2 stages of K and V
 
     def name(self, dtype: torch.dtype, d: int, causal: bool) -> str:
+        if self.pp:
+            assert self.nw == 8, "the ping-pong kernel has 8 warps"
+            return (f"attn::attn_fwd_pp<{_CTYPE[dtype]}, {d}, {self.mt}, {self.bn}, {_b(causal)}, "
+                    f"{_b(self.qreg)}, {self.poly}, {self.minb}>")
+        assert self.poly == 0, "poly exp2 is in the ping-pong kernel only"
         return (f"attn::attn_fwd<{_CTYPE[dtype]}, {d}, {self.nw}, {self.mt}, {self.bn}, {_b(causal)}, "
                 f"{_b(self.qreg)}, {self.minb}>")
 
     def label(self) -> str:
-        return f"mma_{self.bm}x{self.bn}_{self.nw}w{'_qreg' if self.qreg else ''}_mb{self.minb}"
+        return (f"mma_{self.bm}x{self.bn}_{self.nw}w{'_pp' if self.pp else ''}{'_qreg' if self.qreg else ''}"
+                f"{f'_poly{self.poly}' if self.poly else ''}_mb{self.minb}")
 
 
 @dataclass(frozen=True)
@@ -114,15 +126,24 @@ V_128x64_8w_d128 = Variant(nw=8, mt=1, bn=64, qreg=True, minb=1)
 V_256x32_8w_d128 = Variant(nw=8, mt=2, bn=32, qreg=False, minb=1)
 V_128x64_8w_d256 = Variant(nw=8, mt=1, bn=64, qreg=False, minb=1)
 V_64x32_4w_d256 = Variant(nw=4, mt=1, bn=32, qreg=False, minb=2)
+# Ping-pong kernel (attn_fwd_pp): registers on sm_90 in the comments, none spill.
+PP_256x64 = Variant(nw=8, mt=2, bn=64, qreg=True, minb=1, pp=True)                # d72 255, d64 248
+PP_256x64_poly = Variant(nw=8, mt=2, bn=64, qreg=False, minb=1, pp=True, poly=1)  # d72 251, d64 246
+PP_256x32 = Variant(nw=8, mt=2, bn=32, qreg=True, minb=1, pp=True)                # d72 226
+PP_128x64 = Variant(nw=8, mt=1, bn=64, qreg=True, minb=1, pp=True)                # d72 170, 1 CTA/SM
+PP_128x32_mb2 = Variant(nw=8, mt=1, bn=32, qreg=True, minb=2, pp=True)            # d72 128, 2 CTAs/SM
+PP_128x64_mb2 = Variant(nw=8, mt=1, bn=64, qreg=True, minb=2, pp=True)            # d64 128, 2 CTAs/SM
+PP_128x64_d256 = Variant(nw=8, mt=1, bn=64, qreg=False, minb=1, pp=True)          # d256 254
 
 # mma.sync candidates per head dim, the default first: the fastest measured on an H100 (scripts/attention_gpu.py,
 # benchmarks/results/attention_v3-H100_80GB_HBM3-2026-11-26.json); d80 was not benchmarked.
 CANDIDATES: dict[int, tuple[Variant, ...]] = {
-    64: (V_128x64_4w, V_256x64_8w, V_128x64_8w, V_64x64_4w),
-    72: (V_128x64_4w, V_256x64_8w, V_128x64_8w, V_64x64_4w),
+    64: (V_128x64_4w, V_256x64_8w, V_128x64_8w, V_64x64_4w, PP_256x64, PP_256x64_poly, PP_128x64_mb2),
+    72: (V_128x64_4w, V_256x64_8w, V_128x64_8w, V_64x64_4w, PP_256x64, PP_256x64_poly, PP_256x32, PP_128x64,
+         PP_128x32_mb2),
     80: (V_128x64_4w_d80, V_256x64_8w_d80, V_64x64_4w),
     128: (V_256x32_8w_d128, V_128x64_8w_d128, V_64x64_4w),
-    256: (V_128x64_8w_d256, V_64x32_4w_d256),
+    256: (V_128x64_8w_d256, V_64x32_4w_d256, PP_128x64_d256),
 }
 # wgmma candidates (sm_90 only), the default first. Correct, but no faster than mma.sync on the H100 as written
 # (see the notes), so they run only with USE_WGMMA = True or through run_variant.

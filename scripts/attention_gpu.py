@@ -2,6 +2,8 @@
 
     PYTHONPATH=. python scripts/attention_gpu.py --check --bench [--out DIR]
     PYTHONPATH=. python scripts/attention_gpu.py --tiny          # small workload for compute-sanitizer
+    PYTHONPATH=. python scripts/attention_gpu.py --precompile    # every instantiation, in parallel processes
+    ... --bench --cases d72,d64,causal --no-wgmma-bench          # only cases whose tag has one of the words
 
 --check compares every candidate tile shape (bf16; fp16 for the default) on awkward packings (length-1,
 zero-length, non-multiple-of-tile segments, GQA, both masks) with reference.attention in fp32.
@@ -62,6 +64,26 @@ def kernel_info(v, dtype, d, causal):
     return info
 
 
+def _compile_one(job):
+    from kernels.runtime.nvrtc import compile_source, read_source
+    name, arch = job
+    compile_source(read_source("attention.cu"), (name,), arch)  # fills the disk cache get_kernel reads
+    return name
+
+
+def precompile():
+    """NVRTC-compile every instantiation check/bench/tests can launch, in parallel (spawned processes)."""
+    import multiprocessing as mp
+    from kernels.runtime.nvrtc import device_arch
+    arch = device_arch()
+    jobs = [(var.name(dt, d, c), var.arch or arch) for d in SUPPORTED_HEAD_DIMS for var in all_variants(d)
+            for dt in (torch.bfloat16, torch.float16) for c in (False, True)]
+    t0 = time.time()
+    with mp.get_context("spawn").Pool(min(len(jobs), os.cpu_count() or 1)) as pool:
+        pool.map(_compile_one, jobs, chunksize=1)
+    print(f"precompile: {len(jobs)} instantiations, {time.time() - t0:.1f}s", flush=True)
+
+
 def check():
     shapes = [[1], [37], [130, 1, 64, 200], [0, 5, 0, 300], [513], [700, 77]]
     heads = [(4, 2), (8, 8), (8, 1)]
@@ -70,7 +92,8 @@ def check():
     for d in SUPPORTED_HEAD_DIMS:
         for vi, var in enumerate(all_variants(d)):
             for dtype in (torch.bfloat16, torch.float16):
-                if dtype == torch.float16 and var not in (CANDIDATES[d][0], WG_CANDIDATES[d][0]) and vi > 0:
+                if (dtype == torch.float16 and var not in (CANDIDATES[d][0], WG_CANDIDATES[d][0]) and vi > 0
+                        and not getattr(var, "pp", False)):
                     continue
                 for causal in (False, True):
                     for si, lengths in enumerate(shapes):
@@ -100,11 +123,49 @@ def check():
                                   f"nan={nan} rel={rel:.3g} max={mx:.3g} lse={le:.3g} first_bad={idx}", flush=True)
                         rows.append(dict(d=d, variant=vname(var), dtype=str(dtype), causal=causal, lengths=lengths,
                                          hq=hq, hkv=hkv, nan=nan, rel=rel, max_abs=mx, lse_err=le, ok=ok))
+    fails += check_long(rows)
     print(f"check: {len(rows)} cases, {fails} failures, {time.time() - t0:.1f}s", flush=True)
     return rows, fails
 
 
+def check_long(rows):
+    """Every d64/d72 tile shape on ViT-sized segments (many key tiles, multi-wave grids), and the d256 ones on
+    causal LM prefill, against fp32 SDPA per segment (bf16: rel-L2 <= 1e-2, max-abs <= 4e-2)."""
+    import torch.nn.functional as F
+    fails = 0
+    for d, lengths, causal, hq, hkv in ((72, [4096], False, 16, 16), (72, [784] * 4, False, 16, 16),
+                                        (64, [3000], False, 12, 12), (72, [1000, 2100], True, 8, 2),
+                                        (256, [1000, 3000], True, 8, 2)):
+        g = torch.Generator(device="cuda").manual_seed(d + len(lengths))
+        T = sum(lengths)
+        q, k, v = (torch.randn(T, h, d, device="cuda", generator=g).to(torch.bfloat16) for h in (hq, hkv, hkv))
+        cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32).cuda()
+        refs, start = [], 0
+        for L in lengths:
+            qs, ks, vs = (t[start:start + L].float().transpose(0, 1) for t in (q, k, v))
+            r = hq // hkv
+            refs.append(F.scaled_dot_product_attention(qs, ks.repeat_interleave(r, 0), vs.repeat_interleave(r, 0),
+                                                       is_causal=causal).transpose(0, 1))
+            start += L
+        ref = torch.cat(refs)
+        for var in all_variants(d):
+            out = torch.full_like(q, math.nan)
+            run_variant(var, q, k, v, cu, causal, d ** -0.5, out, None)
+            torch.cuda.synchronize()
+            err = (out.float() - ref).nan_to_num(1e9)
+            rel, mx = (err.norm() / ref.norm()).item(), err.abs().max().item()
+            ok = rel <= 1e-2 and mx <= 4e-2
+            if not ok:
+                fails += 1
+                print(f"FAIL long d={d} {vname(var)} causal={causal} lengths={lengths} rel={rel:.3g} max={mx:.3g}",
+                      flush=True)
+            rows.append(dict(d=d, variant=vname(var), dtype="torch.bfloat16", causal=causal, lengths=lengths,
+                             hq=hq, hkv=hkv, rel=rel, max_abs=mx, ok=ok, long=True))
+    return fails
+
+
 def determinism():
+    """The default and every ping-pong shape: bitwise the same output (and lse) over 5 runs."""
     q, k, v, cu = make_inputs(CASES[2])
     res = {}
     for causal in (False, True):
@@ -112,6 +173,17 @@ def determinism():
         same = all(torch.equal(o1, o2) and torch.equal(l1, l2)
                    for o2, l2 in (attention(q, k, v, cu, causal, return_lse=True) for _ in range(5)))
         res[f"causal={causal}"] = same
+        for var in all_variants(q.shape[2]):
+            if not getattr(var, "pp", False):
+                continue
+            outs = []
+            for _ in range(5):
+                o = torch.full_like(q, math.nan)
+                lse = torch.full(q.shape[:2], math.nan, device="cuda")
+                run_variant(var, q, k, v, cu, causal, q.shape[2] ** -0.5, o, lse)
+                outs.append((o, lse))
+            res[f"{vname(var)} causal={causal}"] = all(torch.equal(outs[0][0], o) and torch.equal(outs[0][1], l)
+                                                       for o, l in outs[1:])
     print("determinism:", res, flush=True)
     return res
 
@@ -154,11 +226,13 @@ def varlen_fn(case, q, k, v, cu):
         return lambda: varlen_attn(q, k, v, cu, cu, m, m, is_causal=case.causal)
 
 
-def bench(out_dir):
+def bench(out_dir, cases=None, wgmma=True):
     ceil = {"bf16_gemm_TFLOPs": bf16_gemm_TFLOPs(), "copy_TBps": copy_bandwidth_TBps(), "l2_copy_TBps": l2_copy_TBps()}
     print(f"card: {card_name()}  ceilings: {ceil}", flush=True)
     records = []
     for case in CASES:
+        if cases and not any(w in case.tag for w in cases):
+            continue
         q, k, v, cu = make_inputs(case)
         rec = {"case": case.tag, "lengths": list(case.lengths), "hq": case.hq, "hkv": case.hkv, "d": case.d,
                "causal": case.causal, "gflop": case.flops / 1e9, "min_MB": case.min_bytes / 1e6, "impls": {}}
@@ -181,6 +255,8 @@ def bench(out_dir):
                                _use_wgmma(q.device))
         timeit(f"ours_default({vname(default)})", ours_fn(case, q, k, v, cu))
         for var in all_variants(case.d):
+            if not wgmma and var.arch == "sm_90a":
+                continue
             timeit(f"ours_{vname(var)}", ours_fn(case, q, k, v, cu, var),
                    kernel_info(var, torch.bfloat16, case.d, case.causal))
         for be in SDPA_BACKENDS:
@@ -234,9 +310,14 @@ if __name__ == "__main__":
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--bench", action="store_true")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--precompile", action="store_true")
+    ap.add_argument("--cases", default="", help="comma-separated words; bench only cases whose tag has one")
+    ap.add_argument("--no-wgmma-bench", action="store_true", help="check the wgmma shapes but do not time them")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     a = ap.parse_args()
     out = Path(a.out) if a.out else None
+    if a.precompile:
+        precompile()
     summary = {"card": torch.cuda.get_device_name()}
     if a.tiny:
         tiny()
@@ -247,5 +328,5 @@ if __name__ == "__main__":
         if out:
             (out / "attention_check.json").write_text(json.dumps(rows, indent=0))
     if a.bench:
-        bench(out)
+        bench(out, [w for w in a.cases.split(",") if w], wgmma=not a.no_wgmma_bench)
     print(json.dumps(summary), flush=True)

@@ -105,8 +105,12 @@ def test_processor_and_model_agree_with_hf_on_tiny(tiny):
         want = hf(**inputs).logits[0].float()
     got = model.load(tiny, dtype=torch.float32).logits(**inputs)[0].float()
     assert got.shape == want.shape == (inputs["input_ids"].shape[1], 248320)
-    assert float(want.std()) > 0.1  # logits of order 0.1-1 (random weights, std 0.02)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5)  # fp32 both sides; measured ~2e-6
+    assert float(want.std()) > 0.1  # logits of order 1-10 (random weights, 1/sqrt(fan-in) projections)
+    # fp32 both sides: max |diff| relative to the largest logit, the 1e-4 bound as in test_model_parity.
+    # Measured 7.6e-5: this checkpoint's 1/sqrt(fan-in) weights amplify fp32 rounding (HF's own fp32 logits
+    # differ from its fp64 ones by 5.1e-5 on the same input), not a difference in the math.
+    err = float((got - want).abs().max() / want.abs().max())
+    assert err < 1e-4, err
 
 
 # ------------------------------------------------------------------------------------------ CLI
