@@ -8,9 +8,10 @@ for LM prefill); Hq must be a multiple of Hkv (GQA); d in 64, 72, 80, 128, 256 (
 bf16 or fp16 in, same dtype out, fp32 softmax (fp32 inputs: kernels.attention_fp32).
 
 Kernels: `attn_fwd` (mma.sync m16n8k16, sm_80+) runs by default everywhere; its tile shape per head dim is
-the fastest measured on an H100 (CANDIDATES). `attn_fwd_wgmma` (Hopper wgmma, compiled for sm_90a) is
-correct and tested but was no faster on the H100 as written, so it runs only with USE_WGMMA = True or via
-run_variant (benchmarks/attention_notes.md says why and what would make it pay).
+the fastest measured on an H100 (CANDIDATES). `attn_fwd_wgmma` and its ping-pong form `attn_fwd_wgmma_pp`
+(Hopper wgmma, compiled for sm_90a) are correct and tested but were no faster on the H100 as written, so they
+run only with USE_WGMMA = True or via run_variant (benchmarks/attention_notes.md says why and what would make
+them pay).
 
 Host synchronisation: the launch itself needs none. The grid is an upper bound on the number of query tiles,
 floor((T + nseg * (BM - 1)) / BM), computed from shapes only, and each CTA finds its segment on the device.
@@ -41,19 +42,13 @@ _LOG2E = 1.4426950408889634
 
 @dataclass(frozen=True)
 class Variant:
-    """mma.sync kernel (sm_80+): NW warps of 16*MT query rows each, BN keys per step.
-
-    pp: the ping-pong kernel attn_fwd_pp (8 warps in two groups that alternate matrix and softmax phases);
-    poly: in it, n-blocks with nb % 4 < poly take exp2 from a polynomial on the FMA pipe instead of MUFU.
-    """
+    """mma.sync kernel (sm_80+): NW warps of 16*MT query rows each, BN keys per step."""
 
     nw: int      # warps per CTA
     mt: int      # 16-row m-tiles per warp
     bn: int      # keys per K/V tile
     qreg: bool   # keep Q fragments in registers (else re-read from shared memory every key tile)
     minb: int    # __launch_bounds__ min blocks per SM (caps registers)
-    pp: bool = False
-    poly: int = 0
     arch = None  # compiled for the device's own arch
 
     @property
@@ -70,17 +65,11 @@ class Variant:
         return (self.bm + 4 * self.bn) * stride * itemsize  # Q + 2 stages of K and V
 
     def name(self, dtype: torch.dtype, d: int, causal: bool) -> str:
-        if self.pp:
-            assert self.nw == 8, "the ping-pong kernel has 8 warps"
-            return (f"attn::attn_fwd_pp<{_CTYPE[dtype]}, {d}, {self.mt}, {self.bn}, {_b(causal)}, "
-                    f"{_b(self.qreg)}, {self.poly}, {self.minb}>")
-        assert self.poly == 0, "poly exp2 is in the ping-pong kernel only"
         return (f"attn::attn_fwd<{_CTYPE[dtype]}, {d}, {self.nw}, {self.mt}, {self.bn}, {_b(causal)}, "
                 f"{_b(self.qreg)}, {self.minb}>")
 
     def label(self) -> str:
-        return (f"mma_{self.bm}x{self.bn}_{self.nw}w{'_pp' if self.pp else ''}{'_qreg' if self.qreg else ''}"
-                f"{f'_poly{self.poly}' if self.poly else ''}_mb{self.minb}")
+        return f"mma_{self.bm}x{self.bn}_{self.nw}w{'_qreg' if self.qreg else ''}_mb{self.minb}"
 
 
 @dataclass(frozen=True)
@@ -90,6 +79,7 @@ class WgVariant:
     nwg: int     # warpgroups per CTA
     bn: int      # keys per K/V tile (64 or 128)
     minb: int    # __launch_bounds__ min blocks per SM
+    pp: bool = False  # the ping-pong kernel attn_fwd_wgmma_pp (2 warpgroups whose products and softmax alternate)
     arch = "sm_90a"
 
     @property
@@ -105,10 +95,13 @@ class WgVariant:
         return (self.bm + 4 * self.bn) * chk * 8 * itemsize
 
     def name(self, dtype: torch.dtype, d: int, causal: bool) -> str:
+        if self.pp:
+            assert self.nwg == 2, "the ping-pong kernel has 2 warpgroups"
+            return f"attn::attn_fwd_wgmma_pp<{_CTYPE[dtype]}, {d}, {self.bn}, {_b(causal)}, {self.minb}>"
         return f"attn::attn_fwd_wgmma<{_CTYPE[dtype]}, {d}, {self.nwg}, {self.bn}, {_b(causal)}, {self.minb}>"
 
     def label(self) -> str:
-        return f"wgmma_{self.bm}x{self.bn}_{self.nwg}wg_mb{self.minb}"
+        return f"wgmma_{self.bm}x{self.bn}_{self.nwg}wg{'_pp' if self.pp else ''}_mb{self.minb}"
 
 
 def _b(x: bool) -> str:
@@ -126,31 +119,24 @@ V_128x64_8w_d128 = Variant(nw=8, mt=1, bn=64, qreg=True, minb=1)
 V_256x32_8w_d128 = Variant(nw=8, mt=2, bn=32, qreg=False, minb=1)
 V_128x64_8w_d256 = Variant(nw=8, mt=1, bn=64, qreg=False, minb=1)
 V_64x32_4w_d256 = Variant(nw=4, mt=1, bn=32, qreg=False, minb=2)
-# Ping-pong kernel (attn_fwd_pp): registers on sm_90 in the comments, none spill.
-PP_256x64 = Variant(nw=8, mt=2, bn=64, qreg=True, minb=1, pp=True)                # d72 255, d64 248
-PP_256x64_poly = Variant(nw=8, mt=2, bn=64, qreg=False, minb=1, pp=True, poly=1)  # d72 251, d64 246
-PP_256x32 = Variant(nw=8, mt=2, bn=32, qreg=True, minb=1, pp=True)                # d72 226
-PP_128x64 = Variant(nw=8, mt=1, bn=64, qreg=True, minb=1, pp=True)                # d72 170, 1 CTA/SM
-PP_128x32_mb2 = Variant(nw=8, mt=1, bn=32, qreg=True, minb=2, pp=True)            # d72 128, 2 CTAs/SM
-PP_128x64_mb2 = Variant(nw=8, mt=1, bn=64, qreg=True, minb=2, pp=True)            # d64 128, 2 CTAs/SM
-PP_128x64_d256 = Variant(nw=8, mt=1, bn=64, qreg=False, minb=1, pp=True)          # d256 254
 
 # mma.sync candidates per head dim, the default first: the fastest measured on an H100 (scripts/attention_gpu.py,
-# benchmarks/results/attention_v3-H100_80GB_HBM3-2026-11-26.json); d80 was not benchmarked.
+# benchmarks/results/attention_v3-*.json, re-timed for d64/d72/d256 in attention_v6-*.json); d80 was not benchmarked.
 CANDIDATES: dict[int, tuple[Variant, ...]] = {
-    64: (V_128x64_4w, V_256x64_8w, V_128x64_8w, V_64x64_4w, PP_256x64, PP_256x64_poly, PP_128x64_mb2),
-    72: (V_128x64_4w, V_256x64_8w, V_128x64_8w, V_64x64_4w, PP_256x64, PP_256x64_poly, PP_256x32, PP_128x64,
-         PP_128x32_mb2),
+    64: (V_128x64_4w, V_256x64_8w, V_128x64_8w, V_64x64_4w),
+    72: (V_128x64_4w, V_256x64_8w, V_128x64_8w, V_64x64_4w),
     80: (V_128x64_4w_d80, V_256x64_8w_d80, V_64x64_4w),
     128: (V_256x32_8w_d128, V_128x64_8w_d128, V_64x64_4w),
-    256: (V_128x64_8w_d256, V_64x32_4w_d256, PP_128x64_d256),
+    256: (V_128x64_8w_d256, V_64x32_4w_d256),
 }
 # wgmma candidates (sm_90 only), the default first. Correct, but no faster than mma.sync on the H100 as written
-# (see the notes), so they run only with USE_WGMMA = True or through run_variant.
+# (see the notes), so they run only with USE_WGMMA = True or through run_variant. For d64/d72 the ping-pong
+# kernel with 128x64 tiles and 2 CTAs per SM (128 registers) was the fastest wgmma shape (v5 run).
+WG_PP_64_mb2 = WgVariant(2, 64, 2, pp=True)
 _WG_SMALL_D = (WgVariant(2, 64, 2), WgVariant(3, 64, 1), WgVariant(4, 64, 1), WgVariant(3, 128, 1))
 WG_CANDIDATES: dict[int, tuple[WgVariant, ...]] = {
-    64: _WG_SMALL_D,
-    72: _WG_SMALL_D,
+    64: (WG_PP_64_mb2,) + _WG_SMALL_D,
+    72: (WG_PP_64_mb2,) + _WG_SMALL_D,
     80: _WG_SMALL_D,
     128: (WgVariant(3, 64, 1), WgVariant(2, 64, 1)),
     256: (WgVariant(2, 64, 1),),

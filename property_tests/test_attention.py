@@ -101,6 +101,33 @@ def test_realistic_shapes(d, lengths, causal):
         start += L
 
 
+@pytest.mark.parametrize("d, lengths, causal", [(72, [784] * 8, False), (72, [4096], False),
+                                                (72, [1000, 2100], True), (64, [3000], False),
+                                                (256, [1000, 3000], True)])
+def test_realistic_shapes_every_variant(d, lengths, causal):
+    """Every tile shape (not only the default) on ViT/LM-sized packings against fp32 SDPA per segment, output
+    NaN-poisoned first; then the same call again must give bitwise the same output (a race would move it)."""
+    hq, hkv = (8, 2) if causal else (16, 16)
+    q, k, v, cu = make(lengths, hq, hkv, d, torch.bfloat16, 1)
+    refs, start = [], 0
+    for L in lengths:
+        qs, ks, vs = (t[start:start + L].float().transpose(0, 1) for t in (q, k, v))
+        r = hq // hkv
+        refs.append(torch.nn.functional.scaled_dot_product_attention(
+            qs, ks.repeat_interleave(r, 0), vs.repeat_interleave(r, 0), is_causal=causal).transpose(0, 1))
+        start += L
+    ref = torch.cat(refs)
+    for variant in variants(d):
+        out = torch.full_like(q, math.nan)
+        run_variant(variant, q, k, v, cu, causal, d ** -0.5, out, None)
+        err = out.float() - ref
+        rel, mx = (err.norm() / ref.norm()).item(), err.abs().max().item()
+        assert rel < 1e-2 and mx < 4e-2, (variant.label(), rel, mx)
+        again = torch.full_like(q, math.nan)
+        run_variant(variant, q, k, v, cu, causal, d ** -0.5, again, None)
+        assert torch.equal(out, again), variant.label()
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_deterministic(causal):
     """Same inputs -> bitwise the same output and lse, run after run (a moving error would be a race)."""

@@ -21,8 +21,9 @@
 // floor((T + nseg * (BM - 1)) / BM), which needs no read of cu_seqlens; warp 0 of each CTA finds its
 // (segment, tile) by a warp-wide prefix sum of ceil(len / BM) over the segments. CTAs past the last tile exit.
 //
-// A second kernel, attn_fwd_wgmma (end of file, sm_90a only), does the two products with Hopper's warpgroup
-// MMA and shares the tile map, mask, softmax and epilogue code.
+// Two more kernels (end of file, sm_90a only) do the two products with Hopper's warpgroup MMA and share the
+// tile map, mask, softmax and epilogue code: attn_fwd_wgmma, and attn_fwd_wgmma_pp, whose two warpgroups
+// take turns so that one's products overlap the other's softmax.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -109,37 +110,29 @@ __device__ __forceinline__ float ex2(float x) {
     return y;
 }
 
-// 2^x for x <= 0 on the FMA/ALU pipes instead of the MUFU unit (16 ex2/clk per SM): 2^x = 2^r * 2^f with
-// r = round(x) (the 1.5 * 2^23 trick leaves r in the low mantissa bits of t) and f = x - r in [-0.5, 0.5],
-// 2^f by a degree-3 relative-minimax polynomial (max rel error 7.5e-5, far below the bf16/fp16 rounding
-// of P), 2^r added into the exponent field. x is clamped at -126 so the exponent never wraps: x = -inf
-// (a masked key) gives 1.2e-38 instead of 0, which no output can see.
-__device__ __forceinline__ float ex2_poly(float x) {
-    x = fmaxf(x, -126.f);
-    const float t = x + 12582912.f;
-    const float f = x - (t - 12582912.f);
-    const float p = fmaf(fmaf(fmaf(0.05517132207751274f, f, 0.24261054396629333f), f, 0.6932609677314758f), f,
-                         0.9999281167984009f);
-    return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
-}
-
-// Named barriers (ids 0..15) over n threads of the CTA; bar.arrive does not wait. Only whole warps call them.
+// Barrier `id` over n threads of the CTA, callable from different places in the code by whole warps.
 __device__ __forceinline__ void bar_sync(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
-__device__ __forceinline__ void bar_arrive(int id, int n) {
-    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
-}
 
 // Copy rows [row0, row0 + NROWS) of a [*, D] strided matrix into shared memory (row stride STR elements);
-// rows at or past `limit` are zero-filled (never read from global memory).
+// rows at or past `limit` are zero-filled (never read from global memory). 8 consecutive threads share a row
+// (chunks c, c + 8, ...), so each thread computes one row address per pass and every loop bound is a
+// compile-time constant (the cheaper alternative to dividing a flat chunk index by D / 8).
 template <typename T, int D, int STR, int NROWS, int NT>
 __device__ __forceinline__ void load_tile(T* s, const T* g, size_t row_stride, int row0, int limit, int tid) {
-    constexpr int CH = D / 8;
-#pragma unroll 4
-    for (int i = tid; i < NROWS * CH; i += NT) {
-        const int r = i / CH, c = i - r * CH;
+    constexpr int CH = D / 8, TPR = 8, RPP = NT / TPR;  // chunks per row, threads per row, rows per pass
+    static_assert(NT % TPR == 0 && NROWS % RPP == 0, "load_tile shape");
+    const int c0 = tid % TPR, r0 = tid / TPR;
+#pragma unroll
+    for (int p = 0; p < NROWS / RPP; ++p) {
+        const int r = r0 + p * RPP;
         const bool ok = row0 + r < limit;
-        const T* src = ok ? g + (size_t)(row0 + r) * row_stride + c * 8 : g;
-        cp_async16(smem_u32(s + r * STR + c * 8), src, ok);
+        const T* src = g + (size_t)(ok ? row0 + r : 0) * row_stride;
+        const u32 dst = smem_u32(s + r * STR);
+#pragma unroll
+        for (int k = 0; k < (CH + TPR - 1) / TPR; ++k) {
+            const int c = c0 + k * TPR;
+            if (c < CH) cp_async16(dst + c * 16, src + c * 8, ok);
+        }
     }
 }
 
@@ -193,11 +186,12 @@ __device__ __forceinline__ void mask_tile(float (&s)[MT][NB][4], int wrow0, int 
 
 // Online softmax step (base 2): new running max, P = exp2(S * scale_log2 - max) in place of S, running
 // per-thread partial sums (the quad of threads sharing a row adds them up at the end), O rescaled.
-// POLY (0..4): n-blocks with nb % 4 < POLY take exp2 from ex2_poly (FMA pipe), the rest from MUFU.
-template <int MT, int NB, int DB, int POLY = 0>
+template <int MT, int NB, int DB>
 __device__ __forceinline__ void softmax_update(float (&s)[MT][NB][4], float (&acc)[MT][DB][4], float (&m_i)[MT][2],
                                                float (&l_i)[MT][2], float scale_log2) {
     const float NEG_INF = __int_as_float(0xff800000);
+    float alpha[MT][2];
+    bool grew = false;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -209,25 +203,33 @@ __device__ __forceinline__ void softmax_update(float (&s)[MT][NB][4], float (&ac
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
             const float m_new = fmaxf(m_i[mt][h], mx * scale_log2);
             const float m_use = m_new == NEG_INF ? 0.f : m_new;  // a row with no key yet
-            const float alpha = ex2(m_i[mt][h] - m_use);
+            alpha[mt][h] = ex2(m_i[mt][h] - m_use);
+            grew |= m_new != m_i[mt][h];
             m_i[mt][h] = m_new;
             float rs = 0.f;
 #pragma unroll
             for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
                 for (int e = 2 * h; e < 2 * h + 2; ++e) {
-                    const float x = fmaf(s[mt][nb][e], scale_log2, -m_use);
-                    const float p = (nb & 3) < POLY ? ex2_poly(x) : ex2(x);
+                    const float p = ex2(fmaf(s[mt][nb][e], scale_log2, -m_use));
                     s[mt][nb][e] = p;
                     rs += p;
                 }
-            l_i[mt][h] = l_i[mt][h] * alpha + rs;
+            l_i[mt][h] = l_i[mt][h] * alpha[mt][h] + rs;
+        }
+    // O *= alpha only when some row of the warp has a new maximum: otherwise every alpha is 2^0 = 1 (exactly),
+    // and after the first few key tiles most tiles raise no row's maximum.
+    if (__any_sync(0xffffffffu, grew)) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
             for (int db = 0; db < DB; ++db) {
-                acc[mt][db][2 * h] *= alpha;
-                acc[mt][db][2 * h + 1] *= alpha;
+                acc[mt][db][0] *= alpha[mt][0];
+                acc[mt][db][1] *= alpha[mt][0];
+                acc[mt][db][2] *= alpha[mt][1];
+                acc[mt][db][3] *= alpha[mt][1];
             }
-        }
+    }
 }
 
 // Epilogue of one warp: O / l for its valid rows, lse = (m + log2 l) * ln 2.
@@ -462,152 +464,6 @@ attn_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__
             }
         }
         __syncthreads();  // the stage just read is overwritten by the next iteration's loads
-    }
-    cp_async_wait<0>();
-
-    if (warp_active) store_rows<T, MT, DB, D>(acc, m_i, l_i, o, lse, seg_start, wrow0, L, Hq, head, g, t4);
-}
-
-// =====================================================================================================
-// Ping-pong variant of attn_fwd (mma.sync, sm_80+): 8 warps in two groups, A = warps 0-3 and B = warps 4-7,
-// so each SM sub-partition (warp % 4) holds one warp of each group. Per key tile j a warp runs a matrix
-// phase, O += P_{j-1} V_{j-1} then S_j = Q K_j^T (tensor cores only), and a softmax phase on S_j (MUFU/FMA
-// only; P_j is kept packed for the next matrix phase). Barriers order the matrix phases
-// A_0 < B_0 < A_1 < B_1 < ..., so while one group multiplies, the other exponentiates:
-//   group A:            [CTA barrier j] matrix A_j  [arrive BAR_B] softmax A_j         ...
-//   group B:  softmax B_{j-1} ......... [sync BAR_B] matrix B_j  [CTA barrier j+1] softmax B_j ...
-// CTA barrier j (bar 0, all 256 threads) is reached by A before its matrix phase j and by B after its matrix
-// phase j-1, i.e. at the same moment, so it costs the ping-pong nothing. It is also the only barrier on
-// shared memory: every read of K_{j-1} and V_{j-2} precedes it, so right after it all threads issue the
-// cp.async loads of K_{j+1} and V_j into those stages, and each thread waits for its own loads just before
-// CTA barrier j+1, which publishes them. Barrier counts: bar 0 n_kv + 1 times for both groups (barrier 0 in
-// the prologue, barrier n_kv ends A's loop and B's last iteration); BAR_B: A arrives and B syncs once per
-// tile, and A's next arrive needs CTA barrier j+1, which B reaches only after its sync, so they never mix.
-// POLY > 0 computes part of the exponentials with ex2_poly (FMA pipe) to take load off MUFU.
-// =====================================================================================================
-template <typename T, int D, int MT, int BN, bool CAUSAL, bool QREG, int POLY, int MINB>
-__global__ void __launch_bounds__(256, MINB)
-attn_fwd_pp(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
-            float* __restrict__ lse, const int* __restrict__ cu, int nseg, int Hq, int Hkv, float scale_log2) {
-    constexpr int NW = 8, NT = 256;
-    constexpr int BM = 16 * MT * NW;
-    constexpr int CH = D / 8;
-    constexpr int STR = ((CH % 2) ? CH : CH + 1) * 8;
-    constexpr int K16 = D / 16;
-    constexpr int NB = BN / 8, KB = BN / 16, DB = D / 8;
-    constexpr int BAR_CTA = 0, BAR_B = 1;
-    static_assert(D % 8 == 0 && BN % 16 == 0, "tile shape");
-    const float NEG_INF = __int_as_float(0xff800000);
-
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* sQ = reinterpret_cast<T*>(smem_raw);
-    T* sK = sQ + BM * STR;        // 2 stages
-    T* sV = sK + 2 * BN * STR;    // 2 stages
-    __shared__ int s_map[2];
-
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const bool group_a = warp < 4;
-    const int head = blockIdx.x % Hq;
-    int tile = blockIdx.x / Hq;
-    if (CAUSAL) tile = gridDim.x / Hq - 1 - tile;
-
-    if (warp == 0) find_tile<BM>(cu, nseg, tile, lane, s_map);
-    __syncthreads();
-    const int seg = s_map[0];
-    if (seg < 0) return;  // uniform over the CTA: no named barrier has been touched yet
-    const int q0 = s_map[1] * BM;
-    const int seg_start = cu[seg];
-    const int L = cu[seg + 1] - seg_start;
-    const int kvh = head / (Hq / Hkv);
-    const size_t q_rs = (size_t)Hq * D, kv_rs = (size_t)Hkv * D;
-    const T* qb = q + (size_t)seg_start * q_rs + (size_t)head * D;
-    const T* kb = k + (size_t)seg_start * kv_rs + (size_t)kvh * D;
-    const T* vb = v + (size_t)seg_start * kv_rs + (size_t)kvh * D;
-    const int kv_len = CAUSAL ? min(L, q0 + BM) : L;
-    const int n_kv = (kv_len + BN - 1) / BN;  // >= 1: the tile has at least one row, and row 0 sees key 0
-
-    // Loads issued right after CTA barrier b: K_{b+1} and V_b (one commit group per thread, maybe empty).
-    auto issue_loads = [&](int b) {
-        if (b + 1 < n_kv)
-            load_tile<T, D, STR, BN, NT>(sK + ((b + 1) & 1) * BN * STR, kb, kv_rs, (b + 1) * BN, kv_len, tid);
-        if (b < n_kv) load_tile<T, D, STR, BN, NT>(sV + (b & 1) * BN * STR, vb, kv_rs, b * BN, kv_len, tid);
-        cp_async_commit();
-    };
-
-    // ---- prologue: Q and K_0, CTA barrier 0, then K_1 and V_0 in flight ----
-    load_tile<T, D, STR, BM, NT>(sQ, qb, q_rs, q0, L, tid);
-    load_tile<T, D, STR, BN, NT>(sK, kb, kv_rs, 0, kv_len, tid);
-    cp_async_commit();
-
-    const int wr = warp * 16 * MT;
-    const int wrow0 = q0 + wr;
-    const bool warp_active = wrow0 < L;
-    const int g = lane >> 2, t4 = lane & 3;
-    // does this warp compute key tile j (causal: not when all its rows precede the tile)
-    auto active = [&](int j) { return warp_active && !(CAUSAL && j * BN > wrow0 + 16 * MT - 1); };
-
-    float m_i[MT][2], l_i[MT][2];
-    float acc[MT][DB][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-        m_i[mt][0] = m_i[mt][1] = NEG_INF;
-        l_i[mt][0] = l_i[mt][1] = 0.f;
-#pragma unroll
-        for (int db = 0; db < DB; ++db) acc[mt][db][0] = acc[mt][db][1] = acc[mt][db][2] = acc[mt][db][3] = 0.f;
-    }
-    u32 qf[QREG ? MT : 1][QREG ? K16 : 1][4];
-    u32 qt[QREG ? MT : 1][2];
-    u32 pp[KB][MT][4];  // P of the previous key tile, packed (A operand of PV)
-
-    cp_async_wait<0>();
-    __syncthreads();  // CTA barrier 0: Q and K_0 visible
-    issue_loads(0);
-    if constexpr (QREG) {
-        if (warp_active) load_q_frags<T, D, STR, MT>(qf, qt, sQ + wr * STR, lane);
-    }
-
-    for (int j = 0; j < n_kv; ++j) {
-        if (group_a) {
-            if (j > 0) {
-                cp_async_wait<0>();
-                bar_sync(BAR_CTA, NT);  // CTA barrier j
-                issue_loads(j);
-            }
-        } else {
-            bar_sync(BAR_B, NT);  // group A's matrix phase j is done
-        }
-        // ---- matrix phase: O += P_{j-1} V_{j-1}, S_j = Q K_j^T ----
-        if (j > 0 && active(j - 1)) {
-            const T* Vs = sV + ((j - 1) & 1) * BN * STR;
-#pragma unroll
-            for (int kb2 = 0; kb2 < KB; ++kb2) pv_step<T, STR, MT, DB>(acc, pp[kb2], Vs, kb2, lane);
-        }
-        const bool act = active(j);
-        float s[MT][NB][4];
-        if (act) qk_tile<T, D, STR, MT, NB, QREG>(s, qf, qt, sQ + wr * STR, sK + (j & 1) * BN * STR, lane);
-        if (group_a) {
-            bar_arrive(BAR_B, NT);
-        } else {
-            cp_async_wait<0>();
-            bar_sync(BAR_CTA, NT);  // CTA barrier j + 1
-            issue_loads(j + 1);
-        }
-        // ---- softmax phase on S_j (registers only) ----
-        if (act) {
-            mask_tile<MT, NB, CAUSAL>(s, wrow0, j * BN, L, g, t4);
-            softmax_update<MT, NB, DB, POLY>(s, acc, m_i, l_i, scale_log2);
-#pragma unroll
-            for (int kb2 = 0; kb2 < KB; ++kb2) pack_p<T, MT, NB>(pp[kb2], s, kb2);
-        }
-    }
-    if (group_a) {
-        cp_async_wait<0>();
-        bar_sync(BAR_CTA, NT);  // CTA barrier n_kv: V_{n_kv - 1} visible
-    }
-    if (active(n_kv - 1)) {
-        const T* Vs = sV + ((n_kv - 1) & 1) * BN * STR;
-#pragma unroll
-        for (int kb2 = 0; kb2 < KB; ++kb2) pv_step<T, STR, MT, DB>(acc, pp[kb2], Vs, kb2, lane);
     }
     cp_async_wait<0>();
 
@@ -928,6 +784,174 @@ attn_fwd_wgmma(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
     cp_async_wait<0>();
 
     if (wgrow0 < L) store_rows<T, 1, DB, D>(acc, m_i, l_i, o, lse, seg_start, wrow0, L, Hq, head, g, t4);
+#endif
+}
+
+// One warpgroup's asynchronous products for a key tile, waited for before returning: O += P V (PV, P from
+// registers, V N-major at dv) and/or S = Q K^T (QK, Q and K K-major at dq, dk). Each call is a whole
+// fence-issue-commit-wait region with no branch inside, so ptxas keeps the wgmmas asynchronous.
+template <bool BF16, int D, int BN, bool PV, bool QK>
+__device__ __forceinline__ void wg_products(float (&sf)[BN / 2], float (&of)[D / 2], const u32 (&pa)[BN / 16][1][4],
+                                            unsigned long long dq, unsigned long long dk, unsigned long long dv) {
+    constexpr int DK = (D + 15) / 16 * 16;
+    constexpr u32 ROWG = DK / 8 * 128;
+    if (QK) {
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
+    wgmma_fence();
+    if (PV) {
+#pragma unroll
+        for (int kb2 = 0; kb2 < BN / 16; ++kb2) wgmma_pv<BF16, D>(of, pa[kb2][0], dv + kb2 * (2 * ROWG >> 4));
+    }
+    if (QK) {
+#pragma unroll
+        for (int ks = 0; ks < DK / 16; ++ks) wgmma_qk<BF16, BN>(sf, dq + ks * 16, dk + ks * 16, ks > 0);
+    }
+    wgmma_commit();
+    wgmma_wait0();
+    if (QK) {
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
+}
+
+// Ping-pong wgmma kernel (sm_90a): two warpgroups of 64 rows (BM = 128), A = warpgroup 0 and B = warpgroup 1.
+// Per key tile j a warpgroup runs its products, O += P_{j-1} V_{j-1} and S_j = Q K_j^T (one asynchronous wgmma
+// group, waited for), then its softmax on S_j (P_j stays in registers, packed, for the next products).
+// One CTA barrier per tile (bar 0, all 256 threads), reached at different places in the code: A reaches
+// CTA barrier j before its products of tile j, B after its products of tile j-1. So after the barrier A's
+// products run on the tensor cores while B exponentiates, and B's products of tile j (issued when its
+// softmax ends) run while A exponentiates: the warpgroups settle half a tile apart (the FA3 ping-pong,
+// here without a producer warp). Barrier counts: n_kv + 1 for both (barrier 0 in the prologue; A's last
+// after its loop, B's in its last iteration).
+// Shared memory: every read of K_{j-1} and V_{j-2} (products of tile j-1, completed by wait_group 0) precedes
+// CTA barrier j, so right after it all threads issue the cp.async loads of K_{j+1} and V_j into those two
+// stages; each thread waits for its own loads and fences them into the async proxy just before barrier
+// j + 1, which publishes them.
+template <typename T, int D, int BN, bool CAUSAL, int MINB>
+__global__ void __launch_bounds__(256, MINB)
+attn_fwd_wgmma_pp(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
+                  float* __restrict__ lse, const int* __restrict__ cu, int nseg, int Hq, int Hkv, float scale_log2) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr bool BF16 = IsBf16<T>::value;
+    constexpr int BM = 128, NT = 256;
+    constexpr int DK = (D + 15) / 16 * 16;  // k-extent of QK^T (80 for D = 72)
+    constexpr int CHK = DK / 8;
+    constexpr int CH = D / 8;
+    constexpr int NB = BN / 8, KB = BN / 16, DB = D / 8;
+    constexpr u32 ROWG = CHK * 128;
+    constexpr int BAR_CTA = 0;
+    static_assert(D % 8 == 0 && (BN == 64 || BN == 128), "tile shape");
+    const float NEG_INF = __int_as_float(0xff800000);
+
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    T* sQ = reinterpret_cast<T*>(smem_raw);
+    T* sK = sQ + BM * CHK * 8;      // 2 stages
+    T* sV = sK + 2 * BN * CHK * 8;  // 2 stages
+    __shared__ int s_map[2];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
+    const bool group_a = wg == 0;
+    const int head = blockIdx.x % Hq;
+    int tile = blockIdx.x / Hq;
+    if (CAUSAL) tile = gridDim.x / Hq - 1 - tile;
+    if (warp == 0) find_tile<BM>(cu, nseg, tile, lane, s_map);
+    __syncthreads();
+    const int seg = s_map[0];
+    if (seg < 0) return;  // uniform over the CTA
+    const int q0 = s_map[1] * BM;
+    const int seg_start = cu[seg];
+    const int L = cu[seg + 1] - seg_start;
+    const int kvh = head / (Hq / Hkv);
+    const size_t q_rs = (size_t)Hq * D, kv_rs = (size_t)Hkv * D;
+    const T* qb = q + (size_t)seg_start * q_rs + (size_t)head * D;
+    const T* kb = k + (size_t)seg_start * kv_rs + (size_t)kvh * D;
+    const T* vb = v + (size_t)seg_start * kv_rs + (size_t)kvh * D;
+    const int kv_len = CAUSAL ? min(L, q0 + BM) : L;
+    const int n_kv = (kv_len + BN - 1) / BN;
+
+    if (DK != D) {  // zero the pad columns D..DK-1 of Q and both K stages (cp.async never writes them)
+        for (int r = tid; r < BM + 2 * BN; r += NT) {
+            T* base = r < BM ? sQ : sK - BM * CHK * 8;
+            *reinterpret_cast<uint4*>(base + (((r >> 3) * CHK + CH) * 8 + (r & 7)) * 8) = make_uint4(0, 0, 0, 0);
+        }
+    }
+    // Loads issued right after CTA barrier b: K_{b+1} and V_b (one commit group per thread, maybe empty).
+    auto issue_loads = [&](int b) {
+        if (b + 1 < n_kv)
+            load_tile_cm<T, D, CHK, BN, NT>(sK + ((b + 1) & 1) * BN * CHK * 8, kb, kv_rs, (b + 1) * BN, kv_len, tid);
+        if (b < n_kv) load_tile_cm<T, D, CHK, BN, NT>(sV + (b & 1) * BN * CHK * 8, vb, kv_rs, b * BN, kv_len, tid);
+        cp_async_commit();
+    };
+    load_tile_cm<T, D, CHK, BM, NT>(sQ, qb, q_rs, q0, L, tid);
+    load_tile_cm<T, D, CHK, BN, NT>(sK, kb, kv_rs, 0, kv_len, tid);
+    cp_async_commit();
+
+    const int wgrow0 = q0 + wg * 64;             // first row of this warpgroup, local to the segment
+    const int wrow0 = wgrow0 + (warp & 3) * 16;  // ... of this warp
+    const bool wg_active = wgrow0 < L;
+    const int g = lane >> 2, t4 = lane & 3;
+    const unsigned long long dq = make_desc(smem_u32(sQ) + wg * 8 * ROWG, 128, ROWG);
+    // does this warpgroup multiply key tile j (causal: not when all its rows precede the tile); uniform per WG
+    auto active = [&](int j) { return wg_active && !(CAUSAL && j * BN > wgrow0 + 63); };
+    auto dk_of = [&](int j) { return make_desc(smem_u32(sK + (j & 1) * BN * CHK * 8), 128, ROWG); };
+    auto dv_of = [&](int j) { return make_desc(smem_u32(sV + (j & 1) * BN * CHK * 8), ROWG, 128); };
+
+    float m_i[1][2] = {{NEG_INF, NEG_INF}}, l_i[1][2] = {{0.f, 0.f}};
+    float acc[1][DB][4];
+#pragma unroll
+    for (int db = 0; db < DB; ++db) acc[0][db][0] = acc[0][db][1] = acc[0][db][2] = acc[0][db][3] = 0.f;
+    float (&of)[D / 2] = reinterpret_cast<float (&)[D / 2]>(acc);
+    u32 pa[KB][1][4];  // P of the previous key tile, packed (A operand of PV, from registers)
+
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();  // CTA barrier 0: Q, K_0 and the zero pads visible (also to the async proxy)
+    issue_loads(0);
+
+    for (int j = 0; j < n_kv; ++j) {
+        if (group_a && j > 0) {
+            cp_async_wait<0>();
+            fence_proxy_async();
+            bar_sync(BAR_CTA, NT);  // CTA barrier j
+            issue_loads(j);
+        }
+        const bool act = active(j), act_prev = j > 0 && active(j - 1);
+        float s[1][NB][4];
+        float (&sf)[BN / 2] = reinterpret_cast<float (&)[BN / 2]>(s);
+        if (act && act_prev) wg_products<BF16, D, BN, true, true>(sf, of, pa, dq, dk_of(j), dv_of(j - 1));
+        else if (act) wg_products<BF16, D, BN, false, true>(sf, of, pa, dq, dk_of(j), 0);
+        else if (act_prev) wg_products<BF16, D, BN, true, false>(sf, of, pa, dq, 0, dv_of(j - 1));
+        if (!group_a) {
+            cp_async_wait<0>();
+            fence_proxy_async();
+            bar_sync(BAR_CTA, NT);  // CTA barrier j + 1
+            issue_loads(j + 1);
+        }
+        if (act) {
+            mask_tile<1, NB, CAUSAL>(s, wrow0, j * BN, L, g, t4);
+            softmax_update<1, NB, DB>(s, acc, m_i, l_i, scale_log2);
+#pragma unroll
+            for (int kb2 = 0; kb2 < KB; ++kb2) pack_p<T, 1, NB>(pa[kb2], s, kb2);
+        }
+    }
+    if (group_a) {
+        cp_async_wait<0>();
+        fence_proxy_async();
+        bar_sync(BAR_CTA, NT);  // CTA barrier n_kv: V_{n_kv - 1} visible
+    }
+    if (active(n_kv - 1)) {
+        float sf[BN / 2];
+        wg_products<BF16, D, BN, true, false>(sf, of, pa, dq, 0, dv_of(n_kv - 1));
+    }
+    cp_async_wait<0>();
+
+    if (wg_active) store_rows<T, 1, DB, D>(acc, m_i, l_i, o, lse, seg_start, wrow0, L, Hq, head, g, t4);
 #endif
 }
 
