@@ -23,7 +23,6 @@ steers the tile-size choice for short segments.
 
 from __future__ import annotations
 
-import math
 import weakref
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,7 +31,7 @@ import torch
 
 from reference._checks import check_cu_seqlens, check_divides, check_tensor
 
-from .runtime.checks import check_cuda, check_input, check_out
+from .runtime.checks import check_aligned16, check_attention_scalars, check_cuda, check_input, check_out
 
 SUPPORTED_HEAD_DIMS = (64, 72, 80, 128, 256)
 DTYPES = (torch.bfloat16, torch.float16)
@@ -211,29 +210,16 @@ def _validate(q, k, v, cu_seqlens, causal, scale, out, max_seqlen, validate):
     if d not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"head dim {d} not supported (supported: {SUPPORTED_HEAD_DIMS})")
     check_divides("k heads", k.shape[1], "q heads", Hq)
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-    scale = float(scale)
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a positive finite number, got {scale}")
+    scale = check_attention_scalars(causal, scale, d, max_seqlen)
     check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32, torch.int64))
     if cu_seqlens.numel() < 2:
         raise ValueError(f"cu_seqlens must have at least 2 entries (one segment), got {cu_seqlens.numel()}")
-    if max_seqlen is not None and (isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int)
-                                   or max_seqlen < 0):
-        raise ValueError(f"max_seqlen must be a non-negative int or None, got {max_seqlen!r}")
     if out is not None:
         check_out("out", out, (T, Hq, d), q.dtype)
     if validate:
         _check_cu_seqlens_once(cu_seqlens, T)
     check_cuda(q=q, k=k, v=v, cu_seqlens=cu_seqlens, out=out)
-    for name, t in (("q", q), ("k", k), ("v", v), ("out", out)):
-        if t is not None and t.data_ptr() % 16:  # cp.async moves 16-byte chunks
-            raise ValueError(f"{name} must be 16-byte aligned (got a view at offset {t.storage_offset()})")
+    check_aligned16(q=q, k=k, v=v, out=out)  # cp.async moves 16-byte chunks
     return scale
 
 

@@ -17,14 +17,13 @@ at 0, never decreases, ends at T) and that `max_seqlen`, if given, covers the lo
 
 from __future__ import annotations
 
-import math
 
 import torch
 
 from reference._checks import check_cu_seqlens, check_divides, check_tensor
 
 from .runtime import nvrtc
-from .runtime.checks import check_cuda, check_input, check_out
+from .runtime.checks import check_aligned16, check_attention_scalars, check_cuda, check_input, check_out
 from .runtime.dispatch import NvrtcSource, cbool, ceil_div
 
 __all__ = ["attention_fp32", "SUPPORTED_HEAD_DIMS"]
@@ -65,24 +64,13 @@ def _validate(q, k, v, cu_seqlens, causal, scale, out, max_seqlen, validate) -> 
     check_divides("Hkv (k heads)", k.shape[1], "Hq (q heads)", Hq)
     if Hq > _MAX_GRID_YZ:
         raise ValueError(f"Hq={Hq} exceeds {_MAX_GRID_YZ} (grid y)")
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-    scale = float(scale)
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a positive finite number, got {scale}")
+    scale = check_attention_scalars(causal, scale, d, max_seqlen)
     check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32, torch.int64))
     nseg = cu_seqlens.numel() - 1
     if nseg < 1:
         raise ValueError(f"cu_seqlens must have at least 2 entries (one segment), got {cu_seqlens.numel()}")
     if nseg > _MAX_GRID_YZ:
         raise ValueError(f"cu_seqlens has {nseg} segments, more than {_MAX_GRID_YZ} (grid z)")
-    if max_seqlen is not None and (isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int)
-                                   or max_seqlen < 0):
-        raise ValueError(f"max_seqlen must be a non-negative int or None, got {max_seqlen!r}")
     if out is not None:
         check_out("out", out, (T, Hq, d), torch.float32)
     if validate or max_seqlen is None:
@@ -95,9 +83,7 @@ def _validate(q, k, v, cu_seqlens, causal, scale, out, max_seqlen, validate) -> 
         elif max_seqlen < longest:
             raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest segment ({longest})")
     check_cuda(q=q, k=k, v=v, cu_seqlens=cu_seqlens, out=out)
-    for name, t in (("q", q), ("k", k), ("v", v), ("out", out)):
-        if t is not None and t.data_ptr() % 16:  # float4 loads and stores
-            raise ValueError(f"{name} must be 16-byte aligned (got a view at storage offset {t.storage_offset()})")
+    check_aligned16(q=q, k=k, v=v, out=out)  # float4 loads and stores
     return scale, max_seqlen
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from reference._checks import check_grid_thw, check_tensor
+from reference._checks import check_grid_thw
 
 from .runtime.checks import check_input, check_out
 

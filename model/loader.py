@@ -63,7 +63,7 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     s[LM + "norm.weight"] = (H,)
     s[LM_HEAD] = (t.vocab_size, H)
     hq, hkv, d = t.num_attention_heads, t.num_key_value_heads, t.head_dim
-    nk, nv, dk, dv = t.linear_num_key_heads, t.linear_num_value_heads, t.linear_key_head_dim, t.linear_value_head_dim
+    nv, dv = t.linear_num_value_heads, t.linear_value_head_dim  # q/k widths enter through linear_conv_dim
     for i, kind in enumerate(t.layer_types):
         b = f"{LM}layers.{i}."
         s[b + "input_layernorm.weight"] = (H,)

@@ -54,3 +54,30 @@ def check_out(name: str, out, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
     """An `out=` tensor: exactly the result's shape and dtype, contiguous (its device is checked with the rest)."""
     check_input(name, out, shape=shape, dtypes=(dtype,))
     return out
+
+
+def check_attention_scalars(causal, scale, d: int, max_seqlen) -> float:
+    """causal a bool, scale a positive finite number (None -> 1/sqrt(d)), max_seqlen a non-negative int or
+    None; returns the scale as a float. Shared by every attention wrapper."""
+    import math
+
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    scale = float(scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive finite number, got {scale}")
+    if max_seqlen is not None and (isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int)
+                                   or max_seqlen < 0):
+        raise ValueError(f"max_seqlen must be a non-negative int or None, got {max_seqlen!r}")
+    return scale
+
+
+def check_aligned16(**tensors) -> None:
+    """Every given tensor (None skipped) starts on a 16-byte boundary (kernels that move 16-byte vectors)."""
+    for name, t in tensors.items():
+        if t is not None and t.data_ptr() % 16:
+            raise ValueError(f"{name} must be 16-byte aligned (got a view at storage offset {t.storage_offset()})")
