@@ -103,6 +103,35 @@ class WgVariant:
         return f"wgmma_{self.bm}x{self.bn}_{self.nwg}wg{'_pp' if self.pp else ''}_mb{self.minb}"
 
 
+@dataclass(frozen=True)
+class WsVariant:
+    """Warp-specialised wgmma kernel attn_fwd_ws (Hopper, sm_90a): NCWG consumer warpgroups of 64 query rows and
+    one producer warpgroup whose one thread fills a STAGES-deep ring of K/V stages with TMA copies, BN keys per step."""
+
+    ncwg: int        # consumer warpgroups (2 or 3)
+    bn: int          # keys per K/V tile (64 or 128)
+    stages: int = 2  # K/V stages in shared memory
+    arch = "sm_90a"
+
+    @property
+    def bm(self) -> int:
+        return 64 * self.ncwg
+
+    @property
+    def threads(self) -> int:
+        return 128 * (self.ncwg + 1)
+
+    def smem_bytes(self, d: int, itemsize: int = 2) -> int:
+        regions = (d + 63) // 64  # 64-column regions of 128-byte rows (the swizzle layout; see the .cu)
+        return (self.bm + 2 * self.stages * self.bn) * regions * 128 + 1024  # + 1024 to align the atoms
+
+    def name(self, dtype: torch.dtype, d: int, causal: bool) -> str:
+        return f"attn::attn_fwd_ws<{_CTYPE[dtype]}, {d}, {self.ncwg}, {self.bn}, {self.stages}, {_b(causal)}>"
+
+    def label(self) -> str:
+        return f"ws_{self.bm}x{self.bn}_{self.ncwg}cwg_s{self.stages}"
+
+
 def _b(x: bool) -> str:
     return "true" if x else "false"
 
@@ -140,6 +169,14 @@ WG_CANDIDATES: dict[int, tuple[WgVariant, ...]] = {
     128: (WgVariant(3, 64, 1), WgVariant(2, 64, 1)),
     256: (WgVariant(2, 64, 1),),
 }
+# Warp-specialised candidates (sm_90 only), the default first.
+WS_CANDIDATES: dict[int, tuple[WsVariant, ...]] = {
+    64: (WsVariant(3, 128), WsVariant(3, 128, 3), WsVariant(2, 128), WsVariant(3, 64)),
+    72: (WsVariant(3, 128), WsVariant(2, 128), WsVariant(3, 64), WsVariant(2, 128, 3)),
+    80: (WsVariant(2, 128), WsVariant(3, 64)),
+    128: (WsVariant(2, 128), WsVariant(2, 64, 3)),
+    256: (WsVariant(2, 64),),
+}
 SHORT_SEGMENT = 64  # at or below this many tokens per segment, prefer 64-row tiles (less tail waste)
 
 
@@ -162,7 +199,7 @@ def all_variants(d: int, device: torch.device | None = None) -> list:
     """Every tile shape the tests and benchmarks exercise for head dim d on `device`."""
     vs = list(CANDIDATES[d]) + ([V_64x64_4w] if d != 256 and V_64x64_4w not in CANDIDATES[d] else [])
     if device is not None and device.type == "cuda" and _capability(device.index or 0) == (9, 0):
-        vs += list(WG_CANDIDATES[d])
+        vs += list(WG_CANDIDATES[d]) + list(WS_CANDIDATES[d])
     return vs
 
 
@@ -247,6 +284,17 @@ def run_variant(variant: Variant | WgVariant, q, k, v, cu_seqlens, causal: bool,
     if key not in _SMEM_SET:
         set_max_dynamic_shared_memory(kern, smem)
         _SMEM_SET.add(key)
+    if isinstance(variant, WsVariant):  # Q, K, V through TMA descriptors passed by value
+        import ctypes
+
+        from kernels.runtime.tma import launch_raw, tensor_map_3d
+
+        launch_raw(kern, (Hq * tiles, 1, 1), (variant.threads, 1, 1), smem, [
+            ctypes.c_void_p(out.data_ptr()), ctypes.c_void_p(0 if lse is None else lse.data_ptr()),
+            ctypes.c_void_p(cu_seqlens.data_ptr()), ctypes.c_int(nseg), ctypes.c_int(Hq), ctypes.c_int(k.shape[1]),
+            ctypes.c_float(scale * _LOG2E), tensor_map_3d(q, 64, variant.bm), tensor_map_3d(k, 64, variant.bn),
+            tensor_map_3d(v, 64, variant.bn)])
+        return
     launch(kern, (Hq * tiles, 1, 1), (variant.threads, 1, 1), smem,
            q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), 0 if lse is None else lse.data_ptr(),
            cu_seqlens.data_ptr(), i32(nseg), i32(Hq), i32(k.shape[1]), f32(scale * _LOG2E))

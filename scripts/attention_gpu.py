@@ -33,12 +33,16 @@ import reference  # noqa: E402
 from benchmarks.bench_attention import CASES, SDPA_BACKENDS, make_inputs, ours_fn, sdpa_fn  # noqa: E402
 from benchmarks.common import (bf16_gemm_TFLOPs, card_name, copy_bandwidth_TBps, cuda_time_ms,  # noqa: E402
                                write_results)
-from kernels.attention import (CANDIDATES, SUPPORTED_HEAD_DIMS, WG_CANDIDATES, _use_wgmma,  # noqa: E402
-                               all_variants as _all_variants, attention, pick_variant, run_variant)
+from kernels.attention import (CANDIDATES, SUPPORTED_HEAD_DIMS, WG_CANDIDATES, WgVariant,  # noqa: E402
+                               WsVariant, _use_wgmma, all_variants as _all_variants, attention, pick_variant,
+                               run_variant)
+
+VARIANT_FILTER: tuple[str, ...] = ()  # --variants: keep only tile shapes whose label starts with one of these
 
 
 def all_variants(d):
-    return _all_variants(d, torch.device("cuda"))
+    vs = _all_variants(d, torch.device("cuda"))
+    return [v for v in vs if not VARIANT_FILTER or v.label().startswith(VARIANT_FILTER)]
 
 
 def vname(v):
@@ -93,7 +97,7 @@ def check():
         for vi, var in enumerate(all_variants(d)):
             for dtype in (torch.bfloat16, torch.float16):
                 if (dtype == torch.float16 and var not in (CANDIDATES[d][0], WG_CANDIDATES[d][0]) and vi > 0
-                        and not getattr(var, "pp", False)):
+                        and not getattr(var, "pp", False) and not isinstance(var, WsVariant)):
                     continue
                 for causal in (False, True):
                     for si, lengths in enumerate(shapes):
@@ -165,7 +169,7 @@ def check_long(rows):
 
 
 def determinism():
-    """The default and every ping-pong shape: bitwise the same output (and lse) over 5 runs."""
+    """The default and every ping-pong and warp-specialised shape: bitwise the same output (and lse) over 5 runs."""
     q, k, v, cu = make_inputs(CASES[2])
     res = {}
     for causal in (False, True):
@@ -174,7 +178,7 @@ def determinism():
                    for o2, l2 in (attention(q, k, v, cu, causal, return_lse=True) for _ in range(5)))
         res[f"causal={causal}"] = same
         for var in all_variants(q.shape[2]):
-            if not getattr(var, "pp", False):
+            if not (getattr(var, "pp", False) or isinstance(var, WsVariant)):
                 continue
             outs = []
             for _ in range(5):
@@ -255,7 +259,7 @@ def bench(out_dir, cases=None, wgmma=True):
                                _use_wgmma(q.device))
         timeit(f"ours_default({vname(default)})", ours_fn(case, q, k, v, cu))
         for var in all_variants(case.d):
-            if not wgmma and var.arch == "sm_90a":
+            if not wgmma and isinstance(var, WgVariant):
                 continue
             timeit(f"ours_{vname(var)}", ours_fn(case, q, k, v, cu, var),
                    kernel_info(var, torch.bfloat16, case.d, case.causal))
@@ -312,10 +316,14 @@ if __name__ == "__main__":
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--precompile", action="store_true")
     ap.add_argument("--cases", default="", help="comma-separated words; bench only cases whose tag has one")
-    ap.add_argument("--no-wgmma-bench", action="store_true", help="check the wgmma shapes but do not time them")
+    ap.add_argument("--no-wgmma-bench", action="store_true",
+                    help="check the (non-warp-specialised) wgmma shapes but do not time them")
+    ap.add_argument("--variants", default="", help="comma-separated label prefixes (e.g. ws,mma_128x64): "
+                    "check and time only those tile shapes")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     a = ap.parse_args()
     out = Path(a.out) if a.out else None
+    VARIANT_FILTER = tuple(w for w in a.variants.split(",") if w)
     if a.precompile:
         precompile()
     summary = {"card": torch.cuda.get_device_name()}

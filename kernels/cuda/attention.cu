@@ -184,13 +184,13 @@ __device__ __forceinline__ void mask_tile(float (&s)[MT][NB][4], int wrow0, int 
     }
 }
 
-// Online softmax step (base 2): new running max, P = exp2(S * scale_log2 - max) in place of S, running
-// per-thread partial sums (the quad of threads sharing a row adds them up at the end), O rescaled.
-template <int MT, int NB, int DB>
-__device__ __forceinline__ void softmax_update(float (&s)[MT][NB][4], float (&acc)[MT][DB][4], float (&m_i)[MT][2],
-                                               float (&l_i)[MT][2], float scale_log2) {
+// Online softmax on one S tile (base 2): new running max, P = exp2(S * scale_log2 - max) in place of S, running
+// per-thread partial sums (the quad of threads sharing a row adds them up at the end), and alpha = exp2(old max -
+// new max) per row. Returns whether some row of the warp got a new maximum (otherwise every alpha is exactly 1).
+template <int MT, int NB>
+__device__ __forceinline__ bool softmax_p(float (&s)[MT][NB][4], float (&m_i)[MT][2], float (&l_i)[MT][2],
+                                          float (&alpha)[MT][2], float scale_log2) {
     const float NEG_INF = __int_as_float(0xff800000);
-    float alpha[MT][2];
     bool grew = false;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -217,19 +217,30 @@ __device__ __forceinline__ void softmax_update(float (&s)[MT][NB][4], float (&ac
                 }
             l_i[mt][h] = l_i[mt][h] * alpha[mt][h] + rs;
         }
-    // O *= alpha only when some row of the warp has a new maximum: otherwise every alpha is 2^0 = 1 (exactly),
-    // and after the first few key tiles most tiles raise no row's maximum.
-    if (__any_sync(0xffffffffu, grew)) {
+    return __any_sync(0xffffffffu, grew);
+}
+
+// O *= alpha per row.
+template <int MT, int DB>
+__device__ __forceinline__ void rescale_o(float (&acc)[MT][DB][4], const float (&alpha)[MT][2]) {
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int db = 0; db < DB; ++db) {
-                acc[mt][db][0] *= alpha[mt][0];
-                acc[mt][db][1] *= alpha[mt][0];
-                acc[mt][db][2] *= alpha[mt][1];
-                acc[mt][db][3] *= alpha[mt][1];
-            }
-    }
+        for (int db = 0; db < DB; ++db) {
+            acc[mt][db][0] *= alpha[mt][0];
+            acc[mt][db][1] *= alpha[mt][0];
+            acc[mt][db][2] *= alpha[mt][1];
+            acc[mt][db][3] *= alpha[mt][1];
+        }
+}
+
+// Online softmax step: softmax_p, then O rescaled only when some row of the warp has a new maximum (after the
+// first few key tiles most tiles raise no row's maximum, and then every alpha is 2^0 = 1 exactly).
+template <int MT, int NB, int DB>
+__device__ __forceinline__ void softmax_update(float (&s)[MT][NB][4], float (&acc)[MT][DB][4], float (&m_i)[MT][2],
+                                               float (&l_i)[MT][2], float scale_log2) {
+    float alpha[MT][2];
+    if (softmax_p<MT, NB>(s, m_i, l_i, alpha, scale_log2)) rescale_o<MT, DB>(acc, alpha);
 }
 
 // Epilogue of one warp: O / l for its valid rows, lse = (m + log2 l) * ln 2.
@@ -952,6 +963,300 @@ attn_fwd_wgmma_pp(const T* __restrict__ q, const T* __restrict__ k, const T* __r
     cp_async_wait<0>();
 
     if (wg_active) store_rows<T, 1, DB, D>(acc, m_i, l_i, o, lse, seg_start, wrow0, L, Hq, head, g, t4);
+#endif
+}
+
+// =====================================================================================================
+// Warp-specialised Hopper kernel (sm_90a): attn_fwd_ws, FA3's structure.
+//
+// One CTA = NCWG consumer warpgroups of 64 query rows each (BM = 64 * NCWG) plus one producer warpgroup.
+// Producer: one thread issues the tensor-memory-accelerator copies (cp.async.bulk.tensor) of Q once, then of
+//   K_j and V_j into a STAGES-deep ring of shared-memory stages. Each copy completes a stage's "full" mbarrier
+//   by its byte count; before overwriting a stage the thread waits on its "empty" mbarrier. The other producer
+//   warps only give their registers away (setmaxnreg) and exit.
+// Consumers (FA3's intra-warpgroup pipelining): per key tile j, issue S_j = Q K_j^T and O += P_{j-1} V_{j-1}
+//   as two asynchronous wgmma groups; wait for the first; release K_j; mask and exponentiate S_j while the
+//   tensor cores still run PV; wait for PV; release V_{j-1}; rescale O (only if a row max grew). O_{j-1} holds
+//   P_{j-1} V_{j-1} relative to the max m_{j-1} when it is rescaled by exp2(m_{j-1} - m_j), as it should.
+// Shared memory: every tile (Q, each K and V stage) is stored as NREG = ceil(D / 64) regions of [rows][64]
+//   elements in the 128-byte swizzle layout that both the copy engine (CU_TENSOR_MAP_SWIZZLE_128B) and wgmma
+//   (layout type 1) use: 8-row atoms of 1024 bytes, the 16-byte chunks of row r XOR-ed with r % 8. Region g
+//   holds columns 64 g .. 64 g + 63; columns past D are out of the tensor's bounds, so the copy engine writes
+//   zeros there. That is the only padding of D = 72 (to 80 for QK^T's k-steps of 16; PV's n is 72 exactly),
+//   and it exists only in shared memory. Rows past the end of the packed tensor are zero-filled the same way.
+//   Q and K are read K-major (k-step ks at region ks / 4, byte 32 (ks % 4) of each row), V N-major (trans-b;
+//   the 64-column regions are the n-direction repeats, LBO apart; 8-row groups 1024 bytes apart).
+// No CTA-wide barrier after the prologue: stages are handed over by the mbarriers alone.
+// =====================================================================================================
+__device__ __forceinline__ void wgmma_wait1() { asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); }
+
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar) : "memory");
+}
+// Arrive on `bar` and add `bytes` to the transaction count its current phase waits for.
+__device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}\n" ::"r"(bar), "r"(bytes)
+                 : "memory");
+}
+// Wait until the phase of `bar` with this parity has completed (a fresh barrier counts parity 1 as complete).
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+    asm volatile(
+        "{\n.reg .pred done;\nWAIT_LOOP:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra WAIT_LOOP;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+template <int N> __device__ __forceinline__ void regs_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
+template <int N> __device__ __forceinline__ void regs_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
+
+// A CUtensorMap (the copy engine's 128-byte tensor descriptor), passed by value as a __grid_constant__ parameter.
+struct __align__(64) TmaDesc { unsigned long long w[16]; };
+
+// Copy the box at coordinates (c0 = column, c1 = head, c2 = row) of a [T, H, D] tensor into shared memory,
+// completing `bar`'s transaction count by the box's bytes.
+__device__ __forceinline__ void tma_load_3d(u32 dst, const TmaDesc& tm, int c0, int c1, int c2, u32 bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n"
+        ::"r"(dst), "l"(reinterpret_cast<unsigned long long>(&tm)), "r"(c0), "r"(c1), "r"(c2), "r"(bar) : "memory");
+}
+__device__ __forceinline__ void tma_prefetch_desc(const TmaDesc& tm) {
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<unsigned long long>(&tm)) : "memory");
+}
+
+// wgmma shared-memory descriptor for the 128-byte swizzle layout (8-row atoms of 1024 bytes).
+__device__ __forceinline__ unsigned long long make_desc_sw128(u32 saddr, u32 lbo) {
+    return (unsigned long long)((saddr & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
+           ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
+}
+
+// O += P V for one k16 step, N = D head-dim columns; 256 as two n128 halves, the second `half` descriptor units on.
+template <bool BF16, int D>
+__device__ __forceinline__ void wgmma_pv_ws(float (&d)[D / 2], const u32 (&a)[4], unsigned long long db, u32 half) {
+    if constexpr (D == 256) {
+        wgmma_rs_n128<BF16>(reinterpret_cast<float (&)[64]>(d[0]), a, db);
+        wgmma_rs_n128<BF16>(reinterpret_cast<float (&)[64]>(d[64]), a, db + half);
+    } else {
+        wgmma_pv<BF16, D>(d, a, db);
+    }
+}
+
+template <typename T, int D, int NCWG, int BN, int STAGES, bool CAUSAL>
+__global__ void __launch_bounds__((NCWG + 1) * 128, 1)
+attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ cu, int nseg, int Hq, int Hkv,
+            float scale_log2, const __grid_constant__ TmaDesc tm_q, const __grid_constant__ TmaDesc tm_k,
+            const __grid_constant__ TmaDesc tm_v) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr bool BF16 = IsBf16<T>::value;
+    constexpr int BM = 64 * NCWG;
+    constexpr int DK = (D + 15) / 16 * 16;   // k-extent of QK^T (80 for D = 72)
+    constexpr int NREG = (D + 63) / 64;      // 64-column regions per row
+    constexpr int NB = BN / 8, KB = BN / 16, DB = D / 8;
+    constexpr u32 Q_BYTES = NREG * BM * 128, KV_BYTES = NREG * BN * 128;  // one tile, all regions
+    // registers per thread after setmaxnreg (FA3's split): the producer's release must cover the consumers'
+    // raise exactly, or setmaxnreg.inc would wait forever. NCWG = 2: 384 threads start at 168 (launch bound),
+    // 128 * (168 - 24) = 256 * (240 - 168). NCWG = 3: 512 threads start at 128, 128 * (128 - 32) = 384 * (160 - 128).
+    constexpr int PRODUCER_REGS = NCWG == 2 ? 24 : 32;
+    constexpr int CONSUMER_REGS = NCWG == 2 ? 240 : 160;
+    static_assert(NCWG == 2 || NCWG == 3, "2 or 3 consumer warpgroups");
+    static_assert(D % 8 == 0 && (BN == 64 || BN == 128) && STAGES >= 2, "tile shape");
+    const float NEG_INF = __int_as_float(0xff800000);
+
+    extern __shared__ unsigned char smem_raw[];
+    // the swizzle atoms need 1024-byte alignment (the host asks for 1024 bytes more than the tiles take)
+    const u32 sbase = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const u32 sQ = sbase, sK = sQ + Q_BYTES, sV = sK + STAGES * KV_BYTES;
+    // mbarriers: Q full; per stage K full, V full (one producer arrival plus the copies' bytes), K empty, V empty
+    // (4 * NCWG arrivals: one per consumer warp)
+    __shared__ __align__(8) unsigned long long bars[1 + 4 * STAGES];
+    __shared__ int s_map[2];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
+    const int head = blockIdx.x % Hq;
+    int tile = blockIdx.x / Hq;
+    if (CAUSAL) tile = gridDim.x / Hq - 1 - tile;
+    if (warp == 0) find_tile<BM>(cu, nseg, tile, lane, s_map);
+    const u32 bar0 = smem_u32(bars);
+    const u32 q_full = bar0;
+    auto k_full = [&](int s) { return bar0 + 8u * (1 + s); };
+    auto v_full = [&](int s) { return bar0 + 8u * (1 + STAGES + s); };
+    auto k_empty = [&](int s) { return bar0 + 8u * (1 + 2 * STAGES + s); };
+    auto v_empty = [&](int s) { return bar0 + 8u * (1 + 3 * STAGES + s); };
+    if (tid == 32) {
+        mbar_init(q_full, 1);
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(k_full(s), 1);
+            mbar_init(v_full(s), 1);
+            mbar_init(k_empty(s), 4 * NCWG);
+            mbar_init(v_empty(s), 4 * NCWG);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // visible to the copy engine
+    }
+    __syncthreads();  // barriers initialised, tile map written
+    const int seg = s_map[0];
+    if (seg < 0) return;  // uniform over the CTA
+    const int q0 = s_map[1] * BM;
+    const int seg_start = cu[seg];
+    const int L = cu[seg + 1] - seg_start;
+    const int kvh = head / (Hq / Hkv);
+    const int kv_len = CAUSAL ? min(L, q0 + BM) : L;
+    const int n_kv = (kv_len + BN - 1) / BN;
+
+    if (wg == NCWG) {  // ---- producer warpgroup: one thread issues every copy ----
+        regs_dec<PRODUCER_REGS>();
+        if (tid == NCWG * 128) {
+            tma_prefetch_desc(tm_q);
+            tma_prefetch_desc(tm_k);
+            tma_prefetch_desc(tm_v);
+            mbar_arrive_expect_tx(q_full, Q_BYTES);
+#pragma unroll
+            for (int g = 0; g < NREG; ++g) tma_load_3d(sQ + g * BM * 128, tm_q, 64 * g, head, seg_start + q0, q_full);
+            for (int j = 0; j < n_kv; ++j) {
+                const int st = j % STAGES;
+                const u32 ph = ((j / STAGES) & 1) ^ 1;  // the consumers' release of this stage's previous tile
+                const int row = seg_start + j * BN;
+                mbar_wait(k_empty(st), ph);
+                mbar_arrive_expect_tx(k_full(st), KV_BYTES);
+#pragma unroll
+                for (int g = 0; g < NREG; ++g)
+                    tma_load_3d(sK + st * KV_BYTES + g * BN * 128, tm_k, 64 * g, kvh, row, k_full(st));
+                mbar_wait(v_empty(st), ph);
+                mbar_arrive_expect_tx(v_full(st), KV_BYTES);
+#pragma unroll
+                for (int g = 0; g < NREG; ++g)
+                    tma_load_3d(sV + st * KV_BYTES + g * BN * 128, tm_v, 64 * g, kvh, row, v_full(st));
+            }
+        }
+        return;
+    }
+
+    // ---- consumer warpgroups ----
+    regs_inc<CONSUMER_REGS>();
+    const int wgrow0 = q0 + wg * 64;             // first row of this warpgroup, local to the segment
+    const int wrow0 = wgrow0 + (warp & 3) * 16;  // ... of this warp
+    const int g = lane >> 2, t4 = lane & 3;
+    // key tiles this warpgroup multiplies: all of them, none if its rows lie past the segment, and (causal) only
+    // those starting at or before its last row. It still takes part in the hand-over of the others (below).
+    int n_my = wgrow0 < L ? n_kv : 0;
+    if (CAUSAL && n_my > 0) n_my = min(n_kv, (wgrow0 + 63) / BN + 1);
+    const unsigned long long dq = make_desc_sw128(sQ + wg * 64 * 128, 16);
+    auto dk_of = [&](int st) { return make_desc_sw128(sK + st * KV_BYTES, 16); };
+    auto dv_of = [&](int st) { return make_desc_sw128(sV + st * KV_BYTES, BN * 128); };
+    auto release = [&](u32 bar) {  // this warp is done reading a stage
+        if (lane == 0) mbar_arrive(bar);
+    };
+
+    float m_i[1][2] = {{NEG_INF, NEG_INF}}, l_i[1][2] = {{0.f, 0.f}};
+    float acc[1][DB][4];
+#pragma unroll
+    for (int db = 0; db < DB; ++db) acc[0][db][0] = acc[0][db][1] = acc[0][db][2] = acc[0][db][3] = 0.f;
+    float (&of)[D / 2] = reinterpret_cast<float (&)[D / 2]>(acc);
+    float s[1][NB][4];
+    float (&sf)[BN / 2] = reinterpret_cast<float (&)[BN / 2]>(s);
+    u32 pa[KB][1][4];  // P of the previous key tile, packed: the A operand of PV, from registers
+
+    // S = Q K^T on stage st: k-step ks reads region ks / 4 of Q and K at 32 (ks % 4) bytes into each row
+    // (descriptor addresses count 16-byte units)
+    auto issue_qk = [&](int st) {
+        const unsigned long long dk = dk_of(st);
+#pragma unroll
+        for (int ks = 0; ks < DK / 16; ++ks)
+            wgmma_qk<BF16, BN>(sf, dq + (ks >> 2) * (BM * 128 >> 4) + (ks & 3) * 2,
+                               dk + (ks >> 2) * (BN * 128 >> 4) + (ks & 3) * 2, ks > 0);
+    };
+    // O += P V on stage st: k-step kb2 is 16 key rows = two 1024-byte atoms further
+
+    auto issue_pv = [&](int st) {
+        const unsigned long long dv = dv_of(st);
+#pragma unroll
+        for (int kb2 = 0; kb2 < KB; ++kb2)
+            wgmma_pv_ws<BF16, D>(of, pa[kb2][0], dv + kb2 * (2048 >> 4), 2 * BN * 128 >> 4);
+    };
+
+    if (n_my > 0) {
+        // S_0 = Q K_0^T, softmax (O is still zero, so its rescale is skipped)
+        mbar_wait(q_full, 0);
+        mbar_wait(k_full(0), 0);
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+        wgmma_fence();
+        issue_qk(0);
+        wgmma_commit();
+        wgmma_wait0();
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+        release(k_empty(0));
+        mask_tile<1, NB, CAUSAL>(s, wrow0, 0, L, g, t4);
+        {
+            float alpha[1][2];
+            softmax_p<1, NB>(s, m_i, l_i, alpha, scale_log2);
+        }
+        for (int j = 1; j < n_my; ++j) {
+            const int sk = j % STAGES, sv = (j - 1) % STAGES;
+#pragma unroll
+            for (int kb2 = 0; kb2 < KB; ++kb2) pack_p<T, 1, NB>(pa[kb2], s, kb2);
+            mbar_wait(k_full(sk), (j / STAGES) & 1);
+            mbar_wait(v_full(sv), ((j - 1) / STAGES) & 1);
+#pragma unroll
+            for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+#pragma unroll
+            for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
+            wgmma_fence();
+            issue_qk(sk);
+            wgmma_commit();
+            issue_pv(sv);
+            wgmma_commit();
+            wgmma_wait1();  // S_j is ready; PV_{j-1} may still run
+#pragma unroll
+            for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+            release(k_empty(sk));
+            mask_tile<1, NB, CAUSAL>(s, wrow0, j * BN, L, g, t4);
+            float alpha[1][2];
+            const bool grew = softmax_p<1, NB>(s, m_i, l_i, alpha, scale_log2);
+#pragma unroll
+            for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+            // Wait for PV in both arms of a branch that depends on the softmax: ptxas hoists a wgmma wait to the
+            // top of its basic block, which here would put it before the exponentials and serialise them with PV
+            // (seen in the SASS: 0 MUFU.EX2 between the two waits with a single wait; 66 with this form).
+            if (grew) {
+                wgmma_wait0();
+#pragma unroll
+                for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
+                rescale_o<1, DB>(acc, alpha);
+            } else {
+                wgmma_wait0();
+#pragma unroll
+                for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
+            }
+            release(v_empty(sv));
+        }
+        // O += P_{n-1} V_{n-1}
+        const int sv = (n_my - 1) % STAGES;
+#pragma unroll
+        for (int kb2 = 0; kb2 < KB; ++kb2) pack_p<T, 1, NB>(pa[kb2], s, kb2);
+        mbar_wait(v_full(sv), ((n_my - 1) / STAGES) & 1);
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
+        wgmma_fence();
+        issue_pv(sv);
+        wgmma_commit();
+        wgmma_wait0();
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
+        release(v_empty(sv));
+    }
+    // Tiles this warpgroup does not multiply still pass through it: wait for each (so that the empty barriers
+    // count releases of one tile at a time) and release it.
+    for (int j = n_my; j < n_kv; ++j) {
+        const int st = j % STAGES;
+        const u32 ph = (j / STAGES) & 1;
+        mbar_wait(k_full(st), ph);
+        release(k_empty(st));
+        mbar_wait(v_full(st), ph);
+        release(v_empty(st));
+    }
+    if (wgrow0 < L) store_rows<T, 1, DB, D>(acc, m_i, l_i, o, lse, seg_start, wrow0, L, Hq, head, g, t4);
 #endif
 }
 

@@ -1,0 +1,72 @@
+"""Tensor-memory-accelerator (TMA) descriptors and launches that pass them by value (Hopper, sm_90+).
+
+    tm = tensor_map_3d(k, box_cols=64, box_rows=128)     # 128-byte CUtensorMap for a contiguous [T, H, D] tensor
+    launch_raw(kernel, grid, block, smem, [c_ptr(o.data_ptr()), c_int(n), ..., tm])
+
+A kernel takes a descriptor as `const __grid_constant__ TmaDesc` (128 bytes, 64-byte aligned) and reads boxes of
+[box_rows rows][1 head][box_cols columns] with cp.async.bulk.tensor, in the 128-byte swizzle layout; reads out of the
+tensor's bounds (columns past D, rows past T) land as zeros. cuda.core's launch takes scalars and pointers only, so
+`launch_raw` goes through the driver's cuLaunchKernel with an array of pointers to ctypes values; it launches on
+torch's current stream, so it can be captured in a CUDA graph (the descriptor is copied into the graph's node).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections import OrderedDict
+
+import torch
+
+_DTYPES = {torch.bfloat16: "CU_TENSOR_MAP_DATA_TYPE_BFLOAT16", torch.float16: "CU_TENSOR_MAP_DATA_TYPE_FLOAT16"}
+_CACHE: OrderedDict = OrderedDict()  # (ptr, shape, dtype, box) -> 128-byte descriptor
+_CACHE_SIZE = 256
+
+
+class TmaDesc(ctypes.Structure):
+    _fields_ = [("w", ctypes.c_uint64 * 16)]
+
+
+def tensor_map_3d(t: torch.Tensor, box_cols: int, box_rows: int) -> TmaDesc:
+    """CUtensorMap of a contiguous [T, H, D] bf16/fp16 CUDA tensor; box = box_rows x 1 x box_cols, 128-byte swizzle,
+    out-of-bounds elements read as zero. Cached by (address, shape, dtype, box)."""
+    from cuda.bindings import driver
+
+    T, H, D = t.shape
+    key = (t.data_ptr(), T, H, D, t.dtype, box_cols, box_rows)
+    hit = _CACHE.get(key)
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return hit
+    es = t.element_size()
+    if box_cols * es != 128:
+        raise ValueError(f"the 128-byte swizzle needs 128-byte box rows, got {box_cols} x {es} bytes")
+    u64, u32 = driver.cuuint64_t, driver.cuuint32_t  # older cuda-bindings take no plain ints here
+    err, tmap = driver.cuTensorMapEncodeTiled(
+        getattr(driver.CUtensorMapDataType, _DTYPES[t.dtype]), 3, t.data_ptr(),
+        [u64(D), u64(H), u64(T)], [u64(D * es), u64(H * D * es)], [u32(box_cols), u32(1), u32(box_rows)],
+        [u32(1), u32(1), u32(1)],
+        driver.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE,
+        driver.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_128B,
+        driver.CUtensorMapL2promotion.CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+        driver.CUtensorMapFloatOOBfill.CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE)
+    if int(err) != 0:
+        raise RuntimeError(f"cuTensorMapEncodeTiled failed ({err}) for shape {tuple(t.shape)} {t.dtype}")
+    desc = TmaDesc()
+    ctypes.memmove(ctypes.addressof(desc), tmap.getPtr(), 128)
+    _CACHE[key] = desc
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return desc
+
+
+def launch_raw(kernel, grid, block, shared_mem: int, args) -> None:
+    """cuLaunchKernel on torch's current stream; `args` are ctypes objects, one per kernel parameter, in order."""
+    from cuda.bindings import driver
+
+    ptrs = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
+    h = kernel.handle if hasattr(kernel, "handle") else kernel._handle
+    stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
+    (err,) = driver.cuLaunchKernel(driver.CUfunction(int(h)), *grid, *block, shared_mem, stream,
+                                   ctypes.addressof(ptrs), 0)
+    if int(err) != 0:
+        raise RuntimeError(f"cuLaunchKernel failed: {err}")
