@@ -7,18 +7,18 @@ Each segment [cu_seqlens[i], cu_seqlens[i+1]) attends only within itself (non-ca
 for LM prefill); Hq must be a multiple of Hkv (GQA); d in 64, 72, 80, 128, 256 (72 native, no padding);
 bf16 or fp16 in, same dtype out, fp32 softmax (fp32 inputs: kernels.attention_fp32).
 
-Kernels: `attn_fwd` (mma.sync m16n8k16, sm_80+) runs by default everywhere; its tile shape per head dim is
-the fastest measured on an H100 (CANDIDATES). `attn_fwd_wgmma` and its ping-pong form `attn_fwd_wgmma_pp`
-(Hopper wgmma, compiled for sm_90a) are correct and tested but were no faster on the H100 as written, so they
-run only with USE_WGMMA = True or via run_variant (benchmarks/attention_notes.md says why and what would make
-them pay).
+Kernels: on Hopper (sm_90) `attn_fwd_ws`: warp-specialised, one producer thread loading Q/K/V with TMA, 2-4
+consumer warpgroups doing both products with wgmma (compiled for sm_90a); pick_variant chooses its tile shape
+per call with a wave model (ws_cost). Elsewhere (sm_80+), and for segments of at most SHORT_SEGMENT tokens,
+`attn_fwd` (mma.sync m16n8k16), with the tile shape per head dim measured fastest on an H100 (CANDIDATES).
+benchmarks/attention_notes.md has the measurements behind both.
 
 Host synchronisation: the launch itself needs none. The grid is an upper bound on the number of query tiles,
 floor((T + nseg * (BM - 1)) / BM), computed from shapes only, and each CTA finds its segment on the device.
 `validate=True` (the default) additionally reads cu_seqlens to the host once per cu_seqlens tensor (cached
 by tensor and version) to check it starts at 0, never decreases and ends at T; pass `validate=False` on hot
 paths or under CUDA-graph capture. `max_seqlen` (optional, host int, never read from the device) only
-steers the tile-size choice for short segments.
+steers the tile-size choice (otherwise segments are taken as T / nseg long).
 """
 
 from __future__ import annotations
@@ -72,38 +72,6 @@ class Variant:
 
 
 @dataclass(frozen=True)
-class WgVariant:
-    """wgmma kernel (Hopper, compiled for sm_90a): NWG warpgroups of 64 query rows, BN keys per step."""
-
-    nwg: int     # warpgroups per CTA
-    bn: int      # keys per K/V tile (64 or 128)
-    minb: int    # __launch_bounds__ min blocks per SM
-    pp: bool = False  # the ping-pong kernel attn_fwd_wgmma_pp (2 warpgroups whose products and softmax alternate)
-    arch = "sm_90a"
-
-    @property
-    def bm(self) -> int:
-        return 64 * self.nwg
-
-    @property
-    def threads(self) -> int:
-        return 128 * self.nwg
-
-    def smem_bytes(self, d: int, itemsize: int = 2) -> int:
-        chk = (d + 15) // 16 * 2  # 16-byte chunks per row: d rounded up to 16 (72 -> 80, zeros in smem only)
-        return (self.bm + 4 * self.bn) * chk * 8 * itemsize
-
-    def name(self, dtype: torch.dtype, d: int, causal: bool) -> str:
-        if self.pp:
-            assert self.nwg == 2, "the ping-pong kernel has 2 warpgroups"
-            return f"attn::attn_fwd_wgmma_pp<{_CTYPE[dtype]}, {d}, {self.bn}, {_b(causal)}, {self.minb}>"
-        return f"attn::attn_fwd_wgmma<{_CTYPE[dtype]}, {d}, {self.nwg}, {self.bn}, {_b(causal)}, {self.minb}>"
-
-    def label(self) -> str:
-        return f"wgmma_{self.bm}x{self.bn}_{self.nwg}wg{'_pp' if self.pp else ''}_mb{self.minb}"
-
-
-@dataclass(frozen=True)
 class WsVariant:
     """Warp-specialised wgmma kernel attn_fwd_ws (Hopper, sm_90a): NCWG consumer warpgroups of 64 query rows and
     one producer warpgroup whose one thread fills a STAGES-deep ring of K/V stages with TMA copies, BN keys per step."""
@@ -111,6 +79,7 @@ class WsVariant:
     ncwg: int        # consumer warpgroups (2 or 3)
     bn: int          # keys per K/V tile (64 or 128)
     stages: int = 2  # K/V stages in shared memory
+    rate: float = 1.0  # measured throughput per query row relative to 192x128 (pick_variant's cost model)
     arch = "sm_90a"
 
     @property
@@ -157,35 +126,25 @@ CANDIDATES: dict[int, tuple[Variant, ...]] = {
     128: (V_256x32_8w_d128, V_128x64_8w_d128, V_64x64_4w),
     256: (V_128x64_8w_d256, V_64x32_4w_d256),
 }
-# wgmma candidates (sm_90 only), the default first. Correct, but no faster than mma.sync on the H100 as written
-# (see the notes), so they run only with USE_WGMMA = True or through run_variant. For d64/d72 the ping-pong
-# kernel with 128x64 tiles and 2 CTAs per SM (128 registers) was the fastest wgmma shape (v5 run).
-WG_PP_64_mb2 = WgVariant(2, 64, 2, pp=True)
-_WG_SMALL_D = (WgVariant(2, 64, 2), WgVariant(3, 64, 1), WgVariant(4, 64, 1), WgVariant(3, 128, 1))
-WG_CANDIDATES: dict[int, tuple[WgVariant, ...]] = {
-    64: (WG_PP_64_mb2,) + _WG_SMALL_D,
-    72: (WG_PP_64_mb2,) + _WG_SMALL_D,
-    80: _WG_SMALL_D,
-    128: (WgVariant(3, 64, 1), WgVariant(2, 64, 1)),
-    256: (WgVariant(2, 64, 1),),
-}
-# Warp-specialised candidates (sm_90 only), the default first.
+# Warp-specialised TMA/wgmma candidates (Hopper, sm_90 only). pick_variant chooses among them per call with a
+# wave model; `rate` is each shape's throughput per query row relative to 192x128, measured on an H100
+# (benchmarks/results/attention_v7-*.json: 256x64 0.95, 128x128 0.78, 192x64 0.90 at d72).
+WS_192x128 = WsVariant(3, 128)
+WS_256x64 = WsVariant(4, 64, rate=0.95)
+WS_128x128 = WsVariant(2, 128, rate=0.78)
 WS_CANDIDATES: dict[int, tuple[WsVariant, ...]] = {
-    64: (WsVariant(3, 128), WsVariant(3, 128, 3), WsVariant(2, 128), WsVariant(3, 64)),
-    72: (WsVariant(3, 128), WsVariant(2, 128), WsVariant(3, 64), WsVariant(2, 128, 3)),
-    80: (WsVariant(2, 128), WsVariant(3, 64)),
-    128: (WsVariant(2, 128), WsVariant(2, 64, 3)),
+    64: (WS_192x128, WS_256x64, WS_128x128),
+    72: (WS_192x128, WS_256x64, WS_128x128),
+    80: (WsVariant(3, 64, rate=0.9), WS_128x128),  # 3 x 128 rows of n80 accumulators would not fit in 160 registers
+    128: (WsVariant(2, 128),),
     256: (WsVariant(2, 64),),
 }
-SHORT_SEGMENT = 64  # at or below this many tokens per segment, prefer 64-row tiles (less tail waste)
+SHORT_SEGMENT = 64  # at or below this many tokens per segment, 64-row mma.sync tiles waste least
 
 
-USE_WGMMA = False  # True: the wgmma kernel on sm_90 (measured no faster than mma.sync there; see the notes)
-
-
-def _use_wgmma(device: torch.device | None) -> bool:
-    """wgmma needs sm_90 exactly (sm_90a code does not run on later archs)."""
-    if not USE_WGMMA or device is None or device.type != "cuda":
+def _hopper(device: torch.device | None) -> bool:
+    """The warp-specialised kernels need sm_90 exactly (sm_90a code does not run on later archs)."""
+    if device is None or device.type != "cuda":
         return False
     return _capability(device.index if device.index is not None else torch.cuda.current_device()) == (9, 0)
 
@@ -195,21 +154,39 @@ def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
+@lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def all_variants(d: int, device: torch.device | None = None) -> list:
     """Every tile shape the tests and benchmarks exercise for head dim d on `device`."""
     vs = list(CANDIDATES[d]) + ([V_64x64_4w] if d != 256 and V_64x64_4w not in CANDIDATES[d] else [])
-    if device is not None and device.type == "cuda" and _capability(device.index or 0) == (9, 0):
-        vs += list(WG_CANDIDATES[d]) + list(WS_CANDIDATES[d])
+    if _hopper(device):
+        vs += list(WS_CANDIDATES[d])
     return vs
 
 
-def pick_variant(d: int, causal: bool, T: int, nseg: int, max_seqlen: int | None, wgmma: bool = False):
+def ws_cost(v: WsVariant, heads: int, T: int, longest: int, sms: int) -> float:
+    """Predicted time (arbitrary units) of warp-specialised shape v, all segments taken as `longest` long.
+
+    CTAs (one per SM at a time) of full tiles run in ceil(count / sms) waves; the last, partial tile of a
+    segment keeps only ceil(rem / 64) of its warpgroups busy and is counted as that fraction of a CTA; each CTA
+    costs BM / rate times the key length rounded up to BN."""
+    nseg = max(1, -(-T // max(longest, 1)))
+    full, rem = divmod(longest, v.bm)
+    waves = -(-heads * nseg * full // sms) + heads * nseg * (-(-rem // 64) / v.ncwg) / sms
+    return waves * v.bm / v.rate * (-(-longest // v.bn) * v.bn)
+
+
+def pick_variant(d: int, causal: bool, T: int, nseg: int, max_seqlen: int | None, hopper: bool = False,
+                 heads: int = 16, sms: int = 132):
     """Tile shape for this call, from shapes only (no device read)."""
-    if wgmma:
-        return WG_CANDIDATES[d][0]
-    longest = max_seqlen if max_seqlen is not None else T / max(nseg, 1)
+    longest = max_seqlen if max_seqlen is not None else -(-T // max(nseg, 1))
     if d != 256 and longest <= SHORT_SEGMENT:
         return V_64x64_4w
+    if hopper:
+        return min(WS_CANDIDATES[d], key=lambda v: ws_cost(v, heads, T, longest, sms))
     return CANDIDATES[d][0]
 
 
@@ -263,7 +240,7 @@ def _validate(q, k, v, cu_seqlens, causal, scale, out, max_seqlen, validate):
 _SMEM_SET: set = set()
 
 
-def run_variant(variant: Variant | WgVariant, q, k, v, cu_seqlens, causal: bool, scale: float, out, lse) -> None:
+def run_variant(variant: Variant | WsVariant, q, k, v, cu_seqlens, causal: bool, scale: float, out, lse) -> None:
     """Launch one tile shape on already-validated arguments (also used by the benchmarks to sweep shapes)."""
     from kernels.runtime.nvrtc import f32, get_kernel, i32, launch, set_max_dynamic_shared_memory
 
@@ -320,6 +297,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: tor
     if out is None:
         out = torch.empty_like(q)
     lse = torch.empty((T, Hq), device=q.device, dtype=torch.float32) if return_lse else None
-    variant = pick_variant(d, causal, T, cu_seqlens.numel() - 1, max_seqlen, _use_wgmma(q.device))
+    hopper = _hopper(q.device)
+    variant = pick_variant(d, causal, T, cu_seqlens.numel() - 1, max_seqlen, hopper, Hq,
+                           _sm_count(q.device.index if q.device.index is not None else torch.cuda.current_device())
+                           if hopper else 132)
     run_variant(variant, q, k, v, cu_seqlens, causal, scale, out, lse)
     return (out, lse) if return_lse else out

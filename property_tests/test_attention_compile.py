@@ -1,5 +1,6 @@
-"""Every attention instantiation the wrapper can launch compiles to a CUBIN for sm_80 and sm_90, and the
-Hopper (wgmma) defaults for sm_90a (no GPU needed; cubins are cached on disk by kernels/runtime/nvrtc.py).
+"""Every attention instantiation the wrapper can launch compiles to a CUBIN for sm_80 and sm_90, and every
+warp-specialised Hopper shape (TMA + wgmma) for sm_90a (no GPU needed; cubins are cached on disk by
+kernels/runtime/nvrtc.py).
 
 Also reads ptxas' register/spill report (NVRTC passes -v through `ptxas_options`) for the default tile shapes
 and requires zero spill bytes: a spilling flash-attention kernel loses most of its speed.
@@ -11,18 +12,19 @@ import re
 import pytest
 import torch
 
-from kernels.attention import CANDIDATES, SUPPORTED_HEAD_DIMS, WG_CANDIDATES, pick_variant
+from kernels.attention import CANDIDATES, SUPPORTED_HEAD_DIMS, V_64x64_4w, WS_CANDIDATES, pick_variant
 from kernels.runtime.nvrtc import compile_source, cuda_include_dirs, read_source
 
 pytestmark = pytest.mark.compile
 
 
-def reachable(d: int, wgmma: bool) -> list:
-    """Tile shapes pick_variant can return for head dim d (long and short segments, both masks)."""
+def reachable(d: int) -> list:
+    """mma.sync tile shapes pick_variant can return for head dim d off Hopper (long and short segments, both
+    masks)."""
     vs = []
     for causal in (False, True):
         for max_seqlen in (8, 100_000):
-            v = pick_variant(d, causal, T=100_000, nseg=1, max_seqlen=max_seqlen, wgmma=wgmma)
+            v = pick_variant(d, causal, T=100_000, nseg=1, max_seqlen=max_seqlen)
             if v not in vs:
                 vs.append(v)
     return vs
@@ -42,21 +44,32 @@ def check_cubin(names, arch):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("causal", [False, True])
 def test_mma_instantiations_compile(arch, dtype, causal):
-    check_cubin(tuple(v.name(dtype, d, causal) for d in SUPPORTED_HEAD_DIMS for v in reachable(d, False)), arch)
+    check_cubin(tuple(v.name(dtype, d, causal) for d in SUPPORTED_HEAD_DIMS for v in reachable(d)), arch)
+
+
+def test_hopper_pick_is_a_candidate():
+    """On Hopper every pick is a warp-specialised candidate (or the 64-row mma.sync tile for tiny segments)."""
+    for d in SUPPORTED_HEAD_DIMS:
+        for T, L, heads in ((4096, 4096, 16), (16384, 16384, 16), (6272, 784, 16), (4096, 4096, 12), (300, 100, 2)):
+            v = pick_variant(d, False, T=T, nseg=T // L, max_seqlen=L, hopper=True, heads=heads)
+            assert v in WS_CANDIDATES[d]
+        tiny = pick_variant(d, False, T=64, nseg=2, max_seqlen=32, hopper=True)
+        assert tiny is (V_64x64_4w if d != 256 else WS_CANDIDATES[d][0])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("causal", [False, True])
-def test_wgmma_instantiations_compile(dtype, causal):
-    check_cubin(tuple(v.name(dtype, d, causal) for d in SUPPORTED_HEAD_DIMS for v in reachable(d, True)), "sm_90a")
+def test_ws_instantiations_compile(dtype, causal):
+    check_cubin(tuple(v.name(dtype, d, causal) for d in SUPPORTED_HEAD_DIMS for v in WS_CANDIDATES[d]), "sm_90a")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch, table", [("sm_90", CANDIDATES), ("sm_90a", WG_CANDIDATES)])
+@pytest.mark.parametrize("arch, table", [("sm_90", CANDIDATES), ("sm_90a", WS_CANDIDATES)])
 def test_default_shapes_do_not_spill(arch, table):
     from cuda.core import Program, ProgramOptions
 
-    names = tuple(table[d][0].name(torch.bfloat16, d, False) for d in SUPPORTED_HEAD_DIMS)
+    names = tuple(v.name(torch.bfloat16, d, False) for d in SUPPORTED_HEAD_DIMS
+                  for v in (table[d] if arch == "sm_90a" else table[d][:1]))
     log = io.StringIO()
     opts = ProgramOptions(arch=arch, std="c++17", include_path=list(cuda_include_dirs()), ptxas_options=["-v"])
     Program(read_source("attention.cu"), code_type="c++", options=opts).compile(
@@ -66,4 +79,5 @@ def test_default_shapes_do_not_spill(arch, table):
     spills = [int(x) for x in re.findall(r"(\d+) bytes spill stores", report)]
     assert len(regs) == len(names) and len(spills) == len(names), report
     assert all(r <= 255 for r in regs), report
+    assert "Potential Performance Loss" not in report, f"ptxas serialised the wgmmas:\n{report}"
     assert not any(spills), f"register spills in a default tile shape:\n{report}"

@@ -3,11 +3,14 @@
     PYTHONPATH=. python scripts/attention_gpu.py --check --bench [--out DIR]
     PYTHONPATH=. python scripts/attention_gpu.py --tiny          # small workload for compute-sanitizer
     PYTHONPATH=. python scripts/attention_gpu.py --precompile    # every instantiation, in parallel processes
-    ... --bench --cases d72,d64,causal --no-wgmma-bench          # only cases whose tag has one of the words
+    ... --bench --cases d72,d64,causal --variants ws,mma_128   # only cases whose tag has one of the words,
+                                                              # only tile shapes whose label starts so
 
---check compares every candidate tile shape (bf16; fp16 for the default) on awkward packings (length-1,
-zero-length, non-multiple-of-tile segments, GQA, both masks) with reference.attention in fp32.
---bench times every candidate shape (mma.sync, and wgmma on sm_90) and the default pick on
+--check compares every candidate tile shape (bf16; fp16 for the mma.sync default and every warp-specialised
+shape) on awkward packings (length-1, zero-length, non-multiple-of-tile segments, GQA, both masks) with
+reference.attention in fp32, then checks that repeated runs give bitwise the same output.
+--bench times every candidate shape (mma.sync, and the warp-specialised TMA/wgmma kernel on sm_90) and the
+default pick on
 benchmarks/bench_attention.CASES beside torch SDPA's cuDNN, flash and efficient backends (and torch's
 varlen_attn when present), with the card's measured matrix (cuBLAS bf16 8192^3) and copy ceilings, and
 writes attention-<card>-<date>.json. Each time is given twice: the median of single calls bracketed by
@@ -33,9 +36,8 @@ import reference  # noqa: E402
 from benchmarks.bench_attention import CASES, SDPA_BACKENDS, make_inputs, ours_fn, sdpa_fn  # noqa: E402
 from benchmarks.common import (bf16_gemm_TFLOPs, card_name, copy_bandwidth_TBps, cuda_time_ms,  # noqa: E402
                                write_results)
-from kernels.attention import (CANDIDATES, SUPPORTED_HEAD_DIMS, WG_CANDIDATES, WgVariant,  # noqa: E402
-                               WsVariant, _use_wgmma, all_variants as _all_variants, attention, pick_variant,
-                               run_variant)
+from kernels.attention import (CANDIDATES, SUPPORTED_HEAD_DIMS, WsVariant, _hopper, _sm_count,  # noqa: E402
+                               all_variants as _all_variants, attention, pick_variant, run_variant)
 
 VARIANT_FILTER: tuple[str, ...] = ()  # --variants: keep only tile shapes whose label starts with one of these
 
@@ -96,8 +98,8 @@ def check():
     for d in SUPPORTED_HEAD_DIMS:
         for vi, var in enumerate(all_variants(d)):
             for dtype in (torch.bfloat16, torch.float16):
-                if (dtype == torch.float16 and var not in (CANDIDATES[d][0], WG_CANDIDATES[d][0]) and vi > 0
-                        and not getattr(var, "pp", False) and not isinstance(var, WsVariant)):
+                if (dtype == torch.float16 and var is not CANDIDATES[d][0] and vi > 0
+                        and not isinstance(var, WsVariant)):
                     continue
                 for causal in (False, True):
                     for si, lengths in enumerate(shapes):
@@ -169,7 +171,7 @@ def check_long(rows):
 
 
 def determinism():
-    """The default and every ping-pong and warp-specialised shape: bitwise the same output (and lse) over 5 runs."""
+    """The default and every warp-specialised shape: bitwise the same output (and lse) over 5 runs."""
     q, k, v, cu = make_inputs(CASES[2])
     res = {}
     for causal in (False, True):
@@ -178,7 +180,7 @@ def determinism():
                    for o2, l2 in (attention(q, k, v, cu, causal, return_lse=True) for _ in range(5)))
         res[f"causal={causal}"] = same
         for var in all_variants(q.shape[2]):
-            if not (getattr(var, "pp", False) or isinstance(var, WsVariant)):
+            if not isinstance(var, WsVariant):
                 continue
             outs = []
             for _ in range(5):
@@ -230,7 +232,7 @@ def varlen_fn(case, q, k, v, cu):
         return lambda: varlen_attn(q, k, v, cu, cu, m, m, is_causal=case.causal)
 
 
-def bench(out_dir, cases=None, wgmma=True):
+def bench(out_dir, cases=None):
     ceil = {"bf16_gemm_TFLOPs": bf16_gemm_TFLOPs(), "copy_TBps": copy_bandwidth_TBps(), "l2_copy_TBps": l2_copy_TBps()}
     print(f"card: {card_name()}  ceilings: {ceil}", flush=True)
     records = []
@@ -255,12 +257,11 @@ def bench(out_dir, cases=None, wgmma=True):
             print(f"  {case.tag:30s} {name:44s} " + (f"{r['ms']:7.3f} ms {r['tflops']:6.1f} | queued {r['ms_queued']:7.3f} ms "
                                                   f"{r['tflops_queued']:6.1f} TFLOP/s {extra or ''}" if "ms" in r else r["error"]), flush=True)
 
-        default = pick_variant(case.d, case.causal, case.T, len(case.lengths), max(case.lengths),
-                               _use_wgmma(q.device))
+        hopper = _hopper(q.device)
+        default = pick_variant(case.d, case.causal, case.T, len(case.lengths), max(case.lengths), hopper,
+                               case.hq, _sm_count(q.device.index or 0) if hopper else 132)
         timeit(f"ours_default({vname(default)})", ours_fn(case, q, k, v, cu))
         for var in all_variants(case.d):
-            if not wgmma and isinstance(var, WgVariant):
-                continue
             timeit(f"ours_{vname(var)}", ours_fn(case, q, k, v, cu, var),
                    kernel_info(var, torch.bfloat16, case.d, case.causal))
         for be in SDPA_BACKENDS:
@@ -316,8 +317,6 @@ if __name__ == "__main__":
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--precompile", action="store_true")
     ap.add_argument("--cases", default="", help="comma-separated words; bench only cases whose tag has one")
-    ap.add_argument("--no-wgmma-bench", action="store_true",
-                    help="check the (non-warp-specialised) wgmma shapes but do not time them")
     ap.add_argument("--variants", default="", help="comma-separated label prefixes (e.g. ws,mma_128x64): "
                     "check and time only those tile shapes")
     ap.add_argument("--out", default=os.environ.get("OUT"))
@@ -336,5 +335,5 @@ if __name__ == "__main__":
         if out:
             (out / "attention_check.json").write_text(json.dumps(rows, indent=0))
     if a.bench:
-        bench(out, [w for w in a.cases.split(",") if w], wgmma=not a.no_wgmma_bench)
+        bench(out, [w for w in a.cases.split(",") if w])
     print(json.dumps(summary), flush=True)

@@ -21,9 +21,8 @@
 // floor((T + nseg * (BM - 1)) / BM), which needs no read of cu_seqlens; warp 0 of each CTA finds its
 // (segment, tile) by a warp-wide prefix sum of ceil(len / BM) over the segments. CTAs past the last tile exit.
 //
-// Two more kernels (end of file, sm_90a only) do the two products with Hopper's warpgroup MMA and share the
-// tile map, mask, softmax and epilogue code: attn_fwd_wgmma, and attn_fwd_wgmma_pp, whose two warpgroups
-// take turns so that one's products overlap the other's softmax.
+// attn_fwd_ws (end of file, sm_90a only) is the Hopper kernel: warp-specialised, TMA loads, wgmma products; it
+// shares the tile map, mask, softmax and epilogue code with attn_fwd.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -112,6 +111,7 @@ __device__ __forceinline__ float ex2(float x) {
 
 // Barrier `id` over n threads of the CTA, callable from different places in the code by whole warps.
 __device__ __forceinline__ void bar_sync(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+
 
 // Copy rows [row0, row0 + NROWS) of a [*, D] strided matrix into shared memory (row stride STR elements);
 // rows at or past `limit` are zero-filled (never read from global memory). 8 consecutive threads share a row
@@ -482,49 +482,15 @@ attn_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__
 }
 
 // =====================================================================================================
-// Hopper variant (sm_90a only): warpgroup MMA (wgmma.mma_async) instead of mma.sync.
-//
-// One CTA = NWG warpgroups of 64 query rows (BM = 64 * NWG). S = Q K^T is m64nBNk16 with Q and K read by
-// the tensor cores straight from shared memory; O += P V is m64nDk16 with P from registers (the S
-// accumulator layout per warp is the mma.sync one, so the same softmax/mask/epilogue code serves) and V
-// from shared memory read N-major (trans-b). The k-dim of QK^T must be a multiple of 16: for D = 72 the
-// rows are 80 wide in shared memory with columns 72..79 zeroed once (never in global memory). PV's n-dim
-// is D itself (n72 is a legal wgmma shape).
-// Shared memory uses wgmma's no-swizzle canonical layout: 8-row x 16-byte core matrices, stored
-// [row / 8][chunk][row % 8][16 B], so Q, K and V tiles share one loader; descriptors pick K-major
-// (LBO = 128 B between k-chunks, SBO = CHK * 128 B between 8-row groups) or, for V, N-major
-// (SBO = 128 B between 8-column groups, LBO = CHK * 128 B between 8-row k-groups).
-// cp.async writes go through the generic proxy, so each thread fences them into the async proxy
-// (fence.proxy.async) before the barrier that precedes the wgmmas that read them.
+// Hopper (sm_90a) building blocks: warpgroup MMA (wgmma.mma_async). S = Q K^T is m64nBNk16 with Q and K read
+// by the tensor cores from shared memory; O += P V is m64nDk16 with P from registers (the S accumulator
+// layout per warp is the mma.sync one, so the mask/softmax/epilogue code above serves both) and V read from
+// shared memory N-major (trans-b). PV's n-dim is D itself (n72 is a legal wgmma shape).
 // =====================================================================================================
 __device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r)::"memory"); }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
-// Shared-memory matrix descriptor, no swizzle: start address, leading and stride byte offsets (>> 4 each).
-__device__ __forceinline__ unsigned long long make_desc(u32 saddr, u32 lbo, u32 sbo) {
-    return (unsigned long long)((saddr & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
-           ((unsigned long long)(sbo >> 4) << 32);
-}
-
-// Rows [row0, row0 + NROWS) of a [*, D] strided matrix into the core-matrix layout (CHK chunks per row,
-// chunks >= D/8 untouched); rows at or past `limit` are zero-filled. Consecutive threads take consecutive
-// rows of one 8-row group, so each group of 8 writes 128 contiguous bytes.
-template <typename T, int D, int CHK, int NROWS, int NT>
-__device__ __forceinline__ void load_tile_cm(T* s, const T* g, size_t row_stride, int row0, int limit, int tid) {
-    constexpr int CH = D / 8;
-#pragma unroll 4
-    for (int i = tid; i < NROWS * CH; i += NT) {
-        const int r8 = i & 7, rest = i >> 3;
-        const int rg = rest / CH, c = rest - rg * CH;
-        const int r = rg * 8 + r8;
-        const bool ok = row0 + r < limit;
-        const T* src = ok ? g + (size_t)(row0 + r) * row_stride + c * 8 : g;
-        cp_async16(smem_u32(s + ((rg * CHK + c) * 8 + r8) * 8), src, ok);
-    }
-}
 
 // ---- begin generated (m64nNk16 f32 += bf16/f16 wrappers: ss = A and B in shared memory, K-major;
 //      rs = A in registers, B in shared memory N-major (trans-b = 1), always accumulating) ----
@@ -678,294 +644,6 @@ __device__ __forceinline__ void wgmma_pv(float (&d)[D / 2], const u32 (&a)[4], u
     }
 }
 
-template <typename T, int D, int NWG, int BN, bool CAUSAL, int MINB>
-__global__ void __launch_bounds__(NWG * 128, MINB)
-attn_fwd_wgmma(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
-               float* __restrict__ lse, const int* __restrict__ cu, int nseg, int Hq, int Hkv, float scale_log2) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr bool BF16 = IsBf16<T>::value;
-    constexpr int BM = 64 * NWG;
-    constexpr int NT = NWG * 128;
-    constexpr int DK = (D + 15) / 16 * 16;  // k-extent of QK^T (80 for D = 72)
-    constexpr int CHK = DK / 8;             // 16-byte chunks per row in shared memory
-    constexpr int CH = D / 8;               // chunks that come from global memory
-    constexpr int NB = BN / 8, DB = D / 8;
-    constexpr u32 ROWG = CHK * 128;         // bytes per 8-row group
-    static_assert(D % 8 == 0 && BN % 16 == 0 && (BN == 64 || BN == 128), "tile shape");
-    const float NEG_INF = __int_as_float(0xff800000);
-
-    extern __shared__ __align__(128) unsigned char smem_raw[];
-    T* sQ = reinterpret_cast<T*>(smem_raw);
-    T* sK = sQ + BM * CHK * 8;    // 2 stages
-    T* sV = sK + 2 * BN * CHK * 8;  // 2 stages
-    __shared__ int s_map[2];
-
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
-    const int head = blockIdx.x % Hq;
-    int tile = blockIdx.x / Hq;
-    if (CAUSAL) tile = gridDim.x / Hq - 1 - tile;
-    if (warp == 0) find_tile<BM>(cu, nseg, tile, lane, s_map);
-    __syncthreads();
-    const int seg = s_map[0];
-    if (seg < 0) return;
-    const int q0 = s_map[1] * BM;
-    const int seg_start = cu[seg];
-    const int L = cu[seg + 1] - seg_start;
-    const int kvh = head / (Hq / Hkv);
-    const size_t q_rs = (size_t)Hq * D, kv_rs = (size_t)Hkv * D;
-    const T* qb = q + (size_t)seg_start * q_rs + (size_t)head * D;
-    const T* kb = k + (size_t)seg_start * kv_rs + (size_t)kvh * D;
-    const T* vb = v + (size_t)seg_start * kv_rs + (size_t)kvh * D;
-    const int kv_len = CAUSAL ? min(L, q0 + BM) : L;
-    const int n_kv = (kv_len + BN - 1) / BN;
-
-    if (DK != D) {  // zero the pad columns D..DK-1 of Q and both K stages (cp.async never writes them)
-        for (int r = tid; r < BM + 2 * BN; r += NT) {
-            T* base = r < BM ? sQ : sK - BM * CHK * 8;
-            *reinterpret_cast<uint4*>(base + (((r >> 3) * CHK + CH) * 8 + (r & 7)) * 8) = make_uint4(0, 0, 0, 0);
-        }
-    }
-    load_tile_cm<T, D, CHK, BM, NT>(sQ, qb, q_rs, q0, L, tid);
-    load_tile_cm<T, D, CHK, BN, NT>(sK, kb, kv_rs, 0, kv_len, tid);
-    load_tile_cm<T, D, CHK, BN, NT>(sV, vb, kv_rs, 0, kv_len, tid);
-    cp_async_commit();
-
-    const int wgrow0 = q0 + wg * 64;                // first row of this warpgroup, local to the segment
-    const int wrow0 = wgrow0 + (warp & 3) * 16;     // ... of this warp
-    const bool wg_active = wgrow0 < L;
-    const int g = lane >> 2, t4 = lane & 3;
-    const unsigned long long dq = make_desc(smem_u32(sQ) + wg * 8 * ROWG, 128, ROWG);
-
-    float m_i[1][2] = {{NEG_INF, NEG_INF}}, l_i[1][2] = {{0.f, 0.f}};
-    float acc[1][DB][4];
-#pragma unroll
-    for (int db = 0; db < DB; ++db) acc[0][db][0] = acc[0][db][1] = acc[0][db][2] = acc[0][db][3] = 0.f;
-
-    for (int j = 0; j < n_kv; ++j) {
-        const int st = j & 1;
-        if (j + 1 < n_kv) {
-            load_tile_cm<T, D, CHK, BN, NT>(sK + (st ^ 1) * BN * CHK * 8, kb, kv_rs, (j + 1) * BN, kv_len, tid);
-            load_tile_cm<T, D, CHK, BN, NT>(sV + (st ^ 1) * BN * CHK * 8, vb, kv_rs, (j + 1) * BN, kv_len, tid);
-        }
-        cp_async_commit();
-        cp_async_wait<1>();
-        fence_proxy_async();  // make this thread's cp.async data visible to the tensor cores' async proxy
-        __syncthreads();
-
-        const int kv0 = j * BN;
-        if (wg_active && !(CAUSAL && kv0 > wgrow0 + 63)) {
-            float s[1][NB][4];
-            float (&sf)[BN / 2] = reinterpret_cast<float (&)[BN / 2]>(s);
-            float (&of)[D / 2] = reinterpret_cast<float (&)[D / 2]>(acc);
-            const unsigned long long dk = make_desc(smem_u32(sK + st * BN * CHK * 8), 128, ROWG);
-            const unsigned long long dv = make_desc(smem_u32(sV + st * BN * CHK * 8), ROWG, 128);
-            // ---- S = Q K^T ----
-#pragma unroll
-            for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
-            wgmma_fence();
-#pragma unroll
-            for (int ks = 0; ks < DK / 16; ++ks) wgmma_qk<BF16, BN>(sf, dq + ks * 16, dk + ks * 16, ks > 0);
-            wgmma_commit();
-            wgmma_wait0();
-#pragma unroll
-            for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
-            mask_tile<1, NB, CAUSAL>(s, wrow0, kv0, L, g, t4);
-            softmax_update<1, NB, DB>(s, acc, m_i, l_i, scale_log2);
-            // ---- O += P V ----
-            u32 pa[BN / 16][4];
-#pragma unroll
-            for (int kb2 = 0; kb2 < BN / 16; ++kb2) {
-                pa[kb2][0] = Mma<T>::pack(s[0][2 * kb2][0], s[0][2 * kb2][1]);
-                pa[kb2][1] = Mma<T>::pack(s[0][2 * kb2][2], s[0][2 * kb2][3]);
-                pa[kb2][2] = Mma<T>::pack(s[0][2 * kb2 + 1][0], s[0][2 * kb2 + 1][1]);
-                pa[kb2][3] = Mma<T>::pack(s[0][2 * kb2 + 1][2], s[0][2 * kb2 + 1][3]);
-            }
-#pragma unroll
-            for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
-            wgmma_fence();
-#pragma unroll
-            for (int kb2 = 0; kb2 < BN / 16; ++kb2) wgmma_pv<BF16, D>(of, pa[kb2], dv + kb2 * (2 * ROWG >> 4));
-            wgmma_commit();
-            wgmma_wait0();
-#pragma unroll
-            for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
-        }
-        __syncthreads();
-    }
-    cp_async_wait<0>();
-
-    if (wgrow0 < L) store_rows<T, 1, DB, D>(acc, m_i, l_i, o, lse, seg_start, wrow0, L, Hq, head, g, t4);
-#endif
-}
-
-// One warpgroup's asynchronous products for a key tile, waited for before returning: O += P V (PV, P from
-// registers, V N-major at dv) and/or S = Q K^T (QK, Q and K K-major at dq, dk). Each call is a whole
-// fence-issue-commit-wait region with no branch inside, so ptxas keeps the wgmmas asynchronous.
-template <bool BF16, int D, int BN, bool PV, bool QK>
-__device__ __forceinline__ void wg_products(float (&sf)[BN / 2], float (&of)[D / 2], const u32 (&pa)[BN / 16][1][4],
-                                            unsigned long long dq, unsigned long long dk, unsigned long long dv) {
-    constexpr int DK = (D + 15) / 16 * 16;
-    constexpr u32 ROWG = DK / 8 * 128;
-    if (QK) {
-#pragma unroll
-        for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
-    }
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
-    wgmma_fence();
-    if (PV) {
-#pragma unroll
-        for (int kb2 = 0; kb2 < BN / 16; ++kb2) wgmma_pv<BF16, D>(of, pa[kb2][0], dv + kb2 * (2 * ROWG >> 4));
-    }
-    if (QK) {
-#pragma unroll
-        for (int ks = 0; ks < DK / 16; ++ks) wgmma_qk<BF16, BN>(sf, dq + ks * 16, dk + ks * 16, ks > 0);
-    }
-    wgmma_commit();
-    wgmma_wait0();
-    if (QK) {
-#pragma unroll
-        for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
-    }
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
-}
-
-// Ping-pong wgmma kernel (sm_90a): two warpgroups of 64 rows (BM = 128), A = warpgroup 0 and B = warpgroup 1.
-// Per key tile j a warpgroup runs its products, O += P_{j-1} V_{j-1} and S_j = Q K_j^T (one asynchronous wgmma
-// group, waited for), then its softmax on S_j (P_j stays in registers, packed, for the next products).
-// One CTA barrier per tile (bar 0, all 256 threads), reached at different places in the code: A reaches
-// CTA barrier j before its products of tile j, B after its products of tile j-1. So after the barrier A's
-// products run on the tensor cores while B exponentiates, and B's products of tile j (issued when its
-// softmax ends) run while A exponentiates: the warpgroups settle half a tile apart (the FA3 ping-pong,
-// here without a producer warp). Barrier counts: n_kv + 1 for both (barrier 0 in the prologue; A's last
-// after its loop, B's in its last iteration).
-// Shared memory: every read of K_{j-1} and V_{j-2} (products of tile j-1, completed by wait_group 0) precedes
-// CTA barrier j, so right after it all threads issue the cp.async loads of K_{j+1} and V_j into those two
-// stages; each thread waits for its own loads and fences them into the async proxy just before barrier
-// j + 1, which publishes them.
-template <typename T, int D, int BN, bool CAUSAL, int MINB>
-__global__ void __launch_bounds__(256, MINB)
-attn_fwd_wgmma_pp(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
-                  float* __restrict__ lse, const int* __restrict__ cu, int nseg, int Hq, int Hkv, float scale_log2) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr bool BF16 = IsBf16<T>::value;
-    constexpr int BM = 128, NT = 256;
-    constexpr int DK = (D + 15) / 16 * 16;  // k-extent of QK^T (80 for D = 72)
-    constexpr int CHK = DK / 8;
-    constexpr int CH = D / 8;
-    constexpr int NB = BN / 8, KB = BN / 16, DB = D / 8;
-    constexpr u32 ROWG = CHK * 128;
-    constexpr int BAR_CTA = 0;
-    static_assert(D % 8 == 0 && (BN == 64 || BN == 128), "tile shape");
-    const float NEG_INF = __int_as_float(0xff800000);
-
-    extern __shared__ __align__(128) unsigned char smem_raw[];
-    T* sQ = reinterpret_cast<T*>(smem_raw);
-    T* sK = sQ + BM * CHK * 8;      // 2 stages
-    T* sV = sK + 2 * BN * CHK * 8;  // 2 stages
-    __shared__ int s_map[2];
-
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
-    const bool group_a = wg == 0;
-    const int head = blockIdx.x % Hq;
-    int tile = blockIdx.x / Hq;
-    if (CAUSAL) tile = gridDim.x / Hq - 1 - tile;
-    if (warp == 0) find_tile<BM>(cu, nseg, tile, lane, s_map);
-    __syncthreads();
-    const int seg = s_map[0];
-    if (seg < 0) return;  // uniform over the CTA
-    const int q0 = s_map[1] * BM;
-    const int seg_start = cu[seg];
-    const int L = cu[seg + 1] - seg_start;
-    const int kvh = head / (Hq / Hkv);
-    const size_t q_rs = (size_t)Hq * D, kv_rs = (size_t)Hkv * D;
-    const T* qb = q + (size_t)seg_start * q_rs + (size_t)head * D;
-    const T* kb = k + (size_t)seg_start * kv_rs + (size_t)kvh * D;
-    const T* vb = v + (size_t)seg_start * kv_rs + (size_t)kvh * D;
-    const int kv_len = CAUSAL ? min(L, q0 + BM) : L;
-    const int n_kv = (kv_len + BN - 1) / BN;
-
-    if (DK != D) {  // zero the pad columns D..DK-1 of Q and both K stages (cp.async never writes them)
-        for (int r = tid; r < BM + 2 * BN; r += NT) {
-            T* base = r < BM ? sQ : sK - BM * CHK * 8;
-            *reinterpret_cast<uint4*>(base + (((r >> 3) * CHK + CH) * 8 + (r & 7)) * 8) = make_uint4(0, 0, 0, 0);
-        }
-    }
-    // Loads issued right after CTA barrier b: K_{b+1} and V_b (one commit group per thread, maybe empty).
-    auto issue_loads = [&](int b) {
-        if (b + 1 < n_kv)
-            load_tile_cm<T, D, CHK, BN, NT>(sK + ((b + 1) & 1) * BN * CHK * 8, kb, kv_rs, (b + 1) * BN, kv_len, tid);
-        if (b < n_kv) load_tile_cm<T, D, CHK, BN, NT>(sV + (b & 1) * BN * CHK * 8, vb, kv_rs, b * BN, kv_len, tid);
-        cp_async_commit();
-    };
-    load_tile_cm<T, D, CHK, BM, NT>(sQ, qb, q_rs, q0, L, tid);
-    load_tile_cm<T, D, CHK, BN, NT>(sK, kb, kv_rs, 0, kv_len, tid);
-    cp_async_commit();
-
-    const int wgrow0 = q0 + wg * 64;             // first row of this warpgroup, local to the segment
-    const int wrow0 = wgrow0 + (warp & 3) * 16;  // ... of this warp
-    const bool wg_active = wgrow0 < L;
-    const int g = lane >> 2, t4 = lane & 3;
-    const unsigned long long dq = make_desc(smem_u32(sQ) + wg * 8 * ROWG, 128, ROWG);
-    // does this warpgroup multiply key tile j (causal: not when all its rows precede the tile); uniform per WG
-    auto active = [&](int j) { return wg_active && !(CAUSAL && j * BN > wgrow0 + 63); };
-    auto dk_of = [&](int j) { return make_desc(smem_u32(sK + (j & 1) * BN * CHK * 8), 128, ROWG); };
-    auto dv_of = [&](int j) { return make_desc(smem_u32(sV + (j & 1) * BN * CHK * 8), ROWG, 128); };
-
-    float m_i[1][2] = {{NEG_INF, NEG_INF}}, l_i[1][2] = {{0.f, 0.f}};
-    float acc[1][DB][4];
-#pragma unroll
-    for (int db = 0; db < DB; ++db) acc[0][db][0] = acc[0][db][1] = acc[0][db][2] = acc[0][db][3] = 0.f;
-    float (&of)[D / 2] = reinterpret_cast<float (&)[D / 2]>(acc);
-    u32 pa[KB][1][4];  // P of the previous key tile, packed (A operand of PV, from registers)
-
-    cp_async_wait<0>();
-    fence_proxy_async();
-    __syncthreads();  // CTA barrier 0: Q, K_0 and the zero pads visible (also to the async proxy)
-    issue_loads(0);
-
-    for (int j = 0; j < n_kv; ++j) {
-        if (group_a && j > 0) {
-            cp_async_wait<0>();
-            fence_proxy_async();
-            bar_sync(BAR_CTA, NT);  // CTA barrier j
-            issue_loads(j);
-        }
-        const bool act = active(j), act_prev = j > 0 && active(j - 1);
-        float s[1][NB][4];
-        float (&sf)[BN / 2] = reinterpret_cast<float (&)[BN / 2]>(s);
-        if (act && act_prev) wg_products<BF16, D, BN, true, true>(sf, of, pa, dq, dk_of(j), dv_of(j - 1));
-        else if (act) wg_products<BF16, D, BN, false, true>(sf, of, pa, dq, dk_of(j), 0);
-        else if (act_prev) wg_products<BF16, D, BN, true, false>(sf, of, pa, dq, 0, dv_of(j - 1));
-        if (!group_a) {
-            cp_async_wait<0>();
-            fence_proxy_async();
-            bar_sync(BAR_CTA, NT);  // CTA barrier j + 1
-            issue_loads(j + 1);
-        }
-        if (act) {
-            mask_tile<1, NB, CAUSAL>(s, wrow0, j * BN, L, g, t4);
-            softmax_update<1, NB, DB>(s, acc, m_i, l_i, scale_log2);
-#pragma unroll
-            for (int kb2 = 0; kb2 < KB; ++kb2) pack_p<T, 1, NB>(pa[kb2], s, kb2);
-        }
-    }
-    if (group_a) {
-        cp_async_wait<0>();
-        fence_proxy_async();
-        bar_sync(BAR_CTA, NT);  // CTA barrier n_kv: V_{n_kv - 1} visible
-    }
-    if (active(n_kv - 1)) {
-        float sf[BN / 2];
-        wg_products<BF16, D, BN, true, false>(sf, of, pa, dq, 0, dv_of(n_kv - 1));
-    }
-    cp_async_wait<0>();
-
-    if (wg_active) store_rows<T, 1, DB, D>(acc, m_i, l_i, o, lse, seg_start, wrow0, L, Hq, head, g, t4);
-#endif
-}
-
 // =====================================================================================================
 // Warp-specialised Hopper kernel (sm_90a): attn_fwd_ws, FA3's structure.
 //
@@ -1055,11 +733,12 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
     constexpr int NB = BN / 8, KB = BN / 16, DB = D / 8;
     constexpr u32 Q_BYTES = NREG * BM * 128, KV_BYTES = NREG * BN * 128;  // one tile, all regions
     // registers per thread after setmaxnreg (FA3's split): the producer's release must cover the consumers'
-    // raise exactly, or setmaxnreg.inc would wait forever. NCWG = 2: 384 threads start at 168 (launch bound),
+    // raise, or setmaxnreg.inc would wait forever. NCWG = 2: 384 threads start at 168 (the launch bound),
     // 128 * (168 - 24) = 256 * (240 - 168). NCWG = 3: 512 threads start at 128, 128 * (128 - 32) = 384 * (160 - 128).
-    constexpr int PRODUCER_REGS = NCWG == 2 ? 24 : 32;
-    constexpr int CONSUMER_REGS = NCWG == 2 ? 240 : 160;
-    static_assert(NCWG == 2 || NCWG == 3, "2 or 3 consumer warpgroups");
+    // NCWG = 4: 640 threads start at 96, 128 * (96 - 24) >= 512 * (112 - 96).
+    constexpr int PRODUCER_REGS = NCWG == 3 ? 32 : 24;
+    constexpr int CONSUMER_REGS = NCWG == 2 ? 240 : NCWG == 3 ? 160 : 112;
+    static_assert(NCWG >= 2 && NCWG <= 4, "2 to 4 consumer warpgroups");
     static_assert(D % 8 == 0 && (BN == 64 || BN == 128) && STAGES >= 2, "tile shape");
     const float NEG_INF = __int_as_float(0xff800000);
 
@@ -1202,12 +881,12 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
             for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
 #pragma unroll
             for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
-            wgmma_fence();
+                wgmma_fence();
             issue_qk(sk);
             wgmma_commit();
             issue_pv(sv);
             wgmma_commit();
-            wgmma_wait1();  // S_j is ready; PV_{j-1} may still run
+                wgmma_wait1();  // S_j is ready; PV_{j-1} may still run
 #pragma unroll
             for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
             release(k_empty(sk));
