@@ -35,6 +35,24 @@ def cuda_time_ms(fn, *, warmup: int = 5, iters: int = 30) -> float:
     return statistics.median(times)
 
 
+def queued_ms(fn, n: int = 20) -> float:
+    """Device time per call with n calls queued back to back (the host's launch cost hidden, as in a CUDA graph):
+    the best of 3 such batches, after warm-up."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(3):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(n):
+            fn()
+        b.record()
+        b.synchronize()
+        best = min(best, a.elapsed_time(b) / n)
+    return best
+
+
 @lru_cache(maxsize=1)
 def copy_bandwidth_TBps() -> float:
     """Device-to-device copy of 2 GiB, counting bytes read plus written: the bandwidth ceiling."""

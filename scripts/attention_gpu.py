@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import reference  # noqa: E402
 from benchmarks.bench_attention import CASES, SDPA_BACKENDS, make_inputs, ours_fn, sdpa_fn  # noqa: E402
 from benchmarks.common import (bf16_gemm_TFLOPs, card_name, copy_bandwidth_TBps, cuda_time_ms,  # noqa: E402
-                               write_results)
+                               queued_ms, write_results)
 from kernels.attention import (CANDIDATES, SUPPORTED_HEAD_DIMS, WsVariant, _hopper, _sm_count,  # noqa: E402
                                all_variants as _all_variants, attention, pick_variant, run_variant)
 
@@ -201,23 +201,6 @@ def l2_copy_TBps():
     dst = torch.empty_like(src)
     ms = queued_ms(lambda: dst.copy_(src), n=50)
     return 2 * n / (ms * 1e-3) / 1e12
-
-
-def queued_ms(fn, n=20):
-    """GPU time per call with n calls queued back to back (the host's launch cost hidden, as in a graph)."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(3):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(n):
-            fn()
-        b.record()
-        b.synchronize()
-        best = min(best, a.elapsed_time(b) / n)
-    return best
 
 
 def varlen_fn(case, q, k, v, cu):
