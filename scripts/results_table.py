@@ -35,16 +35,19 @@ def vision_ops():
 
 
 def attention():
-    for d in _load("attention_v6-*.json"):  # the current kernel (v1-v5: earlier versions, attention_notes.md)
-        print(f"Attention, bf16, {d['card']} ({d['date']}), TFLOP/s (queued launches)\n")
-        print("| case | ours (default tile) | cuDNN | flash | ours / best SDPA |\n|---|---|---|---|---|")
+    for d in _load("attention_v7-*.json"):  # the current kernels (v1-v6: earlier versions, attention_notes.md)
+        print(f"Attention, bf16, {d['card']} ({d['date']}, commit {d['commit']}), TFLOP/s (queued launches)\n")
+        print("| case | ours (tile picked) | ours, best tile | cuDNN | flash | picked / best SDPA | best / best SDPA |\n"
+              "|---|---|---|---|---|---|---|")
         for r in d["records"]:
             im = r["impls"]
             default = next(k for k in im if k.startswith("ours_default"))
-            best = im[default]["tflops_queued"]
+            tile = default[len("ours_default("):-1]
             cud = im.get("sdpa_CUDNN_ATTENTION", {}).get("tflops_queued", float("nan"))
             fl = im.get("sdpa_FLASH_ATTENTION", {}).get("tflops_queued", float("nan"))
-            print(f"| {r['case']} | {best:.0f} | {cud:.0f} | {fl:.0f} | {r['ratio_default_vs_best_sdpa']:.2f} |")
+            best = im[r["best_ours"]]["tflops_queued"]
+            print(f"| {r['case']} | {im[default]['tflops_queued']:.0f} ({tile}) | {best:.0f} | {cud:.0f} | {fl:.0f} | "
+                  f"{r['ratio_default_vs_best_sdpa']:.2f} | {r['ratio_best_ours_vs_best_sdpa']:.2f} |")
         print()
 
 
