@@ -272,6 +272,36 @@ def bench(out_dir, cases=None):
     return records
 
 
+def scaling(out_dir=None):
+    """Per-CTA time of each warp-specialised d72 shape against the key length (equal segments, H16, ~16k tokens):
+    the intercept of a straight-line fit is the fixed cost a CTA pays whatever its work (prologue, epilogue)."""
+    hq, d = 16, 72
+    rows = []
+    for var in all_variants(d):
+        if not isinstance(var, WsVariant):
+            continue
+        pts = []
+        for L in (256, 512, 784, 1024, 2048, 4096, 8192):
+            nseg = max(1, 16384 // L)
+            q, k, v = (torch.randn(nseg * L, hq, d, device="cuda").to(torch.bfloat16) for _ in range(3))
+            cu = torch.arange(0, nseg + 1, device="cuda", dtype=torch.int32) * L
+            out = torch.empty_like(q)
+            ms = queued_ms(lambda: run_variant(var, q, k, v, cu, False, d ** -0.5, out, None))
+            ctas = hq * nseg * (-(-L // var.bm))
+            waves = -(-ctas // _sm_count(0))
+            pts.append((-(-L // var.bn), ms * 1e3 / waves))  # key tiles per CTA, us per wave
+            rows.append(dict(variant=var.label(), L=L, nseg=nseg, ms=ms, ctas=ctas, waves=waves, us_per_wave=pts[-1][1]))
+            print(f"  {var.label():22s} L={L:5d} nseg={nseg:3d} {ms:7.3f} ms  {ctas:5d} CTAs  {waves:3d} waves  "
+                  f"{pts[-1][1]:8.2f} us/wave", flush=True)
+        n = len(pts)
+        mx = sum(p[0] for p in pts) / n
+        my = sum(p[1] for p in pts) / n
+        slope = sum((p[0] - mx) * (p[1] - my) for p in pts) / sum((p[0] - mx) ** 2 for p in pts)
+        print(f"  -> {var.label()}: {slope:.3f} us per key tile, {my - slope * mx:.2f} us fixed per CTA", flush=True)
+    if out_dir:
+        (out_dir / "attention_scaling.json").write_text(json.dumps(rows, indent=0))
+
+
 def tiny():
     """Small shapes for compute-sanitizer: every tile shape, both masks, GQA, odd and empty segments."""
     n = 0
@@ -298,6 +328,7 @@ if __name__ == "__main__":
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--bench", action="store_true")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--scaling", action="store_true", help="per-CTA time against key length (d72 Hopper tiles)")
     ap.add_argument("--precompile", action="store_true")
     ap.add_argument("--cases", default="", help="comma-separated words; bench only cases whose tag has one")
     ap.add_argument("--variants", default="", help="comma-separated label prefixes (e.g. ws,mma_128x64): "
@@ -311,6 +342,8 @@ if __name__ == "__main__":
     summary = {"card": torch.cuda.get_device_name()}
     if a.tiny:
         tiny()
+    if a.scaling:
+        scaling(out)
     if a.check:
         rows, fails = check()
         summary["check_failures"] = fails
