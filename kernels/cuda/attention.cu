@@ -491,6 +491,7 @@ __device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r):
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_proxy_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 // ---- begin generated (m64nNk16 f32 += bf16/f16 wrappers: ss = A and B in shared memory, K-major;
 //      rs = A in registers, B in shared memory N-major (trans-b = 1), always accumulating) ----
@@ -664,8 +665,24 @@ __device__ __forceinline__ void wgmma_pv(float (&d)[D / 2], const u32 (&a)[4], u
 //   and it exists only in shared memory. Rows past the end of the packed tensor are zero-filled the same way.
 //   Q and K are read K-major (k-step ks at region ks / 4, byte 32 (ks % 4) of each row), V N-major (trans-b;
 //   the 64-column regions are the n-direction repeats, LBO apart; 8-row groups 1024 bytes apart).
+// Epilogue: a warpgroup whose 64 rows all lie in the segment writes O / l into its own rows of the Q tile (free
+//   after its last QK), in the same swizzled layout, and stores them with one TMA copy per region (coalesced, and
+//   1.8 -> 1.3 us per CTA at 784 keys); a partial last tile stores per thread, as a whole box would overwrite
+//   rows of the next segment.
 // No CTA-wide barrier after the prologue: stages are handed over by the mbarriers alone.
 // =====================================================================================================
+// Diagnostic build (-DATTN_TIMING, scripts/attention_timing.py): %globaltimer stamps per CTA into the lse
+// argument, reused as a [grid][8] u64 buffer (lse itself is then not written).
+#ifdef ATTN_TIMING
+__device__ __forceinline__ unsigned long long gtime() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+    return t;
+}
+#define TSTAMP(i) (tbuf[blockIdx.x * 8 + (i)] = gtime())
+#else
+#define TSTAMP(i)
+#endif
 __device__ __forceinline__ void wgmma_wait1() { asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); }
 
 __device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
@@ -699,6 +716,15 @@ __device__ __forceinline__ void tma_load_3d(u32 dst, const TmaDesc& tm, int c0, 
         "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n"
         ::"r"(dst), "l"(reinterpret_cast<unsigned long long>(&tm)), "r"(c0), "r"(c1), "r"(c2), "r"(bar) : "memory");
 }
+// Copy a box from shared memory to global memory at (c0, c1, c2) (the reverse of tma_load_3d; elements out of the
+// tensor's bounds are not written), then wait until the copy engine has read the shared memory.
+__device__ __forceinline__ void tma_store_3d(const TmaDesc& tm, int c0, int c1, int c2, u32 src) {
+    asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%1, %2, %3}], [%4];\n"
+                 ::"l"(reinterpret_cast<unsigned long long>(&tm)), "r"(c0), "r"(c1), "r"(c2), "r"(src) : "memory");
+}
+__device__ __forceinline__ void tma_store_commit_and_wait_read() {
+    asm volatile("cp.async.bulk.commit_group;\ncp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
 __device__ __forceinline__ void tma_prefetch_desc(const TmaDesc& tm) {
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<unsigned long long>(&tm)) : "memory");
 }
@@ -724,7 +750,7 @@ template <typename T, int D, int NCWG, int BN, int STAGES, bool CAUSAL>
 __global__ void __launch_bounds__((NCWG + 1) * 128, 1)
 attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ cu, int nseg, int Hq, int Hkv,
             float scale_log2, const __grid_constant__ TmaDesc tm_q, const __grid_constant__ TmaDesc tm_k,
-            const __grid_constant__ TmaDesc tm_v) {
+            const __grid_constant__ TmaDesc tm_v, const __grid_constant__ TmaDesc tm_o) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr bool BF16 = IsBf16<T>::value;
     constexpr int BM = 64 * NCWG;
@@ -752,6 +778,11 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
     __shared__ int s_map[2];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
+#ifdef ATTN_TIMING
+    unsigned long long* tbuf = reinterpret_cast<unsigned long long*>(lse);
+    lse = nullptr;
+#endif
+    if (tid == 0) TSTAMP(0);
     const int head = blockIdx.x % Hq;
     int tile = blockIdx.x / Hq;
     if (CAUSAL) tile = gridDim.x / Hq - 1 - tile;
@@ -773,6 +804,7 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // visible to the copy engine
     }
     __syncthreads();  // barriers initialised, tile map written
+    if (tid == 0) TSTAMP(1);
     const int seg = s_map[0];
     if (seg < 0) return;  // uniform over the CTA
     const int q0 = s_map[1] * BM;
@@ -791,6 +823,7 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
             mbar_arrive_expect_tx(q_full, Q_BYTES);
 #pragma unroll
             for (int g = 0; g < NREG; ++g) tma_load_3d(sQ + g * BM * 128, tm_q, 64 * g, head, seg_start + q0, q_full);
+            TSTAMP(2);
             for (int j = 0; j < n_kv; ++j) {
                 const int st = j % STAGES;
                 const u32 ph = ((j / STAGES) & 1) ^ 1;  // the consumers' release of this stage's previous tile
@@ -857,6 +890,7 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
         // S_0 = Q K_0^T, softmax (O is still zero, so its rescale is skipped)
         mbar_wait(q_full, 0);
         mbar_wait(k_full(0), 0);
+        if (tid == 0) TSTAMP(3);
 #pragma unroll
         for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
         wgmma_fence();
@@ -935,7 +969,43 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
         mbar_wait(v_full(st), ph);
         release(v_empty(st));
     }
-    if (wgrow0 < L) store_rows<T, 1, DB, D>(acc, m_i, l_i, o, lse, seg_start, wrow0, L, Hq, head, g, t4);
+    if (tid == 0) TSTAMP(4);
+    if (wgrow0 + 64 <= L) {
+        // All 64 rows of this warpgroup lie in the segment: O / l goes through this warpgroup's own rows of the Q
+        // tile (free once its last QK is done) in the same swizzled layout, and out with one TMA copy per region.
+        // (A partial last tile keeps the per-thread stores below: a copy of whole boxes would write rows of the
+        // next segment.)
+        const u32 so = sQ + wg * 64 * 128;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            float l = l_i[0][h];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const float inv = 1.f / l;
+            const int r = (warp & 3) * 16 + g + 8 * h;  // row inside the warpgroup's 64
+#pragma unroll
+            for (int db = 0; db < DB; ++db) {
+                const u32 addr = so + (db >> 3) * (BM * 128) + (r >> 3) * 1024 + (r & 7) * 128 +
+                                 (((db & 7) ^ (r & 7)) << 4) + 4 * t4;
+                const u32 val = Mma<T>::pack(acc[0][db][2 * h] * inv, acc[0][db][2 * h + 1] * inv);
+                asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(val) : "memory");
+            }
+            if (lse != nullptr && t4 == 0)
+                lse[(size_t)(seg_start + wgrow0 + r) * Hq + head] = (m_i[0][h] + log2f(l)) * 0.69314718055994531f;
+        }
+        fence_proxy_async_shared();  // these writes, then the copy engine's reads
+        bar_sync(1 + wg, 128);
+        if ((warp & 3) == 0 && lane == 0) {
+#pragma unroll
+            for (int reg = 0; reg < NREG; ++reg)
+                tma_store_3d(tm_o, 64 * reg, head, seg_start + wgrow0, so + reg * (BM * 128));
+            tma_store_commit_and_wait_read();
+        }
+    } else if (wgrow0 < L) {
+        store_rows<T, 1, DB, D>(acc, m_i, l_i, o, lse, seg_start, wrow0, L, Hq, head, g, t4);
+    }
+    __syncwarp();
+    if (tid == 0) TSTAMP(5);
 #endif
 }
 
