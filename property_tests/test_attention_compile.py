@@ -81,3 +81,12 @@ def test_default_shapes_do_not_spill(arch, table):
     assert all(r <= 255 for r in regs), report
     assert "Potential Performance Loss" not in report, f"ptxas serialised the wgmmas:\n{report}"
     assert not any(spills), f"register spills in a default tile shape:\n{report}"
+
+
+def test_timing_build_compiles():
+    """The diagnostic -DATTN_TIMING build of the Hopper kernel (scripts/attention_timing.py) keeps compiling."""
+    from kernels.attention import WS_CANDIDATES as ws
+
+    names = tuple(v.name(torch.bfloat16, 72, False) for v in ws[72])
+    mod = compile_source(read_source("attention.cu"), names, "sm_90a", ("-DATTN_TIMING",))
+    assert bytes(mod.code)[:4] == b"\x7fELF"

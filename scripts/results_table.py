@@ -35,7 +35,7 @@ def vision_ops():
 
 
 def attention():
-    for d in _load("attention_v7-*.json"):  # the current kernels (v1-v6: earlier versions, attention_notes.md)
+    for d in _load("attention_v8-*.json"):  # the current kernels (v1-v7: earlier versions, attention_notes.md)
         print(f"Attention, bf16, {d['card']} ({d['date']}, commit {d['commit']}), TFLOP/s (queued launches)\n")
         print("| case | ours (tile picked) | ours, best tile | cuDNN | flash | picked / best SDPA | best / best SDPA |\n"
               "|---|---|---|---|---|---|---|")
