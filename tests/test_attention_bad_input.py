@@ -152,3 +152,24 @@ def test_inference_mode_cu_seqlens_are_still_checked():
         bad = torch.tensor([0, 5, 3], dtype=torch.int32)
         with pytest.raises(ValueError, match="cu_seqlens"):
             attention(q, k, v, bad, False)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: torch.randn(8, 2, 72, dtype=torch.bfloat16).transpose(0, 1), "contiguous"),
+    (lambda: torch.randn(8, 2, 72), "dtype"),
+    (lambda: torch.randn(8, 72, dtype=torch.bfloat16), "dimensions|ndim|rank"),
+    (lambda: torch.randn(8, 2, 72, dtype=torch.bfloat16), "CUDA"),
+])
+def test_tensor_map_rejects_what_it_cannot_describe(make, match):
+    """kernels.runtime.tma.tensor_map_3d (the Hopper kernel's TMA descriptors) checks before touching the driver."""
+    from kernels.runtime.tma import tensor_map_3d
+
+    with pytest.raises(ValueError, match=match):
+        tensor_map_3d(make(), 64, 128)
+
+
+def test_tensor_map_box_rows_limit():
+    from kernels.runtime.tma import tensor_map_3d
+
+    with pytest.raises(ValueError, match="box_rows"):
+        tensor_map_3d(torch.randn(8, 2, 72, dtype=torch.bfloat16), 64, 300)

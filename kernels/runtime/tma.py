@@ -31,13 +31,22 @@ def tensor_map_3d(t: torch.Tensor, box_cols: int, box_rows: int) -> TmaDesc:
     out-of-bounds elements read as zero. Cached by (address, shape, dtype, box)."""
     from cuda.bindings import driver
 
+    from .checks import check_aligned16, check_cuda, check_input
+
+    check_input("tensor", t, ndim=3, dtypes=tuple(_DTYPES))  # the map assumes these strides and element types
     T, H, D = t.shape
     key = (t.data_ptr(), T, H, D, t.dtype, box_cols, box_rows)
     hit = _CACHE.get(key)
-    if hit is not None:
+    if hit is not None:  # an address already checked below (unified addressing: one device per address)
         _CACHE.move_to_end(key)
         return hit
+    if not (isinstance(box_rows, int) and 1 <= box_rows <= 256):
+        raise ValueError(f"box_rows must be an int in [1, 256] (the copy engine's limit), got {box_rows!r}")
+    check_cuda(tensor=t)
+    check_aligned16(tensor=t)
     es = t.element_size()
+    if (D * es) % 16:
+        raise ValueError(f"rows of the tensor must be a multiple of 16 bytes for the copy engine, got D = {D}")
     if box_cols * es != 128:
         raise ValueError(f"the 128-byte swizzle needs 128-byte box rows, got {box_cols} x {es} bytes")
     u64, u32 = driver.cuuint64_t, driver.cuuint32_t  # older cuda-bindings take no plain ints here
