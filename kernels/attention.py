@@ -240,13 +240,15 @@ def _validate(q, k, v, cu_seqlens, causal, scale, out, max_seqlen, validate):
 _SMEM_SET: set = set()
 
 
-def run_variant(variant: Variant | WsVariant, q, k, v, cu_seqlens, causal: bool, scale: float, out, lse) -> None:
-    """Launch one tile shape on already-validated arguments (also used by the benchmarks to sweep shapes)."""
+def run_variant(variant: Variant | WsVariant, q, k, v, cu_seqlens, causal: bool, scale: float, out, lse,
+                options: tuple[str, ...] = ()) -> None:
+    """Launch one tile shape on already-validated arguments (also used by the benchmarks to sweep shapes).
+    `options` are extra NVRTC flags (scripts/attention_timing.py builds with -DATTN_TIMING)."""
     from kernels.runtime.nvrtc import f32, get_kernel, i32, launch, set_max_dynamic_shared_memory
 
     if q.device.index != torch.cuda.current_device():  # kernels are loaded per device
         with torch.cuda.device(q.device):
-            return run_variant(variant, q, k, v, cu_seqlens, causal, scale, out, lse)
+            return run_variant(variant, q, k, v, cu_seqlens, causal, scale, out, lse, options)
     T, Hq, d = q.shape
     nseg = cu_seqlens.numel() - 1
     tiles = (T + nseg * (variant.bm - 1)) // variant.bm
@@ -255,9 +257,9 @@ def run_variant(variant: Variant | WsVariant, q, k, v, cu_seqlens, causal: bool,
     if cu_seqlens.dtype != torch.int32:
         cu_seqlens = cu_seqlens.to(torch.int32)
     name = variant.name(q.dtype, d, causal)
-    kern = get_kernel("attention.cu", name, arch=variant.arch)
+    kern = get_kernel("attention.cu", name, options=tuple(options), arch=variant.arch)
     smem = variant.smem_bytes(d, q.element_size())
-    key = (q.device.index, name)
+    key = (q.device.index, name, tuple(options))
     if key not in _SMEM_SET:
         set_max_dynamic_shared_memory(kern, smem)
         _SMEM_SET.add(key)
