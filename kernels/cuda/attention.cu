@@ -137,19 +137,14 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, size_t row_stride, i
 }
 
 
-__device__ __forceinline__ int seg_len(const int* __restrict__ cu, int nseg, int s) {
-    return s < nseg ? cu[s + 1] - cu[s] : 0;
-}
-// The segment holding item `target` when segment s has count(len_s) items, and the item's index inside it
-// (seg = -1 if there are fewer items).
-template <typename Count>
-__device__ __forceinline__ void nth_item(const int* __restrict__ cu, int nseg, int target, int lane, Count count,
-                                         int& seg, int& idx) {
-    int base = 0;
-    seg = -1;
-    idx = 0;
+// Which (segment, q-tile) is CTA tile number `tile`: a warp-wide prefix sum of ceil(len / BM) over the
+// segments, 32 at a time. Writes {segment or -1 past the last tile, tile index inside the segment}.
+template <int BM>
+__device__ __forceinline__ void find_tile(const int* __restrict__ cu, int nseg, int tile, int lane, int* s_map) {
+    int base = 0, seg = -1, tl = 0;
     for (int c0 = 0; c0 < nseg; c0 += 32) {
-        const int cnt = count(seg_len(cu, nseg, c0 + lane));
+        const int s = c0 + lane;
+        const int cnt = s < nseg ? (cu[s + 1] - cu[s] + BM - 1) / BM : 0;
         int inc = cnt;
 #pragma unroll
         for (int off = 1; off < 32; off <<= 1) {
@@ -157,33 +152,14 @@ __device__ __forceinline__ void nth_item(const int* __restrict__ cu, int nseg, i
             if (lane >= off) inc += y;
         }
         const int exc = inc - cnt;
-        const unsigned hit = __ballot_sync(0xffffffffu, cnt > 0 && target >= base + exc && target < base + inc);
+        const unsigned hit = __ballot_sync(0xffffffffu, cnt > 0 && tile >= base + exc && tile < base + inc);
         if (hit) {
             const int src = __ffs(hit) - 1;
             seg = c0 + src;
-            idx = target - base - __shfl_sync(0xffffffffu, exc, src);
-            return;
+            tl = tile - base - __shfl_sync(0xffffffffu, exc, src);
+            break;
         }
         base += __shfl_sync(0xffffffffu, inc, 31);
-    }
-}
-// Which (segment, q-tile) is CTA tile number `tile`. Tiles are numbered full ones first (every segment's
-// floor(len / BM), segment by segment), then each segment's partial last tile: the GPU hands out CTAs roughly in
-// this order, and a short tile left for the end fills the last wave where a full one would leave SMs idle (at 8
-// images of 784 tokens a quarter of the 256-row tiles are 16-row tails). Writes {segment or -1 past the last
-// tile, tile index inside the segment}. Warp-wide prefix sums, 32 segments at a time.
-template <int BM>
-__device__ __forceinline__ void find_tile(const int* __restrict__ cu, int nseg, int tile, int lane, int* s_map) {
-    auto n_full = [](int len) { return len / BM; };
-    auto n_tail = [](int len) { return len % BM != 0 ? 1 : 0; };
-    int full = 0;  // full tiles over all segments
-    for (int c0 = 0; c0 < nseg; c0 += 32) full += __reduce_add_sync(0xffffffffu, n_full(seg_len(cu, nseg, c0 + lane)));
-    int seg, tl;
-    if (tile < full) {
-        nth_item(cu, nseg, tile, lane, n_full, seg, tl);
-    } else {
-        nth_item(cu, nseg, tile - full, lane, n_tail, seg, tl);
-        if (seg >= 0) tl = seg_len(cu, nseg, seg) / BM;
     }
     if (lane == 0) { s_map[0] = seg; s_map[1] = tl; }
 }
@@ -429,7 +405,7 @@ attn_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int head = blockIdx.x % Hq;
     int tile = blockIdx.x / Hq;
-    if (CAUSAL) tile = gridDim.x / Hq - 1 - tile;  // causal: a segment's last tiles (its tail first) have most keys
+    if (CAUSAL) tile = gridDim.x / Hq - 1 - tile;  // longest (last) tiles first
 
     if (warp == 0) find_tile<BM>(cu, nseg, tile, lane, s_map);
     __syncthreads();
@@ -768,7 +744,7 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
     if (tid == 0) TSTAMP(0);
     const int head = blockIdx.x % Hq;
     int tile = blockIdx.x / Hq;
-    if (CAUSAL) tile = gridDim.x / Hq - 1 - tile;  // as in attn_fwd
+    if (CAUSAL) tile = gridDim.x / Hq - 1 - tile;
     if (warp == 0) find_tile<BM>(cu, nseg, tile, lane, s_map);
     const u32 bar0 = smem_u32(bars);
     const u32 q_full = bar0;
