@@ -228,36 +228,42 @@ def bench(out_dir, cases=None):
         rec = {"case": case.tag, "lengths": list(case.lengths), "hq": case.hq, "hkv": case.hkv, "d": case.d,
                "causal": case.causal, "gflop": case.flops / 1e9, "min_MB": case.min_bytes / 1e6, "impls": {}}
 
-        def timeit(name, fn, extra=None):
-            try:
-                fn()
-                torch.cuda.synchronize()
-                ms = cuda_time_ms(fn, warmup=3, iters=20)
-                qms = queued_ms(fn)
-                gms = graph_ms(fn)
-                r = {"ms": ms, "tflops": case.flops / (ms * 1e-3) / 1e12,
-                     "ms_queued": qms, "tflops_queued": case.flops / (qms * 1e-3) / 1e12,
-                     "ms_graph": gms, "tflops_graph": case.flops / (gms * 1e-3) / 1e12, **(extra or {})}
-            except Exception as e:  # noqa: BLE001 - a backend may refuse a shape
-                r = {"error": f"{type(e).__name__}: {e}"[:200]}
+        hopper = _hopper(q.device)
+        default = pick_variant(case.d, case.causal, case.T, len(case.lengths), max(case.lengths), hopper,
+                               case.hq, _sm_count(q.device.index or 0) if hopper else 132)
+        impls = [(f"ours_default({vname(default)})", ours_fn(case, q, k, v, cu), None)]
+        impls += [(f"ours_{vname(var)}", ours_fn(case, q, k, v, cu, var), kernel_info(var, torch.bfloat16, case.d, case.causal))
+                  for var in all_variants(case.d)]
+        impls += [(f"sdpa_{be}", sdpa_fn(case, q, k, v, be), None) for be in SDPA_BACKENDS]
+        try:
+            impls.append(("torch_varlen_attn", varlen_fn(case, q, k, v, cu), None))
+        except Exception as e:  # noqa: BLE001
+            rec["impls"]["torch_varlen_attn"] = {"error": str(e)[:200]}
+        # Two passes, the second in reverse order, keeping each implementation's best time: whatever is timed first
+        # after the inputs are made runs on a colder GPU (the default read 4 % below the same kernel timed later).
+        best: dict[str, dict] = {}
+        for order in (impls, impls[::-1]):
+            for name, fn, extra in order:
+                try:
+                    fn()
+                    torch.cuda.synchronize()
+                    t = {"ms": cuda_time_ms(fn, warmup=3, iters=20), "ms_queued": queued_ms(fn), "ms_graph": graph_ms(fn)}
+                except Exception as e:  # noqa: BLE001 - a backend may refuse a shape
+                    best.setdefault(name, {"error": f"{type(e).__name__}: {e}"[:200]})
+                    continue
+                if "error" not in best.get(name, {}):
+                    prev = best.get(name, {})
+                    best[name] = {key: min(val, prev.get(key, val)) for key, val in t.items()}
+        for name, _, extra in impls:
+            r = best[name]
+            if "error" not in r:
+                r = {"ms": r["ms"], "tflops": case.flops / (r["ms"] * 1e-3) / 1e12,
+                     "ms_queued": r["ms_queued"], "tflops_queued": case.flops / (r["ms_queued"] * 1e-3) / 1e12,
+                     "ms_graph": r["ms_graph"], "tflops_graph": case.flops / (r["ms_graph"] * 1e-3) / 1e12, **(extra or {})}
             rec["impls"][name] = r
             print(f"  {case.tag:30s} {name:44s} " + (f"{r['ms']:7.3f} ms {r['tflops']:6.1f} | queued {r['ms_queued']:7.3f} ms "
                                                   f"{r['tflops_queued']:6.1f} | graph {r['ms_graph']:7.3f} ms "
                                                   f"{r['tflops_graph']:6.1f} TFLOP/s {extra or ''}" if "ms" in r else r["error"]), flush=True)
-
-        hopper = _hopper(q.device)
-        default = pick_variant(case.d, case.causal, case.T, len(case.lengths), max(case.lengths), hopper,
-                               case.hq, _sm_count(q.device.index or 0) if hopper else 132)
-        timeit(f"ours_default({vname(default)})", ours_fn(case, q, k, v, cu))
-        for var in all_variants(case.d):
-            timeit(f"ours_{vname(var)}", ours_fn(case, q, k, v, cu, var),
-                   kernel_info(var, torch.bfloat16, case.d, case.causal))
-        for be in SDPA_BACKENDS:
-            timeit(f"sdpa_{be}", sdpa_fn(case, q, k, v, be))
-        try:
-            timeit("torch_varlen_attn", varlen_fn(case, q, k, v, cu))
-        except Exception as e:  # noqa: BLE001
-            rec["impls"]["torch_varlen_attn"] = {"error": str(e)[:200]}
         for timing in ("graph", "queued"):  # the ratios on graph replays (no host cost), and on queued calls
             ours = {n: r[f"tflops_{timing}"] for n, r in rec["impls"].items() if n.startswith("ours_") and "tflops" in r}
             sdpa = {n: r[f"tflops_{timing}"] for n, r in rec["impls"].items() if n.startswith("sdpa_") and "tflops" in r}
