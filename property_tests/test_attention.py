@@ -128,6 +128,27 @@ def test_realistic_shapes_every_variant(d, lengths, causal):
         assert torch.equal(out, again), variant.label()
 
 
+@pytest.mark.parametrize("d", [64, 72, 80, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_tail_tiles(d, dtype, causal):
+    """Every warp-specialised tile shape on segments whose last tile is short: 64 rows exactly (one warpgroup
+    full, stored with TMA), 1, 17 and 58 rows, and 784-token images. Output and lse NaN-poisoned, against the fp32
+    reference."""
+    from kernels.attention import WsVariant
+
+    ws = [v for v in variants(d) if isinstance(v, WsVariant)]
+    if not ws:
+        pytest.skip("the warp-specialised kernels need sm_90")
+    for variant in ws:
+        lengths = [variant.bm + 64, variant.bm + 1, 2 * variant.bm + 17, 784, variant.bm + 58]
+        q, k, v, cu = make(lengths, 4, 2, d, dtype, d)
+        out = torch.full_like(q, math.nan)
+        lse = torch.full((q.shape[0], q.shape[1]), math.nan, device="cuda")
+        run_variant(variant, q, k, v, cu, causal, d ** -0.5, out, lse)
+        check(out, lse, q, k, v, cu, causal)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_deterministic(causal):
     """Same inputs -> bitwise the same output and lse, run after run (a moving error would be a race)."""
