@@ -23,6 +23,7 @@ steers the tile-size choice (otherwise segments are taken as T / nseg long).
 
 from __future__ import annotations
 
+import ctypes
 import weakref
 from dataclasses import dataclass
 from functools import lru_cache
@@ -237,7 +238,7 @@ def _validate(q, k, v, cu_seqlens, causal, scale, out, max_seqlen, validate):
     return scale
 
 
-_SMEM_SET: set = set()
+_LOADED: dict = {}  # (device, variant, dtype, d, causal, options) -> (kernel, dynamic shared memory bytes)
 
 
 def run_variant(variant: Variant | WsVariant, q, k, v, cu_seqlens, causal: bool, scale: float, out, lse,
@@ -256,23 +257,22 @@ def run_variant(variant: Variant | WsVariant, q, k, v, cu_seqlens, causal: bool,
         return
     if cu_seqlens.dtype != torch.int32:
         cu_seqlens = cu_seqlens.to(torch.int32)
-    name = variant.name(q.dtype, d, causal)
-    kern = get_kernel("attention.cu", name, options=tuple(options), arch=variant.arch)
-    smem = variant.smem_bytes(d, q.element_size())
-    key = (q.device.index, name, tuple(options))
-    if key not in _SMEM_SET:
+    key = (q.device.index, variant, q.dtype, d, causal, tuple(options))
+    hit = _LOADED.get(key)
+    if hit is None:  # compile (or load from the disk cache) once, and allow the shared memory it needs
+        kern = get_kernel("attention.cu", variant.name(q.dtype, d, causal), options=tuple(options), arch=variant.arch)
+        smem = variant.smem_bytes(d, q.element_size())
         set_max_dynamic_shared_memory(kern, smem)
-        _SMEM_SET.add(key)
+        hit = _LOADED[key] = (kern, smem)
+    kern, smem = hit
     if isinstance(variant, WsVariant):  # Q, K, V through TMA descriptors passed by value
-        import ctypes
-
         from kernels.runtime.tma import launch_raw, tensor_map_3d
 
         launch_raw(kern, (Hq * tiles, 1, 1), (variant.threads, 1, 1), smem, [
             ctypes.c_void_p(out.data_ptr()), ctypes.c_void_p(0 if lse is None else lse.data_ptr()),
             ctypes.c_void_p(cu_seqlens.data_ptr()), ctypes.c_int(nseg), ctypes.c_int(Hq), ctypes.c_int(k.shape[1]),
             ctypes.c_float(scale * _LOG2E), tensor_map_3d(q, 64, variant.bm), tensor_map_3d(k, 64, variant.bn),
-            tensor_map_3d(v, 64, variant.bn), tensor_map_3d(out, 64, 64)])
+            tensor_map_3d(v, 64, variant.bn), tensor_map_3d(out, 64, 64)], device_index=q.device.index)
         return
     launch(kern, (Hq * tiles, 1, 1), (variant.threads, 1, 1), smem,
            q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), 0 if lse is None else lse.data_ptr(),
