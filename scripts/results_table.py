@@ -35,19 +35,22 @@ def vision_ops():
 
 
 def attention():
-    for d in _load("attention_v8-*.json"):  # the current kernels (v1-v7: earlier versions, attention_notes.md)
-        print(f"Attention, bf16, {d['card']} ({d['date']}, commit {d['commit']}), TFLOP/s (queued launches)\n")
-        print("| case | ours (tile picked) | ours, best tile | cuDNN | flash | picked / best SDPA | best / best SDPA |\n"
-              "|---|---|---|---|---|---|---|")
+    for d in _load("attention_v9-*.json"):  # the current kernels (v1-v8: earlier versions, attention_notes.md)
+        print(f"Attention, bf16, {d['card']} ({d['date']}, commit {d['commit']}), TFLOP/s of 20 calls replayed from a "
+              f"CUDA graph (queued launches in brackets)\n")
+        print("| case | ours (tile picked) | cuDNN | flash | ours / best SDPA |\n|---|---|---|---|---|")
         for r in d["records"]:
             im = r["impls"]
             default = next(k for k in im if k.startswith("ours_default"))
             tile = default[len("ours_default("):-1]
-            cud = im.get("sdpa_CUDNN_ATTENTION", {}).get("tflops_queued", float("nan"))
-            fl = im.get("sdpa_FLASH_ATTENTION", {}).get("tflops_queued", float("nan"))
-            best = im[r["best_ours"]]["tflops_queued"]
-            print(f"| {r['case']} | {im[default]['tflops_queued']:.0f} ({tile}) | {best:.0f} | {cud:.0f} | {fl:.0f} | "
-                  f"{r['ratio_default_vs_best_sdpa']:.2f} | {r['ratio_best_ours_vs_best_sdpa']:.2f} |")
+
+            def tf(name, im=im):
+                x = im.get(name, {})
+                return f"{x['tflops_graph']:.0f} ({x['tflops_queued']:.0f})" if "tflops_graph" in x else "-"
+
+            ratio = f"{r['ratio_graph']['default_vs_best']:.2f} ({r['ratio_queued']['default_vs_best']:.2f})"
+            print(f"| {r['case']} | {tf(default)} ({tile}) | {tf('sdpa_CUDNN_ATTENTION')} | {tf('sdpa_FLASH_ATTENTION')} | "
+                  f"{ratio} |")
         print()
 
 
