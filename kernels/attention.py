@@ -9,7 +9,8 @@ bf16 or fp16 in, same dtype out, fp32 softmax (fp32 inputs: kernels.attention_fp
 
 Kernels: on Hopper (sm_90) `attn_fwd_ws`: warp-specialised, one producer thread loading Q/K/V with TMA, 2-4
 consumer warpgroups doing both products with wgmma (compiled for sm_90a); pick_variant chooses its tile shape
-per call with a wave model (ws_cost). Elsewhere (sm_80+), and for segments of at most SHORT_SEGMENT tokens,
+per call with a wave model (ws_cost), and for non-causal segments of up to 4096 tokens how many consecutive tiles
+each CTA runs (ws_rounds). Elsewhere (sm_80+), and for segments of at most SHORT_SEGMENT tokens,
 `attn_fwd` (mma.sync m16n8k16), with the tile shape per head dim measured fastest on an H100 (CANDIDATES).
 benchmarks/attention_notes.md has the measurements behind both.
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
@@ -81,6 +82,7 @@ class WsVariant:
     bn: int          # keys per K/V tile (64 or 128)
     stages: int = 2  # K/V stages in shared memory
     rate: float = 1.0  # measured throughput per query row relative to 192x128 (pick_variant's cost model)
+    rounds: int = 1  # non-causal: consecutive tiles of one segment and head per CTA (needs qbufs == 2)
     arch = "sm_90a"
 
     @property
@@ -91,15 +93,24 @@ class WsVariant:
     def threads(self) -> int:
         return 128 * (self.ncwg + 1)
 
+    def qbufs(self, d: int) -> int:
+        """Q buffers in shared memory: 2 where they fit in 227 KB (the kernel's QBUF, same rule)."""
+        regions = (d + 63) // 64
+        return 2 if (2 * self.bm + 2 * self.stages * self.bn) * regions * 128 + 1024 <= 227 * 1024 else 1
+
+    def rounds_for(self, d: int, causal: bool) -> int:
+        """Tiles per CTA the kernel will run (it runs one where there is one Q buffer, and for causal masks)."""
+        return self.rounds if self.qbufs(d) == 2 and not causal else 1
+
     def smem_bytes(self, d: int, itemsize: int = 2) -> int:
         regions = (d + 63) // 64  # 64-column regions of 128-byte rows (the swizzle layout; see the .cu)
-        return (self.bm + 2 * self.stages * self.bn) * regions * 128 + 1024  # + 1024 to align the atoms
+        return (self.qbufs(d) * self.bm + 2 * self.stages * self.bn) * regions * 128 + 1024  # + 1024: atom alignment
 
     def name(self, dtype: torch.dtype, d: int, causal: bool) -> str:
         return f"attn::attn_fwd_ws<{_CTYPE[dtype]}, {d}, {self.ncwg}, {self.bn}, {self.stages}, {_b(causal)}>"
 
     def label(self) -> str:
-        return f"ws_{self.bm}x{self.bn}_{self.ncwg}cwg_s{self.stages}"
+        return f"ws_{self.bm}x{self.bn}_{self.ncwg}cwg_s{self.stages}" + (f"_r{self.rounds}" if self.rounds > 1 else "")
 
 
 def _b(x: bool) -> str:
@@ -161,10 +172,13 @@ def _sm_count(index: int) -> int:
 
 
 def all_variants(d: int, device: torch.device | None = None) -> list:
-    """Every tile shape the tests and benchmarks exercise for head dim d on `device`."""
+    """Every tile shape the tests and benchmarks exercise for head dim d on `device` (on Hopper also the first
+    warp-specialised shape running 3 tiles per CTA, so that both Q buffers are reused)."""
     vs = list(CANDIDATES[d]) + ([V_64x64_4w] if d != 256 and V_64x64_4w not in CANDIDATES[d] else [])
     if _hopper(device):
         vs += list(WS_CANDIDATES[d])
+        if WS_CANDIDATES[d][0].qbufs(d) == 2:
+            vs.append(replace(WS_CANDIDATES[d][0], rounds=3))
     return vs
 
 
@@ -180,6 +194,30 @@ def ws_cost(v: WsVariant, heads: int, T: int, longest: int, sms: int) -> float:
     return waves * v.bm / v.rate * (-(-longest // v.bn) * v.bn)
 
 
+ROUNDS_MAX_SEGMENT = 4096  # longer segments: the per-CTA fixed cost is under 2 % of a tile (1x16384 measured no gain)
+FIXED_KEYS = 330  # a CTA's fixed cost (prologue, epilogue, the gap to the next CTA) in keys of work, from the
+                  # per-CTA fit in attention_notes.md (6.3-6.6 us at 1.26-1.32 us per 64 keys, 256x64)
+
+
+def ws_rounds(v: WsVariant, d: int, heads: int, T: int, longest: int, sms: int) -> int:
+    """Consecutive tiles per CTA for shape v (non-causal; the kernel runs one where it has one Q buffer). Each
+    extra tile saves a CTA's fixed cost, and its Q loads during the previous tile; fewer CTAs may leave SMs idle.
+    Model: waves(r) x (r + FIXED_KEYS / keys) tile-times, waves(r) = ceil(heads x segments x ceil(tiles / r) /
+    sms); the smallest r of the least time. Measured on an H100 (attention_v10_rounds-*.json): d72 8x784 256x64
+    4 tiles per CTA 294 TFLOP/s against 263, d64 H12 1x4096 192x128 2 tiles 501 against 489, d64 H16 256x64 2
+    tiles 484 against 475."""
+    if longest > ROUNDS_MAX_SEGMENT or v.qbufs(d) != 2:
+        return 1
+    nseg = max(1, -(-T // max(longest, 1)))
+    tiles = -(-longest // v.bm)
+    fixed = FIXED_KEYS / max(longest, 1)
+
+    def time(r):
+        return -(-heads * nseg * -(-tiles // r) // sms) * (r + fixed)
+
+    return min(range(1, tiles + 1), key=time)
+
+
 def pick_variant(d: int, causal: bool, T: int, nseg: int, max_seqlen: int | None, hopper: bool = False,
                  heads: int = 16, sms: int = 132):
     """Tile shape for this call, from shapes only (no device read)."""
@@ -187,7 +225,9 @@ def pick_variant(d: int, causal: bool, T: int, nseg: int, max_seqlen: int | None
     if d != 256 and longest <= SHORT_SEGMENT:
         return V_64x64_4w
     if hopper:
-        return min(WS_CANDIDATES[d], key=lambda v: ws_cost(v, heads, T, longest, sms))
+        v = min(WS_CANDIDATES[d], key=lambda v: ws_cost(v, heads, T, longest, sms))
+        rounds = 1 if causal else ws_rounds(v, d, heads, T, longest, sms)
+        return replace(v, rounds=rounds) if rounds > 1 else v
     return CANDIDATES[d][0]
 
 
@@ -252,7 +292,9 @@ def run_variant(variant: Variant | WsVariant, q, k, v, cu_seqlens, causal: bool,
             return run_variant(variant, q, k, v, cu_seqlens, causal, scale, out, lse, options)
     T, Hq, d = q.shape
     nseg = cu_seqlens.numel() - 1
-    tiles = (T + nseg * (variant.bm - 1)) // variant.bm
+    rounds = variant.rounds_for(d, causal) if isinstance(variant, WsVariant) else 1
+    rows = variant.bm * rounds  # query rows per CTA at most
+    tiles = (T + nseg * (rows - 1)) // rows
     if T == 0 or tiles == 0:
         return
     if cu_seqlens.dtype != torch.int32:
@@ -271,7 +313,7 @@ def run_variant(variant: Variant | WsVariant, q, k, v, cu_seqlens, causal: bool,
         launch_raw(kern, (Hq * tiles, 1, 1), (variant.threads, 1, 1), smem, [
             ctypes.c_void_p(out.data_ptr()), ctypes.c_void_p(0 if lse is None else lse.data_ptr()),
             ctypes.c_void_p(cu_seqlens.data_ptr()), ctypes.c_int(nseg), ctypes.c_int(Hq), ctypes.c_int(k.shape[1]),
-            ctypes.c_float(scale * _LOG2E), tensor_map_3d(q, 64, variant.bm), tensor_map_3d(k, 64, variant.bn),
+            ctypes.c_float(scale * _LOG2E), ctypes.c_int(rounds), tensor_map_3d(q, 64, variant.bm), tensor_map_3d(k, 64, variant.bn),
             tensor_map_3d(v, 64, variant.bn), tensor_map_3d(out, 64, 64)], device_index=q.device.index)
         return
     launch(kern, (Hq * tiles, 1, 1), (variant.threads, 1, 1), smem,

@@ -12,7 +12,10 @@ import re
 import pytest
 import torch
 
-from kernels.attention import CANDIDATES, SUPPORTED_HEAD_DIMS, V_64x64_4w, WS_CANDIDATES, pick_variant
+from dataclasses import replace
+
+from kernels.attention import (CANDIDATES, ROUNDS_MAX_SEGMENT, SUPPORTED_HEAD_DIMS, V_64x64_4w, WS_CANDIDATES,
+                               WS_256x64, pick_variant, ws_rounds)
 from kernels.runtime.nvrtc import compile_source, cuda_include_dirs, read_source
 
 pytestmark = pytest.mark.compile
@@ -48,11 +51,16 @@ def test_mma_instantiations_compile(arch, dtype, causal):
 
 
 def test_hopper_pick_is_a_candidate():
-    """On Hopper every pick is a warp-specialised candidate (or the 64-row mma.sync tile for tiny segments)."""
+    """On Hopper every pick is a warp-specialised candidate, run for 1 or more consecutive tiles per CTA (or the
+    64-row mma.sync tile for tiny segments); causal calls and long segments run one tile per CTA."""
     for d in SUPPORTED_HEAD_DIMS:
         for T, L, heads in ((4096, 4096, 16), (16384, 16384, 16), (6272, 784, 16), (4096, 4096, 12), (300, 100, 2)):
             v = pick_variant(d, False, T=T, nseg=T // L, max_seqlen=L, hopper=True, heads=heads)
-            assert v in WS_CANDIDATES[d]
+            assert replace(v, rounds=1) in WS_CANDIDATES[d]
+            assert 1 <= v.rounds <= -(-L // v.bm) and (v.rounds == 1 or v.qbufs(d) == 2)
+            assert pick_variant(d, True, T=T, nseg=T // L, max_seqlen=L, hopper=True, heads=heads).rounds == 1
+            if L > ROUNDS_MAX_SEGMENT:
+                assert v.rounds == 1
         tiny = pick_variant(d, False, T=64, nseg=2, max_seqlen=32, hopper=True)
         assert tiny is (V_64x64_4w if d != 256 else WS_CANDIDATES[d][0])
 
@@ -68,8 +76,8 @@ def test_ws_instantiations_compile(dtype, causal):
 def test_default_shapes_do_not_spill(arch, table):
     from cuda.core import Program, ProgramOptions
 
-    names = tuple(v.name(torch.bfloat16, d, False) for d in SUPPORTED_HEAD_DIMS
-                  for v in (table[d] if arch == "sm_90a" else table[d][:1]))
+    names = tuple(dict.fromkeys(v.name(torch.bfloat16, d, False) for d in SUPPORTED_HEAD_DIMS  # one per kernel
+                                for v in (table[d] if arch == "sm_90a" else table[d][:1])))
     log = io.StringIO()
     opts = ProgramOptions(arch=arch, std="c++17", include_path=list(cuda_include_dirs()), ptxas_options=["-v"])
     Program(read_source("attention.cu"), code_type="c++", options=opts).compile(
@@ -90,3 +98,15 @@ def test_timing_build_compiles():
     names = tuple(v.name(torch.bfloat16, 72, False) for v in ws[72])
     mod = compile_source(read_source("attention.cu"), names, "sm_90a", ("-DATTN_TIMING",))
     assert bytes(mod.code)[:4] == b"\x7fELF"
+
+
+def test_ws_rounds_model():
+    """Tiles per CTA follow the wave model in ws_rounds: 8 images of 784 tokens in 256-row tiles (4 tiles per image,
+    512 CTAs = 3.9 waves on 132 SMs) run as 128 CTAs of 4 tiles, one wave; a 4096-token image with 16 heads (256
+    CTAs, 2 waves) as 128 CTAs of 2; never more tiles than CTAs can spread over the SMs, never for long segments,
+    and a shape with one Q buffer (d256) always runs one."""
+    assert ws_rounds(WS_256x64, 72, 16, 6272, 784, 132) == 4
+    assert ws_rounds(WS_256x64, 72, 16, 4096, 4096, 132) == 2
+    assert ws_rounds(WS_256x64, 72, 16, 16384, 16384, 132) == 1
+    assert ws_rounds(WS_256x64, 72, 1, 784, 784, 132) == 1  # 4 CTAs for 132 SMs: more tiles each would idle SMs
+    assert ws_rounds(WS_CANDIDATES[256][0], 256, 8, 4096, 4096, 132) == 1

@@ -292,7 +292,7 @@ def scaling(out_dir=None):
     hq, d = 16, 72
     rows = []
     for var in all_variants(d):
-        if not isinstance(var, WsVariant):
+        if not isinstance(var, WsVariant) or var.rounds > 1:  # one tile per CTA: the fit's model
             continue
         pts = []
         for L in (256, 512, 784, 1024, 2048, 4096, 8192):

@@ -26,7 +26,8 @@ def main(extra=()):
             T = L * nseg
             q, k, vv = (torch.randn(T, hq, d, device="cuda").to(torch.bfloat16) for _ in range(3))
             cu = torch.arange(0, nseg + 1, device="cuda", dtype=torch.int32) * L
-            grid = hq * ((T + nseg * (v.bm - 1)) // v.bm)  # run_variant's grid
+            rows = v.bm * v.rounds_for(d, False)
+            grid = hq * ((T + nseg * (rows - 1)) // rows)  # run_variant's grid
             stamps = torch.zeros(grid * 8, dtype=torch.int64, device="cuda")
             out = torch.empty_like(q)
             for _ in range(3):  # the first call compiles and warms up; keep the last

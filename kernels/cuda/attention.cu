@@ -139,8 +139,8 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, size_t row_stride, i
 
 // Which (segment, q-tile) is CTA tile number `tile`: a warp-wide prefix sum of ceil(len / BM) over the
 // segments, 32 at a time. Writes {segment or -1 past the last tile, tile index inside the segment}.
-template <int BM>
-__device__ __forceinline__ void find_tile(const int* __restrict__ cu, int nseg, int tile, int lane, int* s_map) {
+__device__ __forceinline__ void find_tile(const int* __restrict__ cu, int nseg, int tile, int lane, int* s_map,
+                                          int BM) {
     int base = 0, seg = -1, tl = 0;
     for (int c0 = 0; c0 < nseg; c0 += 32) {
         const int s = c0 + lane;
@@ -407,7 +407,7 @@ attn_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__
     int tile = blockIdx.x / Hq;
     if (CAUSAL) tile = gridDim.x / Hq - 1 - tile;  // longest (last) tiles first
 
-    if (warp == 0) find_tile<BM>(cu, nseg, tile, lane, s_map);
+    if (warp == 0) find_tile(cu, nseg, tile, lane, s_map, BM);
     __syncthreads();
     const int seg = s_map[0];
     if (seg < 0) return;  // past the last tile (the grid is an upper bound)
@@ -628,6 +628,10 @@ __device__ __forceinline__ void wgmma_pv(float (&d)[D / 2], const u32 (&a)[4], u
 //   after its last QK), in the same swizzled layout, and stores them with one TMA copy per region (coalesced, and
 //   1.8 -> 1.3 us per CTA at 784 keys); a partial last tile stores per thread, as a whole box would overwrite
 //   rows of the next segment.
+// Rounds (non-causal, where two Q buffers fit): a CTA runs up to max_rounds consecutive tiles of one segment and
+//   head. The K/V ring runs on across tiles, the producer loads tile r + 1's Q into the other buffer while tile r
+//   computes, and a buffer is refilled once every consumer warp has finished the epilogue that stages O in it
+//   (q_empty). This saves the fixed cost of a CTA per extra tile (8 images of 784 tokens: 263 -> 294 TFLOP/s).
 // No CTA-wide barrier after the prologue: stages are handed over by the mbarriers alone.
 // =====================================================================================================
 // Diagnostic build (-DATTN_TIMING, scripts/attention_timing.py): %globaltimer stamps per CTA into the lse
@@ -708,7 +712,7 @@ __device__ __forceinline__ void wgmma_pv_ws(float (&d)[D / 2], const u32 (&a)[4]
 template <typename T, int D, int NCWG, int BN, int STAGES, bool CAUSAL>
 __global__ void __launch_bounds__((NCWG + 1) * 128, 1)
 attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ cu, int nseg, int Hq, int Hkv,
-            float scale_log2, const __grid_constant__ TmaDesc tm_q, const __grid_constant__ TmaDesc tm_k,
+            float scale_log2, int max_rounds, const __grid_constant__ TmaDesc tm_q, const __grid_constant__ TmaDesc tm_k,
             const __grid_constant__ TmaDesc tm_v, const __grid_constant__ TmaDesc tm_o) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr bool BF16 = IsBf16<T>::value;
@@ -725,15 +729,19 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
     constexpr int CONSUMER_REGS = NCWG == 2 ? 240 : NCWG == 3 ? 160 : 112;
     static_assert(NCWG >= 2 && NCWG <= 4, "2 to 4 consumer warpgroups");
     static_assert(D % 8 == 0 && (BN == 64 || BN == 128) && STAGES >= 2, "tile shape");
+    // Two Q buffers where they fit in shared memory (227 KB): a CTA then runs up to max_rounds consecutive tiles of
+    // one segment and head, the next tile's Q loading while the current one computes (kernels/attention.py mirrors
+    // this rule in WsVariant.qbufs).
+    constexpr int QBUF = 2 * Q_BYTES + 2 * STAGES * KV_BYTES + 1024 <= 227 * 1024 ? 2 : 1;
     const float NEG_INF = __int_as_float(0xff800000);
 
     extern __shared__ unsigned char smem_raw[];
     // the swizzle atoms need 1024-byte alignment (the host asks for 1024 bytes more than the tiles take)
     const u32 sbase = (smem_u32(smem_raw) + 1023u) & ~1023u;
-    const u32 sQ = sbase, sK = sQ + Q_BYTES, sV = sK + STAGES * KV_BYTES;
-    // mbarriers: Q full; per stage K full, V full (one producer arrival plus the copies' bytes), K empty, V empty
-    // (4 * NCWG arrivals: one per consumer warp)
-    __shared__ __align__(8) unsigned long long bars[1 + 4 * STAGES];
+    const u32 sQ = sbase, sK = sQ + QBUF * Q_BYTES, sV = sK + STAGES * KV_BYTES;
+    // mbarriers: per Q buffer full (one producer arrival plus the copies' bytes) and empty (4 * NCWG arrivals, one
+    // per consumer warp, after its epilogue); per stage K full, V full, K empty, V empty (the same counts)
+    __shared__ __align__(8) unsigned long long bars[2 * QBUF + 4 * STAGES];
     __shared__ int s_map[2];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
@@ -745,15 +753,20 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
     const int head = blockIdx.x % Hq;
     int tile = blockIdx.x / Hq;
     if (CAUSAL) tile = gridDim.x / Hq - 1 - tile;
-    if (warp == 0) find_tile<BM>(cu, nseg, tile, lane, s_map);
+    const int R = QBUF == 2 && !CAUSAL ? max_rounds : 1;  // tiles per CTA at most
+    if (warp == 0) find_tile(cu, nseg, tile, lane, s_map, BM * R);
     const u32 bar0 = smem_u32(bars);
-    const u32 q_full = bar0;
-    auto k_full = [&](int s) { return bar0 + 8u * (1 + s); };
-    auto v_full = [&](int s) { return bar0 + 8u * (1 + STAGES + s); };
-    auto k_empty = [&](int s) { return bar0 + 8u * (1 + 2 * STAGES + s); };
-    auto v_empty = [&](int s) { return bar0 + 8u * (1 + 3 * STAGES + s); };
+    auto q_full = [&](int b) { return bar0 + 8u * b; };
+    auto q_empty = [&](int b) { return bar0 + 8u * (QBUF + b); };
+    auto k_full = [&](int s) { return bar0 + 8u * (2 * QBUF + s); };
+    auto v_full = [&](int s) { return bar0 + 8u * (2 * QBUF + STAGES + s); };
+    auto k_empty = [&](int s) { return bar0 + 8u * (2 * QBUF + 2 * STAGES + s); };
+    auto v_empty = [&](int s) { return bar0 + 8u * (2 * QBUF + 3 * STAGES + s); };
     if (tid == 32) {
-        mbar_init(q_full, 1);
+        for (int b = 0; b < QBUF; ++b) {
+            mbar_init(q_full(b), 1);
+            mbar_init(q_empty(b), 4 * NCWG);
+        }
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(k_full(s), 1);
             mbar_init(v_full(s), 1);
@@ -766,12 +779,12 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
     if (tid == 0) TSTAMP(1);
     const int seg = s_map[0];
     if (seg < 0) return;  // uniform over the CTA
-    const int q0 = s_map[1] * BM;
     const int seg_start = cu[seg];
     const int L = cu[seg + 1] - seg_start;
+    const int first = s_map[1] * R;                           // the CTA's first tile in the segment
+    const int rounds = min(R, (L + BM - 1) / BM - first);     // ... and how many it runs, one after another
     const int kvh = head / (Hq / Hkv);
-    const int kv_len = CAUSAL ? min(L, q0 + BM) : L;
-    const int n_kv = (kv_len + BN - 1) / BN;
+    auto n_kv_of = [&](int q0) { return ((CAUSAL ? min(L, q0 + BM) : L) + BN - 1) / BN; };
 
     if (wg == NCWG) {  // ---- producer warpgroup: one thread issues every copy ----
         regs_dec<PRODUCER_REGS>();
@@ -779,13 +792,19 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
             tma_prefetch_desc(tm_q);
             tma_prefetch_desc(tm_k);
             tma_prefetch_desc(tm_v);
-            mbar_arrive_expect_tx(q_full, Q_BYTES);
+            int t = 0;  // K/V tiles issued so far, over all rounds: the ring's position
+            for (int r = 0; r < rounds; ++r) {
+            const int qb = r % QBUF, q0 = (first + r) * BM;
+            if (r >= QBUF) mbar_wait(q_empty(qb), ((r - QBUF) / QBUF) & 1);  // round r - QBUF's epilogue is done
+            mbar_arrive_expect_tx(q_full(qb), Q_BYTES);
 #pragma unroll
-            for (int g = 0; g < NREG; ++g) tma_load_3d(sQ + g * BM * 128, tm_q, 64 * g, head, seg_start + q0, q_full);
-            TSTAMP(2);
-            for (int j = 0; j < n_kv; ++j) {
-                const int st = j % STAGES;
-                const u32 ph = ((j / STAGES) & 1) ^ 1;  // the consumers' release of this stage's previous tile
+            for (int g = 0; g < NREG; ++g)
+                tma_load_3d(sQ + qb * Q_BYTES + g * BM * 128, tm_q, 64 * g, head, seg_start + q0, q_full(qb));
+            if (r == 0) TSTAMP(2);
+            const int n_kv = n_kv_of(q0);
+            for (int j = 0; j < n_kv; ++j, ++t) {
+                const int st = t % STAGES;
+                const u32 ph = ((t / STAGES) & 1) ^ 1;  // the consumers' release of this stage's previous tile
                 const int row = seg_start + j * BN;
                 mbar_wait(k_empty(st), ph);
                 mbar_arrive_expect_tx(k_full(st), KV_BYTES);
@@ -798,30 +817,23 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
                 for (int g = 0; g < NREG; ++g)
                     tma_load_3d(sV + st * KV_BYTES + g * BN * 128, tm_v, 64 * g, kvh, row, v_full(st));
             }
+            }
         }
         return;
     }
 
     // ---- consumer warpgroups ----
     regs_inc<CONSUMER_REGS>();
-    const int wgrow0 = q0 + wg * 64;             // first row of this warpgroup, local to the segment
-    const int wrow0 = wgrow0 + (warp & 3) * 16;  // ... of this warp
     const int g = lane >> 2, t4 = lane & 3;
-    // key tiles this warpgroup multiplies: all of them, none if its rows lie past the segment, and (causal) only
-    // those starting at or before its last row. It still takes part in the hand-over of the others (below).
-    int n_my = wgrow0 < L ? n_kv : 0;
-    if (CAUSAL && n_my > 0) n_my = min(n_kv, (wgrow0 + 63) / BN + 1);
-    const unsigned long long dq = make_desc_sw128(sQ + wg * 64 * 128, 16);
+    unsigned long long dq;  // this warpgroup's rows of the round's Q buffer
     auto dk_of = [&](int st) { return make_desc_sw128(sK + st * KV_BYTES, 16); };
     auto dv_of = [&](int st) { return make_desc_sw128(sV + st * KV_BYTES, BN * 128); };
     auto release = [&](u32 bar) {  // this warp is done reading a stage
         if (lane == 0) mbar_arrive(bar);
     };
 
-    float m_i[1][2] = {{NEG_INF, NEG_INF}}, l_i[1][2] = {{0.f, 0.f}};
+    float m_i[1][2], l_i[1][2];
     float acc[1][DB][4];
-#pragma unroll
-    for (int db = 0; db < DB; ++db) acc[0][db][0] = acc[0][db][1] = acc[0][db][2] = acc[0][db][3] = 0.f;
     float (&of)[D / 2] = reinterpret_cast<float (&)[D / 2]>(acc);
     float s[1][NB][4];
     float (&sf)[BN / 2] = reinterpret_cast<float (&)[BN / 2]>(s);
@@ -845,31 +857,49 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
             wgmma_pv_ws<BF16, D>(of, pa[kb2][0], dv + kb2 * (2048 >> 4), 2 * BN * 128 >> 4);
     };
 
+    int t0 = 0;  // the ring's position at the round's first key tile (as in the producer)
+    for (int r = 0; r < rounds; ++r) {
+    const int qb = r % QBUF, q0 = (first + r) * BM;
+    const int n_kv = n_kv_of(q0);
+    const int wgrow0 = q0 + wg * 64;             // first row of this warpgroup, local to the segment
+    const int wrow0 = wgrow0 + (warp & 3) * 16;  // ... of this warp
+    // key tiles this warpgroup multiplies: all of them, none if its rows lie past the segment, and (causal) only
+    // those starting at or before its last row. It still takes part in the hand-over of the others (below).
+    int n_my = wgrow0 < L ? n_kv : 0;
+    if (CAUSAL && n_my > 0) n_my = min(n_kv, (wgrow0 + 63) / BN + 1);
+    dq = make_desc_sw128(sQ + qb * Q_BYTES + wg * 64 * 128, 16);
+    auto stage = [&](int j) { return (t0 + j) % STAGES; };
+    auto phase = [&](int j) { return (u32)(((t0 + j) / STAGES) & 1); };
+    m_i[0][0] = m_i[0][1] = NEG_INF;
+    l_i[0][0] = l_i[0][1] = 0.f;
+#pragma unroll
+    for (int db = 0; db < DB; ++db) acc[0][db][0] = acc[0][db][1] = acc[0][db][2] = acc[0][db][3] = 0.f;
+
     if (n_my > 0) {
         // S_0 = Q K_0^T, softmax (O is still zero, so its rescale is skipped)
-        mbar_wait(q_full, 0);
-        mbar_wait(k_full(0), 0);
-        if (tid == 0) TSTAMP(3);
+        mbar_wait(q_full(qb), (r / QBUF) & 1);
+        mbar_wait(k_full(stage(0)), phase(0));
+        if (tid == 0 && r == 0) TSTAMP(3);
 #pragma unroll
         for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
         wgmma_fence();
-        issue_qk(0);
+        issue_qk(stage(0));
         wgmma_commit();
         wgmma_wait0();
 #pragma unroll
         for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
-        release(k_empty(0));
+        release(k_empty(stage(0)));
         mask_tile<1, NB, CAUSAL>(s, wrow0, 0, L, g, t4);
         {
             float alpha[1][2];
             softmax_p<1, NB>(s, m_i, l_i, alpha, scale_log2);
         }
         for (int j = 1; j < n_my; ++j) {
-            const int sk = j % STAGES, sv = (j - 1) % STAGES;
+            const int sk = stage(j), sv = stage(j - 1);
 #pragma unroll
             for (int kb2 = 0; kb2 < KB; ++kb2) pack_p<T, 1, NB>(pa[kb2], s, kb2);
-            mbar_wait(k_full(sk), (j / STAGES) & 1);
-            mbar_wait(v_full(sv), ((j - 1) / STAGES) & 1);
+            mbar_wait(k_full(sk), phase(j));
+            mbar_wait(v_full(sv), phase(j - 1));
 #pragma unroll
             for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
 #pragma unroll
@@ -904,10 +934,10 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
             release(v_empty(sv));
         }
         // O += P_{n-1} V_{n-1}
-        const int sv = (n_my - 1) % STAGES;
+        const int sv = stage(n_my - 1);
 #pragma unroll
         for (int kb2 = 0; kb2 < KB; ++kb2) pack_p<T, 1, NB>(pa[kb2], s, kb2);
-        mbar_wait(v_full(sv), ((n_my - 1) / STAGES) & 1);
+        mbar_wait(v_full(sv), phase(n_my - 1));
 #pragma unroll
         for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
         wgmma_fence();
@@ -921,8 +951,8 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
     // Tiles this warpgroup does not multiply still pass through it: wait for each (so that the empty barriers
     // count releases of one tile at a time) and release it.
     for (int j = n_my; j < n_kv; ++j) {
-        const int st = j % STAGES;
-        const u32 ph = (j / STAGES) & 1;
+        const int st = stage(j);
+        const u32 ph = phase(j);
         mbar_wait(k_full(st), ph);
         release(k_empty(st));
         mbar_wait(v_full(st), ph);
@@ -934,7 +964,7 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
         // tile (free once its last QK is done) in the same swizzled layout, and out with one TMA copy per region.
         // (A partial last tile keeps the per-thread stores below: a copy of whole boxes would write rows of the
         // next segment.)
-        const u32 so = sQ + wg * 64 * 128;
+        const u32 so = sQ + qb * Q_BYTES + wg * 64 * 128;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             float l = l_i[0][h];
@@ -964,6 +994,11 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
         store_rows<T, 1, DB, D>(acc, m_i, l_i, o, lse, seg_start, wrow0, L, Hq, head, g, t4);
     }
     __syncwarp();
+    // this warp is done with the round's Q buffer (warp 0's lane 0 only after its TMA store has read the O staged
+    // there): the producer may load the tile QBUF rounds on into it
+    if (lane == 0) mbar_arrive(q_empty(qb));
+    t0 += n_kv;
+    }
     if (tid == 0) TSTAMP(5);
 #endif
 }
