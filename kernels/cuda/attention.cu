@@ -712,8 +712,9 @@ __device__ __forceinline__ void wgmma_pv_ws(float (&d)[D / 2], const u32 (&a)[4]
 template <typename T, int D, int NCWG, int BN, int STAGES, bool CAUSAL>
 __global__ void __launch_bounds__((NCWG + 1) * 128, 1)
 attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ cu, int nseg, int Hq, int Hkv,
-            float scale_log2, int max_rounds, const __grid_constant__ TmaDesc tm_q, const __grid_constant__ TmaDesc tm_k,
-            const __grid_constant__ TmaDesc tm_v, const __grid_constant__ TmaDesc tm_o) {
+            float scale_log2, int max_rounds, const __grid_constant__ TmaDesc tm_q,
+            const __grid_constant__ TmaDesc tm_k, const __grid_constant__ TmaDesc tm_v,
+            const __grid_constant__ TmaDesc tm_o) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr bool BF16 = IsBf16<T>::value;
     constexpr int BM = 64 * NCWG;
@@ -794,29 +795,29 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
             tma_prefetch_desc(tm_v);
             int t = 0;  // K/V tiles issued so far, over all rounds: the ring's position
             for (int r = 0; r < rounds; ++r) {
-            const int qb = r % QBUF, q0 = (first + r) * BM;
-            if (r >= QBUF) mbar_wait(q_empty(qb), ((r - QBUF) / QBUF) & 1);  // round r - QBUF's epilogue is done
-            mbar_arrive_expect_tx(q_full(qb), Q_BYTES);
-#pragma unroll
-            for (int g = 0; g < NREG; ++g)
-                tma_load_3d(sQ + qb * Q_BYTES + g * BM * 128, tm_q, 64 * g, head, seg_start + q0, q_full(qb));
-            if (r == 0) TSTAMP(2);
-            const int n_kv = n_kv_of(q0);
-            for (int j = 0; j < n_kv; ++j, ++t) {
-                const int st = t % STAGES;
-                const u32 ph = ((t / STAGES) & 1) ^ 1;  // the consumers' release of this stage's previous tile
-                const int row = seg_start + j * BN;
-                mbar_wait(k_empty(st), ph);
-                mbar_arrive_expect_tx(k_full(st), KV_BYTES);
+                const int qb = r % QBUF, q0 = (first + r) * BM;
+                if (r >= QBUF) mbar_wait(q_empty(qb), ((r - QBUF) / QBUF) & 1);  // round r - QBUF's epilogue is done
+                mbar_arrive_expect_tx(q_full(qb), Q_BYTES);
 #pragma unroll
                 for (int g = 0; g < NREG; ++g)
-                    tma_load_3d(sK + st * KV_BYTES + g * BN * 128, tm_k, 64 * g, kvh, row, k_full(st));
-                mbar_wait(v_empty(st), ph);
-                mbar_arrive_expect_tx(v_full(st), KV_BYTES);
+                    tma_load_3d(sQ + qb * Q_BYTES + g * BM * 128, tm_q, 64 * g, head, seg_start + q0, q_full(qb));
+                if (r == 0) TSTAMP(2);
+                const int n_kv = n_kv_of(q0);
+                for (int j = 0; j < n_kv; ++j, ++t) {
+                    const int st = t % STAGES;
+                    const u32 ph = ((t / STAGES) & 1) ^ 1;  // the consumers' release of this stage's previous tile
+                    const int row = seg_start + j * BN;
+                    mbar_wait(k_empty(st), ph);
+                    mbar_arrive_expect_tx(k_full(st), KV_BYTES);
 #pragma unroll
-                for (int g = 0; g < NREG; ++g)
-                    tma_load_3d(sV + st * KV_BYTES + g * BN * 128, tm_v, 64 * g, kvh, row, v_full(st));
-            }
+                    for (int g = 0; g < NREG; ++g)
+                        tma_load_3d(sK + st * KV_BYTES + g * BN * 128, tm_k, 64 * g, kvh, row, k_full(st));
+                    mbar_wait(v_empty(st), ph);
+                    mbar_arrive_expect_tx(v_full(st), KV_BYTES);
+#pragma unroll
+                    for (int g = 0; g < NREG; ++g)
+                        tma_load_3d(sV + st * KV_BYTES + g * BN * 128, tm_v, 64 * g, kvh, row, v_full(st));
+                }
             }
         }
         return;
@@ -859,145 +860,145 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
 
     int t0 = 0;  // the ring's position at the round's first key tile (as in the producer)
     for (int r = 0; r < rounds; ++r) {
-    const int qb = r % QBUF, q0 = (first + r) * BM;
-    const int n_kv = n_kv_of(q0);
-    const int wgrow0 = q0 + wg * 64;             // first row of this warpgroup, local to the segment
-    const int wrow0 = wgrow0 + (warp & 3) * 16;  // ... of this warp
-    // key tiles this warpgroup multiplies: all of them, none if its rows lie past the segment, and (causal) only
-    // those starting at or before its last row. It still takes part in the hand-over of the others (below).
-    int n_my = wgrow0 < L ? n_kv : 0;
-    if (CAUSAL && n_my > 0) n_my = min(n_kv, (wgrow0 + 63) / BN + 1);
-    dq = make_desc_sw128(sQ + qb * Q_BYTES + wg * 64 * 128, 16);
-    auto stage = [&](int j) { return (t0 + j) % STAGES; };
-    auto phase = [&](int j) { return (u32)(((t0 + j) / STAGES) & 1); };
-    m_i[0][0] = m_i[0][1] = NEG_INF;
-    l_i[0][0] = l_i[0][1] = 0.f;
+        const int qb = r % QBUF, q0 = (first + r) * BM;
+        const int n_kv = n_kv_of(q0);
+        const int wgrow0 = q0 + wg * 64;             // first row of this warpgroup, local to the segment
+        const int wrow0 = wgrow0 + (warp & 3) * 16;  // ... of this warp
+        // key tiles this warpgroup multiplies: all of them, none if its rows lie past the segment, and (causal) only
+        // those starting at or before its last row. It still takes part in the hand-over of the others (below).
+        int n_my = wgrow0 < L ? n_kv : 0;
+        if (CAUSAL && n_my > 0) n_my = min(n_kv, (wgrow0 + 63) / BN + 1);
+        dq = make_desc_sw128(sQ + qb * Q_BYTES + wg * 64 * 128, 16);
+        auto stage = [&](int j) { return (t0 + j) % STAGES; };
+        auto phase = [&](int j) { return (u32)(((t0 + j) / STAGES) & 1); };
+        m_i[0][0] = m_i[0][1] = NEG_INF;
+        l_i[0][0] = l_i[0][1] = 0.f;
 #pragma unroll
-    for (int db = 0; db < DB; ++db) acc[0][db][0] = acc[0][db][1] = acc[0][db][2] = acc[0][db][3] = 0.f;
+        for (int db = 0; db < DB; ++db) acc[0][db][0] = acc[0][db][1] = acc[0][db][2] = acc[0][db][3] = 0.f;
 
-    if (n_my > 0) {
-        // S_0 = Q K_0^T, softmax (O is still zero, so its rescale is skipped)
-        mbar_wait(q_full(qb), (r / QBUF) & 1);
-        mbar_wait(k_full(stage(0)), phase(0));
-        if (tid == 0 && r == 0) TSTAMP(3);
+        if (n_my > 0) {
+            // S_0 = Q K_0^T, softmax (O is still zero, so its rescale is skipped)
+            mbar_wait(q_full(qb), (r / QBUF) & 1);
+            mbar_wait(k_full(stage(0)), phase(0));
+            if (tid == 0 && r == 0) TSTAMP(3);
 #pragma unroll
-        for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
-        wgmma_fence();
-        issue_qk(stage(0));
-        wgmma_commit();
-        wgmma_wait0();
+            for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+            wgmma_fence();
+            issue_qk(stage(0));
+            wgmma_commit();
+            wgmma_wait0();
 #pragma unroll
-        for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
-        release(k_empty(stage(0)));
-        mask_tile<1, NB, CAUSAL>(s, wrow0, 0, L, g, t4);
-        {
-            float alpha[1][2];
-            softmax_p<1, NB>(s, m_i, l_i, alpha, scale_log2);
-        }
-        for (int j = 1; j < n_my; ++j) {
-            const int sk = stage(j), sv = stage(j - 1);
+            for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+            release(k_empty(stage(0)));
+            mask_tile<1, NB, CAUSAL>(s, wrow0, 0, L, g, t4);
+            {
+                float alpha[1][2];
+                softmax_p<1, NB>(s, m_i, l_i, alpha, scale_log2);
+            }
+            for (int j = 1; j < n_my; ++j) {
+                const int sk = stage(j), sv = stage(j - 1);
+#pragma unroll
+                for (int kb2 = 0; kb2 < KB; ++kb2) pack_p<T, 1, NB>(pa[kb2], s, kb2);
+                mbar_wait(k_full(sk), phase(j));
+                mbar_wait(v_full(sv), phase(j - 1));
+#pragma unroll
+                for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+#pragma unroll
+                for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
+                    wgmma_fence();
+                issue_qk(sk);
+                wgmma_commit();
+                issue_pv(sv);
+                wgmma_commit();
+                    wgmma_wait1();  // S_j is ready; PV_{j-1} may still run
+#pragma unroll
+                for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+                release(k_empty(sk));
+                mask_tile<1, NB, CAUSAL>(s, wrow0, j * BN, L, g, t4);
+                float alpha[1][2];
+                const bool grew = softmax_p<1, NB>(s, m_i, l_i, alpha, scale_log2);
+#pragma unroll
+                for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+                // Wait for PV in both arms of a branch that depends on the softmax: ptxas hoists a wgmma wait to the
+                // top of its basic block, which here would put it before the exponentials and serialise them with PV
+                // (seen in the SASS: 0 MUFU.EX2 between the two waits with a single wait; 66 with this form).
+                if (grew) {
+                    wgmma_wait0();
+#pragma unroll
+                    for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
+                    rescale_o<1, DB>(acc, alpha);
+                } else {
+                    wgmma_wait0();
+#pragma unroll
+                    for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
+                }
+                release(v_empty(sv));
+            }
+            // O += P_{n-1} V_{n-1}
+            const int sv = stage(n_my - 1);
 #pragma unroll
             for (int kb2 = 0; kb2 < KB; ++kb2) pack_p<T, 1, NB>(pa[kb2], s, kb2);
-            mbar_wait(k_full(sk), phase(j));
-            mbar_wait(v_full(sv), phase(j - 1));
-#pragma unroll
-            for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+            mbar_wait(v_full(sv), phase(n_my - 1));
 #pragma unroll
             for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
-                wgmma_fence();
-            issue_qk(sk);
-            wgmma_commit();
+            wgmma_fence();
             issue_pv(sv);
             wgmma_commit();
-                wgmma_wait1();  // S_j is ready; PV_{j-1} may still run
+            wgmma_wait0();
 #pragma unroll
-            for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
-            release(k_empty(sk));
-            mask_tile<1, NB, CAUSAL>(s, wrow0, j * BN, L, g, t4);
-            float alpha[1][2];
-            const bool grew = softmax_p<1, NB>(s, m_i, l_i, alpha, scale_log2);
-#pragma unroll
-            for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
-            // Wait for PV in both arms of a branch that depends on the softmax: ptxas hoists a wgmma wait to the
-            // top of its basic block, which here would put it before the exponentials and serialise them with PV
-            // (seen in the SASS: 0 MUFU.EX2 between the two waits with a single wait; 66 with this form).
-            if (grew) {
-                wgmma_wait0();
-#pragma unroll
-                for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
-                rescale_o<1, DB>(acc, alpha);
-            } else {
-                wgmma_wait0();
-#pragma unroll
-                for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
-            }
+            for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
             release(v_empty(sv));
         }
-        // O += P_{n-1} V_{n-1}
-        const int sv = stage(n_my - 1);
+        // Tiles this warpgroup does not multiply still pass through it: wait for each (so that the empty barriers
+        // count releases of one tile at a time) and release it.
+        for (int j = n_my; j < n_kv; ++j) {
+            const int st = stage(j);
+            const u32 ph = phase(j);
+            mbar_wait(k_full(st), ph);
+            release(k_empty(st));
+            mbar_wait(v_full(st), ph);
+            release(v_empty(st));
+        }
+        if (tid == 0) TSTAMP(4);
+        if (wgrow0 + 64 <= L) {
+            // All 64 rows of this warpgroup lie in the segment: O / l goes through this warpgroup's own rows of the Q
+            // tile (free once its last QK is done) in the same swizzled layout, and out with one TMA copy per region.
+            // (A partial last tile keeps the per-thread stores below: a copy of whole boxes would write rows of the
+            // next segment.)
+            const u32 so = sQ + qb * Q_BYTES + wg * 64 * 128;
 #pragma unroll
-        for (int kb2 = 0; kb2 < KB; ++kb2) pack_p<T, 1, NB>(pa[kb2], s, kb2);
-        mbar_wait(v_full(sv), phase(n_my - 1));
+            for (int h = 0; h < 2; ++h) {
+                float l = l_i[0][h];
+                l += __shfl_xor_sync(0xffffffffu, l, 1);
+                l += __shfl_xor_sync(0xffffffffu, l, 2);
+                const float inv = 1.f / l;
+                const int r = (warp & 3) * 16 + g + 8 * h;  // row inside the warpgroup's 64
 #pragma unroll
-        for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
-        wgmma_fence();
-        issue_pv(sv);
-        wgmma_commit();
-        wgmma_wait0();
-#pragma unroll
-        for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
-        release(v_empty(sv));
-    }
-    // Tiles this warpgroup does not multiply still pass through it: wait for each (so that the empty barriers
-    // count releases of one tile at a time) and release it.
-    for (int j = n_my; j < n_kv; ++j) {
-        const int st = stage(j);
-        const u32 ph = phase(j);
-        mbar_wait(k_full(st), ph);
-        release(k_empty(st));
-        mbar_wait(v_full(st), ph);
-        release(v_empty(st));
-    }
-    if (tid == 0) TSTAMP(4);
-    if (wgrow0 + 64 <= L) {
-        // All 64 rows of this warpgroup lie in the segment: O / l goes through this warpgroup's own rows of the Q
-        // tile (free once its last QK is done) in the same swizzled layout, and out with one TMA copy per region.
-        // (A partial last tile keeps the per-thread stores below: a copy of whole boxes would write rows of the
-        // next segment.)
-        const u32 so = sQ + qb * Q_BYTES + wg * 64 * 128;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            float l = l_i[0][h];
-            l += __shfl_xor_sync(0xffffffffu, l, 1);
-            l += __shfl_xor_sync(0xffffffffu, l, 2);
-            const float inv = 1.f / l;
-            const int r = (warp & 3) * 16 + g + 8 * h;  // row inside the warpgroup's 64
-#pragma unroll
-            for (int db = 0; db < DB; ++db) {
-                const u32 addr = so + (db >> 3) * (BM * 128) + (r >> 3) * 1024 + (r & 7) * 128 +
-                                 (((db & 7) ^ (r & 7)) << 4) + 4 * t4;
-                const u32 val = Mma<T>::pack(acc[0][db][2 * h] * inv, acc[0][db][2 * h + 1] * inv);
-                asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(val) : "memory");
+                for (int db = 0; db < DB; ++db) {
+                    const u32 addr = so + (db >> 3) * (BM * 128) + (r >> 3) * 1024 + (r & 7) * 128 +
+                                     (((db & 7) ^ (r & 7)) << 4) + 4 * t4;
+                    const u32 val = Mma<T>::pack(acc[0][db][2 * h] * inv, acc[0][db][2 * h + 1] * inv);
+                    asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(val) : "memory");
+                }
+                if (lse != nullptr && t4 == 0)
+                    lse[(size_t)(seg_start + wgrow0 + r) * Hq + head] = (m_i[0][h] + log2f(l)) * 0.69314718055994531f;
             }
-            if (lse != nullptr && t4 == 0)
-                lse[(size_t)(seg_start + wgrow0 + r) * Hq + head] = (m_i[0][h] + log2f(l)) * 0.69314718055994531f;
-        }
-        fence_proxy_async_shared();  // these writes, then the copy engine's reads
-        bar_sync(1 + wg, 128);
-        if ((warp & 3) == 0 && lane == 0) {
+            fence_proxy_async_shared();  // these writes, then the copy engine's reads
+            bar_sync(1 + wg, 128);
+            if ((warp & 3) == 0 && lane == 0) {
 #pragma unroll
-            for (int reg = 0; reg < NREG; ++reg)
-                tma_store_3d(tm_o, 64 * reg, head, seg_start + wgrow0, so + reg * (BM * 128));
-            tma_store_commit_and_wait_read();
+                for (int reg = 0; reg < NREG; ++reg)
+                    tma_store_3d(tm_o, 64 * reg, head, seg_start + wgrow0, so + reg * (BM * 128));
+                tma_store_commit_and_wait_read();
+            }
+        } else if (wgrow0 < L) {
+            store_rows<T, 1, DB, D>(acc, m_i, l_i, o, lse, seg_start, wrow0, L, Hq, head, g, t4);
         }
-    } else if (wgrow0 < L) {
-        store_rows<T, 1, DB, D>(acc, m_i, l_i, o, lse, seg_start, wrow0, L, Hq, head, g, t4);
-    }
-    __syncwarp();
-    // this warp is done with the round's Q buffer (warp 0's lane 0 only after its TMA store has read the O staged
-    // there): the producer may load the tile QBUF rounds on into it
-    if (lane == 0) mbar_arrive(q_empty(qb));
-    t0 += n_kv;
+        __syncwarp();
+        // this warp is done with the round's Q buffer (warp 0's lane 0 only after its TMA store has read the O staged
+        // there): the producer may load the tile QBUF rounds on into it
+        if (lane == 0) mbar_arrive(q_empty(qb));
+        t0 += n_kv;
     }
     if (tid == 0) TSTAMP(5);
 #endif
