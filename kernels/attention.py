@@ -206,10 +206,10 @@ def ws_rounds(v: WsVariant, d: int, heads: int, T: int, longest: int, sms: int) 
     sms); the smallest r of the least time. Measured on an H100 (attention_v10_rounds-*.json): d72 8x784 256x64
     4 tiles per CTA 294 TFLOP/s against 263, d64 H12 1x4096 192x128 2 tiles 501 against 489, d64 H16 256x64 2
     tiles 484 against 475."""
-    if longest > ROUNDS_MAX_SEGMENT or v.qbufs(d) != 2:
-        return 1
-    nseg = max(1, -(-T // max(longest, 1)))
     tiles = -(-longest // v.bm)
+    if longest > ROUNDS_MAX_SEGMENT or v.qbufs(d) != 2 or tiles < 2 or heads < 1 or sms < 1:
+        return 1
+    nseg = max(1, -(-T // longest))
     fixed = FIXED_KEYS / max(longest, 1)
 
     def time(r):

@@ -110,3 +110,4 @@ def test_ws_rounds_model():
     assert ws_rounds(WS_256x64, 72, 16, 16384, 16384, 132) == 1
     assert ws_rounds(WS_256x64, 72, 1, 784, 784, 132) == 1  # 4 CTAs for 132 SMs: more tiles each would idle SMs
     assert ws_rounds(WS_CANDIDATES[256][0], 256, 8, 4096, 4096, 132) == 1
+    assert ws_rounds(WS_256x64, 72, 16, 0, 0, 132) == 1  # no tokens: one tile, nothing to spread

@@ -10,14 +10,14 @@
 shape) on awkward packings (length-1, zero-length, non-multiple-of-tile segments, GQA, both masks) with
 reference.attention in fp32, then checks that repeated runs give bitwise the same output.
 --bench times every candidate shape (mma.sync, and the warp-specialised TMA/wgmma kernel on sm_90) and the
-default pick on
-benchmarks/bench_attention.CASES beside torch SDPA's cuDNN, flash and efficient backends (and torch's
-varlen_attn when present), with the card's measured matrix (cuBLAS bf16 8192^3) and copy ceilings, and
-writes attention-<card>-<date>.json. Each time is given twice: the median of single calls bracketed by
+default pick on benchmarks/bench_attention.CASES beside torch SDPA's cuDNN, flash and efficient backends (and
+torch's varlen_attn when present), with the card's measured matrix (cuBLAS bf16 8192^3) and copy ceilings, and
+writes attention-<card>-<date>.json. Each time is given three ways: the median of single calls bracketed by
 events (cuda_time_ms: includes the host's launch cost, ~20-40 us for our Python wrapper), "queued"
 (20 calls back to back: the launch cost hidden while a call takes longer on the GPU than on the host) and
 "graph" (20 calls captured in one CUDA graph and replayed: no host cost at all, as in the vision tower).
-Ratios are given for the graph and the queued figures.
+Ratios are given for the graph and the queued figures. Every implementation is timed in two passes, the second
+in reverse order, and keeps its best.
 """
 
 from __future__ import annotations
@@ -313,7 +313,7 @@ def scaling(out_dir=None):
         slope = sum((p[0] - mx) * (p[1] - my) for p in pts) / sum((p[0] - mx) ** 2 for p in pts)
         print(f"  -> {var.label()}: {slope:.3f} us per key tile, {my - slope * mx:.2f} us fixed per CTA", flush=True)
     if out_dir:
-        (out_dir / "attention_scaling.json").write_text(json.dumps(rows, indent=0))
+        write_results("attention_scaling", rows, out_dir=out_dir)  # card, commit and date with the rows
 
 
 def tiny():
