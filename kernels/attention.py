@@ -210,7 +210,7 @@ def ws_rounds(v: WsVariant, d: int, heads: int, T: int, longest: int, sms: int) 
     if longest > ROUNDS_MAX_SEGMENT or v.qbufs(d) != 2 or tiles < 2 or heads < 1 or sms < 1:
         return 1
     nseg = max(1, -(-T // longest))
-    fixed = FIXED_KEYS / max(longest, 1)
+    fixed = FIXED_KEYS / longest
 
     def time(r):
         return -(-heads * nseg * -(-tiles // r) // sms) * (r + fixed)
@@ -313,8 +313,9 @@ def run_variant(variant: Variant | WsVariant, q, k, v, cu_seqlens, causal: bool,
         launch_raw(kern, (Hq * tiles, 1, 1), (variant.threads, 1, 1), smem, [
             ctypes.c_void_p(out.data_ptr()), ctypes.c_void_p(0 if lse is None else lse.data_ptr()),
             ctypes.c_void_p(cu_seqlens.data_ptr()), ctypes.c_int(nseg), ctypes.c_int(Hq), ctypes.c_int(k.shape[1]),
-            ctypes.c_float(scale * _LOG2E), ctypes.c_int(rounds), tensor_map_3d(q, 64, variant.bm), tensor_map_3d(k, 64, variant.bn),
-            tensor_map_3d(v, 64, variant.bn), tensor_map_3d(out, 64, 64)], device_index=q.device.index)
+            ctypes.c_float(scale * _LOG2E), ctypes.c_int(rounds), tensor_map_3d(q, 64, variant.bm),
+            tensor_map_3d(k, 64, variant.bn), tensor_map_3d(v, 64, variant.bn), tensor_map_3d(out, 64, 64)],
+            device_index=q.device.index)
         return
     launch(kern, (Hq * tiles, 1, 1), (variant.threads, 1, 1), smem,
            q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), 0 if lse is None else lse.data_ptr(),

@@ -232,8 +232,8 @@ def bench(out_dir, cases=None):
         default = pick_variant(case.d, case.causal, case.T, len(case.lengths), max(case.lengths), hopper,
                                case.hq, _sm_count(q.device.index or 0) if hopper else 132)
         impls = [(f"ours_default({vname(default)})", ours_fn(case, q, k, v, cu), None)]
-        impls += [(f"ours_{vname(var)}", ours_fn(case, q, k, v, cu, var), kernel_info(var, torch.bfloat16, case.d, case.causal))
-                  for var in all_variants(case.d)]
+        impls += [(f"ours_{vname(var)}", ours_fn(case, q, k, v, cu, var),
+                   kernel_info(var, torch.bfloat16, case.d, case.causal)) for var in all_variants(case.d)]
         impls += [(f"sdpa_{be}", sdpa_fn(case, q, k, v, be), None) for be in SDPA_BACKENDS]
         try:
             impls.append(("torch_varlen_attn", varlen_fn(case, q, k, v, cu), None))
@@ -243,41 +243,44 @@ def bench(out_dir, cases=None):
         # after the inputs are made runs on a colder GPU (the default read 4 % below the same kernel timed later).
         best: dict[str, dict] = {}
         for order in (impls, impls[::-1]):
-            for name, fn, extra in order:
+            for name, fn, _ in order:
                 try:
                     fn()
                     torch.cuda.synchronize()
-                    t = {"ms": cuda_time_ms(fn, warmup=3, iters=20), "ms_queued": queued_ms(fn), "ms_graph": graph_ms(fn)}
+                    t = {"": cuda_time_ms(fn, warmup=3, iters=20), "_queued": queued_ms(fn), "_graph": graph_ms(fn)}
                 except Exception as e:  # noqa: BLE001 - a backend may refuse a shape
                     best.setdefault(name, {"error": f"{type(e).__name__}: {e}"[:200]})
                     continue
                 if "error" not in best.get(name, {}):
-                    prev = best.get(name, {})
-                    best[name] = {key: min(val, prev.get(key, val)) for key, val in t.items()}
+                    best[name] = {key: min(ms, best.get(name, {}).get(key, ms)) for key, ms in t.items()}
         for name, _, extra in impls:
             r = best[name]
-            if "error" not in r:
-                r = {"ms": r["ms"], "tflops": case.flops / (r["ms"] * 1e-3) / 1e12,
-                     "ms_queued": r["ms_queued"], "tflops_queued": case.flops / (r["ms_queued"] * 1e-3) / 1e12,
-                     "ms_graph": r["ms_graph"], "tflops_graph": case.flops / (r["ms_graph"] * 1e-3) / 1e12, **(extra or {})}
+            if "error" not in r:  # ms, tflops; ms_queued, tflops_queued; ms_graph, tflops_graph
+                r = {k: val for key, ms in r.items()
+                     for k, val in ((f"ms{key}", ms), (f"tflops{key}", case.flops / (ms * 1e-3) / 1e12))}
+                r.update(extra or {})
             rec["impls"][name] = r
-            print(f"  {case.tag:30s} {name:44s} " + (f"{r['ms']:7.3f} ms {r['tflops']:6.1f} | queued {r['ms_queued']:7.3f} ms "
-                                                  f"{r['tflops_queued']:6.1f} | graph {r['ms_graph']:7.3f} ms "
-                                                  f"{r['tflops_graph']:6.1f} TFLOP/s {extra or ''}" if "ms" in r else r["error"]), flush=True)
+            print(f"  {case.tag:30s} {name:44s} " + (
+                f"{r['ms']:7.3f} ms {r['tflops']:6.1f} | queued {r['ms_queued']:7.3f} ms {r['tflops_queued']:6.1f} | "
+                f"graph {r['ms_graph']:7.3f} ms {r['tflops_graph']:6.1f} TFLOP/s {extra or ''}"
+                if "ms" in r else r["error"]), flush=True)
         for timing in ("graph", "queued"):  # the ratios on graph replays (no host cost), and on queued calls
-            ours = {n: r[f"tflops_{timing}"] for n, r in rec["impls"].items() if n.startswith("ours_") and "tflops" in r}
-            sdpa = {n: r[f"tflops_{timing}"] for n, r in rec["impls"].items() if n.startswith("sdpa_") and "tflops" in r}
+            timed = {n: r[f"tflops_{timing}"] for n, r in rec["impls"].items() if "tflops" in r}
+            ours = {n: x for n, x in timed.items() if n.startswith("ours_")}
+            sdpa = {n: x for n, x in timed.items() if n.startswith("sdpa_")}
             if ours and sdpa:
                 bo, bs = max(ours, key=ours.get), max(sdpa, key=sdpa.get)
                 dflt = [n for n in ours if n.startswith("ours_default")]
                 rec[f"ratio_{timing}"] = {"best_ours": bo, "best_sdpa": bs, "best_vs_best": ours[bo] / sdpa[bs],
                                           "default_vs_best": ours[dflt[0]] / sdpa[bs] if dflt else None}
                 print(f"  -> {timing}: best ours {bo} {ours[bo]:.1f}, best sdpa {bs} {sdpa[bs]:.1f}, ratio "
-                      f"{ours[bo] / sdpa[bs]:.3f} (default {rec[f'ratio_{timing}']['default_vs_best'] or 0:.3f})", flush=True)
+                      f"{ours[bo] / sdpa[bs]:.3f} (default {rec[f'ratio_{timing}']['default_vs_best'] or 0:.3f})",
+                      flush=True)
         if "ratio_queued" in rec:  # the keys older results carry (scripts/results_table.py reads them)
             rq = rec["ratio_queued"]
             rec["best_ours"], rec["best_sdpa"] = rq["best_ours"], rq["best_sdpa"]
-            rec["ratio_best_ours_vs_best_sdpa"], rec["ratio_default_vs_best_sdpa"] = rq["best_vs_best"], rq["default_vs_best"]
+            rec["ratio_best_ours_vs_best_sdpa"] = rq["best_vs_best"]
+            rec["ratio_default_vs_best_sdpa"] = rq["default_vs_best"]
         records.append(rec)
         del q, k, v
         torch.cuda.empty_cache()

@@ -54,4 +54,4 @@ def main(extra=()):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])  # extra NVRTC options, e.g. -DATTN_NO_SPLIT
+    main(sys.argv[1:])  # extra NVRTC options for an A/B build
