@@ -5,6 +5,8 @@ Every op here has a twin in `kernels` with the same signature and meaning. See d
 
 from .activations import *  # noqa: F401,F403
 from .attention import *  # noqa: F401,F403
+from .conv1d import *  # noqa: F401,F403
+from .decode_attention import *  # noqa: F401,F403
 from .deltanet import *  # noqa: F401,F403
 from .glue import *  # noqa: F401,F403
 from .moe import *  # noqa: F401,F403

@@ -1,4 +1,4 @@
-"""Softmax attention: packed variable-length prefill (ViT and LM) and one-token decode against a KV cache.
+"""Softmax attention: packed variable-length prefill (ViT and LM). Decode against a KV cache: decode_attention.py.
 
 Layouts (see docs/op_catalogue.md):
   * packed: tokens of all segments concatenated on axis 0, `cu_seqlens` int32/int64 [n+1] marks the boundaries
@@ -16,7 +16,7 @@ import torch
 
 from ._checks import check_cu_seqlens, check_divides, check_float, check_same_device, check_tensor
 
-__all__ = ["attention_mask", "attention", "decode_attention"]
+__all__ = ["attention_mask", "attention"]
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -100,41 +100,3 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: tor
     if return_lse:
         return out, lse.transpose(0, 1).contiguous()  # [T, Hq]
     return out
-
-
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
-                     scale: float | None = None) -> torch.Tensor:
-    """One new token per sequence attending to its KV cache (the new token's k/v already written to the cache).
-
-    q: [B, Hq, d]; k_cache, v_cache: [B, Smax, Hkv, d]; lengths: int32/int64 [B], 1 <= lengths[b] <= Smax.
-    Sequence b attends to cache rows 0 .. lengths[b]-1 only; rows past that are never read (may hold garbage).
-    scale: default d ** -0.5.  Returns [B, Hq, d] in q.dtype.
-    """
-    check_float("q", q, ndim=3)
-    check_float("k_cache", k_cache, ndim=4)
-    check_float("v_cache", v_cache, ndim=4)
-    check_tensor("lengths", lengths, ndim=1, dtypes=(torch.int32, torch.int64))
-    check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, lengths=lengths)
-    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
-        raise ValueError(f"q, k_cache, v_cache must share a dtype, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
-    B, Hq, d = q.shape
-    check_tensor("k_cache", k_cache, shape=(B, None, None, d))
-    Smax, Hkv = k_cache.shape[1], k_cache.shape[2]
-    check_tensor("v_cache", v_cache, shape=(B, Smax, Hkv, d))
-    check_tensor("lengths", lengths, shape=(B,))
-    check_divides("Hkv (cache heads)", Hkv, "Hq (q heads)", Hq)
-    lens = lengths.detach().to("cpu", torch.int64)
-    if B > 0 and (int(lens.min()) < 1 or int(lens.max()) > Smax):
-        raise ValueError(f"lengths must lie in [1, Smax={Smax}], got {lens.tolist()}")
-    scale = d ** -0.5 if scale is None else float(scale)
-
-    acc = _compute_dtype(q)
-    r = Hq // Hkv
-    out = torch.empty(B, Hq, d, dtype=acc, device=q.device)
-    for b in range(B):
-        L = int(lens[b])
-        kb = k_cache[b, :L].to(acc).repeat_interleave(r, dim=1)  # [L, Hq, d]
-        vb = v_cache[b, :L].to(acc).repeat_interleave(r, dim=1)
-        scores = torch.einsum("hd,jhd->hj", q[b].to(acc), kb) * scale  # [Hq, L]
-        out[b] = torch.einsum("hj,jhd->hd", torch.softmax(scores, dim=-1), vb)
-    return out.to(q.dtype)

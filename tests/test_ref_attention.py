@@ -4,8 +4,7 @@
   1e-5 relative; bf16 inputs 1e-2 relative, from the rounding of q/k/v/out).
 * lse: torch.logsumexp of the explicit per-segment fp64 score matrix (fp32 result: 1e-5 absolute).
 * attention_mask: a double loop over (i, j), exact.
-* decode_attention: `attention` (causal) on the concatenated cache rows, the last row of each segment = the new
-  query; cache rows past each length are NaN so any read of them fails.
+(decode_attention: tests/test_ref_decode_attention.py)
 """
 
 import pytest
@@ -101,31 +100,6 @@ def test_attention_no_tokens():
     assert out.shape == (0, 2, 8) and lse.shape == (0, 2)
 
 
-@pytest.mark.parametrize("hq,hkv", HEADS)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_decode_attention_vs_attention(hq, hkv, dtype):
-    gen = torch.Generator().manual_seed(2)
-    B, Smax, d = 4, 9, 16
-    lengths = torch.tensor([1, 9, 4, 6], dtype=torch.int32)
-    q = torch.randn(B, hq, d, generator=gen, dtype=torch.float64).to(dtype)
-    kc = torch.randn(B, Smax, hkv, d, generator=gen, dtype=torch.float64).to(dtype)
-    vc = torch.randn(B, Smax, hkv, d, generator=gen, dtype=torch.float64).to(dtype)
-    for b, L in enumerate(lengths.tolist()):  # unused cache rows: reading them would poison the output
-        kc[b, L:], vc[b, L:] = float("nan"), float("nan")
-    out = ref.decode_attention(q, kc, vc, lengths)
-
-    # packed prefill formulation: segment b = cache rows 0..L-1, its last query row is the new token
-    ks = torch.cat([kc[b, :L] for b, L in enumerate(lengths.tolist())])
-    vs = torch.cat([vc[b, :L] for b, L in enumerate(lengths.tolist())])
-    qs = torch.randn(ks.shape[0], hq, d, generator=gen, dtype=torch.float64).to(dtype)
-    cu = torch.cat([torch.zeros(1, dtype=torch.int32), lengths.cumsum(0).to(torch.int32)])
-    qs[cu[1:] - 1] = q
-    want = ref.attention(qs, ks, vs, cu, causal=True)[cu[1:] - 1]
-    assert out.dtype == dtype and not out.isnan().any()
-    tol = 1e-12 if dtype == torch.float64 else 1e-6
-    torch.testing.assert_close(out, want, rtol=tol, atol=tol)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # bad input
 # ----------------------------------------------------------------------------------------------------------------
@@ -162,29 +136,6 @@ def test_attention_bad_types():
         ref.attention_mask(torch.tensor([0, 3]), causal=1)
     with pytest.raises(ValueError, match="cu_seqlens"):
         ref.attention_mask(torch.tensor([0, 3, 1]), causal=False)
-
-
-def _good_decode():
-    gen = torch.Generator().manual_seed(0)
-    return dict(q=torch.randn(2, 4, 8, generator=gen), k_cache=torch.randn(2, 5, 2, 8, generator=gen),
-                v_cache=torch.randn(2, 5, 2, 8, generator=gen), lengths=torch.tensor([1, 5], dtype=torch.int32))
-
-
-@pytest.mark.parametrize("change,match", [
-    (dict(lengths=torch.tensor([0, 5], dtype=torch.int32)), "lengths"),
-    (dict(lengths=torch.tensor([1, 6], dtype=torch.int32)), "lengths"),
-    (dict(lengths=torch.tensor([1, 2, 3], dtype=torch.int32)), "lengths"),
-    (dict(lengths=torch.tensor([1.0, 2.0])), "lengths"),
-    (dict(k_cache=torch.zeros(2, 5, 3, 8), v_cache=torch.zeros(2, 5, 3, 8)), "heads"),
-    (dict(k_cache=torch.zeros(3, 5, 2, 8)), "k_cache"),
-    (dict(v_cache=torch.zeros(2, 4, 2, 8)), "v_cache"),
-    (dict(k_cache=torch.zeros(2, 5, 2, 8, dtype=torch.float16)), "dtype"),
-    (dict(q=torch.zeros(2, 4, 8, 1)), "q"),
-    (dict(lengths=torch.tensor([1, 5], device="meta")), "device"),
-])
-def test_decode_attention_bad_input(change, match):
-    with pytest.raises(ValueError, match=match):
-        ref.decode_attention(**{**_good_decode(), **change})
 
 
 def test_kernel_hints_are_checked():
