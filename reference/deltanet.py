@@ -1,4 +1,4 @@
-"""Gated DeltaNet pieces (architecture doc 3.6): the short causal conv and the gated delta rule.
+"""Gated DeltaNet pieces (architecture doc 3.6): the gated delta rule (the short causal conv is in conv1d.py).
 
 Packed layout: tokens of n sequences concatenated on axis 0, `cu_seqlens` int32/int64 [n+1] marks the boundaries
 (zero-length sequences allowed). Per-sequence state is carried in [n, ...] tensors, so a prefill can be resumed
@@ -11,12 +11,11 @@ dtype (fp32, or fp64 for fp64 inputs). Strided inputs are accepted: layout rules
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ._checks import check_cu_seqlens, check_divides, check_float, check_same_device, check_tensor
 from .norms import l2norm
 
-__all__ = ["causal_conv1d", "gated_delta_rule", "chunked_gated_delta_rule"]
+__all__ = ["gated_delta_rule", "chunked_gated_delta_rule"]
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -26,52 +25,6 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 def _segments(cu_seqlens: torch.Tensor) -> list[tuple[int, int]]:
     cu = cu_seqlens.detach().to("cpu", torch.int64).tolist()
     return list(zip(cu[:-1], cu[1:]))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# causal depthwise conv1d (+ SiLU)
-# ---------------------------------------------------------------------------------------------------------------
-
-def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor,
-                  state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Depthwise causal conv over each sequence, then SiLU.
-
-    x: [T, C] packed tokens of n sequences; weight: [C, K] (the HF conv1d.weight [C, 1, K] squeezed);
-    cu_seqlens: int [n+1]; state: [n, C, K-1] or None (zeros), same dtype as x: the K-1 inputs that precede each
-    sequence, oldest first (state[s, :, -1] is the input right before the sequence's first token).
-
-    For a token at position t of sequence s, with xs = concat(state[s].T, x[sequence s]) ([K-1+L, C]):
-        y[t, c] = silu( sum_{j=0..K-1} weight[c, j] * xs[t + j, c] )        (weight[:, K-1] hits the current token)
-    new_state[s] = the last K-1 rows of xs, transposed ([C, K-1]); for a sequence shorter than K-1 it still
-    contains the tail of the old state.
-    Returns (y [T, C] in x.dtype, new_state [n, C, K-1] in x.dtype).
-    """
-    check_float("x", x, ndim=2)
-    check_float("weight", weight, ndim=2)
-    T, C = x.shape
-    check_tensor("weight", weight, shape=(C, None))
-    K = weight.shape[1]
-    if K < 1:
-        raise ValueError(f"weight must have at least one tap, got shape {tuple(weight.shape)}")
-    check_cu_seqlens(cu_seqlens, T)
-    n = cu_seqlens.numel() - 1
-    if state is not None:
-        check_float("state", state, shape=(n, C, K - 1))
-        if state.dtype != x.dtype:
-            raise ValueError(f"state must have the dtype of x ({x.dtype}), got {state.dtype}")
-    check_same_device(x=x, weight=weight, cu_seqlens=cu_seqlens, state=state)
-
-    acc = _compute_dtype(x)
-    w = weight.to(acc)
-    y = torch.empty(T, C, dtype=acc, device=x.device)
-    new_state = torch.empty(n, C, K - 1, dtype=x.dtype, device=x.device)
-    for s, (a, b) in enumerate(_segments(cu_seqlens)):
-        prev = torch.zeros(K - 1, C, dtype=acc, device=x.device) if state is None else state[s].to(acc).T
-        xs = torch.cat([prev, x[a:b].to(acc)], dim=0)  # [K-1+L, C]
-        L = b - a
-        y[a:b] = sum(w[:, j] * xs[j:j + L] for j in range(K))  # tap j sees the input K-1-j steps back
-        new_state[s] = xs[xs.shape[0] - (K - 1):].T.to(x.dtype)
-    return F.silu(y).to(x.dtype), new_state
 
 
 # ---------------------------------------------------------------------------------------------------------------
