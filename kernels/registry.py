@@ -1,12 +1,47 @@
-"""One table of every op: its reference, its kernels, the dtypes they take and how close they must come.
+"""One table of every op: its reference, its kernels, and everything the tests, benchmarks and model read about it.
 
     from kernels.registry import REGISTRY, kernel_for
     spec = REGISTRY["layer_norm"]          # OpSpec
     spec.kernels                           # {"nvrtc": kernels.norms.layer_norm, ...}; {} = reference only
-    kernel_for("layer_norm")               # the default kernel (nvrtc, else numba); kernel_for(name, "numba")
+    kernel_for("layer_norm")               # the default kernel (nvrtc, else numba, else cublas)
 
-Property tests, benchmarks and the model's "kernels" backend (model/ops.py) all read this table, so it also
-documents coverage: an op with an empty `kernels` dict runs on its reference everywhere.
+Fields of an `OpSpec` (all but `name` and `reference` optional):
+
+  name, reference   the op and its spec (`reference.<name>`)
+  family            the file stem its code lives under (reference/<family>.py, kernels/<family>.py,
+                    property_tests/cases/<family>.py, benchmarks/bench_<family>.py); default: the reference's module
+  kernels           {variant: callable}, variant "nvrtc" (CUDA C++), "numba", or "cublas" (GEMMs through torch)
+  dtypes            float input dtypes the kernels take; () for index ops
+  tol               {dtype: Tol}, ONE tolerance per dtype, read from here by every test and check
+  exact             outputs must equal the reference's bit for bit (index ops, copies)
+  poison            how a test catches unwritten outputs: "out" (the kernel takes `out=`; the tests pass NaN-filled
+                    tensors, -1 for integers), "alloc" (no `out=`: NaN blocks are freed just before the call so the
+                    caching allocator hands them to the outputs)
+  min_bytes         Case -> bytes an ideal kernel moves (roofline); None = every input read once + every
+                    `out=` tensor written once (Case.io_bytes)
+  flops             Case -> floating-point operations (roofline), None for memory-bound ops
+  split             Split: for a stateful op over packed sequences, how property_tests/harness.py cuts every
+                    sequence in two and carries the state (two calls must equal one pass)
+  covers            (ModelConfig, torch dtype) -> None if the kernels handle this checkpoint's shapes, else a
+                    one-line reason (the model then runs this op on its reference and says why, see model.ops);
+                    None = every checkpoint whose dtype is in `dtypes` (ops with dtypes () or (fp32,) take no
+                    model-dtype input and are always covered)
+  cases             the module holding the op's test inputs, "property_tests.cases.<family>" (test-only code:
+                    hypothesis is imported there, never here, so the model can import this table). It defines,
+                    by name, for op `x` (each optional; the generic tests skip what is missing and say so):
+                      x_cases(small: bool) -> hypothesis strategy of Case   random inputs; small=True: tiny
+                                               shapes, fp32/fp16 only (the Numba simulator on CPU)
+                      x_example(dtype) -> Case              one small valid input (bad-input and CPU tests)
+                      x_real(dtype) -> list[Case]           the 0.8B / 9B / 27B model shapes (benchmarks)
+                      x_bad(device) -> list[Bad]            bad inputs and the error each must raise
+                      x_peers(args) -> {name: fn()}         peer implementations for benchmarks (torch eager, SDPA)
+
+A `Case` is one call: positional `args` (+ `kwargs`), the shapes of its `out=` tensors, a label.
+
+Adding an op = reference + kernel + one entry below + its functions in property_tests/cases/<family>.py; the generic
+tests (property_tests/test_ops.py, tests/test_bad_input.py), the benchmarks (benchmarks/bench_<family>.py),
+the catalogue (docs/op_catalogue.md, `python -m kernels.registry --catalogue`) and model.ops pick it up.
+
 Tolerances compare a kernel's output with the reference run on the same inputs (the reference computes in fp32
 or fp64 and rounds once to the input dtype): relative L2 error ||out - ref|| / ||ref||, plus a max-abs bound in
 units of max(1, max|ref|). NaN or inf never passes. Index ops are exact.
@@ -14,6 +49,7 @@ units of max(1, max|ref|). NaN or inf never passes. Index ops are exact.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +58,7 @@ import torch
 import reference as R
 
 from . import activations, gemm, glue, norms, pos_embed, rope, vision
+from .attention import SUPPORTED_HEAD_DIMS as _ATTN_HEAD_DIMS
 from .attention import attention as attention_nvrtc  # kernels.attention is also the function's name
 from .numba import activations as numba_activations, norms as numba_norms
 
@@ -35,7 +72,7 @@ class Tol:
         """(relative L2 error, max abs error / max(1, max|ref|)); inf when out has a NaN/inf or a bad shape."""
         if out.shape != ref.shape:
             return float("inf"), float("inf")
-        o, r = out.detach().double(), ref.detach().double()
+        o, r = out.detach().double().cpu(), ref.detach().double().cpu()
         if not bool(torch.isfinite(o).all()):
             return float("inf"), float("inf")
         if o.numel() == 0:
@@ -49,6 +86,73 @@ class Tol:
         return rel <= self.rel_l2 and mx <= self.max_abs
 
 
+@dataclass
+class Case:
+    """One call of an op: positional `args` (CPU tensors, None, scalars) and `kwargs`, given to the kernel and the
+    reference alike; `out_shapes` ((shape, dtype), ...) of the op's `out=` tensors, in order; a short label."""
+    op: str
+    args: tuple
+    out_shapes: tuple
+    label: str
+    kwargs: dict = field(default_factory=dict)
+
+    def on(self, device) -> tuple:
+        return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in self.args)
+
+    def kwargs_on(self, device) -> dict:
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.kwargs.items()}
+
+    def nan_outs(self, device):
+        """Poisoned `out=` tensors (NaN, or -1 for integers): one tensor, or a tuple for several."""
+        outs = tuple(torch.full(s, float("nan") if d.is_floating_point else -1, dtype=d, device=device)
+                     for s, d in self.out_shapes)
+        return outs[0] if len(outs) == 1 else outs
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the tolerance is looked up by: the first float tensor argument's, else the first output's."""
+        for a in (*self.args, *self.kwargs.values()):
+            if isinstance(a, torch.Tensor) and a.is_floating_point():
+                return a.dtype
+        return self.out_shapes[0][1] if self.out_shapes else torch.float32
+
+    def io_bytes(self) -> int:
+        """Every tensor argument read once and every `out=` tensor written once."""
+        read = sum(a.numel() * a.element_size() for a in (*self.args, *self.kwargs.values())
+                   if isinstance(a, torch.Tensor))
+        written = sum(torch.Size(s).numel() * torch.empty((), dtype=d).element_size() for s, d in self.out_shapes)
+        return read + written
+
+
+@dataclass(frozen=True)
+class Bad:
+    """A bad input: calling the kernel with `args`/`kwargs` must raise `error` whose message matches `match` (re.search).
+    variants: the kernel variants it applies to (() = all); reference: the reference twin raises `error` too
+    (device and layout rules are kernel-only, so most bad layouts set it False)."""
+    label: str
+    args: tuple
+    match: str
+    error: type = ValueError
+    kwargs: dict = field(default_factory=dict)
+    variants: tuple[str, ...] = ()
+    reference: bool = False
+
+
+@dataclass(frozen=True)
+class Split:
+    """A stateful op over packed sequences (tokens of n sequences on axis 0, boundaries in cu_seqlens).
+
+    tokens: positions of the arguments packed on axis 0 ([T, ...]), cut with the sequences; cu_seqlens: position of
+    cu_seqlens; state: position of the initial-state argument (None = zeros), [n, ...]; outputs: indices of the
+    returned tensors packed on axis 0; state_out: index of the returned final state ([n, ...]).
+    """
+    tokens: tuple[int, ...]
+    cu_seqlens: int
+    state: int
+    outputs: tuple[int, ...] = (0,)
+    state_out: int = 1
+
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # fp32 math rounded once: a bf16/fp16 result is within half an ulp of the reference's, plus fp32 noise.
 ROUNDED_ONCE = {torch.float32: Tol(1e-5, 1e-5), torch.float16: Tol(1e-3, 2e-3), torch.bfloat16: Tol(5e-3, 1e-2)}
@@ -58,37 +162,92 @@ ROUNDED_ONCE = {torch.float32: Tol(1e-5, 1e-5), torch.float16: Tol(1e-3, 2e-3), 
 class OpSpec:
     name: str
     reference: Callable
-    kernels: dict[str, Callable] = field(default_factory=dict)  # variant ("nvrtc", "numba", "cublas") -> callable
-    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES               # float input dtypes the kernels take
-    tol: dict = field(default_factory=lambda: dict(ROUNDED_ONCE))  # dtype -> Tol
-    exact: bool = False                                           # index ops: outputs must be equal
+    kernels: dict[str, Callable] = field(default_factory=dict)
+    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
+    tol: dict = field(default_factory=lambda: dict(ROUNDED_ONCE))
+    exact: bool = False
+    family: str = ""
+    poison: str = "out"
+    min_bytes: Callable | None = None
+    flops: Callable | None = None
+    split: Split | None = None
+    covers: Callable | None = None
+    cases: str | None = None
 
     @property
     def kernel(self) -> Callable | None:
         """The default kernel: nvrtc, else numba, else cublas (GEMMs through torch), else None (reference only)."""
         return next((self.kernels[v] for v in ("nvrtc", "numba", "cublas") if v in self.kernels), None)
 
+    def hook(self, what: str) -> Callable | None:
+        """`<name>_<what>` from the op's cases module ("cases", "example", "real", "bad", "peers"), or None."""
+        if self.cases is None:
+            return None
+        return getattr(importlib.import_module(self.cases), f"{self.name}_{what}", None)
 
-def _spec(name: str, dtypes=FLOAT_DTYPES, tol=None, exact=False, **kernels) -> OpSpec:
-    return OpSpec(name, getattr(R, name), dict(kernels), tuple(dtypes),
-                  {} if exact else dict(tol if tol is not None else ROUNDED_ONCE), exact)
+    def bytes_of(self, case: Case) -> int:
+        return self.min_bytes(case) if self.min_bytes else case.io_bytes()
+
+    def flops_of(self, case: Case) -> float:
+        return float(self.flops(case)) if self.flops else 0.0
+
+    def coverage(self, config, dtype: torch.dtype) -> str | None:
+        """None if the default kernel runs this checkpoint (model.config.ModelConfig) in `dtype`, else why not."""
+        if self.kernel is None:
+            return "no kernel yet"
+        if self.covers is not None:
+            return self.covers(config, dtype)
+        if self.dtypes and self.dtypes != (torch.float32,) and dtype not in self.dtypes:
+            return f"the kernel takes {', '.join(str(d) for d in self.dtypes)}, not {dtype}"
+        return None
+
+
+def _spec(name: str, dtypes=FLOAT_DTYPES, tol=None, exact=False, cases=None, **kw) -> OpSpec:
+    """An OpSpec; keyword args that are not OpSpec fields are kernel variants (nvrtc=..., numba=..., cublas=...)."""
+    fields = {k: kw.pop(k) for k in list(kw) if k in OpSpec.__dataclass_fields__}
+    ref = getattr(R, name)
+    family = fields.pop("family", None) or ref.__module__.rsplit(".", 1)[-1]
+    return OpSpec(name, ref, dict(kw), tuple(dtypes), {} if exact else dict(tol if tol is not None else ROUNDED_ONCE),
+                  exact, family=family, cases=cases or f"property_tests.cases.{family}", **fields)
 
 
 _INDEX = {"dtypes": (), "exact": True}  # integer/index ops
 
+
+def _attention_covers(config, dtype) -> str | None:
+    """Both towers' head dims must be kernel instantiations (the same set for the fp32 SIMT kernel)."""
+    for where, d in (("vision", config.vision.head_dim), ("language model", config.text.head_dim)):
+        if d not in _ATTN_HEAD_DIMS:
+            return f"{where} head_dim {d} is not one of the kernel's {_ATTN_HEAD_DIMS}"
+    return None
+
+
+def _qkv_rope_covers(config, dtype) -> str | None:
+    d = config.vision.head_dim
+    return None if d in rope.HEAD_DIMS else f"vision head_dim {d} is not one of the kernel's {rope.HEAD_DIMS}"
+
+
+def _attention_flops(case: Case) -> float:
+    """4 L^2 d Hq per segment (QK^T and PV), halved when causal: the flash-attention convention."""
+    q, _, _, cu, causal = case.args[:5]
+    lengths = (cu[1:] - cu[:-1]).tolist()
+    return sum(4.0 * L * L * q.shape[2] * q.shape[1] for L in lengths) * (0.5 if causal else 1.0)
+
+
 REGISTRY: dict[str, OpSpec] = {s.name: s for s in (
     # vision tower
-    _spec("patch_embed", cublas=gemm.patch_embed),
+    _spec("patch_embed", cublas=gemm.patch_embed, poison="alloc",
+          flops=lambda c: 2.0 * c.args[0].shape[0] * c.args[0].shape[1] * c.args[1].shape[0]),
     _spec("vision_pos_taps", numba=vision.vision_pos_taps, **_INDEX),
     _spec("add_pos_embed", nvrtc=pos_embed.add_pos_embed),
     _spec("vision_rope_cos_sin", dtypes=(torch.float32,), numba=vision.vision_rope_cos_sin),
     _spec("vision_cu_seqlens", numba=vision.vision_cu_seqlens, **_INDEX),
     _spec("layer_norm", nvrtc=norms.layer_norm, numba=numba_norms.layer_norm),
     _spec("add_bias_layer_norm", nvrtc=norms.add_bias_layer_norm),
-    _spec("qkv_bias_rope", nvrtc=rope.qkv_bias_rope),
+    _spec("qkv_bias_rope", nvrtc=rope.qkv_bias_rope, covers=_qkv_rope_covers),
     _spec("bias_gelu", nvrtc=activations.bias_gelu, numba=numba_activations.bias_gelu),
     # bf16/fp16 on tensor cores (P is rounded to the input dtype before PV); fp32 on the exact SIMT kernel
-    _spec("attention", nvrtc=attention_nvrtc,
+    _spec("attention", nvrtc=attention_nvrtc, covers=_attention_covers, flops=_attention_flops,
           tol={torch.bfloat16: Tol(1e-2, 4e-2), torch.float16: Tol(2e-3, 6e-3), torch.float32: Tol(2e-5, 2e-5)}),
     _spec("attention_mask", **_INDEX),  # reference only, by design
     # multimodal glue
@@ -101,9 +260,9 @@ REGISTRY: dict[str, OpSpec] = {s.name: s for s in (
     _spec("apply_rope"),
     _spec("sigmoid_gate"),
     _spec("silu_mul"),
-    _spec("causal_conv1d"),
+    _spec("causal_conv1d", split=Split(tokens=(0,), cu_seqlens=2, state=3)),
     _spec("l2norm"),
-    _spec("gated_delta_rule"),
+    _spec("gated_delta_rule", split=Split(tokens=(0, 1, 2, 3, 4), cu_seqlens=5, state=6)),
     _spec("gated_rms_norm"),
     _spec("decode_attention"),
     _spec("moe_topk"),
@@ -123,3 +282,11 @@ def kernel_for(name: str, variant: str | None = None) -> Callable:
     if variant not in spec.kernels:
         raise KeyError(f"op {name!r} has no {variant!r} kernel; it has {sorted(spec.kernels)}")
     return spec.kernels[variant]
+
+
+def by_family() -> dict[str, list[OpSpec]]:
+    """{family: [OpSpec, ...]} in registry order."""
+    out: dict[str, list[OpSpec]] = {}
+    for s in REGISTRY.values():
+        out.setdefault(s.family, []).append(s)
+    return out
