@@ -32,7 +32,8 @@ Fields of an `OpSpec` (all but `name` and `reference` optional):
                       x_cases(small: bool) -> hypothesis strategy of Case   random inputs; small=True: tiny
                                                shapes, fp32/fp16 only (the Numba simulator on CPU)
                       x_example(dtype) -> Case              one small valid input (bad-input and CPU tests)
-                      x_real(dtype) -> list[Case]           the 0.8B / 9B / 27B model shapes (benchmarks)
+                      x_real(dtype, tokens) -> list[Case]   the 0.8B / 9B / 27B model shapes at `tokens` rows
+                                                            (benchmarks: 4096+; property tests: a few hundred)
                       x_bad(device) -> list[Bad]            bad inputs and the error each must raise
                       x_peers(args) -> {name: fn()}         peer implementations for benchmarks (torch eager, SDPA)
 
@@ -183,7 +184,13 @@ class OpSpec:
         """`<name>_<what>` from the op's cases module ("cases", "example", "real", "bad", "peers"), or None."""
         if self.cases is None:
             return None
-        return getattr(importlib.import_module(self.cases), f"{self.name}_{what}", None)
+        try:
+            module = importlib.import_module(self.cases)
+        except ModuleNotFoundError as e:  # the family has no cases module (yet); a broken import still raises
+            if e.name != self.cases:
+                raise
+            return None
+        return getattr(module, f"{self.name}_{what}", None)
 
     def bytes_of(self, case: Case) -> int:
         return self.min_bytes(case) if self.min_bytes else case.io_bytes()
