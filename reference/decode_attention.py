@@ -37,13 +37,71 @@ def _check_caches(k_cache, v_cache, B: int | None, Hkv: int | None, d: int | Non
     return B, S, Hkv, d
 
 
-def _check_max_length(max_length, lens: torch.Tensor, S: int) -> None:
-    """max_length (a kernel hint: no row is longer) must be an int in [longest row, S]."""
+# Argument checks, shared with the kernel wrappers (kernels/decode_attention.py): the structural ones need no
+# device read; the *_lengths / *_fits ones read lengths and cu_seqlens back to the host.
+
+def check_decode_args(q, k_cache, v_cache, lengths) -> tuple[int, int, int, int, int]:
+    """Ranks, shapes, dtypes and devices of decode_attention's tensors; returns (B, Hq, d, S, Hkv)."""
+    check_float("q", q, ndim=3)
+    check_tensor("lengths", lengths, ndim=1, dtypes=_INT)
+    check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, lengths=lengths)
+    B, Hq, d = q.shape
+    B, S, Hkv, d = _check_caches(k_cache, v_cache, B, None, d)
+    if k_cache.dtype != q.dtype:
+        raise ValueError(f"q, k_cache, v_cache must share a dtype, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
+    check_tensor("lengths", lengths, shape=(B,))
+    check_divides("Hkv (cache heads)", Hkv, "Hq (q heads)", Hq)
+    return B, Hq, d, S, Hkv
+
+
+def check_max_length(max_length, S: int, longest: int = 0) -> None:
+    """max_length (a kernel hint: no row is longer) must be None or an int in [longest row, S]."""
     if max_length is None:
         return
-    longest = int(lens.max()) if lens.numel() else 0
     if isinstance(max_length, bool) or not isinstance(max_length, int) or not longest <= max_length <= S:
         raise ValueError(f"max_length must be an int in [longest row {longest}, S={S}], got {max_length!r}")
+
+
+def check_decode_lengths(lengths, S: int, max_length=None) -> None:
+    """Reads lengths: each in [0, S], and max_length (if given) covers the longest."""
+    lens = lengths.detach().to("cpu", torch.int64)
+    if lens.numel() and (int(lens.min()) < 0 or int(lens.max()) > S):
+        raise ValueError(f"lengths must lie in [0, S={S}] (the cache capacity), got {lens.tolist()}")
+    check_max_length(max_length, S, int(lens.max()) if lens.numel() else 0)
+
+
+def check_append_args(k, v, k_cache, v_cache, cu_seqlens, lengths) -> tuple[int, int]:
+    """Ranks, shapes, dtypes and devices of kv_cache_append's tensors (cu_seqlens' size, not its values);
+    returns (B, S)."""
+    check_float("k", k, ndim=3)
+    check_float("v", v, ndim=3)
+    check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=_INT)
+    check_tensor("lengths", lengths, ndim=1, dtypes=_INT)
+    check_same_device(k=k, v=v, k_cache=k_cache, v_cache=v_cache, cu_seqlens=cu_seqlens, lengths=lengths)
+    T, Hkv, d = k.shape
+    check_tensor("v", v, shape=(T, Hkv, d))
+    B, S, Hkv, d = _check_caches(k_cache, v_cache, None, Hkv, d)
+    if k.dtype != k_cache.dtype or v.dtype != k_cache.dtype:
+        raise ValueError(f"k, v, k_cache, v_cache must share a dtype, got {k.dtype}, {v.dtype}, {k_cache.dtype}, "
+                         f"{v_cache.dtype}")
+    if cu_seqlens.numel() != B + 1:
+        raise ValueError(f"cu_seqlens must have B+1 = {B + 1} entries (one segment per cache row), "
+                         f"got {cu_seqlens.numel()}")
+    check_tensor("lengths", lengths, shape=(B,))
+    return B, S
+
+
+def check_append_fits(cu_seqlens, lengths, S: int, T: int):
+    """Reads cu_seqlens and lengths: cu_seqlens valid for T new tokens, every row's new tokens fit the capacity S.
+    Returns (lengths, cu, new token counts) as int64 CPU tensors."""
+    check_cu_seqlens(cu_seqlens, T)
+    cu = cu_seqlens.detach().to("cpu", torch.int64)
+    lens = lengths.detach().to("cpu", torch.int64)
+    new = cu[1:] - cu[:-1]
+    if lens.numel() and (int(lens.min()) < 0 or int((lens + new).max()) > S):
+        raise ValueError(f"lengths + new tokens must lie in [0, S={S}] (the cache capacity), got lengths "
+                         f"{lens.tolist()} + new {new.tolist()}")
+    return lens, cu, new
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
@@ -59,20 +117,10 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     check of lengths, which reads the device). The reference reads lengths anyway, so it always checks them,
     and checks that max_length, when given, covers the longest row.
     """
-    check_float("q", q, ndim=3)
-    check_tensor("lengths", lengths, ndim=1, dtypes=_INT)
-    check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, lengths=lengths)
-    B, Hq, d = q.shape
-    B, S, Hkv, d = _check_caches(k_cache, v_cache, B, None, d)
-    if k_cache.dtype != q.dtype:
-        raise ValueError(f"q, k_cache, v_cache must share a dtype, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
-    check_tensor("lengths", lengths, shape=(B,))
-    check_divides("Hkv (cache heads)", Hkv, "Hq (q heads)", Hq)
-    lens = lengths.detach().to("cpu", torch.int64)
-    if B > 0 and (int(lens.min()) < 0 or int(lens.max()) > S):
-        raise ValueError(f"lengths must lie in [0, S={S}] (the cache capacity), got {lens.tolist()}")
-    _check_max_length(max_length, lens, S)
+    B, Hq, d, S, Hkv = check_decode_args(q, k_cache, v_cache, lengths)
+    check_decode_lengths(lengths, S, max_length)
     scale = d ** -0.5 if scale is None else float(scale)
+    lens = lengths.detach().to("cpu", torch.int64)
 
     acc = _compute_dtype(q)
     r = Hq // Hkv
@@ -103,27 +151,8 @@ def kv_cache_append(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_c
     validate: a kernel hint (skip the host checks that read cu_seqlens and lengths); the reference always checks.
     Returns None.
     """
-    check_float("k", k, ndim=3)
-    check_float("v", v, ndim=3)
-    check_tensor("lengths", lengths, ndim=1, dtypes=_INT)
-    check_same_device(k=k, v=v, k_cache=k_cache, v_cache=v_cache, cu_seqlens=cu_seqlens, lengths=lengths)
-    T, Hkv, d = k.shape
-    check_tensor("v", v, shape=(T, Hkv, d))
-    B, S, Hkv, d = _check_caches(k_cache, v_cache, None, Hkv, d)
-    if k.dtype != k_cache.dtype or v.dtype != k_cache.dtype:
-        raise ValueError(f"k, v, k_cache, v_cache must share a dtype, got {k.dtype}, {v.dtype}, {k_cache.dtype}, "
-                         f"{v_cache.dtype}")
-    check_cu_seqlens(cu_seqlens, T)
-    if cu_seqlens.numel() != B + 1:
-        raise ValueError(f"cu_seqlens must have B+1 = {B + 1} entries (one segment per cache row), "
-                         f"got {cu_seqlens.numel()}")
-    check_tensor("lengths", lengths, shape=(B,))
-    cu = cu_seqlens.detach().to("cpu", torch.int64)
-    lens = lengths.detach().to("cpu", torch.int64)
-    new = cu[1:] - cu[:-1]
-    if B > 0 and (int(lens.min()) < 0 or int((lens + new).max()) > S):
-        raise ValueError(f"lengths + new tokens must lie in [0, S={S}] (the cache capacity), got lengths "
-                         f"{lens.tolist()} + new {new.tolist()}")
+    B, S = check_append_args(k, v, k_cache, v_cache, cu_seqlens, lengths)
+    lens, cu, new = check_append_fits(cu_seqlens, lengths, S, k.shape[0])
     for b in range(B):
         L, n, c = int(lens[b]), int(new[b]), int(cu[b])
         k_cache[b, L:L + n] = k[c:c + n]
