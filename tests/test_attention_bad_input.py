@@ -1,7 +1,6 @@
-"""kernels.attention rejects bad arguments with a clear ValueError/TypeError before any launch (CPU only).
-
-CPU tensors are used throughout: every structural check runs before the device check, so each case below
-reaches its own error; the last cases check that otherwise-valid CPU tensors are refused as such.
+"""kernels.attention's checks that are not a plain bad argument (those are in property_tests/cases/attention.py,
+run by tests/test_bad_input.py): the once-per-tensor validation cache, validate=False, and the TMA descriptors
+(CPU only; CPU tensors are used throughout, every structural check runs before the device check).
 """
 
 import pytest
@@ -10,126 +9,15 @@ import torch
 from kernels.attention import attention
 
 
-def qkv(T=6, hq=4, hkv=2, d=72, dtype=torch.bfloat16, dk=None):
-    q = torch.randn(T, hq, d).to(dtype)
-    k = torch.randn(T, hkv, dk or d).to(dtype)
-    v = torch.randn(T, hkv, dk or d).to(dtype)
-    return q, k, v
+def qkv(T=6, hq=4, hkv=2, d=72, dtype=torch.bfloat16):
+    return tuple(torch.randn(T, h, d).to(dtype) for h in (hq, hkv, hkv))
 
 
 CU = torch.tensor([0, 2, 6], dtype=torch.int32)
 
 
-def test_mismatched_head_dims():
-    q, k, v = qkv(dk=64)
-    with pytest.raises(ValueError, match="head dim"):
-        attention(q, k, v, CU, False)
-
-
-def test_v_shape_differs_from_k():
+def test_cpu_tensors_refused_without_validation():
     q, k, v = qkv()
-    with pytest.raises(ValueError, match="k and v"):
-        attention(q, k, v[:, :1].contiguous(), CU, False)
-
-
-def test_heads_do_not_divide():
-    q, k, v = qkv(hq=6, hkv=4)
-    with pytest.raises(ValueError, match="multiple"):
-        attention(q, k, v, CU, False)
-
-
-def test_token_counts_differ():
-    q, k, v = qkv()
-    with pytest.raises(ValueError, match="token count"):
-        attention(q, k[:5], v[:5], CU, False)
-
-
-@pytest.mark.parametrize("d", [32, 96, 112, 160])
-def test_unsupported_head_dim(d):
-    q, k, v = qkv(d=d)
-    with pytest.raises(ValueError, match="not supported"):
-        attention(q, k, v, CU, False)
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.int32])
-def test_unsupported_dtype(dtype):
-    q, k, v = (t.to(dtype) for t in qkv())
-    with pytest.raises(ValueError, match="dtype"):
-        attention(q, k, v, CU, False)
-
-
-def test_fp32_goes_to_the_fp32_kernel_and_checks_the_device():
-    q, k, v = (t.float() for t in qkv())  # CPU tensors: fp32 is supported, but never silently copied
-    with pytest.raises(ValueError, match="CUDA"):
-        attention(q, k, v, CU, False)
-
-
-def test_mixed_dtypes():
-    q, k, v = qkv()
-    with pytest.raises(ValueError, match="share a dtype"):
-        attention(q, k.half(), v.half(), CU, False)
-
-
-def test_wrong_rank():
-    q, k, v = qkv()
-    with pytest.raises(ValueError, match="dimensions"):
-        attention(q.reshape(6, -1), k, v, CU, False)
-
-
-def test_not_contiguous():
-    q, k, v = qkv(hq=2, hkv=2)
-    qt = torch.randn(2, 6, 72).to(torch.bfloat16).transpose(0, 1)  # [6, 2, 72], strided
-    with pytest.raises(ValueError, match="contiguous"):
-        attention(qt, k, v, CU, False)
-
-
-@pytest.mark.parametrize("cu, match", [
-    ([0, 4, 2, 6], "non-decreasing"),
-    ([0, 2, 5], "end at"),
-    ([0, 2, 7], "end at"),
-    ([1, 2, 6], "start at 0"),
-    ([6], "at least 2"),
-])
-def test_bad_cu_seqlens(cu, match):
-    q, k, v = qkv()
-    with pytest.raises(ValueError, match=match):
-        attention(q, k, v, torch.tensor(cu, dtype=torch.int32), False)
-
-
-def test_cu_seqlens_float():
-    q, k, v = qkv()
-    with pytest.raises(ValueError, match="cu_seqlens"):
-        attention(q, k, v, CU.float(), False)
-
-
-def test_bad_scale_and_causal():
-    q, k, v = qkv()
-    with pytest.raises(ValueError, match="scale"):
-        attention(q, k, v, CU, False, scale=-1.0)
-    with pytest.raises(ValueError, match="scale"):
-        attention(q, k, v, CU, False, scale=float("nan"))
-    with pytest.raises(TypeError, match="causal"):
-        attention(q, k, v, CU, 1)
-
-
-def test_bad_out():
-    q, k, v = qkv()
-    with pytest.raises(ValueError, match="out"):
-        attention(q, k, v, CU, False, out=torch.empty(6, 4, 64, dtype=torch.bfloat16))
-    with pytest.raises(ValueError, match="out"):
-        attention(q, k, v, CU, False, out=torch.empty(6, 4, 72, dtype=torch.float16))
-
-
-def test_bad_max_seqlen():
-    q, k, v = qkv()
-    with pytest.raises(ValueError, match="max_seqlen"):
-        attention(q, k, v, CU, False, max_seqlen=-1)
-
-
-def test_cpu_tensors_refused():
-    q, k, v = qkv()
-    with pytest.raises(ValueError, match="CUDA"):
-        attention(q, k, v, CU, False)
     with pytest.raises(ValueError, match="CUDA"):
         attention(q, k, v, CU, True, validate=False)
 

@@ -56,6 +56,7 @@ def bias_gelu_bad(device) -> list[Bad]:
         Bad("bias dtype", (x, b.half()), "bias must have the input dtype|bias must have dtype", reference=True),
         Bad("x 1-D", (x[0], b), "x must have 2 dimensions", reference=True),
         Bad("x fp64", (x.double(), b.double()), "x must have dtype"),
+        Bad("x int", (x.int(), b.int()), "x must have dtype", reference=True),
         Bad("x strided", (x.t().contiguous().t(), b), "x must be contiguous"),
     ]
 

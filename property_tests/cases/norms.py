@@ -112,6 +112,8 @@ def add_bias_layer_norm_bad(device) -> list[Bad]:
         Bad("residual dtype", (x, bias, res.half(), w, nb, eps), "residual must have the input dtype"),
         Bad("norm_bias strided", (x, bias, res, w, strided, eps), "norm_bias must be contiguous"),
         Bad("x fp64", (x.double(), bias, res, w, nb, eps), "x must have dtype"),
+        Bad("x int", (x.int(), bias, res, w, nb, eps), "x must have dtype"),
+        Bad("x 1-D", (x.reshape(-1), bias, res, w, nb, eps), "x must have 2 dimensions"),
         Bad("x strided", (x.t().contiguous().t(), bias, res, w, nb, eps), "x must be contiguous"),
         Bad("out not a pair", (x, bias, res, w, nb, eps), "out must be a pair", kwargs={"out": torch.empty_like(x)}),
     ]

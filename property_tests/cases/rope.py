@@ -56,6 +56,8 @@ def qkv_bias_rope_bad(device) -> list[Bad]:
         Bad("heads do not divide", (qkv, bias, cos, sin, 5), "qkv width"),
         Bad("heads 0", (qkv, bias, cos, sin, 0), "num_heads must be"),
         Bad("qkv fp64", (qkv.double(), bias, cos, sin, heads), "qkv must have dtype"),
+        Bad("qkv int", (qkv.int(), bias, cos, sin, heads), "qkv must have dtype"),
+        Bad("qkv 1-D", (qkv.reshape(-1), bias, cos, sin, heads), "qkv must have 2 dimensions"),
         Bad("qkv strided", (qkv.t().contiguous().t(), bias, cos, sin, heads), "qkv must be contiguous"),
         Bad("out not a triple", (qkv, bias, cos, sin, heads), "out must be a",
             kwargs={"out": torch.empty(3, 2, 64, dtype=qkv.dtype, device=device)}),

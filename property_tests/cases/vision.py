@@ -205,6 +205,7 @@ def add_pos_embed_bad(device) -> list[Bad]:
         Bad("index shape", (x, table, index[:, :-1].contiguous(), weight), "index must have shape"),
         Bad("weight dtype", (x, table, index, weight.double()), "weight must have dtype"),
         Bad("x fp64", (x.double(), table, index, weight), "x must have dtype"),
+        Bad("x int", (x.int(), table, index, weight), "x must have dtype"),
         Bad("x strided", (x.t().contiguous().t(), table, index, weight), "x must be contiguous"),
         Bad("x 1-D", (x.reshape(-1), table, index, weight), "x must have 2 dimensions"),
     ]
