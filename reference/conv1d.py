@@ -25,7 +25,7 @@ def _segments(cu_seqlens: torch.Tensor) -> list[tuple[int, int]]:
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor,
                   state: torch.Tensor | None = None, *, state_out: torch.Tensor | None = None,
-                  max_seqlen: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  max_seqlen: int | None = None, validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Depthwise causal conv over each sequence, then SiLU.
 
     x: [T, C] packed tokens of n sequences; weight: [C, K] (the HF conv1d.weight [C, 1, K] squeezed);
@@ -41,6 +41,8 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tenso
       `state` itself (the in-place decode update: every read of the old state happens before it is overwritten).
     max_seqlen: optional hint, the longest sequence's length (kernels size their grid by it instead of reading
       cu_seqlens on the host); checked here. It may exceed the true maximum, never fall short of it.
+    validate: a kernel hint (False: skip the host check of cu_seqlens, which reads the device); the reference
+      reads cu_seqlens anyway, so it always checks.
     Returns (y [T, C] in x.dtype, new_state [n, C, K-1] in x.dtype).
     """
     check_float("x", x, ndim=2)

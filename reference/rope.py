@@ -16,8 +16,10 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_float, check_grid_thw, check_same_device, check_tensor
+from .decode_attention import kv_cache_append
+from .norms import rms_norm
 
-__all__ = ["qkv_bias_rope", "mrope_cos_sin", "apply_rope", "rope_index"]
+__all__ = ["qkv_bias_rope", "mrope_cos_sin", "apply_rope", "rope_index", "qk_norm_rope"]
 
 _INT_DTYPES = (torch.int32, torch.int64)
 _TABLE_DTYPES = (torch.float32, torch.float64)
@@ -204,3 +206,47 @@ def rope_index(input_ids: torch.Tensor, image_grid_thw: torch.Tensor | None, vid
         i += n
     positions = torch.cat(pieces, dim=1).to(device=input_ids.device, dtype=torch.int64)
     return positions, int(positions.max()) + 1 - len(ids)
+
+
+def qk_norm_rope(qg: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+                 cos: torch.Tensor, sin: torch.Tensor, eps: float = 1e-6, *, v: torch.Tensor | None = None,
+                 k_cache: torch.Tensor | None = None, v_cache: torch.Tensor | None = None,
+                 cu_seqlens: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
+                 validate: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gated attention's input side: q/gate split, per-head q and k RMSNorm, partial RoPE, optional cache write.
+
+    qg: [T, Hq, 2d], q_proj's output viewed per head as [q | gate]; k: [T, Hkv, d], k_proj's output.
+    q_weight, k_weight: [d], zero-centred RMSNorm weights (scale 1 + w); eps: the RMSNorm epsilon.
+    cos, sin: fp32 [T, r] (from mrope_cos_sin), 2r <= d: the first 2r dims of every head are rotated.
+    Composed from the ops the model used before (and HF's roundings):
+        q = apply_rope(rms_norm(qg[..., :d], q_weight, eps), cos, sin)    (rms_norm rounds to qg.dtype first)
+        k = apply_rope(rms_norm(k, k_weight, eps), cos, sin)
+        gate = qg[..., d:]                                                  a view of qg, no copy
+    With k_cache, v_cache [B, S, Hkv, d], v [T, Hkv, d], cu_seqlens int [B+1] and lengths int [B] (all or none),
+    the normed and rotated k and v of sequence b's tokens are also written to cache slots lengths[b] + i, as
+    kv_cache_append(k, v, k_cache, v_cache, cu_seqlens, lengths) does (decode: cu_seqlens = arange(B+1)). Overflow
+    (lengths[b] + new tokens > S): the reference raises ValueError; the kernel drops writes past slot S-1 (it cannot
+    read lengths on the host under a CUDA graph), so callers check capacity where they know the lengths.
+    validate: a kernel hint (False: skip the host checks that read cu_seqlens and lengths); the reference checks.
+    Returns (q [T, Hq, d], gate [T, Hq, d] (strided view of qg), k [T, Hkv, d]); q and k in their inputs' dtypes.
+    """
+    check_float("qg", qg, ndim=3)
+    check_float("k", k, ndim=3)
+    T, Hq, d2 = qg.shape
+    if d2 % 2:
+        raise ValueError(f"qg must have shape (T, Hq, 2*head_dim), got {tuple(qg.shape)} (odd last dim)")
+    d = d2 // 2
+    check_tensor("k", k, shape=(T, None, d))
+    check_tensor("q_weight", q_weight, shape=(d,))
+    check_tensor("k_weight", k_weight, shape=(d,))
+    if 2 * _check_cos_sin(cos, sin, T) > d:
+        raise ValueError(f"cos covers 2*{cos.shape[1]} rotary dims but the head_dim is {d}")
+    cache = (v, k_cache, v_cache, cu_seqlens, lengths)
+    if any(t is not None for t in cache) and any(t is None for t in cache):
+        raise ValueError("the cache write needs all of v, k_cache, v_cache, cu_seqlens, lengths (or none of them)")
+    check_same_device(qg=qg, k=k, q_weight=q_weight, k_weight=k_weight, cos=cos, sin=sin)
+    q = apply_rope(rms_norm(qg[..., :d], q_weight, eps), cos, sin)
+    k = apply_rope(rms_norm(k, k_weight, eps), cos, sin)
+    if k_cache is not None:
+        kv_cache_append(k, v, k_cache, v_cache, cu_seqlens, lengths)
+    return q, qg[..., d:], k

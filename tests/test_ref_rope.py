@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reference import apply_rope, mrope_cos_sin, qkv_bias_rope, rope_index, vision_rope_cos_sin
+from reference import apply_rope, mrope_cos_sin, qk_norm_rope, qkv_bias_rope, rope_index, vision_rope_cos_sin
 
 vu = pytest.importorskip("transformers.vision_utils")
 hf = pytest.importorskip("transformers.models.qwen3_5.modeling_qwen3_5")
@@ -295,3 +295,86 @@ def test_device_mismatch():
         qkv_bias_rope(QKV, None, CS.to("meta"), CS.to("meta"), 2)
     with pytest.raises(ValueError, match="device"):
         apply_rope(torch.zeros(3, 2, 8), CS, CS.to("meta"))
+
+
+# ---------------------------------------------------------------- qk_norm_rope
+def qk_inputs(T, hq, hkv, d, rd, dtype, seed=20):
+    qg, k, v = rand(T, hq, 2 * d, dtype=dtype, seed=seed), rand(T, hkv, d, dtype=dtype, seed=seed + 1), \
+        rand(T, hkv, d, dtype=dtype, seed=seed + 2)
+    wq, wk = 0.2 * rand(d, dtype=dtype, seed=seed + 3), 0.2 * rand(d, dtype=dtype, seed=seed + 4)
+    sec = (rd // 2 - 2 * (rd // 6), rd // 6, rd // 6)
+    cos, sin = mrope_cos_sin(positions_3axis(T, seed=seed + 5), rd, 1e7, sec)
+    return qg, k, v, wq, wk, cos, sin
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_qk_norm_rope_matches_model_composition(dtype):
+    """The composition model/language.py used before the fused op (reference ops, contiguous q/gate copies)."""
+    from reference import rms_norm
+    T, hq, hkv, d = 7, 4, 2, 32
+    qg, k, _, wq, wk, cos, sin = qk_inputs(T, hq, hkv, d, 16, dtype)
+    q, gate, kr = qk_norm_rope(qg, k, wq, wk, cos, sin, 1e-6)
+    want_q = apply_rope(rms_norm(qg[..., :d].contiguous(), wq, 1e-6), cos, sin)
+    want_k = apply_rope(rms_norm(k, wk, 1e-6), cos, sin)
+    assert torch.equal(q, want_q) and torch.equal(kr, want_k) and torch.equal(gate, qg[..., d:].contiguous())
+    assert gate.data_ptr() == qg.data_ptr() + d * qg.element_size()  # a view: no copy of the gate
+
+
+def test_qk_norm_rope_matches_hf():
+    """HF: Qwen3_5RMSNorm (1 + w) on each head, then apply_rotary_pos_emb on the first rotary dims (fp32)."""
+    T, hq, hkv, d, rd = 9, 4, 2, 64, 16
+    qg, k, _, wq, wk, cos, sin = qk_inputs(T, hq, hkv, d, rd, torch.float32, seed=30)
+    qn, kn = hf.Qwen3_5RMSNorm(d, 1e-6), hf.Qwen3_5RMSNorm(d, 1e-6)
+    with torch.no_grad():
+        qn.weight.copy_(wq)
+        kn.weight.copy_(wk)
+        hq_, hk_ = hf.apply_rotary_pos_emb(qn(qg[..., :d]).transpose(0, 1), kn(k).transpose(0, 1),
+                                           torch.cat([cos, cos], -1), torch.cat([sin, sin], -1), unsqueeze_dim=0)
+    q, gate, kr = qk_norm_rope(qg, k, wq, wk, cos, sin, 1e-6)
+    torch.testing.assert_close(q, hq_.transpose(0, 1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kr, hk_.transpose(0, 1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("lengths,cached", [([1, 1, 1], [0, 5, 2]),      # decode: rows of different lengths
+                                            ([3, 0, 4], [0, 0, 0]),      # prefill, a zero-length row
+                                            ([2, 1, 3], [4, 7, 0])])     # chunked prefill
+def test_qk_norm_rope_cache_write(lengths, cached):
+    """The cache write == plain indexing of the returned k and the given v; every other slot untouched."""
+    T, B, S, hq, hkv, d = sum(lengths), len(lengths), 8, 2, 2, 16
+    qg, k, v, wq, wk, cos, sin = qk_inputs(T, hq, hkv, d, 8, torch.float32, seed=40)
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    lens = torch.tensor(cached, dtype=torch.int64)
+    kc, vc = torch.full((B, S, hkv, d), float("nan")), torch.full((B, S, hkv, d), float("nan"))
+    q, gate, kr = qk_norm_rope(qg, k, wq, wk, cos, sin, 1e-6, v=v, k_cache=kc, v_cache=vc, cu_seqlens=cu,
+                               lengths=lens)
+    q0, _, k0 = qk_norm_rope(qg, k, wq, wk, cos, sin, 1e-6)
+    assert torch.equal(q, q0) and torch.equal(kr, k0)
+    want_k, want_v = torch.full_like(kc, float("nan")), torch.full_like(vc, float("nan"))
+    for b in range(B):
+        s, e, L = int(cu[b]), int(cu[b + 1]), cached[b]
+        want_k[b, L:L + e - s], want_v[b, L:L + e - s] = k0[s:e], v[s:e]
+    torch.testing.assert_close(kc, want_k, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(vc, want_v, rtol=0, atol=0, equal_nan=True)
+
+
+def test_qk_norm_rope_bad_input():
+    qg, k, v, wq, wk, cos, sin = qk_inputs(3, 2, 1, 8, 4, torch.float32)
+    kc = torch.zeros(1, 2, 1, 8)
+    cu, lens = torch.tensor([0, 3], dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
+    cases = [
+        (dict(qg=qg[..., :15]), "qg"),
+        (dict(qg=qg[0]), "qg"),
+        (dict(k=k[..., :4]), "k"),
+        (dict(k=k[:2]), "k"),
+        (dict(q_weight=wq[:4]), "q_weight"),
+        (dict(k_weight=wk[None]), "k_weight"),
+        (dict(cos=cos[:2], sin=sin[:2]), "cos"),
+        (dict(sin=sin[:, :1]), "sin"),
+        (dict(v=v), "cache"),  # the cache write needs all five
+        (dict(v=v, k_cache=kc, v_cache=kc, cu_seqlens=cu, lengths=lens), "capacity"),  # 3 tokens into 2 slots
+        (dict(k=k.to("meta")), "device"),
+    ]
+    good = dict(qg=qg, k=k, q_weight=wq, k_weight=wk, cos=cos, sin=sin)
+    for change, match in cases:
+        with pytest.raises(ValueError, match=match):
+            qk_norm_rope(**{**good, **change})
