@@ -1,0 +1,320 @@
+// Decode attention against a static KV cache (flash-decoding), and the cache append.
+//
+// decode_attention_split: grid (splits, Hkv * row groups, B), 128 threads (4 warps). CTA (s, kv head, b) takes the
+// GQA group of query heads of one kv head (up to 16 rows: the M of m16n8k16, zero-padded) and key slots
+// [s * chunk, min(len, (s + 1) * chunk)), where chunk = ceil(len / splits) rounded up to TILE is computed here from
+// the row's length: the host fixes the grid from sizes it knows (B, the capacity), so a CUDA graph replays with any
+// lengths, and CTAs past a row's last chunk exit at once. K and V tiles of TILE slots stream through a STAGES-deep
+// cp.async ring in shared memory (zero-filled past the row's length, so garbage or NaN in unused slots is never
+// read); each warp owns 16 slots of a tile: S = Q K^T and O += P V on tensor cores (bf16/fp16 operands, fp32
+// accumulators), online softmax in fp32 (exp2 with log2(e) folded into the scale). At the end the 4 warps merge in
+// shared memory; a row with one active chunk writes the output directly, otherwise each chunk writes its normalised
+// partial output and log-sum-exp (fp32) and decode_attention_combine merges them.
+//
+// kv_cache_append: one CTA per new token; the token's row b is found by binary search in cu_seqlens on the device,
+// its slot is lengths[b] + (t - cu[b]); writes to slots outside [0, S) are dropped (the caller checks capacity).
+#include "include/convert.cuh"
+#include "include/cp_async.cuh"
+#include "include/mma_sm80.cuh"
+#include "include/ptx.cuh"
+#include "include/reduce.cuh"
+
+using namespace qkern;
+
+namespace decode {
+
+constexpr int NW = 4;           // warps per CTA
+constexpr int TILE = 16 * NW;   // key slots per pipeline stage (16 per warp)
+constexpr int ROWS = 16;        // query rows per CTA (mma M)
+
+// Clamp a row length to [0, S]: the kernels never address slots outside the cache, whatever lengths holds.
+template <typename LEN> __device__ __forceinline__ int row_length(const LEN* lengths, int b, int S) {
+    const long long L = static_cast<long long>(lengths[b]);
+    return L < 0 ? 0 : (L > S ? S : static_cast<int>(L));
+}
+
+// Slots per chunk for a row of length L split `splits` ways (a multiple of TILE; 0 for an empty row), and the
+// number of chunks that hold slots. The split and combine kernels must agree on both.
+__device__ __forceinline__ int chunk_of(int L, int splits) {
+    const int per = (L + splits - 1) / splits;
+    return (per + TILE - 1) / TILE * TILE;
+}
+__device__ __forceinline__ int active_chunks(int L, int splits) {
+    return L == 0 ? 0 : (L + chunk_of(L, splits) - 1) / chunk_of(L, splits);
+}
+
+// Byte offset in a [rows][D] tile of 16-bit elements stored with the 16-byte chunk index XOR-swizzled by row & 7,
+// so the 8 rows an ldmatrix reads (and the 8 chunks a row of cp.async writes) fall in distinct banks.
+template <int D> __device__ __forceinline__ unsigned swz(int row, int chunk) {
+    return static_cast<unsigned>(row * (D * 2) + ((chunk ^ (row & 7)) << 4));
+}
+
+}  // namespace decode
+
+using namespace decode;
+
+template <typename T, typename LEN, int D, int STAGES>
+__global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
+    const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
+    long long k_sb, long long k_ss, long long v_sb, long long v_ss, const LEN* __restrict__ lengths,
+    T* __restrict__ out, float* __restrict__ ws_o, float* __restrict__ ws_lse,
+    int S, int Hq, int Hkv, int r, int groups, int splits, float scale_log2) {
+    static_assert(D % 64 == 0, "head_dim must be a multiple of 64");
+    constexpr int CH = D / 8;  // 16-byte chunks per row
+    extern __shared__ __align__(128) unsigned char smem[];
+    T* sQ = reinterpret_cast<T*>(smem);                                  // [ROWS][D]
+    T* sK = reinterpret_cast<T*>(smem + ROWS * D * 2);                   // [STAGES][TILE][D]
+    T* sV = reinterpret_cast<T*>(smem + (ROWS + STAGES * TILE) * D * 2); // [STAGES][TILE][D]
+
+    const int split = blockIdx.x, kvh = blockIdx.y / groups, grp = blockIdx.y % groups, b = blockIdx.z;
+    const int h0 = kvh * r + grp * ROWS;                       // first query head of this CTA
+    const int nrows = min(ROWS, r - grp * ROWS);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const int L = row_length(lengths, b, S);
+    const int nact = active_chunks(L, splits);
+    if (split >= nact) {
+        if (split == 0) {  // empty row: the output is the empty sum
+            for (int i = tid; i < nrows * D; i += NW * 32)
+                out[((size_t)b * Hq + h0 + i / D) * D + i % D] = from_f<T>(0.f);
+        }
+        return;
+    }
+    const int chunk = chunk_of(L, splits);
+    const int t_begin = split * chunk, t_end = min(L, t_begin + chunk);
+    const int ntiles = (t_end - t_begin + TILE - 1) / TILE;
+
+    const T* kb = kc + (size_t)b * k_sb + (size_t)kvh * D;
+    const T* vb = vc + (size_t)b * v_sb + (size_t)kvh * D;
+    const unsigned sQa = smem_u32(sQ), sKa = smem_u32(sK), sVa = smem_u32(sV);
+
+    // Q rows (zero past nrows) join the first commit group.
+    for (int c = tid; c < ROWS * CH; c += NW * 32) {
+        const int row = c / CH, col = c % CH;
+        const bool ok = row < nrows;
+        cp_async16(sQa + swz<D>(row, col), q + ((size_t)b * Hq + h0 + (ok ? row : 0)) * D + col * 8, ok);
+    }
+    auto load_tile = [&](int j) {  // tile j of the chunk into ring buffer j % STAGES (always a commit group)
+        if (j < ntiles) {
+            const int buf = j % STAGES, tok0 = t_begin + j * TILE;
+#pragma unroll 4
+            for (int c = tid; c < TILE * CH; c += NW * 32) {
+                const int row = c / CH, col = c % CH, tok = tok0 + row;
+                const bool ok = tok < t_end;
+                const size_t tk = ok ? (size_t)tok : 0;
+                const unsigned off = (unsigned)(buf * TILE * D * 2) + swz<D>(row, col);
+                cp_async16(sKa + off, kb + tk * k_ss + col * 8, ok);
+                cp_async16(sVa + off, vb + tk * v_ss + col * 8, ok);
+            }
+        }
+        cp_async_commit();
+    };
+#pragma unroll
+    for (int j = 0; j < STAGES - 1; ++j) load_tile(j);
+
+    float o[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    float m[2] = {f32_neg_inf(), f32_neg_inf()}, l[2] = {0.f, 0.f};  // rows g and g + 8
+
+    // ldmatrix lane roles: A (Q) matrices i = lane / 8 are (rows +8 if i odd, k +8 if i >= 2); B (K) matrices are
+    // (slots +8 if i >= 2, k +8 if i odd); V (transposed B) matrices are (slots +8 if i odd, d +8 if i >= 2).
+    const int li = lane >> 3, lr = lane & 7;
+    const int qrow = lr + ((li & 1) << 3), qch = li >> 1;
+    const int krow = warp * 16 + lr + ((li >> 1) << 3), kch = li & 1;
+    const int vrow = warp * 16 + lr + ((li & 1) << 3), vch = li >> 1;
+
+    for (int j = 0; j < ntiles; ++j) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();  // tile j landed for every thread; buffer (j - 1) % STAGES is free
+        load_tile(j + STAGES - 1);
+        const unsigned kbuf = sKa + (unsigned)((j % STAGES) * TILE * D * 2);
+        const unsigned vbuf = sVa + (unsigned)((j % STAGES) * TILE * D * 2);
+
+        float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks) {
+            u32 a[4], bk[4];
+            ldsm_x4(a, sQa + swz<D>(qrow, 2 * ks + qch));
+            ldsm_x4(bk, kbuf + swz<D>(krow, 2 * ks + kch));
+            Mma<T>::k16(s[0], a, bk[0], bk[1]);
+            Mma<T>::k16(s[1], a, bk[2], bk[3]);
+        }
+        // mask slots past the chunk (zero-filled, but they must get no weight), scale into log2 units
+        const int tok0 = t_begin + j * TILE + warp * 16;
+        float mx[2] = {f32_neg_inf(), f32_neg_inf()};
+#pragma unroll
+        for (int n = 0; n < 2; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const bool ok = tok0 + n * 8 + 2 * t4 + (e & 1) < t_end;
+                s[n][e] = ok ? s[n][e] * scale_log2 : f32_neg_inf();
+                mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+            }
+        float alpha[2];
+        bool changed = false;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+            const float mn = fmaxf(m[h], mx[h]);
+            const float mu = mn == f32_neg_inf() ? 0.f : mn;  // nothing seen yet: keep exp2 finite
+            alpha[h] = mn != m[h] ? ex2(m[h] - mu) : 1.f;  // exactly 1 where the max stayed
+            changed |= mn != m[h];
+            m[h] = mn;
+#pragma unroll
+            for (int n = 0; n < 2; ++n) {
+                s[n][2 * h] = ex2(s[n][2 * h] - mu);
+                s[n][2 * h + 1] = ex2(s[n][2 * h + 1] - mu);
+            }
+            l[h] = l[h] * alpha[h] + s[0][2 * h] + s[0][2 * h + 1] + s[1][2 * h] + s[1][2 * h + 1];
+        }
+        if (__any_sync(0xffffffffu, changed)) {  // the running max moved (rare once a row has warmed up)
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n) {
+                o[n][0] *= alpha[0]; o[n][1] *= alpha[0];
+                o[n][2] *= alpha[1]; o[n][3] *= alpha[1];
+            }
+        }
+        u32 pa[4];  // P as the A operand (rows g, g + 8; slots 2 t4 .. and 8 + 2 t4 ..)
+        pa[0] = pack2<T>(s[0][0], s[0][1]);
+        pa[1] = pack2<T>(s[0][2], s[0][3]);
+        pa[2] = pack2<T>(s[1][0], s[1][1]);
+        pa[3] = pack2<T>(s[1][2], s[1][3]);
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+            u32 bv[4];
+            ldsm_x4_t(bv, vbuf + swz<D>(vrow, 2 * dp + vch));
+            Mma<T>::k16(o[2 * dp], pa, bv[0], bv[1]);
+            Mma<T>::k16(o[2 * dp + 1], pa, bv[2], bv[3]);
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // the K ring is free: merge the 4 warps there
+
+    constexpr int OST = D + 8;  // padded row stride of the merge buffer (floats)
+    float* red_o = reinterpret_cast<float*>(sK);   // [NW][ROWS][OST]
+    float* red_m = red_o + NW * ROWS * OST;        // [NW][ROWS]
+    float* red_l = red_m + NW * ROWS;              // [NW][ROWS]
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        l[h] = quad_sum(l[h]);
+        const int row = g + 8 * h;
+        if (row < nrows) {
+            if (t4 == 0) { red_m[warp * ROWS + row] = m[h]; red_l[warp * ROWS + row] = l[h]; }
+            float* dst = red_o + (warp * ROWS + row) * OST + 2 * t4;
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n)
+                *reinterpret_cast<float2*>(dst + n * 8) = make_float2(o[n][2 * h], o[n][2 * h + 1]);
+        }
+    }
+    __syncthreads();
+    const bool direct = nact == 1;
+    for (int i = tid; i < nrows * (D / 4); i += NW * 32) {
+        const int row = i / (D / 4), col = (i % (D / 4)) * 4;
+        float mm = f32_neg_inf();
+#pragma unroll
+        for (int w = 0; w < NW; ++w) mm = fmaxf(mm, red_m[w * ROWS + row]);  // finite: warp 0 saw a slot
+        float den = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int w = 0; w < NW; ++w) {
+            const float wt = ex2(red_m[w * ROWS + row] - mm);  // 0 for a warp that saw no slot
+            den += wt * red_l[w * ROWS + row];
+            const float4 v = *reinterpret_cast<const float4*>(red_o + (w * ROWS + row) * OST + col);
+            acc[0] += wt * v.x; acc[1] += wt * v.y; acc[2] += wt * v.z; acc[3] += wt * v.w;
+        }
+        const float inv = 1.f / den;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[e] *= inv;
+        const size_t bh = (size_t)b * Hq + h0 + row;
+        if (direct) {
+            store_f<T, 4>(out + bh * D + col, acc);
+        } else {
+            *reinterpret_cast<float4*>(ws_o + (bh * splits + split) * D + col) =
+                make_float4(acc[0], acc[1], acc[2], acc[3]);
+            if (col == 0) ws_lse[bh * splits + split] = mm + __log2f(den);
+        }
+    }
+}
+
+// Merge the chunks of rows with two or more of them (the others were written by the split kernel):
+// out = sum_s w_s o_s / sum_s w_s with w_s = 2^(lse_s - max lse) l_s folded in (o_s is normalised, lse_s in log2
+// units). grid (Hq, B), 256 threads: 8 groups of 32 lanes take every 8th chunk, a lane 8 columns of D = 256.
+template <typename T, typename LEN, int D>
+__global__ void __launch_bounds__(256) decode_attention_combine(
+    const float* __restrict__ ws_o, const float* __restrict__ ws_lse, const LEN* __restrict__ lengths,
+    T* __restrict__ out, int S, int Hq, int splits) {
+    static_assert(D == 256, "combine: one lane per 8 columns of D = 256");
+    extern __shared__ float wsm[];  // [splits] weights, then [8][D] partial sums, then 32 for reductions
+    const int h = blockIdx.x, b = blockIdx.y, tid = threadIdx.x;
+    const int n = active_chunks(row_length(lengths, b, S), splits);
+    if (n < 2) return;
+    float* w = wsm;
+    float* part = wsm + splits;
+    float* red = part + 8 * D;
+    const size_t bh = (size_t)b * Hq + h;
+    float mx = f32_neg_inf();
+    for (int s = tid; s < n; s += 256) mx = fmaxf(mx, ws_lse[bh * splits + s]);
+    mx = warp_max(mx);
+    if ((tid & 31) == 0) red[tid >> 5] = mx;
+    __syncthreads();
+    mx = red[0];
+#pragma unroll
+    for (int i = 1; i < 8; ++i) mx = fmaxf(mx, red[i]);
+    float den = 0.f;
+    for (int s = tid; s < n; s += 256) {
+        const float e = ex2(ws_lse[bh * splits + s] - mx);
+        w[s] = e;
+        den += e;
+    }
+    __syncthreads();  // every thread has read red[] and w[] is complete
+    den = warp_sum(den);
+    if ((tid & 31) == 0) red[8 + (tid >> 5)] = den;
+    const int grp = tid >> 5, col = (tid & 31) * 8;
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll 4
+    for (int s = grp; s < n; s += 8) {
+        const float ws = w[s];
+        const float4* p = reinterpret_cast<const float4*>(ws_o + (bh * splits + s) * D + col);
+        const float4 x = p[0], y = p[1];
+        acc[0] += ws * x.x; acc[1] += ws * x.y; acc[2] += ws * x.z; acc[3] += ws * x.w;
+        acc[4] += ws * y.x; acc[5] += ws * y.y; acc[6] += ws * y.z; acc[7] += ws * y.w;
+    }
+#pragma unroll
+    for (int e = 0; e < 8; ++e) part[grp * D + col + e] = acc[e];
+    __syncthreads();
+    float total = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) total += red[8 + i];
+    const float inv = 1.f / total;
+    for (int c = tid; c < D; c += 256) {
+        float v = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v += part[i * D + c];
+        out[bh * D + c] = from_f<T>(v * inv);
+    }
+}
+
+// k, v [T, Hkv, D] contiguous -> k_cache, v_cache [B, S, Hkv, D] (row stride sb, slot stride ss, in elements; each
+// slot's Hkv * D elements contiguous). grid T, threads stride over 2 * Hkv * D / VEC vectors (k then v).
+template <typename T, typename CU, typename LEN, int VEC>
+__global__ void __launch_bounds__(256) kv_cache_append_kernel(
+    const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ kc, T* __restrict__ vc,
+    long long k_sb, long long k_ss, long long v_sb, long long v_ss,
+    const CU* __restrict__ cu, const LEN* __restrict__ lengths, int B, int S, int row) {
+    const int t = blockIdx.x;
+    int lo = 0, hi = B - 1;  // the last row b with cu[b] <= t (empty rows before it are skipped)
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (static_cast<long long>(cu[mid]) <= t) lo = mid; else hi = mid - 1;
+    }
+    const long long slot = static_cast<long long>(lengths[lo]) + (t - static_cast<long long>(cu[lo]));
+    if (slot < 0 || slot >= S) return;  // overflow: dropped, never written out of bounds
+    const int nvec = row / VEC;
+    for (int i = threadIdx.x; i < 2 * nvec; i += blockDim.x) {
+        const bool is_v = i >= nvec;
+        const int e = (is_v ? i - nvec : i) * VEC;
+        const T* src = (is_v ? v : k) + (size_t)t * row + e;
+        T* dst = is_v ? vc + lo * v_sb + slot * v_ss + e : kc + lo * k_sb + slot * k_ss + e;
+        *reinterpret_cast<Vec<T, VEC>*>(dst) = *reinterpret_cast<const Vec<T, VEC>*>(src);
+    }
+}

@@ -1,0 +1,229 @@
+"""Decode attention (flash-decoding) and the KV-cache append: NVRTC kernels in kernels/cuda/decode_attention.cu with
+the signatures and meaning of reference.decode_attention.
+
+    out = decode_attention(q, k_cache, v_cache, lengths, max_length=None, validate=False)   # CUDA-graph safe
+    kv_cache_append(k, v, k_cache, v_cache, cu_seqlens, lengths, validate=False)
+
+Host syncs: with validate=True (the default) each wrapper reads lengths (and cu_seqlens) back to check them
+against the capacity, like the reference; validate=False reads nothing from the device, so the call can be captured
+in a CUDA graph and replayed with new lengths. The kernels clamp every length to [0, S] and drop appended tokens
+whose slot falls outside [0, S): a wrong length can give a wrong answer, never an out-of-bounds access.
+
+The grid of decode_attention comes from host-known sizes only: B, the heads and the capacity S (or the max_length
+hint, which only caps the split count); each CTA derives its key range from its row's length on the device, so the
+same launch serves any lengths (CTAs past a row's end exit at once).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+
+from reference.decode_attention import (check_append_args, check_append_fits, check_decode_args,
+                                        check_decode_lengths, check_max_length)
+
+from .runtime import nvrtc
+from .runtime.checks import check_aligned16, check_cuda, check_out
+from .runtime.dispatch import CTYPES, NvrtcSource, ceil_div
+from .runtime.nvrtc import f32, i32, i64
+
+__all__ = ["decode_attention", "kv_cache_append"]
+
+HEAD_DIMS = (256,)          # instantiated head dims (Qwen3.5's full-attention layers)
+ATTN_DTYPES = (torch.bfloat16, torch.float16)  # tensor-core operands
+APPEND_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_NW, _TILE, _ROWS = 4, 64, 16  # warps per CTA, key slots per pipeline stage, query rows per CTA (decode:: in the .cu)
+_STAGES = (3, 2)            # cp.async ring depth: 3 where 200 KB of shared memory fit (sm_90), else 2
+_LOG2E = 1.4426950408889634
+_LEN_CTYPES = {torch.int32: "int", torch.int64: "long long"}
+_APPEND_VECS = {torch.float32: (4, 2, 1), torch.float16: (8, 4, 2, 1), torch.bfloat16: (8, 4, 2, 1)}
+_SPLITS_FORCE: int | None = None  # tests: force this split count (the kernels take any)
+
+
+def _split_expr(dtype, len_dtype, d: int, stages: int) -> str:
+    return f"decode_attention_split<{CTYPES[dtype]}, {_LEN_CTYPES[len_dtype]}, {d}, {stages}>"
+
+
+def _combine_expr(dtype, len_dtype, d: int) -> str:
+    return f"decode_attention_combine<{CTYPES[dtype]}, {_LEN_CTYPES[len_dtype]}, {d}>"
+
+
+def _append_expr(dtype, cu_dtype, len_dtype, vec: int) -> str:
+    return (f"kv_cache_append_kernel<{CTYPES[dtype]}, {_LEN_CTYPES[cu_dtype]}, {_LEN_CTYPES[len_dtype]}, {vec}>")
+
+
+SOURCE = NvrtcSource("decode_attention.cu", tuple(
+    [_split_expr(dt, ld, d, st) for dt in ATTN_DTYPES for ld in _LEN_CTYPES for d in HEAD_DIMS for st in _STAGES]
+    + [_combine_expr(dt, ld, d) for dt in ATTN_DTYPES for ld in _LEN_CTYPES for d in HEAD_DIMS]
+    + [_append_expr(dt, cd, ld, vec) for dt, vecs in _APPEND_VECS.items() for cd in _LEN_CTYPES
+       for ld in _LEN_CTYPES for vec in vecs]))
+
+
+def _split_smem(d: int, stages: int) -> int:
+    """Q tile + K and V rings (16-bit elements); the 4-warp merge reuses the rings."""
+    ring = (_ROWS + 2 * stages * _TILE) * d * 2
+    merge = _ROWS * d * 2 + _NW * _ROWS * (d + 8) * 4 + 2 * _NW * _ROWS * 4
+    return max(ring, merge)
+
+
+@lru_cache(maxsize=None)
+def _device_limits(index: int) -> tuple[int, int]:
+    """(SM count, opt-in shared memory per block in bytes) of CUDA device `index`."""
+    p = torch.cuda.get_device_properties(index)
+    return p.multi_processor_count, int(getattr(p, "shared_memory_per_block_optin", 0) or 163 * 1024)
+
+
+def num_splits(ctas_per_split: int, max_tiles: int, sms: int) -> int:
+    """How many key chunks each (row, kv head, row group) is split into, from host-known sizes only.
+
+    ctas_per_split = B * Hkv * row groups CTAs per chunk index; max_tiles = ceil(max length / TILE) caps the split
+    (more chunks than tiles would be empty). One CTA runs per SM, so the time goes as waves / splits; take the
+    fewest splits within 5 % of the best, which keeps the combine's partials few (e.g. 132 SMs: B=1 with 2 kv heads
+    -> 63 splits; B=32 -> 2 splits).
+    """
+    cap = max(1, min(max_tiles, 1024, ceil_div(4 * sms, ctas_per_split)))
+    cost = [ceil_div(ctas_per_split * s, sms) / s for s in range(1, cap + 1)]
+    best = min(cost)
+    return next(s for s, c in enumerate(cost, start=1) if c <= 1.05 * best)
+
+
+def _check_cache_layout(name: str, t: torch.Tensor, aligned16: bool) -> None:
+    """Slots of Hkv * d contiguous elements (rows and slots may be strided); with aligned16, row and slot strides
+    and the start that keep every slot 16-byte aligned (the decode kernel's cp.async)."""
+    _, _, hkv, d = t.shape
+    if t.stride(3) != 1 or (hkv > 1 and t.stride(2) != d):
+        raise ValueError(f"{name} must have contiguous [Hkv, d] slots (strides (*, *, {d}, 1)), got {t.stride()}")
+    if aligned16 and t.numel() and (t.stride(0) * t.element_size() % 16 or t.stride(1) * t.element_size() % 16
+                                    or t.data_ptr() % 16):
+        raise ValueError(f"{name} must be 16-byte aligned with row and slot strides of whole 16-byte vectors, "
+                         f"got strides {t.stride()} at storage offset {t.storage_offset()}")
+
+
+def _check_contiguous(name: str, t: torch.Tensor) -> None:
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous, got strides {t.stride()} for shape {tuple(t.shape)}")
+
+
+def _scale(scale, d: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(d)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive finite number, got {scale}")
+    return float(scale)
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
+                     scale: float | None = None, *, max_length: int | None = None, validate: bool = True,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+    """One new query per row against its cache (reference.decode_attention): q [B, Hq, d] bf16/fp16,
+    k_cache, v_cache [B, S, Hkv, d] of q's dtype, lengths int32/int64 [B] on the device -> [B, Hq, d].
+
+    d = 256; Hkv divides Hq (any group size; 16 query heads per CTA, larger groups take several). Caches may be
+    strided over rows and slots (e.g. a layer's slice of a bigger buffer) but each slot's [Hkv, d] is contiguous.
+    max_length: optional host hint, no row is longer (caps the split count; the grid never depends on lengths).
+    validate: read lengths back and check 0 <= lengths <= S (a host sync; pass False under CUDA graphs).
+    out: optional [B, Hq, d] output (contiguous, q's dtype).
+    """
+    B, Hq, d, S, Hkv = check_decode_args(q, k_cache, v_cache, lengths)
+    if q.dtype not in ATTN_DTYPES:
+        raise ValueError(f"decode_attention kernels take bf16 or fp16 (tensor cores), got {q.dtype}; use the "
+                         f"reference for fp32")
+    if d not in HEAD_DIMS:
+        raise ValueError(f"decode_attention kernels are built for head_dim in {HEAD_DIMS}, got {d}")
+    scale = _scale(scale, d)
+    check_max_length(max_length, S)
+    _check_contiguous("q", q)
+    _check_contiguous("lengths", lengths)
+    _check_cache_layout("k_cache", k_cache, True)
+    _check_cache_layout("v_cache", v_cache, True)
+    o = torch.empty_like(q) if out is None else check_out("out", out, (B, Hq, d), q.dtype)
+    check_aligned16(q=q, out=o)
+    device = check_cuda(q=q, k_cache=k_cache, v_cache=v_cache, lengths=lengths, out=out)
+    if validate:
+        check_decode_lengths(lengths, S, max_length)
+    if B == 0 or Hq == 0:
+        return o
+    if device != torch.cuda.current_device():
+        with torch.cuda.device(device):
+            _launch_decode(q, k_cache, v_cache, lengths, scale, max_length, o, device)
+    else:
+        _launch_decode(q, k_cache, v_cache, lengths, scale, max_length, o, device)
+    return o
+
+
+_SMEM_SET: set = set()
+
+
+def _kernel_with_smem(expr: str, device: int, smem: int):
+    k = SOURCE.kernel(expr, device)
+    if (device, expr) not in _SMEM_SET:
+        nvrtc.set_max_dynamic_shared_memory(k, smem)
+        _SMEM_SET.add((device, expr))
+    return k
+
+
+def _launch_decode(q, k_cache, v_cache, lengths, scale: float, max_length, o, device: int) -> None:
+    B, Hq, d = q.shape
+    S, Hkv = k_cache.shape[1], k_cache.shape[2]
+    r = Hq // Hkv
+    groups = ceil_div(r, _ROWS)
+    sms, smem_optin = _device_limits(device)
+    stages = next((st for st in _STAGES if _split_smem(d, st) <= smem_optin), _STAGES[-1])
+    smem = _split_smem(d, stages)
+    longest = S if max_length is None else max_length
+    splits = _SPLITS_FORCE or num_splits(B * Hkv * groups, max(1, ceil_div(longest, _TILE)), sms)
+    if splits > 1:  # per chunk: the normalised partial output [D] and its log-sum-exp, fp32
+        ws = torch.empty(B * Hq * splits * (d + 1), dtype=torch.float32, device=q.device)
+        ws_o, ws_lse = ws[: B * Hq * splits * d], ws[B * Hq * splits * d:]
+        ws_o_ptr, ws_lse_ptr = ws_o.data_ptr(), ws_lse.data_ptr()
+    else:
+        ws_o_ptr = ws_lse_ptr = 0
+    kern = _kernel_with_smem(_split_expr(q.dtype, lengths.dtype, d, stages), device, smem)
+    nvrtc.launch(kern, (splits, Hkv * groups, B), (_NW * 32, 1, 1), smem,
+                 q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                 i64(k_cache.stride(0)), i64(k_cache.stride(1)), i64(v_cache.stride(0)), i64(v_cache.stride(1)),
+                 lengths.data_ptr(), o.data_ptr(), ws_o_ptr, ws_lse_ptr,
+                 i32(S), i32(Hq), i32(Hkv), i32(r), i32(groups), i32(splits), f32(scale * _LOG2E))
+    if splits > 1:
+        csmem = (splits + 8 * d + 16) * 4  # at most 12.3 KB: splits <= 1024
+        ckern = SOURCE.kernel(_combine_expr(q.dtype, lengths.dtype, d), device)
+        nvrtc.launch(ckern, (Hq, B, 1), (256, 1, 1), csmem, ws_o_ptr, ws_lse_ptr, lengths.data_ptr(), o.data_ptr(),
+                     i32(S), i32(Hq), i32(splits))
+
+
+def kv_cache_append(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    cu_seqlens: torch.Tensor, lengths: torch.Tensor, *, validate: bool = True) -> None:
+    """reference.kv_cache_append on the GPU, one CTA per new token (no host loop over rows): token i of row b goes to
+    slot lengths[b] + i. k, v [T, Hkv, d] contiguous; caches [B, S, Hkv, d] as in decode_attention (fp32 too).
+
+    validate: read cu_seqlens and lengths back and check that every row's tokens fit (ValueError, as the
+    reference). With validate=False nothing is read (CUDA-graph safe) and a slot outside [0, S) is not written:
+    the token is dropped. Returns None.
+    """
+    B, S = check_append_args(k, v, k_cache, v_cache, cu_seqlens, lengths)
+    T, Hkv, d = k.shape
+    _check_contiguous("k", k)
+    _check_contiguous("v", v)
+    _check_contiguous("cu_seqlens", cu_seqlens)
+    _check_contiguous("lengths", lengths)
+    _check_cache_layout("k_cache", k_cache, False)
+    _check_cache_layout("v_cache", v_cache, False)
+    device = check_cuda(k=k, v=v, k_cache=k_cache, v_cache=v_cache, cu_seqlens=cu_seqlens, lengths=lengths)
+    if validate:
+        check_append_fits(cu_seqlens, lengths, S, T)
+    if T == 0 or B == 0 or Hkv * d == 0:
+        return None
+    row = Hkv * d
+    vec = next(v_ for v_ in _APPEND_VECS[k.dtype] if row % v_ == 0 and all(
+        (t.data_ptr() | t.stride(0) * t.element_size() | t.stride(1) * t.element_size()) % (v_ * t.element_size())
+        == 0 for t in (k_cache, v_cache)) and (k.data_ptr() | v.data_ptr()) % (v_ * k.element_size()) == 0)
+    threads = min(256, ceil_div(2 * row // vec, 32) * 32)
+    SOURCE.launch(device, _append_expr(k.dtype, cu_seqlens.dtype, lengths.dtype, vec), (T, 1, 1), (threads, 1, 1),
+                  k.data_ptr(), v.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                  i64(k_cache.stride(0)), i64(k_cache.stride(1)), i64(v_cache.stride(0)), i64(v_cache.stride(1)),
+                  cu_seqlens.data_ptr(), lengths.data_ptr(), i32(B), i32(S), i32(row))
+    return None
