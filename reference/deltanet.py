@@ -15,7 +15,7 @@ import torch
 from ._checks import check_cu_seqlens, check_divides, check_float, check_same_device, check_tensor
 from .norms import l2norm
 
-__all__ = ["gated_delta_rule", "chunked_gated_delta_rule"]
+__all__ = ["gated_delta_rule", "chunked_gated_delta_rule", "gdn_gates"]
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -55,6 +55,33 @@ def _check_gdr(q, k, v, g, beta, cu_seqlens, initial_state):
     return n, Hk, Hv, dk, dv
 
 
+def _check_outs(q, v, cu_seqlens, n, Hv, dk, dv, out, final_state, max_seqlen):
+    """The optional out= / final_state= tensors and the max_seqlen hint (shared by both forms)."""
+    acc = _compute_dtype(q)
+    if out is not None:
+        check_tensor("out", out, shape=tuple(v.shape), dtypes=(v.dtype,))
+    if final_state is not None:
+        check_tensor("final_state", final_state, shape=(n, Hv, dk, dv), dtypes=(acc,))
+    check_same_device(q=q, out=out, final_state=final_state)
+    if max_seqlen is not None:
+        if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
+            raise ValueError(f"max_seqlen must be a non-negative int or None, got {max_seqlen!r}")
+        longest = max((b - a for a, b in _segments(cu_seqlens)), default=0)
+        if max_seqlen < longest:
+            raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence ({longest} tokens)")
+
+
+def _finish(o, final, v, out, final_state):
+    """Round o to v's dtype; write into out= / final_state= when given (final_state may alias initial_state:
+    the state was read into a copy before this point)."""
+    o = o.to(v.dtype)
+    if out is not None:
+        o = out.copy_(o)
+    if final_state is not None:
+        final = final_state.copy_(final)
+    return o, final
+
+
 def _prepare_gdr(q, k, v, g, beta, scale, use_qk_l2norm):
     """Cast to the compute dtype, l2-normalise q/k if asked, scale q, and expand key heads to value heads (GVA)."""
     acc = _compute_dtype(q)
@@ -71,7 +98,9 @@ def _prepare_gdr(q, k, v, g, beta, scale, use_qk_l2norm):
 
 def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
                      cu_seqlens: torch.Tensor, initial_state: torch.Tensor | None = None,
-                     scale: float | None = None, use_qk_l2norm: bool = False):
+                     scale: float | None = None, use_qk_l2norm: bool = False, *, out: torch.Tensor | None = None,
+                     final_state: torch.Tensor | None = None, max_seqlen: int | None = None,
+                     validate: bool = True):
     """The gated delta rule as a token-by-token recurrence (the spec; architecture doc 3.6).
 
     q, k: [T, Hk, dk]; v: [T, Hv, dv] (Hk divides Hv; value head h uses key head h // (Hv/Hk));
@@ -87,8 +116,14 @@ def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
         S   = S + k_t (x) beta_t (v_t - u)       delta-rule write                             [dk, dv]
         o_t = S^T q_t                                                                         [dv]
     Returns (o [T, Hv, dv] in v.dtype, final_state [n, Hv, dk, dv] in the compute dtype).
+    out: optional [T, Hv, dv] tensor of v's dtype that receives o; final_state: optional [n, Hv, dk, dv] tensor of
+    the compute dtype that receives the final state, and may be initial_state itself (the in-place decode step);
+    both are returned as given. max_seqlen: optional hint, the longest sequence's length (kernels pick their
+    path by it instead of reading cu_seqlens); checked here. validate: a kernel hint (False: skip the host check
+    of cu_seqlens, which reads the device); the reference reads cu_seqlens anyway, so it always checks.
     """
     n, Hk, Hv, dk, dv = _check_gdr(q, k, v, g, beta, cu_seqlens, initial_state)
+    _check_outs(q, v, cu_seqlens, n, Hv, dk, dv, out, final_state, max_seqlen)
     qf, kf, vf, gf, bf, acc = _prepare_gdr(q, k, v, g, beta, scale, use_qk_l2norm)
     o = torch.empty(v.shape, dtype=acc, device=v.device)
     final = torch.empty(n, Hv, dk, dv, dtype=acc, device=v.device)
@@ -101,16 +136,18 @@ def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
             S = S + kf[t][:, :, None] * (bf[t][:, None] * (vf[t] - u))[:, None, :]
             o[t] = torch.einsum("hkv,hk->hv", S, qf[t])
         final[s] = S
-    return o.to(v.dtype), final
+    return _finish(o, final, v, out, final_state)
 
 
 def chunked_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
                              beta: torch.Tensor, cu_seqlens: torch.Tensor,
                              initial_state: torch.Tensor | None = None, scale: float | None = None,
-                             use_qk_l2norm: bool = False, chunk_size: int = 64):
+                             use_qk_l2norm: bool = False, chunk_size: int = 64, *,
+                             out: torch.Tensor | None = None, final_state: torch.Tensor | None = None,
+                             max_seqlen: int | None = None, validate: bool = True):
     """The same op as `gated_delta_rule`, computed chunk by chunk (the form the prefill kernels use).
 
-    Same arguments, meaning and return value; chunk_size >= 1. Sequences are cut into chunks of chunk_size
+    Same arguments (out=, final_state=, max_seqlen= included), meaning and return value; chunk_size >= 1. Sequences are cut into chunks of chunk_size
     tokens (the last one shorter, no padding). Inside a chunk (positions i = 1..L, entry state S0, per value head):
       G_i = g_1 + ... + g_i                 cumulative log-decay, so the decay from j to i is exp(G_i - G_j)
       w_j = the value row token j writes,   w_j = beta_j (v_j - u_j)   ([dv])
@@ -125,6 +162,7 @@ def chunked_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     n, Hk, Hv, dk, dv = _check_gdr(q, k, v, g, beta, cu_seqlens, initial_state)
+    _check_outs(q, v, cu_seqlens, n, Hv, dk, dv, out, final_state, max_seqlen)
     qf, kf, vf, gf, bf, acc = _prepare_gdr(q, k, v, g, beta, scale, use_qk_l2norm)
     # head-major views [Hv, T, ...] so that every chunk is a batch of per-head matrices
     qh, kh, vh = qf.transpose(0, 1), kf.transpose(0, 1), vf.transpose(0, 1)
@@ -150,4 +188,21 @@ def chunked_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
             o[:, c0:c1] = torch.exp(G)[..., None] * (Q @ S) + (D * (Q @ K.transpose(1, 2))) @ W
             S = torch.exp(G[:, -1])[:, None, None] * S + (K * torch.exp(G[:, -1:] - G)[..., None]).transpose(1, 2) @ W
         final[s] = S
-    return o.transpose(0, 1).to(v.dtype), final
+    return _finish(o.transpose(0, 1), final, v, out, final_state)
+
+
+def gdn_gates(a: torch.Tensor, b: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor):
+    """The gate and write strength of the gated delta rule from their projections (HF Qwen3.5, in fp32):
+        g    = -exp(A_log) * softplus(a + dt_bias)      log-decay, <= 0          [T, Hv] fp32
+        beta = sigmoid(b)                                write strength in (0, 1) [T, Hv] fp32
+    a, b: [T, Hv] (any float dtype); A_log, dt_bias: [Hv]. Returns (g, beta), both fp32 (fp64 for fp64 a).
+    """
+    check_float("a", a, ndim=2)
+    check_float("b", b, shape=tuple(a.shape))
+    Hv = a.shape[1]
+    check_float("A_log", A_log, shape=(Hv,))
+    check_float("dt_bias", dt_bias, shape=(Hv,))
+    check_same_device(a=a, b=b, A_log=A_log, dt_bias=dt_bias)
+    acc = _compute_dtype(a)
+    g = -torch.exp(A_log.to(acc)) * torch.nn.functional.softplus(a.to(acc) + dt_bias.to(acc))
+    return g, torch.sigmoid(b.to(acc))

@@ -1,0 +1,581 @@
+// Gated DeltaNet (gated delta rule) kernels: the chunked prefill on tensor cores and the recurrent step.
+//
+// Per sequence and value head h (key head kh = h / (Hv / Hk)), state S [dk = 128, dv = 128] fp32:
+//   S = exp(g_t) S;  S += k_t (x) beta_t (v_t - S^T k_t);  o_t = S^T q_t        (reference/deltanet.py)
+// with q, k l2-normalised (when asked) and q scaled. Layouts: q, k [T, Hk, 128], v and o [T, Hv, 128] with any
+// token stride (rows of one [T, C] tensor) and heads contiguous; g, beta fp32 [T, Hv] contiguous; states fp32
+// [n, Hv, 128, 128]; cu_seqlens int32 [n + 1]. The l2 norms are never applied to the 16-bit inputs: every kernel
+// multiplies the raw products by 1/||q|| and 1/||k|| in fp32 (one rounding less than normalising first).
+//
+// Chunked prefill, two kernels (chunks of BT = 64 tokens, the algebra of reference.chunked_gated_delta_rule):
+//  gdn_chunk_prep  (one CTA per chunk and value head, fully parallel): G = cumsum(g), A = strictly lower
+//      beta_i exp(G_i - G_j) k_i.k_j, T = (I + A)^-1 (fp32, 16x16 diagonal blocks by warps, then block rows),
+//      W = T diag(beta exp(G)) K and U = T diag(beta) V (mma.sync), and the masked, decayed, scaled Q K^T
+//      (Aqk). Written per token: W, U [T, Hv, 128], Aqk [T, Hv, 64] in the input dtype; G, 1/||q|| * scale,
+//      1/||k|| [T, Hv] fp32.
+//  gdn_chunk_state (one CTA per sequence, value head and BV-column block of dv; chunks in order, the next
+//      chunk's inputs loaded by cp.async during the current one): with S0 the state entering the chunk,
+//        Vn = U - W S0;  O = diag(exp(G) rq) Q S0 + Aqk Vn;  S = exp(G_L) S0 + K^T diag(exp(G_L - G) rk) Vn
+//      S stays in fp32 registers; it is rounded to the input dtype only as an mma operand.
+// Recurrent kernel gdn_recurrent (decode: one token per sequence; also the fp32 path): one CTA per sequence,
+// value head and BV columns, the state slice in registers, one pass over S per token for both S^T k and S^T q:
+//   u = a S^T k, delta = beta (v - u), o = a S^T q + (k.q) delta, S = a S + k delta^T   (a = exp(g)).
+// States may be updated in place (final_state aliasing initial_state): each CTA reads its slice before writing it.
+#include "include/convert.cuh"
+#include "include/cp_async.cuh"
+#include "include/mma_sm80.cuh"
+#include "include/ptx.cuh"
+#include "include/reduce.cuh"
+#include "include/varlen.cuh"
+
+namespace deltanet {
+using namespace qkern;
+
+constexpr int D = 128;      // dk = dv
+constexpr int BT = 64;      // chunk length
+constexpr int SD = D + 8;   // shared row stride of 128-wide tiles (17 16-byte chunks: conflict-free ldmatrix)
+constexpr int SC = BT + 8;  // shared row stride of 64-wide tiles (9 chunks)
+constexpr int SA = BT + 1;  // fp32 [64][65] matrix for the triangular solve
+constexpr float L2_EPS = 1e-6f;
+
+// Copy rows [0, L) of a [*, 128] 16-bit matrix (row r at src + r * stride) into shared memory, zero-filling
+// rows L .. 63 (never read from global memory).
+template <typename T>
+__device__ __forceinline__ void load_rows128(T* s, const T* src, long long stride, int L, int tid) {
+#pragma unroll
+    for (int i = tid; i < BT * (D / 8); i += 128) {
+        const int r = i >> 4, c = (i & 15) * 8;
+        const bool ok = r < L;
+        cp_async16(smem_u32(s + r * SD + c), src + (ok ? (long long)r * stride : 0) + c, ok);
+    }
+}
+
+// C[16 x 8 NB] += A (16 x 16 KS, row-major in shared, row stride LDA) * B where B[k][n] is stored as Bt[n][k]
+// (row stride LDB): the Q K^T form.
+template <typename T, int KS, int NB, int LDA, int LDB>
+__device__ __forceinline__ void mma_abt(float (&c)[NB][4], const T* a, const T* bt, int lane) {
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+        u32 af[4];
+        ldsm_x4(af, smem_u32(a + (lane & 15) * LDA + ks * 16 + (lane >> 4) * 8));
+#pragma unroll
+        for (int nb = 0; nb < NB; nb += 2) {
+            u32 bf[4];
+            ldsm_x4(bf, smem_u32(bt + (nb * 8 + (lane & 7) + ((lane >> 4) << 3)) * LDB + ks * 16 + ((lane >> 3) & 1) * 8));
+            Mma<T>::k16(c[nb], af, bf[0], bf[1]);
+            Mma<T>::k16(c[nb + 1], af, bf[2], bf[3]);
+        }
+    }
+}
+
+// C[16 x 8 NB] += A (16 x 16 KS, row-major, stride LDA) * B (16 KS x 8 NB, row-major [k][n], stride LDB).
+template <typename T, int KS, int NB, int LDA, int LDB>
+__device__ __forceinline__ void mma_ab(float (&c)[NB][4], const T* a, const T* b, int lane) {
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+        u32 af[4];
+        ldsm_x4(af, smem_u32(a + (lane & 15) * LDA + ks * 16 + (lane >> 4) * 8));
+#pragma unroll
+        for (int nb = 0; nb < NB; nb += 2) {
+            u32 bf[4];
+            ldsm_x4_t(bf, smem_u32(b + (ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDB + nb * 8 + (lane >> 4) * 8));
+            Mma<T>::k16(c[nb], af, bf[0], bf[1]);
+            Mma<T>::k16(c[nb + 1], af, bf[2], bf[3]);
+        }
+    }
+}
+
+// C[16 x 8 NB] += A * B with A[m][k] stored transposed as At[k][m] (stride LDA; the K^T of K [token][dk]) and
+// B row-major [k][n] (stride LDB); KS k-steps of 16.
+template <typename T, int KS, int NB, int LDA, int LDB>
+__device__ __forceinline__ void mma_atb(float (&c)[NB][4], const T* at, const T* b, int lane) {
+    const int id = lane >> 3;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+        u32 af[4];
+        ldsm_x4_t(af, smem_u32(at + (ks * 16 + (lane & 7) + ((id >> 1) << 3)) * LDA + ((id & 1) << 3)));
+#pragma unroll
+        for (int nb = 0; nb < NB; nb += 2) {
+            u32 bf[4];
+            ldsm_x4_t(bf, smem_u32(b + (ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDB + nb * 8 + (lane >> 4) * 8));
+            Mma<T>::k16(c[nb], af, bf[0], bf[1]);
+            Mma<T>::k16(c[nb + 1], af, bf[2], bf[3]);
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void store2(T* p, float a, float b) {
+    *reinterpret_cast<u32*>(p) = pack2<T>(a, b);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// gdn_chunk_prep
+// ---------------------------------------------------------------------------------------------------------------
+template <typename T>
+__global__ void __launch_bounds__(128) gdn_chunk_prep(
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const float* __restrict__ g,
+    const float* __restrict__ beta, const int* __restrict__ cu, int nseg, long long sq, long long sk,
+    long long sv, int Hk, int Hv, float scale, int l2norm, T* __restrict__ w_out, T* __restrict__ u_out,
+    T* __restrict__ aqk_out, float* __restrict__ g_out, float* __restrict__ rq_out, float* __restrict__ rk_out) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    T* sQ = reinterpret_cast<T*>(smem);
+    T* sK = sQ + BT * SD;
+    T* sV = sK + BT * SD;
+    T* sTk = sV + BT * SD;  // T diag(beta exp(G) rk), the A operand of W
+    T* sTv = sTk + BT * SC;  // T diag(beta), the A operand of U
+    float* sA = reinterpret_cast<float*>(sTv + BT * SC);  // A, then T = (I + A)^-1 in place
+    float* sX = sA + BT * SA;                              // one block row of partial products [16][65]
+    float* sG = sX + 16 * SA;
+    float* sB = sG + BT;
+    float* sRq = sB + BT;
+    float* sRk = sRq + BT;
+    __shared__ int s_map[2];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int h = blockIdx.x, kh = h / (Hv / Hk);
+    if (warp == 0) find_tile(cu, nseg, blockIdx.y, lane, s_map, BT);
+    __syncthreads();
+    const int seg = s_map[0];
+    if (seg < 0) return;
+    const int c0 = cu[seg] + s_map[1] * BT;
+    const int L = min(BT, cu[seg + 1] - c0);
+
+    load_rows128(sQ, q + (long long)c0 * sq + kh * D, sq, L, tid);
+    load_rows128(sK, k + (long long)c0 * sk + kh * D, sk, L, tid);
+    load_rows128(sV, v + (long long)c0 * sv + h * D, sv, L, tid);
+    cp_async_commit();
+    // cumulative log-decay G over the chunk (warp 0: two rows a lane, a warp-wide inclusive scan)
+    if (warp == 0) {
+        const int r = 2 * lane;
+        const float g0 = r < L ? g[(long long)(c0 + r) * Hv + h] : 0.f;
+        const float g1 = r + 1 < L ? g[(long long)(c0 + r + 1) * Hv + h] : 0.f;
+        float inc = g0 + g1;
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {
+            const float y = __shfl_up_sync(0xffffffffu, inc, off);
+            if (lane >= off) inc += y;
+        }
+        const float exc = inc - (g0 + g1);
+        sG[r] = exc + g0;
+        sG[r + 1] = exc + g0 + g1;
+    } else if (warp == 1) {
+#pragma unroll
+        for (int r = lane; r < BT; r += 32) sB[r] = r < L ? beta[(long long)(c0 + r) * Hv + h] : 0.f;
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    // 1/||q|| * scale and 1/||k|| per row: two threads a row, 64 columns each
+    {
+        const int r = tid >> 1, c = (tid & 1) * 64;
+        float qq = 0.f, kk = 0.f;
+#pragma unroll 8
+        for (int j = 0; j < 64; ++j) {
+            const float a = to_f(sQ[r * SD + c + j]), b = to_f(sK[r * SD + c + j]);
+            qq += a * a;
+            kk += b * b;
+        }
+        qq += __shfl_xor_sync(0xffffffffu, qq, 1);
+        kk += __shfl_xor_sync(0xffffffffu, kk, 1);
+        if ((tid & 1) == 0) {
+            sRq[r] = (l2norm ? rsqrtf(qq + L2_EPS) : 1.f) * scale;
+            sRk[r] = l2norm ? rsqrtf(kk + L2_EPS) : 1.f;
+        }
+    }
+    __syncthreads();
+
+    const int gq = lane >> 2, t4 = lane & 3;
+    const int m0 = warp * 16;
+    {
+        // K K^T and Q K^T for rows m0 .. m0 + 15 (all 64 columns; those right of the diagonal are masked)
+        float kk[8][4], qk[8][4];
+#pragma unroll
+        for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) kk[nb][e] = qk[nb][e] = 0.f;
+        mma_abt<T, 8, 8, SD, SD>(kk, sK + m0 * SD, sK, lane);
+        mma_abt<T, 8, 8, SD, SD>(qk, sQ + m0 * SD, sK, lane);
+#pragma unroll
+        for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int i = m0 + gq + (e ? 8 : 0);
+                const float Gi = sG[i], bi = sB[i] * sRk[i], qi = sRq[i];
+                float av[2], qv[2];
+#pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                    const int j = nb * 8 + 2 * t4 + u;
+                    const float dec = j <= i ? __expf(Gi - sG[j]) : 0.f;  // masked before exp: no overflow
+                    av[u] = j < i ? bi * dec * sRk[j] * kk[nb][e + u] : 0.f;
+                    qv[u] = qi * dec * sRk[j] * qk[nb][e + u];
+                    sA[i * SA + j] = av[u];
+                }
+                if (i < L) store2(aqk_out + ((long long)(c0 + i) * Hv + h) * BT + nb * 8 + 2 * t4, qv[0], qv[1]);
+            }
+    }
+    __syncthreads();
+
+    // T = (I + A)^-1. Diagonal 16x16 blocks: warp w inverts block w by forward elimination, lane = column c
+    // (lanes 0-15 hold rows 0-7 of the block, lanes 16-31 rows 8-15).
+    {
+        const int c = lane & 15, hh = lane >> 4, b0 = warp * 16;
+        float R[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) R[i] = (8 * hh + i == c) ? 1.f : 0.f;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            const float rj = __shfl_sync(0xffffffffu, R[j & 7], c + 16 * (j >> 3));
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const int row = 8 * hh + i;
+                if (row > j) R[i] -= sA[(b0 + row) * SA + b0 + j] * rj;
+            }
+        }
+        __syncwarp();
+#pragma unroll
+        for (int i = 0; i < 8; ++i) sA[(b0 + 8 * hh + i) * SA + b0 + c] = R[i];
+    }
+    __syncthreads();
+    // block rows 1..3: X_ij = sum_{m = j .. i-1} A_im T_mj (j < i), then T_ij = -T_ii X_ij
+    for (int bi = 1; bi < 4; ++bi) {
+        const int ncol = 16 * bi, r0 = 16 * bi;
+        for (int e = tid; e < 16 * ncol; e += 128) {
+            const int r = e / ncol, c = e - r * ncol;
+            float acc = 0.f;
+            for (int m = (c >> 4) * 16; m < r0; ++m) acc += sA[(r0 + r) * SA + m] * sA[m * SA + c];
+            sX[r * SA + c] = acc;
+        }
+        __syncthreads();
+        for (int e = tid; e < 16 * ncol; e += 128) {
+            const int r = e / ncol, c = e - r * ncol;
+            float acc = 0.f;
+#pragma unroll
+            for (int m = 0; m < 16; ++m) acc += sA[(r0 + r) * SA + r0 + m] * sX[m * SA + c];
+            sA[(r0 + r) * SA + c] = -acc;
+        }
+        __syncthreads();
+    }
+    // the two A operands, columns scaled (entries right of the diagonal are 0)
+    for (int e = tid; e < BT * BT; e += 128) {
+        const int i = e >> 6, j = e & 63;
+        const float t = j <= i ? sA[i * SA + j] : 0.f;
+        const float bj = sB[j];
+        sTk[i * SC + j] = from_f<T>(t * bj * __expf(sG[j]) * sRk[j]);
+        sTv[i * SC + j] = from_f<T>(t * bj);
+    }
+    __syncthreads();
+    {
+        float acc[16][4];
+#pragma unroll
+        for (int nb = 0; nb < 16; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[nb][e] = 0.f;
+        mma_ab<T, 4, 16, SC, SD>(acc, sTk + m0 * SC, sK, lane);
+#pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+            const int i = m0 + gq + (e ? 8 : 0);
+            if (i < L) {
+                T* dst = w_out + ((long long)(c0 + i) * Hv + h) * D + 2 * t4;
+#pragma unroll
+                for (int nb = 0; nb < 16; ++nb) store2(dst + nb * 8, acc[nb][e], acc[nb][e + 1]);
+            }
+        }
+#pragma unroll
+        for (int nb = 0; nb < 16; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[nb][e] = 0.f;
+        mma_ab<T, 4, 16, SC, SD>(acc, sTv + m0 * SC, sV, lane);
+#pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+            const int i = m0 + gq + (e ? 8 : 0);
+            if (i < L) {
+                T* dst = u_out + ((long long)(c0 + i) * Hv + h) * D + 2 * t4;
+#pragma unroll
+                for (int nb = 0; nb < 16; ++nb) store2(dst + nb * 8, acc[nb][e], acc[nb][e + 1]);
+            }
+        }
+    }
+    if (tid < L) {
+        const long long o = (long long)(c0 + tid) * Hv + h;
+        g_out[o] = sG[tid];
+        rq_out[o] = sRq[tid];
+        rk_out[o] = sRk[tid];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// gdn_chunk_state
+// ---------------------------------------------------------------------------------------------------------------
+template <int BV>
+struct StateLayout {
+    static constexpr int SU = BV + 8;  // row stride of BV-wide tiles (odd number of 16-byte chunks)
+    // one stage: W, Q, K [64][SD]; U [64][SU]; Aqk [64][SC] (16-bit) then G, rq, rk [64] (fp32)
+    static constexpr int STAGE_T = 3 * BT * SD + BT * SU + BT * SC;
+    static constexpr int STAGE_BYTES = STAGE_T * 2 + 3 * BT * 4;
+    // after the two stages: S [128][SU], Vn and the scaled Vn [64][SU] (16-bit)
+    static constexpr int BYTES = 2 * STAGE_BYTES + (D * SU + 2 * BT * SU) * 2;
+};
+
+template <typename T, int BV>
+__global__ void __launch_bounds__(128) gdn_chunk_state(
+    const T* __restrict__ q, const T* __restrict__ k, long long sq, long long sk, int Hk, int Hv,
+    const T* __restrict__ w, const T* __restrict__ u, const T* __restrict__ aqk, const float* __restrict__ gc,
+    const float* __restrict__ rq, const float* __restrict__ rk, const int* __restrict__ cu,
+    const float* h0, float* hT, T* __restrict__ o, long long so) {
+    using Lay = StateLayout<BV>;
+    constexpr int SU = Lay::SU, NB = BV / 8;
+    extern __shared__ __align__(16) unsigned char smem[];
+    T* sS = reinterpret_cast<T*>(smem + 2 * Lay::STAGE_BYTES);
+    T* sVn = sS + D * SU;
+    T* sVs = sVn + BT * SU;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, t4 = lane & 3;
+    const int vb = blockIdx.x * BV, h = blockIdx.y, s = blockIdx.z, kh = h / (Hv / Hk);
+    const int bos = cu[s], eos = cu[s + 1];
+    const int nchunks = (eos - bos + BT - 1) / BT;
+
+    auto stage_ptr = [&](int st) { return smem + st * Lay::STAGE_BYTES; };
+    auto issue = [&](int c) {  // cp.async loads of chunk c into stage c & 1
+        unsigned char* base = stage_ptr(c & 1);
+        T* sW = reinterpret_cast<T*>(base);
+        T* sQ = sW + BT * SD;
+        T* sK = sQ + BT * SD;
+        T* sU = sK + BT * SD;
+        T* sAq = sU + BT * SU;
+        float* sG = reinterpret_cast<float*>(sAq + BT * SC);
+        const int t0 = bos + c * BT, L = min(BT, eos - t0);
+        const long long hv = (long long)Hv * D;
+        load_rows128(sW, w + (long long)t0 * hv + h * D, hv, L, tid);
+        load_rows128(sQ, q + (long long)t0 * sq + kh * D, sq, L, tid);
+        load_rows128(sK, k + (long long)t0 * sk + kh * D, sk, L, tid);
+        constexpr int UCH = BV / 8;  // 16-byte chunks of a U row
+        for (int i = tid; i < BT * UCH; i += 128) {
+            const int r = i / UCH, cc = (i % UCH) * 8;
+            const bool ok = r < L;
+            cp_async16(smem_u32(sU + r * SU + cc), u + ((long long)(t0 + (ok ? r : 0)) * Hv + h) * D + vb + cc, ok);
+        }
+        for (int i = tid; i < BT * 8; i += 128) {
+            const int r = i >> 3, cc = (i & 7) * 8;
+            const bool ok = r < L;
+            cp_async16(smem_u32(sAq + r * SC + cc), aqk + ((long long)(t0 + (ok ? r : 0)) * Hv + h) * BT + cc, ok);
+        }
+        if (tid < BT) {  // G, rq, rk of the chunk's rows (rows past the end: G of the last row, rq = rk = 0)
+            const int r = min(tid, L - 1);
+            const long long idx = (long long)(t0 + r) * Hv + h;
+            sG[tid] = gc[idx];
+            sG[BT + tid] = tid < L ? rq[idx] : 0.f;
+            sG[2 * BT + tid] = tid < L ? rk[idx] : 0.f;
+        }
+    };
+
+    // S rows w*32 + mt*16 + (gq, gq + 8), columns vb + nb*8 + 2 t4 (+1): the C fragments of K^T Vn
+    float S[2][NB][4];
+    const long long sbase = ((long long)s * Hv + h) * D * D + vb;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int r = warp * 32 + mt * 16 + gq + (e ? 8 : 0);
+                float2 x = make_float2(0.f, 0.f);
+                if (h0) x = *reinterpret_cast<const float2*>(h0 + sbase + (long long)r * D + nb * 8 + 2 * t4);
+                S[mt][nb][e] = x.x;
+                S[mt][nb][e + 1] = x.y;
+            }
+
+    if (nchunks > 0) issue(0);
+    cp_async_commit();
+    for (int c = 0; c < nchunks; ++c) {
+        if (c + 1 < nchunks) issue(c + 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        // S (rounded to T) into shared memory as the B operand [dk][dv]
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+            for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+                for (int e = 0; e < 4; e += 2) {
+                    const int r = warp * 32 + mt * 16 + gq + (e ? 8 : 0);
+                    store2(sS + r * SU + nb * 8 + 2 * t4, S[mt][nb][e], S[mt][nb][e + 1]);
+                }
+        __syncthreads();
+        unsigned char* base = stage_ptr(c & 1);
+        const T* sW = reinterpret_cast<const T*>(base);
+        const T* sQ = sW + BT * SD;
+        const T* sK = sQ + BT * SD;
+        const T* sU = sK + BT * SD;
+        const T* sAq = sU + BT * SU;
+        const float* sG = reinterpret_cast<const float*>(sAq + BT * SC);
+        const int t0 = bos + c * BT, L = min(BT, eos - t0);
+        const float gl = sG[BT - 1];  // rows past the end repeat the last G
+        const int m0 = warp * 16;
+        float vn[NB][4], o1[NB][4];
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) vn[nb][e] = o1[nb][e] = 0.f;
+        mma_ab<T, 8, NB, SD, SU>(vn, sW + m0 * SD, sS, lane);
+        mma_ab<T, 8, NB, SD, SU>(o1, sQ + m0 * SD, sS, lane);
+        // Vn = U - W S; the scaled copy exp(G_L - G_i) rk_i Vn feeds the state update
+#pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+            const int i = m0 + gq + (e ? 8 : 0);
+            const float f = __expf(gl - sG[i]) * sG[2 * BT + i];
+#pragma unroll
+            for (int nb = 0; nb < NB; ++nb) {
+                const int cc = nb * 8 + 2 * t4;
+                const float x0 = to_f(sU[i * SU + cc]) - vn[nb][e];
+                const float x1 = to_f(sU[i * SU + cc + 1]) - vn[nb][e + 1];
+                store2(sVn + i * SU + cc, x0, x1);
+                store2(sVs + i * SU + cc, x0 * f, x1 * f);
+            }
+        }
+        __syncthreads();
+        // O = diag(exp(G) rq) Q S + Aqk Vn
+        {
+            float o2[NB][4];
+#pragma unroll
+            for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) o2[nb][e] = 0.f;
+            mma_ab<T, 4, NB, SC, SU>(o2, sAq + m0 * SC, sVn, lane);
+#pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int i = m0 + gq + (e ? 8 : 0);
+                if (i < L) {
+                    const float f = __expf(sG[i]) * sG[BT + i];
+                    T* dst = o + (long long)(t0 + i) * so + h * D + vb + 2 * t4;
+#pragma unroll
+                    for (int nb = 0; nb < NB; ++nb)
+                        store2(dst + nb * 8, f * o1[nb][e] + o2[nb][e], f * o1[nb][e + 1] + o2[nb][e + 1]);
+                }
+            }
+        }
+        // S = exp(G_L) S + K^T (scaled Vn), rows warp*32 .. +31 of dk
+        {
+            const float dl = __expf(gl);
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+                for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) S[mt][nb][e] *= dl;
+                mma_atb<T, 4, NB, SD, SU>(S[mt], sK + warp * 32 + mt * 16, sVs, lane);
+            }
+        }
+        __syncthreads();  // this stage and sS/sVn/sVs are free for the next chunk
+    }
+    cp_async_wait<0>();
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int r = warp * 32 + mt * 16 + gq + (e ? 8 : 0);
+                *reinterpret_cast<float2*>(hT + sbase + (long long)r * D + nb * 8 + 2 * t4) =
+                    make_float2(S[mt][nb][e], S[mt][nb][e + 1]);
+            }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// gdn_recurrent: token by token (decode, and the fp32 path)
+// ---------------------------------------------------------------------------------------------------------------
+// CTA = (BV columns of dv, value head, sequence), 128 threads: CG = BV/4 column groups of 4 columns (float4),
+// RG = 128/CG row groups; thread (rg, cg) holds rows rg + RG*i (i < RPT) of its 4 columns.
+template <typename T, int BV>
+__global__ void __launch_bounds__(128) gdn_recurrent(
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, long long sq, long long sk,
+    long long sv, const float* __restrict__ g, const float* __restrict__ beta, const int* __restrict__ cu,
+    int Hk, int Hv, float scale, int l2norm, const float* h0, float* hT, T* __restrict__ o, long long so) {
+    constexpr int CG = BV / 4, RG = 128 / CG, RPT = D / RG;
+    __shared__ float s_qk[2][2][D];    // raw q, k of the token (double-buffered by token parity)
+    __shared__ float s_red[2][4][3];   // per-warp sums of q.q, k.k, q.k
+    __shared__ float s_dot[2][4][2][BV];  // per-warp partial S^T k, S^T q
+    __shared__ float s_delta[2][BV];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int cg = tid % CG, rg = tid / CG;
+    const int vb = blockIdx.x * BV, h = blockIdx.y, s = blockIdx.z, kh = h / (Hv / Hk);
+    const int bos = cu[s], eos = cu[s + 1];
+    const long long sbase = ((long long)s * Hv + h) * D * D + vb + cg * 4;
+
+    float S[RPT][4];
+#pragma unroll
+    for (int i = 0; i < RPT; ++i) {
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (h0) x = *reinterpret_cast<const float4*>(h0 + sbase + (long long)(rg + RG * i) * D);
+        S[i][0] = x.x; S[i][1] = x.y; S[i][2] = x.z; S[i][3] = x.w;
+    }
+    // the next token's inputs, loaded one token ahead
+    float nq = 0.f, nk = 0.f, nv = 0.f, ng = 0.f, nb = 0.f;
+    auto fetch = [&](int t) {
+        nq = to_f(q[(long long)t * sq + kh * D + tid]);
+        nk = to_f(k[(long long)t * sk + kh * D + tid]);
+        if (tid < BV) {
+            nv = to_f(v[(long long)t * sv + h * D + vb + tid]);
+            ng = g[(long long)t * Hv + h];
+            nb = beta[(long long)t * Hv + h];
+        }
+    };
+    if (bos < eos) fetch(bos);
+    for (int t = bos; t < eos; ++t) {
+        const int p = (t - bos) & 1;
+        const float cq = nq, ck = nk, cv = nv, cgate = ng, cbeta = nb;
+        if (t + 1 < eos) fetch(t + 1);
+        s_qk[p][0][tid] = cq;
+        s_qk[p][1][tid] = ck;
+        const float r0 = warp_sum(cq * cq), r1 = warp_sum(ck * ck), r2 = warp_sum(cq * ck);
+        if (lane == 0) { s_red[p][warp][0] = r0; s_red[p][warp][1] = r1; s_red[p][warp][2] = r2; }
+        __syncthreads();
+        float pk[4] = {0.f, 0.f, 0.f, 0.f}, pq[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int i = 0; i < RPT; ++i) {
+            const float kr = s_qk[p][1][rg + RG * i], qr = s_qk[p][0][rg + RG * i];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) { pk[j] += S[i][j] * kr; pq[j] += S[i][j] * qr; }
+        }
+        // reduce over the row groups of this warp (lanes with the same cg), then across warps
+#pragma unroll
+        for (int off = CG; off < 32; off <<= 1)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                pk[j] += __shfl_xor_sync(0xffffffffu, pk[j], off);
+                pq[j] += __shfl_xor_sync(0xffffffffu, pq[j], off);
+            }
+        if (lane < CG) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) { s_dot[p][warp][0][cg * 4 + j] = pk[j]; s_dot[p][warp][1][cg * 4 + j] = pq[j]; }
+        }
+        const float qq = s_red[p][0][0] + s_red[p][1][0] + s_red[p][2][0] + s_red[p][3][0];
+        const float kk = s_red[p][0][1] + s_red[p][1][1] + s_red[p][2][1] + s_red[p][3][1];
+        const float qk = s_red[p][0][2] + s_red[p][1][2] + s_red[p][2][2] + s_red[p][3][2];
+        const float rqs = (l2norm ? rsqrtf(qq + L2_EPS) : 1.f) * scale, rks = l2norm ? rsqrtf(kk + L2_EPS) : 1.f;
+        const float a = expf(cgate);
+        __syncthreads();
+        if (tid < BV) {
+            const float dk_ = s_dot[p][0][0][tid] + s_dot[p][1][0][tid] + s_dot[p][2][0][tid] + s_dot[p][3][0][tid];
+            const float dq_ = s_dot[p][0][1][tid] + s_dot[p][1][1][tid] + s_dot[p][2][1][tid] + s_dot[p][3][1][tid];
+            const float delta = cbeta * (cv - a * rks * dk_);
+            s_delta[p][tid] = delta;
+            o[(long long)t * so + h * D + vb + tid] = from_f<T>(a * rqs * dq_ + (qk * rqs * rks) * delta);
+        }
+        __syncthreads();
+        float dl[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) dl[j] = s_delta[p][cg * 4 + j];
+#pragma unroll
+        for (int i = 0; i < RPT; ++i) {
+            const float kr = s_qk[p][1][rg + RG * i] * rks;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) S[i][j] = a * S[i][j] + kr * dl[j];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < RPT; ++i)
+        *reinterpret_cast<float4*>(hT + sbase + (long long)(rg + RG * i) * D) = make_float4(S[i][0], S[i][1], S[i][2], S[i][3]);
+}
+
+}  // namespace deltanet

@@ -1,0 +1,224 @@
+"""Gated DeltaNet kernels (NVRTC, kernels/cuda/deltanet.cu) with the signature and meaning of reference.deltanet.
+
+    o, final = gated_delta_rule(q, k, v, g, beta, cu_seqlens, initial_state, use_qk_l2norm=True)
+
+Two paths, both exact implementations of the recurrence (the choice only changes speed):
+  * chunked prefill (bf16/fp16): gdn_chunk_prep (per 64-token chunk and value head, fully parallel: the
+    triangular solve and the WY factors W, U on tensor cores) then gdn_chunk_state (per sequence, value head and
+    block of dv columns: the chunks in order, the state in fp32 registers, outputs written as it goes);
+  * recurrent (decode, one token per sequence, and every fp32 call): gdn_recurrent, token by token.
+The l2 normalisation of q and k (use_qk_l2norm) is fused into both. No host synchronisation: the chunk map is
+found on the device, so the calls can be captured in a CUDA graph (pass validate=False there). The path is picked
+from shapes and the max_seqlen hint (recurrent when max_seqlen <= 8, or without a hint when T <= 2 n).
+
+Layout: q, k [T, Hk, 128] and v [T, Hv, 128] may be strided over tokens (rows of one [T, C] projection), with
+heads contiguous (stride(1) == 128, stride(2) == 1), token strides a multiple of 8 elements and 16-byte aligned
+data; g and beta [T, Hv] (copied to fp32 contiguous if they are not); states fp32 [n, Hv, 128, 128] contiguous.
+final_state= may be initial_state itself: the decode step updates the state in place.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from reference._checks import check_cu_seqlens, check_divides, check_tensor
+
+from .runtime import nvrtc
+from .runtime.checks import check_cuda, check_input
+from .runtime.dispatch import CTYPES, NvrtcSource
+from .runtime.nvrtc import f32, i32, i64
+
+__all__ = ["gated_delta_rule"]
+
+D = 128        # dk = dv: the only head size the kernels are built for (every Qwen3.5 checkpoint)
+BT = 64        # chunk length of the prefill
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+CHUNK_DTYPES = (torch.float16, torch.bfloat16)
+STATE_BV = (16, 32, 64)   # dv columns per state-pass CTA
+REC_BV = (16, 32)         # dv columns per recurrent CTA
+# Relative cost of one chunk step of the state pass by BV (per CTA; one CTA per SM at every BV): the pick
+# minimises waves x cost. Rough figures until measured.
+STATE_STEP_COST = {16: 1.0, 32: 1.4, 64: 2.2}
+RECURRENT_MAX_SEQLEN = 8  # with a max_seqlen hint at or below this, the recurrent kernel runs
+
+
+def _prep_expr(dtype) -> str:
+    return f"deltanet::gdn_chunk_prep<{CTYPES[dtype]}>"
+
+
+def _state_expr(dtype, bv: int) -> str:
+    return f"deltanet::gdn_chunk_state<{CTYPES[dtype]}, {bv}>"
+
+
+def _rec_expr(dtype, bv: int) -> str:
+    return f"deltanet::gdn_recurrent<{CTYPES[dtype]}, {bv}>"
+
+
+SOURCE = NvrtcSource("deltanet.cu", tuple(
+    [_prep_expr(dt) for dt in CHUNK_DTYPES]
+    + [_state_expr(dt, bv) for dt in CHUNK_DTYPES for bv in STATE_BV]
+    + [_rec_expr(dt, bv) for dt in DTYPES for bv in REC_BV]))
+
+
+def prep_smem_bytes() -> int:
+    """Dynamic shared memory of gdn_chunk_prep (the layout at the top of the kernel)."""
+    return 3 * BT * (D + 8) * 2 + 2 * BT * (BT + 8) * 2 + (BT + 16) * (BT + 1) * 4 + 4 * BT * 4
+
+
+def state_smem_bytes(bv: int) -> int:
+    """Dynamic shared memory of gdn_chunk_state<BV> (StateLayout in the kernel)."""
+    su = bv + 8
+    stage = (3 * BT * (D + 8) + BT * su + BT * (BT + 8)) * 2 + 3 * BT * 4
+    return 2 * stage + (D * su + 2 * BT * su) * 2
+
+
+_DEV: dict = {}
+
+
+def _device_info(device: int) -> tuple[int, int]:
+    """(SM count, opt-in shared memory per block) of a device, cached."""
+    info = _DEV.get(device)
+    if info is None:
+        p = torch.cuda.get_device_properties(device)
+        info = _DEV[device] = (p.multi_processor_count, int(getattr(p, "shared_memory_per_block_optin", 49152)))
+    return info
+
+
+def pick_state_bv(n: int, Hv: int, sms: int, smem_limit: int) -> int:
+    """dv columns per state-pass CTA: the fewest waves x step cost among the BVs that fit in shared memory."""
+    fits = [bv for bv in STATE_BV if state_smem_bytes(bv) <= smem_limit]
+    if not fits:
+        raise ValueError(f"the deltanet state kernel needs {state_smem_bytes(STATE_BV[0])} bytes of shared memory "
+                         f"per block; this device allows {smem_limit}")
+    return min(fits, key=lambda bv: (-(-(n * Hv * (D // bv)) // sms)) * STATE_STEP_COST[bv])
+
+
+def pick_recurrent_bv(n: int, Hv: int, sms: int) -> int:
+    """Narrow column blocks (more CTAs) when the batch is small, wider ones (fewer repeated q/k loads) when not."""
+    return 16 if n * Hv * (D // 32) < 2 * sms else 32
+
+
+_SMEM_SET: set = set()
+
+
+def _launch(device: int, expr: str, grid, smem: int, *args) -> None:
+    k = SOURCE.kernel(expr, device)
+    if smem > 48 * 1024 and (device, expr) not in _SMEM_SET:
+        nvrtc.set_max_dynamic_shared_memory(k, smem)
+        _SMEM_SET.add((device, expr))
+    if device != torch.cuda.current_device():
+        with torch.cuda.device(device):
+            nvrtc.launch(k, grid, (128, 1, 1), smem, *args)
+    else:
+        nvrtc.launch(k, grid, (128, 1, 1), smem, *args)
+
+
+def _check_rows(name: str, t: torch.Tensor) -> None:
+    """Heads contiguous inside a token; the token stride a multiple of 8 elements; 16-byte aligned data."""
+    if t.stride(2) != 1 or t.stride(1) != D or t.stride(0) % 8 or t.stride(0) < t.shape[1] * D:
+        raise ValueError(f"{name} must have contiguous heads (strides (s, 128, 1) with s a multiple of 8 and "
+                         f">= {t.shape[1] * D}), got strides {t.stride()}; pass {name}.contiguous()")
+    if t.data_ptr() % 16:
+        raise ValueError(f"{name} must be 16-byte aligned (got a view at storage offset {t.storage_offset()})")
+
+
+def _validate(q, k, v, g, beta, cu_seqlens, initial_state, scale, use_qk_l2norm, out, final_state, max_seqlen,
+              validate):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, ndim=3, dtypes=DTYPES)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share a dtype, got q={q.dtype}, k={k.dtype}, v={v.dtype}")
+    T, Hk, dk = q.shape
+    check_tensor("k", k, shape=(T, Hk, dk))
+    check_tensor("v", v, shape=(T, None, None))
+    Hv, dv = v.shape[1], v.shape[2]
+    if dk != D or dv != D:
+        raise ValueError(f"the deltanet kernels need dk = dv = {D}, got dk={dk}, dv={dv}")
+    check_divides("Hk (key heads)", Hk, "Hv (value heads)", Hv)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_rows(name, t)
+    check_tensor("g", g, shape=(T, Hv), dtypes=DTYPES)
+    check_tensor("beta", beta, shape=(T, Hv), dtypes=DTYPES)
+    check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32, torch.int64))
+    if cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must have at least 2 entries (one segment), got {cu_seqlens.numel()}")
+    n = cu_seqlens.numel() - 1
+    for name, t in (("initial_state", initial_state), ("final_state", final_state)):
+        if t is not None:
+            check_input(name, t, shape=(n, Hv, D, D), dtypes=(torch.float32,))
+    if out is not None:
+        check_input("out", out, shape=(T, Hv, D), dtypes=(v.dtype,))
+    if scale is None:
+        scale = dk ** -0.5
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number or None, got {scale!r}")
+    if not isinstance(use_qk_l2norm, bool):
+        raise TypeError(f"use_qk_l2norm must be a bool, got {type(use_qk_l2norm).__name__}")
+    if max_seqlen is not None and (isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int)
+                                   or max_seqlen < 0):
+        raise ValueError(f"max_seqlen must be a non-negative int or None, got {max_seqlen!r}")
+    device = check_cuda(q=q, k=k, v=v, g=g, beta=beta, cu_seqlens=cu_seqlens, initial_state=initial_state,
+                        out=out, final_state=final_state)
+    if validate:  # reads cu_seqlens on the host: pass validate=False inside a CUDA graph
+        check_cu_seqlens(cu_seqlens, T)
+        if max_seqlen is not None:
+            longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+            if max_seqlen < longest:
+                raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence ({longest} tokens)")
+    return n, Hk, Hv, float(scale), device
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
+
+
+def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                     cu_seqlens: torch.Tensor, initial_state: torch.Tensor | None = None,
+                     scale: float | None = None, use_qk_l2norm: bool = False, *, out: torch.Tensor | None = None,
+                     final_state: torch.Tensor | None = None, max_seqlen: int | None = None,
+                     validate: bool = True):
+    """reference.gated_delta_rule on the GPU: returns (o [T, Hv, 128] in v.dtype, final_state [n, Hv, 128, 128]
+    fp32). See the module docstring for the layouts and the two paths."""
+    n, Hk, Hv, scale, device = _validate(q, k, v, g, beta, cu_seqlens, initial_state, scale, use_qk_l2norm, out,
+                                         final_state, max_seqlen, validate)
+    T = q.shape[0]
+    if out is None:
+        out = torch.empty(T, Hv, D, dtype=v.dtype, device=v.device)
+    if final_state is None:
+        final_state = torch.empty(n, Hv, D, D, dtype=torch.float32, device=v.device)
+    cu = cu_seqlens if cu_seqlens.dtype == torch.int32 else cu_seqlens.to(torch.int32)
+    g, beta = _f32(g), _f32(beta)
+    h0 = 0 if initial_state is None else initial_state.data_ptr()
+    sms, smem_limit = _device_info(device)
+    recurrent = (q.dtype == torch.float32 or
+                 (max_seqlen <= RECURRENT_MAX_SEQLEN if max_seqlen is not None else T <= 2 * n))
+    if recurrent:
+        bv = pick_recurrent_bv(n, Hv, sms)
+        _launch(device, _rec_expr(q.dtype, bv), (D // bv, Hv, n), 0,
+                q.data_ptr(), k.data_ptr(), v.data_ptr(), i64(q.stride(0)), i64(k.stride(0)), i64(v.stride(0)),
+                g.data_ptr(), beta.data_ptr(), cu.data_ptr(), i32(Hk), i32(Hv), f32(scale), i32(use_qk_l2norm),
+                h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)))
+        return out, final_state
+    slots = (T + n * (BT - 1)) // BT  # an upper bound on the chunk count that needs no read of cu_seqlens
+    if slots > 65535:
+        raise ValueError(f"too many chunks for one call ({slots} > 65535): split the batch")
+    w = torch.empty(T, Hv, D, dtype=q.dtype, device=q.device)
+    u = torch.empty_like(w)
+    aqk = torch.empty(T, Hv, BT, dtype=q.dtype, device=q.device)
+    gc = torch.empty(T, Hv, dtype=torch.float32, device=q.device)
+    rq, rk = torch.empty_like(gc), torch.empty_like(gc)
+    if slots > 0:
+        _launch(device, _prep_expr(q.dtype), (Hv, slots, 1), prep_smem_bytes(),
+                q.data_ptr(), k.data_ptr(), v.data_ptr(), g.data_ptr(), beta.data_ptr(), cu.data_ptr(), i32(n),
+                i64(q.stride(0)), i64(k.stride(0)), i64(v.stride(0)), i32(Hk), i32(Hv), f32(scale),
+                i32(use_qk_l2norm), w.data_ptr(), u.data_ptr(), aqk.data_ptr(), gc.data_ptr(), rq.data_ptr(),
+                rk.data_ptr())
+    bv = pick_state_bv(n, Hv, sms, smem_limit)
+    _launch(device, _state_expr(q.dtype, bv), (D // bv, Hv, n), state_smem_bytes(bv),
+            q.data_ptr(), k.data_ptr(), i64(q.stride(0)), i64(k.stride(0)), i32(Hk), i32(Hv),
+            w.data_ptr(), u.data_ptr(), aqk.data_ptr(), gc.data_ptr(), rq.data_ptr(), rk.data_ptr(), cu.data_ptr(),
+            h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)))
+    return out, final_state
+

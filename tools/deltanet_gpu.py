@@ -1,0 +1,298 @@
+"""One-call GPU script for the gated delta rule kernels: check against the reference, then time beside
+flash-linear-attention 0.6.0 (when importable).
+
+    python3 tools/deltanet_gpu.py --check                 # kernels vs the fp64 recurrence, split/decode/graph checks
+    python3 tools/deltanet_gpu.py --sanitize              # a few small calls (run under compute-sanitizer)
+    python3 tools/deltanet_gpu.py --bench [--out DIR]     # prefill and decode beside FLA, JSON via write_results
+
+Errors are ||out - ref|| / ||ref|| (and max-abs over max(1, max|ref|)) against reference.gated_delta_rule run in
+fp64 on the same (rounded) inputs; final states likewise. Inputs look like the model's: q, k normal (l2-normalised
+in the kernel), v normal, g = -exp(A_log) softplus(a + dt_bias), beta = sigmoid(b).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import reference as R  # noqa: E402
+from kernels import deltanet as K  # noqa: E402
+
+TOL = {torch.bfloat16: 2e-2, torch.float16: 5e-3, torch.float32: 1e-4}  # rel L2, o and final state
+
+
+def make_inputs(lens, Hk, Hv, dtype, init=True, seed=0, device="cuda", strided=False):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    T = sum(lens)
+    n = len(lens)
+    if strided:  # q, k, v as column slices of one [T, C] tensor (the conv output of the model)
+        C = 2 * Hk * 128 + Hv * 128
+        mixed = torch.randn(T, C, generator=gen).to(dtype).to(device)
+        q = mixed[:, : Hk * 128].view(T, Hk, 128)
+        k = mixed[:, Hk * 128: 2 * Hk * 128].view(T, Hk, 128)
+        v = mixed[:, 2 * Hk * 128:].view(T, Hv, 128)
+    else:
+        q = torch.randn(T, Hk, 128, generator=gen).to(dtype).to(device)
+        k = torch.randn(T, Hk, 128, generator=gen).to(dtype).to(device)
+        v = torch.randn(T, Hv, 128, generator=gen).to(dtype).to(device)
+    a = torch.randn(T, Hv, generator=gen)
+    A_log = torch.log(torch.empty(Hv).uniform_(1, 16, generator=gen))
+    dt_bias = torch.randn(Hv, generator=gen) * 0.5
+    g, beta = R.gdn_gates(a, torch.randn(T, Hv, generator=gen), A_log, dt_bias)
+    g, beta = g.to(device), beta.to(device)
+    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0).tolist()), dtype=torch.int32, device=device)
+    h0 = (torch.randn(n, Hv, 128, 128, generator=gen) * 0.1).to(device) if init else None
+    return q, k, v, g, beta, cu, h0
+
+
+def rel(out, ref):
+    o, r = out.double(), ref.double()
+    if not bool(torch.isfinite(o).all()):
+        return float("inf")
+    den = float(r.norm())
+    return float((o - r).norm()) / (den if den > 0 else 1.0)
+
+
+def reference64(q, k, v, g, beta, cu, h0, chunked=False):
+    f = R.chunked_gated_delta_rule if chunked else R.gated_delta_rule
+    return f(q.double(), k.double(), v.double(), g.double(), beta.double(), cu,
+             None if h0 is None else h0.double(), use_qk_l2norm=True)
+
+
+def check(args) -> int:
+    fails = 0
+    cases = [  # (lens, Hk, Hv, dtype, init, max_seqlen hint, label)
+        ([1, 63, 64, 65, 200], 2, 2, torch.bfloat16, True, None, "mixed lens 1:1"),
+        ([1, 63, 64, 65, 200], 2, 4, torch.bfloat16, False, None, "mixed lens 1:2 no init"),
+        ([300, 0, 129], 1, 3, torch.float16, True, None, "fp16 1:3 with empty"),
+        ([130, 7], 2, 4, torch.float32, True, None, "fp32 (recurrent)"),
+        ([64], 1, 1, torch.bfloat16, True, None, "one chunk"),
+        ([1] * 8, 2, 4, torch.bfloat16, True, 1, "decode bf16"),
+        ([1] * 5, 2, 2, torch.float16, True, 1, "decode fp16"),
+        ([1000], 2, 2, torch.bfloat16, True, None, "long 1000"),
+        ([2048, 1000, 33], 4, 8, torch.bfloat16, True, None, "long packed"),
+    ]
+    for lens, Hk, Hv, dt, init, ms, label in cases:
+        for strided in (False, True):
+            q, k, v, g, beta, cu, h0 = make_inputs(lens, Hk, Hv, dt, init=init, strided=strided)
+            out = torch.full((sum(lens), Hv, 128), float("nan"), dtype=dt, device="cuda")
+            fin = torch.full((len(lens), Hv, 128, 128), float("nan"), device="cuda")
+            o, s = K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, out=out, final_state=fin,
+                                      max_seqlen=ms)
+            ro, rs = reference64(q, k, v, g, beta, cu, h0, chunked=sum(lens) > 1500)
+            eo, es = rel(o, ro), rel(s, rs)
+            ok = eo <= TOL[dt] and es <= TOL[dt]
+            fails += not ok
+            print(f"check {label:28s} strided={int(strided)} o_rel={eo:.2e} state_rel={es:.2e} {'ok' if ok else 'FAIL'}")
+    # chunked path forced on decode-like shapes and recurrent path on longer ones agree with the reference
+    q, k, v, g, beta, cu, h0 = make_inputs([5, 1, 70], 2, 4, torch.bfloat16)
+    ro, rs = reference64(q, k, v, g, beta, cu, h0)
+    for ms, label in ((None, "chunked"), (1, "recurrent")):
+        o, s = K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, max_seqlen=ms, validate=False)
+        eo, es = rel(o, ro), rel(s, rs)
+        ok = eo <= TOL[torch.bfloat16] and es <= TOL[torch.bfloat16]
+        fails += not ok
+        print(f"check path={label:10s} o_rel={eo:.2e} state_rel={es:.2e} {'ok' if ok else 'FAIL'}")
+    # split: a prefill of the first part, then the rest with the state carried == one pass; then decode steps
+    lens = [300, 129]
+    q, k, v, g, beta, cu, h0 = make_inputs(lens, 2, 4, torch.bfloat16)
+    o_all, s_all = K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True)
+    cut = [100, 64]
+    idx1 = torch.cat([torch.arange(0, 100), torch.arange(300, 364)]).cuda()
+    idx2 = torch.cat([torch.arange(100, 300), torch.arange(364, 429)]).cuda()
+    cu1 = torch.tensor([0, 100, 164], dtype=torch.int32, device="cuda")
+    cu2 = torch.tensor([0, 200, 265], dtype=torch.int32, device="cuda")
+    o1, s1 = K.gated_delta_rule(q[idx1], k[idx1], v[idx1], g[idx1], beta[idx1], cu1, h0, use_qk_l2norm=True)
+    o2, s2 = K.gated_delta_rule(q[idx2], k[idx2], v[idx2], g[idx2], beta[idx2], cu2, s1, use_qk_l2norm=True)
+    es = rel(s2, s_all)
+    eo = rel(torch.cat([o1, o2])[torch.argsort(torch.cat([idx1, idx2]))], o_all)
+    ok = eo <= TOL[torch.bfloat16] and es <= TOL[torch.bfloat16]
+    fails += not ok
+    print(f"check split {cut} o_rel={eo:.2e} state_rel={es:.2e} {'ok' if ok else 'FAIL'}")
+    # prefill then 5 in-place decode steps == one prefill of the whole
+    lens = [200, 77]
+    steps = 5
+    q, k, v, g, beta, cu, h0 = make_inputs([x + steps for x in lens], 2, 4, torch.bfloat16, seed=3)
+    o_all, s_all = K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True)
+    starts = cu[:-1].long()
+    pre = torch.cat([torch.arange(int(s), int(s) + L) for s, L in zip(starts.tolist(), lens)]).cuda()
+    cu_p = torch.tensor([0, lens[0], sum(lens)], dtype=torch.int32, device="cuda")
+    _, state = K.gated_delta_rule(q[pre], k[pre], v[pre], g[pre], beta[pre], cu_p, h0, use_qk_l2norm=True)
+    cu_d = torch.arange(3, dtype=torch.int32, device="cuda")
+    worst = 0.0
+    for st in range(steps):
+        t = torch.tensor([int(starts[0]) + lens[0] + st, int(starts[1]) + lens[1] + st], device="cuda")
+        od, _ = K.gated_delta_rule(q[t], k[t], v[t], g[t], beta[t], cu_d, state, use_qk_l2norm=True,
+                                   final_state=state, max_seqlen=1, validate=False)
+        worst = max(worst, rel(od, o_all[t]))
+    es = rel(state, s_all)
+    ok = worst <= TOL[torch.bfloat16] and es <= TOL[torch.bfloat16]
+    fails += not ok
+    print(f"check prefill+{steps} decode o_rel={worst:.2e} state_rel={es:.2e} {'ok' if ok else 'FAIL'}")
+    # bitwise repeatable, and the same under CUDA-graph replay
+    q, k, v, g, beta, cu, h0 = make_inputs([4096, 1000], 4, 8, torch.bfloat16, seed=5)
+    a1 = K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True)
+    a2 = K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True)
+    same = torch.equal(a1[0], a2[0]) and torch.equal(a1[1], a2[1])
+    fails += not same
+    print(f"check bitwise repeatable {'ok' if same else 'FAIL'}")
+    outs = {}
+
+    def fn():
+        outs["r"] = K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, validate=False)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    same = torch.equal(outs["r"][0], a1[0]) and torch.equal(outs["r"][1], a1[1])
+    fails += not same
+    print(f"check graph replay equals eager {'ok' if same else 'FAIL'}")
+    print(f"CHECK {'PASSED' if fails == 0 else f'FAILED ({fails})'}")
+    return fails
+
+
+def sanitize(args) -> int:
+    for lens, Hk, Hv, dt, ms in (([1, 63, 64, 65, 130], 1, 2, torch.bfloat16, None), ([3, 0, 70], 1, 1, torch.float16, None),
+                                 ([1, 1, 1], 1, 2, torch.bfloat16, 1), ([20, 1], 1, 1, torch.float32, None)):
+        q, k, v, g, beta, cu, h0 = make_inputs(lens, Hk, Hv, dt)
+        K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, max_seqlen=ms)
+    torch.cuda.synchronize()
+    print("SANITIZE RUN DONE")
+    return 0
+
+
+def flops_prefill(T, Hv, nchunks):
+    """Matrix FLOPs of the chunked algorithm per value head and chunk of 64 (d = 128): K K^T and Q K^T (2 x 1M),
+    W and U (2 x 1M), W S and Q S (2 x 2M), Aqk Vn (1M), K^T Vn (2M) ~ 11.5 MFLOP; scaled by the chunk count."""
+    c, d = 64, 128
+    per_chunk = 2 * (2 * c * c * d) + 2 * (2 * c * c * d) + 2 * (2 * c * d * d) + 2 * c * c * d + 2 * c * d * d
+    return per_chunk * nchunks * Hv
+
+
+def bench(args) -> int:
+    from benchmarks.common import copy_bandwidth_TBps, graph_ms, queued_ms, write_results
+
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+    except Exception as e:  # noqa: BLE001
+        print("FLA not importable:", e)
+        chunk_gated_delta_rule = fused_recurrent_gated_delta_rule = None
+    copy = copy_bandwidth_TBps()
+    print(f"copy {copy:.2f} TB/s")
+    records = []
+    heads = [(16, 16), (16, 32), (16, 48), (16, 64)] if not args.quick else [(16, 16), (16, 64)]
+    lens_cases = [[4096], [32768], [1024] * 8] if not args.quick else [[4096], [32768]]
+    for Hk, Hv in heads:
+        for lens in lens_cases:
+            T = sum(lens)
+            q, k, v, g, beta, cu, h0 = make_inputs(lens, Hk, Hv, torch.bfloat16)
+            nch = sum(-(-L // 64) for L in lens)
+            fl = flops_prefill(T, Hv, nch)
+            ms_hint = max(lens)
+            ours = lambda: K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, max_seqlen=ms_hint,
+                                              validate=False)
+            rec = {"op": "gated_delta_rule", "kind": "prefill", "hk": Hk, "hv": Hv, "lens": f"{len(lens)}x{lens[0]}",
+                   "flop": fl, "ours_queued_ms": queued_ms(ours, 10), "ours_graph_ms": graph_ms(ours, 10)}
+            if chunk_gated_delta_rule is not None:
+                cu64 = cu.long()
+                qb, kb, vb = q[None], k[None], v[None]
+                gb, bb = g[None], beta[None].to(torch.bfloat16)
+                cpu_cu = cu64.cpu()
+                fla = lambda: chunk_gated_delta_rule(qb, kb, vb, gb, bb, scale=128 ** -0.5, initial_state=h0,
+                                                     output_final_state=True, use_qk_l2norm_in_kernel=True,
+                                                     cu_seqlens=cu64, cu_seqlens_cpu=cpu_cu)
+                rec["fla_queued_ms"] = queued_ms(fla, 10)
+                try:
+                    rec["fla_graph_ms"] = graph_ms(fla, 10)
+                except Exception as e:  # noqa: BLE001
+                    rec["fla_graph_ms"] = None
+                    rec["fla_graph_error"] = str(e)[:200]
+                    torch.cuda.synchronize()
+                fo, fs = fla()
+                oo, os_ = ours()
+                rec["o_rel_vs_fla"] = rel(oo, fo[0])
+                rec["state_rel_vs_fla"] = rel(os_, fs)
+                fb = rec["fla_graph_ms"] or rec["fla_queued_ms"]
+                rec["x_fla_graph"] = fb / rec["ours_graph_ms"]
+                rec["x_fla_queued"] = rec["fla_queued_ms"] / rec["ours_queued_ms"]
+            rec["ours_TFLOPs"] = fl / (rec["ours_graph_ms"] * 1e-3) / 1e12
+            records.append(rec)
+            print(json.dumps({k_: (round(v_, 4) if isinstance(v_, float) else v_) for k_, v_ in rec.items()}))
+            del q, k, v, g, beta, h0
+            torch.cuda.empty_cache()
+    for Hk, Hv in heads:
+        for B in (1, 32, 256):
+            q, k, v, g, beta, cu, h0 = make_inputs([1] * B, Hk, Hv, torch.bfloat16)
+            state = h0.clone()
+            ours = lambda: K.gated_delta_rule(q, k, v, g, beta, cu, state, use_qk_l2norm=True, final_state=state,
+                                              max_seqlen=1, validate=False)
+            sbytes = 2 * B * Hv * 128 * 128 * 4
+            rec = {"op": "gated_delta_rule", "kind": "decode", "hk": Hk, "hv": Hv, "batch": B,
+                   "ours_queued_us": queued_ms(ours, 20) * 1e3, "ours_graph_us": graph_ms(ours, 20) * 1e3,
+                   "state_bytes": sbytes}
+            rec["ours_state_TBps"] = sbytes / (rec["ours_graph_us"] * 1e-6) / 1e12
+            rec["ours_pct_copy"] = 100 * rec["ours_state_TBps"] / copy
+            if fused_recurrent_gated_delta_rule is not None:
+                qb, kb, vb = q[:, None], k[:, None], v[:, None]
+                gb, bb = g[:, None], beta[:, None].to(torch.bfloat16)
+                st2 = h0.clone()
+                fla = lambda: fused_recurrent_gated_delta_rule(qb, kb, vb, gb, beta=bb, scale=128 ** -0.5,
+                                                               initial_state=st2, output_final_state=True,
+                                                               use_qk_l2norm_in_kernel=True)
+                rec["fla_queued_us"] = queued_ms(fla, 20) * 1e3
+                try:
+                    rec["fla_graph_us"] = graph_ms(fla, 20) * 1e3
+                except Exception as e:  # noqa: BLE001
+                    rec["fla_graph_us"] = None
+                    rec["fla_graph_error"] = str(e)[:200]
+                fb = rec["fla_graph_us"] or rec["fla_queued_us"]
+                rec["x_fla_graph"] = fb / rec["ours_graph_us"]
+                fo, fs = fla()
+                state.copy_(h0)
+                oo, os_ = ours()
+                rec["o_rel_vs_fla"] = rel(oo, fo[:, 0])
+                rec["state_rel_vs_fla"] = rel(os_, fs)
+            records.append(rec)
+            print(json.dumps({k_: (round(v_, 4) if isinstance(v_, float) else v_) for k_, v_ in rec.items()}))
+    out_dir = Path(args.out) if args.out else None
+    path = write_results("deltanet", records, {"copy_TBps": copy}, out_dir=out_dir)
+    print("wrote", path)
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--sanitize", action="store_true")
+    ap.add_argument("--bench", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="bench fewer shapes")
+    ap.add_argument("--out", default=os.environ.get("OUT"))
+    args = ap.parse_args()
+    rc = 0
+    t = time.time()
+    if args.sanitize:
+        rc |= sanitize(args)
+    if args.check:
+        rc |= check(args) != 0
+    if args.bench:
+        rc |= bench(args)
+    print(f"done in {time.time() - t:.1f} s")
+    return int(rc)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
