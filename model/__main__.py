@@ -105,20 +105,23 @@ def describe(args) -> None:
         raise CliError(str(e)) from None
     sys.stdout.write("\n")
     sys.stdout.flush()
-    print(format_timings(getattr(model, "last_timings", None) or {}), file=sys.stderr)
+    print(format_timings(getattr(model, "last_timings", None) or {}, getattr(model, "last_decode_mode", "")),
+          file=sys.stderr)
 
 
-def format_timings(t: dict) -> str:
-    """Timing lines from Model.last_timings (vision_ms, prefill_ms, decode_tokens, decode_s)."""
+def format_timings(t: dict, mode: str = "") -> str:
+    """Timing lines from Model.last_timings (vision_ms, prefill_ms, ttft_ms, decode_tokens, decode_s) and
+    Model.last_decode_mode ("graph" or "eager: why")."""
     lines = []
     if t.get("vision_ms") is not None:
         lines.append(f"vision:  {t['vision_ms']:.1f} ms")
     if t.get("prefill_ms") is not None:
-        lines.append(f"prefill: {t['prefill_ms']:.1f} ms")
+        ttft = f" (time to first token {t['ttft_ms']:.1f} ms)" if t.get("ttft_ms") is not None else ""
+        lines.append(f"prefill: {t['prefill_ms']:.1f} ms{ttft}")
     n, s = t.get("decode_tokens"), t.get("decode_s")
     if n is not None and s is not None:
         rate = f"{n / s:.1f} tokens/s" if s > 0 else "n/a tokens/s"
-        lines.append(f"decode:  {n} tokens in {s:.3f} s ({rate})")
+        lines.append(f"decode:  {n} tokens in {s:.3f} s ({rate}{', ' + mode if mode else ''})")
     return "\n".join(lines) if lines else "timings: not reported by the model"
 
 

@@ -1,16 +1,27 @@
-"""Token selection and the prefill + decode loop (HF `generate` semantics).
+"""Token selection, stopping and the decode loop (HF `generate` semantics), on the device.
 
 * Greedy unless do_sample; sampling applies temperature, then top-k, then top-p (HF's warper order) and draws
-  from a `torch.Generator` seeded with `seed`.
+  one token per row from the filtered softmax with the exponential race: argmax_i p_i / E_i, E_i ~ Exp(1) drawn
+  from a `torch.Generator` seeded with `seed`. That is an exact draw from p, and as a function of the logits and
+  a noise tensor it runs on any device with no host read (and inside a CUDA graph).
 * A row stops after it emits one of the eos ids; afterwards it receives `pad_id` (it keeps being fed, as in HF).
-  The loop ends when every row has stopped or after max_new_tokens.
+  The loop ends when every row has stopped or after max_new_tokens. The stop state is a device mask, so no
+  step reads the device; the host reads the emitted tokens back in blocks and ends the loop from them.
+
+`DecodeSession` holds one batch's static decode state (the `Cache`, the current tokens, the done mask, the
+noise buffer) and, on CUDA when every op of the step can be captured, the whole step (embedding, every layer,
+final norm, lm_head, sampling, stop update) in one CUDA graph that each token replays.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
+
+DEFAULT_BLOCK = 8  # decode steps between two reads of the tokens by the host
 
 
 def filter_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0,
@@ -32,13 +43,38 @@ def filter_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int 
     return logits
 
 
+def sample_noise(like: torch.Tensor, generator: torch.Generator | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """Exp(1) noise [B, V] (fp32) for `select_tokens`, drawn from `generator` on like's device (into `out`)."""
+    out = torch.empty(like.shape, dtype=torch.float32, device=like.device) if out is None else out
+    return out.exponential_(generator=generator)
+
+
 def select_tokens(logits: torch.Tensor, *, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits [B, V] -> next token ids int64 [B]: argmax, or a draw from the filtered softmax."""
+                  top_p: float = 1.0, generator: torch.Generator | None = None,
+                  noise: torch.Tensor | None = None) -> torch.Tensor:
+    """logits [B, V] -> next token ids int64 [B]: argmax, or a draw from the filtered softmax.
+
+    The draw is argmax(p / noise) with noise ~ Exp(1) [B, V] (given, or drawn from `generator`); filtered-out
+    tokens have p = 0 and are never picked. No host read, so it can be captured in a CUDA graph.
+    """
     if not do_sample:
         return logits.float().argmax(dim=-1)
     probs = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p).softmax(dim=-1)
-    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(logits.device)
+    if noise is None:
+        noise = sample_noise(probs, generator)
+    return (probs / noise.clamp_min(1e-30)).argmax(dim=-1)  # clamp: an Exp draw of exactly 0 would give 0/0
+
+
+def stop_update(tokens: torch.Tensor, done: torch.Tensor, eos: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """On-device stopping: rows already done emit `pad`; a row that emits an eos id is done from then on.
+
+    tokens int64 [B]; done bool [B] (updated in place); eos int64 [E] (unused slots hold -1); pad int64 [].
+    Returns the tokens to emit.
+    """
+    tokens = torch.where(done, pad, tokens)
+    done |= (tokens[:, None] == eos[None, :]).any(dim=-1)
+    return tokens
 
 
 def check_sampling(do_sample, temperature, top_k, top_p, max_new_tokens):
@@ -52,37 +88,169 @@ def check_sampling(do_sample, temperature, top_k, top_p, max_new_tokens):
         raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
 
 
-def decode_loop(lm, cache, first_logits: torch.Tensor, max_new_tokens: int, *, eos_ids, pad_id: int,
-                do_sample=False, temperature=1.0, top_k=0, top_p=1.0, seed=None) -> Iterator[torch.Tensor]:
-    """Yield the next token of every row ([B] int64), step by step, after a prefill that filled `cache`.
+def make_generator(device, seed) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
+    return gen
 
-    first_logits: [B, V] logits of each row's last prompt token. The cache's `lengths` and `rope_delta` give
-    each new token's slot and mRoPE position (slot + delta on all three axes).
+
+@dataclass(frozen=True)
+class Sampling:
+    """The token-selection settings (they are baked into a captured graph, so they key the session cache)."""
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def select(self, logits, noise=None, generator=None):
+        if not self.do_sample:
+            return select_tokens(logits)
+        return select_tokens(logits, do_sample=True, temperature=self.temperature, top_k=self.top_k,
+                             top_p=self.top_p, noise=noise, generator=generator)
+
+
+def batch_bucket(batch: int) -> int:
+    """The batch size a decode graph is captured for: the next power of two (rows past `batch` are idle)."""
+    return 1 << max(0, batch - 1).bit_length()
+
+
+def capacity_bucket(tokens: int, step: int = 256) -> int:
+    return -(-max(tokens, 1) // step) * step
+
+
+class DecodeSession:
+    """Static decode state of one batch bucket and capacity, reusable across requests (see the module doc).
+
+    graphs: capture the step in a CUDA graph (CUDA only; falls back to eager with `mode` saying why).
+    After `begin` (prompt prefilled into `cache`, first logits given), `tokens` yields the emitted tokens.
     """
-    B = first_logits.shape[0]
-    dev = first_logits.device
-    gen = None
-    if do_sample:
-        gen = torch.Generator()
-        if seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(int(seed))
-    eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.int64, device=dev)
-    finished = torch.zeros(B, dtype=torch.bool, device=dev)
-    cu = torch.arange(B + 1, dtype=torch.int32, device=dev)  # one token per row
-    logits = first_logits
-    for step in range(max_new_tokens):
-        nxt = select_tokens(logits, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                            generator=gen)
-        nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
-        finished |= torch.isin(nxt, eos)
-        yield nxt
-        if bool(finished.all()) or step + 1 == max_new_tokens:
+
+    def __init__(self, lm, batch: int, capacity: int, sampling: Sampling, *, graphs: bool, eos_slots: int = 8):
+        self.lm, self.sampling = lm, sampling
+        dev = lm.device
+        self.cache = lm.new_cache(batch, capacity)
+        self.tok = torch.zeros(batch, dtype=torch.int64, device=dev)
+        self.done = torch.zeros(batch, dtype=torch.bool, device=dev)
+        self.eos = torch.full((eos_slots,), -1, dtype=torch.int64, device=dev)
+        self.pad = torch.zeros((), dtype=torch.int64, device=dev)
+        self.noise = (torch.ones(batch, lm.cfg.vocab_size, dtype=torch.float32, device=dev)
+                      if sampling.do_sample else None)
+        self.generator = None
+        self.graph = None
+        self.mode = "eager"
+        if graphs:
+            self._capture()
+
+    @property
+    def batch(self) -> int:
+        return self.tok.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.cache.capacity
+
+    def _emit(self, logits: torch.Tensor) -> None:
+        nxt = self.sampling.select(logits, noise=self.noise)
+        self.tok.copy_(stop_update(nxt, self.done, self.eos, self.pad))
+
+    def _step(self) -> None:
+        """One decode step on the static tensors: feed tok, append to the cache, select the next tok."""
+        self._emit(self.lm.head(self.lm.decode_step(self.cache, self.tok)))
+
+    def _capture(self) -> None:
+        dev = self.lm.device
+        if dev.type != "cuda":
+            self.mode = "eager: not on a CUDA device"
             return
-        if int(cache.lengths.max()) >= cache.capacity:
-            raise RuntimeError("KV cache is full")
-        pos = (cache.lengths.long() + cache.rope_delta).expand(3, B)
-        h = lm.forward(lm.embed(nxt), pos, cu, cache, decode=True)
-        cache.lengths += 1
-        logits = lm.head(h)
+        blockers = self.lm.capture_blockers()
+        if blockers:
+            self.mode = (f"eager: {', '.join(blockers)} run on the reference, which reads the device on the host "
+                         "(no CUDA graph)")
+            return
+        try:
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):  # warm-up: compiles kernels and settles the allocator before capture
+                for _ in range(2):
+                    self._step()
+            torch.cuda.current_stream(dev).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._step()
+            torch.cuda.synchronize(dev)
+            self.graph, self.mode = graph, "graph"
+        except Exception as e:  # an op that syncs or allocates on the host under capture: run eagerly
+            self.graph = None
+            self.mode = f"eager: capture failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            torch.cuda.synchronize(dev)
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache.reset()
+        self.tok.zero_()
+        self.done.zero_()
+
+    def begin(self, first_logits: torch.Tensor, rows: int, eos_ids, pad_id: int, seed=None) -> None:
+        """first_logits [batch, V]: each row's last prompt token; rows: the real rows (the rest are idle)."""
+        eos = sorted(set(int(e) for e in eos_ids))
+        if len(eos) > self.eos.numel():
+            raise ValueError(f"at most {self.eos.numel()} eos ids, got {len(eos)}")
+        self.eos.fill_(-1)
+        if eos:
+            self.eos[: len(eos)].copy_(torch.tensor(eos, dtype=torch.int64))
+        self.pad.fill_(int(pad_id))
+        self.done.zero_()
+        self.done[rows:] = True  # idle rows of the bucket emit pad from the start
+        if self.sampling.do_sample:
+            self.generator = make_generator(self.lm.device, seed)
+            sample_noise(self.noise, self.generator, out=self.noise)
+        self._emit(first_logits)
+
+    def advance(self) -> None:
+        if self.sampling.do_sample:
+            sample_noise(self.noise, self.generator, out=self.noise)
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._step()
+
+    def tokens(self, max_new_tokens: int, rows: int, eos_ids, block: int = DEFAULT_BLOCK) -> Iterator[torch.Tensor]:
+        """Yield each step's emitted tokens of the real rows (int64 [rows] on the CPU), up to max_new_tokens or
+        until every row has stopped. The host reads the device once per `block` steps (and right after the
+        first token, so streaming starts at once)."""
+        if max_new_tokens <= 0:
+            return
+        buf = torch.empty(min(block, max_new_tokens), self.batch, dtype=torch.int64, device=self.tok.device)
+        eos = torch.tensor(sorted(set(int(e) for e in eos_ids)), dtype=torch.int64)
+        finished = torch.zeros(rows, dtype=torch.bool)
+        step = 0
+        while step < max_new_tokens:
+            m = 0
+            while m < buf.shape[0] and step + m < max_new_tokens:
+                if step + m > 0:
+                    self.advance()
+                buf[m].copy_(self.tok)
+                m += 1
+                if step + m == 1:
+                    break
+            for row in buf[:m, :rows].to("cpu", copy=True):  # a copy: buf is reused (and is the CPU tensor on CPU)
+                yield row
+                finished |= torch.isin(row, eos)
+                if bool(finished.all()):
+                    return
+            step += m
+
+
+def timed(steps: Iterator, timings: dict) -> Iterator:
+    """Re-yield `steps`, adding the time spent producing them (not consuming them) to timings['decode_s']."""
+    while True:
+        t1 = time.perf_counter()
+        item = next(steps, None)
+        timings["decode_s"] += time.perf_counter() - t1
+        if item is None:
+            return
+        timings["decode_tokens"] += 1
+        yield item

@@ -10,32 +10,101 @@ Decoder layer (pre-norm; the residual add is fused into the next RMSNorm with `a
     res += MLP(x)              SwiGLU, or routed experts + sigmoid-gated shared expert
 The final norm takes the last layer's MLP output the same way.
 
-Caches (`Cache`): per attention layer a KV cache [B, Smax, Hkv, d] read by `decode_attention`; per DeltaNet layer
-the conv state [B, C, K-1] and the recurrent state [B, Hv, dk, dv] (fp32). `lengths[b]` counts row b's tokens.
+Three ways in:
+* `forward(x, positions, cu_seqlens)`: one pass over whole prompts, no cache (`Model.logits`).
+* `prefill(cache, embeds, positions, lengths)`: the prompts into a `Cache`, in chunks of at most `chunk_size`
+  packed tokens that carry the KV cache, conv and recurrent states from one chunk to the next (so activation
+  memory is bounded by the chunk, not the prompt); returns only each row's last hidden state (for lm_head).
+* `decode_step(cache, tokens)`: one token per cache row. It reads nothing on the host (lengths live on the
+  device, the mRoPE angles come from a table indexed by lengths + rope_delta, cache writes go through
+  `kv_cache_append`), so it can be captured in a CUDA graph when every op it calls can (model.generate).
+
+Caches (`Cache`, static buffers allocated once per batch and capacity): per attention layer a KV cache
+[B, Smax, Hkv, d] read by `decode_attention`; per DeltaNet layer the conv state [B, C, K-1] and the recurrent
+state [B, Hv, dk, dv] (fp32). `lengths[b]` counts row b's tokens in the cache.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+import reference
+
 from .config import TextConfig
+
+DEFAULT_CHUNK = 8192  # packed prompt tokens per prefill chunk
+
+# ops of the decode step whose reference reads device values on the host (lengths, cu_seqlens): a step that
+# runs one of them on the reference cannot be captured in a CUDA graph
+HOST_READING_REFERENCES = ("kv_cache_append", "decode_attention", "causal_conv1d", "gated_delta_rule")
+HOST_READING_MOE = ("moe_topk", "moe_mlp")
 
 
 @dataclass
 class Cache:
     lengths: torch.Tensor  # int32 [B]: tokens already in the cache per row
     rope_delta: torch.Tensor  # int64 [B]: mRoPE position of cache slot p is p + rope_delta
+    capacity: int  # slots per row
+    cos: torch.Tensor  # fp32 [capacity, rotary_dim/2]: the mRoPE table of text position p (all axes = p)
+    sin: torch.Tensor
+    decode_cu: torch.Tensor  # int32 [B+1] = arange: one token per row
     k: dict[int, torch.Tensor] = field(default_factory=dict)  # attention layer -> [B, Smax, Hkv, d]
     v: dict[int, torch.Tensor] = field(default_factory=dict)
     conv: dict[int, torch.Tensor] = field(default_factory=dict)  # DeltaNet layer -> [B, C, K-1]
     recurrent: dict[int, torch.Tensor] = field(default_factory=dict)  # DeltaNet layer -> [B, Hv, dk, dv] fp32
 
     @property
-    def capacity(self) -> int:
-        return next(iter(self.k.values())).shape[1] if self.k else 1 << 62
+    def batch(self) -> int:
+        return self.lengths.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for d in (self.k, self.v, self.conv, self.recurrent)
+                   for t in d.values())
+
+    def reset(self) -> None:
+        """Empty every row (for the next request): lengths and deltas 0, conv and recurrent states 0.
+        KV slots need no clearing: slots at or past a row's length are never read."""
+        self.lengths.zero_()
+        self.rope_delta.zero_()
+        for t in (*self.conv.values(), *self.recurrent.values()):
+            t.zero_()
+
+
+@dataclass
+class _Pass:
+    """What the layers need to know about one call: the packing and where its tokens go in the cache."""
+    cu: torch.Tensor  # int32 [B+1] on the device
+    max_seqlen: int  # longest row in this call (a kernel hint)
+    cache: Cache | None = None
+    decode: bool = False
+    start: list[int] | None = None  # prefill into a cache: tokens of each row already cached (host copy)
+    cu_host: list[int] | None = None
+
+    @property
+    def fresh(self) -> bool:
+        """No row has earlier tokens in the cache: plain causal varlen attention within the call."""
+        return self.start is None or not any(s for s, a, b in zip(self.start, self.cu_host, self.cu_host[1:]) if b > a)
+
+
+@functools.lru_cache(maxsize=None)
+def _keywords(fn) -> frozenset:
+    try:
+        return frozenset(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+def _call(fn, *args, **hints):
+    """Call an op with those keyword hints its signature takes (kernel hints such as validate=False and
+    max_seqlen; kernels and references differ in which they have)."""
+    names = _keywords(fn)
+    return fn(*args, **{k: v for k, v in hints.items() if k in names})
 
 
 class LanguageModel:
@@ -51,7 +120,7 @@ class LanguageModel:
         for i, kind in enumerate(cfg.layer_types):
             if kind == "linear_attention":
                 p = f"layers.{i}.linear_attn."
-                self.conv_w[i] = weights[p + "conv1d.weight"][:, 0, :]
+                self.conv_w[i] = weights[p + "conv1d.weight"][:, 0, :].contiguous()
                 self.neg_a[i] = -weights[p + "A_log"].float().exp()
 
     @property
@@ -62,16 +131,31 @@ class LanguageModel:
     def dtype(self):
         return self.embed_weight.dtype
 
+    def op(self, name: str):
+        return getattr(self.ops, name, None) or getattr(reference, name)
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids.to(self.device), self.embed_weight)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return F.linear(h, self.w["lm_head.weight"])
 
+    def capture_blockers(self) -> list[str]:
+        """The decode step's ops that run on a reference which reads the device on the host (empty: capturable)."""
+        names = HOST_READING_REFERENCES + (HOST_READING_MOE if self.cfg.is_moe else ())
+        return [n for n in names if self.op(n) is getattr(reference, n)]
+
     def new_cache(self, batch: int, capacity: int) -> Cache:
+        """Zeroed static buffers for `batch` rows of up to `capacity` tokens each."""
         c, dev = self.cfg, self.device
+        if capacity < 1:
+            raise ValueError(f"cache capacity must be >= 1, got {capacity}")
+        pos = torch.arange(capacity, dtype=torch.int64, device=dev).expand(3, capacity)
+        cos, sin = self.op("mrope_cos_sin")(pos, c.rotary_dim, c.rope_theta, c.mrope_section, True)
         cache = Cache(lengths=torch.zeros(batch, dtype=torch.int32, device=dev),
-                      rope_delta=torch.zeros(batch, dtype=torch.int64, device=dev))
+                      rope_delta=torch.zeros(batch, dtype=torch.int64, device=dev), capacity=capacity,
+                      cos=cos.contiguous(), sin=sin.contiguous(),
+                      decode_cu=torch.arange(batch + 1, dtype=torch.int32, device=dev))
         for i, kind in enumerate(c.layer_types):
             if kind == "full_attention":
                 shape = (batch, capacity, c.num_key_value_heads, c.head_dim)
@@ -86,87 +170,165 @@ class LanguageModel:
 
     # ---------------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cu_seqlens: torch.Tensor,
-                cache: Cache | None = None, decode: bool = False) -> torch.Tensor:
-        """Run the decoder. Returns the final-normed hidden states [T, H] (apply `head` for logits).
+                cache: Cache | None = None, *, start: list[int] | None = None,
+                select: torch.Tensor | None = None, cu_host: list[int] | None = None) -> torch.Tensor:
+        """Run the decoder over packed tokens. Returns the final-normed hidden states [T, H] (apply `head`).
 
         x: [T, H] packed input embeddings; positions: int [3, T] mRoPE ids; cu_seqlens: int32 [B+1].
-        Prefill (decode=False): the rows start empty; with a cache, their states and KV entries are stored.
-        Decode (decode=True): one token per row (T = B), appended to `cache` (required).
+        cache: None (a whole prompt per row, nothing kept), or a cache of B rows that receives this call's
+        KV entries and states; start (host ints [B]): the tokens of each row already in it (a later chunk of
+        a prompt: default all 0, and the cache must then be empty), equal to cache.lengths. The caller
+        advances cache.lengths afterwards. select: indices of the tokens to return (default all).
+        cu_host: cu_seqlens as host ints, if the caller has them (saves a device read).
         """
+        cu_host = cu_seqlens.tolist() if cu_host is None else list(cu_host)
+        if cache is not None and cache.batch != len(cu_host) - 1:
+            raise ValueError(f"the cache has {cache.batch} rows but cu_seqlens describes {len(cu_host) - 1}")
+        p = _Pass(cu=cu_seqlens, max_seqlen=max((b - a for a, b in zip(cu_host, cu_host[1:])), default=0),
+                  cache=cache, start=start, cu_host=cu_host)
+        cfg = self.cfg
+        cos, sin = self.op("mrope_cos_sin")(positions, cfg.rotary_dim, cfg.rope_theta, cfg.mrope_section, True)
+        return self._layers(x, cos, sin, p, select)
+
+    def prefill(self, cache: Cache, embeds: torch.Tensor, positions: torch.Tensor, lengths: list[int], *,
+                chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+        """Run packed prompts into an empty `cache`, at most `chunk_size` tokens per forward pass.
+
+        embeds [T, H], positions [3, T]: the rows' tokens back to back (row b has lengths[b] >= 0 tokens;
+        rows of 0 tokens are padding rows of the batch). Chunks cut the packed stream anywhere, inside a row
+        too: a row's later chunk attends to its earlier tokens through the KV cache and resumes the conv and
+        recurrent states. Afterwards cache.lengths = lengths. Returns each row's last hidden state [B, H]
+        (final-normed; zeros for a row of 0 tokens).
+        """
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        B = len(lengths)
+        if cache.batch != B:
+            raise ValueError(f"the cache has {cache.batch} rows, the batch {B}")
+        if max(lengths, default=0) > cache.capacity:
+            raise ValueError(f"a prompt of {max(lengths)} tokens does not fit the cache capacity {cache.capacity}")
+        cu = [0]
+        for n in lengths:
+            cu.append(cu[-1] + n)
+        T = cu[-1]
+        if embeds.shape[0] != T or positions.shape[1] != T:
+            raise ValueError(f"embeds and positions must hold sum(lengths) = {T} tokens")
+        out = embeds.new_zeros(B, embeds.shape[1])
+        done = [0] * B
+        for c0 in range(0, T, chunk_size):
+            c1 = min(c0 + chunk_size, T)
+            counts = [max(0, min(c1, cu[b + 1]) - max(c0, cu[b])) for b in range(B)]
+            ccu = [0]
+            for n in counts:
+                ccu.append(ccu[-1] + n)
+            ends = [b for b in range(B) if counts[b] and done[b] + counts[b] == lengths[b]]  # rows ending here
+            sel = torch.tensor([ccu[b + 1] - 1 for b in ends], dtype=torch.int64, device=self.device)
+            h = self.forward(embeds[c0:c1], positions[:, c0:c1],
+                             torch.tensor(ccu, dtype=torch.int32, device=self.device), cache,
+                             start=list(done), select=sel, cu_host=ccu)
+            if ends:
+                out[torch.tensor(ends, device=self.device)] = h
+            done = [d + n for d, n in zip(done, counts)]
+            cache.lengths.copy_(torch.tensor(done, dtype=torch.int32))
+        return out
+
+    def decode_step(self, cache: Cache, tokens: torch.Tensor) -> torch.Tensor:
+        """One new token per cache row: tokens int64 [B] -> final-normed hidden states [B, H].
+
+        Appends each token's KV entries and states to its row and advances cache.lengths by 1. The mRoPE
+        position of row b's token is lengths[b] + rope_delta[b] on all three axes (read from cache.cos/sin).
+        The caller keeps lengths < capacity (nothing here reads the device on the host).
+        """
+        x = self.embed(tokens)
+        pos = (cache.lengths.long() + cache.rope_delta).clamp_(0, cache.capacity - 1)
+        cos, sin = cache.cos.index_select(0, pos), cache.sin.index_select(0, pos)
+        h = self._layers(x, cos, sin, _Pass(cu=cache.decode_cu, max_seqlen=1, cache=cache, decode=True))
+        cache.lengths += 1
+        return h
+
+    # ---------------------------------------------------------------------------------------------------------
+    def _layers(self, x, cos, sin, p: _Pass, select=None):
         cfg, ops, w = self.cfg, self.ops, self.w
-        if decode and cache is None:
-            raise ValueError("decode needs a cache")
-        cos, sin = ops.mrope_cos_sin(positions, cfg.rotary_dim, cfg.rope_theta, cfg.mrope_section, True)
         h, res = None, x
         for i, kind in enumerate(cfg.layer_types):
-            p = f"layers.{i}."
+            pre = f"layers.{i}."
             if h is None:
-                h = ops.rms_norm(res, w[p + "input_layernorm.weight"], cfg.rms_norm_eps)
+                h = ops.rms_norm(res, w[pre + "input_layernorm.weight"], cfg.rms_norm_eps)
             else:
-                h, res = ops.add_rms_norm(h, res, w[p + "input_layernorm.weight"], cfg.rms_norm_eps)
+                h, res = ops.add_rms_norm(h, res, w[pre + "input_layernorm.weight"], cfg.rms_norm_eps)
             if kind == "full_attention":
-                h = self._attention(i, h, cos, sin, cu_seqlens, cache, decode)
+                h = self._attention(i, h, cos, sin, p)
             else:
-                h = self._deltanet(i, h, cu_seqlens, cache, decode)
-            h, res = ops.add_rms_norm(h, res, w[p + "post_attention_layernorm.weight"], cfg.rms_norm_eps)
+                h = self._deltanet(i, h, p)
+            h, res = ops.add_rms_norm(h, res, w[pre + "post_attention_layernorm.weight"], cfg.rms_norm_eps)
             h = self._mlp(i, h)
+        if select is not None:
+            res = res.index_select(0, select)
+            h = None if h is None else h.index_select(0, select)
         if h is None:
             return ops.rms_norm(res, w["norm.weight"], cfg.rms_norm_eps)
         return ops.add_rms_norm(h, res, w["norm.weight"], cfg.rms_norm_eps)[0]
 
-    # ---------------------------------------------------------------------------------------------------------
-    def _attention(self, i, x, cos, sin, cu_seqlens, cache, decode):
+    def _attention(self, i, x, cos, sin, p: _Pass):
         """Gated full attention: q_proj rows are per head [q | gate]; (1+w) q/k norms; partial mRoPE; GQA."""
         cfg, ops, w = self.cfg, self.ops, self.w
-        p = f"layers.{i}.self_attn."
+        pre = f"layers.{i}.self_attn."
         T, Hq, Hkv, d = x.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        qg = F.linear(x, w[p + "q_proj.weight"]).view(T, Hq, 2 * d)
+        qg = F.linear(x, w[pre + "q_proj.weight"]).view(T, Hq, 2 * d)
         q, gate = qg[..., :d].contiguous(), qg[..., d:].contiguous()
-        k = F.linear(x, w[p + "k_proj.weight"]).view(T, Hkv, d)
-        v = F.linear(x, w[p + "v_proj.weight"]).view(T, Hkv, d)
-        q = ops.apply_rope(ops.rms_norm(q, w[p + "q_norm.weight"], cfg.rms_norm_eps), cos, sin)
-        k = ops.apply_rope(ops.rms_norm(k, w[p + "k_norm.weight"], cfg.rms_norm_eps), cos, sin)
-        if decode:  # append this token's k/v to each row's cache, then attend over the cache
-            rows = torch.arange(T, device=x.device)
-            slot = cache.lengths.long()
-            cache.k[i][rows, slot] = k
-            cache.v[i][rows, slot] = v
-            o = ops.decode_attention(q, cache.k[i], cache.v[i], cache.lengths + 1)
-        else:
-            o = ops.attention(q, k, v, cu_seqlens, True)
-            if cache is not None:  # row b's tokens go to cache slots 0 .. len_b - 1
-                for b, (s, e) in enumerate(_segments(cu_seqlens)):
-                    cache.k[i][b, : e - s] = k[s:e]
-                    cache.v[i][b, : e - s] = v[s:e]
+        k = F.linear(x, w[pre + "k_proj.weight"]).view(T, Hkv, d)
+        v = F.linear(x, w[pre + "v_proj.weight"]).view(T, Hkv, d)
+        q = ops.apply_rope(ops.rms_norm(q, w[pre + "q_norm.weight"], cfg.rms_norm_eps), cos, sin)
+        k = ops.apply_rope(ops.rms_norm(k, w[pre + "k_norm.weight"], cfg.rms_norm_eps), cos, sin)
+        cache = p.cache
+        if cache is not None:  # row b's new tokens go to its slots lengths[b] ..
+            _call(self.op("kv_cache_append"), k, v, cache.k[i], cache.v[i], p.cu, cache.lengths, validate=False)
+        if p.decode:  # attend over the cache, this token included
+            o = _call(self.op("decode_attention"), q, cache.k[i], cache.v[i], cache.lengths + 1,
+                      max_length=cache.capacity, validate=False)
+        elif p.fresh:
+            o = _call(ops.attention, q, k, v, p.cu, True, max_seqlen=p.max_seqlen, validate=False)
+        else:  # a later chunk: each row attends to its cached tokens and to this chunk's, causally
+            o = torch.empty_like(q)
+            for b, (s, e) in enumerate(zip(p.cu_host, p.cu_host[1:])):
+                if e > s:
+                    n0 = p.start[b]
+                    o[s:e] = _attend_after_prefix(q[s:e], cache.k[i][b, : n0 + e - s], cache.v[i][b, : n0 + e - s])
         o = ops.sigmoid_gate(o, gate)
-        return F.linear(o.reshape(T, Hq * d), w[p + "o_proj.weight"])
+        return F.linear(o.reshape(T, Hq * d), w[pre + "o_proj.weight"])
 
-    def _deltanet(self, i, x, cu_seqlens, cache, decode):
+    def _deltanet(self, i, x, p: _Pass):
         """Gated DeltaNet: causal conv (+ state) on [q|k|v], gated delta rule (+ state), gated RMSNorm, out_proj."""
         cfg, ops, w = self.cfg, self.ops, self.w
-        p = f"layers.{i}.linear_attn."
+        pre = f"layers.{i}.linear_attn."
         T = x.shape[0]
         nk, nv, dk, dv = (cfg.linear_num_key_heads, cfg.linear_num_value_heads, cfg.linear_key_head_dim,
                           cfg.linear_value_head_dim)
-        conv_state = cache.conv[i] if decode else None
-        rec_state = cache.recurrent[i] if decode else None
-        mixed, new_conv = ops.causal_conv1d(F.linear(x, w[p + "in_proj_qkv.weight"]), self.conv_w[i],
-                                            cu_seqlens, conv_state)
+        cache = p.cache
+        conv_state = None if cache is None else cache.conv[i]
+        rec_state = None if cache is None else cache.recurrent[i]
+        # with a cache, the states are read and updated in place (state_out = state where the op takes it)
+        mixed, new_conv = _call(self.op("causal_conv1d"), F.linear(x, w[pre + "in_proj_qkv.weight"]),
+                                self.conv_w[i], p.cu, conv_state, state_out=conv_state, max_seqlen=p.max_seqlen,
+                                validate=False)
         q = mixed[:, : nk * dk].reshape(T, nk, dk)
         k = mixed[:, nk * dk: 2 * nk * dk].reshape(T, nk, dk)
         v = mixed[:, 2 * nk * dk:].reshape(T, nv, dv)
-        z = F.linear(x, w[p + "in_proj_z.weight"]).view(T, nv, dv)
-        beta = torch.sigmoid(F.linear(x, w[p + "in_proj_b.weight"]))
+        z = F.linear(x, w[pre + "in_proj_z.weight"]).view(T, nv, dv)
+        beta = torch.sigmoid(F.linear(x, w[pre + "in_proj_b.weight"]))
         # log-decay g = -exp(A_log) * softplus(a + dt_bias), in fp32 as HF does
-        a = F.linear(x, w[p + "in_proj_a.weight"]).float()
-        g = self.neg_a[i] * F.softplus(a + w[p + "dt_bias"].float())
-        o, new_rec = ops.gated_delta_rule(q.contiguous(), k.contiguous(), v.contiguous(), g, beta, cu_seqlens,
-                                          rec_state, use_qk_l2norm=True)
+        a = F.linear(x, w[pre + "in_proj_a.weight"]).float()
+        g = self.neg_a[i] * F.softplus(a + w[pre + "dt_bias"].float())
+        o, new_rec = _call(self.op("gated_delta_rule"), q.contiguous(), k.contiguous(), v.contiguous(), g, beta,
+                           p.cu, rec_state, use_qk_l2norm=True, state_out=rec_state, max_seqlen=p.max_seqlen,
+                           validate=False)
         if cache is not None:
-            cache.conv[i].copy_(new_conv)
-            cache.recurrent[i].copy_(new_rec)
-        o = ops.gated_rms_norm(o, z, w[p + "norm.weight"], cfg.rms_norm_eps)
-        return F.linear(o.reshape(T, nv * dv), w[p + "out_proj.weight"])
+            if new_conv is not conv_state:
+                conv_state.copy_(new_conv)
+            if new_rec is not rec_state:
+                rec_state.copy_(new_rec)
+        o = ops.gated_rms_norm(o, z, w[pre + "norm.weight"], cfg.rms_norm_eps)
+        return F.linear(o.reshape(T, nv * dv), w[pre + "out_proj.weight"])
 
     def _mlp(self, i, x):
         cfg, ops, w = self.cfg, self.ops, self.w
@@ -182,6 +344,32 @@ class LanguageModel:
         return routed + torch.sigmoid(F.linear(x, w[p + "shared_expert_gate.weight"])) * shared
 
 
-def _segments(cu_seqlens: torch.Tensor) -> list[tuple[int, int]]:
-    cu = cu_seqlens.tolist()
-    return list(zip(cu[:-1], cu[1:]))
+def _attend_after_prefix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention of a row's chunk after its cached prefix (bottom-right aligned causal mask).
+
+    q: [n, Hq, d], the chunk's queries; k, v: [P + n, Hkv, d], the row's cache slots up to the chunk's end.
+    Query i (at position P + i) sees keys 0 .. P + i. Returns [n, Hq, d] in q.dtype.
+    On CUDA this is torch SDPA with a lower-right causal bias (flash / memory-efficient, no [n, P+n] mask);
+    on the CPU the fp32 math of reference.attention. (No library kernel takes a KV prefix yet.)
+    """
+    n, Hq, d = q.shape
+    S, Hkv = k.shape[0], k.shape[1]
+    r = Hq // Hkv
+    if q.is_cuda:
+        from torch.nn.attention.bias import causal_lower_right
+
+        bias = causal_lower_right(n, S)
+        out = torch.empty_like(q)
+        for j in range(Hkv):  # one kv head at a time: its r query heads against it (bounded extra memory)
+            qh = q[:, j * r:(j + 1) * r].transpose(0, 1)[None]  # [1, r, n, d]
+            kh = k[:, j][None, None].expand(1, r, S, d).contiguous()
+            vh = v[:, j][None, None].expand(1, r, S, d).contiguous()
+            out[:, j * r:(j + 1) * r] = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias)[0].transpose(0, 1)
+        return out
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    kf = k.to(acc).repeat_interleave(r, dim=1)
+    vf = v.to(acc).repeat_interleave(r, dim=1)
+    scores = torch.einsum("ihd,jhd->hij", q.to(acc), kf) * d ** -0.5  # [Hq, n, S]
+    allowed = torch.arange(S, device=q.device)[None, :] <= torch.arange(S - n, S, device=q.device)[:, None]
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    return torch.einsum("hij,jhd->ihd", probs, vf).to(q.dtype)

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig
-from .generate import check_sampling, decode_loop
-from .language import LanguageModel
+from .generate import DEFAULT_BLOCK, DecodeSession, Sampling, batch_bucket, capacity_bucket, check_sampling, timed
+from .language import DEFAULT_CHUNK, LanguageModel
 from .loader import LM, LM_HEAD, VISUAL, load_weights
 from .ops import ops_for, placement
 from .vision import VisionTower
@@ -33,8 +33,9 @@ def load(path, *, device="cpu", dtype=None, backend: str = "reference", progress
          cuda_graphs: bool | None = None) -> "Model":
     """Load a Qwen3.5 / Qwen3.5-MoE checkpoint directory (HF layout) onto `device` for `backend`.
 
-    dtype: None = the checkpoint's (config.json "dtype"). cuda_graphs: replay the vision tower from CUDA graphs
-    (model.vision_graph); None = on for the kernels backend on a CUDA device.
+    dtype: None = the checkpoint's (config.json "dtype"). cuda_graphs: replay the vision tower (model.vision_graph)
+    and the decode step (model.generate.DecodeSession) from CUDA graphs; None = on for the kernels backend on a
+    CUDA device.
     """
     cfg, weights = load_weights(path, device=device, dtype=dtype, progress=progress)
     return Model(cfg, weights, backend=backend, path=path, cuda_graphs=cuda_graphs)
@@ -66,8 +67,15 @@ class Model:
         if cuda_graphs:
             from .vision_graph import GraphedVisionTower
             self.vision = GraphedVisionTower(self.vision)
+        self.cuda_graphs = bool(cuda_graphs)
+        self.prefill_chunk = DEFAULT_CHUNK  # packed prompt tokens per prefill pass (bounds activation memory)
+        self.decode_block = DEFAULT_BLOCK  # decode steps between two host reads of the tokens
+        self.max_sessions = 2  # decode sessions (static caches + graphs) kept for reuse
+        self._sessions: dict = {}
         self._processor = None
         self.last_timings: dict = {}
+        self.last_decode_mode = ""  # "graph", or "eager: <why>"
+
 
     @property
     def device(self) -> torch.device:
@@ -210,14 +218,21 @@ class Model:
             do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
             eos_token_ids=eos_token_ids, pad_token_id=pad_token_id))
         out = (ids[None] if ids.dim() == 1 else ids).to(self.device, torch.int64)
-        return torch.cat([out, torch.stack(new, dim=1)], dim=1) if new else out
+        return torch.cat([out, torch.stack(new, dim=1).to(self.device)], dim=1) if new else out
 
     @torch.inference_mode()
     def generate_steps(self, input_ids, *, attention_mask=None, pixel_values=None, image_grid_thw=None,
                        pixel_values_videos=None, video_grid_thw=None, max_new_tokens: int = 32,
                        do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                        seed=None, eos_token_ids=None, pad_token_id=None, mm_token_type_ids=None):
-        """`generate_ids` one step at a time: yields the new token of every row ([B] int64) per step."""
+        """`generate_ids` one step at a time: yields the new token of every row ([B] int64, on the CPU) per step.
+
+        Prefill runs in chunks of `self.prefill_chunk` packed tokens; decode runs on a `DecodeSession` (static
+        cache, on-device sampling and stopping, the step replayed from a CUDA graph when `self.cuda_graphs`),
+        whose tokens the host reads every `self.decode_block` steps. `self.last_timings`: vision_ms, prefill_ms
+        (prompt preparation + prefill + first token, vision excluded), ttft_ms (vision + prefill), decode_tokens,
+        decode_s; `self.last_decode_mode` says whether the step ran from a graph.
+        """
         check_sampling(do_sample, temperature, top_k, top_p, max_new_tokens)
         eos = tuple(self.eos_token_ids if eos_token_ids is None else
                     ([eos_token_ids] if isinstance(eos_token_ids, int) else eos_token_ids))
@@ -228,27 +243,36 @@ class Model:
         batch = self._prepare(input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
                               video_grid_thw)
         B = len(batch.lengths)
-        cache = self.lm.new_cache(B, max(batch.lengths) + max(max_new_tokens, 1))
-        cache.rope_delta.copy_(batch.rope_delta)
-        h = self.lm.forward(batch.embeds, batch.positions, batch.cu_seqlens, cache)
-        cache.lengths.copy_(torch.tensor(batch.lengths, dtype=torch.int32))
-        logits = self.lm.head(h[batch.cu_seqlens[1:].long() - 1])  # each row's last token
+        sampling = Sampling(bool(do_sample), float(temperature), int(top_k), float(top_p)) if do_sample \
+            else Sampling()
+        t1 = time.perf_counter()
+        session = self._session(batch_bucket(B) if self.cuda_graphs else B,
+                                capacity_bucket(max(batch.lengths) + max(max_new_tokens, 1)), sampling, len(eos))
+        setup_s = time.perf_counter() - t1  # first use of a bucket: cache allocation and graph capture
+        self.last_decode_mode = session.mode
+        cache = session.cache
+        cache.reset()
+        cache.rope_delta[:B].copy_(batch.rope_delta)
+        lengths = batch.lengths + [0] * (session.batch - B)
+        h = self.lm.prefill(cache, batch.embeds, batch.positions, lengths, chunk_size=self.prefill_chunk)
+        session.begin(self.lm.head(h), B, eos, pad, seed)  # lm_head on each row's last token only
         _sync(self.device)
-        timings = dict(vision_ms=batch.vision_ms, prefill_ms=(time.perf_counter() - t0) * 1e3 - batch.vision_ms,
+        prefill_ms = (time.perf_counter() - t0 - setup_s) * 1e3 - batch.vision_ms
+        timings = dict(vision_ms=batch.vision_ms, prefill_ms=prefill_ms, ttft_ms=batch.vision_ms + prefill_ms,
                        decode_tokens=0, decode_s=0.0)
         self.last_timings = timings
+        yield from timed(session.tokens(max_new_tokens, B, eos, self.decode_block), timings)
 
-        steps = decode_loop(self.lm, cache, logits, max_new_tokens, eos_ids=eos, pad_id=pad, do_sample=do_sample,
-                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        while True:  # time only the model's work, not the consumer's
-            t1 = time.perf_counter()
-            tokens = next(steps, None)
-            _sync(self.device)
-            timings["decode_s"] += time.perf_counter() - t1
-            if tokens is None:
-                return
-            timings["decode_tokens"] += 1
-            yield tokens
+    def _session(self, batch: int, capacity: int, sampling: Sampling, n_eos: int) -> DecodeSession:
+        """A decode session for this bucket, reused if one exists (LRU of `max_sessions`)."""
+        key = (batch, capacity, sampling, max(8, n_eos))
+        sess = self._sessions.pop(key, None)
+        if sess is None:
+            while len(self._sessions) >= max(1, self.max_sessions):
+                self._sessions.pop(next(iter(self._sessions)))  # free the oldest before allocating
+            sess = DecodeSession(self.lm, batch, capacity, sampling, graphs=self.cuda_graphs, eos_slots=key[3])
+        self._sessions[key] = sess  # most recently used last
+        return sess
 
     def generate(self, prompt_or_messages, images=None, videos=None, *, stream: bool = False,
                  max_new_tokens: int = 256, enable_thinking: bool = False, fps: float = 2.0, **sampling):
