@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 from reference.decode_attention import (check_append_args, check_append_fits, check_decode_args,
@@ -37,28 +38,32 @@ APPEND_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _NW, _TILE, _ROWS = 4, 64, 16  # warps per CTA, key slots per pipeline stage, query rows per CTA (decode:: in the .cu)
 _STAGES = (3, 2)            # cp.async ring depth: 3 where 200 KB of shared memory fit (sm_90), else 2
 _LOG2E = 1.4426950408889634
-_LEN_CTYPES = {torch.int32: "int", torch.int64: "long long"}
 _APPEND_VECS = {torch.float32: (4, 2, 1), torch.float16: (8, 4, 2, 1), torch.bfloat16: (8, 4, 2, 1)}
 _SPLITS_FORCE: int | None = None  # tests: force this split count (the kernels take any)
 
 
-def _split_expr(dtype, len_dtype, d: int, stages: int) -> str:
-    return f"decode_attention_split<{CTYPES[dtype]}, {_LEN_CTYPES[len_dtype]}, {d}, {stages}>"
+def _split_expr(dtype, d: int, stages: int) -> str:
+    return f"decode_attention_split<{CTYPES[dtype]}, {d}, {stages}>"
 
 
-def _combine_expr(dtype, len_dtype, d: int) -> str:
-    return f"decode_attention_combine<{CTYPES[dtype]}, {_LEN_CTYPES[len_dtype]}, {d}>"
+def _combine_expr(dtype, d: int) -> str:
+    return f"decode_attention_combine<{CTYPES[dtype]}, {d}>"
 
 
-def _append_expr(dtype, cu_dtype, len_dtype, vec: int) -> str:
-    return (f"kv_cache_append_kernel<{CTYPES[dtype]}, {_LEN_CTYPES[cu_dtype]}, {_LEN_CTYPES[len_dtype]}, {vec}>")
+def _append_expr(dtype, vec: int) -> str:
+    return f"kv_cache_append_kernel<{CTYPES[dtype]}, {vec}>"
 
 
+# int32 / int64 lengths and cu_seqlens are told apart by a flag argument, not by instantiation (fewer to compile)
 SOURCE = NvrtcSource("decode_attention.cu", tuple(
-    [_split_expr(dt, ld, d, st) for dt in ATTN_DTYPES for ld in _LEN_CTYPES for d in HEAD_DIMS for st in _STAGES]
-    + [_combine_expr(dt, ld, d) for dt in ATTN_DTYPES for ld in _LEN_CTYPES for d in HEAD_DIMS]
-    + [_append_expr(dt, cd, ld, vec) for dt, vecs in _APPEND_VECS.items() for cd in _LEN_CTYPES
-       for ld in _LEN_CTYPES for vec in vecs]))
+    [_split_expr(dt, d, st) for dt in ATTN_DTYPES for d in HEAD_DIMS for st in _STAGES]
+    + [_combine_expr(dt, d) for dt in ATTN_DTYPES for d in HEAD_DIMS]
+    + [_append_expr(dt, vec) for dt, vecs in _APPEND_VECS.items() for vec in vecs]))
+
+
+def cbool64(t: torch.Tensor):
+    """The kernels' `is int64` flag for an index tensor, as a C bool argument."""
+    return np.bool_(t.dtype == torch.int64)
 
 
 def _split_smem(d: int, stages: int) -> int:
@@ -182,17 +187,18 @@ def _launch_decode(q, k_cache, v_cache, lengths, scale: float, max_length, o, de
         ws_o_ptr, ws_lse_ptr = ws_o.data_ptr(), ws_lse.data_ptr()
     else:
         ws_o_ptr = ws_lse_ptr = 0
-    kern = _kernel_with_smem(_split_expr(q.dtype, lengths.dtype, d, stages), device, smem)
+    len64 = cbool64(lengths)
+    kern = _kernel_with_smem(_split_expr(q.dtype, d, stages), device, smem)
     nvrtc.launch(kern, (splits, Hkv * groups, B), (_NW * 32, 1, 1), smem,
                  q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
                  i64(k_cache.stride(0)), i64(k_cache.stride(1)), i64(v_cache.stride(0)), i64(v_cache.stride(1)),
-                 lengths.data_ptr(), o.data_ptr(), ws_o_ptr, ws_lse_ptr,
+                 lengths.data_ptr(), len64, o.data_ptr(), ws_o_ptr, ws_lse_ptr,
                  i32(S), i32(Hq), i32(Hkv), i32(r), i32(groups), i32(splits), f32(scale * _LOG2E))
     if splits > 1:
         csmem = (splits + 8 * d + 16) * 4  # at most 12.3 KB: splits <= 1024
-        ckern = SOURCE.kernel(_combine_expr(q.dtype, lengths.dtype, d), device)
-        nvrtc.launch(ckern, (Hq, B, 1), (256, 1, 1), csmem, ws_o_ptr, ws_lse_ptr, lengths.data_ptr(), o.data_ptr(),
-                     i32(S), i32(Hq), i32(splits))
+        ckern = SOURCE.kernel(_combine_expr(q.dtype, d), device)
+        nvrtc.launch(ckern, (Hq, B, 1), (256, 1, 1), csmem, ws_o_ptr, ws_lse_ptr, lengths.data_ptr(), len64,
+                     o.data_ptr(), i32(S), i32(Hq), i32(splits))
 
 
 def kv_cache_append(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -222,8 +228,9 @@ def kv_cache_append(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_c
         (t.data_ptr() | t.stride(0) * t.element_size() | t.stride(1) * t.element_size()) % (v_ * t.element_size())
         == 0 for t in (k_cache, v_cache)) and (k.data_ptr() | v.data_ptr()) % (v_ * k.element_size()) == 0)
     threads = min(256, ceil_div(2 * row // vec, 32) * 32)
-    SOURCE.launch(device, _append_expr(k.dtype, cu_seqlens.dtype, lengths.dtype, vec), (T, 1, 1), (threads, 1, 1),
+    SOURCE.launch(device, _append_expr(k.dtype, vec), (T, 1, 1), (threads, 1, 1),
                   k.data_ptr(), v.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
                   i64(k_cache.stride(0)), i64(k_cache.stride(1)), i64(v_cache.stride(0)), i64(v_cache.stride(1)),
-                  cu_seqlens.data_ptr(), lengths.data_ptr(), i32(B), i32(S), i32(row))
+                  cu_seqlens.data_ptr(), cbool64(cu_seqlens), lengths.data_ptr(), cbool64(lengths), i32(B), i32(S),
+                  i32(row))
     return None

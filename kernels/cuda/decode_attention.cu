@@ -27,9 +27,14 @@ constexpr int NW = 4;           // warps per CTA
 constexpr int TILE = 16 * NW;   // key slots per pipeline stage (16 per warp)
 constexpr int ROWS = 16;        // query rows per CTA (mma M)
 
-// Clamp a row length to [0, S]: the kernels never address slots outside the cache, whatever lengths holds.
-template <typename LEN> __device__ __forceinline__ int row_length(const LEN* lengths, int b, int S) {
-    const long long L = static_cast<long long>(lengths[b]);
+// Entry i of an int32 or int64 index tensor (one instantiation serves both: the flag is uniform).
+__device__ __forceinline__ long long index_at(const void* p, bool is64, int i) {
+    return is64 ? static_cast<const long long*>(p)[i] : static_cast<long long>(static_cast<const int*>(p)[i]);
+}
+
+// Row b's length clamped to [0, S]: the kernels never address slots outside the cache, whatever lengths holds.
+__device__ __forceinline__ int row_length(const void* lengths, bool is64, int b, int S) {
+    const long long L = index_at(lengths, is64, b);
     return L < 0 ? 0 : (L > S ? S : static_cast<int>(L));
 }
 
@@ -53,10 +58,10 @@ template <int D> __device__ __forceinline__ unsigned swz(int row, int chunk) {
 
 using namespace decode;
 
-template <typename T, typename LEN, int D, int STAGES>
+template <typename T, int D, int STAGES>
 __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
     const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
-    long long k_sb, long long k_ss, long long v_sb, long long v_ss, const LEN* __restrict__ lengths,
+    long long k_sb, long long k_ss, long long v_sb, long long v_ss, const void* __restrict__ lengths, bool len64,
     T* __restrict__ out, float* __restrict__ ws_o, float* __restrict__ ws_lse,
     int S, int Hq, int Hkv, int r, int groups, int splits, float scale_log2) {
     static_assert(D % 64 == 0, "head_dim must be a multiple of 64");
@@ -70,7 +75,7 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
     const int h0 = kvh * r + grp * ROWS;                       // first query head of this CTA
     const int nrows = min(ROWS, r - grp * ROWS);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-    const int L = row_length(lengths, b, S);
+    const int L = row_length(lengths, len64, b, S);
     const int nact = active_chunks(L, splits);
     if (split >= nact) {
         if (split == 0) {  // empty row: the output is the empty sum
@@ -239,14 +244,14 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
 // Merge the chunks of rows with two or more of them (the others were written by the split kernel):
 // out = sum_s w_s o_s / sum_s w_s with w_s = 2^(lse_s - max lse) l_s folded in (o_s is normalised, lse_s in log2
 // units). grid (Hq, B), 256 threads: 8 groups of 32 lanes take every 8th chunk, a lane 8 columns of D = 256.
-template <typename T, typename LEN, int D>
+template <typename T, int D>
 __global__ void __launch_bounds__(256) decode_attention_combine(
-    const float* __restrict__ ws_o, const float* __restrict__ ws_lse, const LEN* __restrict__ lengths,
+    const float* __restrict__ ws_o, const float* __restrict__ ws_lse, const void* __restrict__ lengths, bool len64,
     T* __restrict__ out, int S, int Hq, int splits) {
     static_assert(D == 256, "combine: one lane per 8 columns of D = 256");
     extern __shared__ float wsm[];  // [splits] weights, then [8][D] partial sums, then 32 for reductions
     const int h = blockIdx.x, b = blockIdx.y, tid = threadIdx.x;
-    const int n = active_chunks(row_length(lengths, b, S), splits);
+    const int n = active_chunks(row_length(lengths, len64, b, S), splits);
     if (n < 2) return;
     float* w = wsm;
     float* part = wsm + splits;
@@ -296,18 +301,18 @@ __global__ void __launch_bounds__(256) decode_attention_combine(
 
 // k, v [T, Hkv, D] contiguous -> k_cache, v_cache [B, S, Hkv, D] (row stride sb, slot stride ss, in elements; each
 // slot's Hkv * D elements contiguous). grid T, threads stride over 2 * Hkv * D / VEC vectors (k then v).
-template <typename T, typename CU, typename LEN, int VEC>
+template <typename T, int VEC>
 __global__ void __launch_bounds__(256) kv_cache_append_kernel(
     const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ kc, T* __restrict__ vc,
     long long k_sb, long long k_ss, long long v_sb, long long v_ss,
-    const CU* __restrict__ cu, const LEN* __restrict__ lengths, int B, int S, int row) {
+    const void* __restrict__ cu, bool cu64, const void* __restrict__ lengths, bool len64, int B, int S, int row) {
     const int t = blockIdx.x;
     int lo = 0, hi = B - 1;  // the last row b with cu[b] <= t (empty rows before it are skipped)
     while (lo < hi) {
         const int mid = (lo + hi + 1) >> 1;
-        if (static_cast<long long>(cu[mid]) <= t) lo = mid; else hi = mid - 1;
+        if (index_at(cu, cu64, mid) <= t) lo = mid; else hi = mid - 1;
     }
-    const long long slot = static_cast<long long>(lengths[lo]) + (t - static_cast<long long>(cu[lo]));
+    const long long slot = index_at(lengths, len64, lo) + (t - index_at(cu, cu64, lo));
     if (slot < 0 || slot >= S) return;  // overflow: dropped, never written out of bounds
     const int nvec = row / VEC;
     for (int i = threadIdx.x; i < 2 * nvec; i += blockDim.x) {

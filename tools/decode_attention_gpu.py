@@ -1,0 +1,122 @@
+"""One GPU call for decode attention: property tests, then timings beside SDPA (every backend), JSON results.
+
+    python3 tools/decode_attention_gpu.py [--tests ci|gpu|none] [--quick] [--out DIR]
+
+--tests runs property_tests/test_decode_attention.py under that Hypothesis profile first (none: skip).
+Timings (benchmarks/bench_decode_attention.py's cases; --quick: a few of them): 20 calls replayed from a CUDA graph
+(benchmarks.common.graph_ms), best of two passes in alternating order; us, GB/s of K and V bytes read, % of the
+copy ceiling measured in this run (benchmarks.common.copy_bandwidth_TBps), and the ratio to SDPA's best backend.
+JSON: <out>/decode_attention-<card>-<date>.json (card, commit, date) via benchmarks.common.write_results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from benchmarks.bench_decode_attention import CASES, SDPA_BACKENDS, Case, make_inputs, ours_fn, sdpa_fn  # noqa: E402
+from benchmarks.common import card_name, copy_bandwidth_TBps, graph_ms, write_results  # noqa: E402
+
+QUICK = [Case(1, 8192, 8, 2), Case(1, 32768, 8, 2), Case(32, 8192, 8, 2), Case(1, 131072, 8, 2),
+         Case(8, 32768, 8, 2), Case(1, 32768, 32, 2)]
+
+
+def run_tests(profile: str) -> int:
+    env = {**os.environ, "HYPOTHESIS_PROFILE": profile, "PYTHONPATH": str(REPO)}
+    t0 = time.time()
+    rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:xdist", "-p", "no:cacheprovider",
+                          "property_tests/test_decode_attention.py"], cwd=REPO, env=env)
+    print(f"property tests ({profile}): rc={rc} in {time.time() - t0:.0f}s", flush=True)
+    return rc
+
+
+def check_once(case: Case, q, kc, vc, lengths) -> float:
+    """Max abs error of our kernel vs the reference on the benchmark inputs (a sanity check of the timed path)."""
+    import reference
+
+    out = ours_fn(case, q, kc, vc, lengths)()
+    want = reference.decode_attention(q, kc, vc, lengths) if case.B * case.ctx <= 1 << 20 else None
+    if want is None:
+        return float("nan")
+    return float((out.float() - want.float()).abs().max())
+
+
+def time_case(case: Case, copy_TBps: float, log) -> list[dict]:
+    q, kc, vc, lengths = make_inputs(case)
+    err = check_once(case, q, kc, vc, lengths)
+    fns, notes = {"ours": ours_fn(case, q, kc, vc, lengths)}, {"ours": "validate=False, max_length=ctx"}
+    for be in SDPA_BACKENDS:
+        try:
+            fns[f"sdpa_{be.lower()}"], notes[f"sdpa_{be.lower()}"] = sdpa_fn(case, q, kc, vc, be)
+        except RuntimeError as e:
+            torch.cuda.synchronize()
+            notes[f"sdpa_{be.lower()}"] = f"unavailable: {str(e).splitlines()[0][:100]}"
+    times = {}
+    names = list(fns)
+    for name in names + names[::-1]:  # two passes, the second reversed: keep each one's best
+        try:
+            ms = graph_ms(fns[name])
+        except Exception as e:  # a backend that cannot be captured
+            torch.cuda.synchronize()
+            notes[name] = f"not timed: {str(e).splitlines()[0][:100]}"
+            continue
+        times[name] = min(ms, times.get(name, float("inf")))
+    peers = {n: t for n, t in times.items() if n != "ours"}
+    best_peer = min(peers, key=peers.get) if peers else None
+    recs = []
+    for name in names:
+        rec = {"case": case.tag, "B": case.B, "ctx": case.ctx, "hq": case.hq, "hkv": case.hkv, "head_dim": 256,
+               "dtype": "bfloat16", "impl": name, "kv_bytes": case.kv_bytes, "note": notes.get(name)}
+        if name in times:
+            s = times[name] * 1e-3
+            rec.update(us=round(times[name] * 1e3, 2), GBps=round(case.kv_bytes / s / 1e9, 1),
+                       pct_of_copy=round(100 * case.kv_bytes / s / 1e12 / copy_TBps, 1))
+            if name == "ours":
+                rec["max_abs_err_vs_reference"] = None if err != err else round(err, 5)
+                if best_peer:
+                    rec.update(best_sdpa=best_peer, x_best_sdpa=round(times[best_peer] / times[name], 2))
+        recs.append(rec)
+        if "us" in rec:
+            log(f"{case.tag:22s} {name:26s} {rec['us']:9.2f} us {rec['GBps']:8.0f} GB/s {rec['pct_of_copy']:6.1f} %copy"
+                + (f"  x{rec['x_best_sdpa']:.2f} vs {best_peer}" if "x_best_sdpa" in rec else ""))
+        else:
+            log(f"{case.tag:22s} {name:26s} {rec['note']}")
+    del q, kc, vc, lengths, fns
+    torch.cuda.empty_cache()
+    return recs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tests", default="ci", choices=("ci", "gpu", "none"))
+    ap.add_argument("--quick", action="store_true", help="a few cases only")
+    ap.add_argument("--out", default=os.environ.get("OUT"), help="results directory (default benchmarks/results)")
+    a = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device")
+        return 2
+    rc = run_tests(a.tests) if a.tests != "none" else 0
+    copy = copy_bandwidth_TBps()
+    print(f"{card_name()}: copy ceiling {copy * 1e3:.0f} GB/s (read + write)", flush=True)
+    records = []
+    for case in (QUICK if a.quick else CASES):
+        records += time_case(case, copy, lambda s: print(s, flush=True))
+    path = write_results("decode_attention" + ("_quick" if a.quick else ""), records,
+                         {"copy_TBps": round(copy, 3), "bytes": "K and V of the used lengths, bf16",
+                          "timing": "CUDA graph of 20 calls, best of 3 replays, best of 2 passes"},
+                         out_dir=a.out)
+    print(f"wrote {path}")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
