@@ -24,7 +24,11 @@ def moe_topk(router_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
 
     router_logits: [T, E]; k: int, 1 <= k <= E.
     Returns (weights [T, k] fp32 (fp64 for fp64 logits), experts [T, k] int64), each row ordered by decreasing
-    probability; equal probabilities are ordered by lower expert index first (so the choice is deterministic).
+    logit. Order rule: the experts are ranked by their logit (exactly the probability order, since softmax is
+    monotone, but free of the rounding that can make two different logits give one fp32 probability); equal
+    logits are ordered by lower expert index first, so the choice is deterministic and any implementation that
+    compares the logits (as fp32, or fp64 for fp64 input) gets the same experts.
+    weights[t, j] = p[t, e_j] / sum_j' p[t, e_j'] with p = softmax(logits[t]) over all E experts.
     """
     check_float("router_logits", router_logits, ndim=2)
     E = router_logits.shape[1]
@@ -32,11 +36,13 @@ def moe_topk(router_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     if not 1 <= k <= E:
         raise ValueError(f"k must lie in [1, E={E}], got {k}")
-    probs = torch.softmax(router_logits.to(_compute_dtype(router_logits)), dim=-1)  # [T, E]
-    # a stable descending sort puts the lower index first among ties
-    top, experts = torch.sort(probs, dim=-1, descending=True, stable=True)
-    weights = top[:, :k] / top[:, :k].sum(dim=-1, keepdim=True)
-    return weights, experts[:, :k].to(torch.int64)
+    logits = router_logits.to(_compute_dtype(router_logits))
+    probs = torch.softmax(logits, dim=-1)  # [T, E]
+    # a stable descending sort of the logits puts the lower index first among equal logits
+    experts = torch.sort(logits, dim=-1, descending=True, stable=True).indices[:, :k]
+    top = probs.gather(1, experts)
+    weights = top / top.sum(dim=-1, keepdim=True)
+    return weights, experts.to(torch.int64)
 
 
 def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights: torch.Tensor,

@@ -75,6 +75,17 @@ def test_moe_topk_ties_lower_index_first():
     torch.testing.assert_close(weights, torch.full((2, 2), 0.5))
 
 
+def test_moe_topk_ranks_by_logit_not_rounded_probability():
+    """1e-9 > 0 as fp32 logits, but both softmax to the same fp32 probability (exp(-1e-9) rounds to 1): the rule
+    ranks by logit, so expert 1 comes first (a probability sort with index tie-break would pick expert 0)."""
+    logits = torch.tensor([[0.0, 1e-9, -5.0]])
+    probs = torch.softmax(logits, -1)
+    assert probs[0, 0] == probs[0, 1]  # the premise: equal fp32 probabilities
+    weights, experts = ref.moe_topk(logits, 2)
+    assert experts.tolist() == [[1, 0]]
+    torch.testing.assert_close(weights, torch.full((1, 2), 0.5))
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
 def test_moe_mlp_vs_dense(dtype, tol):
     gen = torch.Generator().manual_seed(3)
