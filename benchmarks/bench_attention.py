@@ -3,7 +3,7 @@
 TFLOP/s counts 4 * L^2 * d * Hq per segment (halved when causal), the usual flash-attention convention, for
 every implementation alike. SDPA gets its favourite layout ([B, H, S, d] contiguous, equal-length segments
 as a batch, GQA heads pre-expanded outside the timing). Run with `pytest -m bench -p no:xdist
-benchmarks/bench_attention.py`; scripts/attention_gpu.py runs the same cases standalone and writes JSON.
+benchmarks/bench_attention.py`; tools/attention_gpu.py runs the same cases standalone and writes JSON.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Vision-tower elementwise/norm ops: our kernels beside torch eager on the real ViT shapes (bf16).
 
     pytest benchmarks/bench_vision_ops.py -m bench --benchmark-only -p no:xdist
-    python3 scripts/gpu_check.py --bench        # the same cases as a table of device time, GB/s, % of copy
+    python3 tools/gpu_check.py --bench        # the same cases as a table of device time, GB/s, % of copy
 
 The inputs come from property_tests/strategies.py (the builders the property tests use), the torch twins
 below are what a plain PyTorch ViT does (HF's formulation: several kernels and intermediates), and

@@ -1,4 +1,4 @@
-"""Packed varlen flash attention on tensor cores (kernels/cuda/attention.cu), twin of `reference.attention`.
+"""Packed varlen flash attention on tensor cores (kernels/cuda/attention/), twin of `reference.attention`.
 
     out = attention(q[T,Hq,d], k[T,Hkv,d], v[T,Hkv,d], cu_seqlens, causal)           # [T,Hq,d]
     out, lse = attention(..., return_lse=True)                                       # lse [T,Hq] fp32
@@ -7,12 +7,12 @@ Each segment [cu_seqlens[i], cu_seqlens[i+1]) attends only within itself (non-ca
 for LM prefill); Hq must be a multiple of Hkv (GQA); d in 64, 72, 80, 128, 256 (72 native, no padding);
 bf16 or fp16 in, same dtype out, fp32 softmax (fp32 inputs: kernels.attention_fp32).
 
-Kernels: on Hopper (sm_90) `attn_fwd_ws`: warp-specialised, one producer thread loading Q/K/V with TMA, 2-4
-consumer warpgroups doing both products with wgmma (compiled for sm_90a); pick_variant chooses its tile shape
-per call with a wave model (ws_cost), and for non-causal segments of up to 4096 tokens how many consecutive tiles
-each CTA runs (ws_rounds). Elsewhere (sm_80+), and for segments of at most SHORT_SEGMENT tokens,
-`attn_fwd` (mma.sync m16n8k16), with the tile shape per head dim measured fastest on an H100 (CANDIDATES).
-benchmarks/attention_notes.md has the measurements behind both.
+Kernels: on Hopper (sm_90) `attn_fwd_ws` (attention/sm90.cu): warp-specialised, one producer thread loading
+Q/K/V with TMA, 2-4 consumer warpgroups doing both products with wgmma (compiled for sm_90a); pick_variant chooses
+its tile shape per call with a wave model (ws_cost), and for non-causal segments of up to 4096 tokens how many
+consecutive tiles each CTA runs (ws_rounds). Elsewhere (sm_80+), and for segments of at most SHORT_SEGMENT tokens,
+`attn_fwd` (attention/sm80.cu, mma.sync m16n8k16), with the tile shape per head dim measured fastest (CANDIDATES).
+docs/attention.md explains the design and the measurements behind both.
 
 Host synchronisation: the launch itself needs none. The grid is an upper bound on the number of query tiles,
 floor((T + nseg * (BM - 1)) / BM), computed from shapes only, and each CTA finds its segment on the device.
@@ -24,16 +24,18 @@ steers the tile-size choice (otherwise segments are taken as T / nseg long).
 
 from __future__ import annotations
 
-import ctypes
 import weakref
 from dataclasses import dataclass, replace
-from functools import lru_cache
 
 import torch
 
 from reference._checks import check_cu_seqlens, check_divides, check_tensor
 
+from .runtime import device as _device
 from .runtime.checks import check_aligned16, check_attention_scalars, check_cuda, check_input, check_out
+from .runtime.launch import get_kernel, launch
+from .runtime.nvrtc import f32, i32
+from .runtime.tma import tensor_map_3d
 
 SUPPORTED_HEAD_DIMS = (64, 72, 80, 128, 256)
 DTYPES = (torch.bfloat16, torch.float16)
@@ -51,6 +53,7 @@ class Variant:
     qreg: bool   # keep Q fragments in registers (else re-read from shared memory every key tile)
     minb: int    # __launch_bounds__ min blocks per SM (caps registers)
     arch = None  # compiled for the device's own arch
+    file = "attention/sm80.cu"
 
     @property
     def bm(self) -> int:
@@ -62,7 +65,7 @@ class Variant:
 
     def smem_bytes(self, d: int, itemsize: int = 2) -> int:
         ch = d // 8
-        stride = (ch if ch % 2 else ch + 1) * 8  # odd number of 16-byte chunks per row (see the .cu)
+        stride = (ch if ch % 2 else ch + 1) * 8  # odd number of 16-byte chunks per row (see sm80.cu)
         return (self.bm + 4 * self.bn) * stride * itemsize  # Q + 2 stages of K and V
 
     def name(self, dtype: torch.dtype, d: int, causal: bool) -> str:
@@ -84,6 +87,7 @@ class WsVariant:
     rate: float = 1.0  # measured throughput per query row relative to 192x128 (pick_variant's cost model)
     rounds: int = 1  # non-causal: consecutive tiles of one segment and head per CTA (needs qbufs == 2)
     arch = "sm_90a"
+    file = "attention/sm90.cu"
 
     @property
     def bm(self) -> int:
@@ -103,7 +107,7 @@ class WsVariant:
         return self.rounds if self.qbufs(d) == 2 and not causal else 1
 
     def smem_bytes(self, d: int, itemsize: int = 2) -> int:
-        regions = (d + 63) // 64  # 64-column regions of 128-byte rows (the swizzle layout; see the .cu)
+        regions = (d + 63) // 64  # 64-column regions of 128-byte rows (the swizzle layout; see sm90.cu)
         return (self.qbufs(d) * self.bm + 2 * self.stages * self.bn) * regions * 128 + 1024  # + 1024: atom alignment
 
     def name(self, dtype: torch.dtype, d: int, causal: bool) -> str:
@@ -117,7 +121,7 @@ def _b(x: bool) -> str:
     return "true" if x else "false"
 
 
-# Tile shapes (ptxas on sm_90/sm_90a: no spills; registers in benchmarks/attention_notes.md).
+# Tile shapes (ptxas on sm_90/sm_90a: no spills; property_tests/test_attention_compile.py checks the defaults).
 V_128x64_4w = Variant(nw=4, mt=2, bn=64, qreg=True, minb=2)    # 32 rows/warp: K/V fragments reused twice
 V_256x64_8w = Variant(nw=8, mt=2, bn=64, qreg=True, minb=1)    # same, 256 rows: half the K/V traffic per FLOP
 V_128x64_8w = Variant(nw=8, mt=1, bn=64, qreg=True, minb=2)    # 16 rows/warp, 128 regs, 16 warps/SM
@@ -129,8 +133,8 @@ V_256x32_8w_d128 = Variant(nw=8, mt=2, bn=32, qreg=False, minb=1)
 V_128x64_8w_d256 = Variant(nw=8, mt=1, bn=64, qreg=False, minb=1)
 V_64x32_4w_d256 = Variant(nw=4, mt=1, bn=32, qreg=False, minb=2)
 
-# mma.sync candidates per head dim, the default first: the fastest measured on an H100 (scripts/attention_gpu.py,
-# benchmarks/results/attention_v3-*.json, re-timed for d64/d72/d256 in attention_v6-*.json); d80 was not benchmarked.
+# mma.sync candidates per head dim, the default first: the fastest measured on an H100 (tools/attention_gpu.py
+# --bench); d80 was not benchmarked.
 CANDIDATES: dict[int, tuple[Variant, ...]] = {
     64: (V_128x64_4w, V_256x64_8w, V_128x64_8w, V_64x64_4w),
     72: (V_128x64_4w, V_256x64_8w, V_128x64_8w, V_64x64_4w),
@@ -139,8 +143,8 @@ CANDIDATES: dict[int, tuple[Variant, ...]] = {
     256: (V_128x64_8w_d256, V_64x32_4w_d256),
 }
 # Warp-specialised TMA/wgmma candidates (Hopper, sm_90 only). pick_variant chooses among them per call with a
-# wave model; `rate` is each shape's throughput per query row relative to 192x128, measured on an H100
-# (benchmarks/results/attention_v7-*.json: 256x64 1.0 since O is stored with TMA, 128x128 0.78, 192x64 0.90 at d72).
+# wave model; `rate` is each shape's throughput per query row relative to 192x128, measured on an H100 at d72
+# (256x64 1.0 since O is stored with TMA, 128x128 0.78, 192x64 0.90).
 WS_192x128 = WsVariant(3, 128)
 WS_256x64 = WsVariant(4, 64)
 WS_128x128 = WsVariant(2, 128, rate=0.78)
@@ -154,28 +158,11 @@ WS_CANDIDATES: dict[int, tuple[WsVariant, ...]] = {
 SHORT_SEGMENT = 64  # at or below this many tokens per segment, 64-row mma.sync tiles waste least
 
 
-def _hopper(device: torch.device | None) -> bool:
-    """The warp-specialised kernels need sm_90 exactly (sm_90a code does not run on later archs)."""
-    if device is None or device.type != "cuda":
-        return False
-    return _capability(device.index if device.index is not None else torch.cuda.current_device()) == (9, 0)
-
-
-@lru_cache(maxsize=None)
-def _capability(index: int) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
-
-
-@lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def all_variants(d: int, device: torch.device | None = None) -> list:
     """Every tile shape the tests and benchmarks exercise for head dim d on `device` (on Hopper also the first
     warp-specialised shape running 3 tiles per CTA, so that both Q buffers are reused)."""
     vs = list(CANDIDATES[d]) + ([V_64x64_4w] if d != 256 and V_64x64_4w not in CANDIDATES[d] else [])
-    if _hopper(device):
+    if device is not None and _device.is_hopper(device):
         vs += list(WS_CANDIDATES[d])
         if WS_CANDIDATES[d][0].qbufs(d) == 2:
             vs.append(replace(WS_CANDIDATES[d][0], rounds=3))
@@ -195,17 +182,16 @@ def ws_cost(v: WsVariant, heads: int, T: int, longest: int, sms: int) -> float:
 
 
 ROUNDS_MAX_SEGMENT = 4096  # longer segments: the per-CTA fixed cost is under 2 % of a tile (1x16384 measured no gain)
-FIXED_KEYS = 330  # a CTA's fixed cost (prologue, epilogue, the gap to the next CTA) in keys of work, from the
-                  # per-CTA fit in attention_notes.md (6.3-6.6 us at 1.26-1.32 us per 64 keys, 256x64)
+FIXED_KEYS = 330  # a CTA's fixed cost (prologue, epilogue, the gap to the next CTA) in keys of work: a per-CTA
+                  # timeline measured 6.3-6.6 us of fixed cost at 1.26-1.32 us per 64 keys (256x64, H100)
 
 
 def ws_rounds(v: WsVariant, d: int, heads: int, T: int, longest: int, sms: int) -> int:
     """Consecutive tiles per CTA for shape v (non-causal; the kernel runs one where it has one Q buffer). Each
     extra tile saves a CTA's fixed cost, and its Q loads during the previous tile; fewer CTAs may leave SMs idle.
     Model: waves(r) x (r + FIXED_KEYS / keys) tile-times, waves(r) = ceil(heads x segments x ceil(tiles / r) /
-    sms); the smallest r of the least time. Measured on an H100 (attention_v10_rounds-*.json): d72 8x784 256x64
-    4 tiles per CTA 294 TFLOP/s against 263, d64 H12 1x4096 192x128 2 tiles 501 against 489, d64 H16 256x64 2
-    tiles 484 against 475."""
+    sms); the smallest r of the least time (on an H100, d72 8x784 256x64 runs 4 tiles per CTA at 294 TFLOP/s
+    against 263 for one)."""
     tiles = -(-longest // v.bm)
     if longest > ROUNDS_MAX_SEGMENT or v.qbufs(d) != 2 or tiles < 2 or heads < 1 or sms < 1:
         return 1
@@ -278,18 +264,8 @@ def _validate(q, k, v, cu_seqlens, causal, scale, out, max_seqlen, validate):
     return scale
 
 
-_LOADED: dict = {}  # (device, variant, dtype, d, causal, options) -> (kernel, dynamic shared memory bytes)
-
-
-def run_variant(variant: Variant | WsVariant, q, k, v, cu_seqlens, causal: bool, scale: float, out, lse,
-                options: tuple[str, ...] = ()) -> None:
-    """Launch one tile shape on already-validated arguments (also used by the benchmarks to sweep shapes).
-    `options` are extra NVRTC flags (scripts/attention_timing.py builds with -DATTN_TIMING)."""
-    from kernels.runtime.nvrtc import f32, get_kernel, i32, launch, set_max_dynamic_shared_memory
-
-    if q.device.index != torch.cuda.current_device():  # kernels are loaded per device
-        with torch.cuda.device(q.device):
-            return run_variant(variant, q, k, v, cu_seqlens, causal, scale, out, lse, options)
+def run_variant(variant: Variant | WsVariant, q, k, v, cu_seqlens, causal: bool, scale: float, out, lse) -> None:
+    """Launch one tile shape on already-validated arguments (the benchmarks and tests also sweep shapes with it)."""
     T, Hq, d = q.shape
     nseg = cu_seqlens.numel() - 1
     rounds = variant.rounds_for(d, causal) if isinstance(variant, WsVariant) else 1
@@ -299,27 +275,19 @@ def run_variant(variant: Variant | WsVariant, q, k, v, cu_seqlens, causal: bool,
         return
     if cu_seqlens.dtype != torch.int32:
         cu_seqlens = cu_seqlens.to(torch.int32)
-    key = (q.device.index, variant, q.dtype, d, causal, tuple(options))
-    hit = _LOADED.get(key)
-    if hit is None:  # compile (or load from the disk cache) once, and allow the shared memory it needs
-        kern = get_kernel("attention.cu", variant.name(q.dtype, d, causal), options=tuple(options), arch=variant.arch)
-        smem = variant.smem_bytes(d, q.element_size())
-        set_max_dynamic_shared_memory(kern, smem)
-        hit = _LOADED[key] = (kern, smem)
-    kern, smem = hit
-    if isinstance(variant, WsVariant):  # Q, K, V through TMA descriptors passed by value
-        from kernels.runtime.tma import launch_raw, tensor_map_3d
-
-        launch_raw(kern, (Hq * tiles, 1, 1), (variant.threads, 1, 1), smem, [
-            ctypes.c_void_p(out.data_ptr()), ctypes.c_void_p(0 if lse is None else lse.data_ptr()),
-            ctypes.c_void_p(cu_seqlens.data_ptr()), ctypes.c_int(nseg), ctypes.c_int(Hq), ctypes.c_int(k.shape[1]),
-            ctypes.c_float(scale * _LOG2E), ctypes.c_int(rounds), tensor_map_3d(q, 64, variant.bm),
-            tensor_map_3d(k, 64, variant.bn), tensor_map_3d(v, 64, variant.bn), tensor_map_3d(out, 64, 64)],
-            device_index=q.device.index)
+    # one instantiation per compile: an NVRTC run of every warp-specialised shape would take minutes
+    kern = get_kernel(variant.file, variant.name(q.dtype, d, causal), arch=variant.arch, device=q.get_device())
+    smem = variant.smem_bytes(d, q.element_size())
+    if isinstance(variant, WsVariant):  # Q, K, V and O through TMA descriptors passed by value
+        launch(kern, (Hq * tiles, 1, 1), (variant.threads, 1, 1),
+               out.data_ptr(), 0 if lse is None else lse.data_ptr(), cu_seqlens.data_ptr(), i32(nseg), i32(Hq),
+               i32(k.shape[1]), f32(scale * _LOG2E), i32(rounds), tensor_map_3d(q, 64, variant.bm),
+               tensor_map_3d(k, 64, variant.bn), tensor_map_3d(v, 64, variant.bn), tensor_map_3d(out, 64, 64),
+               shared_mem=smem)
         return
-    launch(kern, (Hq * tiles, 1, 1), (variant.threads, 1, 1), smem,
+    launch(kern, (Hq * tiles, 1, 1), (variant.threads, 1, 1),
            q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), 0 if lse is None else lse.data_ptr(),
-           cu_seqlens.data_ptr(), i32(nseg), i32(Hq), i32(k.shape[1]), f32(scale * _LOG2E))
+           cu_seqlens.data_ptr(), i32(nseg), i32(Hq), i32(k.shape[1]), f32(scale * _LOG2E), shared_mem=smem)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, causal: bool,
@@ -342,9 +310,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: tor
     if out is None:
         out = torch.empty_like(q)
     lse = torch.empty((T, Hq), device=q.device, dtype=torch.float32) if return_lse else None
-    hopper = _hopper(q.device)
+    dev = q.get_device()
+    hopper = _device.is_hopper(dev)
     variant = pick_variant(d, causal, T, cu_seqlens.numel() - 1, max_seqlen, hopper, Hq,
-                           _sm_count(q.device.index if q.device.index is not None else torch.cuda.current_device())
-                           if hopper else 132)
+                           _device.sm_count(dev) if hopper else 132)
     run_variant(variant, q, k, v, cu_seqlens, causal, scale, out, lse)
     return (out, lse) if return_lse else out

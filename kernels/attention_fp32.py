@@ -22,9 +22,9 @@ import torch
 
 from reference._checks import check_cu_seqlens, check_divides, check_tensor
 
-from .runtime import nvrtc
 from .runtime.checks import check_aligned16, check_attention_scalars, check_cuda, check_input, check_out
 from .runtime.dispatch import NvrtcSource, cbool, ceil_div
+from .runtime.nvrtc import f32, i32
 
 __all__ = ["attention_fp32", "SUPPORTED_HEAD_DIMS"]
 
@@ -87,9 +87,6 @@ def _validate(q, k, v, cu_seqlens, causal, scale, out, max_seqlen, validate) -> 
     return scale, max_seqlen
 
 
-_SMEM_SET: set = set()
-
-
 def attention_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, causal: bool,
                    scale: float | None = None, return_lse: bool = False, out: torch.Tensor | None = None,
                    max_seqlen: int | None = None, validate: bool = True):
@@ -109,20 +106,7 @@ def attention_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens
     if T > 0 and tiles > 0:
         if cu_seqlens.dtype != torch.int32:
             cu_seqlens = cu_seqlens.to(torch.int32)
-        device = q.get_device()
-        expr = _expr(d, causal)
-        kern = SOURCE.kernel(expr, device)
-        smem = smem_bytes(d)
-        if (device, expr) not in _SMEM_SET:  # > 48 KB for d = 256
-            with torch.cuda.device(device):
-                nvrtc.set_max_dynamic_shared_memory(kern, smem)
-            _SMEM_SET.add((device, expr))
-        args = (kern, (tiles, Hq, cu_seqlens.numel() - 1), (32 * _NW, 1, 1), smem,
-                q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), 0 if lse is None else lse.data_ptr(),
-                cu_seqlens.data_ptr(), nvrtc.i32(Hq), nvrtc.i32(k.shape[1]), nvrtc.f32(scale))
-        if device != torch.cuda.current_device():  # launch on the inputs' device and its current stream
-            with torch.cuda.device(device):
-                nvrtc.launch(*args)
-        else:
-            nvrtc.launch(*args)
+        SOURCE.launch(q.get_device(), _expr(d, causal), (tiles, Hq, cu_seqlens.numel() - 1), (32 * _NW, 1, 1),
+                      q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), 0 if lse is None else lse.data_ptr(),
+                      cu_seqlens.data_ptr(), i32(Hq), i32(k.shape[1]), f32(scale), shared_mem=smem_bytes(d))
     return (out, lse) if return_lse else out

@@ -33,8 +33,8 @@ def reachable(d: int) -> list:
     return vs
 
 
-def check_cubin(names, arch):
-    mod = compile_source(read_source("attention.cu"), names, arch)
+def check_cubin(names, arch, file):
+    mod = compile_source(read_source(file), names, arch)
     cubin = bytes(mod.code)
     assert cubin[:4] == b"\x7fELF"
     for n in names:
@@ -47,7 +47,8 @@ def check_cubin(names, arch):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("causal", [False, True])
 def test_mma_instantiations_compile(arch, dtype, causal):
-    check_cubin(tuple(v.name(dtype, d, causal) for d in SUPPORTED_HEAD_DIMS for v in reachable(d)), arch)
+    check_cubin(tuple(v.name(dtype, d, causal) for d in SUPPORTED_HEAD_DIMS for v in reachable(d)), arch,
+                V_64x64_4w.file)
 
 
 def test_hopper_pick_is_a_candidate():
@@ -68,7 +69,8 @@ def test_hopper_pick_is_a_candidate():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("causal", [False, True])
 def test_ws_instantiations_compile(dtype, causal):
-    check_cubin(tuple(v.name(dtype, d, causal) for d in SUPPORTED_HEAD_DIMS for v in WS_CANDIDATES[d]), "sm_90a")
+    check_cubin(tuple(v.name(dtype, d, causal) for d in SUPPORTED_HEAD_DIMS for v in WS_CANDIDATES[d]), "sm_90a",
+                WS_256x64.file)
 
 
 @pytest.mark.slow
@@ -80,7 +82,7 @@ def test_default_shapes_do_not_spill(arch, table):
                                 for v in (table[d] if arch == "sm_90a" else table[d][:1])))
     log = io.StringIO()
     opts = ProgramOptions(arch=arch, std="c++17", include_path=list(cuda_include_dirs()), ptxas_options=["-v"])
-    Program(read_source("attention.cu"), code_type="c++", options=opts).compile(
+    Program(read_source(table[64][0].file), code_type="c++", options=opts).compile(
         "cubin", name_expressions=names, logs=log)
     report = log.getvalue()
     regs = [int(x) for x in re.findall(r"Used (\d+) registers", report)]
@@ -91,13 +93,14 @@ def test_default_shapes_do_not_spill(arch, table):
     assert not any(spills), f"register spills in a default tile shape:\n{report}"
 
 
-def test_timing_build_compiles():
-    """The diagnostic -DATTN_TIMING build of the Hopper kernel (scripts/attention_timing.py) keeps compiling."""
-    from kernels.attention import WS_CANDIDATES as ws
+def test_wgmma_header_is_generated():
+    """kernels/cuda/include/wgmma_ops.cuh is what tools/gen_wgmma.py writes from its table of shapes."""
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    names = tuple(v.name(torch.bfloat16, 72, False) for v in ws[72])
-    mod = compile_source(read_source("attention.cu"), names, "sm_90a", ("-DATTN_TIMING",))
-    assert bytes(mod.code)[:4] == b"\x7fELF"
+    tool = Path(__file__).resolve().parent.parent / "tools" / "gen_wgmma.py"
+    assert subprocess.run([sys.executable, str(tool), "--check"]).returncode == 0
 
 
 def test_ws_rounds_model():

@@ -1,15 +1,20 @@
 """What every NVRTC wrapper shares after validation: the C++ type of a dtype, the vector width a launch may
 use, and the NVRTC source of a kernel family with every template instantiation it may launch.
 
+    SOURCE = NvrtcSource("norms.cu", ("norms::layer_norm<__nv_bfloat16, 8>", ...))
+    SOURCE.launch(device, "norms::layer_norm<__nv_bfloat16, 8>", grid, block, x.data_ptr(), i32(n),
+                  shared_mem=nbytes)
+
 All instantiations of one source are compiled together once (cached on disk by kernels/runtime/nvrtc.py),
-and `SOURCES` lists them so the compile tests can build each one for sm_80 and sm_90 without a GPU.
+loaded and launched by kernels/runtime/launch.py, and `SOURCES` lists them so the compile tests can build each
+one for sm_80 and sm_90 without a GPU.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import nvrtc
+from . import launch as _launch
 
 CTYPES = {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
 
@@ -48,27 +53,16 @@ def vec_width(dtype: torch.dtype, divides: int, *tensors, candidates=None) -> in
 class NvrtcSource:
     """kernels/cuda/<file> and the full list of name expressions (template instantiations) built from it."""
 
-    def __init__(self, file: str, exprs: tuple[str, ...]):
-        self.file, self.exprs = file, tuple(exprs)
-        self._kernels: dict = {}
+    def __init__(self, file: str, exprs: tuple[str, ...], options: tuple[str, ...] = ()):
+        self.file, self.exprs, self.options = file, tuple(exprs), tuple(options)
         SOURCES[file] = self
 
-    def kernel(self, expr: str, device: int | None = None):
+    def kernel(self, expr: str, device: int | None = None) -> _launch.Kernel:
         """The loaded kernel for `device` (default: the current one); the first call compiles every
         instantiation (or loads them from the disk cache)."""
-        key = (torch.cuda.current_device() if device is None else device, expr)
-        k = self._kernels.get(key)
-        if k is None:
-            if expr not in self.exprs:
-                raise KeyError(f"{expr!r} is not an instantiation listed for {self.file}")
-            with torch.cuda.device(key[0]):
-                k = self._kernels[key] = nvrtc.get_kernel(self.file, expr, self.exprs)
-        return k
+        return _launch.get_kernel(self.file, expr, self.exprs, options=self.options, device=device)
 
-    def launch(self, device: int, expr: str, grid, block, *args) -> None:
-        """Launch `expr` on the current torch stream of CUDA device `device` (no dynamic shared memory)."""
-        if device != torch.cuda.current_device():
-            with torch.cuda.device(device):
-                nvrtc.launch(self.kernel(expr, device), grid, block, 0, *args)
-        else:
-            nvrtc.launch(self.kernel(expr, device), grid, block, 0, *args)
+    def launch(self, device: int, expr: str, grid, block, *args, shared_mem: int = 0) -> None:
+        """Launch `expr` on the current torch stream of CUDA device `device`."""
+        _launch.launch(_launch.get_kernel(self.file, expr, self.exprs, options=self.options, device=device),
+                       grid, block, *args, shared_mem=shared_mem)

@@ -1,11 +1,11 @@
-"""CUDA C++ compiled at run time by NVRTC (through cuda.core), cached, launched on torch's current stream.
+"""CUDA C++ compiled at run time by NVRTC (through cuda.core) and cached; loading and launching is
+kernels/runtime/launch.py.
 
-    mod = compile_source(src, ("layer_norm<__nv_bfloat16>",), arch="sm_90")   # works without a GPU
-    k = get_kernel("norms.cu", "layer_norm<__nv_bfloat16>")                    # for the current device
-    launch(k, grid, block, smem_bytes, x.data_ptr(), i32(n), f32(eps))         # on torch.cuda.current_stream()
+    mod = compile_source(src, ("norms::layer_norm<__nv_bfloat16>",), arch="sm_90")   # works without a GPU
 
-Compilation is keyed by (source text, name expressions, arch, options, NVRTC version) and cached in memory and
-on disk (~/.cache/qwen35-kernels/cubin, or $QWEN35_KERNELS_CACHE). We always emit a CUBIN for the exact arch:
+Sources include the shared device code as "include/<name>.cuh" (kernels/cuda is on the include path).
+Compilation is keyed by (source text, the text of every header under kernels/cuda, name expressions, arch,
+options, NVRTC version) and cached in memory and on disk (~/.cache/qwen35-kernels/cubin, or $QWEN35_KERNELS_CACHE). We always emit a CUBIN for the exact arch:
 NVRTC PTX newer than the driver cannot be JIT-loaded, and cuda.core's "ptx" target needs a driver.
 Scalars must be passed typed (i32/i64/f32): cuda.core passes a Python int as a pointer and a float as double.
 """
@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 
 try:  # cuda-core >= 0.4 / 1.x
-    from cuda.core import Device, LaunchConfig, ObjectCode, Program, ProgramOptions, launch as _cc_launch
+    from cuda.core import Device, ObjectCode, Program, ProgramOptions
 except ImportError:  # pragma: no cover - older cuda-core
-    from cuda.core.experimental import Device, LaunchConfig, ObjectCode, Program, ProgramOptions
-    from cuda.core.experimental import launch as _cc_launch
+    from cuda.core.experimental import Device, ObjectCode, Program, ProgramOptions
 
 CUDA_DIR = Path(__file__).resolve().parent.parent / "cuda"
 
@@ -67,6 +66,16 @@ def cuda_include_dirs() -> tuple[str, ...]:
     if os.path.isdir(os.path.join(found[0], "cccl")):
         dirs.append(os.path.join(found[0], "cccl"))
     return tuple(dirs + [str(CUDA_DIR)])
+
+
+@lru_cache(maxsize=1)
+def headers_digest() -> str:
+    """sha256 over every header under kernels/cuda (names and text): part of the compile cache key, so that a
+    changed header rebuilds the kernels that include it."""
+    h = hashlib.sha256()
+    for p in sorted(CUDA_DIR.rglob("*.cuh")):
+        h.update(str(p.relative_to(CUDA_DIR)).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 @lru_cache(maxsize=1)
@@ -114,7 +123,7 @@ def compile_source(source: str, name_expressions: tuple[str, ...], arch: str,
     """NVRTC-compile `source` to a CUBIN for `arch` ('sm_80', 'sm_90', 'sm_90a'); no GPU or driver needed."""
     name_expressions = tuple(name_expressions)
     key = hashlib.sha256(json.dumps(
-        [source, name_expressions, arch, list(options), nvrtc_version()]).encode()).hexdigest()
+        [source, headers_digest(), name_expressions, arch, list(options), nvrtc_version()]).encode()).hexdigest()
     if key in _MEM_CACHE:
         return _MEM_CACHE[key]
     path = _cache_dir() / f"{key}.cubin"
@@ -146,92 +155,24 @@ def compile_source(source: str, name_expressions: tuple[str, ...], arch: str,
     return mod
 
 
-def device_arch(device_index: int | None = None) -> str:
-    import torch
-
-    idx = torch.cuda.current_device() if device_index is None else device_index
-    major, minor = torch.cuda.get_device_capability(idx)
-    return f"sm_{major}{minor}"
-
-
-_KERNELS: dict = {}
-
+# ---- the call forms of the first kernels, kept for code written against them: all go through launch.py ----
 
 def get_kernel(source_name: str, name: str, name_expressions: tuple[str, ...] | None = None,
                options: tuple[str, ...] = (), arch: str | None = None):
-    """Kernel `name` from kernels/cuda/<source_name>, compiled for the current device (cached).
+    """launch.get_kernel on the current device."""
+    from .launch import get_kernel as _get
 
-    `name_expressions` lists every instantiation to build with it (so one compile serves all dtypes);
-    it defaults to (name,).
-    """
-    import torch
-
-    dev_idx = torch.cuda.current_device()
-    key = (dev_idx, source_name, name, options, arch)
-    k = _KERNELS.get(key)
-    if k is None:
-        dev = Device(dev_idx)
-        dev.set_current()  # the primary context, which torch shares
-        exprs = tuple(name_expressions) if name_expressions else (name,)
-        if name not in exprs:
-            exprs = exprs + (name,)
-        mod = compile_source(read_source(source_name), exprs, arch or device_arch(dev_idx), options)
-        k = mod.get_kernel(name)
-        _KERNELS[key] = k
-    return k
-
-
-class _TorchStream:
-    """torch.cuda.Stream in the __cuda_stream__ protocol (works for any torch version)."""
-
-    def __init__(self, handle: int):
-        self._h = handle
-
-    def __cuda_stream__(self):
-        return (0, self._h)
-
-
-_STREAMS: dict = {}
-
-
-def current_stream():
-    """cuda.core Stream wrapping torch's current stream (not owned; cached by handle)."""
-    import torch
-
-    ts = torch.cuda.current_stream()
-    key = (ts.device_index, int(ts.cuda_stream))
-    s = _STREAMS.get(key)
-    if s is None:
-        s = Device(ts.device_index).create_stream(_TorchStream(key[1]))
-        _STREAMS[key] = s
-    return s
-
-
-_CONFIGS: dict = {}
+    exprs = tuple(name_expressions) if name_expressions else (name,)
+    return _get(source_name, name, exprs if name in exprs else exprs + (name,), options=tuple(options), arch=arch)
 
 
 def launch(kernel, grid, block, shared_mem: int, *args) -> None:
-    """Launch on torch's current stream (so it can be captured in a CUDA graph)."""
-    key = (grid, block, shared_mem)
-    cfg = _CONFIGS.get(key)
-    if cfg is None:
-        cfg = LaunchConfig(grid=grid, block=block, shmem_size=shared_mem)
-        _CONFIGS[key] = cfg
-    _cc_launch(current_stream(), cfg, kernel, *args)
+    """launch.launch with the dynamic shared memory as the fourth positional argument."""
+    from .launch import launch as _launch
+
+    _launch(kernel, grid, block, *args, shared_mem=shared_mem)
 
 
 def set_max_dynamic_shared_memory(kernel, nbytes: int) -> None:
-    """Allow a kernel more than 48 KB of dynamic shared memory (needed once per kernel)."""
-    from cuda.bindings import driver
-
-    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    h = kernel.handle if hasattr(kernel, "handle") else kernel._handle
-    if isinstance(h, driver.CUfunction):
-        (err,) = driver.cuFuncSetAttribute(h, attr, int(nbytes))
-    else:  # cuda.core >= 1.x loads libraries: the handle is a CUkernel, set per device
-        import torch
-
-        hk = h if isinstance(h, driver.CUkernel) else driver.CUkernel(int(h))
-        (err,) = driver.cuKernelSetAttribute(attr, int(nbytes), hk, driver.CUdevice(torch.cuda.current_device()))
-    if int(err) != 0:
-        raise RuntimeError(f"cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES={nbytes}) failed: {err}")
+    """Allow a kernel more than 48 KB of dynamic shared memory (launch.launch also does it when asked for)."""
+    kernel.allow_shared_memory(nbytes)

@@ -1,7 +1,7 @@
 """One-shot GPU check of the vision-tower kernels: compile, correctness, timings beside torch.
 
-    python3 scripts/gpu_check.py [--ops layer_norm,bias_gelu] [--bench] [--compile] [--out DIR]
-    python3 scripts/gpu_check.py --tiny        # one small call of each NVRTC kernel (for compute-sanitizer)
+    python3 tools/gpu_check.py [--ops layer_norm,bias_gelu] [--bench] [--compile] [--out DIR]
+    python3 tools/gpu_check.py --tiny        # one small call of each NVRTC kernel (for compute-sanitizer)
 
 1. builds every NVRTC source for this GPU (cold compile time per source);
 2. runs each kernel variant against the reference on a few shapes (1 row, odd widths, the real widths, each

@@ -1,6 +1,6 @@
 """Markdown tables of the committed results JSON (benchmarks/results/), as quoted in the README.
 
-    python scripts/results_table.py
+    python tools/results_table.py
 The vision-tower floor is recomputed from measured quantities in the same JSON: the tower's GEMM FLOPs at the
 measured cuBLAS rate (8192^3 bf16) plus depth x our attention kernel's measured time for that shape.
 """

@@ -1,6 +1,6 @@
 """Vision-tower latency on our kernels beside Hugging Face's Qwen3_5VisionModel (sdpa), one run, one card.
 
-    PYTHONPATH=. python3 scripts/vision_tower_gpu.py [--towers 0.8B 9B] [--cases 1x448 1x1024 1x2048 8x448]
+    PYTHONPATH=. python3 tools/vision_tower_gpu.py [--towers 0.8B 9B] [--cases 1x448 1x1024 1x2048 8x448]
                                                      [--out DIR] [--plot PATH]
 
 Random weights at the real shapes (HF initialisation, bf16); our tower loads HF's state dict, so both compute

@@ -1,6 +1,6 @@
 """Run chosen attention tile shapes once each on one benchmark case, for a profiler (Nsight Compute).
 
-    PYTHONPATH=. ncu --section SpeedOfLight ... python3 scripts/attention_profile.py vit_d72_h16_1x4096 ws_192x128 mma_128x64
+    PYTHONPATH=. ncu --section SpeedOfLight ... python3 tools/attention_profile.py vit_d72_h16_1x4096 ws_192x128 mma_128x64
 
 Every argument after the case tag is a label prefix (kernels.attention variant labels); each matching variant runs
 twice (the first call compiles and warms up; profile with --launch-skip as needed).

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU test suite, the vision-tower benchmark, sanitizer on the fp32 attention.
-# Usage on the GPU machine, from the repo root: QWEN35_COMMIT=<sha> bash scripts/gpu_all.sh [tests|tower|all]
+# Usage on the GPU machine, from the repo root: QWEN35_COMMIT=<sha> bash tools/gpu_all.sh [tests|tower|all]
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -12,9 +12,9 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
 fi
 if [ "$what" = sanitize ] || [ "$what" = all ]; then
   timeout "${SAN_TIMEOUT:-90}" compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 3 \
-    python3 scripts/attention_gpu.py --tiny 2>&1 | tail -4 | tee "$OUT/sanitizer.txt"
+    python3 tools/attention_gpu.py --tiny 2>&1 | tail -4 | tee "$OUT/sanitizer.txt"
 fi
 if [ "$what" = tower ] || [ "$what" = all ]; then
-  timeout "${TOWER_TIMEOUT:-240}" python3 scripts/vision_tower_gpu.py --out "$OUT" --plot "$OUT/vision_tower.png" \
+  timeout "${TOWER_TIMEOUT:-240}" python3 tools/vision_tower_gpu.py --out "$OUT" --plot "$OUT/vision_tower.png" \
     2>&1 | tee "$OUT/tower.txt"
 fi

@@ -1,8 +1,8 @@
 """Attention on a GPU, standalone: correctness spot-checks of every tile shape, then timings beside SDPA.
 
-    PYTHONPATH=. python scripts/attention_gpu.py --check --bench [--out DIR]
-    PYTHONPATH=. python scripts/attention_gpu.py --tiny          # small workload for compute-sanitizer
-    PYTHONPATH=. python scripts/attention_gpu.py --precompile    # every instantiation, in parallel processes
+    PYTHONPATH=. python tools/attention_gpu.py --check --bench [--out DIR]
+    PYTHONPATH=. python tools/attention_gpu.py --tiny          # small workload for compute-sanitizer
+    PYTHONPATH=. python tools/attention_gpu.py --precompile    # every instantiation, in parallel processes
     ... --bench --cases d72,d64,causal --variants ws,mma_128   # only cases whose tag has one of the words,
                                                               # only tile shapes whose label starts so
 
@@ -38,8 +38,9 @@ import reference  # noqa: E402
 from benchmarks.bench_attention import CASES, SDPA_BACKENDS, make_inputs, ours_fn, sdpa_fn  # noqa: E402
 from benchmarks.common import (bf16_gemm_TFLOPs, card_name, copy_bandwidth_TBps, cuda_time_ms,  # noqa: E402
                                graph_ms, queued_ms, write_results)
-from kernels.attention import (CANDIDATES, SUPPORTED_HEAD_DIMS, WsVariant, _hopper, _sm_count,  # noqa: E402
+from kernels.attention import (CANDIDATES, SUPPORTED_HEAD_DIMS, WsVariant,  # noqa: E402
                                all_variants as _all_variants, attention, pick_variant, run_variant)
+from kernels.runtime import device as dev  # noqa: E402
 
 VARIANT_FILTER: tuple[str, ...] = ()  # --variants: keep only tile shapes whose label starts with one of these
 
@@ -54,8 +55,8 @@ def vname(v):
 
 
 def kernel_info(v, dtype, d, causal):
-    from kernels.runtime.nvrtc import get_kernel
-    k = get_kernel("attention.cu", v.name(dtype, d, causal), arch=v.arch)
+    from kernels.runtime.launch import get_kernel
+    k = get_kernel(v.file, v.name(dtype, d, causal), arch=v.arch).obj
     info = {}
     try:
         a = k.attributes
@@ -74,17 +75,16 @@ def kernel_info(v, dtype, d, causal):
 
 def _compile_one(job):
     from kernels.runtime.nvrtc import compile_source, read_source
-    name, arch = job
-    compile_source(read_source("attention.cu"), (name,), arch)  # fills the disk cache get_kernel reads
+    file, name, arch = job
+    compile_source(read_source(file), (name,), arch)  # fills the disk cache get_kernel reads
     return name
 
 
 def precompile():
     """NVRTC-compile every instantiation check/bench/tests can launch, in parallel (spawned processes)."""
     import multiprocessing as mp
-    from kernels.runtime.nvrtc import device_arch
-    arch = device_arch()
-    jobs = [(var.name(dt, d, c), var.arch or arch) for d in SUPPORTED_HEAD_DIMS for var in all_variants(d)
+    arch = dev.arch()
+    jobs = [(var.file, var.name(dt, d, c), var.arch or arch) for d in SUPPORTED_HEAD_DIMS for var in all_variants(d)
             for dt in (torch.bfloat16, torch.float16) for c in (False, True)]
     t0 = time.time()
     with mp.get_context("spawn").Pool(min(len(jobs), os.cpu_count() or 1)) as pool:
@@ -228,9 +228,9 @@ def bench(out_dir, cases=None):
         rec = {"case": case.tag, "lengths": list(case.lengths), "hq": case.hq, "hkv": case.hkv, "d": case.d,
                "causal": case.causal, "gflop": case.flops / 1e9, "min_MB": case.min_bytes / 1e6, "impls": {}}
 
-        hopper = _hopper(q.device)
+        hopper = dev.is_hopper(q.device)
         default = pick_variant(case.d, case.causal, case.T, len(case.lengths), max(case.lengths), hopper,
-                               case.hq, _sm_count(q.device.index or 0) if hopper else 132)
+                               case.hq, dev.sm_count(q.get_device()) if hopper else 132)
         impls = [(f"ours_default({vname(default)})", ours_fn(case, q, k, v, cu), None)]
         impls += [(f"ours_{vname(var)}", ours_fn(case, q, k, v, cu, var),
                    kernel_info(var, torch.bfloat16, case.d, case.causal)) for var in all_variants(case.d)]
@@ -276,7 +276,7 @@ def bench(out_dir, cases=None):
                 print(f"  -> {timing}: best ours {bo} {ours[bo]:.1f}, best sdpa {bs} {sdpa[bs]:.1f}, ratio "
                       f"{ours[bo] / sdpa[bs]:.3f} (default {rec[f'ratio_{timing}']['default_vs_best'] or 0:.3f})",
                       flush=True)
-        if "ratio_queued" in rec:  # the keys older results carry (scripts/results_table.py reads them)
+        if "ratio_queued" in rec:  # the keys older results carry (tools/results_table.py reads them)
             rq = rec["ratio_queued"]
             rec["best_ours"], rec["best_sdpa"] = rq["best_ours"], rq["best_sdpa"]
             rec["ratio_best_ours_vs_best_sdpa"] = rq["best_vs_best"]
@@ -305,7 +305,7 @@ def scaling(out_dir=None):
             out = torch.empty_like(q)
             ms = queued_ms(lambda: run_variant(var, q, k, v, cu, False, d ** -0.5, out, None))
             ctas = hq * nseg * (-(-L // var.bm))
-            waves = -(-ctas // _sm_count(0))
+            waves = -(-ctas // dev.sm_count(0))
             pts.append((-(-L // var.bn), ms * 1e3 / waves))  # key tiles per CTA, us per wave
             rows.append(dict(variant=var.label(), L=L, nseg=nseg, ms=ms, ctas=ctas, waves=waves, us_per_wave=pts[-1][1]))
             print(f"  {var.label():22s} L={L:5d} nseg={nseg:3d} {ms:7.3f} ms  {ctas:5d} CTAs  {waves:3d} waves  "

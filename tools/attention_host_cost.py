@@ -1,6 +1,6 @@
 """Host (Python) cost of one attention call, which queued timings pay when a kernel is short (d72 8x784: ~85 us).
 
-    PYTHONPATH=. python3 scripts/attention_host_cost.py
+    PYTHONPATH=. python3 tools/attention_host_cost.py
 
 Prints the wall time per call of kernels.attention and of run_variant with the GPU kept busy (so launches never
 wait), and cProfile's top entries for run_variant.
