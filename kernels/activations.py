@@ -1,14 +1,19 @@
-"""Bias + GELU (NVRTC, kernels/cuda/activations.cu) with the signature and meaning of reference.bias_gelu."""
+"""Pointwise activations (NVRTC, kernels/cuda/activations.cu) with the signatures and meaning of
+reference.activations: bias + GELU (ViT), SwiGLU (silu_mul, silu_mul_fused) and the attention output gate."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .runtime.checks import check_cuda, check_input, check_out, check_same_dtype
-from .runtime.dispatch import CTYPES, NvrtcSource, cbool, ceil_div, split_row, vec_width
-from .runtime.nvrtc import i32
+from reference._checks import check_tensor
 
-__all__ = ["bias_gelu"]
+from .runtime.checks import KERNEL_DTYPES, check_cuda, check_input, check_out, check_same_dtype
+from .runtime.dispatch import CTYPES, NvrtcSource, cbool, ceil_div, split_row, vec_width
+from .runtime.nvrtc import i32, i64
+
+__all__ = ["bias_gelu", "silu_mul", "silu_mul_fused", "sigmoid_gate"]
 
 _VECS = {torch.float32: (4, 2, 1), torch.float16: (8, 4, 2, 1), torch.bfloat16: (8, 4, 2, 1)}
 _APPROX = {"tanh": True, "none": False}
@@ -19,8 +24,21 @@ def _expr(dtype, vec: int, tanh: bool) -> str:
     return f"bias_gelu_kernel<{CTYPES[dtype]}, {vec}, {cbool(tanh)}>"
 
 
+# gate_kernel<T, VEC, OP>: OP numbers match GateOp in activations.cu. 16-byte vectors or scalars (odd widths,
+# odd row strides, misaligned views).
+_GATE_OPS = {"silu_mul": 0, "sigmoid_gate": 1}
+_GATE_VECS = {dt: (v[0], 1) for dt, v in _VECS.items()}
+_GATE_THREADS = 256   # per CTA (blockDim.x column vectors x blockDim.y row groups)
+_GATE_ROWS = 4        # ROWS in the kernel: rows a thread handles per step
+
+
+def _gate_expr(dtype, vec: int, op: int) -> str:
+    return f"gate_kernel<{CTYPES[dtype]}, {vec}, {op}>"
+
+
 SOURCE = NvrtcSource("activations.cu", tuple(
-    _expr(dt, v, t) for dt, vecs in _VECS.items() for v in vecs for t in (True, False)))
+    [_expr(dt, v, t) for dt, vecs in _VECS.items() for v in vecs for t in (True, False)]
+    + [_gate_expr(dt, v, op) for dt, vecs in _GATE_VECS.items() for v in vecs for op in _GATE_OPS.values()]))
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "tanh", *,
@@ -43,4 +61,87 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "ta
     grid = (ctas, min(ceil_div(rows, _ROWS_PER_THREAD), 65535), 1)
     SOURCE.launch(device, _expr(x.dtype, vec, _APPROX[approximate]), grid, (block, 1, 1),
                   x.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(), i32(rows), i32(cols))
+    return y
+
+
+# ------------------------------------------------------------------------------------------ two-input gates
+def _rows(name: str, t: torch.Tensor) -> tuple[int, int, int]:
+    """(rows, cols, row stride) of t seen as a [rows, cols] matrix with unit column stride, without a copy:
+    contiguous tensors, and views such as the halves of a fused GEMM output or every other 256-block of q_proj's
+    output. ValueError if t's last dim is strided or its leading dims do not collapse to one row stride."""
+    cols = t.shape[-1] if t.dim() else 1
+    if t.numel() == 0:
+        return 0, cols, cols
+    if cols > 1 and t.stride(-1) != 1:
+        raise ValueError(f"{name} must have a last-dim stride of 1, got strides {t.stride()} for shape "
+                         f"{tuple(t.shape)}; pass {name}.contiguous()")
+    try:
+        m = t.view(-1, cols)
+    except RuntimeError:
+        raise ValueError(f"{name}'s leading dims must collapse to one row stride, got strides {t.stride()} for "
+                         f"shape {tuple(t.shape)}; pass {name}.contiguous()") from None
+    return m.shape[0], cols, (m.stride(0) if m.shape[0] > 1 else cols)
+
+
+def _gate_launch(op: str, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, device: int) -> None:
+    rows, cols, sa = _rows("gate" if op == "silu_mul" else "o", a)
+    _, _, sb = _rows("up" if op == "silu_mul" else "gate", b)
+    if rows == 0:
+        return
+    vec = vec_width(a.dtype, math.gcd(cols, sa, sb), a, b, y, candidates=_GATE_VECS[a.dtype])
+    nvec = cols // vec
+    ctas_x, tx = split_row(nvec, _GATE_THREADS)
+    ty = max(1, min(_GATE_THREADS // tx, ceil_div(rows, _GATE_ROWS)))
+    grid = (ctas_x, min(ceil_div(rows, ty * _GATE_ROWS), 65535), 1)
+    SOURCE.launch(device, _gate_expr(a.dtype, vec, _GATE_OPS[op]), grid, (tx, ty, 1),
+                  a.data_ptr(), b.data_ptr(), y.data_ptr(), i32(rows), i32(cols), i64(sa), i64(sb))
+
+
+def _check_pair(a_name: str, a, b_name: str, b) -> None:
+    """Two inputs of one shape and dtype; strided views allowed (checked by _rows at launch)."""
+    check_tensor(a_name, a, dtypes=KERNEL_DTYPES)
+    check_tensor(b_name, b, shape=tuple(a.shape), dtypes=KERNEL_DTYPES)
+    check_same_dtype(a.dtype, **{b_name: b})
+    _rows(a_name, a)
+    _rows(b_name, b)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """SwiGLU silu(gate) * up. gate, up: [..., I], one shape and dtype; each contiguous or a view whose last dim
+    has stride 1 and whose leading dims collapse to one row stride (e.g. the halves of a fused gate/up output).
+    Returns a contiguous [..., I] in gate.dtype."""
+    _check_pair("gate", gate, "up", up)
+    y = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device) if out is None else \
+        check_out("out", out, tuple(gate.shape), gate.dtype)
+    device = check_cuda(gate=gate, up=up, out=out)
+    _gate_launch("silu_mul", gate, up, y, device)
+    return y
+
+
+def silu_mul_fused(gate_up: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """SwiGLU on a fused gate/up GEMM output: gate_up [..., 2I] = [gate | up] -> silu(gate) * up [..., I].
+    Reads the two halves in place (no split copy)."""
+    check_tensor("gate_up", gate_up, dtypes=KERNEL_DTYPES)
+    if gate_up.dim() == 0 or gate_up.shape[-1] % 2:
+        raise ValueError(f"gate_up must have an even last dim ([..., 2I] = [gate | up]), got shape "
+                         f"{tuple(gate_up.shape)}")
+    i = gate_up.shape[-1] // 2
+    gate, up = gate_up[..., :i], gate_up[..., i:]
+    _rows("gate_up", gate_up)
+    y = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device) if out is None else \
+        check_out("out", out, tuple(gate.shape), gate.dtype)
+    device = check_cuda(gate_up=gate_up, out=out)
+    _gate_launch("silu_mul", gate, up, y, device)
+    return y
+
+
+def sigmoid_gate(o: torch.Tensor, gate: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention output gate o * sigmoid(gate). o, gate: [..., d] (e.g. [T, Hq, 256]), one shape and dtype; gate
+    may be the strided view q_proj(x).view(T, Hq, 2 d)[..., d:] (row stride 2 d), o likewise any view with unit
+    last-dim stride. Returns a contiguous tensor of o's shape and dtype."""
+    _check_pair("o", o, "gate", gate)
+    y = torch.empty(o.shape, dtype=o.dtype, device=o.device) if out is None else \
+        check_out("out", out, tuple(o.shape), o.dtype)
+    device = check_cuda(o=o, gate=gate, out=out)
+    _gate_launch("sigmoid_gate", o, gate, y, device)
     return y

@@ -1,4 +1,5 @@
-"""LayerNorm kernels (NVRTC, kernels/cuda/norms.cu) with the signatures and meaning of reference.norms.
+"""LayerNorm and RMSNorm-family kernels (NVRTC, kernels/cuda/norms.cu) with the signatures and meaning of
+reference.norms.
 
 Each wrapper validates its arguments, allocates the outputs (or checks `out=`, which the property tests
 fill with NaN), picks the widest vector the width and pointers allow, and launches one kernel.
@@ -7,6 +8,7 @@ fill with NaN), picks the widest vector the width and pointers allow, and launch
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 
@@ -14,7 +16,7 @@ from .runtime.checks import check_cuda, check_input, check_out, check_same_dtype
 from .runtime.dispatch import CTYPES, NvrtcSource, cbool, ceil_div, vec_width
 from .runtime.nvrtc import f32, i32
 
-__all__ = ["layer_norm", "add_bias_layer_norm"]
+__all__ = ["layer_norm", "add_bias_layer_norm", "rms_norm", "add_rms_norm", "gated_rms_norm", "l2norm"]
 
 _VECS = {torch.float32: (4, 2, 1), torch.float16: (8, 4, 2, 1), torch.bfloat16: (8, 4, 2, 1)}
 # Three kernels, by row width in vectors (nvec):
@@ -43,10 +45,36 @@ def _loop_expr(dtype, add: bool) -> str:
     return f"layer_norm_loop_kernel<{CTYPES[dtype]}, {cbool(add)}>"
 
 
+# RMSNorm family (rms_norm_kernel<T, VEC, NPT, MODE>): blockDim.x threads per row, NPT vectors a thread in
+# registers, one reduction. MODE numbers match RmsMode in norms.cu.
+_RMS_MODES = {"rms_norm": 0, "add_rms_norm": 1, "gated_rms_norm": 2, "l2norm": 3}
+# Vectors of 16 bytes (every real width) or scalars (odd widths, misaligned views): each instantiation costs
+# compile time (~0.1 s), so odd widths get two, and rows up to 8 * 1024 vectors fit the register kernel.
+_RMS_VECS = {dt: (v[0], 1) for dt, v in _VECS.items()}
+# NPT (vectors a thread) by "16-byte vectors": 8 16-byte vectors spill (add/gated) under the 64 registers that
+# 1024-thread CTAs allow, so the widest fast rows are 1024 threads x 4 vectors (32768 bf16).
+_RMS_NPT = {True: (1, 2, 4), False: (1, 8)}
+_RMS_ROW_THREADS = 128   # threads per CTA when a row needs fewer (several rows per CTA)
+_RMS_FORCE_LOOP = False  # tests: force the any-width loop kernel
+
+
+def _rms_expr(dtype, vec: int, npt: int, mode: int) -> str:
+    return f"rms_norm_kernel<{CTYPES[dtype]}, {vec}, {npt}, {mode}>"
+
+
+def _rms_loop_expr(dtype, mode: int) -> str:
+    return f"rms_norm_loop_kernel<{CTYPES[dtype]}, {mode}>"
+
+
+_RMS_EXPRS = ([_rms_expr(dt, v, n, m) for dt, vecs in _RMS_VECS.items() for v in vecs
+               for n in _RMS_NPT[v == vecs[0]] for m in _RMS_MODES.values()]
+              + [_rms_loop_expr(dt, m) for dt in _VECS for m in _RMS_MODES.values()])
+
 SOURCE = NvrtcSource("norms.cu", tuple(
     [_warp_expr(dt, vecs[0], n, a) for dt, vecs in _VECS.items() for n in _WARP_NPT for a in (False, True)]
     + [_reg_expr(dt, v, r, a) for dt, vecs in _VECS.items() for v in vecs for r in _ROWS for a in (False, True)]
-    + [_loop_expr(dt, a) for dt in _VECS for a in (False, True)]))
+    + [_loop_expr(dt, a) for dt in _VECS for a in (False, True)]
+    + _RMS_EXPRS))
 
 
 def _ptr(t) -> int:
@@ -129,3 +157,129 @@ def add_bias_layer_norm(x: torch.Tensor, bias: torch.Tensor | None, residual: to
                         residual_out=residual_out)
     _launch(True, device, x, bias, residual, weight, norm_bias, y, residual_out, eps)
     return y, residual_out
+
+
+# ------------------------------------------------------------------------------------------ RMSNorm family
+@lru_cache(maxsize=None)
+def _rms_config(nvec: int, full: bool) -> tuple[int, int] | None:
+    """(threads per row, vectors per thread) for a row of `nvec` vectors; None: too wide, use the loop kernel.
+
+    Up to 32 vectors: one vector a thread, a power-of-two group of lanes per row (several rows share a warp:
+    the DeltaNet dv=128 and head_dim 256 rows are 16 and 32 bf16 vectors). Up to 32 * max NPT: one warp per row
+    (no shared memory, no barrier; hidden 1024 bf16 is 32 x 4). Wider: the fewest idle lanes over the
+    instantiated NPT (ties: closest to 4 vectors a thread: enough loads in flight, few registers), e.g. hidden
+    2048 / 2560 / 4096 / 5120 bf16: 64 x 4, 160 x 2, 128 x 4, 160 x 4 (threads x vectors).
+    """
+    npts = _RMS_NPT[full]
+    if nvec <= 32:
+        return 1 << max(0, (nvec - 1).bit_length()), 1
+    if nvec <= 32 * npts[-1]:
+        return 32, next(n for n in npts if 32 * n >= nvec)
+    best = None
+    for n in npts:
+        tx = ceil_div(ceil_div(nvec, n), 32) * 32
+        if tx <= _MAX_THREADS:
+            key = (tx * n - nvec, abs(n - 4))
+            if best is None or key < best[0]:
+                best = (key, tx, n)
+    return None if best is None else (best[1], best[2])
+
+
+def _rms_launch(op: str, device, x, other, weight, y, residual_out, eps: float, w_offset: float) -> None:
+    cols = x.shape[-1]
+    if y.numel() == 0:
+        return
+    rows = x.numel() // cols
+    vecs = _RMS_VECS[x.dtype]
+    vec = vec_width(x.dtype, cols, x, other, weight, y, residual_out, candidates=vecs)
+    mode = _RMS_MODES[op]
+    args = (x.data_ptr(), _ptr(other), _ptr(weight), y.data_ptr(), _ptr(residual_out), i32(rows), i32(cols),
+            f32(eps), f32(w_offset))
+    cfg = None if _RMS_FORCE_LOOP else _rms_config(cols // vec, vec == vecs[0])
+    if cfg is None:
+        SOURCE.launch(device, _rms_loop_expr(x.dtype, mode), (rows, 1, 1), (_MAX_THREADS, 1, 1), *args)
+        return
+    tx, npt = cfg
+    ty = max(1, _RMS_ROW_THREADS // tx)
+    SOURCE.launch(device, _rms_expr(x.dtype, vec, npt, mode), (ceil_div(rows, ty), 1, 1), (tx, ty, 1), *args)
+
+
+def _check_rows_input(name: str, t) -> None:
+    check_input(name, t)
+    if t.dim() == 0:
+        raise ValueError(f"{name} must have at least 1 dimension (the normalised one), got a 0-d tensor")
+
+
+def _check_unit_offset(unit_offset) -> float:
+    if not isinstance(unit_offset, bool):
+        raise TypeError(f"unit_offset must be a bool, got {type(unit_offset).__name__}")
+    return 1.0 if unit_offset else 0.0
+
+
+def _out1(out, x) -> torch.Tensor:
+    return torch.empty_like(x) if out is None else check_out("out", out, tuple(x.shape), x.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, unit_offset: bool = True, *,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+    """x * rsqrt(mean(x^2) + eps) * (1 + weight) (unit_offset) or * weight, fp32 statistics.
+
+    x: [..., D] contiguous (any leading shape: [T, hidden], the q/k head norms' [T, H, 256]); weight: [D].
+    """
+    _check_rows_input("x", x)
+    check_input("weight", weight, shape=(x.shape[-1],))
+    check_same_dtype(x.dtype, weight=weight)
+    eps, w_offset = _check_eps(eps), _check_unit_offset(unit_offset)
+    y = _out1(out, x)
+    device = check_cuda(x=x, weight=weight, out=out)
+    _rms_launch("rms_norm", device, x, None, weight, y, None, eps, w_offset)
+    return y
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
+                 unit_offset: bool = True, *, out: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """residual_out = round(residual + x); y = rms_norm(residual_out as stored). Returns (y, residual_out).
+
+    x, residual: [..., D] contiguous, same shape and dtype; weight: [D].
+    """
+    _check_rows_input("x", x)
+    check_input("residual", residual, shape=tuple(x.shape))
+    check_input("weight", weight, shape=(x.shape[-1],))
+    check_same_dtype(x.dtype, residual=residual, weight=weight)
+    eps, w_offset = _check_eps(eps), _check_unit_offset(unit_offset)
+    if out is None:
+        y, residual_out = torch.empty_like(x), torch.empty_like(x)
+    else:
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise ValueError("out must be a pair (y, residual_out)")
+        y = check_out("out[0] (y)", out[0], tuple(x.shape), x.dtype)
+        residual_out = check_out("out[1] (residual_out)", out[1], tuple(x.shape), x.dtype)
+    device = check_cuda(x=x, residual=residual, weight=weight, y=y, residual_out=residual_out)
+    _rms_launch("add_rms_norm", device, x, residual, weight, y, residual_out, eps, w_offset)
+    return y, residual_out
+
+
+def gated_rms_norm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """DeltaNet output norm: rms_norm(x, weight, unit_offset=False) * silu(z) with HF's two intermediate
+    roundings. x, z: [..., dv] contiguous, same shape and dtype (e.g. [T, Hv, 128]); weight: [dv]."""
+    _check_rows_input("x", x)
+    check_input("z", z, shape=tuple(x.shape))
+    check_input("weight", weight, shape=(x.shape[-1],))
+    check_same_dtype(x.dtype, z=z, weight=weight)
+    eps = _check_eps(eps)
+    y = _out1(out, x)
+    device = check_cuda(x=x, z=z, weight=weight, out=out)
+    _rms_launch("gated_rms_norm", device, x, z, weight, y, None, eps, 0.0)
+    return y
+
+
+def l2norm(x: torch.Tensor, eps: float = 1e-6, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x * rsqrt(sum(x^2) + eps) over the last dim, fp32 statistics. x: [..., d] contiguous."""
+    _check_rows_input("x", x)
+    eps = _check_eps(eps)
+    y = _out1(out, x)
+    device = check_cuda(x=x, out=out)
+    _rms_launch("l2norm", device, x, None, None, y, None, eps, 0.0)
+    return y

@@ -261,16 +261,17 @@ REGISTRY: dict[str, OpSpec] = {s.name: s for s in (
     _spec("rope_index", numba=glue.rope_index, **_INDEX),
     _spec("scatter_image_embeds", exact=True, numba=glue.scatter_image_embeds),  # a copy: bit-exact
     # language model
-    _spec("rms_norm"),
-    _spec("add_rms_norm"),
+    _spec("rms_norm", nvrtc=norms.rms_norm),
+    _spec("add_rms_norm", nvrtc=norms.add_rms_norm),
     _spec("mrope_cos_sin", dtypes=(torch.float32,)),
     _spec("apply_rope"),
-    _spec("sigmoid_gate"),
-    _spec("silu_mul"),
+    _spec("sigmoid_gate", nvrtc=activations.sigmoid_gate),
+    _spec("silu_mul", nvrtc=activations.silu_mul),
+    _spec("silu_mul_fused", nvrtc=activations.silu_mul_fused),  # SwiGLU on a fused gate/up GEMM output
     _spec("causal_conv1d", split=Split(tokens=(0,), cu_seqlens=2, state=3)),
-    _spec("l2norm"),
+    _spec("l2norm", nvrtc=norms.l2norm),
     _spec("gated_delta_rule", split=Split(tokens=(0, 1, 2, 3, 4), cu_seqlens=5, state=6)),
-    _spec("gated_rms_norm"),
+    _spec("gated_rms_norm", nvrtc=norms.gated_rms_norm),
     _spec("decode_attention"),
     _spec("moe_topk"),
     _spec("moe_mlp"),

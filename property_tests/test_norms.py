@@ -57,3 +57,96 @@ def test_layer_norm_warp_kernel_every_npt(op, npt, dtype):
     assert next(n for n in N._WARP_NPT if 32 * n >= width // vec) == npt
     build = build_layer_norm if op == "layer_norm" else build_add_bias_layer_norm
     check_case(REGISTRY[op], "nvrtc", build(13, width, dtype, seed=npt), "cuda")
+
+
+# ------------------------------------------------------------------------------------------------ RMSNorm family
+RMS_OPS = ("rms_norm", "add_rms_norm", "gated_rms_norm", "l2norm")
+
+
+def _rms_case(op, lead, d, dtype, seed=0):
+    from property_tests.cases import norms as C
+
+    return getattr(C, f"build_{op}")(lead, d, dtype, seed=seed)
+
+
+def _rms_widths(dtype) -> list[int]:
+    """One width per launch configuration of kernels.norms._rms_config: lane groups below a warp, a warp with
+    1 / 2 / 4 vectors a lane, CTAs with 1 / 2 / 4 vectors a thread, and the scalar path (odd widths) with 1 and 8
+    elements a thread; each with a partly filled last slot where the configuration allows one."""
+    import kernels.norms as N
+
+    vec = N._RMS_VECS[dtype][0]
+    return [1, 3 * vec, 16 * vec, 32 * vec, 40 * vec, 100 * vec, 160 * vec, 289 * vec, 320 * vec, 1000 * vec,
+            1024 * vec, 7, 999, 1153, 5119]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("op", RMS_OPS)
+def test_rms_every_launch_config(op, dtype):
+    import kernels.norms as N
+
+    seen = set()
+    for d in _rms_widths(dtype):
+        vec = N._RMS_VECS[dtype][0] if d % N._RMS_VECS[dtype][0] == 0 else 1
+        seen.add((vec, N._rms_config(d // vec, vec != 1)))
+        for lead in ((1,), (13,), (5, 3)):
+            check_case(REGISTRY[op], "nvrtc", _rms_case(op, lead, d, dtype, seed=d), "cuda")
+    tx_npt = {cfg for _, cfg in seen}
+    assert {(32, 1), (32, 2), (32, 4)} <= tx_npt and any(t < 32 for t, _ in tx_npt)
+    assert {n for t, n in tx_npt if t > 32} >= {1, 2, 4} and any(v == 1 and c[1] == 8 for v, c in seen)
+
+
+@pytest.mark.parametrize("op", RMS_OPS)
+@given(data=st.data())
+def test_rms_loop_kernel(op, data):
+    """The any-width loop kernel (the wrapper sends only rows of more than 4096 16-byte vectors there)."""
+    import kernels.norms as N
+
+    case = data.draw(REGISTRY[op].hook("cases")(), label="case")
+    N._RMS_FORCE_LOOP = True
+    try:
+        check_case(REGISTRY[op], "nvrtc", case, "cuda")
+    finally:
+        N._RMS_FORCE_LOOP = False
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_rms_norm_very_wide_rows_take_the_loop_kernel(dtype):
+    import kernels.norms as N
+
+    vec = N._RMS_VECS[dtype][0]
+    d = 4097 * vec
+    assert N._rms_config(d // vec, True) is None
+    for op in RMS_OPS:
+        check_case(REGISTRY[op], "nvrtc", _rms_case(op, (2,), d, dtype, seed=1), "cuda")
+
+
+def test_add_rms_norm_in_place_residual():
+    """out=(y, residual): the residual stream updated in place (each element is read before the same thread
+    writes it), as a decoder layer would call it."""
+    x, res, w, eps, uo = _rms_case("add_rms_norm", (37,), 4096, torch.bfloat16).on("cuda")
+    want_y, want_r = REGISTRY["add_rms_norm"].reference(x, res, w, eps, uo)
+    y = torch.full_like(x, float("nan"))
+    got_y, got_r = REGISTRY["add_rms_norm"].kernels["nvrtc"](x, res, w, eps, uo, out=(y, res))
+    assert got_r is res
+    assert torch.equal(got_r, want_r)
+    assert REGISTRY["add_rms_norm"].tol[torch.bfloat16].ok(got_y, want_y)
+
+
+@pytest.mark.parametrize("op", RMS_OPS)
+def test_rms_graph_capture(op):
+    """A decode-sized call captured in a CUDA graph and replayed gives the eager result (no host sync inside)."""
+    spec = REGISTRY[op]
+    case = spec.hook("real")(torch.bfloat16, tokens=1)[-1]
+    args = case.on("cuda")
+    fn = spec.kernels["nvrtc"]
+    fn(*args)  # compile and load outside the capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        got = fn(*args)
+    g.replay()
+    torch.cuda.synchronize()
+    from property_tests.harness import compare
+
+    compare(spec, got, spec.reference(*args), f"{op} graph")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ._checks import check_float, check_same_device, check_tensor
 
-__all__ = ["bias_gelu", "silu_mul", "sigmoid_gate"]
+__all__ = ["bias_gelu", "silu_mul", "silu_mul_fused", "sigmoid_gate"]
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "tanh") -> torch.Tensor:
@@ -52,6 +52,19 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     _check_pair("gate", gate, "up", up)
     g = gate.to(torch.promote_types(gate.dtype, torch.float32))
     return (g * torch.sigmoid(g) * up.to(g.dtype)).to(gate.dtype)
+
+
+def silu_mul_fused(gate_up: torch.Tensor) -> torch.Tensor:
+    """SwiGLU on a fused gate/up GEMM output (gate_proj and up_proj weights concatenated, gate first).
+
+    gate_up: [..., 2I] = [gate | up] along the last dim. Returns silu(gate) * up, [..., I] in gate_up.dtype.
+    """
+    check_float("gate_up", gate_up)
+    if gate_up.dim() == 0 or gate_up.shape[-1] % 2:
+        raise ValueError(f"gate_up must have an even last dim ([..., 2I] = [gate | up]), got shape "
+                         f"{tuple(gate_up.shape)}")
+    i = gate_up.shape[-1] // 2
+    return silu_mul(gate_up[..., :i], gate_up[..., i:])
 
 
 def sigmoid_gate(o: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:

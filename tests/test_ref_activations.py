@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reference import bias_gelu, sigmoid_gate, silu_mul
+from reference import bias_gelu, sigmoid_gate, silu_mul, silu_mul_fused
 
 TOL = {torch.float64: 1e-12, torch.float32: 2e-6}
 
@@ -51,6 +51,22 @@ def test_silu_mul_matches_torch(dtype):
     torch.testing.assert_close(got, F.silu(g) * u, rtol=TOL[dtype], atol=TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_silu_mul_fused_is_the_fused_gemm_swiglu(dtype):
+    """One GEMM with the gate_proj and up_proj weights stacked (gate first) then silu_mul_fused equals the two
+    separate GEMMs through F.silu * up (torch.chunk splits the fused output independently of the reference)."""
+    x, wg, wu = rand(2, 5, 24, seed=11), rand(40, 24, seed=12, scale=0.3), rand(40, 24, seed=13, scale=0.3)
+    gu = (x @ torch.cat([wg, wu]).T).to(dtype)
+    got = silu_mul_fused(gu)
+    g, u = torch.chunk(gu.double(), 2, dim=-1)
+    want = F.silu(g) * u
+    assert got.dtype == dtype and got.shape == (2, 5, 40)
+    tol = 2**-8 if dtype == torch.bfloat16 else TOL[dtype]  # bf16: the one rounding of the fp32 result
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+    loose = 0.05 if dtype == torch.bfloat16 else 1e-5  # against the unfused fp32 GEMMs (gu rounded to dtype)
+    torch.testing.assert_close(got.double(), (F.silu(x @ wg.T) * (x @ wu.T)).double(), rtol=loose, atol=loose)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_sigmoid_gate_matches_torch(dtype):
     o, g = rand(5, 3, 16, dtype=dtype, seed=7), rand(5, 3, 16, dtype=dtype, seed=8)
@@ -76,6 +92,9 @@ BAD = [
     (lambda: silu_mul(X, torch.zeros(4, 7)), "up"),
     (lambda: silu_mul(X, X.half()), "up"),
     (lambda: silu_mul(X.long(), X), "gate"),
+    (lambda: silu_mul_fused(torch.zeros(4, 7)), "gate_up"),
+    (lambda: silu_mul_fused(torch.zeros(())), "gate_up"),
+    (lambda: silu_mul_fused(X.int()), "gate_up"),
     (lambda: sigmoid_gate(X, torch.zeros(8, 4)), "gate"),
     (lambda: sigmoid_gate(X, X.double()), "gate"),
     (lambda: sigmoid_gate(X.bool(), X), "o"),

@@ -39,3 +39,48 @@ __global__ void __launch_bounds__(256) bias_gelu_kernel(const T* __restrict__ x,
         }
     }
 }
+
+// ------------------------------------------------------------------------------------------------------------
+// Two-input gates of the language model, y[r, c] = f(a[r * sa + c], b[r * sb + c]) over rows x cols, y contiguous:
+//   SILU_MUL:     a = gate, b = up:   silu(gate) * up = gate / (1 + exp(-gate)) * up     (SwiGLU)
+//   SIGMOID_GATE: a = o,    b = gate: o * sigmoid(gate) = o / (1 + exp(-gate))          (attention output gate)
+// The row strides sa, sb take views without a copy: the two halves of a fused gate/up GEMM output, or the gate
+// half of q_proj's [T, H, 2 d] output. fp32 math, one rounding on store.
+enum GateOp { SILU_MUL = 0, SIGMOID_GATE = 1 };
+
+template <int OP>
+__device__ __forceinline__ float gate_op(float a, float b) {
+    if (OP == SILU_MUL) return a / (1.f + expf(-a)) * b;
+    return a / (1.f + expf(-b));
+}
+
+// blockDim = (column vectors, row groups); each thread owns one column vector and ROWS rows of it per step (all
+// 2 * ROWS loads issued before any math), grid-striding over rows when gridDim.y hits its limit.
+// cols, sa, sb multiples of VEC; pointers VEC-aligned.
+template <typename T, int VEC, int OP>
+__global__ void __launch_bounds__(256) gate_kernel(const T* __restrict__ a, const T* __restrict__ b,
+                                                   T* __restrict__ y, int rows, int cols, long long sa,
+                                                   long long sb) {
+    constexpr int ROWS = 4;
+    const int c = (blockIdx.x * blockDim.x + threadIdx.x) * VEC;
+    if (c >= cols) return;
+    for (int r0 = (blockIdx.y * blockDim.y + threadIdx.y) * ROWS; r0 < rows; r0 += gridDim.y * blockDim.y * ROWS) {
+        Vec<T, VEC> av[ROWS], bv[ROWS];
+#pragma unroll
+        for (int i = 0; i < ROWS; ++i) {
+            if (r0 + i < rows) {
+                av[i] = *reinterpret_cast<const Vec<T, VEC>*>(a + (r0 + i) * sa + c);
+                bv[i] = *reinterpret_cast<const Vec<T, VEC>*>(b + (r0 + i) * sb + c);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < ROWS; ++i) {
+            if (r0 + i < rows) {
+                float out[VEC];
+#pragma unroll
+                for (int k = 0; k < VEC; ++k) out[k] = gate_op<OP>(to_f(av[i].v[k]), to_f(bv[i].v[k]));
+                store_f(y + (size_t)(r0 + i) * cols + c, out);
+            }
+        }
+    }
+}

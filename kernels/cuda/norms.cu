@@ -155,3 +155,180 @@ __global__ void __launch_bounds__(1024) layer_norm_loop_kernel(
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
         y[off + c] = from_f<T>((to_f(src[c]) - mean) * rstd * (w ? to_f(w[c]) : 1.f) + (b ? to_f(b[c]) : 0.f));
 }
+
+// ------------------------------------------------------------------------------------------------------------
+// The RMSNorm family of the language model, one kernel body for four ops (MODE):
+//   RMS:       y = x * rsqrt(mean(x^2) + eps) * (w_offset + w)        (w_offset 1: zero-centred weights)
+//   ADD_RMS:   residual_out = round_T(residual + x);  y = RMS(residual_out as stored)
+//   GATED_RMS: n = round_T(x * rsqrt(mean(x^2) + eps));  p = round_T(w * n);  y = p * silu(z)   (HF's roundings)
+//   L2:        y = x * rsqrt(sum(x^2) + eps)                           (no weight)
+// fp32 statistics, one rounding on store (plus the named intermediate roundings), like reference/norms.py.
+enum RmsMode { RMS = 0, ADD_RMS = 1, GATED_RMS = 2, L2 = 3 };
+
+// Sum over the blockDim.x threads of a row. blockDim.x >= 32: row_sum (warp shuffles, then shared memory when a
+// row spans several warps; every thread of the CTA must call it). blockDim.x < 32 (a power of two, several rows
+// per warp, blockDim.x * blockDim.y a multiple of 32): xor shuffles inside each aligned group of lanes.
+__device__ __forceinline__ float rms_row_sum(float v, float* sh) {
+    if (blockDim.x >= 32) return row_sum(v, sh);
+    for (int o = blockDim.x >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float silu_f(float z) { return z / (1.f + expf(-z)); }
+
+// A 16-bit float's bits <-> fp32 (the low 16 bits of the unsigned).
+template <typename T> __device__ __forceinline__ float bits16_to_f(unsigned bits);
+template <> __device__ __forceinline__ float bits16_to_f<__nv_bfloat16>(unsigned bits) { return __uint_as_float(bits << 16); }
+template <> __device__ __forceinline__ float bits16_to_f<__half>(unsigned bits) {
+    return __half2float(__ushort_as_half((unsigned short)bits));
+}
+template <typename T> __device__ __forceinline__ unsigned f_to_bits16(float f);
+template <> __device__ __forceinline__ unsigned f_to_bits16<__nv_bfloat16>(float f) {
+    return __bfloat16_as_ushort(__float2bfloat16_rn(f));
+}
+template <> __device__ __forceinline__ unsigned f_to_bits16<__half>(float f) { return __half_as_ushort(__float2half_rn(f)); }
+
+// VEC elements of T kept packed in 32-bit words (a bf16/fp16 pair per register, not one element per register as
+// an array of T tends to become): the register kernel holds whole rows this way, at the size they have in DRAM.
+template <typename T, int VEC>
+struct Packed {
+    static constexpr int BYTES = VEC * (int)sizeof(T);
+    static constexpr int WORDS = BYTES < 4 ? 1 : BYTES / 4;
+    unsigned w[WORDS];
+
+    __device__ __forceinline__ void load(const T* p) {
+        if constexpr (BYTES >= 4) {
+            const Vec<unsigned, WORDS> t = *reinterpret_cast<const Vec<unsigned, WORDS>*>(p);
+#pragma unroll
+            for (int i = 0; i < WORDS; ++i) w[i] = t.v[i];
+        } else {
+            w[0] = *reinterpret_cast<const unsigned short*>(p);
+        }
+    }
+    __device__ __forceinline__ void store(T* p) const {
+        if constexpr (BYTES >= 4) {
+            Vec<unsigned, WORDS> t;
+#pragma unroll
+            for (int i = 0; i < WORDS; ++i) t.v[i] = w[i];
+            *reinterpret_cast<Vec<unsigned, WORDS>*>(p) = t;
+        } else {
+            *reinterpret_cast<unsigned short*>(p) = (unsigned short)w[0];
+        }
+    }
+    __device__ __forceinline__ float get(int k) const {
+        if constexpr (sizeof(T) == 4) {
+            return __uint_as_float(w[k]);
+        } else {
+            return bits16_to_f<T>((w[k >> 1] >> (16 * (k & 1))) & 0xffffu);
+        }
+    }
+    __device__ __forceinline__ void set(int k, float f) {  // rounds f to T
+        if constexpr (sizeof(T) == 4) {
+            w[k] = __float_as_uint(f);
+        } else {
+            const unsigned bits = f_to_bits16<T>(f);
+            const int sh = 16 * (k & 1);
+            w[k >> 1] = (w[k >> 1] & ~(0xffffu << sh)) | (bits << sh);
+        }
+    }
+};
+
+// blockDim.x threads per row (a power of two below 32, or a multiple of 32 up to 1024), blockDim.y rows per CTA.
+// Thread t keeps vectors t, t + blockDim.x, ..., t + (NPT - 1) blockDim.x of its row (VEC elements each, 16 bytes
+// for the fast paths) packed in registers (with z for GATED_RMS): every input is read from DRAM once, all row
+// loads are issued before the one reduction, and the output is written once. The weight vectors are read after
+// the reduction (from L1/L2: every row reads them), which keeps registers for the row. cols % VEC == 0, every
+// pointer VEC-aligned, cols <= NPT * VEC * blockDim.x. No thread leaves before the reduction.
+template <typename T, int VEC, int NPT, int MODE>
+__global__ void __launch_bounds__(1024) rms_norm_kernel(
+    const T* __restrict__ x, const T* __restrict__ other /* residual (ADD_RMS) or z (GATED_RMS) */,
+    const T* __restrict__ w, T* __restrict__ y, T* __restrict__ residual_out, int rows, int cols, float eps,
+    float w_offset) {
+    __shared__ float red[32];
+    const int row = blockIdx.x * blockDim.y + threadIdx.y;
+    const bool live = row < rows;
+    const size_t off = (size_t)row * cols;
+    Packed<T, VEC> xv[NPT], ov[NPT];
+#pragma unroll
+    for (int i = 0; i < NPT; ++i) {
+        const int c = (threadIdx.x + blockDim.x * i) * VEC;
+        if (live && c < cols) {
+            xv[i].load(x + off + c);
+            if (MODE == ADD_RMS || MODE == GATED_RMS) ov[i].load(other + off + c);
+        }
+    }
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < NPT; ++i) {
+        const int c = (threadIdx.x + blockDim.x * i) * VEC;
+        if (!live || c >= cols) continue;
+        if (MODE == ADD_RMS) {
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) xv[i].set(k, ov[i].get(k) + xv[i].get(k));
+            xv[i].store(residual_out + off + c);
+        }
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+            const float f = xv[i].get(k);
+            s += f * f;
+        }
+    }
+    s = rms_row_sum(s, red);
+    const float rstd = rsqrtf((MODE == L2 ? s : s / cols) + eps);
+    if (!live) return;
+#pragma unroll
+    for (int i = 0; i < NPT; ++i) {
+        const int c = (threadIdx.x + blockDim.x * i) * VEC;
+        if (c >= cols) continue;
+        Packed<T, VEC> wv;
+        if (MODE != L2) wv.load(w + c);
+        float out[VEC];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+            const float f = xv[i].get(k);
+            if (MODE == RMS || MODE == ADD_RMS) {
+                out[k] = f * rstd * (w_offset + wv.get(k));
+            } else if (MODE == GATED_RMS) {
+                const float p = round_to<T>(wv.get(k) * round_to<T>(f * rstd));
+                out[k] = p * silu_f(ov[i].get(k));
+            } else {
+                out[k] = f * rstd;
+            }
+        }
+        store_f(y + off + c, out);
+    }
+}
+
+// Any width: one row per CTA (blockDim.y == 1), scalar accesses, the row re-read (from cache) for the second pass.
+// Only for rows too wide for the register kernel (more than 8 vectors a thread at 1024 threads).
+template <typename T, int MODE>
+__global__ void __launch_bounds__(1024) rms_norm_loop_kernel(
+    const T* __restrict__ x, const T* __restrict__ other, const T* __restrict__ w, T* __restrict__ y,
+    T* __restrict__ residual_out, int rows, int cols, float eps, float w_offset) {
+    __shared__ float red[32];
+    const size_t off = (size_t)blockIdx.x * cols;
+    const T* src = MODE == ADD_RMS ? residual_out + off : x + off;  // the values the norm reads, as stored
+    float s = 0.f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = to_f(x[off + c]);
+        if (MODE == ADD_RMS) {
+            v = round_to<T>(to_f(other[off + c]) + v);
+            residual_out[off + c] = from_f<T>(v);  // re-read below by this same thread
+        }
+        s += v * v;
+    }
+    s = row_sum(s, red);
+    const float rstd = rsqrtf((MODE == L2 ? s : s / cols) + eps);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        const float f = to_f(src[c]);
+        float o;
+        if (MODE == RMS || MODE == ADD_RMS) {
+            o = f * rstd * (w_offset + to_f(w[c]));
+        } else if (MODE == GATED_RMS) {
+            o = round_to<T>(to_f(w[c]) * round_to<T>(f * rstd)) * silu_f(to_f(other[off + c]));
+        } else {
+            o = f * rstd;
+        }
+        y[off + c] = from_f<T>(o);
+    }
+}
