@@ -35,7 +35,7 @@ def vision_ops():
 
 
 def attention():
-    for d in _load("attention_v10-*.json"):  # the current kernels (v1-v9: earlier versions, attention_notes.md)
+    for d in _load("attention_v10-*.json"):  # the current kernels (v10; earlier versions are in git history)
         print(f"Attention, bf16, {d['card']} ({d['date']}, commit {d['commit']}), TFLOP/s of 20 calls replayed from a "
               f"CUDA graph (queued launches in brackets)\n")
         print("| case | ours (tile picked) | cuDNN | flash | ours / best SDPA |\n|---|---|---|---|---|")
