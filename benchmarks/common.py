@@ -136,3 +136,107 @@ def write_results(suite: str, records: list[dict], extra: dict | None = None, ou
     path = out_dir / f"{suite}-{slug}-{today}.json"
     path.write_text(json.dumps(payload, indent=1))
     return path
+
+
+# --------------------------------------------------------------------------------------- registry benchmarks
+BENCH_TOKENS = (4096, 16384)  # rows of the real-shape cases: a 1024^2 image / a 4k prompt, and a 2048^2 image
+
+
+def family_params(family: str, tokens=BENCH_TOKENS) -> list:
+    """pytest params (op, tokens, index, impl) for every op of `family` in kernels.registry that has a kernel
+    and real shapes (x_real): each of its kernel variants and each peer (x_peers), at each token count. The
+    cases are enumerated on tiny CPU inputs (their number and order do not depend on `tokens`)."""
+    import pytest
+
+    from kernels.registry import by_family
+
+    out = []
+    for spec in by_family().get(family, []):
+        real = spec.hook("real")
+        if not spec.kernels or real is None:
+            continue
+        for index, case in enumerate(_real(spec, 8)):
+            peers = spec.hook("peers")
+            names = list(spec.kernels) + (list(peers(case.on("cpu"))) if peers else [])
+            for t in tokens:
+                out += [pytest.param(spec.name, t, index, impl, id=f"{spec.name}-{index}-{t}-{impl}")
+                        for impl in names]
+    return out
+
+
+def _real(spec, tokens: int, index: int | None = None, dtype=torch.bfloat16):
+    cases = spec.hook("real")(dtype, tokens=tokens) if spec.dtypes else spec.hook("real")(tokens=tokens)
+    return cases if index is None else cases[index]
+
+
+def impl_fn(spec, impl: str, case, device="cuda"):
+    """A zero-argument callable running `impl` (a kernel variant or a peer's name) on the case, on `device`."""
+    args, kwargs = case.on(device), case.kwargs_on(device)
+    if impl in spec.kernels:
+        fn = spec.kernels[impl]
+        return lambda: fn(*args, **kwargs)
+    return spec.hook("peers")(args)[impl]
+
+
+def run_family_bench(benchmark, op: str, tokens: int, index: int, impl: str) -> None:
+    """One pytest-benchmark run: op's real case `index` at `tokens` rows, implementation `impl`; min_bytes and
+    flops (kernels.registry) go to extra_info for the roofline."""
+    from kernels.registry import REGISTRY
+
+    spec = REGISTRY[op]
+    case = _real(spec, tokens, index)
+    fn = impl_fn(spec, impl, case)
+    benchmark.group = f"{case.label}-bf16"
+    benchmark.extra_info.update(min_bytes=spec.bytes_of(case), flops=spec.flops_of(case))
+
+    def run():
+        fn()
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(run, warmup_rounds=3, rounds=30)
+
+
+def time_registry(ops, tokens=BENCH_TOKENS, dtype=torch.bfloat16, log=print) -> list[dict]:
+    """Time every kernel variant and peer of each op's real cases, each beside the others in this process:
+    device time of 20 calls replayed from a CUDA graph (queued launches where a call cannot be captured), GB/s and
+    % of the copy ceiling, TFLOP/s and % of the bf16 GEMM ceiling where the op has FLOPs, and the ratio to the
+    fastest peer. Returns one record per (case, implementation)."""
+    from kernels.registry import REGISTRY
+
+    copy = copy_bandwidth_TBps()
+    gemm = bf16_gemm_TFLOPs()
+    log(f"ceilings on {card_name()}: copy {copy * 1e3:.0f} GB/s, bf16 GEMM {gemm:.0f} TFLOP/s")
+    log(f"{'case':44s} {'impl':22s} {'us':>9s} {'GB/s':>7s} {'%copy':>6s} {'TFLOP/s':>8s} {'x peer':>7s}")
+    records = []
+    for op in ops:
+        spec = REGISTRY[op]
+        if not spec.kernels or spec.hook("real") is None:
+            continue
+        for t in tokens:
+            for case in _real(spec, t, dtype=dtype):
+                peers = spec.hook("peers")
+                names = list(spec.kernels) + (list(peers(case.on("cpu"))) if peers else [])
+                times = {}
+                for impl in names + names[::-1]:  # two passes, the second reversed: keep each one's best
+                    fn = impl_fn(spec, impl, case)
+                    try:
+                        ms, how = graph_ms(fn), "graph"
+                    except Exception:  # a host sync or a non-capturable path: queued launches instead
+                        torch.cuda.synchronize()
+                        ms, how = queued_ms(fn), "queued"
+                    times[impl] = min((ms, how), times.get(impl, (float("inf"), how)))
+                nbytes, flops = spec.bytes_of(case), spec.flops_of(case)
+                best_peer = min((times[n][0] for n in names if n not in spec.kernels), default=None)
+                for impl in names:
+                    ms, how = times[impl]
+                    s = ms * 1e-3
+                    rec = {"op": op, "case": case.label, "tokens": t, "dtype": str(dtype).replace("torch.", ""),
+                           "impl": impl, "us": round(ms * 1e3, 2), "timing": how, "min_bytes": nbytes,
+                           "GBps": round(nbytes / s / 1e9, 1), "pct_of_copy": round(100 * nbytes / s / 1e12 / copy, 1),
+                           "TFLOPs": round(flops / s / 1e12, 1) if flops else None,
+                           "pct_of_gemm": round(100 * flops / s / 1e12 / gemm, 1) if flops else None,
+                           "x_best_peer": round(best_peer / ms, 2) if best_peer and impl in spec.kernels else None}
+                    records.append(rec)
+                    log(f"{case.label[:44]:44s} {impl[:22]:22s} {rec['us']:9.1f} {rec['GBps']:7.0f} "
+                        f"{rec['pct_of_copy']:6.1f} {rec['TFLOPs'] or 0:8.1f} {rec['x_best_peer'] or 0:7.2f}")
+    return records
