@@ -11,21 +11,21 @@ whose slot falls outside [0, S): a wrong length can give a wrong answer, never a
 
 The grid of decode_attention comes from host-known sizes only: B, the heads and the capacity S (or the max_length
 hint, which only caps the split count); each CTA derives its key range from its row's length on the device, so the
-same launch serves any lengths (CTAs past a row's end exit at once).
+same launch serves any lengths (CTAs past a row's end exit at once). Where a row is split, a second small kernel
+merges the chunks; on sm_90 it is a programmatic dependent launch (scheduled while the split kernel runs, it waits
+for it on the device), which hides its launch latency.
 """
 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
-import numpy as np
 import torch
 
 from reference.decode_attention import (check_append_args, check_append_fits, check_decode_args,
                                         check_decode_lengths, check_max_length)
 
-from .runtime import nvrtc
+from .runtime import device as dev
 from .runtime.checks import check_aligned16, check_cuda, check_out
 from .runtime.dispatch import CTYPES, NvrtcSource, ceil_div
 from .runtime.nvrtc import f32, i32, i64
@@ -40,6 +40,7 @@ _STAGES = (3, 2)            # cp.async ring depth: 3 where 200 KB of shared memo
 _LOG2E = 1.4426950408889634
 _APPEND_VECS = {torch.float32: (4, 2, 1), torch.float16: (8, 4, 2, 1), torch.bfloat16: (8, 4, 2, 1)}
 _SPLITS_FORCE: int | None = None  # tests: force this split count (the kernels take any)
+PDL_ERROR: str | None = None  # why the combine kernel's programmatic launch failed, if it did (then plain launches)
 
 
 def _split_expr(dtype, d: int, stages: int) -> str:
@@ -61,9 +62,9 @@ SOURCE = NvrtcSource("decode_attention.cu", tuple(
     + [_append_expr(dt, vec) for dt, vecs in _APPEND_VECS.items() for vec in vecs]))
 
 
-def cbool64(t: torch.Tensor):
-    """The kernels' `is int64` flag for an index tensor, as a C bool argument."""
-    return np.bool_(t.dtype == torch.int64)
+def is64(t: torch.Tensor):
+    """The kernels' `is int64` flag of an index tensor (int32 otherwise), as a C int argument."""
+    return i32(t.dtype == torch.int64)
 
 
 def _split_smem(d: int, stages: int) -> int:
@@ -71,13 +72,6 @@ def _split_smem(d: int, stages: int) -> int:
     ring = (_ROWS + 2 * stages * _TILE) * d * 2
     merge = _ROWS * d * 2 + _NW * _ROWS * (d + 8) * 4 + 2 * _NW * _ROWS * 4
     return max(ring, merge)
-
-
-@lru_cache(maxsize=None)
-def _device_limits(index: int) -> tuple[int, int]:
-    """(SM count, opt-in shared memory per block in bytes) of CUDA device `index`."""
-    p = torch.cuda.get_device_properties(index)
-    return p.multi_processor_count, int(getattr(p, "shared_memory_per_block_optin", 0) or 163 * 1024)
 
 
 def num_splits(ctas_per_split: int, max_tiles: int, sms: int) -> int:
@@ -152,23 +146,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         check_decode_lengths(lengths, S, max_length)
     if B == 0 or Hq == 0:
         return o
-    if device != torch.cuda.current_device():
-        with torch.cuda.device(device):
-            _launch_decode(q, k_cache, v_cache, lengths, scale, max_length, o, device)
-    else:
-        _launch_decode(q, k_cache, v_cache, lengths, scale, max_length, o, device)
+    _launch_decode(q, k_cache, v_cache, lengths, scale, max_length, o, device)
     return o
-
-
-_SMEM_SET: set = set()
-
-
-def _kernel_with_smem(expr: str, device: int, smem: int):
-    k = SOURCE.kernel(expr, device)
-    if (device, expr) not in _SMEM_SET:
-        nvrtc.set_max_dynamic_shared_memory(k, smem)
-        _SMEM_SET.add((device, expr))
-    return k
 
 
 def _launch_decode(q, k_cache, v_cache, lengths, scale: float, max_length, o, device: int) -> None:
@@ -176,7 +155,7 @@ def _launch_decode(q, k_cache, v_cache, lengths, scale: float, max_length, o, de
     S, Hkv = k_cache.shape[1], k_cache.shape[2]
     r = Hq // Hkv
     groups = ceil_div(r, _ROWS)
-    sms, smem_optin = _device_limits(device)
+    sms, smem_optin = dev.sm_count(device), dev.max_shared_memory(device)
     stages = next((st for st in _STAGES if _split_smem(d, st) <= smem_optin), _STAGES[-1])
     smem = _split_smem(d, stages)
     longest = S if max_length is None else max_length
@@ -187,18 +166,24 @@ def _launch_decode(q, k_cache, v_cache, lengths, scale: float, max_length, o, de
         ws_o_ptr, ws_lse_ptr = ws_o.data_ptr(), ws_lse.data_ptr()
     else:
         ws_o_ptr = ws_lse_ptr = 0
-    len64 = cbool64(lengths)
-    kern = _kernel_with_smem(_split_expr(q.dtype, d, stages), device, smem)
-    nvrtc.launch(kern, (splits, Hkv * groups, B), (_NW * 32, 1, 1), smem,
-                 q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
-                 i64(k_cache.stride(0)), i64(k_cache.stride(1)), i64(v_cache.stride(0)), i64(v_cache.stride(1)),
-                 lengths.data_ptr(), len64, o.data_ptr(), ws_o_ptr, ws_lse_ptr,
-                 i32(S), i32(Hq), i32(Hkv), i32(r), i32(groups), i32(splits), f32(scale * _LOG2E))
+    len64 = is64(lengths)
+    SOURCE.launch(device, _split_expr(q.dtype, d, stages), (splits, Hkv * groups, B), (_NW * 32, 1, 1),
+                  q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                  i64(k_cache.stride(0)), i64(k_cache.stride(1)), i64(v_cache.stride(0)), i64(v_cache.stride(1)),
+                  lengths.data_ptr(), len64, o.data_ptr(), ws_o_ptr, ws_lse_ptr,
+                  i32(S), i32(Hq), i32(Hkv), i32(r), i32(groups), i32(splits), f32(scale * _LOG2E), shared_mem=smem)
     if splits > 1:
         csmem = (splits + 8 * d + 16) * 4  # at most 12.3 KB: splits <= 1024
-        ckern = SOURCE.kernel(_combine_expr(q.dtype, d), device)
-        nvrtc.launch(ckern, (Hq, B, 1), (256, 1, 1), csmem, ws_o_ptr, ws_lse_ptr, lengths.data_ptr(), len64,
-                     o.data_ptr(), i32(S), i32(Hq), i32(splits))
+        args = (ws_o_ptr, ws_lse_ptr, lengths.data_ptr(), len64, o.data_ptr(), i32(S), i32(Hq), i32(splits))
+        global PDL_ERROR
+        if PDL_ERROR is None:  # scheduled while the split kernel runs; it waits for it on the device
+            try:
+                SOURCE.launch(device, _combine_expr(q.dtype, d), (Hq, B, 1), (256, 1, 1), *args, shared_mem=csmem,
+                              pdl=True)
+                return
+            except Exception as e:  # a driver without programmatic launches: plain stream order from now on
+                PDL_ERROR = f"{type(e).__name__}: {e}"
+        SOURCE.launch(device, _combine_expr(q.dtype, d), (Hq, B, 1), (256, 1, 1), *args, shared_mem=csmem)
 
 
 def kv_cache_append(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -231,6 +216,6 @@ def kv_cache_append(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_c
     SOURCE.launch(device, _append_expr(k.dtype, vec), (T, 1, 1), (threads, 1, 1),
                   k.data_ptr(), v.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
                   i64(k_cache.stride(0)), i64(k_cache.stride(1)), i64(v_cache.stride(0)), i64(v_cache.stride(1)),
-                  cu_seqlens.data_ptr(), cbool64(cu_seqlens), lengths.data_ptr(), cbool64(lengths), i32(B), i32(S),
+                  cu_seqlens.data_ptr(), is64(cu_seqlens), lengths.data_ptr(), is64(lengths), i32(B), i32(S),
                   i32(row))
     return None

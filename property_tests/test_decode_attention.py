@@ -105,9 +105,27 @@ def test_decode_attention_matches_reference(case):
 
 @gpu
 @given(case=decode_cases(max_S=300))
-def test_decode_attention_hints(case):
-    """max_length (the longest row) and validate=False change nothing."""
-    _run(case, max_length=max(case["lengths"]), validate=False)
+def test_decode_attention_hints_and_plain_launch(case):
+    """max_length (the longest row) and validate=False change nothing; nor does launching the combine kernel in
+    plain stream order instead of the programmatic (PDL) launch."""
+    import kernels.decode_attention as K
+
+    saved, K.PDL_ERROR = K.PDL_ERROR, "disabled by the test"
+    try:
+        _run(case, max_length=max(case["lengths"]), validate=False)
+    finally:
+        K.PDL_ERROR = saved
+
+
+@gpu
+def test_programmatic_launch_works():
+    """The combine kernel's PDL launch did not fall back (on sm_90, where it exists)."""
+    import kernels.decode_attention as K
+
+    _run(dict(B=1, S=3000, lengths=[3000], hq=8, hkv=2, dtype=torch.bfloat16, len_dtype=torch.int32, splits=None,
+              scale=None, seed=10))
+    if torch.cuda.get_device_capability()[0] >= 9:
+        assert K.PDL_ERROR is None, K.PDL_ERROR
 
 
 @gpu

@@ -2,7 +2,7 @@
 //
 // decode_attention_split: grid (splits, Hkv * row groups, B), 128 threads (4 warps). CTA (s, kv head, b) takes the
 // GQA group of query heads of one kv head (up to 16 rows: the M of m16n8k16, zero-padded) and key slots
-// [s * chunk, min(len, (s + 1) * chunk)), where chunk = ceil(len / splits) rounded up to TILE is computed here from
+// [s * chunk, min(len, (s + 1) * chunk)), where chunk = ceil(len / splits) is computed here from
 // the row's length: the host fixes the grid from sizes it knows (B, the capacity), so a CUDA graph replays with any
 // lengths, and CTAs past a row's last chunk exit at once. K and V tiles of TILE slots stream through a STAGES-deep
 // cp.async ring in shared memory (zero-filled past the row's length, so garbage or NaN in unused slots is never
@@ -28,22 +28,20 @@ constexpr int TILE = 16 * NW;   // key slots per pipeline stage (16 per warp)
 constexpr int ROWS = 16;        // query rows per CTA (mma M)
 
 // Entry i of an int32 or int64 index tensor (one instantiation serves both: the flag is uniform).
-__device__ __forceinline__ long long index_at(const void* p, bool is64, int i) {
+__device__ __forceinline__ long long index_at(const void* p, int is64, int i) {
     return is64 ? static_cast<const long long*>(p)[i] : static_cast<long long>(static_cast<const int*>(p)[i]);
 }
 
 // Row b's length clamped to [0, S]: the kernels never address slots outside the cache, whatever lengths holds.
-__device__ __forceinline__ int row_length(const void* lengths, bool is64, int b, int S) {
+__device__ __forceinline__ int row_length(const void* lengths, int is64, int b, int S) {
     const long long L = index_at(lengths, is64, b);
     return L < 0 ? 0 : (L > S ? S : static_cast<int>(L));
 }
 
-// Slots per chunk for a row of length L split `splits` ways (a multiple of TILE; 0 for an empty row), and the
-// number of chunks that hold slots. The split and combine kernels must agree on both.
-__device__ __forceinline__ int chunk_of(int L, int splits) {
-    const int per = (L + splits - 1) / splits;
-    return (per + TILE - 1) / TILE * TILE;
-}
+// Slots per chunk for a row of length L split `splits` ways (0 for an empty row), and the number of chunks that
+// hold slots. Not rounded to TILE: rounding would leave CTAs idle (8192 slots in 63 chunks: 131 each keeps 63 CTAs
+// busy, 192 would keep 43) for the same number of tile steps. The split and combine kernels must agree on both.
+__device__ __forceinline__ int chunk_of(int L, int splits) { return (L + splits - 1) / splits; }
 __device__ __forceinline__ int active_chunks(int L, int splits) {
     return L == 0 ? 0 : (L + chunk_of(L, splits) - 1) / chunk_of(L, splits);
 }
@@ -54,6 +52,20 @@ template <int D> __device__ __forceinline__ unsigned swz(int row, int chunk) {
     return static_cast<unsigned>(row * (D * 2) + ((chunk ^ (row & 7)) << 4));
 }
 
+// Programmatic dependent launch (sm_90): the split kernel lets the combine kernel be scheduled at once, and the
+// combine kernel waits here until the split grid has finished and its writes are visible. Without a programmatic
+// launch (or before sm_90) the stream orders the two kernels and the wait returns at once.
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_primary_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
 }  // namespace decode
 
 using namespace decode;
@@ -61,7 +73,7 @@ using namespace decode;
 template <typename T, int D, int STAGES>
 __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
     const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
-    long long k_sb, long long k_ss, long long v_sb, long long v_ss, const void* __restrict__ lengths, bool len64,
+    long long k_sb, long long k_ss, long long v_sb, long long v_ss, const void* __restrict__ lengths, int len64,
     T* __restrict__ out, float* __restrict__ ws_o, float* __restrict__ ws_lse,
     int S, int Hq, int Hkv, int r, int groups, int splits, float scale_log2) {
     static_assert(D % 64 == 0, "head_dim must be a multiple of 64");
@@ -75,6 +87,7 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
     const int h0 = kvh * r + grp * ROWS;                       // first query head of this CTA
     const int nrows = min(ROWS, r - grp * ROWS);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    allow_dependent_launch();
     const int L = row_length(lengths, len64, b, S);
     const int nact = active_chunks(L, splits);
     if (split >= nact) {
@@ -246,11 +259,12 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
 // units). grid (Hq, B), 256 threads: 8 groups of 32 lanes take every 8th chunk, a lane 8 columns of D = 256.
 template <typename T, int D>
 __global__ void __launch_bounds__(256) decode_attention_combine(
-    const float* __restrict__ ws_o, const float* __restrict__ ws_lse, const void* __restrict__ lengths, bool len64,
+    const float* __restrict__ ws_o, const float* __restrict__ ws_lse, const void* __restrict__ lengths, int len64,
     T* __restrict__ out, int S, int Hq, int splits) {
     static_assert(D == 256, "combine: one lane per 8 columns of D = 256");
     extern __shared__ float wsm[];  // [splits] weights, then [8][D] partial sums, then 32 for reductions
     const int h = blockIdx.x, b = blockIdx.y, tid = threadIdx.x;
+    wait_for_primary_grid();
     const int n = active_chunks(row_length(lengths, len64, b, S), splits);
     if (n < 2) return;
     float* w = wsm;
@@ -305,7 +319,7 @@ template <typename T, int VEC>
 __global__ void __launch_bounds__(256) kv_cache_append_kernel(
     const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ kc, T* __restrict__ vc,
     long long k_sb, long long k_ss, long long v_sb, long long v_ss,
-    const void* __restrict__ cu, bool cu64, const void* __restrict__ lengths, bool len64, int B, int S, int row) {
+    const void* __restrict__ cu, int cu64, const void* __restrict__ lengths, int len64, int B, int S, int row) {
     const int t = blockIdx.x;
     int lo = 0, hi = B - 1;  // the last row b with cu[b] <= t (empty rows before it are skipped)
     while (lo < hi) {

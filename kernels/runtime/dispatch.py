@@ -62,7 +62,7 @@ class NvrtcSource:
         instantiation (or loads them from the disk cache)."""
         return _launch.get_kernel(self.file, expr, self.exprs, options=self.options, device=device)
 
-    def launch(self, device: int, expr: str, grid, block, *args, shared_mem: int = 0) -> None:
-        """Launch `expr` on the current torch stream of CUDA device `device`."""
+    def launch(self, device: int, expr: str, grid, block, *args, shared_mem: int = 0, pdl: bool = False) -> None:
+        """Launch `expr` on the current torch stream of CUDA device `device` (pdl: see launch.launch)."""
         _launch.launch(_launch.get_kernel(self.file, expr, self.exprs, options=self.options, device=device),
-                       grid, block, *args, shared_mem=shared_mem)
+                       grid, block, *args, shared_mem=shared_mem, pdl=pdl)

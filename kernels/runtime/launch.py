@@ -8,9 +8,9 @@ asked for ('sm_90a'), loaded once per device, and launched with cuLaunchKernel o
 device, so launches are ordered with torch's work and can be captured in a CUDA graph. Dynamic shared memory
 above the default 48 KB is allowed once per kernel, the first time a launch asks for it.
 
-Arguments, in the kernel's parameter order: a Python int is a pointer (`t.data_ptr()`, or 0 for null); numpy
-scalars (i32, i64, u32, f32 from nvrtc.py) are passed as those C types; ctypes objects are passed as they are,
-so a by-value struct such as a TMA descriptor (kernels/runtime/tma.py) is one argument.
+Arguments, in the kernel's parameter order: a Python int is a pointer (`t.data_ptr()`, or 0 for null) or any
+64-bit integer; numpy scalars (i32, i64, u32, f32 from nvrtc.py) are passed as those C types; ctypes scalars as
+they are, and a ctypes Structure by value (a TMA descriptor, kernels/runtime/tma.py, is one argument).
 """
 
 from __future__ import annotations
@@ -24,8 +24,12 @@ from . import device as _device
 from . import nvrtc
 
 _DEFAULT_SMEM = 48 * 1024
-_CTYPES = {int: ctypes.c_void_p, np.int32: ctypes.c_int32, np.int64: ctypes.c_int64, np.uint32: ctypes.c_uint32,
-           np.float32: ctypes.c_float}
+# argument type -> (conversion or None, ctypes type of the kernel parameter). cuLaunchKernel's (values, types) form
+# packs Python ints and floats under c_long / c_int / c_float in C (numpy scalars would go through ctypes objects,
+# 30x slower), so numpy scalars become Python numbers first; pointers are 64-bit.
+_ARGS = {int: (None, ctypes.c_int64), float: (None, ctypes.c_double), np.int32: (int, ctypes.c_int),
+         np.int64: (int, ctypes.c_int64), np.uint32: (int, ctypes.c_uint32), np.uint64: (int, ctypes.c_uint64),
+         np.float32: (float, ctypes.c_float), np.float64: (float, ctypes.c_double), np.bool_: (bool, ctypes.c_bool)}
 
 
 class Kernel:
@@ -92,14 +96,42 @@ def _current_raw_stream(device: int) -> int:
     return raw(device) if raw is not None else torch.cuda.current_stream(device).cuda_stream
 
 
-def _as_ctype(a):
-    conv = _CTYPES.get(type(a))
-    if conv is not None:
-        return conv(a)
-    if isinstance(a, (ctypes._SimpleCData, ctypes.Structure)):
-        return a
-    raise TypeError(f"kernel argument {a!r} of type {type(a).__name__}: pass an int pointer, a numpy scalar "
-                    f"(i32/i64/u32/f32) or a ctypes object")
+_SIGNATURES: dict = {}  # tuple of argument types -> (ctypes types, [(index, conversion)])
+
+
+def _signature(sig: tuple) -> tuple:
+    types, conv = [], []
+    for i, t in enumerate(sig):
+        e = _ARGS.get(t)
+        if e is not None:
+            types.append(e[1])
+            if e[0] is not None:
+                conv.append((i, e[0]))
+        elif issubclass(t, ctypes.Structure):
+            types.append(None)
+        elif issubclass(t, ctypes._SimpleCData):
+            types.append(t)
+        else:
+            raise TypeError(f"kernel argument {i} of type {t.__name__}: pass an int pointer, a numpy scalar "
+                            f"(i32/i64/u32/f32) or a ctypes object")
+    return tuple(types), conv
+
+
+def _params(args: tuple) -> tuple[tuple, tuple]:
+    """(values, ctypes types) of the kernel parameters, as cuLaunchKernel's kernelParams takes them (a ctypes
+    Structure, passed by value, has type None and gives its address through getPtr()). The types are worked out
+    once per signature."""
+    sig = tuple(map(type, args))
+    e = _SIGNATURES.get(sig)
+    if e is None:
+        e = _SIGNATURES[sig] = _signature(sig)
+    types, conv = e
+    if conv:
+        args = list(args)
+        for i, f in conv:
+            args[i] = f(args[i])
+        args = tuple(args)
+    return args, types
 
 
 def _dim3(x) -> tuple[int, int, int]:
@@ -110,21 +142,40 @@ def _dim3(x) -> tuple[int, int, int]:
     return tuple(x) + (1,) * (3 - len(x))
 
 
-def launch(kernel: Kernel, grid, block, *args, shared_mem: int = 0) -> None:
+def _launch_programmatic(kernel: Kernel, grid, block, shared_mem: int, stream, params) -> None:
+    """cuLaunchKernelEx with programmatic stream serialisation (sm_90 PDL): the kernel may be scheduled while the
+    previous kernel in the stream still runs, and must itself wait (griddepcontrol.wait) before reading its output."""
+    from cuda.bindings import driver
+
+    cfg = driver.CUlaunchConfig()
+    cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = _dim3(grid)
+    cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = _dim3(block)
+    cfg.sharedMemBytes, cfg.hStream = shared_mem, stream
+    attr = driver.CUlaunchAttribute()
+    attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+    attr.value.programmaticStreamSerializationAllowed = 1
+    cfg.attrs, cfg.numAttrs = [attr], 1
+    (err,) = driver.cuLaunchKernelEx(cfg, kernel.func, params, 0)
+    if int(err) != 0:
+        raise RuntimeError(f"cuLaunchKernelEx({kernel.name}, programmatic) failed: {err}")
+
+
+def launch(kernel: Kernel, grid, block, *args, shared_mem: int = 0, pdl: bool = False) -> None:
     """cuLaunchKernel on torch's current stream of the kernel's device; `args` one per kernel parameter, grid and
-    block an int or a tuple of up to 3."""
+    block an int or a tuple of up to 3. pdl: a programmatic dependent launch on sm_90 (the kernel waits for the
+    previous one with griddepcontrol.wait; kernels/cuda/decode_attention.cu's combine); elsewhere a plain launch."""
     from cuda.bindings import driver
 
     dev = kernel.device
     if dev != torch.cuda.current_device():  # the launch runs in the current context: make it the kernel's
         with torch.cuda.device(dev):
-            return launch(kernel, grid, block, *args, shared_mem=shared_mem)
+            return launch(kernel, grid, block, *args, shared_mem=shared_mem, pdl=pdl)
     if shared_mem > kernel.smem_allowed:
         kernel.allow_shared_memory(shared_mem)
-    vals = [_as_ctype(a) for a in args]
-    ptrs = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
+    params = _params(args)
     stream = driver.CUstream(_current_raw_stream(dev))
-    (err,) = driver.cuLaunchKernel(kernel.func, *_dim3(grid), *_dim3(block), shared_mem, stream,
-                                   ctypes.addressof(ptrs), 0)
+    if pdl and _device.capability(dev)[0] >= 9:
+        return _launch_programmatic(kernel, grid, block, shared_mem, stream, params)
+    (err,) = driver.cuLaunchKernel(kernel.func, *_dim3(grid), *_dim3(block), shared_mem, stream, params, 0)
     if int(err) != 0:
         raise RuntimeError(f"cuLaunchKernel({kernel.name}) failed: {err}")
