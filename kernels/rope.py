@@ -1,17 +1,24 @@
-"""Vision QKV bias + 2D RoPE (NVRTC, kernels/cuda/rope.cu), signature of reference.qkv_bias_rope.
+"""Rotary embeddings (NVRTC, kernels/cuda/rope.cu), with the signatures of reference/rope.py.
 
-Writes q, k, v as contiguous [N, H, hd]: the layout the attention kernel reads.
+qkv_bias_rope (vision): writes q, k, v as contiguous [N, H, hd], the layout the attention kernel reads.
+qk_norm_rope (language model): q/gate split + (1 + w) q/k RMSNorm + partial RoPE (+ KV-cache write) in one pass;
+apply_rope: the rotation alone; mrope_cos_sin: the mRoPE tables from the position ids on the GPU.
 """
 
 from __future__ import annotations
 
 import torch
 
+import reference as R
+from reference._checks import check_tensor
+from reference.decode_attention import check_append_fits
+from reference.rope import mrope_axes
+
 from .runtime.checks import check_cuda, check_input, check_out, check_same_dtype
 from .runtime.dispatch import CTYPES, NvrtcSource, cbool, ceil_div, split_row
-from .runtime.nvrtc import i32
+from .runtime.nvrtc import f32, i32, i64
 
-__all__ = ["qkv_bias_rope"]
+__all__ = ["qkv_bias_rope", "qk_norm_rope", "apply_rope", "mrope_cos_sin"]
 
 HEAD_DIMS = (64, 72, 80, 128)
 # (VP, VV): elements per pair access (must divide hd/2) and per v access (must divide hd); (1, 1) when a
@@ -25,8 +32,7 @@ def _expr(dtype, vp: int, vv: int, has_bias: bool) -> str:
     return f"qkv_bias_rope_kernel<{CTYPES[dtype]}, {vp}, {vv}, {cbool(has_bias)}>"
 
 
-SOURCE = NvrtcSource("rope.cu", tuple(
-    _expr(dt, vp, vv, b) for dt, vs in _VARIANTS.items() for vp, vv in vs for b in (True, False)))
+_VISION_EXPRS = tuple(_expr(dt, vp, vv, b) for dt, vs in _VARIANTS.items() for vp, vv in vs for b in (True, False))
 
 
 def qkv_bias_rope(qkv: torch.Tensor, bias: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
@@ -68,3 +74,202 @@ def qkv_bias_rope(qkv: torch.Tensor, bias: torch.Tensor | None, cos: torch.Tenso
                   qkv.data_ptr(), 0 if bias is None else bias.data_ptr(), cos.data_ptr(), sin.data_ptr(),
                   q.data_ptr(), k.data_ptr(), v.data_ptr(), i32(n), i32(num_heads), i32(hd))
     return q, k, v
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# language model: qk_norm_rope (q/gate split + q/k RMSNorm + partial RoPE + optional KV-cache write), apply_rope,
+# mrope_cos_sin
+# ---------------------------------------------------------------------------------------------------------------
+_MAX_VEC = {torch.float32: 4, torch.float16: 8, torch.bfloat16: 8}
+_EPL = (1, 2, 4, 8, 16)  # elements per lane: a warp covers a head of up to 32 * 16 = 512 dims
+MAX_HEAD_DIM = 32 * _EPL[-1]
+_WARPS, _IPW = 8, 2  # warps per CTA and items per warp, as in the source
+
+
+def _qk_variants(dtype) -> tuple[tuple[int, int], ...]:
+    """(VEC, NV) pairs: for each elements-per-lane E, the widest vector and, as the fallback, scalars."""
+    out = []
+    for e in _EPL:
+        for vec in (min(e, _MAX_VEC[dtype]), 1):
+            if (vec, e // vec) not in out:
+                out.append((vec, e // vec))
+    return tuple(out)
+
+
+def _qk_expr(dtype, vec: int, nv: int) -> str:
+    return f"qk_norm_rope_kernel<{CTYPES[dtype]}, {vec}, {nv}>"
+
+
+SOURCE = NvrtcSource("rope.cu", _VISION_EXPRS + tuple(_qk_expr(dt, v, n) for dt in _MAX_VEC for v, n in _qk_variants(dt))
+                      + ("mrope_cos_sin_kernel",))
+
+
+def _pick_qk(dtype, d: int, *tensors) -> tuple[int, int]:
+    e = next(e for e in _EPL if 32 * e >= d)
+    vec = min(e, _MAX_VEC[dtype])
+    if d % vec or any(t is not None and t.data_ptr() % (vec * dtype.itemsize) for t in tensors):
+        vec = 1
+    return vec, e // vec
+
+
+def _check_tables(cos, sin, rows: int, d: int) -> int:
+    """cos, sin fp32 contiguous [rows, r] with 2r <= d; returns r."""
+    check_input("cos", cos, ndim=2, dtypes=(torch.float32,))
+    check_input("sin", sin, shape=tuple(cos.shape), dtypes=(torch.float32,))
+    if cos.shape[0] != rows:
+        raise ValueError(f"cos must have {rows} rows (one per token), got shape {tuple(cos.shape)}")
+    r = cos.shape[1]
+    if 2 * r > d:
+        raise ValueError(f"cos covers 2*{r} rotary dims but the head_dim is {d}")
+    return r
+
+
+def _check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    return float(eps)
+
+
+def _outs(out, n: int, shapes, dtype):
+    """The `out=` tensors (a tuple of n, entries may be None) checked, or fresh ones."""
+    if out is None:
+        out = (None,) * n
+    if not isinstance(out, (tuple, list)) or len(out) != n:
+        raise ValueError(f"out must be a tuple of {n} tensors (or None entries)")
+    return tuple(torch.empty(s, dtype=dtype, device=dev) if o is None else check_out(f"out[{i}]", o, s, dtype)
+                 for i, (o, (s, dev)) in enumerate(zip(out, shapes)))
+
+
+def _launch_qk(device, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, v, k_cache, v_cache, cu, lengths,
+               T, Hq, Hkv, d, r, norm, eps):
+    vec, nv = _pick_qk(q_in.dtype, d, q_in, k_in, qw, kw, q_out, k_out, v, k_cache, v_cache)
+    items = T * (Hq + Hkv)
+    if items == 0:
+        return
+    B, S = (k_cache.shape[0], k_cache.shape[1]) if k_cache is not None else (1, 0)
+    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    SOURCE.launch(device, _qk_expr(q_in.dtype, vec, nv), (ceil_div(items, _WARPS * _IPW), 1, 1), (32 * _WARPS, 1, 1),
+                  q_in.data_ptr(), i64(q_ts), i32(q_hs), ptr(k_in), ptr(qw), ptr(kw), cos.data_ptr(), sin.data_ptr(),
+                  q_out.data_ptr(), ptr(k_out), ptr(v), ptr(k_cache), ptr(v_cache), ptr(cu),
+                  i32(cu is not None and cu.dtype == torch.int64), ptr(lengths),
+                  i32(lengths is not None and lengths.dtype == torch.int64), i32(T), i32(Hq), i32(Hkv), i32(d),
+                  i32(r), i32(B), i32(S), i32(norm), f32(eps))
+
+
+def qk_norm_rope(qg: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+                 cos: torch.Tensor, sin: torch.Tensor, eps: float = 1e-6, *, v: torch.Tensor | None = None,
+                 k_cache: torch.Tensor | None = None, v_cache: torch.Tensor | None = None,
+                 cu_seqlens: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
+                 validate: bool = True, out=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gated attention input side in one pass (see reference.qk_norm_rope): returns (q, gate, k).
+
+    qg [T, Hq, 2d] and k [T, Hkv, d] contiguous, one dtype; q_weight, k_weight [d] of that dtype; cos, sin fp32
+    [T, r], 2r <= d <= 512. q and k are written once (contiguous [T, H, d]); gate is returned as the strided
+    view qg[..., d:] (no pass over it: the consumer, sigmoid_gate, reads it in place), or copied into out[1]
+    when the caller gives one. Cache write (all of v, k_cache, v_cache, cu_seqlens, lengths): as
+    kv_cache_append; slots past S-1 are dropped. validate=True checks cu_seqlens and the cache capacity on the
+    host (reads the device); pass validate=False under CUDA-graph capture (decode).
+    out: optional (q, gate, k) tensors, entries may be None.
+    """
+    check_input("qg", qg, ndim=3)
+    T, Hq, d2 = qg.shape
+    if d2 % 2:
+        raise ValueError(f"qg must have shape (T, Hq, 2*head_dim), got {tuple(qg.shape)} (odd last dim)")
+    d = d2 // 2
+    if d > MAX_HEAD_DIM:
+        raise ValueError(f"head_dim {d} is above the kernel's {MAX_HEAD_DIM}")
+    check_input("k", k, ndim=3, dtypes=(qg.dtype,))
+    if k.shape[0] != T or k.shape[2] != d:
+        raise ValueError(f"k must have shape ({T}, Hkv, {d}), got {tuple(k.shape)}")
+    Hkv = k.shape[1]
+    check_input("q_weight", q_weight, shape=(d,), dtypes=(qg.dtype,))
+    check_input("k_weight", k_weight, shape=(d,), dtypes=(qg.dtype,))
+    r = _check_tables(cos, sin, T, d)
+    eps = _check_eps(eps)
+    cache = (v, k_cache, v_cache, cu_seqlens, lengths)
+    if any(t is not None for t in cache) and any(t is None for t in cache):
+        raise ValueError("the cache write needs all of v, k_cache, v_cache, cu_seqlens, lengths (or none of them)")
+    if k_cache is not None:
+        check_input("v", v, shape=(T, Hkv, d), dtypes=(qg.dtype,))
+        check_input("k_cache", k_cache, ndim=4, dtypes=(qg.dtype,))
+        B, S = k_cache.shape[:2]
+        if tuple(k_cache.shape[2:]) != (Hkv, d):
+            raise ValueError(f"k_cache must have shape (B, S, {Hkv}, {d}), got {tuple(k_cache.shape)}")
+        check_input("v_cache", v_cache, shape=tuple(k_cache.shape), dtypes=(qg.dtype,))
+        check_input("cu_seqlens", cu_seqlens, shape=(B + 1,), dtypes=(torch.int32, torch.int64))
+        check_input("lengths", lengths, shape=(B,), dtypes=(torch.int32, torch.int64))
+    dev = qg.device
+    if out is not None and not (isinstance(out, (tuple, list)) and len(out) == 3):
+        raise ValueError("out must be a triple (q, gate, k) (entries may be None)")
+    q_out, g_out, k_out = (None, None, None) if out is None else out
+    q_out, k_out = _outs((q_out, k_out), 2, (((T, Hq, d), dev), ((T, Hkv, d), dev)), qg.dtype)
+    if g_out is not None:
+        check_out("out[1]", g_out, (T, Hq, d), qg.dtype)
+    if k_cache is not None and validate:  # reads cu_seqlens and lengths on the host (kv_cache_append's check)
+        check_append_fits(cu_seqlens, lengths, S, T)
+    device = check_cuda(qg=qg, k=k, q_weight=q_weight, k_weight=k_weight, cos=cos, sin=sin, v=v, k_cache=k_cache,
+                        v_cache=v_cache, cu_seqlens=cu_seqlens, lengths=lengths, q_out=q_out, k_out=k_out,
+                        g_out=g_out)
+    _launch_qk(device, qg, Hq * d2, d2, k, q_weight, k_weight, cos, sin, q_out, k_out, v, k_cache, v_cache,
+               cu_seqlens, lengths, T, Hq, Hkv, d, r, 1, eps)
+    gate = qg[..., d:]
+    if g_out is not None:
+        gate = g_out.copy_(gate)
+    return q_out, gate, k_out
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, out: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """Partial NeoX RoPE on the first 2r dims of every head (see reference.apply_rope): x [S, H, d] contiguous,
+    d <= 512; cos, sin fp32 [S, r]. Returns a new contiguous [S, H, d] (or out)."""
+    check_input("x", x, ndim=3)
+    S, H, d = x.shape
+    if d > MAX_HEAD_DIM:
+        raise ValueError(f"head_dim {d} is above the kernel's {MAX_HEAD_DIM}")
+    r = _check_tables(cos, sin, S, d)
+    (y,) = _outs((out,), 1, (((S, H, d), x.device),), x.dtype)
+    device = check_cuda(x=x, cos=cos, sin=sin, out=y)
+    _launch_qk(device, x, H * d, d, None, None, None, cos, sin, y, None, None, None, None, None, None,
+               S, H, 0, d, r, 0, 0.0)
+    return y
+
+
+_TABLES: dict = {}  # (rotary_dim, theta, device index) -> the reference's fp32 inv_freq table on that device
+
+
+def _inv_freq(rotary_dim: int, theta: float, device: int) -> torch.Tensor:
+    key = (rotary_dim, float(theta), device)
+    t = _TABLES.get(key)
+    if t is None:
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("mrope_cos_sin builds its inv_freq table with a host copy: call it once for this "
+                               "rotary_dim/theta before capturing a CUDA graph")
+        t = _TABLES[key] = R.inv_freq(rotary_dim, theta, torch.device("cuda", device))
+    return t
+
+
+def mrope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float, section=(11, 11, 10),
+                  interleaved: bool = True, *, out=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """mRoPE tables on the GPU (see reference.mrope_cos_sin): positions int32/int64 [3, S] (any strides, e.g. an
+    expand of one row) -> cos, sin fp32 [S, rotary_dim/2] (or the pair `out`). Bit-identical angles to the
+    reference (same fp32 inv_freq table, same fp32 product); cos/sin within a few fp32 ulps."""
+    check_tensor("positions", positions, ndim=2, dtypes=(torch.int32, torch.int64))
+    if positions.shape[0] != 3:
+        raise ValueError(f"positions must have shape (3, S), got {tuple(positions.shape)}")
+    if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, int) or rotary_dim <= 0 or rotary_dim % 2:
+        raise ValueError(f"rotary_dim must be a positive even int, got {rotary_dim!r}")
+    if not theta > 0:
+        raise ValueError(f"theta must be positive, got {theta!r}")
+    r = rotary_dim // 2
+    mrope_axes(r, section, interleaved)  # validates section against the layout
+    s_t, s_h, s_w = (int(s) for s in section)
+    n = positions.shape[1]
+    cos, sin = _outs(out, 2, (((n, r), positions.device),) * 2, torch.float32)
+    device = check_cuda(positions=positions, cos=cos, sin=sin)
+    inv = _inv_freq(rotary_dim, theta, device)
+    if n:
+        SOURCE.launch(device, "mrope_cos_sin_kernel", (ceil_div(n * r, 256), 1, 1), (256, 1, 1),
+                      positions.data_ptr(), i32(positions.dtype == torch.int64), i64(positions.stride(0)),
+                      i64(positions.stride(1)), inv.data_ptr(), i32(n), i32(r), i32(s_t), i32(s_h), i32(s_w),
+                      i32(bool(interleaved)), cos.data_ptr(), sin.data_ptr())
+    return cos, sin

@@ -91,6 +91,25 @@ def qkv_bias_rope(qkv: torch.Tensor, bias: torch.Tensor | None, cos: torch.Tenso
     return tuple(t.to(qkv.dtype).contiguous() for t in (q, k, v))
 
 
+def mrope_axes(r: int, section, interleaved: bool) -> torch.Tensor:
+    """int64 [r]: the position axis (0 = T, 1 = H, 2 = W) of each of the r frequencies (see mrope_cos_sin);
+    raises ValueError unless section is 3 non-negative ints summing to r that fit the layout."""
+    section = tuple(section)
+    if len(section) != 3 or any(not isinstance(s, int) or s < 0 for s in section) or sum(section) != r:
+        raise ValueError(f"section must be 3 non-negative ints summing to rotary_dim/2={r}, got {section}")
+    s_t, s_h, s_w = section
+    j = torch.arange(r)
+    if interleaved:
+        axis = torch.zeros(r, dtype=torch.long)  # T by default
+        axis[(j % 3 == 1) & (j < 3 * s_h)] = 1
+        axis[(j % 3 == 2) & (j < 3 * s_w)] = 2
+        if tuple(int((axis == a).sum()) for a in range(3)) != section:
+            raise ValueError(f"section {section} does not fit the interleaved layout of {r} frequencies")
+    else:
+        axis = (j >= s_t).long() + (j >= s_t + s_h).long()
+    return axis
+
+
 def mrope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float,
                   section=(11, 11, 10), interleaved: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Multimodal RoPE tables: each frequency takes its position from one of the (T, H, W) axes.
@@ -109,19 +128,7 @@ def mrope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float,
     if not isinstance(rotary_dim, int) or rotary_dim <= 0 or rotary_dim % 2:
         raise ValueError(f"rotary_dim must be a positive even int, got {rotary_dim!r}")
     r = rotary_dim // 2
-    section = tuple(section)
-    if len(section) != 3 or any(not isinstance(s, int) or s < 0 for s in section) or sum(section) != r:
-        raise ValueError(f"section must be 3 non-negative ints summing to rotary_dim/2={r}, got {section}")
-    s_t, s_h, s_w = section
-    j = torch.arange(r)
-    if interleaved:
-        axis = torch.zeros(r, dtype=torch.long)  # T by default
-        axis[(j % 3 == 1) & (j < 3 * s_h)] = 1
-        axis[(j % 3 == 2) & (j < 3 * s_w)] = 2
-        if tuple(int((axis == a).sum()) for a in range(3)) != section:
-            raise ValueError(f"section {section} does not fit the interleaved layout of {r} frequencies")
-    else:
-        axis = (j >= s_t).long() + (j >= s_t + s_h).long()
+    axis = mrope_axes(r, section, interleaved)
     pos = positions[axis.to(positions.device)]  # [r, S]: the position driving each frequency
     angle = pos.T.to(torch.float32) * inv_freq(rotary_dim, theta, positions.device)  # [S, r] fp32
     return angle.cos(), angle.sin()

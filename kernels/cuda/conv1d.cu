@@ -1,0 +1,172 @@
+// The Gated DeltaNet's short causal conv: depthwise, K = 4 taps, fused SiLU, over packed variable-length
+// sequences, with the per-sequence state (the K-1 inputs before each sequence) read at the start and written at
+// the end. Semantics: reference/conv1d.py (causal_conv1d).
+//   y[t, c] = silu( sum_j w[c, j] * xs[p + j, c] ),  xs = concat(state[s, c, :], x[sequence s, c])
+//   new_state[s, c, :] = the last K-1 entries of xs (the old state's tail for sequences shorter than K-1)
+// fp32 math, one rounding on store.
+//
+// Grid: x = channel blocks (BLOCK threads x VEC channels), y = sequence s, z = chunks of CH positions of the
+// sequence (gridDim.z covers the host's max_seqlen hint, or T; chunks past the sequence's end exit). cu_seqlens is
+// read on the device only, so the launch needs no host sync and can be replayed from a CUDA graph.
+// The state: only chunk 0 of a sequence reads the old state (chunk z >= 1 starts at position >= CH >= K-1, so all
+// its inputs come from x), and the same thread writes the new state after it has read the old one. So
+// state_out may be the state itself (in-place decode update) without a race, and a zero-length sequence's chunk 0
+// still exists and copies (or keeps) its state.
+#include "include/convert.cuh"
+
+using qkern::from_f;
+using qkern::to_f;
+using qkern::Vec;
+
+constexpr int CONV_K = 4;
+
+template <typename T, int N>
+__device__ __forceinline__ void load_vec(const T* __restrict__ p, float (&out)[N]) {
+    const Vec<T, N> t = *reinterpret_cast<const Vec<T, N>*>(p);
+#pragma unroll
+    for (int i = 0; i < N; ++i) out[i] = to_f(t.v[i]);
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_vec(T* __restrict__ p, const float (&in)[N]) {
+    Vec<T, N> t;
+#pragma unroll
+    for (int i = 0; i < N; ++i) t.v[i] = from_f<T>(in[i]);
+    *reinterpret_cast<Vec<T, N>*>(p) = t;
+}
+
+// SiLU with the fast exp and divide: two MUFU ops per element keep the kernel memory-bound (the IEEE divide
+// would not); relative error ~1e-6, far inside the fp32 tolerance. a -> -inf gives -0.
+__device__ __forceinline__ float silu_f(float a) { return __fdividef(a, 1.f + __expf(-a)); }
+
+__device__ __forceinline__ long long load_index(const void* p, int is64, int i) {
+    return is64 ? reinterpret_cast<const long long*>(p)[i] : (long long)reinterpret_cast<const int*>(p)[i];
+}
+
+// One thread: VEC consecutive channels of one chunk of CH positions. The state rows of VEC channels
+// ([VEC, K-1], contiguous) are moved as K-1 vectors of VEC elements. x rows have stride x_stride elements.
+// __launch_bounds__(128, 4): at most 128 registers, so 4 CTAs (16 warps) per SM; the VEC = 8 16-bit body needs
+// about that many (weights 4 x 8 and the window 3 x 8 in fp32, plus U packed loads in flight) without spilling.
+template <typename T, int VEC, int CH, int U>
+__global__ void __launch_bounds__(128, 4) causal_conv1d_kernel(
+    const T* __restrict__ x, long long x_stride, const T* __restrict__ w, const void* __restrict__ cu, int cu64,
+    const T* state, T* state_out, T* __restrict__ y, int C, int nchunks) {
+    constexpr int KM = CONV_K - 1;
+    const int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * VEC;
+    if (c0 >= C) return;
+    const int s = blockIdx.y;
+    const long long start = load_index(cu, cu64, s);
+    const int L = (int)(load_index(cu, cu64, s + 1) - start);
+
+    float wt[CONV_K][VEC];  // wt[j][e] = w[c0 + e, j]
+    {
+        float raw[VEC * CONV_K];
+#pragma unroll
+        for (int j = 0; j < CONV_K; ++j) {
+            float part[VEC];
+            load_vec<T, VEC>(w + (long long)c0 * CONV_K + j * VEC, part);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) raw[j * VEC + e] = part[e];
+        }
+#pragma unroll
+        for (int e = 0; e < VEC; ++e)
+#pragma unroll
+            for (int j = 0; j < CONV_K; ++j) wt[j][e] = raw[e * CONV_K + j];
+    }
+
+    for (int z = blockIdx.z; z < nchunks; z += gridDim.z) {
+        const int p0 = z * CH;
+        if (p0 >= L && !(z == 0)) break;  // chunk 0 always runs: it owns the state
+        // win[m] = xs input m+1 steps before position p0 (win[KM-1] is the oldest)
+        float win[KM][VEC];
+        float old[KM][VEC];  // chunk 0: the old state, oldest first (zeros without a state)
+        if (z == 0) {
+            if (state != nullptr) {
+                float raw[VEC * KM];
+#pragma unroll
+                for (int m = 0; m < KM; ++m) {
+                    float part[VEC];
+                    load_vec<T, VEC>(state + ((long long)s * C + c0) * KM + m * VEC, part);
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) raw[m * VEC + e] = part[e];
+                }
+#pragma unroll
+                for (int e = 0; e < VEC; ++e)
+#pragma unroll
+                    for (int m = 0; m < KM; ++m) old[m][e] = raw[e * KM + m];
+            } else {
+#pragma unroll
+                for (int m = 0; m < KM; ++m)
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) old[m][e] = 0.f;
+            }
+#pragma unroll
+            for (int m = 0; m < KM; ++m)
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) win[m][e] = old[KM - 1 - m][e];
+        } else {
+#pragma unroll
+            for (int m = 0; m < KM; ++m) load_vec<T, VEC>(x + (start + p0 - 1 - m) * x_stride + c0, win[m]);
+        }
+
+        const int p1 = min(p0 + CH, L);
+        const T* xp = x + (start + p0) * x_stride + c0;
+        T* yp = y + (start + p0) * (long long)C + c0;
+        // U positions per step: their loads are issued together (kept packed until used, to save registers),
+        // then the U outputs computed in order
+        for (int p = p0; p < p1; p += U) {
+            Vec<T, VEC> raw[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u)
+                if (p + u < p1) raw[u] = *reinterpret_cast<const Vec<T, VEC>*>(xp + (long long)(p - p0 + u) * x_stride);
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                if (p + u < p1) {
+                    float cur[VEC], out[VEC];
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) cur[e] = to_f(raw[u].v[e]);
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) {
+                        float a = wt[CONV_K - 1][e] * cur[e];
+#pragma unroll
+                        for (int m = 0; m < KM; ++m) a += wt[CONV_K - 2 - m][e] * win[m][e];
+                        out[e] = silu_f(a);
+                    }
+                    store_vec<T, VEC>(yp + (long long)(p - p0 + u) * C, out);
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) {
+#pragma unroll
+                        for (int m = KM - 1; m > 0; --m) win[m][e] = win[m - 1][e];
+                        win[0][e] = cur[e];
+                    }
+                }
+            }
+        }
+
+        if (z == 0 && state_out != nullptr) {
+            // the last K-1 entries of xs, newest in fin[0]: from x, or from the old state for short sequences
+            float fin[KM][VEC];
+            if (L <= CH) {  // this chunk covered the whole sequence: win holds them already
+#pragma unroll
+                for (int m = 0; m < KM; ++m)
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) fin[m][e] = win[m][e];
+            } else {
+#pragma unroll
+                for (int m = 0; m < KM; ++m) load_vec<T, VEC>(x + (start + L - 1 - m) * x_stride + c0, fin[m]);
+            }
+            float raw[VEC * KM];
+#pragma unroll
+            for (int e = 0; e < VEC; ++e)
+#pragma unroll
+                for (int m = 0; m < KM; ++m) raw[e * KM + m] = fin[KM - 1 - m][e];
+#pragma unroll
+            for (int m = 0; m < KM; ++m) {
+                float part[VEC];
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) part[e] = raw[m * VEC + e];
+                store_vec<T, VEC>(state_out + ((long long)s * C + c0) * KM + m * VEC, part);
+            }
+        }
+    }
+}
