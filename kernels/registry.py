@@ -58,7 +58,7 @@ import torch
 
 import reference as R
 
-from . import activations, gemm, glue, norms, pos_embed, rope, vision
+from . import activations, conv1d, gemm, glue, norms, pos_embed, rope, vision
 from .attention import SUPPORTED_HEAD_DIMS as _ATTN_HEAD_DIMS
 from .attention import attention as attention_nvrtc  # kernels.attention is also the function's name
 from .numba import activations as numba_activations, norms as numba_norms
@@ -234,6 +234,25 @@ def _qkv_rope_covers(config, dtype) -> str | None:
     return None if d in rope.HEAD_DIMS else f"vision head_dim {d} is not one of the kernel's {rope.HEAD_DIMS}"
 
 
+def _lm_head_covers(config, dtype) -> str | None:  # qk_norm_rope, apply_rope (H4)
+    d = config.text.head_dim
+    return None if d <= rope.MAX_HEAD_DIM else f"text head_dim {d} is above the kernel's {rope.MAX_HEAD_DIM}"
+
+
+def _conv1d_covers(config, dtype) -> str | None:  # causal_conv1d (H4)
+    k = config.text.linear_conv_kernel_dim
+    return None if k == conv1d.KERNEL_SIZE else f"conv kernel size {k} is not the kernel's {conv1d.KERNEL_SIZE}"
+
+
+def _qk_norm_rope_bytes(case: Case) -> int:
+    """One pass: the q half of qg, k, the weights and tables read; q and k written; with a cache, v read and one k
+    and one v row written per token. The gate half of qg is never touched (returned as a view of qg)."""
+    qg, k, wq, wk, cos, sin = case.args[:6]
+    es = qg.element_size()
+    nb = (qg.numel() // 2 + k.numel()) * es * 2 + (wq.numel() + wk.numel()) * es + (cos.numel() + sin.numel()) * 4
+    return nb + (3 * case.kwargs["v"].numel() * es if case.kwargs.get("v") is not None else 0)
+
+
 def _attention_flops(case: Case) -> float:
     """4 L^2 d Hq per segment (QK^T and PV), halved when causal: the flash-attention convention."""
     q, _, _, cu, causal = case.args[:5]
@@ -263,12 +282,14 @@ REGISTRY: dict[str, OpSpec] = {s.name: s for s in (
     # language model
     _spec("rms_norm", nvrtc=norms.rms_norm),
     _spec("add_rms_norm", nvrtc=norms.add_rms_norm),
-    _spec("mrope_cos_sin", dtypes=(torch.float32,)),
-    _spec("apply_rope"),
+    _spec("mrope_cos_sin", dtypes=(torch.float32,), nvrtc=rope.mrope_cos_sin),
+    _spec("apply_rope", nvrtc=rope.apply_rope, covers=_lm_head_covers),
+    _spec("qk_norm_rope", nvrtc=rope.qk_norm_rope, covers=_lm_head_covers, min_bytes=_qk_norm_rope_bytes),
     _spec("sigmoid_gate", nvrtc=activations.sigmoid_gate),
     _spec("silu_mul", nvrtc=activations.silu_mul),
     _spec("silu_mul_fused", nvrtc=activations.silu_mul_fused),  # SwiGLU on a fused gate/up GEMM output
-    _spec("causal_conv1d", split=Split(tokens=(0,), cu_seqlens=2, state=3)),
+    _spec("causal_conv1d", nvrtc=conv1d.causal_conv1d, covers=_conv1d_covers,
+          split=Split(tokens=(0,), cu_seqlens=2, state=3)),
     _spec("l2norm", nvrtc=norms.l2norm),
     _spec("gated_delta_rule", split=Split(tokens=(0, 1, 2, 3, 4), cu_seqlens=5, state=6)),
     _spec("gated_rms_norm", nvrtc=norms.gated_rms_norm),
