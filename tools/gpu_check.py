@@ -6,8 +6,8 @@
 1. builds every NVRTC source for this GPU (cold compile time per source);
 2. runs each kernel variant against the reference on a few shapes (1 row, odd widths, the real widths, each
    dtype, bias None, misaligned pointers) with NaN-poisoned outputs;
-3. with --bench: times each op beside torch eager (and torch.compile with --compile) on the ViT shapes of
-   benchmarks/bench_vision_ops.py, prints device time, GB/s, % of device copy bandwidth and the ratio to
+3. with --bench: times each op beside torch eager (and torch.compile with --compile) on the real ViT shapes
+   of the registry (property_tests/cases/<family>.py, x_real and x_peers), prints device time, GB/s, % of device copy bandwidth and the ratio to
    torch, measures the host launch overhead, and writes results JSON (benchmarks/results/, or --out).
 
 Device time is taken with CUDA events around a loop of calls enqueued behind `torch.cuda._sleep`, so it
@@ -29,12 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 import kernels  # noqa: E402,F401
-from benchmarks import bench_vision_ops as B  # noqa: E402
-from benchmarks.common import copy_bandwidth_TBps, cuda_time_ms, write_results  # noqa: E402
+from benchmarks.common import _real, copy_bandwidth_TBps, cuda_time_ms, impl_fn, write_results  # noqa: E402
 from kernels.registry import REGISTRY  # noqa: E402
 from kernels.runtime import nvrtc  # noqa: E402
 from kernels.runtime.dispatch import SOURCES  # noqa: E402
-from property_tests import strategies as S  # noqa: E402
+from property_tests.cases import activations as _A, norms as _N, rope as _R, vision as _V  # noqa: E402
+
+S = argparse.Namespace(**{k: getattr(m, k) for m in (_N, _A, _V, _R) for k in dir(m) if k.startswith('build_')},
+                       HEAD_DIMS=_R.HEAD_DIMS)  # the input builders of the vision ops' families
 
 NORMS = sys.modules["kernels.norms"]
 
@@ -118,7 +120,7 @@ def check_correctness(ops) -> list[dict]:
         print(f"  {op:22s} {sum(r['ok'] for r in n_op)}/{len(n_op)} cases within tolerance")
     # misaligned pointers (narrow-vector path)
     for op in ops:
-        case = B.bench_case(op, 33, (16, 72) if op == "qkv_bias_rope" else 1152, "tanh" if op == "bias_gelu" else None)
+        case = _real(REGISTRY[op], 33)[-1]  # the 9B/27B widths
         args = []
         for a in case.args:
             if isinstance(a, torch.Tensor) and a.dim() == 2:
@@ -184,14 +186,13 @@ def bench(ops, with_compile: bool) -> tuple[list[dict], dict]:
     records = []
     hdr = f"{'case':34s} {'impl':13s} {'dev us':>8s} {'1-call us':>9s} {'GB/s':>7s} {'%copy':>6s} {'vs torch':>8s}"
     print(hdr + "\n" + "-" * len(hdr))
-    for shape in B.SHAPES:
-        op = shape[0]
-        if op not in ops:
-            continue
-        args = B.bench_case(*shape).on("cuda")
-        nbytes = B.min_bytes(op, args)
-        fns = B.impls(op, args)
-        if with_compile and shape[1] == 16384 and shape[2] in (1152, 4304):
+    shapes = [(op, t, c) for op in ops for t in (4096, 16384) for c in _real(REGISTRY[op], t)]
+    for op, tokens, case in shapes:
+        args = case.on("cuda")
+        spec = REGISTRY[op]
+        nbytes = spec.bytes_of(case)
+        fns = {impl: impl_fn(spec, impl, case) for impl in list(spec.hook("peers")(args)) + list(spec.kernels)}
+        if with_compile and tokens == 16384 and args[0].shape[1] in (1152, 4304):
             try:
                 t0 = time.perf_counter()
                 cf = torch_compiled(op, args)
@@ -211,7 +212,7 @@ def bench(ops, with_compile: bool) -> tuple[list[dict], dict]:
             single = cuda_time_ms(fn, warmup=3, iters=20) * 1e3
             t_torch = us if impl == "torch" else t_torch
             gbs = nbytes / (us * 1e-6) / 1e9
-            rec = {"op": op, "case": B.shape_id(*shape), "dtype": "bfloat16", "impl": impl,
+            rec = {"op": op, "case": case.label, "dtype": "bfloat16", "impl": impl,
                    "device_us": round(us, 2), "single_call_us": round(single, 2), "min_bytes": nbytes,
                    "GBps": round(gbs, 1), "pct_of_copy": round(100 * gbs / (copy * 1e3), 1),
                    "speedup_vs_torch_eager": round(t_torch / us, 2) if t_torch else None}
