@@ -1,0 +1,53 @@
+"""tools/lm_e2e_gpu.py's CPU-side parts: the floors' arithmetic, the configs it builds, and the op-labelling
+wrapper of the per-op profile (the model must compute the same thing through it)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import model as M
+from model.config import ModelConfig
+from model.generate import DecodeSession, Sampling
+from tests._tiny_hf import dense_untied, one_torch_thread  # noqa: F401
+
+_spec = importlib.util.spec_from_file_location("lm_e2e_gpu", Path(__file__).parents[1] / "tools" / "lm_e2e_gpu.py")
+E = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(E)
+
+
+def test_configs_and_floors():
+    cfg = {s: ModelConfig.from_dict(E.hf_config(s).to_dict()).text for s in E.SIZES}
+    assert [cfg[s].hidden_size for s in E.SIZES] == [1024, 2560, 4096]
+    assert all(c.layer_types.count("full_attention") * 4 == c.num_hidden_layers for c in cfg.values())
+    # 0.8B: about 0.5 G decoder GEMM weights + the 254 M-entry tied lm_head, in bf16: ~1.5 GB a step
+    assert 0.45e9 < E.lm_linear_params(cfg["0.8B"]) < 0.55e9
+    b1 = E.decode_bytes(cfg["0.8B"], 1, 1024)
+    assert 1.4e9 < b1 < 1.6e9
+    assert E.decode_bytes(cfg["9B"], 32, 1024) > 32 * 24 * 32 * 128 * 128 * 4 * 2  # states dominate at batch 32
+    # prefill FLOPs: 2 per weight per token plus the causal attention products
+    t = cfg["9B"]
+    assert E.prefill_flops(t, 8192) == pytest.approx(2 * 8192 * E.lm_linear_params(t) + 2 * t.vocab_size * 4096
+                                                     + 8 * 2 * 8192 ** 2 * 16 * 256)
+
+
+def test_labelled_ops_leave_the_decode_step_unchanged(dense_untied):
+    m = M.load(dense_untied.path)
+    outs = []
+    for wrapped in (False, True):
+        sess = DecodeSession(m.lm, 2, 16, Sampling(), graphs=False)
+        sess.begin(torch.randn(2, m.config.text.vocab_size, generator=torch.Generator().manual_seed(0)), 2, [], 0)
+        if wrapped:
+            with E.labelled_ops(m.lm):
+                assert m.lm.ops.rms_norm.__name__ == "inner"
+                for _ in range(3):
+                    sess.advance()
+        else:
+            for _ in range(3):
+                sess.advance()
+        outs.append((sess.tok.clone(), sess.cache.recurrent[0].clone()))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert m.lm.ops.rms_norm.__name__ != "inner"  # restored
