@@ -9,7 +9,7 @@ import torch
 
 from reference._checks import check_tensor
 
-from .runtime.checks import KERNEL_DTYPES, check_cuda, check_input, check_out, check_same_dtype
+from .runtime.checks import KERNEL_DTYPES, check_cuda, check_input, check_out, check_rows, check_same_dtype
 from .runtime.dispatch import CTYPES, NvrtcSource, cbool, ceil_div, split_row, vec_width
 from .runtime.nvrtc import i32, i64
 
@@ -65,27 +65,9 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "ta
 
 
 # ------------------------------------------------------------------------------------------ two-input gates
-def _rows(name: str, t: torch.Tensor) -> tuple[int, int, int]:
-    """(rows, cols, row stride) of t seen as a [rows, cols] matrix with unit column stride, without a copy:
-    contiguous tensors, and views such as the halves of a fused GEMM output or every other 256-block of q_proj's
-    output. ValueError if t's last dim is strided or its leading dims do not collapse to one row stride."""
-    cols = t.shape[-1] if t.dim() else 1
-    if t.numel() == 0:
-        return 0, cols, cols
-    if cols > 1 and t.stride(-1) != 1:
-        raise ValueError(f"{name} must have a last-dim stride of 1, got strides {t.stride()} for shape "
-                         f"{tuple(t.shape)}; pass {name}.contiguous()")
-    try:
-        m = t.view(-1, cols)
-    except RuntimeError:
-        raise ValueError(f"{name}'s leading dims must collapse to one row stride, got strides {t.stride()} for "
-                         f"shape {tuple(t.shape)}; pass {name}.contiguous()") from None
-    return m.shape[0], cols, (m.stride(0) if m.shape[0] > 1 else cols)
-
-
 def _gate_launch(op: str, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, device: int) -> None:
-    rows, cols, sa = _rows("gate" if op == "silu_mul" else "o", a)
-    _, _, sb = _rows("up" if op == "silu_mul" else "gate", b)
+    rows, cols, sa = check_rows("gate" if op == "silu_mul" else "o", a)
+    _, _, sb = check_rows("up" if op == "silu_mul" else "gate", b)
     if rows == 0:
         return
     vec = vec_width(a.dtype, math.gcd(cols, sa, sb), a, b, y, candidates=_GATE_VECS[a.dtype])
@@ -102,8 +84,8 @@ def _check_pair(a_name: str, a, b_name: str, b) -> None:
     check_tensor(a_name, a, dtypes=KERNEL_DTYPES)
     check_tensor(b_name, b, shape=tuple(a.shape), dtypes=KERNEL_DTYPES)
     check_same_dtype(a.dtype, **{b_name: b})
-    _rows(a_name, a)
-    _rows(b_name, b)
+    check_rows(a_name, a)
+    check_rows(b_name, b)
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -127,7 +109,7 @@ def silu_mul_fused(gate_up: torch.Tensor, *, out: torch.Tensor | None = None) ->
                          f"{tuple(gate_up.shape)}")
     i = gate_up.shape[-1] // 2
     gate, up = gate_up[..., :i], gate_up[..., i:]
-    _rows("gate_up", gate_up)
+    check_rows("gate_up", gate_up)
     y = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device) if out is None else \
         check_out("out", out, tuple(gate.shape), gate.dtype)
     device = check_cuda(gate_up=gate_up, out=out)

@@ -12,9 +12,11 @@ from functools import lru_cache
 
 import torch
 
-from .runtime.checks import check_cuda, check_input, check_out, check_same_dtype
+from reference._checks import check_tensor
+
+from .runtime.checks import KERNEL_DTYPES, check_cuda, check_input, check_out, check_rows, check_same_dtype
 from .runtime.dispatch import CTYPES, NvrtcSource, cbool, ceil_div, vec_width
-from .runtime.nvrtc import f32, i32
+from .runtime.nvrtc import f32, i32, i64
 
 __all__ = ["layer_norm", "add_bias_layer_norm", "rms_norm", "add_rms_norm", "gated_rms_norm", "l2norm"]
 
@@ -186,15 +188,15 @@ def _rms_config(nvec: int, full: bool) -> tuple[int, int] | None:
 
 
 def _rms_launch(op: str, device, x, other, weight, y, residual_out, eps: float, w_offset: float) -> None:
-    cols = x.shape[-1]
     if y.numel() == 0:
         return
-    rows = x.numel() // cols
+    rows, cols, sx = check_rows("x", x)
+    so = 0 if other is None else check_rows("residual" if op == "add_rms_norm" else "z", other)[2]
     vecs = _RMS_VECS[x.dtype]
-    vec = vec_width(x.dtype, cols, x, other, weight, y, residual_out, candidates=vecs)
+    vec = vec_width(x.dtype, math.gcd(cols, sx, so), x, other, weight, y, residual_out, candidates=vecs)
     mode = _RMS_MODES[op]
     args = (x.data_ptr(), _ptr(other), _ptr(weight), y.data_ptr(), _ptr(residual_out), i32(rows), i32(cols),
-            f32(eps), f32(w_offset))
+            i64(sx), i64(so), f32(eps), f32(w_offset))
     cfg = None if _RMS_FORCE_LOOP else _rms_config(cols // vec, vec == vecs[0])
     if cfg is None:
         SOURCE.launch(device, _rms_loop_expr(x.dtype, mode), (rows, 1, 1), (_MAX_THREADS, 1, 1), *args)
@@ -204,10 +206,13 @@ def _rms_launch(op: str, device, x, other, weight, y, residual_out, eps: float, 
     SOURCE.launch(device, _rms_expr(x.dtype, vec, npt, mode), (ceil_div(rows, ty), 1, 1), (tx, ty, 1), *args)
 
 
-def _check_rows_input(name: str, t) -> None:
-    check_input(name, t)
+def _check_rows_input(name: str, t, shape: tuple | None = None) -> None:
+    """A normalised input: [..., D] with unit last-dim stride and leading dims that collapse to one row stride
+    (contiguous, or a view such as q_proj's q half), no copy."""
+    check_tensor(name, t, shape=shape, dtypes=KERNEL_DTYPES)
     if t.dim() == 0:
         raise ValueError(f"{name} must have at least 1 dimension (the normalised one), got a 0-d tensor")
+    check_rows(name, t)
 
 
 def _check_unit_offset(unit_offset) -> float:
@@ -216,15 +221,21 @@ def _check_unit_offset(unit_offset) -> float:
     return 1.0 if unit_offset else 0.0
 
 
+def _new(x) -> torch.Tensor:
+    """A contiguous output of x's shape (x may be a strided view)."""
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
 def _out1(out, x) -> torch.Tensor:
-    return torch.empty_like(x) if out is None else check_out("out", out, tuple(x.shape), x.dtype)
+    return _new(x) if out is None else check_out("out", out, tuple(x.shape), x.dtype)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, unit_offset: bool = True, *,
              out: torch.Tensor | None = None) -> torch.Tensor:
     """x * rsqrt(mean(x^2) + eps) * (1 + weight) (unit_offset) or * weight, fp32 statistics.
 
-    x: [..., D] contiguous (any leading shape: [T, hidden], the q/k head norms' [T, H, 256]); weight: [D].
+    x: [..., D], any leading shape ([T, hidden], the q/k head norms' [T, H, 256]), contiguous or a row view with
+    unit last-dim stride (e.g. the q half of q_proj's [T, H, 512] output); weight: [D]. Returns a contiguous y.
     """
     _check_rows_input("x", x)
     check_input("weight", weight, shape=(x.shape[-1],))
@@ -241,15 +252,16 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, 
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """residual_out = round(residual + x); y = rms_norm(residual_out as stored). Returns (y, residual_out).
 
-    x, residual: [..., D] contiguous, same shape and dtype; weight: [D].
+    x, residual: [..., D], same shape and dtype (row views allowed, as for rms_norm); weight: [D]. The outputs
+    are contiguous; out=(y, residual) updates the residual stream in place when it is contiguous.
     """
     _check_rows_input("x", x)
-    check_input("residual", residual, shape=tuple(x.shape))
+    _check_rows_input("residual", residual, tuple(x.shape))
     check_input("weight", weight, shape=(x.shape[-1],))
     check_same_dtype(x.dtype, residual=residual, weight=weight)
     eps, w_offset = _check_eps(eps), _check_unit_offset(unit_offset)
     if out is None:
-        y, residual_out = torch.empty_like(x), torch.empty_like(x)
+        y, residual_out = _new(x), _new(x)
     else:
         if not isinstance(out, (tuple, list)) or len(out) != 2:
             raise ValueError("out must be a pair (y, residual_out)")
@@ -263,9 +275,9 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, 
 def gated_rms_norm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *,
                    out: torch.Tensor | None = None) -> torch.Tensor:
     """DeltaNet output norm: rms_norm(x, weight, unit_offset=False) * silu(z) with HF's two intermediate
-    roundings. x, z: [..., dv] contiguous, same shape and dtype (e.g. [T, Hv, 128]); weight: [dv]."""
+    roundings. x, z: [..., dv], same shape and dtype (e.g. [T, Hv, 128]; row views allowed); weight: [dv]."""
     _check_rows_input("x", x)
-    check_input("z", z, shape=tuple(x.shape))
+    _check_rows_input("z", z, tuple(x.shape))
     check_input("weight", weight, shape=(x.shape[-1],))
     check_same_dtype(x.dtype, z=z, weight=weight)
     eps = _check_eps(eps)
@@ -276,7 +288,7 @@ def gated_rms_norm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: 
 
 
 def l2norm(x: torch.Tensor, eps: float = 1e-6, *, out: torch.Tensor | None = None) -> torch.Tensor:
-    """x * rsqrt(sum(x^2) + eps) over the last dim, fp32 statistics. x: [..., d] contiguous."""
+    """x * rsqrt(sum(x^2) + eps) over the last dim, fp32 statistics. x: [..., d] (row views allowed)."""
     _check_rows_input("x", x)
     eps = _check_eps(eps)
     y = _out1(out, x)

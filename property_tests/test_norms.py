@@ -150,3 +150,35 @@ def test_rms_graph_capture(op):
     from property_tests.harness import compare
 
     compare(spec, got, spec.reference(*args), f"{op} graph")
+
+
+@pytest.mark.parametrize("op", RMS_OPS)
+@given(t=st.integers(1, 40), heads=st.integers(1, 8), d=st.sampled_from((256, 128, 40, 7, 1)),
+       dtype=st.sampled_from(FLOAT_DTYPES), seed=st.integers(0, 2**31 - 1))
+def test_rms_on_row_views(op, t, heads, d, dtype, seed):
+    """The normalised inputs as row views without a copy: the q half of q_proj's [T, H, 2 d] output (row stride
+    2 d; odd d takes the scalar path), the other inputs likewise; outputs contiguous, equal to the reference on
+    contiguous copies."""
+    from property_tests.cases import act, gen
+    from property_tests.harness import compare
+
+    spec = REGISTRY[op]
+    case = _rms_case(op, (t, heads), d, dtype, seed=seed)
+    args = list(case.on("cuda"))
+    g = gen(seed)
+    views = []
+    for i, a in enumerate(args):
+        if isinstance(a, torch.Tensor) and a.dim() == 3:
+            big = act(g, (t, heads, 2 * d), dtype).cuda()
+            big[..., d:] = a
+            args[i] = big[..., d:]
+            views.append(i)
+    assert views and not args[0].is_contiguous()
+    want = spec.reference(*[a.contiguous() if isinstance(a, torch.Tensor) else a for a in args])
+    from property_tests.harness import call_poisoned
+
+    got = call_poisoned(spec, spec.kernels["nvrtc"], case, "cuda", tuple(args), {})
+    torch.cuda.synchronize()
+    for o in (got if isinstance(got, tuple) else (got,)):
+        assert o.is_contiguous()
+    compare(spec, got, want, f"{op} views {t}x{heads}x{d}", dtype)

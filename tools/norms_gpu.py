@@ -95,7 +95,8 @@ def main() -> int:
         return 2
     dtype = getattr(torch, a.dtype)
     copy = copy_bandwidth_TBps()
-    print(f"{card_name()}: copy {copy * 1e3:.0f} GB/s; {a.dtype}; 20 calls replayed from a CUDA graph, best of 2 passes")
+    print(f"{card_name()}: copy {copy * 1e3:.0f} GB/s; {a.dtype}; 20 calls replayed from a CUDA graph, "
+          "best of 2 passes")
     print(f"{'op':15s} {'case':22s} {'impl':6s} {'us':>8s} {'GB/s':>7s} {'%copy':>6s} {'x torch':>8s}  goal")
     records, misses = [], []
     for op in a.ops.split(","):

@@ -178,7 +178,9 @@ __device__ __forceinline__ float silu_f(float z) { return z / (1.f + expf(-z)); 
 
 // A 16-bit float's bits <-> fp32 (the low 16 bits of the unsigned).
 template <typename T> __device__ __forceinline__ float bits16_to_f(unsigned bits);
-template <> __device__ __forceinline__ float bits16_to_f<__nv_bfloat16>(unsigned bits) { return __uint_as_float(bits << 16); }
+template <> __device__ __forceinline__ float bits16_to_f<__nv_bfloat16>(unsigned bits) {
+    return __uint_as_float(bits << 16);
+}
 template <> __device__ __forceinline__ float bits16_to_f<__half>(unsigned bits) {
     return __half2float(__ushort_as_half((unsigned short)bits));
 }
@@ -186,7 +188,9 @@ template <typename T> __device__ __forceinline__ unsigned f_to_bits16(float f);
 template <> __device__ __forceinline__ unsigned f_to_bits16<__nv_bfloat16>(float f) {
     return __bfloat16_as_ushort(__float2bfloat16_rn(f));
 }
-template <> __device__ __forceinline__ unsigned f_to_bits16<__half>(float f) { return __half_as_ushort(__float2half_rn(f)); }
+template <> __device__ __forceinline__ unsigned f_to_bits16<__half>(float f) {
+    return __half_as_ushort(__float2half_rn(f));
+}
 
 // VEC elements of T kept packed in 32-bit words (a bf16/fp16 pair per register, not one element per register as
 // an array of T tends to become): the register kernel holds whole rows this way, at the size they have in DRAM.
@@ -238,23 +242,24 @@ struct Packed {
 // for the fast paths) packed in registers (with z for GATED_RMS): every input is read from DRAM once, all row
 // loads are issued before the one reduction, and the output is written once. The weight vectors are read after
 // the reduction (from L1/L2: every row reads them), which keeps registers for the row. cols % VEC == 0, every
-// pointer VEC-aligned, cols <= NPT * VEC * blockDim.x. No thread leaves before the reduction.
+// pointer VEC-aligned, cols, sx, so multiples of VEC, cols <= NPT * VEC * blockDim.x. No thread leaves before the
+// reduction.
 template <typename T, int VEC, int NPT, int MODE>
 __global__ void __launch_bounds__(1024) rms_norm_kernel(
     const T* __restrict__ x, const T* __restrict__ other /* residual (ADD_RMS) or z (GATED_RMS) */,
-    const T* __restrict__ w, T* __restrict__ y, T* __restrict__ residual_out, int rows, int cols, float eps,
-    float w_offset) {
+    const T* __restrict__ w, T* __restrict__ y, T* __restrict__ residual_out, int rows, int cols, long long sx,
+    long long so, float eps, float w_offset) {
     __shared__ float red[32];
     const int row = blockIdx.x * blockDim.y + threadIdx.y;
     const bool live = row < rows;
-    const size_t off = (size_t)row * cols;
+    const size_t off = (size_t)row * cols;  // the outputs are contiguous; x and other have row strides sx, so
     Packed<T, VEC> xv[NPT], ov[NPT];
 #pragma unroll
     for (int i = 0; i < NPT; ++i) {
         const int c = (threadIdx.x + blockDim.x * i) * VEC;
         if (live && c < cols) {
-            xv[i].load(x + off + c);
-            if (MODE == ADD_RMS || MODE == GATED_RMS) ov[i].load(other + off + c);
+            xv[i].load(x + row * sx + c);
+            if (MODE == ADD_RMS || MODE == GATED_RMS) ov[i].load(other + row * so + c);
         }
     }
     float s = 0.f;
@@ -304,15 +309,17 @@ __global__ void __launch_bounds__(1024) rms_norm_kernel(
 template <typename T, int MODE>
 __global__ void __launch_bounds__(1024) rms_norm_loop_kernel(
     const T* __restrict__ x, const T* __restrict__ other, const T* __restrict__ w, T* __restrict__ y,
-    T* __restrict__ residual_out, int rows, int cols, float eps, float w_offset) {
+    T* __restrict__ residual_out, int rows, int cols, long long sx, long long so, float eps, float w_offset) {
     __shared__ float red[32];
     const size_t off = (size_t)blockIdx.x * cols;
-    const T* src = MODE == ADD_RMS ? residual_out + off : x + off;  // the values the norm reads, as stored
+    x += blockIdx.x * sx;
+    other += blockIdx.x * so;
+    const T* src = MODE == ADD_RMS ? residual_out + off : x;  // the values the norm reads, as stored
     float s = 0.f;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-        float v = to_f(x[off + c]);
+        float v = to_f(x[c]);
         if (MODE == ADD_RMS) {
-            v = round_to<T>(to_f(other[off + c]) + v);
+            v = round_to<T>(to_f(other[c]) + v);
             residual_out[off + c] = from_f<T>(v);  // re-read below by this same thread
         }
         s += v * v;
@@ -325,7 +332,7 @@ __global__ void __launch_bounds__(1024) rms_norm_loop_kernel(
         if (MODE == RMS || MODE == ADD_RMS) {
             o = f * rstd * (w_offset + to_f(w[c]));
         } else if (MODE == GATED_RMS) {
-            o = round_to<T>(to_f(w[c]) * round_to<T>(f * rstd)) * silu_f(to_f(other[off + c]));
+            o = round_to<T>(to_f(w[c]) * round_to<T>(f * rstd)) * silu_f(to_f(other[c]));
         } else {
             o = f * rstd;
         }

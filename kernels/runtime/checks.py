@@ -81,3 +81,21 @@ def check_aligned16(**tensors) -> None:
     for name, t in tensors.items():
         if t is not None and t.data_ptr() % 16:
             raise ValueError(f"{name} must be 16-byte aligned (got a view at storage offset {t.storage_offset()})")
+
+
+def check_rows(name: str, t: torch.Tensor) -> tuple[int, int, int]:
+    """(rows, cols, row stride) of t read as a [rows, cols] matrix with unit column stride, without a copy: a
+    contiguous tensor, or a view such as a half of a fused GEMM output or every other 256-block of q_proj's
+    output. ValueError unless t's last dim has stride 1 and its leading dims collapse to one row stride."""
+    cols = t.shape[-1] if t.dim() else 1
+    if t.numel() == 0:
+        return 0, cols, cols
+    if cols > 1 and t.stride(-1) != 1:
+        raise ValueError(f"{name} must have a last-dim stride of 1, got strides {t.stride()} for shape "
+                         f"{tuple(t.shape)}; pass {name}.contiguous()")
+    try:
+        m = t.view(-1, cols)
+    except RuntimeError:
+        raise ValueError(f"{name}'s leading dims must collapse to one row stride, got strides {t.stride()} for "
+                         f"shape {tuple(t.shape)}; pass {name}.contiguous()") from None
+    return m.shape[0], cols, (m.stride(0) if m.shape[0] > 1 else cols)
