@@ -24,6 +24,7 @@ import math
 import torch
 
 from reference._checks import check_cu_seqlens, check_divides, check_tensor
+from reference.deltanet import split_out_pair
 
 from .runtime import nvrtc
 from .runtime.checks import check_cuda, check_input
@@ -40,7 +41,7 @@ STATE_BV = (16, 32, 64)   # dv columns per state-pass CTA
 REC_BV = (16, 32)         # dv columns per recurrent CTA
 # Relative cost of one chunk step of the state pass by BV (per CTA; one CTA per SM at every BV): the pick
 # minimises waves x cost. Rough figures until measured.
-STATE_STEP_COST = {16: 1.0, 32: 1.4, 64: 2.2}
+STATE_STEP_COST = {16: 1.0, 32: 1.25, 64: 1.7}
 RECURRENT_MAX_SEQLEN = 8  # with a max_seqlen hint at or below this, the recurrent kernel runs
 
 
@@ -103,16 +104,16 @@ def pick_recurrent_bv(n: int, Hv: int, sms: int) -> int:
 _SMEM_SET: set = set()
 
 
-def _launch(device: int, expr: str, grid, smem: int, *args) -> None:
+def _launch(device: int, expr: str, grid, smem: int, *args, threads: int = 128) -> None:
     k = SOURCE.kernel(expr, device)
     if smem > 48 * 1024 and (device, expr) not in _SMEM_SET:
         nvrtc.set_max_dynamic_shared_memory(k, smem)
         _SMEM_SET.add((device, expr))
     if device != torch.cuda.current_device():
         with torch.cuda.device(device):
-            nvrtc.launch(k, grid, (128, 1, 1), smem, *args)
+            nvrtc.launch(k, grid, (threads, 1, 1), smem, *args)
     else:
-        nvrtc.launch(k, grid, (128, 1, 1), smem, *args)
+        nvrtc.launch(k, grid, (threads, 1, 1), smem, *args)
 
 
 def _check_rows(name: str, t: torch.Tensor) -> None:
@@ -145,11 +146,15 @@ def _validate(q, k, v, g, beta, cu_seqlens, initial_state, scale, use_qk_l2norm,
     if cu_seqlens.numel() < 2:
         raise ValueError(f"cu_seqlens must have at least 2 entries (one segment), got {cu_seqlens.numel()}")
     n = cu_seqlens.numel() - 1
+    out, final_state = split_out_pair(out, final_state)
     for name, t in (("initial_state", initial_state), ("final_state", final_state)):
         if t is not None:
             check_input(name, t, shape=(n, Hv, D, D), dtypes=(torch.float32,))
     if out is not None:
         check_input("out", out, shape=(T, Hv, D), dtypes=(v.dtype,))
+    for name, t in (("initial_state", initial_state), ("final_state", final_state), ("out", out)):
+        if t is not None and t.data_ptr() % 16:
+            raise ValueError(f"{name} must be 16-byte aligned (got a view at storage offset {t.storage_offset()})")
     if scale is None:
         scale = dk ** -0.5
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
@@ -159,15 +164,15 @@ def _validate(q, k, v, g, beta, cu_seqlens, initial_state, scale, use_qk_l2norm,
     if max_seqlen is not None and (isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int)
                                    or max_seqlen < 0):
         raise ValueError(f"max_seqlen must be a non-negative int or None, got {max_seqlen!r}")
-    device = check_cuda(q=q, k=k, v=v, g=g, beta=beta, cu_seqlens=cu_seqlens, initial_state=initial_state,
-                        out=out, final_state=final_state)
     if validate:  # reads cu_seqlens on the host: pass validate=False inside a CUDA graph
         check_cu_seqlens(cu_seqlens, T)
         if max_seqlen is not None:
             longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
             if max_seqlen < longest:
                 raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence ({longest} tokens)")
-    return n, Hk, Hv, float(scale), device
+    device = check_cuda(q=q, k=k, v=v, g=g, beta=beta, cu_seqlens=cu_seqlens, initial_state=initial_state,
+                        out=out, final_state=final_state)
+    return n, Hk, Hv, float(scale), device, out, final_state
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
@@ -180,8 +185,9 @@ def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
                      final_state: torch.Tensor | None = None, max_seqlen: int | None = None,
                      validate: bool = True):
     """reference.gated_delta_rule on the GPU: returns (o [T, Hv, 128] in v.dtype, final_state [n, Hv, 128, 128]
-    fp32). See the module docstring for the layouts and the two paths."""
-    n, Hk, Hv, scale, device = _validate(q, k, v, g, beta, cu_seqlens, initial_state, scale, use_qk_l2norm, out,
+    fp32). out= is the pair (o, final_state) (either None); final_state= alone may be initial_state (in place).
+    See the module docstring for the layouts and the two paths."""
+    n, Hk, Hv, scale, device, out, final_state = _validate(q, k, v, g, beta, cu_seqlens, initial_state, scale, use_qk_l2norm, out,
                                          final_state, max_seqlen, validate)
     T = q.shape[0]
     if out is None:
@@ -219,6 +225,5 @@ def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
     _launch(device, _state_expr(q.dtype, bv), (D // bv, Hv, n), state_smem_bytes(bv),
             q.data_ptr(), k.data_ptr(), i64(q.stride(0)), i64(k.stride(0)), i32(Hk), i32(Hv),
             w.data_ptr(), u.data_ptr(), aqk.data_ptr(), gc.data_ptr(), rq.data_ptr(), rk.data_ptr(), cu.data_ptr(),
-            h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)))
+            h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)), threads=256)
     return out, final_state
-

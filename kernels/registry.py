@@ -36,6 +36,8 @@ Fields of an `OpSpec` (all but `name` and `reference` optional):
                                                             (benchmarks: 4096+; property tests: a few hundred)
                       x_bad(device) -> list[Bad]            bad inputs and the error each must raise
                       x_peers(args) -> {name: fn()}         peer implementations for benchmarks (torch eager, SDPA)
+  inplace           positions of the arguments the op writes into (kv_cache_append's caches): the tests give the
+                    reference its own copies and compare those arguments after the call, like outputs
 
 A `Case` is one call: positional `args` (+ `kwargs`), the shapes of its `out=` tensors, a label.
 
@@ -58,7 +60,9 @@ import torch
 
 import reference as R
 
-from . import activations, conv1d, gemm, glue, norms, pos_embed, rope, vision
+from . import activations, conv1d, deltanet, gemm, glue, norms, pos_embed, rope, vision
+from . import moe as moe_kernels  # kernels.moe (own line: the family list above is shared)
+from . import decode_attention as decode_kernels  # kernels.decode_attention (own line, as above)
 from .attention import SUPPORTED_HEAD_DIMS as _ATTN_HEAD_DIMS
 from .attention import attention as attention_nvrtc  # kernels.attention is also the function's name
 from .numba import activations as numba_activations, norms as numba_norms
@@ -174,6 +178,7 @@ class OpSpec:
     split: Split | None = None
     covers: Callable | None = None
     cases: str | None = None
+    inplace: tuple[int, ...] = ()
 
     @property
     def kernel(self) -> Callable | None:
@@ -198,13 +203,14 @@ class OpSpec:
     def flops_of(self, case: Case) -> float:
         return float(self.flops(case)) if self.flops else 0.0
 
-    def coverage(self, config, dtype: torch.dtype) -> str | None:
-        """None if the default kernel runs this checkpoint (model.config.ModelConfig) in `dtype`, else why not."""
+    def coverage(self, config, dtype: torch.dtype | None = None) -> str | None:
+        """None if the default kernel runs this checkpoint (model.config.ModelConfig) in `dtype` (None: any), else
+        a one-line reason why not."""
         if self.kernel is None:
             return "no kernel yet"
         if self.covers is not None:
             return self.covers(config, dtype)
-        if self.dtypes and self.dtypes != (torch.float32,) and dtype not in self.dtypes:
+        if dtype is not None and self.dtypes and self.dtypes != (torch.float32,) and dtype not in self.dtypes:
             return f"the kernel takes {', '.join(str(d) for d in self.dtypes)}, not {dtype}"
         return None
 
@@ -221,12 +227,44 @@ def _spec(name: str, dtypes=FLOAT_DTYPES, tol=None, exact=False, cases=None, **k
 _INDEX = {"dtypes": (), "exact": True}  # integer/index ops
 
 
+# moe: the routing weights are fp32 whatever the logits' dtype; the grouped-GEMM path (bf16) rounds gate/up, the
+# SwiGLU and each expert's down output to bf16 as HF's block does (an emulation on the CPU gives rel L2 ~4.2e-3
+# against the fp32 reference), the other paths keep them in fp32 and round once.
+_MOE_MLP_TOL = {torch.float32: Tol(2e-5, 2e-5), torch.float16: Tol(2e-3, 4e-3), torch.bfloat16: Tol(1e-2, 2e-2)}
+
+
+def _moe_mlp_flops(case) -> float:
+    """2 T k (2 I H + H I): gate/up and down of every routed slot."""
+    x, gate_up, _, weights, _ = case.args[:5]
+    return 2.0 * weights.numel() * 3 * (gate_up.shape[1] // 2) * x.shape[1]
+
+
+def _moe_mlp_bytes(case) -> int:
+    """The touched-weight floor: the routed (distinct) experts' gate/up and down rows, x, out, weights, experts."""
+    x, gate_up, down, weights, experts = case.args[:5]
+    n = int(torch.unique(experts).numel())
+    per_expert = (gate_up[0].numel() + down[0].numel()) * gate_up.element_size()
+    return n * per_expert + 2 * x.numel() * x.element_size() + weights.numel() * 4 + experts.numel() * 8
+
+# gated delta rule: 16-bit tensor-core operands (W, U, the state as an mma operand) carry one rounding each per
+# 64-token chunk; measured on an H200 (tools/deltanet_gpu.py --check): rel L2 ~3e-3 (bf16), ~4e-4 (fp16).
+_GDR_TOL = {torch.float32: Tol(2e-5, 5e-5), torch.float16: Tol(3e-3, 1e-2), torch.bfloat16: Tol(1.5e-2, 5e-2)}
+
+
+def _gdr_flops(case) -> float:
+    """Matrix FLOPs of the chunked form (64-token chunks, d = 128) per value head and chunk: K K^T, Q K^T, W, U
+    (4 x 2*64*64*128), W S, Q S, K^T Vn (3 x 2*64*128*128), Aqk Vn (2*64*64*128)."""
+    q, v, cu = case.args[0], case.args[2], case.args[5]
+    chunks = int(((cu[1:] - cu[:-1] + 63) // 64).sum())
+    c, d = 64, q.shape[2]
+    return float(chunks * v.shape[1] * (5 * 2 * c * c * d + 3 * 2 * c * d * d))
+
+
 def _attention_covers(config, dtype) -> str | None:
     """Both towers' head dims must be kernel instantiations (the same set for the fp32 SIMT kernel)."""
-    for where, d in (("vision", config.vision.head_dim), ("language model", config.text.head_dim)):
-        if d not in _ATTN_HEAD_DIMS:
-            return f"{where} head_dim {d} is not one of the kernel's {_ATTN_HEAD_DIMS}"
-    return None
+    bad = [f"{where} head_dim {d}" for where, d in (("vision", config.vision.head_dim),
+                                                     ("language model", config.text.head_dim)) if d not in _ATTN_HEAD_DIMS]
+    return f"{' and '.join(bad)} not among the kernel's {_ATTN_HEAD_DIMS}" if bad else None
 
 
 def _qkv_rope_covers(config, dtype) -> str | None:
@@ -251,6 +289,23 @@ def _qk_norm_rope_bytes(case: Case) -> int:
     es = qg.element_size()
     nb = (qg.numel() // 2 + k.numel()) * es * 2 + (wq.numel() + wk.numel()) * es + (cos.numel() + sin.numel()) * 4
     return nb + (3 * case.kwargs["v"].numel() * es if case.kwargs.get("v") is not None else 0)
+
+
+def _decode_covers(config, dtype) -> str | None:  # decode_attention (H5)
+    d = config.text.head_dim
+    return None if d in decode_kernels.HEAD_DIMS else f"text head_dim {d} is not one of {decode_kernels.HEAD_DIMS}"
+
+
+def _decode_attention_bytes(case: Case) -> int:
+    """K and V of the slots the rows use (q and the output are a rounding error beside them)."""
+    kc, lengths = case.args[1], case.args[3]
+    return int(lengths.clamp(0, kc.shape[1]).sum()) * kc.shape[2] * kc.shape[3] * kc.element_size() * 2
+
+
+def _kv_cache_append_bytes(case: Case) -> int:
+    """The new k and v read once and written once into the caches."""
+    k, v = case.args[:2]
+    return 2 * (k.numel() + v.numel()) * k.element_size()
 
 
 def _attention_flops(case: Case) -> float:
@@ -291,11 +346,18 @@ REGISTRY: dict[str, OpSpec] = {s.name: s for s in (
     _spec("causal_conv1d", nvrtc=conv1d.causal_conv1d, covers=_conv1d_covers,
           split=Split(tokens=(0,), cu_seqlens=2, state=3)),
     _spec("l2norm", nvrtc=norms.l2norm),
-    _spec("gated_delta_rule", split=Split(tokens=(0, 1, 2, 3, 4), cu_seqlens=5, state=6)),
+    _spec("gated_delta_rule", nvrtc=deltanet.gated_delta_rule, split=Split(tokens=(0, 1, 2, 3, 4), cu_seqlens=5, state=6),
+          tol=_GDR_TOL, flops=_gdr_flops),
     _spec("gated_rms_norm", nvrtc=norms.gated_rms_norm),
-    _spec("decode_attention"),
-    _spec("moe_topk"),
-    _spec("moe_mlp"),
+    # P is rounded to the cache dtype before the PV product, as in the prefill kernel: the same tolerances
+    _spec("decode_attention", dtypes=(torch.bfloat16, torch.float16), nvrtc=decode_kernels.decode_attention,
+          tol={torch.bfloat16: Tol(1e-2, 4e-2), torch.float16: Tol(2e-3, 6e-3)}, covers=_decode_covers,
+          min_bytes=_decode_attention_bytes),
+    _spec("kv_cache_append", exact=True, nvrtc=decode_kernels.kv_cache_append, inplace=(2, 3), poison="alloc",
+          min_bytes=_kv_cache_append_bytes),  # a copy into the caches (no out=): bit-exact
+    _spec("moe_topk", nvrtc=moe_kernels.moe_topk),
+    _spec("moe_mlp", nvrtc=moe_kernels.moe_mlp, tol=_MOE_MLP_TOL, flops=_moe_mlp_flops,
+          min_bytes=_moe_mlp_bytes),
 )}
 
 

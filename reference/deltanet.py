@@ -56,8 +56,10 @@ def _check_gdr(q, k, v, g, beta, cu_seqlens, initial_state):
 
 
 def _check_outs(q, v, cu_seqlens, n, Hv, dk, dv, out, final_state, max_seqlen):
-    """The optional out= / final_state= tensors and the max_seqlen hint (shared by both forms)."""
+    """The optional out= pair / final_state= tensor and the max_seqlen hint (shared by both forms); returns the
+    tensors for o and the final state (None where not given)."""
     acc = _compute_dtype(q)
+    out, final_state = split_out_pair(out, final_state)
     if out is not None:
         check_tensor("out", out, shape=tuple(v.shape), dtypes=(v.dtype,))
     if final_state is not None:
@@ -69,6 +71,20 @@ def _check_outs(q, v, cu_seqlens, n, Hv, dk, dv, out, final_state, max_seqlen):
         longest = max((b - a for a, b in _segments(cu_seqlens)), default=0)
         if max_seqlen < longest:
             raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence ({longest} tokens)")
+    return out, final_state
+
+
+def split_out_pair(out, final_state):
+    """out= is the pair (o, final_state) (either None), as for every op with several outputs; final_state= alone
+    names the state's tensor (e.g. initial_state itself, in place), which is then given once."""
+    if out is None:
+        return None, final_state
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        got = f"{len(out)} items" if isinstance(out, (tuple, list)) else type(out).__name__
+        raise ValueError(f"out must be the pair (o, final_state) (either may be None), got {got}")
+    if out[1] is not None and final_state is not None:
+        raise ValueError("give the final state's tensor once: out=(o, final_state) or final_state=, not both")
+    return out[0], (out[1] if out[1] is not None else final_state)
 
 
 def _finish(o, final, v, out, final_state):
@@ -116,14 +132,15 @@ def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
         S   = S + k_t (x) beta_t (v_t - u)       delta-rule write                             [dk, dv]
         o_t = S^T q_t                                                                         [dv]
     Returns (o [T, Hv, dv] in v.dtype, final_state [n, Hv, dk, dv] in the compute dtype).
-    out: optional [T, Hv, dv] tensor of v's dtype that receives o; final_state: optional [n, Hv, dk, dv] tensor of
-    the compute dtype that receives the final state, and may be initial_state itself (the in-place decode step);
-    both are returned as given. max_seqlen: optional hint, the longest sequence's length (kernels pick their
-    path by it instead of reading cu_seqlens); checked here. validate: a kernel hint (False: skip the host check
+    out: optional pair (o's [T, Hv, dv] tensor of v's dtype, final state's [n, Hv, dk, dv] tensor of the compute
+    dtype), either None, that receive the results; final_state: the final state's tensor alone, which may be
+    initial_state itself (the in-place decode step). Tensors given are returned.
+    max_seqlen: optional hint, the longest sequence's length (kernels pick their path by it instead of reading
+    cu_seqlens); checked here. validate: a kernel hint (False: skip the host check
     of cu_seqlens, which reads the device); the reference reads cu_seqlens anyway, so it always checks.
     """
     n, Hk, Hv, dk, dv = _check_gdr(q, k, v, g, beta, cu_seqlens, initial_state)
-    _check_outs(q, v, cu_seqlens, n, Hv, dk, dv, out, final_state, max_seqlen)
+    out, final_state = _check_outs(q, v, cu_seqlens, n, Hv, dk, dv, out, final_state, max_seqlen)
     qf, kf, vf, gf, bf, acc = _prepare_gdr(q, k, v, g, beta, scale, use_qk_l2norm)
     o = torch.empty(v.shape, dtype=acc, device=v.device)
     final = torch.empty(n, Hv, dk, dv, dtype=acc, device=v.device)
@@ -162,7 +179,7 @@ def chunked_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     n, Hk, Hv, dk, dv = _check_gdr(q, k, v, g, beta, cu_seqlens, initial_state)
-    _check_outs(q, v, cu_seqlens, n, Hv, dk, dv, out, final_state, max_seqlen)
+    out, final_state = _check_outs(q, v, cu_seqlens, n, Hv, dk, dv, out, final_state, max_seqlen)
     qf, kf, vf, gf, bf, acc = _prepare_gdr(q, k, v, g, beta, scale, use_qk_l2norm)
     # head-major views [Hv, T, ...] so that every chunk is a batch of per-head matrices
     qh, kh, vh = qf.transpose(0, 1), kf.transpose(0, 1), vf.transpose(0, 1)

@@ -30,26 +30,26 @@ TOL = {torch.bfloat16: 2e-2, torch.float16: 5e-3, torch.float32: 1e-4}  # rel L2
 
 
 def make_inputs(lens, Hk, Hv, dtype, init=True, seed=0, device="cuda", strided=False):
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    dev = dict(generator=gen, device=device)
     T = sum(lens)
     n = len(lens)
     if strided:  # q, k, v as column slices of one [T, C] tensor (the conv output of the model)
         C = 2 * Hk * 128 + Hv * 128
-        mixed = torch.randn(T, C, generator=gen).to(dtype).to(device)
+        mixed = torch.randn(T, C, **dev).to(dtype)
         q = mixed[:, : Hk * 128].view(T, Hk, 128)
         k = mixed[:, Hk * 128: 2 * Hk * 128].view(T, Hk, 128)
         v = mixed[:, 2 * Hk * 128:].view(T, Hv, 128)
     else:
-        q = torch.randn(T, Hk, 128, generator=gen).to(dtype).to(device)
-        k = torch.randn(T, Hk, 128, generator=gen).to(dtype).to(device)
-        v = torch.randn(T, Hv, 128, generator=gen).to(dtype).to(device)
-    a = torch.randn(T, Hv, generator=gen)
-    A_log = torch.log(torch.empty(Hv).uniform_(1, 16, generator=gen))
-    dt_bias = torch.randn(Hv, generator=gen) * 0.5
-    g, beta = R.gdn_gates(a, torch.randn(T, Hv, generator=gen), A_log, dt_bias)
-    g, beta = g.to(device), beta.to(device)
+        q = torch.randn(T, Hk, 128, **dev).to(dtype)
+        k = torch.randn(T, Hk, 128, **dev).to(dtype)
+        v = torch.randn(T, Hv, 128, **dev).to(dtype)
+    a = torch.randn(T, Hv, **dev)
+    A_log = torch.log(torch.empty(Hv, device=device).uniform_(1, 16, generator=gen))
+    dt_bias = torch.randn(Hv, **dev) * 0.5
+    g, beta = R.gdn_gates(a, torch.randn(T, Hv, **dev), A_log, dt_bias)
     cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0).tolist()), dtype=torch.int32, device=device)
-    h0 = (torch.randn(n, Hv, 128, 128, generator=gen) * 0.1).to(device) if init else None
+    h0 = torch.randn(n, Hv, 128, 128, **dev) * 0.1 if init else None
     return q, k, v, g, beta, cu, h0
 
 
@@ -85,7 +85,7 @@ def check(args) -> int:
             q, k, v, g, beta, cu, h0 = make_inputs(lens, Hk, Hv, dt, init=init, strided=strided)
             out = torch.full((sum(lens), Hv, 128), float("nan"), dtype=dt, device="cuda")
             fin = torch.full((len(lens), Hv, 128, 128), float("nan"), device="cuda")
-            o, s = K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, out=out, final_state=fin,
+            o, s = K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, out=(out, fin),
                                       max_seqlen=ms)
             ro, rs = reference64(q, k, v, g, beta, cu, h0, chunked=sum(lens) > 1500)
             eo, es = rel(o, ro), rel(s, rs)
@@ -186,11 +186,12 @@ def flops_prefill(T, Hv, nchunks):
 def bench(args) -> int:
     from benchmarks.common import copy_bandwidth_TBps, graph_ms, queued_ms, write_results
 
-    try:
-        from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
-    except Exception as e:  # noqa: BLE001
-        print("FLA not importable:", e)
-        chunk_gated_delta_rule = fused_recurrent_gated_delta_rule = None
+    chunk_gated_delta_rule = fused_recurrent_gated_delta_rule = None
+    if not args.no_fla:
+        try:
+            from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+        except Exception as e:  # noqa: BLE001
+            print("FLA not importable:", e)
     copy = copy_bandwidth_TBps()
     print(f"copy {copy:.2f} TB/s")
     records = []
@@ -280,6 +281,7 @@ def main() -> int:
     ap.add_argument("--sanitize", action="store_true")
     ap.add_argument("--bench", action="store_true")
     ap.add_argument("--quick", action="store_true", help="bench fewer shapes")
+    ap.add_argument("--no-fla", action="store_true", help="time only our kernels")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args()
     rc = 0

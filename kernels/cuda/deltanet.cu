@@ -40,10 +40,10 @@ constexpr float L2_EPS = 1e-6f;
 
 // Copy rows [0, L) of a [*, 128] 16-bit matrix (row r at src + r * stride) into shared memory, zero-filling
 // rows L .. 63 (never read from global memory).
-template <typename T>
+template <typename T, int NT = 128>
 __device__ __forceinline__ void load_rows128(T* s, const T* src, long long stride, int L, int tid) {
 #pragma unroll
-    for (int i = tid; i < BT * (D / 8); i += 128) {
+    for (int i = tid; i < BT * (D / 8); i += NT) {
         const int r = i >> 4, c = (i & 15) * 8;
         const bool ok = r < L;
         cp_async16(smem_u32(s + r * SD + c), src + (ok ? (long long)r * stride : 0) + c, ok);
@@ -316,14 +316,17 @@ struct StateLayout {
     static constexpr int BYTES = 2 * STAGE_BYTES + (D * SU + 2 * BT * SU) * 2;
 };
 
+// 8 warps. Warp w owns rows 16w .. 16w+15 of S (dk) for the state update; in each chunk warps 0-3 compute
+// Vn = U - W S for token rows 16w .. (and publish Vn), warps 4-7 compute Q S for token rows 16(w-4) .. and then
+// the outputs (adding Aqk Vn). Three barriers per chunk.
 template <typename T, int BV>
-__global__ void __launch_bounds__(128) gdn_chunk_state(
+__global__ void __launch_bounds__(256) gdn_chunk_state(
     const T* __restrict__ q, const T* __restrict__ k, long long sq, long long sk, int Hk, int Hv,
     const T* __restrict__ w, const T* __restrict__ u, const T* __restrict__ aqk, const float* __restrict__ gc,
     const float* __restrict__ rq, const float* __restrict__ rk, const int* __restrict__ cu,
     const float* h0, float* hT, T* __restrict__ o, long long so) {
     using Lay = StateLayout<BV>;
-    constexpr int SU = Lay::SU, NB = BV / 8;
+    constexpr int SU = Lay::SU, NB = BV / 8, NT = 256;
     extern __shared__ __align__(16) unsigned char smem[];
     T* sS = reinterpret_cast<T*>(smem + 2 * Lay::STAGE_BYTES);
     T* sVn = sS + D * SU;
@@ -345,16 +348,16 @@ __global__ void __launch_bounds__(128) gdn_chunk_state(
         float* sG = reinterpret_cast<float*>(sAq + BT * SC);
         const int t0 = bos + c * BT, L = min(BT, eos - t0);
         const long long hv = (long long)Hv * D;
-        load_rows128(sW, w + (long long)t0 * hv + h * D, hv, L, tid);
-        load_rows128(sQ, q + (long long)t0 * sq + kh * D, sq, L, tid);
-        load_rows128(sK, k + (long long)t0 * sk + kh * D, sk, L, tid);
+        load_rows128<T, NT>(sW, w + (long long)t0 * hv + h * D, hv, L, tid);
+        load_rows128<T, NT>(sQ, q + (long long)t0 * sq + kh * D, sq, L, tid);
+        load_rows128<T, NT>(sK, k + (long long)t0 * sk + kh * D, sk, L, tid);
         constexpr int UCH = BV / 8;  // 16-byte chunks of a U row
-        for (int i = tid; i < BT * UCH; i += 128) {
+        for (int i = tid; i < BT * UCH; i += NT) {
             const int r = i / UCH, cc = (i % UCH) * 8;
             const bool ok = r < L;
             cp_async16(smem_u32(sU + r * SU + cc), u + ((long long)(t0 + (ok ? r : 0)) * Hv + h) * D + vb + cc, ok);
         }
-        for (int i = tid; i < BT * 8; i += 128) {
+        for (int i = tid; i < BT * 8; i += NT) {
             const int r = i >> 3, cc = (i & 7) * 8;
             const bool ok = r < L;
             cp_async16(smem_u32(sAq + r * SC + cc), aqk + ((long long)(t0 + (ok ? r : 0)) * Hv + h) * BT + cc, ok);
@@ -368,22 +371,22 @@ __global__ void __launch_bounds__(128) gdn_chunk_state(
         }
     };
 
-    // S rows w*32 + mt*16 + (gq, gq + 8), columns vb + nb*8 + 2 t4 (+1): the C fragments of K^T Vn
-    float S[2][NB][4];
+    // S rows 16 warp + (gq, gq + 8), columns vb + nb*8 + 2 t4 (+1): the C fragments of K^T Vn
+    float S[NB][4];
     const long long sbase = ((long long)s * Hv + h) * D * D + vb;
+    const int srow = warp * 16 + gq;
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+    for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-        for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-            for (int e = 0; e < 4; e += 2) {
-                const int r = warp * 32 + mt * 16 + gq + (e ? 8 : 0);
-                float2 x = make_float2(0.f, 0.f);
-                if (h0) x = *reinterpret_cast<const float2*>(h0 + sbase + (long long)r * D + nb * 8 + 2 * t4);
-                S[mt][nb][e] = x.x;
-                S[mt][nb][e + 1] = x.y;
-            }
+        for (int e = 0; e < 4; e += 2) {
+            float2 x = make_float2(0.f, 0.f);
+            if (h0) x = *reinterpret_cast<const float2*>(h0 + sbase + (long long)(srow + (e ? 8 : 0)) * D + nb * 8 + 2 * t4);
+            S[nb][e] = x.x;
+            S[nb][e + 1] = x.y;
+        }
 
+    const bool vwarp = warp < 4;            // Vn warps (0-3) or output warps (4-7)
+    const int m0 = (warp & 3) * 16;         // their token rows
     if (nchunks > 0) issue(0);
     cp_async_commit();
     for (int c = 0; c < nchunks; ++c) {
@@ -392,14 +395,10 @@ __global__ void __launch_bounds__(128) gdn_chunk_state(
         cp_async_wait<1>();
         // S (rounded to T) into shared memory as the B operand [dk][dv]
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
+        for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-            for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-                for (int e = 0; e < 4; e += 2) {
-                    const int r = warp * 32 + mt * 16 + gq + (e ? 8 : 0);
-                    store2(sS + r * SU + nb * 8 + 2 * t4, S[mt][nb][e], S[mt][nb][e + 1]);
-                }
+            for (int e = 0; e < 4; e += 2)
+                store2(sS + (srow + (e ? 8 : 0)) * SU + nb * 8 + 2 * t4, S[nb][e], S[nb][e + 1]);
         __syncthreads();
         unsigned char* base = stage_ptr(c & 1);
         const T* sW = reinterpret_cast<const T*>(base);
@@ -410,31 +409,32 @@ __global__ void __launch_bounds__(128) gdn_chunk_state(
         const float* sG = reinterpret_cast<const float*>(sAq + BT * SC);
         const int t0 = bos + c * BT, L = min(BT, eos - t0);
         const float gl = sG[BT - 1];  // rows past the end repeat the last G
-        const int m0 = warp * 16;
-        float vn[NB][4], o1[NB][4];
+        float acc[NB][4];
 #pragma unroll
         for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) vn[nb][e] = o1[nb][e] = 0.f;
-        mma_ab<T, 8, NB, SD, SU>(vn, sW + m0 * SD, sS, lane);
-        mma_ab<T, 8, NB, SD, SU>(o1, sQ + m0 * SD, sS, lane);
-        // Vn = U - W S; the scaled copy exp(G_L - G_i) rk_i Vn feeds the state update
+            for (int e = 0; e < 4; ++e) acc[nb][e] = 0.f;
+        if (vwarp) {
+            // Vn = U - W S; the scaled copy exp(G_L - G_i) rk_i Vn feeds the state update
+            mma_ab<T, 8, NB, SD, SU>(acc, sW + m0 * SD, sS, lane);
 #pragma unroll
-        for (int e = 0; e < 4; e += 2) {
-            const int i = m0 + gq + (e ? 8 : 0);
-            const float f = __expf(gl - sG[i]) * sG[2 * BT + i];
+            for (int e = 0; e < 4; e += 2) {
+                const int i = m0 + gq + (e ? 8 : 0);
+                const float f = __expf(gl - sG[i]) * sG[2 * BT + i];
 #pragma unroll
-            for (int nb = 0; nb < NB; ++nb) {
-                const int cc = nb * 8 + 2 * t4;
-                const float x0 = to_f(sU[i * SU + cc]) - vn[nb][e];
-                const float x1 = to_f(sU[i * SU + cc + 1]) - vn[nb][e + 1];
-                store2(sVn + i * SU + cc, x0, x1);
-                store2(sVs + i * SU + cc, x0 * f, x1 * f);
+                for (int nb = 0; nb < NB; ++nb) {
+                    const int cc = nb * 8 + 2 * t4;
+                    const float x0 = to_f(sU[i * SU + cc]) - acc[nb][e];
+                    const float x1 = to_f(sU[i * SU + cc + 1]) - acc[nb][e + 1];
+                    store2(sVn + i * SU + cc, x0, x1);
+                    store2(sVs + i * SU + cc, x0 * f, x1 * f);
+                }
             }
+        } else {
+            mma_ab<T, 8, NB, SD, SU>(acc, sQ + m0 * SD, sS, lane);  // Q S, kept for the outputs
         }
         __syncthreads();
-        // O = diag(exp(G) rq) Q S + Aqk Vn
-        {
+        if (!vwarp) {  // O = diag(exp(G) rq) Q S + Aqk Vn
             float o2[NB][4];
 #pragma unroll
             for (int nb = 0; nb < NB; ++nb)
@@ -449,35 +449,27 @@ __global__ void __launch_bounds__(128) gdn_chunk_state(
                     T* dst = o + (long long)(t0 + i) * so + h * D + vb + 2 * t4;
 #pragma unroll
                     for (int nb = 0; nb < NB; ++nb)
-                        store2(dst + nb * 8, f * o1[nb][e] + o2[nb][e], f * o1[nb][e + 1] + o2[nb][e + 1]);
+                        store2(dst + nb * 8, f * acc[nb][e] + o2[nb][e], f * acc[nb][e + 1] + o2[nb][e + 1]);
                 }
             }
         }
-        // S = exp(G_L) S + K^T (scaled Vn), rows warp*32 .. +31 of dk
-        {
+        {  // S = exp(G_L) S + K^T (scaled Vn), rows 16 warp .. +15 of dk
             const float dl = __expf(gl);
 #pragma unroll
-            for (int mt = 0; mt < 2; ++mt) {
+            for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-                for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) S[mt][nb][e] *= dl;
-                mma_atb<T, 4, NB, SD, SU>(S[mt], sK + warp * 32 + mt * 16, sVs, lane);
-            }
+                for (int e = 0; e < 4; ++e) S[nb][e] *= dl;
+            mma_atb<T, 4, NB, SD, SU>(S, sK + warp * 16, sVs, lane);
         }
         __syncthreads();  // this stage and sS/sVn/sVs are free for the next chunk
     }
     cp_async_wait<0>();
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+    for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-        for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-            for (int e = 0; e < 4; e += 2) {
-                const int r = warp * 32 + mt * 16 + gq + (e ? 8 : 0);
-                *reinterpret_cast<float2*>(hT + sbase + (long long)r * D + nb * 8 + 2 * t4) =
-                    make_float2(S[mt][nb][e], S[mt][nb][e + 1]);
-            }
+        for (int e = 0; e < 4; e += 2)
+            *reinterpret_cast<float2*>(hT + sbase + (long long)(srow + (e ? 8 : 0)) * D + nb * 8 + 2 * t4) =
+                make_float2(S[nb][e], S[nb][e + 1]);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -514,11 +506,9 @@ __global__ void __launch_bounds__(128) gdn_recurrent(
     auto fetch = [&](int t) {
         nq = to_f(q[(long long)t * sq + kh * D + tid]);
         nk = to_f(k[(long long)t * sk + kh * D + tid]);
-        if (tid < BV) {
-            nv = to_f(v[(long long)t * sv + h * D + vb + tid]);
-            ng = g[(long long)t * Hv + h];
-            nb = beta[(long long)t * Hv + h];
-        }
+        if (tid < BV) nv = to_f(v[(long long)t * sv + h * D + vb + tid]);
+        ng = g[(long long)t * Hv + h];  // every thread decays its rows of S
+        nb = beta[(long long)t * Hv + h];
     };
     if (bos < eos) fetch(bos);
     for (int t = bos; t < eos; ++t) {

@@ -1,0 +1,122 @@
+"""Inputs of the deltanet family (gated_delta_rule): builders, strategies, real shapes, bad inputs.
+Found by name from kernels.registry.
+
+Inputs look like the model's: q, k, v ~ N(0, 1) (q and k l2-normalised by the op, use_qk_l2norm=True, or given
+normalised with use_qk_l2norm=False: a raw k of norm ~11 makes the recurrence blow up), g = -exp(A_log)
+softplus(a + dt_bias) (reference.gdn_gates) and beta = sigmoid(b), fp32 states ~ N(0, 0.1^2).
+"""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+import reference as R
+
+from . import SIZES, Bad, Case, act, dtypes, gen, seeds
+
+D = 128  # dk = dv of every Qwen3.5 checkpoint, the only head size the kernels are built for
+
+
+def build_gated_delta_rule(lengths, Hk, Hv, dtype, seed=0, with_state=True, l2norm=True, cu_dtype=torch.int32,
+                           kwargs=None, label="") -> Case:
+    g = gen(seed)
+    T, n = sum(lengths), len(lengths)
+    q, k = act(g, (T, Hk, D), torch.float32), act(g, (T, Hk, D), torch.float32)
+    if not l2norm:  # the caller normalised them (as the model may, with reference.l2norm)
+        q, k = R.l2norm(q), R.l2norm(k)
+    q, k, v = q.to(dtype), k.to(dtype), act(g, (T, Hv, D), dtype)
+    a, b = torch.randn(T, Hv, generator=g), torch.randn(T, Hv, generator=g)
+    A_log = torch.log(torch.empty(Hv).uniform_(1, 16, generator=g))
+    gate, beta = R.gdn_gates(a, b, A_log, 0.5 * torch.randn(Hv, generator=g))
+    cu = torch.tensor([0] + list(lengths), dtype=torch.int64).cumsum(0).to(cu_dtype)
+    state = 0.1 * torch.randn(n, Hv, D, D, generator=g) if with_state else None
+    kw = {"use_qk_l2norm": l2norm, **(kwargs or {})}
+    return Case("gated_delta_rule", (q, k, v, gate, beta, cu, state),
+                (((T, Hv, D), dtype), ((n, Hv, D, D), torch.float32)),
+                label or f"{lengths}x{Hk}/{Hv}", kw)
+
+
+# lengths: empty and 1-token sequences, one chunk of 64 and its neighbours, several chunks
+_lengths = st.lists(st.one_of(st.sampled_from((0, 1, 2, 63, 64, 65, 128, 129)), st.integers(0, 300)),
+                    min_size=1, max_size=4)
+_heads = st.sampled_from(((1, 1), (1, 2), (2, 2), (2, 4), (1, 3)))
+
+
+@st.composite
+def _gated_delta_rule(draw, small):
+    lengths = draw(_lengths)
+    Hk, Hv = draw(_heads)
+    longest = max(lengths)
+    hint = draw(st.sampled_from((None, "exact", "more")))
+    kwargs = {} if hint is None else {"max_seqlen": longest if hint == "exact" else longest + 20}
+    if draw(st.booleans()):
+        kwargs["scale"] = draw(st.sampled_from((0.05, 0.2)))
+    return build_gated_delta_rule(lengths, Hk, Hv, draw(dtypes(small)), draw(seeds), with_state=draw(st.booleans()),
+                                  l2norm=draw(st.booleans()),
+                                  cu_dtype=draw(st.sampled_from((torch.int32, torch.int64))), kwargs=kwargs)
+
+
+def gated_delta_rule_cases(small: bool = False):
+    return _gated_delta_rule(small)
+
+
+def gated_delta_rule_example(dtype=torch.bfloat16) -> Case:
+    return build_gated_delta_rule([5, 0, 1, 70], 1, 2, dtype)
+
+
+def gated_delta_rule_real(dtype=torch.bfloat16, tokens: int = 4096) -> list[Case]:
+    """Per model size: a prefill of one `tokens`-token prompt from the zero state and the decode step of 1 and 8
+    rows (one token each, the state carried), with the host hints the model passes (no host sync)."""
+    out = []
+    for size, s in SIZES.items():
+        Hk, Hv = s["gdn_k_heads"], s["gdn_v_heads"]
+        out.append(build_gated_delta_rule([tokens], Hk, Hv, dtype, seed=Hv, with_state=False,
+                                          kwargs=dict(max_seqlen=tokens, validate=False),
+                                          label=f"{size}-prefill-{tokens}x{Hk}/{Hv}"))
+        for rows in (1, 8):
+            out.append(build_gated_delta_rule([1] * rows, Hk, Hv, dtype, seed=rows,
+                                              kwargs=dict(max_seqlen=1, validate=False),
+                                              label=f"{size}-decode-b{rows}x{Hk}/{Hv}"))
+    return out
+
+
+def gated_delta_rule_bad(device) -> list[Bad]:
+    q, k, v, g, beta, cu, state = gated_delta_rule_example(torch.float32).on(device)
+    T, n, Hv = q.shape[0], cu.numel() - 1, v.shape[1]
+    wide = torch.zeros(T, 2, 2 * D, device=device)
+    q2 = torch.cat([q, q], dim=1)  # 2 key heads
+    return [
+        Bad("q 2-D", (q[:, 0], k, v, g, beta, cu, state), "q must have 3 dimensions", reference=True),
+        Bad("q int", (q.int(), k, v, g, beta, cu, state), "q must have dtype", reference=True),
+        Bad("q fp64", (q.double(), k.double(), v.double(), g, beta, cu, state), "q must have dtype"),
+        Bad("k dtype", (q, k.half(), v, g, beta, cu, state), "must share a dtype", reference=True),
+        Bad("k shape", (q, k[:, :0], v, g, beta, cu, state), "k must have shape", reference=True),
+        Bad("head dim 64", (q[..., :64], k[..., :64], v, g, beta, cu, state), "dk = dv = 128"),
+        Bad("heads not dividing", (q2, q2, v[:, :1].expand(T, 3, D).contiguous(), g[:, :1].expand(T, 3).contiguous(),
+                                   beta[:, :1].expand(T, 3).contiguous(), cu, None), "multiple of Hk", reference=True),
+        Bad("q column stride", (wide[:, :1, ::2], k, v, g, beta, cu, state), "contiguous heads"),
+        Bad("g shape", (q, k, v, g[:, :1], beta, cu, state), "g must have shape", reference=True),
+        Bad("beta shape", (q, k, v, g, beta[:-1], cu, state), "beta must have shape", reference=True),
+        Bad("cu float", (q, k, v, g, beta, cu.float(), state), "cu_seqlens must have dtype", reference=True),
+        Bad("cu one entry", (q, k, v, g, beta, cu[:1], None), "at least 2 entries", reference=True),
+        Bad("cu wrong total", (q, k, v, g, beta, cu + torch.arange(n + 1, device=device, dtype=cu.dtype), state),
+            "cu_seqlens must", reference=True),
+        Bad("state sequences", (q, k, v, g, beta, cu, state[:1]), "initial_state must have shape", reference=True),
+        Bad("state fp16", (q, k, v, g, beta, cu, state.half()), "initial_state must have dtype"),
+        Bad("final_state shape", (q, k, v, g, beta, cu, state), "final_state must have shape",
+            kwargs={"final_state": state[:1]}, reference=True),
+        Bad("out dtype", (q, k, v, g, beta, cu, state), "out must have dtype",
+            kwargs={"out": (torch.empty(T, Hv, D, dtype=torch.float16, device=device), None)}),
+        Bad("out triple", (q, k, v, g, beta, cu, state), "pair", kwargs={"out": (None, None, None)}),
+        Bad("out one tensor", (q, k, v, g, beta, cu, state), "pair", kwargs={"out": torch.empty_like(v)}),
+        Bad("final state twice", (q, k, v, g, beta, cu, state), "give the final state's tensor once",
+            kwargs={"out": (None, torch.empty_like(state)), "final_state": torch.empty_like(state)}),
+        Bad("max_seqlen negative", (q, k, v, g, beta, cu, state), "max_seqlen must be", kwargs={"max_seqlen": -1},
+            reference=True),
+        Bad("max_seqlen short", (q, k, v, g, beta, cu, state), "max_seqlen=3 is shorter", kwargs={"max_seqlen": 3},
+            reference=True),
+        Bad("scale str", (q, k, v, g, beta, cu, state), "scale must be", kwargs={"scale": "x"}),
+        Bad("l2norm int", (q, k, v, g, beta, cu, state), "use_qk_l2norm must be a bool", error=TypeError,
+            kwargs={"use_qk_l2norm": 1}),
+    ]
