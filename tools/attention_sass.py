@@ -6,7 +6,8 @@
 The old commit's kernels/cuda/attention.cu (one file) is compiled against the current attention/sm80.cu (mma.sync,
 for sm_90) and attention/sm90.cu (warp-specialised, sm_90a). For each kernel it prints registers, spill bytes and
 whether the disassembly (nvdisasm, pip wheel nvidia-cuda-nvdisasm) matches after dropping addresses and encodings;
-a mismatch prints the count of differing lines. Exit status 1 if any kernel differs in registers, spills or code.
+a mismatch prints the count of differing lines, and of differing opcodes alone (register renaming aside: what
+is left is instruction selection and order). Exit status 1 if any kernel differs in registers, spills or code.
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ def sass(cubin: bytes, nvdisasm: str) -> dict[str, list[str]]:
     return out
 
 
+def opcode(line: str) -> str:
+    """The instruction's opcode with its modifiers, without predicate and operands."""
+    return re.sub(r"^@!?U?P\w+\s+", "", line).split(" ", 1)[0]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old-commit", default="ca5ff53")
@@ -112,11 +118,13 @@ def main() -> int:
                 bad += 1
                 continue
             diff = sum(1 for x in difflib.ndiff(o, n) if x[:1] in "+-")
+            ops = sum(1 for x in difflib.ndiff([opcode(i) for i in o], [opcode(i) for i in n]) if x[:1] in "+-")
             same_stats = ostats.get(omg) == nstats.get(mg)
             ok = diff == 0 and same_stats
             bad += not ok
-            print(f"{'same' if ok else 'DIFF'} {arch:6s} regs {ostats.get(omg)} -> {nstats.get(mg)} "
-                  f"instructions {len(o)} -> {len(n)} differing lines {diff}  {name}")
+            print(f"{'same' if ok else 'DIFF'} {arch:6s} regs/spill bytes {ostats.get(omg)} -> {nstats.get(mg)} "
+                  f"instructions {len(o)} -> {len(n)}, differing lines {diff}, of opcodes alone {ops}  {name}",
+                  flush=True)
     print(f"{bad} kernels differ" if bad else "all kernels identical (registers, spills, instructions)")
     return 1 if bad else 0
 

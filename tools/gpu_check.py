@@ -18,6 +18,7 @@ host). `single_call_us` (benchmarks.common.cuda_time_ms of one call) is reported
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -98,9 +99,7 @@ def check_correctness(ops) -> list[dict]:
             variants = list(spec.kernels.items())
             if op in ("layer_norm", "add_bias_layer_norm"):  # the CTA kernel with each R as well
                 for r in (1, 2):
-                    variants.append((f"nvrtc-cta-R{r}", (lambda f, r: lambda *a, **k: (
-                        setattr(NORMS, "_R_FORCE", r), f(*a, **k), setattr(NORMS, "_R_FORCE", None))[1])(
-                            spec.kernels["nvrtc"], r)))
+                    variants.append((f"nvrtc-cta-R{r}", functools.partial(getattr(NORMS, op), cta_rows=r)))
             for variant, fn in variants:
                 kw = {"out": case.nan_outs("cuda")} if variant.startswith("nvrtc") else {}
                 try:
@@ -205,7 +204,7 @@ def bench(ops, with_compile: bool) -> tuple[list[dict], dict]:
                 print(f"  torch.compile {op} failed: {type(e).__name__}: {e}")
         if op in ("layer_norm", "add_bias_layer_norm"):  # the CTA kernel too (kernels.norms picks the warp one)
             for r in (1, 2):
-                fns[f"nvrtc-cta-R{r}"] = (lambda f, r: (lambda: (setattr(NORMS, "_R_FORCE", r), f())))(fns["nvrtc"], r)
+                fns[f"nvrtc-cta-R{r}"] = functools.partial(getattr(NORMS, op), *args, cta_rows=r)
         t_torch = None
         for impl, fn in fns.items():
             us = device_us(fn)
@@ -217,7 +216,6 @@ def bench(ops, with_compile: bool) -> tuple[list[dict], dict]:
                    "GBps": round(gbs, 1), "pct_of_copy": round(100 * gbs / (copy * 1e3), 1),
                    "speedup_vs_torch_eager": round(t_torch / us, 2) if t_torch else None}
             records.append(rec)
-            NORMS._R_FORCE = None
             print(f"{rec['case']:34s} {impl:13s} {us:8.1f} {single:9.1f} {gbs:7.0f} {rec['pct_of_copy']:6.1f} "
                   f"{rec['speedup_vs_torch_eager'] or 0:8.2f}")
     # host launch overhead on a 1-row problem
@@ -266,9 +264,8 @@ def tiny(ops) -> None:
     for op in ops:
         for case in cases[op]:
             for r in ((None, 1, 2) if op in ("layer_norm", "add_bias_layer_norm") else (None,)):
-                NORMS._R_FORCE = r
-                REGISTRY[op].kernels["nvrtc"](*case.on("cuda"))
-            NORMS._R_FORCE = None
+                fn = REGISTRY[op].kernels["nvrtc"] if r is None else functools.partial(getattr(NORMS, op), cta_rows=r)
+                fn(*case.on("cuda"))
     torch.cuda.synchronize()
     print(f"tiny: {sum(len(cases[o]) for o in ops)} calls done")
 

@@ -4,6 +4,7 @@
     capability(0)           # (9, 0)
     arch(0)                 # 'sm_90': the arch NVRTC compiles for
     sm_count(0)             # 132
+    max_shared_memory(0)    # 232448: dynamic shared memory a CTA may opt in to
     is_hopper(x.device)     # True on sm_90 exactly: the sm_90a (wgmma, TMA) kernels run there and nowhere else
 """
 
@@ -41,6 +42,13 @@ def arch(index: int | None = None) -> str:
 @lru_cache(maxsize=None)
 def sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+@lru_cache(maxsize=None)
+def max_shared_memory(index: int) -> int:
+    """Bytes of shared memory one CTA may use after opting in (227 KB on Hopper; 48 KB where torch does not say)."""
+    p = torch.cuda.get_device_properties(index)
+    return int(getattr(p, "shared_memory_per_block_optin", 0) or 48 * 1024)
 
 
 def is_hopper(device: torch.device | int | None) -> bool:

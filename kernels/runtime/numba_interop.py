@@ -18,11 +18,11 @@ host time per launch: every call builds DeviceNDArrays through __cuda_array_inte
 stream), wraps the stream, types every argument and re-marshals it. `launch()` instead compiles once per
 (kernel, argument types, device) through Numba, keeps the resulting cuda.core kernel, and on later calls
 flattens the tensors itself into Numba's array ABI (meminfo, parent, nitems, itemsize, data, shape,
-stride) and launches it through `kernels.runtime.nvrtc.launch` on torch's current stream. `launch_plain()`
+stride) and launches it through `kernels.runtime.launch.launch` (the NVRTC kernels' one launch path) on torch's
+current stream. `launch_plain()`
 keeps the Numba route for comparison and for testing the fast path against it.
-Measured on an H100 (property_tests/test_numba_kernels.py::test_cached_launch_cuts_host_overhead, host time
-per launch of a tiny kernel): launch() 16.7 us, launch_plain() 173 us, as_cuda_array + external_stream per
-call 196 us; a whole Numba wrapper (checks + alloc + launch) 27 us, torch's gelu(x + b) 22 us.
+property_tests/test_runtime.py::test_cached_launch_cuts_host_overhead measures the host time per launch of both
+routes.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ SIM: bool = bool(_numba_config.ENABLE_CUDASIM)
 """True when Numba runs kernels in its CPU simulator (no GPU): tensors must then be CPU tensors."""
 
 if not SIM:
-    from . import nvrtc as _nvrtc  # cuda.core launch on torch's stream, shared with the NVRTC kernels
+    from . import launch as _launch  # the launch path of the NVRTC kernels, on torch's stream
 
 # torch dtype -> the numpy dtype a kernel sees (bf16 travels as its int16 bits)
 _NP_DTYPE = {
@@ -165,25 +165,26 @@ def _flatten_args(args) -> list:
     return out
 
 
-_FAST: dict = {}  # (kernel, device, arg key) -> cuda.core Kernel, or None when only the plain path works
+_FAST: dict = {}  # (kernel, device, arg key) -> launch.Kernel, or None when only the plain path works
 _FAST_LOCK = threading.Lock()
 _warned_fallback = False
 
 
 def _build_fast(kernel, args):
-    """Compile `kernel` for these argument types (Numba JIT, first call only) and return its cuda.core kernel."""
+    """Compile `kernel` for these argument types (Numba JIT, first call only) and return it as a launch.Kernel."""
     global _warned_fallback
     from .nvrtc import Device
 
     Device(torch.cuda.current_device()).set_current()  # the primary context, which torch and Numba share
     compiled = kernel.compile(numba_signature(args))
     try:
-        return compiled._codelibrary.get_cufunc().kernel  # numba-cuda >= 0.2x: a cuda.core Kernel
+        cc_kernel = compiled._codelibrary.get_cufunc().kernel  # numba-cuda >= 0.2x: a cuda.core Kernel
     except AttributeError:  # internals moved: stay correct, just slow
         if not _warned_fallback:
             warnings.warn("numba-cuda internals changed: Numba kernels fall back to the slow launch path")
             _warned_fallback = True
         return None
+    return _launch.Kernel(getattr(kernel, "__name__", "numba kernel"), torch.cuda.current_device(), cc_kernel)
 
 
 def launch(kernel, grid, block, *args, shared_mem: int = 0) -> None:
@@ -214,7 +215,7 @@ def launch(kernel, grid, block, *args, shared_mem: int = 0) -> None:
     if k is None:
         launch_plain(kernel, grid, block, *args, shared_mem=shared_mem)
         return
-    _nvrtc.launch(k, grid, block, shared_mem, *_flatten_args(args))
+    _launch.launch(k, grid, block, *_flatten_args(args), shared_mem=shared_mem)
 
 
 def _empty(grid) -> bool:

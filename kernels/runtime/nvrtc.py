@@ -5,9 +5,11 @@ kernels/runtime/launch.py.
 
 Sources include the shared device code as "include/<name>.cuh" (kernels/cuda is on the include path).
 Compilation is keyed by (source text, the text of every header under kernels/cuda, name expressions, arch,
-options, NVRTC version) and cached in memory and on disk (~/.cache/qwen35-kernels/cubin, or $QWEN35_KERNELS_CACHE). We always emit a CUBIN for the exact arch:
-NVRTC PTX newer than the driver cannot be JIT-loaded, and cuda.core's "ptx" target needs a driver.
-Scalars must be passed typed (i32/i64/f32): cuda.core passes a Python int as a pointer and a float as double.
+options, NVRTC version) and cached in memory and on disk (~/.cache/qwen35-kernels/cubin, or
+$QWEN35_KERNELS_CACHE). We always emit a CUBIN for the exact arch: NVRTC PTX newer than the driver cannot be
+JIT-loaded, and cuda.core's "ptx" target needs a driver.
+Kernel scalars are passed typed (i32/i64/f32 below): launch.py passes a Python int as a 64-bit value (a pointer)
+and a float as a double.
 """
 
 from __future__ import annotations
