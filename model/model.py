@@ -12,7 +12,7 @@ from .config import ModelConfig
 from .generate import DEFAULT_BLOCK, DecodeSession, Sampling, batch_bucket, capacity_bucket, check_sampling, timed
 from .language import DEFAULT_CHUNK, LanguageModel
 from .loader import LM, LM_HEAD, VISUAL, load_weights
-from .ops import ops_for, placement
+from .ops import ops_for, placement, uncovered
 from .vision import VisionTower
 
 
@@ -30,15 +30,31 @@ class _Batch:
 
 
 def load(path, *, device="cpu", dtype=None, backend: str = "reference", progress: bool | None = None,
-         cuda_graphs: bool | None = None) -> "Model":
+         cuda_graphs: bool | None = None, strict: bool = False) -> "Model":
     """Load a Qwen3.5 / Qwen3.5-MoE checkpoint directory (HF layout) onto `device` for `backend`.
+
+    On backend="kernels" an op whose kernel does not cover the checkpoint's shapes (e.g. a head dim no kernel is
+    built for) runs on its reference, and `Model.placement(why=True)` says why; strict=True refuses such a
+    checkpoint instead (ValueError naming the ops), before any weight is read.
 
     dtype: None = the checkpoint's (config.json "dtype"). cuda_graphs: replay the vision tower (model.vision_graph)
     and the decode step (model.generate.DecodeSession) from CUDA graphs; None = on for the kernels backend on a
     CUDA device.
     """
+    if strict:
+        cfg = ModelConfig.from_pretrained(path)
+        _refuse_uncovered(backend, cfg, dtype or (getattr(torch, cfg.dtype, None) if cfg.dtype else None))
     cfg, weights = load_weights(path, device=device, dtype=dtype, progress=progress)
-    return Model(cfg, weights, backend=backend, path=path, cuda_graphs=cuda_graphs)
+    return Model(cfg, weights, backend=backend, path=path, cuda_graphs=cuda_graphs, strict=strict)
+
+
+def _refuse_uncovered(backend: str, config: ModelConfig, dtype) -> None:
+    """strict=True: a ValueError naming every op whose kernel does not cover this checkpoint."""
+    gaps = uncovered(backend, config, dtype)
+    if gaps:
+        raise ValueError(f"backend={backend!r} with strict=True: the kernels do not cover this checkpoint: "
+                         + "; ".join(f"{op}: {why}" for op, why in gaps.items())
+                         + " (strict=False runs these ops on the reference)")
 
 
 class Model:
@@ -53,10 +69,14 @@ class Model:
     """
 
     def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], *, backend: str = "reference",
-                 path=None, cuda_graphs: bool | None = None):
+                 path=None, cuda_graphs: bool | None = None, strict: bool = False):
         self.config, self.backend = config, backend
         self.path = None if path is None else Path(path)
-        self.ops = ops_for(backend)
+        dtype = weights[LM_HEAD].dtype  # the model's dtype: which ops the kernels cover is decided here, once
+        if strict:
+            _refuse_uncovered(backend, config, dtype)
+        self._placement = placement(backend, config, dtype, why=True)
+        self.ops = ops_for(backend, config, dtype)
         vis = {k[len(VISUAL):]: t for k, t in weights.items() if k.startswith(VISUAL)}
         lm = {k[len(LM):]: t for k, t in weights.items() if k.startswith(LM)}
         lm["lm_head.weight"] = weights[LM_HEAD]
@@ -85,9 +105,10 @@ class Model:
     def dtype(self) -> torch.dtype:
         return self.lm.dtype
 
-    def placement(self) -> dict[str, str]:
-        """Which ops run on kernels and which on the reference."""
-        return placement(self.backend)
+    def placement(self, why: bool = False) -> dict[str, str]:
+        """{op: "kernels" or "reference"}: where each op runs; why=True: "reference: <reason>" (no kernel yet, or
+        the kernel does not cover this checkpoint's shapes or dtype)."""
+        return dict(self._placement) if why else {op: p.split(":")[0] for op, p in self._placement.items()}
 
     @property
     def processor(self):

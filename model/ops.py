@@ -1,7 +1,9 @@
-"""The op namespace the model is written against: `ops_for("reference")` or `ops_for("kernels")`.
+"""The op namespace the model is written against: `ops_for("reference")` or `ops_for("kernels", config, dtype)`.
 
-"kernels" takes an op from `kernels` where `kernels.registry` lists a kernel for it and the reference elsewhere;
-`placement(backend)` says which ops run where.
+"kernels" takes an op from `kernels.registry` where it lists a kernel that covers the checkpoint (the spec's
+`covers(config, dtype)`: head dims, conv width, dtype, ...) and the reference elsewhere, so a checkpoint with a
+shape no kernel is built for still runs, never failing deep inside a forward. The decision is made once, when the
+model is built; `placement(backend, config, dtype, why=True)` says which ops run where and why.
 """
 
 from __future__ import annotations
@@ -11,44 +13,67 @@ from types import SimpleNamespace
 import reference
 
 BACKENDS = ("reference", "kernels")
+NO_KERNEL = "no kernel"
 
-# every op the model calls (names from docs/op_catalogue.md)
+# every op the model calls (docs/op_catalogue.md lists them with their kernels)
 MODEL_OPS = (
     "patch_embed", "vision_pos_taps", "add_pos_embed", "vision_rope_cos_sin", "vision_cu_seqlens",
     "layer_norm", "add_bias_layer_norm", "qkv_bias_rope", "bias_gelu", "attention",
     "rope_index", "scatter_image_embeds",
     "rms_norm", "add_rms_norm", "mrope_cos_sin", "apply_rope", "sigmoid_gate", "silu_mul",
     "causal_conv1d", "gated_delta_rule", "gated_rms_norm", "decode_attention", "moe_topk", "moe_mlp",
-    "kv_cache_append",
+    "kv_cache_append", "qk_norm_rope",
 )
 
 
-def _kernel_impls() -> dict:
-    """{op name: default kernel} for the model's ops that `kernels.registry` has a kernel for ({} without it)."""
+def _registry() -> dict:
+    """kernels.registry.REGISTRY, or {} without a kernels package."""
     try:
         from kernels.registry import REGISTRY
     except ModuleNotFoundError as e:  # no kernels package (or no registry yet): everything on the reference
         if e.name not in ("kernels", "kernels.registry"):
             raise
         return {}
-    return {name: REGISTRY[name].kernel for name in MODEL_OPS
-            if name in REGISTRY and REGISTRY[name].kernel is not None}
+    return REGISTRY
 
 
-def placement(backend: str = "kernels") -> dict[str, str]:
-    """{op name: "kernels" or "reference"} for every op the model uses."""
+def coverage(backend: str = "kernels", config=None, dtype=None) -> dict[str, str | None]:
+    """{op: None where its kernel runs, else why the reference runs it}. config (model.config.ModelConfig) and dtype
+    None: the shape and dtype checks are skipped (every op that has a kernel runs it)."""
     _check_backend(backend)
-    impls = _kernel_impls() if backend == "kernels" else {}
-    return {name: "kernels" if name in impls else "reference" for name in MODEL_OPS}
+    if backend == "reference":
+        return {name: "reference backend" for name in MODEL_OPS}
+    registry, out = _registry(), {}
+    for name in MODEL_OPS:
+        spec = registry.get(name)
+        if spec is None or spec.kernel is None:
+            out[name] = NO_KERNEL
+        else:
+            out[name] = None if config is None else spec.coverage(config, dtype)
+    return out
 
 
-def ops_for(backend: str = "reference"):
-    """The op namespace for a backend: the `reference` module, or kernels overlaid on it."""
+def placement(backend: str = "kernels", config=None, dtype=None, *, why: bool = False) -> dict[str, str]:
+    """{op name: "kernels" or "reference"} for every op the model uses; why=True: "reference: <reason>"."""
+    return {name: "kernels" if r is None else (f"reference: {r}" if why else "reference")
+            for name, r in coverage(backend, config, dtype).items()}
+
+
+def uncovered(backend: str = "kernels", config=None, dtype=None) -> dict[str, str]:
+    """{op: reason} for the ops that have a kernel which does not cover this checkpoint (what strict=True refuses)."""
+    if backend == "reference":
+        return {}
+    return {n: r for n, r in coverage(backend, config, dtype).items() if r not in (None, NO_KERNEL)}
+
+
+def ops_for(backend: str = "reference", config=None, dtype=None):
+    """The op namespace for a backend: the `reference` module, or the covering kernels overlaid on it."""
     _check_backend(backend)
     if backend == "reference":
         return reference
-    impls = _kernel_impls()
-    return SimpleNamespace(**{n: impls.get(n, getattr(reference, n, None)) for n in MODEL_OPS})
+    registry = _registry()
+    return SimpleNamespace(**{n: registry[n].kernel if r is None else getattr(reference, n, None)
+                              for n, r in coverage(backend, config, dtype).items()})
 
 
 def _check_backend(backend):
