@@ -32,7 +32,6 @@ _WARP_NPT = (1, 2, 3, 4, 5, 6, 8)
 _WARP_ROWS = 4       # warps (rows) per CTA
 _MAX_THREADS = 1024  # CTA kernel: one vector per thread
 _ROWS = (1, 2)       # CTA kernel: rows per thread group (R)
-_R_FORCE: int | None = None  # tests/benchmarks: force the CTA kernel with this R
 
 
 def _warp_expr(dtype, vec: int, npt: int, add: bool) -> str:
@@ -89,7 +88,8 @@ def _check_eps(eps) -> float:
     return float(eps)
 
 
-def _launch(add: bool, device, x, bias, residual, weight, norm_bias, y, residual_out, eps: float) -> None:
+def _launch(add: bool, device, x, bias, residual, weight, norm_bias, y, residual_out, eps: float,
+            cta_rows: int | None = None) -> None:
     cols = x.shape[-1]
     if y.numel() == 0:
         return
@@ -99,14 +99,14 @@ def _launch(add: bool, device, x, bias, residual, weight, norm_bias, y, residual
     nvec = cols // vec
     args = (_ptr(x), _ptr(bias), _ptr(residual), _ptr(weight), _ptr(norm_bias), _ptr(y), _ptr(residual_out),
             i32(rows), i32(cols), f32(eps))
-    if _R_FORCE is None and vec == _VECS[x.dtype][0] and nvec <= 32 * _WARP_NPT[-1]:
+    if cta_rows is None and vec == _VECS[x.dtype][0] and nvec <= 32 * _WARP_NPT[-1]:
         npt = next(n for n in _WARP_NPT if 32 * n >= nvec)
         SOURCE.launch(device, _warp_expr(x.dtype, vec, npt, add), (ceil_div(rows, _WARP_ROWS), 1, 1),
                       (32, _WARP_ROWS, 1), *args)
     elif nvec <= _MAX_THREADS:  # blockDim.x threads per row group, blockDim.y groups per CTA
         tx = ceil_div(nvec, 32) * 32
         ty = max(1, 128 // tx)
-        r = _R_FORCE or (2 if rows >= 8192 and not add else 1)
+        r = cta_rows or (2 if rows >= 8192 and not add else 1)
         SOURCE.launch(device, _reg_expr(x.dtype, vec, r, add), (ceil_div(rows, r * ty), 1, 1), (tx, ty, 1), *args)
     else:  # wide rows (or odd widths over 1024): one CTA per row, re-reading x from cache
         SOURCE.launch(device, _loop_expr(x.dtype, add), (rows, 1, 1), (_MAX_THREADS, 1, 1), *args)
@@ -118,27 +118,38 @@ def _check_vec(name: str, t, d: int) -> None:
         check_input(name, t, shape=(d,))
 
 
+def _check_cta_rows(cta_rows) -> None:
+    if cta_rows is not None and cta_rows not in _ROWS:
+        raise ValueError(f"cta_rows must be None or one of {_ROWS}, got {cta_rows!r}")
+
+
 def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float = 1e-6, *,
-               out: torch.Tensor | None = None) -> torch.Tensor:
-    """LayerNorm over the last dim with fp32 statistics: x [N, D], weight [D] or None, bias [D] or None -> [N, D]."""
+               out: torch.Tensor | None = None, cta_rows: int | None = None) -> torch.Tensor:
+    """LayerNorm over the last dim with fp32 statistics: x [N, D], weight [D] or None, bias [D] or None -> [N, D].
+
+    cta_rows: run the CTA kernel with this many rows per thread group (1 or 2) instead of the kernel the shape
+    picks (the tests and benchmarks compare the kernels with it)."""
     check_input("x", x, ndim=2)
     d = x.shape[1]
     _check_vec("weight", weight, d)
     _check_vec("bias", bias, d)
     check_same_dtype(x.dtype, weight=weight, bias=bias)
     eps = _check_eps(eps)
+    _check_cta_rows(cta_rows)
     y = torch.empty_like(x) if out is None else check_out("out", out, tuple(x.shape), x.dtype)
     device = check_cuda(x=x, weight=weight, bias=bias, out=out)
-    _launch(False, device, x, None, None, weight, bias, y, None, eps)
+    _launch(False, device, x, None, None, weight, bias, y, None, eps, cta_rows)
     return y
 
 
 def add_bias_layer_norm(x: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor,
                         weight: torch.Tensor | None, norm_bias: torch.Tensor | None, eps: float = 1e-6, *,
-                        out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        out: tuple[torch.Tensor, torch.Tensor] | None = None,
+                        cta_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """residual_out = residual + x + bias (fp32, rounded once); y = layer_norm(residual_out as stored).
 
-    x, residual [N, D]; bias, weight, norm_bias [D] or None. Returns (y, residual_out).
+    x, residual [N, D]; bias, weight, norm_bias [D] or None. Returns (y, residual_out). cta_rows: as in
+    layer_norm.
     """
     check_input("x", x, ndim=2)
     d = x.shape[1]
@@ -148,6 +159,7 @@ def add_bias_layer_norm(x: torch.Tensor, bias: torch.Tensor | None, residual: to
     _check_vec("norm_bias", norm_bias, d)
     check_same_dtype(x.dtype, bias=bias, residual=residual, weight=weight, norm_bias=norm_bias)
     eps = _check_eps(eps)
+    _check_cta_rows(cta_rows)
     if out is None:
         y, residual_out = torch.empty_like(x), torch.empty_like(x)
     else:
@@ -157,7 +169,7 @@ def add_bias_layer_norm(x: torch.Tensor, bias: torch.Tensor | None, residual: to
         residual_out = check_out("out[1] (residual_out)", out[1], tuple(x.shape), x.dtype)
     device = check_cuda(x=x, bias=bias, residual=residual, weight=weight, norm_bias=norm_bias, y=y,
                         residual_out=residual_out)
-    _launch(True, device, x, bias, residual, weight, norm_bias, y, residual_out, eps)
+    _launch(True, device, x, bias, residual, weight, norm_bias, y, residual_out, eps, cta_rows)
     return y, residual_out
 
 
