@@ -17,7 +17,8 @@ Three ways in:
   memory is bounded by the chunk, not the prompt); returns only each row's last hidden state (for lm_head).
 * `decode_step(cache, tokens)`: one token per cache row. It reads nothing on the host (lengths live on the
   device, the mRoPE angles come from a table indexed by lengths + rope_delta, cache writes go through
-  `kv_cache_append`), so it can be captured in a CUDA graph when every op it calls can (model.generate).
+  `qk_norm_rope`'s fused KV write), so it can be captured in a CUDA graph when every op it calls can
+  (model.generate).
 
 Caches (`Cache`, static buffers allocated once per batch and capacity): per attention layer a KV cache
 [B, Smax, Hkv, d] read by `decode_attention`; per DeltaNet layer the conv state [B, C, K-1] and the recurrent
@@ -41,7 +42,7 @@ DEFAULT_CHUNK = 8192  # packed prompt tokens per prefill chunk
 
 # ops of the decode step whose reference reads device values on the host (lengths, cu_seqlens): a step that
 # runs one of them on the reference cannot be captured in a CUDA graph
-HOST_READING_REFERENCES = ("kv_cache_append", "decode_attention", "causal_conv1d", "gated_delta_rule")
+HOST_READING_REFERENCES = ("qk_norm_rope", "decode_attention", "causal_conv1d", "gated_delta_rule")
 HOST_READING_MOE = ("moe_topk", "moe_mlp")
 
 
@@ -275,14 +276,15 @@ class LanguageModel:
         pre = f"layers.{i}.self_attn."
         T, Hq, Hkv, d = x.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         qg = F.linear(x, w[pre + "q_proj.weight"]).view(T, Hq, 2 * d)
-        q, gate = qg[..., :d].contiguous(), qg[..., d:].contiguous()
         k = F.linear(x, w[pre + "k_proj.weight"]).view(T, Hkv, d)
         v = F.linear(x, w[pre + "v_proj.weight"]).view(T, Hkv, d)
-        q = ops.apply_rope(ops.rms_norm(q, w[pre + "q_norm.weight"], cfg.rms_norm_eps), cos, sin)
-        k = ops.apply_rope(ops.rms_norm(k, w[pre + "k_norm.weight"], cfg.rms_norm_eps), cos, sin)
+        # q/gate split, (1+w) q/k norms and partial mRoPE in one op; with a cache it also writes the normed,
+        # rotated k and v of row b's new tokens to slots lengths[b] .. (gate stays a strided view of qg)
         cache = p.cache
-        if cache is not None:  # row b's new tokens go to its slots lengths[b] ..
-            _call(self.op("kv_cache_append"), k, v, cache.k[i], cache.v[i], p.cu, cache.lengths, validate=False)
+        kv = {} if cache is None else dict(v=v, k_cache=cache.k[i], v_cache=cache.v[i], cu_seqlens=p.cu,
+                                          lengths=cache.lengths, validate=False)
+        q, gate, k = self.op("qk_norm_rope")(qg, k, w[pre + "q_norm.weight"], w[pre + "k_norm.weight"], cos, sin,
+                                             cfg.rms_norm_eps, **kv)
         if p.decode:  # attend over the cache, this token included
             o = _call(self.op("decode_attention"), q, cache.k[i], cache.v[i], cache.lengths + 1,
                       max_length=cache.capacity, validate=False)
@@ -307,7 +309,7 @@ class LanguageModel:
         cache = p.cache
         conv_state = None if cache is None else cache.conv[i]
         rec_state = None if cache is None else cache.recurrent[i]
-        # with a cache, the states are read and updated in place (state_out = state where the op takes it)
+        # with a cache, the states are read and updated in place (state_out / final_state = the state)
         mixed, new_conv = _call(self.op("causal_conv1d"), F.linear(x, w[pre + "in_proj_qkv.weight"]),
                                 self.conv_w[i], p.cu, conv_state, state_out=conv_state, max_seqlen=p.max_seqlen,
                                 validate=False)
@@ -319,9 +321,9 @@ class LanguageModel:
         # log-decay g = -exp(A_log) * softplus(a + dt_bias), in fp32 as HF does
         a = F.linear(x, w[pre + "in_proj_a.weight"]).float()
         g = self.neg_a[i] * F.softplus(a + w[pre + "dt_bias"].float())
-        o, new_rec = _call(self.op("gated_delta_rule"), q.contiguous(), k.contiguous(), v.contiguous(), g, beta,
-                           p.cu, rec_state, use_qk_l2norm=True, state_out=rec_state, max_seqlen=p.max_seqlen,
-                           validate=False)
+        # q, k, v stay strided views of the conv output (the kernels take token strides)
+        o, new_rec = _call(self.op("gated_delta_rule"), q, k, v, g, beta, p.cu, rec_state, use_qk_l2norm=True,
+                           final_state=rec_state, max_seqlen=p.max_seqlen, validate=False)
         if cache is not None:
             if new_conv is not conv_state:
                 conv_state.copy_(new_conv)
