@@ -73,12 +73,16 @@ def call_poisoned(spec: OpSpec, fn, case: Case, device, args=None, kwargs=None):
 def check_case(spec: OpSpec, variant: str, case: Case, device) -> None:
     """One case through kernel `variant` and the reference (same device, same inputs); assert the tolerance."""
     args, kwargs = case.on(device), case.kwargs_on(device)
-    want = spec.reference(*args, **kwargs)
+    ref_args = tuple(a.clone() if i in spec.inplace else a for i, a in enumerate(args))  # in-place ops: own copies
+    want = spec.reference(*ref_args, **kwargs)
     got = call_poisoned(spec, spec.kernels[variant], case, device, args, kwargs)
     _sync(device)
     for i, g in enumerate(as_tuple(got)):
         if isinstance(g, torch.Tensor):
             assert g.is_contiguous(), f"{spec.name}[{variant}] {case.label}: output {i} is not contiguous"
+    if spec.inplace:  # the arguments written in place are outputs too
+        got = tuple(g for g in as_tuple(got) if g is not None) + tuple(args[i] for i in spec.inplace)
+        want = tuple(w for w in as_tuple(want) if w is not None) + tuple(ref_args[i] for i in spec.inplace)
     compare(spec, got, want, f"{spec.name}[{variant}] {case.label}", case.dtype)
 
 
