@@ -66,11 +66,11 @@ def gated_delta_rule_example(dtype=torch.bfloat16) -> Case:
 
 
 def gated_delta_rule_real(dtype=torch.bfloat16, tokens: int = 4096) -> list[Case]:
-    """Per model size: a prefill of one `tokens`-token prompt from the zero state and the decode step of 1 and 8
-    rows (one token each, the state carried), with the host hints the model passes (no host sync)."""
+    """Per model size (and the 397B's 16/64 heads): a prefill of one `tokens`-token prompt from the zero state and
+    the decode step of 1 and 8 rows (one token each, the state carried), with the host hints the model passes."""
     out = []
-    for size, s in SIZES.items():
-        Hk, Hv = s["gdn_k_heads"], s["gdn_v_heads"]
+    heads = [(size, s["gdn_k_heads"], s["gdn_v_heads"]) for size, s in SIZES.items()] + [("397B", 16, 64)]
+    for size, Hk, Hv in heads:
         out.append(build_gated_delta_rule([tokens], Hk, Hv, dtype, seed=Hv, with_state=False,
                                           kwargs=dict(max_seqlen=tokens, validate=False),
                                           label=f"{size}-prefill-{tokens}x{Hk}/{Hv}"))
@@ -120,3 +120,22 @@ def gated_delta_rule_bad(device) -> list[Bad]:
         Bad("l2norm int", (q, k, v, g, beta, cu, state), "use_qk_l2norm must be a bool", error=TypeError,
             kwargs={"use_qk_l2norm": 1}),
     ]
+
+
+def gated_delta_rule_peers(args, *_, **__) -> dict:
+    """flash-linear-attention 0.6.0 where it is importable (a benchmark peer only, never a dependency):
+    fused_recurrent_gated_delta_rule for one-token rows (decode), chunk_gated_delta_rule otherwise, both on
+    [1, T, H, d] with cu_seqlens (lengths read here, outside the timed call) and the same fp32 state layout."""
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+    except Exception:  # noqa: BLE001 - not installed: no peer
+        return {}
+    q, k, v, g, beta, cu, state = args[:7]
+    T, n = q.shape[0], cu.numel() - 1
+    kw = dict(scale=q.shape[2] ** -0.5, initial_state=state, output_final_state=True, use_qk_l2norm_in_kernel=True)
+    if T == n:  # decode: one token per row, rows as the batch
+        return {"fla_recurrent": lambda: fused_recurrent_gated_delta_rule(
+            q[:, None], k[:, None], v[:, None], g[:, None], beta=beta[:, None].to(q.dtype), **kw)}
+    cu64, cu_cpu = cu.long(), cu.long().cpu()
+    return {"fla_chunk": lambda: chunk_gated_delta_rule(q[None], k[None], v[None], g[None], beta[None].to(q.dtype),
+                                                        cu_seqlens=cu64, cu_seqlens_cpu=cu_cpu, **kw)}
