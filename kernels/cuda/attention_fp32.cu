@@ -18,23 +18,17 @@
 //     keys (rescaled by the same warp-uniform factor), summed across the warp once at the end;
 //   * P V: p goes through a per-warp shared buffer; lane c owns output columns c, c + 32, ... of all R rows.
 // Accuracy: expf/logf and a true division (no fast math), fp32 fma accumulation in index order.
-#include "common.cuh"
+#include "include/convert.cuh"
+#include "include/reduce.cuh"
 
 namespace attn32 {
+using namespace qkern;
 
 constexpr int NW = 4;   // warps per CTA
 constexpr int R = 8;    // query rows per warp
 constexpr int BM = NW * R;
 constexpr int BN = 32;  // keys per tile: one per lane
 constexpr int PS = R + 4;  // per-key stride of the P buffer: (PS / 4) odd, so the 16-byte stores never conflict
-
-__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
 
 // Dynamic shared memory in floats; the wrapper computes the same number (kernels/attention_fp32.py).
 template <int D>
@@ -91,7 +85,7 @@ attn_fp32(const float* __restrict__ q, const float* __restrict__ k, const float*
     float m[R], l[R], acc[R][NC];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-        m[r] = neg_inf();
+        m[r] = f32_neg_inf();
         l[r] = 0.f;
 #pragma unroll
         for (int i = 0; i < NC; ++i) acc[r][i] = 0.f;
@@ -137,10 +131,10 @@ attn_fp32(const float* __restrict__ q, const float* __restrict__ k, const float*
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             const bool ok = key < seg_len && (!CAUSAL || key <= wrow0 + r);
-            const float sc = ok ? s[r] * scale : neg_inf();
+            const float sc = ok ? s[r] * scale : f32_neg_inf();
             const float m_new = fmaxf(m[r], warp_max(sc));
             // every row sees key 0 of its segment in the first tile, so m_new is finite; guard anyway
-            const float m_use = m_new == neg_inf() ? 0.f : m_new;
+            const float m_use = m_new == f32_neg_inf() ? 0.f : m_new;
             const float alpha = expf(m[r] - m_use);  // 0 on the first tile (m = -inf)
             const float p = expf(sc - m_use);         // 0 for masked keys
             l[r] = l[r] * alpha + p;                  // this lane's keys only; summed over the warp at the end
