@@ -148,6 +148,8 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
         const unsigned kbuf = sKa + (unsigned)((j % STAGES) * TILE * D * 2);
         const unsigned vbuf = sVa + (unsigned)((j % STAGES) * TILE * D * 2);
 
+        const int tok0 = t_begin + j * TILE + warp * 16;  // this warp's first slot
+        if (tok0 >= t_end) continue;  // a partial last tile: no slot for this warp (m, l, o stay as they are)
         float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
         for (int ks = 0; ks < D / 16; ++ks) {
@@ -158,7 +160,6 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
             Mma<T>::k16(s[1], a, bk[2], bk[3]);
         }
         // mask slots past the chunk (zero-filled, but they must get no weight), scale into log2 units
-        const int tok0 = t_begin + j * TILE + warp * 16;
         float mx[2] = {f32_neg_inf(), f32_neg_inf()};
 #pragma unroll
         for (int n = 0; n < 2; ++n)
