@@ -5,7 +5,7 @@
 
 Both trees are imported side by side (the old `kernels` package as `ab_old_kernels`), every case of the old tree's
 benchmarks/bench_attention.CASES runs the default pick and every tile shape both trees list, and each pair is timed
-as 20 calls captured in one CUDA graph (no host cost), in `rounds` rounds that alternate which of the two goes
+as 20 calls captured in one CUDA graph (benchmarks.common.graph_ms: no host cost), in `rounds` rounds that alternate which of the two goes
 first; each keeps its best round. Writes attention_ab-<card>-<date>.json (card, both commits, date, per case and
 tile shape the old and new ms and new / old) to --out (default $OUT, else benchmarks/results) and prints a table.
 Exit status 1 if some pair is more than --tolerance (default 2 %) slower, or the outputs differ.
@@ -28,6 +28,8 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from benchmarks.common import graph_ms  # noqa: E402  (20 calls in one CUDA graph, best of 3 replays)
 
 
 def load_old(old_root: Path):
@@ -71,31 +73,6 @@ def precompile(old, new, old_root: str, cases, arch: str) -> None:
     with mp.get_context("spawn").Pool(min(len(jobs), os.cpu_count() or 1)) as pool:
         pool.map(_compile, jobs, chunksize=1)
     print(f"precompile: {len(jobs)} instantiations, {time.time() - t0:.0f} s", flush=True)
-
-
-def graph_ms(fn, n: int = 20, reps: int = 5) -> float:
-    """Best of `reps` replays of a CUDA graph of n calls, ms per call."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(n):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(reps):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        g.replay()
-        e1.record()
-        torch.cuda.synchronize()
-        best = min(best, e0.elapsed_time(e1) / n)
-    return best
 
 
 def commit_of(root: Path, default: str) -> str:
@@ -171,7 +148,7 @@ def main() -> int:
         torch.cuda.empty_cache()
     result = {"suite": "attention_ab", "card": card, "old_commit": a.old_commit, "new_commit": new_commit,
               "date": datetime.date.today().isoformat(), "timing": f"CUDA graph of 20 calls, best of {a.rounds} "
-              "alternating rounds x 5 replays", "worst_ratio": worst, "records": records}
+              "alternating rounds x 3 replays", "worst_ratio": worst, "records": records}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"attention_ab-{card.replace(' ', '_')}-{result['date']}.json"
