@@ -114,15 +114,24 @@ class LanguageModel:
     def __init__(self, cfg: TextConfig, weights: dict[str, torch.Tensor], ops):
         if cfg.hidden_act != "silu":
             raise ValueError(f"text hidden_act {cfg.hidden_act!r} is not supported (expected 'silu')")
-        self.cfg, self.w, self.ops = cfg, weights, ops
-        self.embed_weight = weights["embed_tokens.weight"]
-        # per-layer constants, computed once: conv taps [C, K] and the DeltaNet decay rate -exp(A_log) in fp32
-        self.conv_w, self.neg_a = {}, {}
+        self.cfg, self.w, self.ops = cfg, dict(weights), ops
+        w = self.w
+        self.embed_weight = w["embed_tokens.weight"]
+        # per-layer constants, computed once: conv taps [C, K], the DeltaNet decay rate -exp(A_log) and dt_bias
+        # in fp32; and fused projection weights (one GEMM instead of several: at decode each is one more kernel)
+        #   DeltaNet [in_proj_qkv; in_proj_b; in_proj_a] -> in_proj_qkvba,   MLP [gate_proj; up_proj] -> gate_up_proj
+        self.conv_w, self.neg_a, self.dt_bias = {}, {}, {}
         for i, kind in enumerate(cfg.layer_types):
             if kind == "linear_attention":
                 p = f"layers.{i}.linear_attn."
-                self.conv_w[i] = weights[p + "conv1d.weight"][:, 0, :].contiguous()
-                self.neg_a[i] = -weights[p + "A_log"].float().exp()
+                self.conv_w[i] = w[p + "conv1d.weight"][:, 0, :].contiguous()
+                self.neg_a[i] = -w[p + "A_log"].float().exp()
+                self.dt_bias[i] = w[p + "dt_bias"].float()
+                w[p + "in_proj_qkvba.weight"] = torch.cat([w.pop(p + n) for n in (
+                    "in_proj_qkv.weight", "in_proj_b.weight", "in_proj_a.weight")])
+            if not cfg.is_moe:
+                p = f"layers.{i}.mlp."
+                w[p + "gate_up_proj.weight"] = torch.cat([w.pop(p + "gate_proj.weight"), w.pop(p + "up_proj.weight")])
 
     @property
     def device(self):
@@ -310,17 +319,17 @@ class LanguageModel:
         conv_state = None if cache is None else cache.conv[i]
         rec_state = None if cache is None else cache.recurrent[i]
         # with a cache, the states are read and updated in place (state_out / final_state = the state)
-        mixed, new_conv = _call(self.op("causal_conv1d"), F.linear(x, w[pre + "in_proj_qkv.weight"]),
-                                self.conv_w[i], p.cu, conv_state, state_out=conv_state, max_seqlen=p.max_seqlen,
-                                validate=False)
+        C = cfg.linear_conv_dim
+        qkvba = F.linear(x, w[pre + "in_proj_qkvba.weight"])  # [T, C + 2 nv]: conv input | b | a
+        mixed, new_conv = _call(self.op("causal_conv1d"), qkvba[:, :C], self.conv_w[i], p.cu, conv_state,
+                                state_out=conv_state, max_seqlen=p.max_seqlen, validate=False)
         q = mixed[:, : nk * dk].reshape(T, nk, dk)
         k = mixed[:, nk * dk: 2 * nk * dk].reshape(T, nk, dk)
         v = mixed[:, 2 * nk * dk:].reshape(T, nv, dv)
         z = F.linear(x, w[pre + "in_proj_z.weight"]).view(T, nv, dv)
-        beta = torch.sigmoid(F.linear(x, w[pre + "in_proj_b.weight"]))
+        beta = torch.sigmoid(qkvba[:, C: C + nv])
         # log-decay g = -exp(A_log) * softplus(a + dt_bias), in fp32 as HF does
-        a = F.linear(x, w[pre + "in_proj_a.weight"]).float()
-        g = self.neg_a[i] * F.softplus(a + w[pre + "dt_bias"].float())
+        g = self.neg_a[i] * F.softplus(qkvba[:, C + nv:].float() + self.dt_bias[i])
         # q, k, v stay strided views of the conv output (the kernels take token strides)
         o, new_rec = _call(self.op("gated_delta_rule"), q, k, v, g, beta, p.cu, rec_state, use_qk_l2norm=True,
                            final_state=rec_state, max_seqlen=p.max_seqlen, validate=False)
@@ -336,8 +345,8 @@ class LanguageModel:
         cfg, ops, w = self.cfg, self.ops, self.w
         p = f"layers.{i}.mlp."
         if not cfg.is_moe:
-            return F.linear(ops.silu_mul(F.linear(x, w[p + "gate_proj.weight"]), F.linear(x, w[p + "up_proj.weight"])),
-                            w[p + "down_proj.weight"])
+            h = self.op("silu_mul_fused")(F.linear(x, w[p + "gate_up_proj.weight"]))
+            return F.linear(h, w[p + "down_proj.weight"])
         weights, experts = ops.moe_topk(F.linear(x, w[p + "gate.weight"]), cfg.num_experts_per_tok)
         routed = ops.moe_mlp(x, w[p + "experts.gate_up_proj"], w[p + "experts.down_proj"], weights, experts)
         s = p + "shared_expert."
