@@ -193,8 +193,10 @@ def test_num_splits_fill_the_gpu():
     """Host-side split choice: enough CTAs for 132 SMs at batch 1, few splits at large batch, capped by tiles."""
     from kernels.decode_attention import num_splits
 
-    assert num_splits(2, 128, 132) == 63      # B=1, 8:2 heads, 8k slots
+    assert num_splits(2, 128, 132) == 64      # B=1, 8:2 heads, 8k slots: 128 CTAs of 2 tiles
+    assert num_splits(4, 512, 132) == 32      # B=1, 16:4 heads, 32k slots
     assert num_splits(64, 4096, 132) == 2     # B=32
+    assert num_splits(128, 128, 132) == 1     # B=32, 4 kv heads
     assert num_splits(16, 2048, 132) == 8     # B=8
     assert num_splits(2, 1, 132) == 1         # at most one tile: no split
     assert num_splits(264, 4096, 132) == 1    # two full waves without splitting
