@@ -29,7 +29,7 @@ _VECS = {torch.float32: (4, 2, 1), torch.float16: (8, 4, 2, 1), torch.bfloat16: 
 
 _UNROLL = 4           # positions whose loads are in flight together (U)
 # other (vec, CH, U) built for the 16-bit types, for timing trials (benchmarks/bench_conv1d.py --trials)
-TRIALS = ((8, 16, 2), (4, 16, 8), (8, 32, 4))
+TRIALS = ((8, 16, 2), (4, 16, 8), (8, 32, 4), (2, 16, 16), (4, 32, 8))
 
 
 def _expr(dtype, vec: int, chunk: int = _CHUNK, unroll: int = _UNROLL) -> str:

@@ -83,7 +83,7 @@ def qkv_bias_rope(qkv: torch.Tensor, bias: torch.Tensor | None, cos: torch.Tenso
 _MAX_VEC = {torch.float32: 4, torch.float16: 8, torch.bfloat16: 8}
 _EPL = (1, 2, 4, 8, 16)  # elements per lane: a warp covers a head of up to 32 * 16 = 512 dims
 MAX_HEAD_DIM = 32 * _EPL[-1]
-_WARPS, _IPW = 8, 2  # warps per CTA and items per warp, as in the source
+_WARPS, _IPW = 8, 2  # warps per CTA (as in the source) and items per warp (IPW)
 
 
 def _qk_variants(dtype) -> tuple[tuple[int, int], ...]:
@@ -96,11 +96,15 @@ def _qk_variants(dtype) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
-def _qk_expr(dtype, vec: int, nv: int) -> str:
-    return f"qk_norm_rope_kernel<{CTYPES[dtype]}, {vec}, {nv}>"
+def _qk_expr(dtype, vec: int, nv: int, ipw: int = 2) -> str:
+    return f"qk_norm_rope_kernel<{CTYPES[dtype]}, {vec}, {nv}, {ipw}>"
+
+
+QK_TRIALS = (1, 4)  # other items-per-warp builds of the 16-bit d <= 256 variant, for timing trials
 
 
 SOURCE = NvrtcSource("rope.cu", _VISION_EXPRS + tuple(_qk_expr(dt, v, n) for dt in _MAX_VEC for v, n in _qk_variants(dt))
+                      + tuple(_qk_expr(dt, 8, 1, i) for dt in (torch.float16, torch.bfloat16) for i in QK_TRIALS)
                       + ("mrope_cos_sin_kernel",))
 
 
@@ -141,14 +145,15 @@ def _outs(out, n: int, shapes, dtype):
 
 
 def _launch_qk(device, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, v, k_cache, v_cache, cu, lengths,
-               T, Hq, Hkv, d, r, norm, eps):
+               T, Hq, Hkv, d, r, norm, eps, ipw=None):
     vec, nv = _pick_qk(q_in.dtype, d, q_in, k_in, qw, kw, q_out, k_out, v, k_cache, v_cache)
+    ipw = ipw if ipw in QK_TRIALS and (vec, nv) == (8, 1) else _IPW  # a trial build, or the default
     items = T * (Hq + Hkv)
     if items == 0:
         return
     B, S = (k_cache.shape[0], k_cache.shape[1]) if k_cache is not None else (1, 0)
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    SOURCE.launch(device, _qk_expr(q_in.dtype, vec, nv), (ceil_div(items, _WARPS * _IPW), 1, 1), (32 * _WARPS, 1, 1),
+    SOURCE.launch(device, _qk_expr(q_in.dtype, vec, nv, ipw), (ceil_div(items, _WARPS * ipw), 1, 1), (32 * _WARPS, 1, 1),
                   q_in.data_ptr(), i64(q_ts), i32(q_hs), ptr(k_in), ptr(qw), ptr(kw), cos.data_ptr(), sin.data_ptr(),
                   q_out.data_ptr(), ptr(k_out), ptr(v), ptr(k_cache), ptr(v_cache), ptr(cu),
                   i32(cu is not None and cu.dtype == torch.int64), ptr(lengths),
@@ -160,7 +165,7 @@ def qk_norm_rope(qg: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_we
                  cos: torch.Tensor, sin: torch.Tensor, eps: float = 1e-6, *, v: torch.Tensor | None = None,
                  k_cache: torch.Tensor | None = None, v_cache: torch.Tensor | None = None,
                  cu_seqlens: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
-                 validate: bool = True, out=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 validate: bool = True, out=None, _ipw=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gated attention input side in one pass (see reference.qk_norm_rope): returns (q, gate, k).
 
     qg [T, Hq, 2d] and k [T, Hkv, d] contiguous, one dtype; q_weight, k_weight [d] of that dtype; cos, sin fp32
@@ -211,7 +216,7 @@ def qk_norm_rope(qg: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_we
                         v_cache=v_cache, cu_seqlens=cu_seqlens, lengths=lengths, q_out=q_out, k_out=k_out,
                         g_out=g_out)
     _launch_qk(device, qg, Hq * d2, d2, k, q_weight, k_weight, cos, sin, q_out, k_out, v, k_cache, v_cache,
-               cu_seqlens, lengths, T, Hq, Hkv, d, r, 1, eps)
+               cu_seqlens, lengths, T, Hq, Hkv, d, r, 1, eps, _ipw)
     gate = qg[..., d:]
     if g_out is not None:
         gate = g_out.copy_(gate)

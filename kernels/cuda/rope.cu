@@ -91,7 +91,7 @@ __device__ __forceinline__ long long load_index(const void* p, int is64, long lo
 }  // namespace qkrope
 
 // IPW items per warp, loaded together (more bytes in flight per warp; the reductions of the items overlap).
-template <typename T, int VEC, int NV>
+template <typename T, int VEC, int NV, int IPW>
 __global__ void __launch_bounds__(256) qk_norm_rope_kernel(
     const T* __restrict__ q_in, long long q_ts, int q_hs, const T* __restrict__ k_in, const T* __restrict__ qw,
     const T* __restrict__ kw, const float* __restrict__ cos, const float* __restrict__ sin,
@@ -99,7 +99,6 @@ __global__ void __launch_bounds__(256) qk_norm_rope_kernel(
     T* __restrict__ v_cache, const void* __restrict__ cu, int cu64, const void* __restrict__ lengths, int len64,
     int ntok, int Hq, int Hkv, int d, int r, int B, int S, int norm, float eps) {
     constexpr int E = NV * VEC;  // elements per lane
-    constexpr int IPW = 2;
     __shared__ float buf[8][IPW][32 * E];  // the rotary dims of each warp's heads, for the partner lookups
     const int lane = threadIdx.x & 31, wib = threadIdx.x >> 5;
     const int Hh = Hq + Hkv;
