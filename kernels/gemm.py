@@ -1,7 +1,7 @@
 """GEMM-shaped ops go to cuBLAS through torch, in the model dtype, with the bias in the GEMM's epilogue.
 
 patch_embed is a Conv3d whose stride equals its kernel: exactly a GEMM on the flattened weight. cuDNN's conv3d
-picks pathological algorithms for this shape (docs/anchors.md 1.6), so the kernels never call it.
+picks pathological algorithms for this shape, so the kernels never call it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Hugging Face `config.json` of a Qwen3.5 VLM (`qwen3_5` dense, `qwen3_5_moe`), as typed dataclasses.
 
-Only the fields the model uses are kept; defaults follow HF `Qwen3_5*Config` (docs/qwen3_5_architecture.md 1.1,
+Only the fields the model uses are kept; defaults follow HF `Qwen3_5*Config` (docs/model.md 1.1,
 3.1). `generation_config.json`, when present, supplies the eos / pad ids used by `generate`.
 """
 

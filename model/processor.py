@@ -1,6 +1,6 @@
 """Images, videos and chat messages -> model inputs, the way HF's Qwen3.5 processor builds them.
 
-Follows transformers 5.24 (docs/qwen3_5_architecture.md section 2):
+Follows transformers 5.24 (docs/model.md section 2):
 * images: `Qwen2VLImageProcessorPil` (the PIL backend): RGB, smart_resize to multiples of 32, PIL bicubic,
   x/255 in float64 then float32, (x - mean) / std in float32, the frame repeated to 2 temporal slices,
   rows in merge-block order, each row flattened as (C, T, 16, 16). pixel_values are bit-identical.

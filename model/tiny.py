@@ -4,7 +4,7 @@ Used by the CLI when no --model is given and by tests: the real architecture (hy
 attention, interleaved mRoPE, ViT + merger, tied embeddings, real 248k vocabulary) at toy width, so the
 whole pipeline runs in seconds on a CPU. The text it generates is gibberish: the weights are random.
 
-Tensor names and shapes follow docs/qwen3_5_architecture.md section 5.
+Tensor names and shapes follow docs/model.md section 5.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import functools
 import os
 from pathlib import Path
 
-# Special tokens the model code relies on (ids in docs/qwen3_5_architecture.md section 7).
+# Special tokens the model code relies on (ids in docs/model.md section 7).
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"

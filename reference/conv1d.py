@@ -1,4 +1,4 @@
-"""The Gated DeltaNet's short causal conv (architecture doc 3.6): depthwise, causal, fused SiLU, with state.
+"""The Gated DeltaNet's short causal conv (docs/model.md 3.6): depthwise, causal, fused SiLU, with state.
 
 Packed layout: tokens of n sequences concatenated on axis 0, `cu_seqlens` int32/int64 [n+1] marks the boundaries
 (zero-length sequences allowed). The per-sequence state [n, C, K-1] carries the K-1 inputs that precede each

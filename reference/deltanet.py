@@ -1,4 +1,4 @@
-"""Gated DeltaNet pieces (architecture doc 3.6): the gated delta rule (the short causal conv is in conv1d.py).
+"""Gated DeltaNet pieces (docs/model.md 3.6): the gated delta rule (the short causal conv is in conv1d.py).
 
 Packed layout: tokens of n sequences concatenated on axis 0, `cu_seqlens` int32/int64 [n+1] marks the boundaries
 (zero-length sequences allowed). Per-sequence state is carried in [n, ...] tensors, so a prefill can be resumed
@@ -117,7 +117,7 @@ def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
                      scale: float | None = None, use_qk_l2norm: bool = False, *, out: torch.Tensor | None = None,
                      final_state: torch.Tensor | None = None, max_seqlen: int | None = None,
                      validate: bool = True):
-    """The gated delta rule as a token-by-token recurrence (the spec; architecture doc 3.6).
+    """The gated delta rule as a token-by-token recurrence (the spec; docs/model.md 3.6).
 
     q, k: [T, Hk, dk]; v: [T, Hv, dv] (Hk divides Hv; value head h uses key head h // (Hv/Hk));
     g: [T, Hv] log-decay (<= 0 in the model); beta: [T, Hv] write strength (in (0, 1) in the model);

@@ -1,4 +1,4 @@
-"""Sparse MoE (architecture doc 3.7): router top-k and the routed SwiGLU experts.
+"""Sparse MoE (docs/model.md 3.7): router top-k and the routed SwiGLU experts.
 
 The shared expert and its sigmoid gate are composed outside these ops:
     out = moe_mlp(x, gate_up, down, *moe_topk(x @ W_router^T, k)) + sigmoid(x @ w_sg^T) * shared_mlp(x)

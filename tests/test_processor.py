@@ -212,7 +212,7 @@ def test_video_from_directory(proc, tmp_path):
 
 def test_chat_template_single_image():
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]
-    # docs/qwen3_5_architecture.md section 7.
+    # docs/model.md section 7.
     assert render_chat(msgs, enable_thinking=True) == (
         "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe this image.<|im_end|>\n"
         "<|im_start|>assistant\n<think>\n")

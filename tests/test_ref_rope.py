@@ -210,7 +210,7 @@ def test_rope_index_matches_hf(hf_model, case):
 
 
 def test_rope_index_architecture_doc_example():
-    """docs/qwen3_5_architecture.md 4.2: 3 text + VS + 70 image tokens (14x20 grid) + VE + 5 text -> delta -60."""
+    """docs/model.md 4.2: 3 text + VS + 70 image tokens (14x20 grid) + VE + 5 text -> delta -60."""
     ids = torch.tensor(text(3) + image(14, 20) + text(5))
     pos, delta = rope_index(ids, g((1, 14, 20)), None)
     img = pos[:, ids == IMG]

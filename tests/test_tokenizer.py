@@ -13,7 +13,7 @@ import pytest
 
 from model.tokenizer import load_tokenizer
 
-# docs/qwen3_5_architecture.md section 7.
+# docs/model.md section 7.
 DOC_IDS = {
     "<|endoftext|>": 248044, "<|im_start|>": 248045, "<|im_end|>": 248046, "<|vision_start|>": 248053,
     "<|vision_end|>": 248054, "<|vision_pad|>": 248055, "<|image_pad|>": 248056, "<|video_pad|>": 248057,

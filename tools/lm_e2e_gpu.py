@@ -4,7 +4,7 @@
     python3 tools/lm_e2e_gpu.py                         # full: 0.8B, 4B, 9B (about 6 minutes)
     python3 tools/lm_e2e_gpu.py --fla-site /tmp/site    # also HF with flash-linear-attention (carried wheels)
 
-Random bf16 weights at the real shapes (architecture doc section 6; configs built here, nothing downloaded):
+Random bf16 weights at the real shapes (docs/model.md section 6; configs built here, nothing downloaded):
 one HF `Qwen3_5ForConditionalGeneration` (sdpa) is initialised on the GPU and our `model.Model` runs on the
 same tensors. Cases, each timed for us and for HF in the same process:
   * prefill of 1024 and 8192 tokens (batch 1): time to first token of a text prompt (ours: Model.last_timings
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import bf16_gemm_TFLOPs, copy_bandwidth_TBps, write_results  # noqa: E402
 
-# real shapes (docs/qwen3_5_architecture.md section 6); every size: head_dim 256, dk = dv = 128, nk = 16
+# real shapes (docs/model.md section 6); every size: head_dim 256, dk = dv = 128, nk = 16
 SIZES = {
     "0.8B": dict(text=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=8, num_key_value_heads=2,
                            intermediate_size=3584, linear_num_value_heads=16), tie=True,
