@@ -15,7 +15,7 @@ _ROWS_PER_THREAD = 4  # ROWS in the kernel
 
 
 def _expr(dtype, vec: int) -> str:
-    return f"add_pos_embed_kernel<{CTYPES[dtype]}, {vec}>"
+    return f"vision::add_pos_embed_kernel<{CTYPES[dtype]}, {vec}>"
 
 
 SOURCE = NvrtcSource("vision.cu", tuple(_expr(dt, v) for dt, vecs in _VECS.items() for v in vecs))

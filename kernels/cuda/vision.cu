@@ -2,7 +2,10 @@
 //   y[n] = x[n] + sum_k weight[k, n] * table[index[k, n]]      (k = 0..3, fp32 math, one rounding)
 // The table (2304 rows) stays in L2; no [4N, D] intermediate. An index outside [0, table_rows) gives a NaN
 // row rather than an out-of-bounds read (the wrapper cannot check indices without a device sync).
-#include "common.cuh"
+#include "include/convert.cuh"
+
+namespace vision {
+using namespace qkern;
 
 // Each thread owns one column vector and walks ROWS rows per step. grid = (ceil(cols/VEC / blockDim.x), row
 // blocks); cols % VEC == 0, x / table / y VEC-aligned.
@@ -45,3 +48,5 @@ __global__ void __launch_bounds__(256) add_pos_embed_kernel(
         }
     }
 }
+
+}  // namespace vision
