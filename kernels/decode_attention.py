@@ -175,17 +175,15 @@ def _launch_decode(q, k_cache, v_cache, lengths, scale: float, max_length, o, de
                   lengths.data_ptr(), len64, o.data_ptr(), ws_o_ptr, ws_lse_ptr,
                   i32(S), i32(Hq), i32(Hkv), i32(r), i32(groups), i32(splits), f32(scale * _LOG2E), shared_mem=smem)
     if splits > 1:
-        csmem = (splits + 8 * d + 16) * 4  # at most 12.3 KB: splits <= 1024
         args = (ws_o_ptr, ws_lse_ptr, lengths.data_ptr(), len64, o.data_ptr(), i32(S), i32(Hq), i32(splits))
         global PDL_ERROR
         if PDL_ERROR is None:  # scheduled while the split kernel runs; it waits for it on the device
             try:
-                SOURCE.launch(device, _combine_expr(q.dtype, d), (Hq, B, 1), (256, 1, 1), *args, shared_mem=csmem,
-                              pdl=True)
+                SOURCE.launch(device, _combine_expr(q.dtype, d), (Hq, B, 1), (256, 1, 1), *args, pdl=True)
                 return
             except Exception as e:  # a driver without programmatic launches: plain stream order from now on
                 PDL_ERROR = f"{type(e).__name__}: {e}"
-        SOURCE.launch(device, _combine_expr(q.dtype, d), (Hq, B, 1), (256, 1, 1), *args, shared_mem=csmem)
+        SOURCE.launch(device, _combine_expr(q.dtype, d), (Hq, B, 1), (256, 1, 1), *args)
 
 
 def kv_cache_append(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

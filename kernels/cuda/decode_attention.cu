@@ -255,61 +255,57 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
     }
 }
 
-// Merge the chunks of rows with two or more of them (the others were written by the split kernel):
-// out = sum_s w_s o_s / sum_s w_s with w_s = 2^(lse_s - max lse) l_s folded in (o_s is normalised, lse_s in log2
-// units). grid (Hq, B), 256 threads: 8 groups of 32 lanes take every 8th chunk, a lane 8 columns of D = 256.
+// Merge the chunks of rows with two or more of them (the others were written by the split kernel): chunk s holds
+// its normalised output o_s and lse_s (log2 units), so out = sum_s 2^lse_s o_s / sum_s 2^lse_s. grid (Hq, B), 256
+// threads: 8 warps take every 8th chunk with a running max (one pass: the loads of lse_s and o_s do not wait for a
+// global max), a lane 8 columns of D = 256; then the 8 warps merge in shared memory.
 template <typename T, int D>
 __global__ void __launch_bounds__(256) decode_attention_combine(
     const float* __restrict__ ws_o, const float* __restrict__ ws_lse, const void* __restrict__ lengths, int len64,
     T* __restrict__ out, int S, int Hq, int splits) {
     static_assert(D == 256, "combine: one lane per 8 columns of D = 256");
-    extern __shared__ float wsm[];  // [splits] weights, then [8][D] partial sums, then 32 for reductions
+    __shared__ float part[8][D];
+    __shared__ float wm[8], wl[8];
     const int h = blockIdx.x, b = blockIdx.y, tid = threadIdx.x;
     wait_for_primary_grid();
     const int n = active_chunks(row_length(lengths, len64, b, S), splits);
     if (n < 2) return;
-    float* w = wsm;
-    float* part = wsm + splits;
-    float* red = part + 8 * D;
     const size_t bh = (size_t)b * Hq + h;
-    float mx = f32_neg_inf();
-    for (int s = tid; s < n; s += 256) mx = fmaxf(mx, ws_lse[bh * splits + s]);
-    mx = warp_max(mx);
-    if ((tid & 31) == 0) red[tid >> 5] = mx;
-    __syncthreads();
-    mx = red[0];
-#pragma unroll
-    for (int i = 1; i < 8; ++i) mx = fmaxf(mx, red[i]);
-    float den = 0.f;
-    for (int s = tid; s < n; s += 256) {
-        const float e = ex2(ws_lse[bh * splits + s] - mx);
-        w[s] = e;
-        den += e;
-    }
-    __syncthreads();  // every thread has read red[] and w[] is complete
-    den = warp_sum(den);
-    if ((tid & 31) == 0) red[8 + (tid >> 5)] = den;
     const int grp = tid >> 5, col = (tid & 31) * 8;
-    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    float m = f32_neg_inf(), l = 0.f, acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll 4
     for (int s = grp; s < n; s += 8) {
-        const float ws = w[s];
+        const float e = ws_lse[bh * splits + s];
         const float4* p = reinterpret_cast<const float4*>(ws_o + (bh * splits + s) * D + col);
         const float4 x = p[0], y = p[1];
-        acc[0] += ws * x.x; acc[1] += ws * x.y; acc[2] += ws * x.z; acc[3] += ws * x.w;
-        acc[4] += ws * y.x; acc[5] += ws * y.y; acc[6] += ws * y.z; acc[7] += ws * y.w;
+        if (e > m) {  // a new running max: rescale what this warp has so far (m = -inf at first: factor 0)
+            const float f = ex2(m - e);
+            l *= f;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[i] *= f;
+            m = e;
+        }
+        const float w = ex2(e - m);
+        l += w;
+        acc[0] += w * x.x; acc[1] += w * x.y; acc[2] += w * x.z; acc[3] += w * x.w;
+        acc[4] += w * y.x; acc[5] += w * y.y; acc[6] += w * y.z; acc[7] += w * y.w;
     }
+    // a warp with no chunk (n < 8) keeps m = -inf, l = 0, acc = 0: weight 0 below
 #pragma unroll
-    for (int e = 0; e < 8; ++e) part[grp * D + col + e] = acc[e];
+    for (int i = 0; i < 8; ++i) part[grp][col + i] = acc[i];
+    if ((tid & 31) == 0) { wm[grp] = m; wl[grp] = l; }
     __syncthreads();
-    float total = 0.f;
+    float mx = wm[0];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) total += red[8 + i];
-    const float inv = 1.f / total;
+    for (int i = 1; i < 8; ++i) mx = fmaxf(mx, wm[i]);  // finite: warp 0 has chunk 0
+    float f[8], den = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) { f[i] = ex2(wm[i] - mx); den += f[i] * wl[i]; }
+    const float inv = 1.f / den;
     for (int c = tid; c < D; c += 256) {
         float v = 0.f;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) v += part[i * D + c];
+        for (int i = 0; i < 8; ++i) v += f[i] * part[i][c];
         out[bh * D + c] = from_f<T>(v * inv);
     }
 }
