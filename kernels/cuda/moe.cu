@@ -1,0 +1,436 @@
+// Mixture of experts (reference/moe.py): router top-k, routing metadata, the routed SwiGLU experts.
+//
+//   topk_kernel        one warp per token: softmax over E <= 512 logits, the k <= 16 largest (ranked by logit,
+//                      equal logits: lower index first), weights renormalised over the k
+//   route_kernel       one CTA: tokens per expert -> offsets[E+1], the stable permutation grouping the token-slots
+//                      by expert (perm[pos] = slot, inv[slot] = pos), the non-empty experts in ascending order
+//   gate_up_kernel     act[slot, i] = silu(G_e x_t)_i * (U_e x_t)_i for the slots of one expert per CTA, reading
+//                      that expert's rows once for all its tokens (decode: only the routed experts are read)
+//   down_kernel        out[t, h] = sum_j w[t, j] * down[e_j][h, :] . act[t k + j, :]  (down + weighted combine)
+//   gather_kernel      xs[pos] = x[perm[pos] / k]           (the grouped-GEMM path's input, grouped by expert)
+//   combine_kernel     out[t] = sum_j w[t, j] * y[inv[t k + j]] (the grouped-GEMM path's output, back in order)
+// Experts are int64 (moe_topk's output), weights fp32; every sum is fp32, one rounding on store.
+// Slots whose expert lies outside [0, E) are dropped (contribute nothing; the wrapper's validate= checks them).
+#include "include/convert.cuh"
+#include "include/reduce.cuh"
+
+using namespace qkern;
+
+namespace moe {
+
+constexpr int WARPS = 8;        // warps per CTA of the expert kernels
+constexpr int PAIRS = 2;        // gate/up row pairs per warp in gate_up_kernel
+constexpr int ROUTE_THREADS = 1024;
+
+// ------------------------------------------------------------------------------------------------ top-k
+// NPL logits per lane (expert e = lane + 32 i); each of the k rounds takes the warp's best untaken logit.
+template <typename T, int NPL>
+__global__ void __launch_bounds__(128) topk_kernel(const T* __restrict__ logits, float* __restrict__ weights,
+                                                   long long* __restrict__ experts, int T_, int E, int k) {
+    const int lane = threadIdx.x & 31;
+    const int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (t >= T_) return;
+    const T* row = logits + (size_t)t * E;
+    float v[NPL];
+#pragma unroll
+    for (int i = 0; i < NPL; ++i) {
+        const int e = lane + 32 * i;
+        v[i] = e < E ? to_f(row[e]) : f32_neg_inf();
+    }
+    unsigned taken = 0;
+    float my_v = 0.f, top = 0.f;
+    int my_e = 0;
+    for (int j = 0; j < k; ++j) {
+        float bv = f32_neg_inf();
+        int be = 0x7fffffff;
+#pragma unroll
+        for (int i = 0; i < NPL; ++i) {
+            const int e = lane + 32 * i;
+            if (e < E && !(taken >> i & 1u) && (v[i] > bv || (v[i] == bv && e < be))) {
+                bv = v[i];
+                be = e;
+            }
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            const int oe = __shfl_xor_sync(0xffffffffu, be, o);
+            if (ov > bv || (ov == bv && oe < be)) {
+                bv = ov;
+                be = oe;
+            }
+        }
+        if (be < E && (be & 31) == lane) taken |= 1u << (be >> 5);  // (be = E+: NaN logits only)
+        if (j == 0) top = bv;
+        if (lane == j) {
+            my_v = bv;
+            my_e = be;
+        }
+    }
+    // renormalised top-k of the softmax = softmax over the k kept logits (the full denominator cancels)
+    const float p = lane < k ? expf(my_v - top) : 0.f;
+    const float s = warp_sum(p);
+    if (lane < k) {
+        weights[(size_t)t * k + lane] = p / s;
+        experts[(size_t)t * k + lane] = my_e;
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ routing
+// One CTA of ROUTE_THREADS. Warp w owns the contiguous slot range [w chunk, (w + 1) chunk); hist[w][e] counts its
+// slots per expert (pass 1), becomes the warp's base inside expert e's group (pass 2), and places its slots in slot
+// order (pass 3): a stable, deterministic counting sort. Shared: hist[W][E] ints + cnt[E] + off[E] + 65 ints.
+__device__ __forceinline__ int expert_of(const long long* __restrict__ experts, int s, int E) {
+    const long long e = experts[s];
+    return (e >= 0 && e < E) ? (int)e : -1;
+}
+
+__global__ void __launch_bounds__(ROUTE_THREADS) route_kernel(const long long* __restrict__ experts, int n_slots,
+                                                             int E, int* __restrict__ offsets,
+                                                             int* __restrict__ perm, int* __restrict__ inv,
+                                                             int* __restrict__ active) {
+    extern __shared__ int sh[];
+    constexpr int W = ROUTE_THREADS / 32;
+    int* hist = sh;             // [W][E]
+    int* cnt = hist + W * E;    // [E] tokens per expert
+    int* off = cnt + E;         // [E] start of each expert's group
+    int* wsum = off + E;        // [32] scan scratch (counts)
+    int* wact = wsum + 33;      // [32] scan scratch (non-empty experts); wsum[32]: their number
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+    const int chunk = (n_slots + W - 1) / W;
+    const int lo = min(n_slots, w * chunk), hi = min(n_slots, lo + chunk);
+    for (int i = tid; i < W * E; i += ROUTE_THREADS) hist[i] = 0;
+    __syncthreads();
+    // pass 1: per-warp histograms (the lowest lane of each group of equal experts adds the group's size)
+    for (int s0 = lo; s0 < hi; s0 += 32) {
+        const int s = s0 + lane;
+        const unsigned valid = __ballot_sync(0xffffffffu, s < hi);
+        const int e = s < hi ? expert_of(experts, s, E) : -1;
+        const unsigned peers = __match_any_sync(0xffffffffu, e) & valid;
+        if (s < hi && e >= 0 && (__ffs(peers) - 1) == lane) hist[w * E + e] += __popc(peers);
+        __syncwarp();
+    }
+    __syncthreads();
+    // pass 2: per expert, the warps' bases (exclusive over warps) and the total
+    for (int e = tid; e < E; e += ROUTE_THREADS) {
+        int run = 0;
+        for (int v = 0; v < W; ++v) {
+            const int c = hist[v * E + e];
+            hist[v * E + e] = run;
+            run += c;
+        }
+        cnt[e] = run;
+    }
+    __syncthreads();
+    // exclusive scans over experts of the counts (-> offsets) and of "non-empty" (-> the active list), E <= 1024
+    {
+        const int e = tid;
+        const int c = e < E ? cnt[e] : 0, a = (e < E && c > 0) ? 1 : 0;
+        int ic = c, ia = a;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int uc = __shfl_up_sync(0xffffffffu, ic, o), ua = __shfl_up_sync(0xffffffffu, ia, o);
+            if (lane >= o) {
+                ic += uc;
+                ia += ua;
+            }
+        }
+        if (lane == 31) {
+            wsum[w] = ic;
+            wact[w] = ia;
+        }
+        __syncthreads();
+        if (w == 0) {
+            int xc = wsum[lane], xa = wact[lane];
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const int uc = __shfl_up_sync(0xffffffffu, xc, o), ua = __shfl_up_sync(0xffffffffu, xa, o);
+                if (lane >= o) {
+                    xc += uc;
+                    xa += ua;
+                }
+            }
+            wsum[lane] = xc - wsum[lane];  // exclusive prefix of the warps' totals
+            wact[lane] = xa - wact[lane];
+        }
+        __syncthreads();
+        if (e < E) {
+            const int start = wsum[w] + ic - c;
+            off[e] = start;
+            offsets[e] = start;
+            if (e == E - 1) {
+                offsets[E] = start + c;
+                wsum[32] = wact[w] + ia;  // the number of non-empty experts
+            }
+            if (a) active[wact[w] + ia - a] = e;  // rank = non-empty experts before e
+        }
+        __syncthreads();
+        // the tail of the active list: -1 (the expert kernels' CTAs past the last non-empty expert exit)
+        for (int i = wsum[32] + tid; i < E; i += ROUTE_THREADS) active[i] = -1;
+    }
+    // pass 3: place the warp's slots in slot order
+    for (int s0 = lo; s0 < hi; s0 += 32) {
+        const int s = s0 + lane;
+        const unsigned valid = __ballot_sync(0xffffffffu, s < hi);
+        const int e = s < hi ? expert_of(experts, s, E) : -1;
+        const unsigned peers = __match_any_sync(0xffffffffu, e) & valid;
+        int base = 0;
+        if (s < hi && e >= 0) base = off[e] + hist[w * E + e];
+        __syncwarp();
+        if (s < hi) {
+            if (e >= 0) {
+                const int pos = base + __popc(peers & ((1u << lane) - 1u));
+                perm[pos] = s;
+                inv[s] = pos;
+                if ((__ffs(peers) - 1) == lane) hist[w * E + e] += __popc(peers);
+            } else {
+                inv[s] = -1;
+            }
+        }
+        __syncwarp();
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ gate/up
+// M token rows (in shared memory, xs[M][H]) against PAIRS gate/up row pairs per warp; lane-strided 16-byte chunks
+// of the weight rows, UNROLL chunks per step with all loads issued first. Results reduced over the warp; the
+// lanes then write act for (pair, token).
+template <typename T, int VEC, int M>
+__device__ __forceinline__ void gate_up_chunk(const T* __restrict__ wg, const T* __restrict__ xs, int H, int I,
+                                              int i0, int m, const int* __restrict__ slots,
+                                              float* __restrict__ act) {
+    constexpr int ROWS = 2 * PAIRS;  // gate row i, up row i, for each pair
+    constexpr int UNROLL = VEC > 1 ? 4 : 8;
+    const int lane = threadIdx.x & 31;
+    float acc[ROWS][M];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+        for (int j = 0; j < M; ++j) acc[r][j] = 0.f;
+    const T* rows[ROWS];
+#pragma unroll
+    for (int p = 0; p < PAIRS; ++p) {
+        const int i = min(i0 + p, I - 1);  // a pair past I recomputes row I - 1 and is not written
+        rows[2 * p] = wg + (size_t)i * H;
+        rows[2 * p + 1] = wg + (size_t)(I + i) * H;
+    }
+    const int nvec = H / VEC;
+    for (int q0 = lane; q0 < nvec; q0 += 32 * UNROLL) {
+        Vec<T, VEC> wv[UNROLL][ROWS];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int q = q0 + 32 * u;
+            if (q < nvec) {
+#pragma unroll
+                for (int r = 0; r < ROWS; ++r) wv[u][r] = reinterpret_cast<const Vec<T, VEC>*>(rows[r])[q];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int q = q0 + 32 * u;
+            if (q < nvec) {
+#pragma unroll
+                for (int j = 0; j < M; ++j) {
+                    const Vec<T, VEC> xv = reinterpret_cast<const Vec<T, VEC>*>(xs + (size_t)j * H)[q];
+                    float xf[VEC];
+#pragma unroll
+                    for (int c = 0; c < VEC; ++c) xf[c] = to_f(xv.v[c]);
+#pragma unroll
+                    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+                        for (int c = 0; c < VEC; ++c) acc[r][j] = fmaf(to_f(wv[u][r].v[c]), xf[c], acc[r][j]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+        for (int j = 0; j < M; ++j) acc[r][j] = warp_sum(acc[r][j]);
+    // every lane holds every sum; lane (p, j) writes one
+#pragma unroll
+    for (int p = 0; p < PAIRS; ++p)
+#pragma unroll
+        for (int j = 0; j < M; ++j) {
+            if (lane == p * M + j && j < m && i0 + p < I) {
+                const float g = acc[2 * p][j], u = acc[2 * p + 1][j];
+                act[(size_t)slots[j] * I + i0 + p] = g / (1.f + expf(-g)) * u;
+            }
+        }
+}
+
+// grid = (units, ceil(I / (WARPS PAIRS))); unit u is one expert and its slots:
+//   ROUTED=false (decode): u is a slot; the CTA exits unless it is its expert's first slot, and takes every later
+//                          slot of that expert (found by scanning experts[], n_slots small)
+//   ROUTED=true:           u indexes the non-empty experts (active[u], -1 past the last), slots from perm/offsets
+// Token rows are staged in shared memory mt at a time (mt * H elements, chosen by the host to fit).
+template <typename T, int VEC, bool ROUTED>
+__global__ void __launch_bounds__(WARPS * 32) gate_up_kernel(const T* __restrict__ x, const T* __restrict__ gate_up,
+                                                             const long long* __restrict__ experts, int n_slots,
+                                                             int k, int H, int I, int E,
+                                                             const int* __restrict__ perm,
+                                                             const int* __restrict__ offsets,
+                                                             const int* __restrict__ active, int mt,
+                                                             float* __restrict__ act) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* xs = reinterpret_cast<T*>(smem_raw);
+    __shared__ int list[128];   // decode: the expert's slots (n_slots <= 128)
+    __shared__ int chunk_slots[8];
+    __shared__ int info[3];     // expert, first, count
+    const int tid = threadIdx.x;
+    const int u = blockIdx.x;
+    if (ROUTED) {
+        if (tid == 0) {
+            const int e = active[u];
+            info[0] = e;
+            info[1] = e >= 0 ? offsets[e] : 0;
+            info[2] = e >= 0 ? offsets[e + 1] - info[1] : 0;
+        }
+    } else if (tid < 32) {
+        // warp 0: expert e of slot u; the CTA works only if u is e's first slot, and then takes e's slots >= u
+        const int e = expert_of(experts, u, E);
+        int n = 0;
+        bool first_slot = e >= 0;
+        for (int s0 = 0; s0 < n_slots && first_slot; s0 += 32) {
+            const int s = s0 + tid;
+            const bool same = s < n_slots && experts[s] == e;
+            const unsigned b = __ballot_sync(0xffffffffu, same);
+            const unsigned before = __ballot_sync(0xffffffffu, same && s < u);
+            if (before) {
+                first_slot = false;
+            } else {
+                if (same) list[n + __popc(b & ((1u << tid) - 1u))] = s;
+                n += __popc(b);
+            }
+        }
+        if (tid == 0) {
+            info[0] = first_slot ? e : -1;
+            info[1] = 0;
+            info[2] = n;
+        }
+    }
+    __syncthreads();
+    const int e = info[0];
+    if (e < 0) return;
+    const int count = info[2];
+    const int first = info[1];
+    const int warp = tid >> 5;
+    const int i0 = (blockIdx.y * WARPS + warp) * PAIRS;
+    const T* wg = gate_up + (size_t)e * 2 * I * H;
+    for (int c0 = 0; c0 < count; c0 += mt) {
+        const int m = min(mt, count - c0);
+        __syncthreads();  // the previous chunk's rows are no longer read
+        if (tid < m) chunk_slots[tid] = ROUTED ? perm[first + c0 + tid] : list[c0 + tid];
+        __syncthreads();
+        const int nvec = H / VEC;
+        for (int idx = tid; idx < m * nvec; idx += WARPS * 32) {
+            const int j = idx / nvec, q = idx - j * nvec;
+            reinterpret_cast<Vec<T, VEC>*>(xs + (size_t)j * H)[q] =
+                reinterpret_cast<const Vec<T, VEC>*>(x + (size_t)(chunk_slots[j] / k) * H)[q];
+        }
+        __syncthreads();
+        if (i0 >= I) continue;
+        if (m == 1) gate_up_chunk<T, VEC, 1>(wg, xs, H, I, i0, m, chunk_slots, act);
+        else if (m == 2) gate_up_chunk<T, VEC, 2>(wg, xs, H, I, i0, m, chunk_slots, act);
+        else if (m <= 4) gate_up_chunk<T, VEC, 4>(wg, xs, H, I, i0, m, chunk_slots, act);
+        else gate_up_chunk<T, VEC, 8>(wg, xs, H, I, i0, m, chunk_slots, act);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ down + combine
+// grid = (T, ceil(H / WARPS)); one warp per output row h of token t: the dot of the k concatenated rows
+// down[e_j][h, :] with w_j act[t k + j, :] (staged scaled in shared memory, k * I floats).
+template <typename T, int VEC>
+__global__ void __launch_bounds__(WARPS * 32) down_kernel(const float* __restrict__ act, const T* __restrict__ down,
+                                                          const float* __restrict__ weights,
+                                                          const long long* __restrict__ experts, int k, int H,
+                                                          int I, int E, T* __restrict__ out) {
+    extern __shared__ __align__(16) float a_s[];  // [k][I]
+    __shared__ int e_s[32];
+    const int t = blockIdx.x, tid = threadIdx.x, lane = tid & 31;
+    if (tid < k) e_s[tid] = expert_of(experts, t * k + tid, E);
+    __syncthreads();
+    for (int idx = tid; idx < k * I; idx += WARPS * 32) {
+        const int j = idx / I;
+        const float wj = weights[(size_t)t * k + j];
+        a_s[idx] = e_s[j] >= 0 ? wj * act[(size_t)t * k * I + idx] : 0.f;
+    }
+    __syncthreads();
+    const int h = blockIdx.y * WARPS + (tid >> 5);
+    if (h >= H) return;
+    constexpr int UNROLL = 8;
+    const int per = I / VEC;      // vectors per row
+    const int total = k * per;    // vectors over the k rows
+    float acc = 0.f;
+    for (int q0 = lane; q0 < total; q0 += 32 * UNROLL) {
+        Vec<T, VEC> wv[UNROLL];
+        int jq[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int q = q0 + 32 * u;
+            jq[u] = -1;
+            if (q < total) {
+                const int j = q / per;
+                const int e = e_s[j];
+                if (e >= 0) {
+                    jq[u] = q;
+                    wv[u] = reinterpret_cast<const Vec<T, VEC>*>(down + ((size_t)e * H + h) * I)[q - j * per];
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            if (jq[u] >= 0) {
+                const float* a = a_s + (size_t)jq[u] * VEC;  // j * I + (q - j per) VEC == q VEC
+#pragma unroll
+                for (int c = 0; c < VEC; ++c) acc = fmaf(to_f(wv[u].v[c]), a[c], acc);
+            }
+        }
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) out[(size_t)t * H + h] = from_f<T>(acc);
+}
+
+// ------------------------------------------------------------------------------------------------ grouped path
+// grid = (rows, ceil(H / (VEC blockDim))): rows (up to T k) on x, whose limit is 2^31 - 1
+// Positions past *total (slots dropped for an out-of-range expert) get zeros.
+template <typename T, int VEC>
+__global__ void __launch_bounds__(256) gather_kernel(const T* __restrict__ x, const int* __restrict__ perm,
+                                                     const int* __restrict__ total, int k, int H,
+                                                     T* __restrict__ xs) {
+    const int pos = blockIdx.x;
+    const int q = blockIdx.y * blockDim.x + threadIdx.x;
+    if (q * VEC >= H) return;
+    Vec<T, VEC> v;
+    if (pos < *total) {
+        v = reinterpret_cast<const Vec<T, VEC>*>(x + (size_t)(perm[pos] / k) * H)[q];
+    } else {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) v.v[i] = from_f<T>(0.f);
+    }
+    reinterpret_cast<Vec<T, VEC>*>(xs + (size_t)pos * H)[q] = v;
+}
+
+template <typename T, int VEC>
+__global__ void __launch_bounds__(256) combine_kernel(const T* __restrict__ y, const int* __restrict__ inv,
+                                                      const float* __restrict__ weights, int k, int H,
+                                                      T* __restrict__ out) {
+    const int t = blockIdx.x;
+    const int c = (blockIdx.y * blockDim.x + threadIdx.x) * VEC;
+    if (c >= H) return;
+    float acc[VEC];
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) acc[i] = 0.f;
+    for (int j = 0; j < k; ++j) {
+        const int pos = inv[t * k + j];
+        if (pos < 0) continue;
+        const float w = weights[(size_t)t * k + j];
+        float v[VEC];
+        load_f(y + (size_t)pos * H + c, v);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) acc[i] = fmaf(w, v[i], acc[i]);
+    }
+    store_f(out + (size_t)t * H + c, acc);
+}
+
+}  // namespace moe

@@ -1,0 +1,289 @@
+"""Mixture of experts on the GPU (NVRTC, kernels/cuda/moe.cu; grouped GEMMs through torch._grouped_mm), with the
+signatures and meaning of reference.moe:
+
+    weights, experts = moe_topk(router_logits, k)                  # one warp per token, fp32 softmax, top-k
+    out = moe_mlp(x, gate_up, down, weights, experts)              # routed SwiGLU experts, weighted combine
+
+moe_mlp picks one of three paths from host sizes only (so one token count always runs the same kernels, and a CUDA
+graph can capture it):
+  "decode"   T k <= 128 slots: each CTA takes one routed expert (the first slot naming it) and all the slots that
+             share it, reading only the routed experts' gate/up rows, once; silu * up in the same kernel; then one
+             kernel for down + the weighted combine (reads only the routed experts' down rows). 2 launches.
+  "grouped"  bf16 on a card with torch._grouped_mm (sm_90): routing metadata on the GPU (one CTA: counts,
+             offsets, a stable permutation grouping the slots by expert), gather, grouped GEMM gate/up,
+             silu_mul_fused, grouped GEMM down, combine back to token order. No host synchronisation.
+  "routed"   any dtype: the routing metadata, then the decode kernels driven by it (an expert's slots chunked
+             through shared memory; the fallback for fp16/fp32 and for cards without the grouped GEMM).
+`validate=True` (the default) reads the experts back once to check they lie in [0, E); it is skipped while a
+CUDA graph is being captured, and `validate=False` skips it on hot paths. Slots with an expert outside [0, E)
+contribute nothing when not validated.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from reference._checks import check_float, check_tensor
+
+from .runtime.checks import KERNEL_DTYPES, check_cuda, check_input, check_out, check_same_dtype
+from .runtime import launch as _rt_launch
+from .runtime.dispatch import CTYPES, NvrtcSource, ceil_div
+from .runtime.nvrtc import i32
+
+__all__ = ["moe_topk", "moe_mlp", "moe_routing", "PATHS"]
+
+PATHS = ("decode", "grouped", "routed")
+MAX_EXPERTS = 512          # moe_topk: 16 logits per lane
+MAX_TOPK = 32              # moe_topk: one lane per kept expert
+DECODE_MAX_SLOTS = 128     # decode path: T * k (the kernel's slot list)
+_WARPS, _PAIRS = 8, 2      # moe.cu WARPS, PAIRS
+_ROUTE_THREADS = 1024
+_SMEM = 48 * 1024          # default dynamic shared memory limit: the x chunk and the down kernel's act rows
+_NPL = (1, 2, 4, 8, 16)
+
+
+def _vec(dtype) -> int:
+    return 16 // dtype.itemsize
+
+
+def _topk_expr(dtype, npl):
+    return f"moe::topk_kernel<{CTYPES[dtype]}, {npl}>"
+
+
+def _gate_up_expr(dtype, vec, routed):
+    return f"moe::gate_up_kernel<{CTYPES[dtype]}, {vec}, {'true' if routed else 'false'}>"
+
+
+def _down_expr(dtype, vec):
+    return f"moe::down_kernel<{CTYPES[dtype]}, {vec}>"
+
+
+def _gather_expr(dtype, vec):
+    return f"moe::gather_kernel<{CTYPES[dtype]}, {vec}>"
+
+
+def _combine_expr(dtype, vec):
+    return f"moe::combine_kernel<{CTYPES[dtype]}, {vec}>"
+
+
+def _dtype_exprs(dt) -> tuple[str, ...]:
+    out = [_topk_expr(dt, n) for n in _NPL] + ["moe::route_kernel"]
+    out += [_gate_up_expr(dt, v, r) for v in (_vec(dt), 1) for r in (False, True)]
+    out += [_down_expr(dt, v) for v in (_vec(dt), 1)]
+    if dt == torch.bfloat16:
+        out += [f(dt, v) for f in (_gather_expr, _combine_expr) for v in (8, 1)]
+    return tuple(out)
+
+
+# Compiled per dtype (one NVRTC run each, on first use): a bf16 model never waits for the fp32/fp16 builds.
+_GROUPS = {dt: _dtype_exprs(dt) for dt in KERNEL_DTYPES}
+SOURCE = NvrtcSource("moe.cu", tuple(dict.fromkeys(e for g in _GROUPS.values() for e in g)))
+
+
+def _launch(device: int, dtype, expr: str, grid, block, *args, shared_mem: int = 0) -> None:
+    _rt_launch.launch(_rt_launch.get_kernel(SOURCE.file, expr, _GROUPS[dtype], device=device), grid, block, *args,
+                      shared_mem=shared_mem)
+
+
+# ------------------------------------------------------------------------------------------------ moe_topk
+def _check_k(k, E: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if not 1 <= k <= E:
+        raise ValueError(f"k must lie in [1, E={E}], got {k}")
+
+
+def moe_topk(router_logits: torch.Tensor, k: int, *, out=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """reference.moe_topk: softmax over E <= 512 experts (fp32), the k <= 32 largest ranked by logit (equal logits:
+    lower expert index first), weights renormalised over the k. router_logits [T, E] fp32/fp16/bf16, contiguous.
+    Returns (weights [T, k] fp32, experts [T, k] int64); out=(weights, experts) writes into those."""
+    check_input("router_logits", router_logits, ndim=2)
+    T, E = router_logits.shape
+    _check_k(k, E)
+    if E > MAX_EXPERTS:
+        raise ValueError(f"router_logits has E={E} experts; the kernel takes at most {MAX_EXPERTS}")
+    if k > MAX_TOPK:
+        raise ValueError(f"k={k}: the kernel keeps at most {MAX_TOPK} experts per token")
+    if out is None:
+        w = torch.empty(T, k, dtype=torch.float32, device=router_logits.device)
+        e = torch.empty(T, k, dtype=torch.int64, device=router_logits.device)
+    else:
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise ValueError("out must be a (weights, experts) pair of tensors")
+        w = check_out("out[0] (weights)", out[0], (T, k), torch.float32)
+        e = check_out("out[1] (experts)", out[1], (T, k), torch.int64)
+    device = check_cuda(router_logits=router_logits, weights_out=w, experts_out=e)
+    if T == 0:
+        return w, e
+    npl = next(n for n in _NPL if 32 * n >= E)
+    _launch(device, router_logits.dtype, _topk_expr(router_logits.dtype, npl), (ceil_div(T, 4), 1, 1), (128, 1, 1),
+                  router_logits.data_ptr(), w.data_ptr(), e.data_ptr(), i32(T), i32(E), i32(k))
+    return w, e
+
+
+# ------------------------------------------------------------------------------------------------ routing
+def moe_routing(experts: torch.Tensor, num_experts: int, *, _dtype=torch.bfloat16):
+    """Routing metadata of experts [T, k] int64 (on the GPU, one CTA, no host synchronisation):
+    (offsets [E+1] int32: expert e's slots are positions offsets[e]:offsets[e+1]; perm [T k] int32: the slot
+    (t k + j) at each position, stable (slot order within an expert); inv [T k] int32: the position of each slot
+    (-1 for an expert outside [0, E)); active [E] int32: the non-empty experts ascending, then -1).
+    _dtype: which per-dtype build to load the kernel from (the caller's, so no other dtype's build is compiled)."""
+    check_input("experts", experts, ndim=2, dtypes=(torch.int64,))
+    E = num_experts
+    if isinstance(E, bool) or not isinstance(E, int) or not 1 <= E <= _ROUTE_THREADS:
+        raise ValueError(f"num_experts must be an int in [1, {_ROUTE_THREADS}], got {E!r}")
+    device = check_cuda(experts=experts)
+    n = experts.numel()
+    dev = experts.device
+    offsets = torch.empty(E + 1, dtype=torch.int32, device=dev)
+    perm = torch.empty(n, dtype=torch.int32, device=dev)
+    inv = torch.empty(n, dtype=torch.int32, device=dev)
+    active = torch.empty(E, dtype=torch.int32, device=dev)
+    smem = ((_ROUTE_THREADS // 32) * E + 2 * E + 65) * 4
+    _launch(device, _dtype, "moe::route_kernel", (1, 1, 1), (_ROUTE_THREADS, 1, 1), experts.data_ptr(), i32(n),
+                  i32(E), offsets.data_ptr(), perm.data_ptr(), inv.data_ptr(), active.data_ptr(),
+                  shared_mem=smem)
+    return offsets, perm, inv, active
+
+
+# ------------------------------------------------------------------------------------------------ moe_mlp
+def grouped_mm_available(device) -> bool:
+    """torch._grouped_mm runs on this card (cuBLAS/CUTLASS grouped GEMM: sm_90 in torch 2.11)."""
+    return hasattr(torch, "_grouped_mm") and torch.cuda.get_device_capability(device) == (9, 0)
+
+
+def grouped_ok(x, gate_up, down) -> bool:
+    """The grouped path applies: bf16, torch._grouped_mm on this card, 16-byte row strides (H, I multiples of 8)
+    and 16-byte aligned operands."""
+    H, I = x.shape[1], down.shape[2]
+    return (x.dtype == torch.bfloat16 and H % 8 == 0 and I % 8 == 0 and _aligned(x, gate_up, down)
+            and grouped_mm_available(x.device))
+
+
+def pick_path(T: int, k: int, x, gate_up, down) -> str:
+    """The path moe_mlp takes (see the module docstring): from host sizes, the dtype, alignment and the card."""
+    if T * k <= DECODE_MAX_SLOTS:
+        return "decode"
+    if grouped_ok(x, gate_up, down):
+        return "grouped"
+    return "routed"
+
+
+def _check_mlp(x, gate_up, down, weights, experts, out):
+    check_input("x", x, ndim=2)
+    check_input("gate_up", gate_up, ndim=3)
+    check_input("down", down, ndim=3)
+    check_same_dtype(x.dtype, gate_up=gate_up, down=down)
+    check_float("weights", weights, ndim=2)
+    check_tensor("experts", experts, ndim=2, dtypes=(torch.int32, torch.int64))
+    T, H = x.shape
+    E, two_i = gate_up.shape[0], gate_up.shape[1]
+    if two_i % 2 != 0:
+        raise ValueError(f"gate_up must have an even number of rows (2I), got shape {tuple(gate_up.shape)}")
+    I = two_i // 2
+    check_tensor("gate_up", gate_up, shape=(E, 2 * I, H))
+    check_tensor("down", down, shape=(E, H, I))
+    check_tensor("weights", weights, shape=(T, None))
+    check_tensor("experts", experts, shape=tuple(weights.shape))
+    k = weights.shape[1]
+    if k > MAX_TOPK:
+        raise ValueError(f"weights/experts have k={k} experts per token; the kernels take at most {MAX_TOPK}")
+    if T and k == 0:
+        raise ValueError("weights/experts must have at least one expert per token (k >= 1)")
+    if k * I * 4 > _SMEM:
+        raise ValueError(f"k * I = {k * I} is too large for the down kernel's shared memory (at most {_SMEM // 4})")
+    if H * x.element_size() > _SMEM:
+        raise ValueError(f"hidden size {H} is too large for the kernel's shared memory (at most "
+                         f"{_SMEM // x.element_size()} for {x.dtype})")
+    if out is not None:
+        check_out("out", out, (T, H), x.dtype)
+    return T, H, E, I, k
+
+
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def _aligned(*ts) -> bool:
+    return all(t.data_ptr() % 16 == 0 for t in ts)
+
+
+def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights: torch.Tensor,
+            experts: torch.Tensor, *, out: torch.Tensor | None = None, validate: bool = True,
+            path: str | None = None) -> torch.Tensor:
+    """reference.moe_mlp: out[t] = sum_j weights[t, j] * Expert_{experts[t, j]}(x[t]), Expert_e(x) =
+    down[e] @ (silu(G_e x) * (U_e x)), gate_up [E, 2I, H] = [G_e; U_e], down [E, H, I].
+    x, gate_up, down: one dtype (fp32/fp16/bf16), contiguous; weights [T, k] float; experts [T, k] int32/int64.
+    path: None (picked from T k, the dtype and the card), "decode", "grouped" (bf16, sm_90) or "routed".
+    Returns [T, H] in x.dtype (into `out` if given)."""
+    T, H, E, I, k = _check_mlp(x, gate_up, down, weights, experts, out)
+    if path is not None and path not in PATHS:
+        raise ValueError(f"path must be None or one of {list(PATHS)}, got {path!r}")
+    if path == "decode" and T * k > DECODE_MAX_SLOTS:
+        raise ValueError(f"path 'decode' takes at most {DECODE_MAX_SLOTS} slots (T k), got {T * k}")
+    if path == "grouped" and not (x.dtype == torch.bfloat16 and H % 8 == 0 and I % 8 == 0):
+        raise ValueError(f"path 'grouped' needs bf16 inputs with H and I multiples of 8, got {x.dtype}, H={H}, "
+                         f"I={I}")
+    if validate and experts.numel() and not _capturing():
+        lo, hi = int(experts.min()), int(experts.max())  # one read-back; validate=False on hot paths
+        if lo < 0 or hi >= E:
+            raise ValueError(f"experts must lie in [0, E={E}), got min {lo}, max {hi}")
+    device = check_cuda(x=x, gate_up=gate_up, down=down, weights=weights, experts=experts, out=out)
+    if path is None:
+        path = pick_path(T, k, x, gate_up, down)
+    elif path == "grouped" and not grouped_ok(x, gate_up, down):
+        raise ValueError("path 'grouped' needs torch._grouped_mm on an sm_90 card and 16-byte aligned x, gate_up, "
+                         "down")
+    y = torch.empty(T, H, dtype=x.dtype, device=x.device) if out is None else out
+    if T == 0:
+        return y
+    if experts.dtype != torch.int64:
+        experts = experts.to(torch.int64)
+    if weights.dtype != torch.float32:
+        weights = weights.float()
+    experts, weights = experts.contiguous(), weights.contiguous()
+    if path == "grouped":
+        return _grouped(x, gate_up, down, weights, experts, y, T, H, E, I, k, device)
+
+    vec = _vec(x.dtype)
+    routed = path == "routed"
+    n_slots = T * k
+    act = torch.empty(n_slots, I, dtype=torch.float32, device=x.device)
+    # x chunk in shared memory: at most 8 rows, within the default limit
+    mt = max(1, min(8, _SMEM // (H * x.element_size())))
+    if routed:
+        offsets, perm, _, active = moe_routing(experts, E, _dtype=x.dtype)
+        units = min(n_slots, E)
+        ptrs = (perm.data_ptr(), offsets.data_ptr(), active.data_ptr())
+    else:
+        units = n_slots
+        ptrs = (0, 0, 0)
+    gv = vec if H % vec == 0 and _aligned(x, gate_up) else 1
+    _launch(device, x.dtype, _gate_up_expr(x.dtype, gv, routed), (units, ceil_div(I, _WARPS * _PAIRS), 1),
+                  (_WARPS * 32, 1, 1), x.data_ptr(), gate_up.data_ptr(), experts.data_ptr(), i32(n_slots), i32(k),
+                  i32(H), i32(I), i32(E), *ptrs, i32(mt), act.data_ptr(), shared_mem=mt * H * x.element_size())
+    dv = vec if I % vec == 0 and _aligned(down) else 1
+    _launch(device, x.dtype, _down_expr(x.dtype, dv), (T, ceil_div(H, _WARPS), 1), (_WARPS * 32, 1, 1),
+                  act.data_ptr(), down.data_ptr(), weights.data_ptr(), experts.data_ptr(), i32(k), i32(H), i32(I),
+                  i32(E), y.data_ptr(), shared_mem=k * I * 4)
+    return y
+
+
+def _grouped(x, gate_up, down, weights, experts, y, T, H, E, I, k, device):
+    """Gather by expert, torch._grouped_mm gate/up, silu_mul_fused, torch._grouped_mm down, combine."""
+    from .activations import silu_mul_fused
+
+    offsets, perm, inv, _ = moe_routing(experts, E)
+    n = T * k
+    ends = offsets[1:]  # torch._grouped_mm: int32 cumulative ends of the groups
+    xs = torch.empty(n, H, dtype=x.dtype, device=x.device)
+    vec = 8 if H % 8 == 0 and _aligned(x, xs, y) else 1
+    block = 256
+    _launch(device, x.dtype, _gather_expr(x.dtype, vec), (n, ceil_div(H // vec, block), 1), (block, 1, 1),
+                  x.data_ptr(), perm.data_ptr(), offsets[E:].data_ptr(), i32(k), i32(H), xs.data_ptr())
+    h = torch._grouped_mm(xs, gate_up.transpose(1, 2), offs=ends)       # [n, 2I]
+    a = silu_mul_fused(h)                                                # [n, I]
+    ys = torch._grouped_mm(a, down.transpose(1, 2), offs=ends)           # [n, H]
+    _launch(device, x.dtype, _combine_expr(x.dtype, vec), (T, ceil_div(H // vec, block), 1), (block, 1, 1),
+                  ys.data_ptr(), inv.data_ptr(), weights.data_ptr(), i32(k), i32(H), y.data_ptr())
+    return y

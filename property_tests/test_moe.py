@@ -1,0 +1,181 @@
+"""The moe family beyond the generic registry tests (property_tests/test_ops.py covers moe_topk / moe_mlp on the
+default path): every moe_mlp path forced on random cases, the routing metadata against a CPU counting sort, the
+order rule on tied logits, repeated and out-of-range experts without validation, and CUDA-graph capture.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import reference as ref
+from kernels.registry import REGISTRY
+from property_tests.cases import moe as cases
+from property_tests.harness import check_case, compare
+
+HAS_GPU = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a GPU")
+pytestmark = pytest.mark.gpu
+
+MLP, TOPK = REGISTRY["moe_mlp"], REGISTRY["moe_topk"]
+
+
+def _kernels():
+    from kernels import moe
+
+    return moe
+
+
+def _paths(case) -> list[str]:
+    moe = _kernels()
+    x, gu, dn, w, e = case.on("cuda")
+    out = ["routed"]
+    if w.numel() <= moe.DECODE_MAX_SLOTS:
+        out.append("decode")
+    if moe.grouped_ok(x, gu, dn):
+        out.append("grouped")
+    return out
+
+
+def _check_path(case, path) -> None:
+    """One case through one forced path, output poisoned, against the reference at the registry tolerance."""
+    moe = _kernels()
+    args = case.on("cuda")
+    want = ref.moe_mlp(*args)
+    outp = case.nan_outs("cuda")
+    got = moe.moe_mlp(*args, out=outp, path=path)
+    torch.cuda.synchronize()
+    assert got is outp
+    compare(MLP, got, want, f"moe_mlp[{path}] {case.label}", case.dtype)
+
+
+@gpu
+@given(data=st.data())
+def test_every_path_matches_reference(data):
+    case = data.draw(cases.moe_mlp_cases(), label="case")
+    for path in _paths(case):
+        _check_path(case, path)
+
+
+@gpu
+@pytest.mark.parametrize("mode", ["random", "same", "repeat", "skewed"])
+@pytest.mark.parametrize("T", [1, 3, 16, 300])
+def test_routing_modes_every_path(mode, T):
+    """Experts that get no token, every token to one set of experts, one expert named k times by every token,
+    a hot expert beside cold ones: at decode and prefill sizes, bf16 (the grouped path) and fp32."""
+    for dtype in (torch.bfloat16, torch.float32):
+        case = cases.build_moe_mlp(T, 64, 48, 12, 4, dtype, seed=T, mode=mode)
+        for path in _paths(case):
+            _check_path(case, path)
+
+
+@gpu
+@pytest.mark.parametrize("size", list(cases.MOE_SIZES))
+@pytest.mark.parametrize("T", [1, 8, 40])
+def test_real_widths_every_path(size, T):
+    s = cases.MOE_SIZES[size]
+    case = cases.build_moe_mlp(T, s["hidden"], s["inter"], cases.REAL_EXPERTS, s["topk"], torch.bfloat16, seed=T)
+    for path in _paths(case):
+        _check_path(case, path)
+
+
+# ------------------------------------------------------------------------------------------------ routing
+def _routing_cpu(experts: torch.Tensor, E: int):
+    """The metadata by a stable sort on the CPU: (offsets, perm, inv, active)."""
+    flat = experts.reshape(-1).cpu()
+    counts = torch.bincount(flat, minlength=E)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
+    perm = torch.sort(flat, stable=True).indices
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(flat.numel())
+    nz = torch.nonzero(counts).reshape(-1)
+    active = torch.full((E,), -1, dtype=torch.int64)
+    active[: nz.numel()] = nz
+    return offsets, perm, inv, active
+
+
+@gpu
+@given(T=st.one_of(st.integers(0, 50), st.sampled_from((1, 1000, 8192))),
+       E=st.one_of(st.integers(1, 40), st.sampled_from((256, 512, 1024))), k=st.integers(1, 10),
+       mode=st.sampled_from(cases.ROUTINGS), seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=30)
+def test_routing_matches_cpu_sort(T, E, k, mode, seed):
+    k = min(k, E)
+    _, experts = cases.route(torch.Generator().manual_seed(seed), T, E, k, mode)
+    got = _kernels().moe_routing(experts.cuda(), E)
+    want = _routing_cpu(experts, E)
+    for name, g, w in zip(("offsets", "perm", "inv", "active"), got, want):
+        assert g.dtype == torch.int32
+        assert torch.equal(g.cpu().long(), w), f"{name} differs (T={T}, E={E}, k={k}, {mode})"
+
+
+@gpu
+def test_out_of_range_experts_dropped_without_validation():
+    """validate=False: a slot naming an expert outside [0, E) contributes nothing (and never reads out of
+    bounds), on every path."""
+    case = cases.build_moe_mlp(40, 64, 32, 8, 3, torch.bfloat16, seed=5)
+    x, gu, dn, w, e = case.on("cuda")
+    bad = e.clone()
+    bad[::3, 1] = 8
+    bad[1::5, 0] = -3
+    keep = (bad >= 0) & (bad < 8)
+    want = ref.moe_mlp(x, gu, dn, w * keep, torch.where(keep, bad, 0))
+    moe = _kernels()
+    for path in ["routed", "grouped"] if moe.grouped_ok(x, gu, dn) else ["routed"]:
+        got = moe.moe_mlp(x, gu, dn, w, bad, validate=False, path=path)
+        compare(MLP, got, want, f"dropped experts [{path}]", torch.bfloat16)
+    got = moe.moe_mlp(x[:4], gu, dn, w[:4], bad[:4], validate=False, path="decode")
+    compare(MLP, got, ref.moe_mlp(x[:4], gu, dn, (w * keep)[:4], torch.where(keep, bad, 0)[:4]), "decode dropped",
+            torch.bfloat16)
+
+
+# ------------------------------------------------------------------------------------------------ top-k
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_topk_ties_lower_index_first(dtype):
+    """Equal logits: the lower expert index first, in the kernel as in the reference (exact experts)."""
+    logits = torch.tensor([[0.0, 1.0, 1.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0, 2.0], [-1.0, 3.0, 3.0, 3.0, 0.0]],
+                          dtype=dtype)
+    w, e = _kernels().moe_topk(logits.cuda(), 3)
+    assert e.tolist() == [[1, 2, 4], [0, 1, 2], [1, 2, 3]]
+    torch.testing.assert_close(w.cpu(), torch.tensor([[1 / 3] * 3] * 3))
+    for E in (33, 256, 512):  # ties across lanes and register slots
+        case = cases.build_moe_topk(64, E, 10, dtype, seed=E, mode="ties")
+        check_case(TOPK, "nvrtc", case, "cuda")
+
+
+# ------------------------------------------------------------------------------------------------ CUDA graph
+@gpu
+@pytest.mark.parametrize("T", [1, 8, 300])
+def test_graph_capture(T):
+    """Router top-k + moe_mlp captured in a CUDA graph (validate on by default: skipped while capturing), replayed on
+    new inputs copied into the captured buffers, equals eager."""
+    moe = _kernels()
+    E, k, H, I = 32, 8, 256, 64
+    g = torch.Generator().manual_seed(T)
+    wr = (torch.randn(E, H, generator=g) * H ** -0.5).to("cuda", torch.bfloat16)
+    gu = (torch.randn(E, 2 * I, H, generator=g) * H ** -0.5).to("cuda", torch.bfloat16)
+    dn = (torch.randn(E, H, I, generator=g) * I ** -0.5).to("cuda", torch.bfloat16)
+    x = torch.randn(T, H, generator=g).to("cuda", torch.bfloat16)
+
+    def layer():
+        w, e = moe.moe_topk(x @ wr.T, k)
+        return moe.moe_mlp(x, gu, dn, w, e)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        layer()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = layer()
+    for seed in (1, 2):
+        x.copy_(torch.randn(T, H, generator=torch.Generator().manual_seed(seed)).to("cuda", torch.bfloat16))
+        graph.replay()
+        torch.cuda.synchronize()
+        want = layer()
+        assert torch.equal(out, want), f"T={T}: graph replay differs from eager"
+        w, e = ref.moe_topk(x @ wr.T, k)
+        compare(MLP, out, ref.moe_mlp(x, gu, dn, w, e), f"graph T={T}", torch.bfloat16)

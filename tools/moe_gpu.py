@@ -1,0 +1,224 @@
+"""One-call GPU script for the moe family: correctness of every moe_mlp path at the real widths, then one MoE layer
+timed at the 35B-A3B / 122B-A10B / 397B-A17B shapes beside HF's block and the floors.
+
+    python3 tools/moe_gpu.py --check                         # every path vs reference.moe_mlp, real widths
+    python3 tools/moe_gpu.py --bench [--sizes 35B-A3B] [--tokens 1,8,64,1024,8192] [--no-hf] [--out DIR]
+
+Timed (bf16, random weights at the real shapes, all E experts; routing from our router top-k on random logits):
+  routed    moe_mlp alone (weights/experts given), graph-replayed
+  layer     the whole MoE layer: router GEMM + moe_topk + moe_mlp + the sigmoid-gated shared expert (cuBLAS GEMMs
+            and our silu_mul), graph-replayed
+  hf        transformers' Qwen3_5MoeSparseMoeBlock (eager experts loop: it reads the routing on the host, so it
+            cannot be captured), CUDA-event timed
+  gmm       torch._grouped_mm of the gate/up projection alone on pre-grouped rows (the GEMM the issue quotes)
+Floors, from ceilings measured in the same run (benchmarks.common): bandwidth = bytes of the distinct routed
+experts (+ router and shared expert for the layer) at the copy rate; compute = FLOPs at the cuBLAS bf16 rate.
+Results JSON: benchmarks/results/moe-<card>-<date>.json (and a copy under --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import reference as ref  # noqa: E402
+from benchmarks.common import (bf16_gemm_TFLOPs, copy_bandwidth_TBps, cuda_time_ms, graph_ms,  # noqa: E402
+                               write_results)
+from kernels import moe  # noqa: E402
+from kernels.registry import REGISTRY  # noqa: E402
+from property_tests.cases.moe import MOE_SIZES, route  # noqa: E402
+
+
+def gpu_case(T, H, I, E, k, dtype, seed=0, mode="random"):
+    """build_moe_mlp's inputs drawn on the GPU (the real widths' weights are slow to draw on the host)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(T, H, device="cuda", generator=g).to(dtype)
+    gate_up = (torch.randn(E, 2 * I, H, device="cuda", generator=g) * H ** -0.5).to(dtype)
+    down = (torch.randn(E, H, I, device="cuda", generator=g) * I ** -0.5).to(dtype)
+    w, e = route(torch.Generator().manual_seed(seed), T, E, k, mode)
+    return x, gate_up, down, w.cuda(), e.cuda()
+
+
+def check() -> int:
+    """Every path at the real widths (32 experts), bf16 and fp32, against the reference; returns failures."""
+    tol = REGISTRY["moe_mlp"].tol
+    bad = 0
+    for size, s in MOE_SIZES.items():
+        for T in (1, 8, 64, 300):
+            for dtype in (torch.bfloat16, torch.float32):
+                if dtype == torch.float32 and T > 64:
+                    continue
+                args = gpu_case(T, s["hidden"], s["inter"], 32, s["topk"], dtype, seed=T)
+                want = ref.moe_mlp(*args)
+                paths = ["routed"] + (["decode"] if T * s["topk"] <= moe.DECODE_MAX_SLOTS else []) + \
+                    (["grouped"] if moe.grouped_ok(*args[:3]) else [])
+                for path in paths:
+                    t0 = time.perf_counter()
+                    try:
+                        got = moe.moe_mlp(*args, path=path)
+                        torch.cuda.synchronize()
+                        rel, mx = tol[dtype].errors(got, want)
+                        ok = rel <= tol[dtype].rel_l2 and mx <= tol[dtype].max_abs
+                        msg = f"rel {rel:.2e} max {mx:.2e}"
+                    except Exception as e:  # report and go on: one log shows every path
+                        ok, msg = False, f"{type(e).__name__}: {str(e)[:200]}"
+                    bad += not ok
+                    print(f"check {size:10s} T={T:4d} {str(dtype)[6:]:9s} {path:8s} {'ok ' if ok else 'BAD'} {msg} "
+                          f"({(time.perf_counter() - t0) * 1e3:.0f} ms)", flush=True)
+    # router top-k at the real expert counts
+    for size, s in MOE_SIZES.items():
+        logits = torch.randn(1000, s["experts"], device="cuda").bfloat16()
+        w, e = moe.moe_topk(logits, s["topk"])
+        rw, re_ = ref.moe_topk(logits, s["topk"])
+        ok = torch.equal(e, re_) and torch.allclose(w, rw, atol=1e-5, rtol=0)
+        bad += not ok
+        print(f"check topk {size} {'ok' if ok else 'BAD'} max |dw| {float((w - rw).abs().max()):.1e}", flush=True)
+    return bad
+
+
+class Layer:
+    """Random bf16 weights of one MoE layer at a checkpoint's shapes, on the GPU."""
+
+    def __init__(self, size: str, seed: int = 0):
+        s = MOE_SIZES[size]
+        self.size, self.H, self.E, self.k, self.I, self.S = (size, s["hidden"], s["experts"], s["topk"], s["inter"],
+                                                            s["shared"])
+        torch.manual_seed(seed)
+        dev, bf = "cuda", torch.bfloat16
+        H, E, I, S = self.H, self.E, self.I, self.S
+        self.wr = torch.randn(E, H, device=dev, dtype=bf) * H ** -0.5
+        self.gate_up = torch.randn(E, 2 * I, H, device=dev, dtype=bf) * H ** -0.5
+        self.down = torch.randn(E, H, I, device=dev, dtype=bf) * I ** -0.5
+        self.sg = torch.randn(S, H, device=dev, dtype=bf) * H ** -0.5
+        self.su = torch.randn(S, H, device=dev, dtype=bf) * H ** -0.5
+        self.sd = torch.randn(H, S, device=dev, dtype=bf) * S ** -0.5
+        self.sgate = torch.randn(1, H, device=dev, dtype=bf) * H ** -0.5
+
+    def forward(self, x):
+        from kernels.activations import silu_mul
+
+        w, e = moe.moe_topk(F.linear(x, self.wr), self.k)
+        routed = moe.moe_mlp(x, self.gate_up, self.down, w, e, validate=False)
+        shared = F.linear(silu_mul(F.linear(x, self.sg), F.linear(x, self.su)), self.sd)
+        return routed + torch.sigmoid(F.linear(x, self.sgate)) * shared
+
+    def hf_block(self):
+        from transformers.models.qwen3_5_moe.configuration_qwen3_5_moe import Qwen3_5MoeTextConfig
+        from transformers.models.qwen3_5_moe.modeling_qwen3_5_moe import Qwen3_5MoeSparseMoeBlock
+
+        cfg = Qwen3_5MoeTextConfig(hidden_size=self.H, num_experts=self.E, num_experts_per_tok=self.k,
+                                   moe_intermediate_size=self.I, shared_expert_intermediate_size=self.S)
+        cfg._experts_implementation = "eager"
+        with torch.device("meta"):
+            block = Qwen3_5MoeSparseMoeBlock(cfg).to(torch.bfloat16)
+        block = block.to_empty(device="cuda").eval()
+        with torch.no_grad():
+            block.gate.weight.copy_(self.wr)
+            block.experts.gate_up_proj.copy_(self.gate_up)
+            block.experts.down_proj.copy_(self.down)
+            block.shared_expert.gate_proj.weight.copy_(self.sg)
+            block.shared_expert.up_proj.weight.copy_(self.su)
+            block.shared_expert.down_proj.weight.copy_(self.sd)
+            block.shared_expert_gate.weight.copy_(self.sgate)
+        return block
+
+
+def bench(sizes, tokens, hf: bool, out_dir) -> list[dict]:
+    bw, tf = copy_bandwidth_TBps(), bf16_gemm_TFLOPs()
+    print(f"ceilings: copy {bw:.2f} TB/s, bf16 GEMM {tf:.0f} TFLOP/s", flush=True)
+    records = []
+    for size in sizes:
+        L = Layer(size)
+        H, E, k, I, S = L.H, L.E, L.k, L.I, L.S
+        expert_bytes = 3 * I * H * 2
+        block = L.hf_block() if hf else None
+        for T in tokens:
+            x = torch.randn(T, H, device="cuda", dtype=torch.bfloat16)
+            w, e = moe.moe_topk(F.linear(x, L.wr), k)
+            n_hit = int(torch.unique(e).numel())
+            n = max(1, 3 if T >= 1024 else 20)
+            rec = dict(size=size, tokens=T, hidden=H, experts=E, topk=k, inter=I, shared=S, experts_hit=n_hit,
+                       path=moe.pick_path(T, k, x, L.gate_up, L.down))
+            routed_bytes = n_hit * expert_bytes
+            layer_bytes = routed_bytes + (E * H + 3 * S * H + H) * 2
+            routed_flops = 2.0 * T * k * 3 * I * H
+            layer_flops = routed_flops + 2.0 * T * (E * H + 3 * S * H + H)
+            rec["routed_us"] = graph_ms(lambda: moe.moe_mlp(x, L.gate_up, L.down, w, e, validate=False), n) * 1e3
+            rec["layer_us"] = graph_ms(lambda: L.forward(x), n) * 1e3
+            if T * k > moe.DECODE_MAX_SLOTS and moe.grouped_mm_available(x.device):
+                # the routed path's other candidates at this size (the pick is by T k: measured here)
+                rec["routed_routed_us"] = graph_ms(lambda: moe.moe_mlp(x, L.gate_up, L.down, w, e, validate=False,
+                                                                       path="routed"), n) * 1e3 if T <= 1024 else None
+            if T * k <= moe.DECODE_MAX_SLOTS and T * k > 8 and moe.grouped_mm_available(x.device):
+                rec["routed_grouped_us"] = graph_ms(lambda: moe.moe_mlp(x, L.gate_up, L.down, w, e, validate=False,
+                                                                        path="grouped"), n) * 1e3
+            # torch._grouped_mm gate/up alone on grouped rows (the issue's anchor)
+            offs, perm, _, _ = moe.moe_routing(e, E)
+            xs = x[(perm // k).long()]
+            ends = offs[1:]
+            rec["gmm_gate_up_us"] = graph_ms(lambda: torch._grouped_mm(xs, L.gate_up.transpose(1, 2), offs=ends),
+                                             n) * 1e3
+            if block is not None and T <= 8192:
+                with torch.no_grad():
+                    rec["hf_us"] = cuda_time_ms(lambda: block(x[None]), warmup=2, iters=5 if T >= 1024 else 10) * 1e3
+                    got, want = L.forward(x), block(x[None])[0]
+                    rec["hf_rel_l2"] = float((got.float() - want.float()).norm() / want.float().norm())
+            for part, b, fl in (("routed", routed_bytes, routed_flops), ("layer", layer_bytes, layer_flops)):
+                us = rec[f"{part}_us"]
+                rec[f"{part}_bytes"] = b
+                rec[f"{part}_flops"] = fl
+                rec[f"{part}_TBps"] = b / (us * 1e-6) / 1e12
+                rec[f"{part}_TFLOPs"] = fl / (us * 1e-6) / 1e12
+                rec[f"{part}_pct_bw_floor"] = 100.0 * (b / (bw * 1e12)) / (us * 1e-6)
+                rec[f"{part}_pct_gemm_floor"] = 100.0 * (fl / (tf * 1e12)) / (us * 1e-6)
+            rec["gmm_gate_up_TFLOPs"] = 2.0 * T * k * 2 * I * H / (rec["gmm_gate_up_us"] * 1e-6) / 1e12
+            records.append(rec)
+            hf_s = f" hf {rec['hf_us']:8.1f} us (x{rec['hf_us'] / rec['layer_us']:.1f}, rel {rec['hf_rel_l2']:.1e})" \
+                if "hf_us" in rec else ""
+            print(f"{size:10s} T={T:5d} [{rec['path']:7s}] hit {n_hit:3d}  routed {rec['routed_us']:8.1f} us "
+                  f"({rec['routed_pct_bw_floor']:5.1f}% bw, {rec['routed_pct_gemm_floor']:5.1f}% gemm)  layer "
+                  f"{rec['layer_us']:8.1f} us ({rec['layer_pct_bw_floor']:5.1f}% bw, {rec['layer_pct_gemm_floor']:5.1f}%"
+                  f" gemm){hf_s}  gmm g/u {rec['gmm_gate_up_us']:7.1f} us {rec['gmm_gate_up_TFLOPs']:5.0f} TF"
+                  + "".join(f" {kk} {rec[kk]:.1f}" for kk in ("routed_routed_us", "routed_grouped_us")
+                            if rec.get(kk) is not None), flush=True)
+            del x, xs
+        del L, block
+        torch.cuda.empty_cache()
+    path = write_results("moe", records, extra=dict(copy_TBps=bw, bf16_gemm_TFLOPs=tf))
+    print(f"results: {path}")
+    if out_dir:
+        shutil.copy(path, Path(out_dir) / path.name)
+    return records
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--bench", action="store_true")
+    ap.add_argument("--sizes", default=",".join(MOE_SIZES))
+    ap.add_argument("--tokens", default="1,8,64,1024,8192")
+    ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    print(f"{torch.cuda.get_device_name()} torch {torch.__version__} grouped_mm "
+          f"{moe.grouped_mm_available(torch.device('cuda'))}", flush=True)
+    bad = 0
+    if a.check:
+        t0 = time.perf_counter()
+        bad = check()
+        print(f"check: {bad} failures ({time.perf_counter() - t0:.1f} s)", flush=True)
+    if a.bench:
+        bench(a.sizes.split(","), [int(t) for t in a.tokens.split(",")], not a.no_hf, a.out)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
