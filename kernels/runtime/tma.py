@@ -27,6 +27,9 @@ _CACHE_SIZE = 256
 class TmaDesc(ctypes.Structure):
     _fields_ = [("w", ctypes.c_uint64 * 16)]
 
+    def getPtr(self) -> int:  # how cuLaunchKernel's (values, types) form takes a struct passed by value
+        return ctypes.addressof(self)
+
 
 def tensor_map(t: torch.Tensor, box: tuple[int, ...], swizzle: int = 128) -> TmaDesc:
     """CUtensorMap of a CUDA tensor of rank 1-5 with unit innermost stride; `box` the copy's box per dimension
