@@ -102,6 +102,15 @@ def _check_cache_layout(name: str, t: torch.Tensor, aligned16: bool) -> None:
                          f"got strides {t.stride()} at storage offset {t.storage_offset()}")
 
 
+def _mixed_devices(**tensors) -> None:
+    """Tensors on different devices: the kernel's message (which one is not on the GPU), before the structural
+    checks that would word it as the reference does. On one device (all on the CPU too) the structure is checked
+    first and the device last."""
+    devs = {t.device for t in tensors.values() if isinstance(t, torch.Tensor)}
+    if len(devs) > 1:
+        check_cuda(**{n: t for n, t in tensors.items() if isinstance(t, torch.Tensor)})
+
+
 def _check_contiguous(name: str, t: torch.Tensor) -> None:
     if not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous, got strides {t.stride()} for shape {tuple(t.shape)}")
@@ -129,6 +138,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     validate: read lengths back and check 0 <= lengths <= S (a host sync; pass False under CUDA graphs).
     out: optional [B, Hq, d] output (contiguous, q's dtype).
     """
+    _mixed_devices(q=q, k_cache=k_cache, v_cache=v_cache, lengths=lengths, out=out)
     B, Hq, d, S, Hkv = check_decode_args(q, k_cache, v_cache, lengths)
     if q.dtype not in ATTN_DTYPES:
         raise ValueError(f"decode_attention kernels take bf16 or fp16 (tensor cores), got {q.dtype}; use the "
@@ -195,6 +205,7 @@ def kv_cache_append(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_c
     reference). With validate=False nothing is read (CUDA-graph safe) and a slot outside [0, S) is not written:
     the token is dropped. Returns None.
     """
+    _mixed_devices(k=k, v=v, k_cache=k_cache, v_cache=v_cache, cu_seqlens=cu_seqlens, lengths=lengths)
     B, S = check_append_args(k, v, k_cache, v_cache, cu_seqlens, lengths)
     T, Hkv, d = k.shape
     _check_contiguous("k", k)
