@@ -50,6 +50,15 @@ def check_once(case: Case, q, kc, vc, lengths) -> float:
     return float((out.float() - want.float()).abs().max())
 
 
+def _splits(case: Case) -> int:
+    """The split count the wrapper launches for this case (its own host-side rule, re-run here)."""
+    import kernels.decode_attention as K
+    from kernels.runtime import device
+
+    groups = -(-(case.hq // case.hkv) // 16)
+    return K.num_splits(case.B * case.hkv * groups, -(-case.ctx // 64), device.sm_count(torch.cuda.current_device()))
+
+
 def _no_pdl(fn):
     import kernels.decode_attention as K
 
@@ -96,6 +105,7 @@ def time_case(case: Case, copy_TBps: float, log) -> list[dict]:
                        pct_of_copy=round(100 * case.kv_bytes / s / 1e12 / copy_TBps, 1))
             if name.startswith("ours"):
                 rec["max_abs_err_vs_reference"] = None if err != err else round(err, 5)
+                rec["splits"] = _splits(case)
                 if best_peer:
                     rec.update(best_sdpa=best_peer, x_best_sdpa=round(times[best_peer] / times[name], 2))
         recs.append(rec)
