@@ -28,10 +28,10 @@ from reference.deltanet import split_out_pair
 
 from .runtime import nvrtc
 from .runtime.checks import check_cuda, check_input
-from .runtime.dispatch import CTYPES, NvrtcSource
+from .runtime.dispatch import CTYPES, NvrtcSource, cbool
 from .runtime.nvrtc import f32, i32, i64
 
-__all__ = ["gated_delta_rule"]
+__all__ = ["gated_delta_rule", "fused_gated_delta_rule"]
 
 D = 128        # dk = dv: the only head size the kernels are built for (every Qwen3.5 checkpoint)
 BT = 64        # chunk length of the prefill
@@ -45,22 +45,22 @@ STATE_STEP_COST = {16: 1.0, 32: 1.25, 64: 1.7}
 RECURRENT_MAX_SEQLEN = 8  # with a max_seqlen hint at or below this, the recurrent kernel runs
 
 
-def _prep_expr(dtype) -> str:
-    return f"deltanet::gdn_chunk_prep<{CTYPES[dtype]}>"
+def _prep_expr(dtype, gate: bool) -> str:
+    return f"deltanet::gdn_chunk_prep<{CTYPES[dtype]}, {cbool(gate)}>"
 
 
 def _state_expr(dtype, bv: int) -> str:
     return f"deltanet::gdn_chunk_state<{CTYPES[dtype]}, {bv}>"
 
 
-def _rec_expr(dtype, bv: int) -> str:
-    return f"deltanet::gdn_recurrent<{CTYPES[dtype]}, {bv}>"
+def _rec_expr(dtype, bv: int, gate: bool) -> str:
+    return f"deltanet::gdn_recurrent<{CTYPES[dtype]}, {bv}, {cbool(gate)}>"
 
 
 SOURCE = NvrtcSource("deltanet.cu", tuple(
-    [_prep_expr(dt) for dt in CHUNK_DTYPES]
+    [_prep_expr(dt, gate) for dt in CHUNK_DTYPES for gate in (False, True)]
     + [_state_expr(dt, bv) for dt in CHUNK_DTYPES for bv in STATE_BV]
-    + [_rec_expr(dt, bv) for dt in DTYPES for bv in REC_BV]))
+    + [_rec_expr(dt, bv, gate) for dt in DTYPES for bv in REC_BV for gate in (False, True)]))
 
 
 def prep_smem_bytes() -> int:
@@ -125,8 +125,10 @@ def _check_rows(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} must be 16-byte aligned (got a view at storage offset {t.storage_offset()})")
 
 
-def _validate(q, k, v, g, beta, cu_seqlens, initial_state, scale, use_qk_l2norm, out, final_state, max_seqlen,
-              validate):
+def _validate(q, k, v, gates: dict, cu_seqlens, initial_state, scale, use_qk_l2norm, out, final_state,
+              max_seqlen, validate, fused: bool = False):
+    """Every check, structure first and devices last; gates: {name: tensor} of the gate inputs ([T, Hv] g, beta;
+    fused: a, b [T, Hv] in q's dtype, contiguous, and A_log, dt_bias [Hv])."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, t, ndim=3, dtypes=DTYPES)
     if not (q.dtype == k.dtype == v.dtype):
@@ -138,10 +140,15 @@ def _validate(q, k, v, g, beta, cu_seqlens, initial_state, scale, use_qk_l2norm,
     if dk != D or dv != D:
         raise ValueError(f"the deltanet kernels need dk = dv = {D}, got dk={dk}, dv={dv}")
     check_divides("Hk (key heads)", Hk, "Hv (value heads)", Hv)
+    for name, t in gates.items():
+        check_tensor(name, t, shape=(Hv,) if name in ("A_log", "dt_bias") else (T, Hv), dtypes=DTYPES)
+        if fused and name in ("a", "b"):
+            if t.dtype != q.dtype:
+                raise ValueError(f"{name} must have q's dtype {q.dtype} (the projection's output), got {t.dtype}")
+            if not t.is_contiguous():
+                raise ValueError(f"{name} must be contiguous, got strides {t.stride()}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_rows(name, t)
-    check_tensor("g", g, shape=(T, Hv), dtypes=DTYPES)
-    check_tensor("beta", beta, shape=(T, Hv), dtypes=DTYPES)
     check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32, torch.int64))
     if cu_seqlens.numel() < 2:
         raise ValueError(f"cu_seqlens must have at least 2 entries (one segment), got {cu_seqlens.numel()}")
@@ -170,7 +177,7 @@ def _validate(q, k, v, g, beta, cu_seqlens, initial_state, scale, use_qk_l2norm,
             longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
             if max_seqlen < longest:
                 raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence ({longest} tokens)")
-    device = check_cuda(q=q, k=k, v=v, g=g, beta=beta, cu_seqlens=cu_seqlens, initial_state=initial_state,
+    device = check_cuda(q=q, k=k, v=v, **gates, cu_seqlens=cu_seqlens, initial_state=initial_state,
                         out=out, final_state=final_state)
     return n, Hk, Hv, float(scale), device, out, final_state
 
@@ -181,30 +188,56 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
 
 def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
                      cu_seqlens: torch.Tensor, initial_state: torch.Tensor | None = None,
-                     scale: float | None = None, use_qk_l2norm: bool = False, *, out: torch.Tensor | None = None,
+                     scale: float | None = None, use_qk_l2norm: bool = False, *, out=None,
                      final_state: torch.Tensor | None = None, max_seqlen: int | None = None,
                      validate: bool = True):
     """reference.gated_delta_rule on the GPU: returns (o [T, Hv, 128] in v.dtype, final_state [n, Hv, 128, 128]
     fp32). out= is the pair (o, final_state) (either None); final_state= alone may be initial_state (in place).
     See the module docstring for the layouts and the two paths."""
-    n, Hk, Hv, scale, device, out, final_state = _validate(q, k, v, g, beta, cu_seqlens, initial_state, scale, use_qk_l2norm, out,
-                                         final_state, max_seqlen, validate)
+    n, Hk, Hv, scale, device, out, final_state = _validate(q, k, v, dict(g=g, beta=beta), cu_seqlens, initial_state,
+                                                           scale, use_qk_l2norm, out, final_state, max_seqlen,
+                                                           validate)
+    return _run(q, k, v, (_f32(g), _f32(beta), 0, 0, 0, 0), False, cu_seqlens, initial_state, scale,
+                use_qk_l2norm, out, final_state, max_seqlen, n, Hk, Hv, device)
+
+
+def fused_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                           A_log: torch.Tensor, dt_bias: torch.Tensor, cu_seqlens: torch.Tensor,
+                           initial_state: torch.Tensor | None = None, scale: float | None = None,
+                           use_qk_l2norm: bool = False, *, out=None, final_state: torch.Tensor | None = None,
+                           max_seqlen: int | None = None, validate: bool = True):
+    """reference.fused_gated_delta_rule on the GPU: the gates g = -exp(A_log) softplus(a + dt_bias) and
+    beta = sigmoid(b) computed in the kernels as they load a and b ([T, Hv] contiguous, q's dtype: the raw
+    projection outputs); A_log and dt_bias [Hv] (copied to fp32 if they are not). Otherwise gated_delta_rule."""
+    n, Hk, Hv, scale, device, out, final_state = _validate(q, k, v, dict(a=a, b=b, A_log=A_log, dt_bias=dt_bias),
+                                                           cu_seqlens, initial_state, scale, use_qk_l2norm, out,
+                                                           final_state, max_seqlen, validate, fused=True)
+    return _run(q, k, v, (0, 0, a, b, _f32(A_log), _f32(dt_bias)), True, cu_seqlens, initial_state, scale,
+                use_qk_l2norm, out, final_state, max_seqlen, n, Hk, Hv, device)
+
+
+def _ptr(x) -> int:
+    return x if isinstance(x, int) else x.data_ptr()
+
+
+def _run(q, k, v, gates, gate: bool, cu_seqlens, initial_state, scale, use_qk_l2norm, out, final_state,
+         max_seqlen, n, Hk, Hv, device):
     T = q.shape[0]
     if out is None:
         out = torch.empty(T, Hv, D, dtype=v.dtype, device=v.device)
     if final_state is None:
         final_state = torch.empty(n, Hv, D, D, dtype=torch.float32, device=v.device)
     cu = cu_seqlens if cu_seqlens.dtype == torch.int32 else cu_seqlens.to(torch.int32)
-    g, beta = _f32(g), _f32(beta)
+    gate_ptrs = tuple(_ptr(x) for x in gates)
     h0 = 0 if initial_state is None else initial_state.data_ptr()
     sms, smem_limit = _device_info(device)
     recurrent = (q.dtype == torch.float32 or
                  (max_seqlen <= RECURRENT_MAX_SEQLEN if max_seqlen is not None else T <= 2 * n))
     if recurrent:
         bv = pick_recurrent_bv(n, Hv, sms)
-        _launch(device, _rec_expr(q.dtype, bv), (D // bv, Hv, n), 0,
+        _launch(device, _rec_expr(q.dtype, bv, gate), (D // bv, Hv, n), 0,
                 q.data_ptr(), k.data_ptr(), v.data_ptr(), i64(q.stride(0)), i64(k.stride(0)), i64(v.stride(0)),
-                g.data_ptr(), beta.data_ptr(), cu.data_ptr(), i32(Hk), i32(Hv), f32(scale), i32(use_qk_l2norm),
+                *gate_ptrs, cu.data_ptr(), i32(Hk), i32(Hv), f32(scale), i32(use_qk_l2norm),
                 h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)))
         return out, final_state
     slots = (T + n * (BT - 1)) // BT  # an upper bound on the chunk count that needs no read of cu_seqlens
@@ -216,8 +249,8 @@ def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
     gc = torch.empty(T, Hv, dtype=torch.float32, device=q.device)
     rq, rk = torch.empty_like(gc), torch.empty_like(gc)
     if slots > 0:
-        _launch(device, _prep_expr(q.dtype), (Hv, slots, 1), prep_smem_bytes(),
-                q.data_ptr(), k.data_ptr(), v.data_ptr(), g.data_ptr(), beta.data_ptr(), cu.data_ptr(), i32(n),
+        _launch(device, _prep_expr(q.dtype, gate), (Hv, slots, 1), prep_smem_bytes(),
+                q.data_ptr(), k.data_ptr(), v.data_ptr(), *gate_ptrs, cu.data_ptr(), i32(n),
                 i64(q.stride(0)), i64(k.stride(0)), i64(v.stride(0)), i32(Hk), i32(Hv), f32(scale),
                 i32(use_qk_l2norm), w.data_ptr(), u.data_ptr(), aqk.data_ptr(), gc.data_ptr(), rq.data_ptr(),
                 rk.data_ptr())

@@ -254,7 +254,8 @@ _GDR_TOL = {torch.float32: Tol(2e-5, 5e-5), torch.float16: Tol(3e-3, 1e-2), torc
 def _gdr_flops(case) -> float:
     """Matrix FLOPs of the chunked form (64-token chunks, d = 128) per value head and chunk: K K^T, Q K^T, W, U
     (4 x 2*64*64*128), W S, Q S, K^T Vn (3 x 2*64*128*128), Aqk Vn (2*64*64*128)."""
-    q, v, cu = case.args[0], case.args[2], case.args[5]
+    q, v = case.args[0], case.args[2]
+    cu = case.args[7 if case.op == "fused_gated_delta_rule" else 5]
     chunks = int(((cu[1:] - cu[:-1] + 63) // 64).sum())
     c, d = 64, q.shape[2]
     return float(chunks * v.shape[1] * (5 * 2 * c * c * d + 3 * 2 * c * d * d))
@@ -348,6 +349,8 @@ REGISTRY: dict[str, OpSpec] = {s.name: s for s in (
     _spec("l2norm", nvrtc=norms.l2norm),
     _spec("gated_delta_rule", nvrtc=deltanet.gated_delta_rule, split=Split(tokens=(0, 1, 2, 3, 4), cu_seqlens=5, state=6),
           tol=_GDR_TOL, flops=_gdr_flops),
+    _spec("fused_gated_delta_rule", nvrtc=deltanet.fused_gated_delta_rule,
+          split=Split(tokens=(0, 1, 2, 3, 4), cu_seqlens=7, state=8), tol=_GDR_TOL, flops=_gdr_flops),
     _spec("gated_rms_norm", nvrtc=norms.gated_rms_norm),
     # P is rounded to the cache dtype before the PV product, as in the prefill kernel: the same tolerances
     _spec("decode_attention", dtypes=(torch.bfloat16, torch.float16), nvrtc=decode_kernels.decode_attention,

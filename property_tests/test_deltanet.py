@@ -137,6 +137,21 @@ def test_bitwise_repeatable_and_graph_replay():
 
 
 @gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lengths,hint", (([1, 63, 64, 65, 200], None), ([1] * 7, 1)))
+def test_fused_gates(dtype, lengths, hint):
+    """fused_gated_delta_rule (gates from a, b, A_log, dt_bias in the kernels) vs the fp64 reference of the
+    composed form, on the chunked and the recurrent path."""
+    case = build_gated_delta_rule(lengths, 2, 4, dtype, seed=6, fused=True,
+                                  kwargs={} if hint is None else {"max_seqlen": hint})
+    q, k, v, a, b, A_log, dt_bias, cu, h0 = case.on("cuda")
+    want = R.fused_gated_delta_rule(q.double(), k.double(), v.double(), a.double(), b.double(), A_log.double(),
+                                    dt_bias.double(), cu, h0.double(), **case.kwargs)
+    got = K.fused_gated_delta_rule(q, k, v, a, b, A_log, dt_bias, cu, h0, **case.kwargs)
+    _errors(got, (want[0].to(dtype), want[1].float()), dtype)
+
+
+@gpu
 @pytest.mark.slow
 @pytest.mark.parametrize("heads", ((16, 16), (16, 32)))
 def test_thousands_of_tokens(heads):

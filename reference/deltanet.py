@@ -15,7 +15,7 @@ import torch
 from ._checks import check_cu_seqlens, check_divides, check_float, check_same_device, check_tensor
 from .norms import l2norm
 
-__all__ = ["gated_delta_rule", "chunked_gated_delta_rule", "gdn_gates"]
+__all__ = ["gated_delta_rule", "chunked_gated_delta_rule", "gdn_gates", "fused_gated_delta_rule"]
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -223,3 +223,16 @@ def gdn_gates(a: torch.Tensor, b: torch.Tensor, A_log: torch.Tensor, dt_bias: to
     acc = _compute_dtype(a)
     g = -torch.exp(A_log.to(acc)) * torch.nn.functional.softplus(a.to(acc) + dt_bias.to(acc))
     return g, torch.sigmoid(b.to(acc))
+
+
+def fused_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                           A_log: torch.Tensor, dt_bias: torch.Tensor, cu_seqlens: torch.Tensor,
+                           initial_state: torch.Tensor | None = None, scale: float | None = None,
+                           use_qk_l2norm: bool = False, *, out=None, final_state: torch.Tensor | None = None,
+                           max_seqlen: int | None = None, validate: bool = True):
+    """gated_delta_rule with its gate and write strength taken from the projections: g, beta = gdn_gates(a, b,
+    A_log, dt_bias) (a, b [T, Hv]; A_log, dt_bias [Hv]), then gated_delta_rule(q, k, v, g, beta, ...) with the
+    other arguments as given. The kernels fuse the two (no [T, Hv] g/beta tensors in between)."""
+    g, beta = gdn_gates(a, b, A_log, dt_bias)
+    return gated_delta_rule(q, k, v, g, beta, cu_seqlens, initial_state, scale, use_qk_l2norm, out=out,
+                            final_state=final_state, max_seqlen=max_seqlen, validate=validate)

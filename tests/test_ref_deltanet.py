@@ -174,3 +174,34 @@ def test_gdr_bad_input():
     for bad in (0, 2.0, -3):
         with pytest.raises(ValueError, match="chunk_size"):
             ref.chunked_gated_delta_rule(**good, chunk_size=bad)
+
+
+def test_gdn_gates_and_fused_form():
+    """gdn_gates against the formula written out (log1p(exp) softplus, 1 / (1 + exp(-b))), and the fused form ==
+    gdn_gates then gated_delta_rule; out= pair / final_state= (in place) give the same results."""
+    T, Hv = 37, 4
+    gen = torch.Generator().manual_seed(7)
+    a, b = torch.randn(T, Hv, generator=gen) * 3, torch.randn(T, Hv, generator=gen) * 3
+    A_log, dt_bias = torch.randn(Hv, generator=gen), torch.randn(Hv, generator=gen)
+    g, beta = ref.gdn_gates(a.double(), b.double(), A_log.double(), dt_bias.double())
+    x = a.double() + dt_bias.double()
+    torch.testing.assert_close(g, -A_log.double().exp() * torch.log1p(torch.exp(x)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(beta, 1 / (1 + torch.exp(-b.double())), rtol=1e-12, atol=1e-12)
+    assert g.dtype == torch.float64 and ref.gdn_gates(a.half(), b.half(), A_log, dt_bias)[0].dtype == torch.float32
+    q, k, v, _, _, cu, h0 = gdr_inputs([20, 0, 17], 2, 4, 4, 3, torch.float32)
+    g32, b32 = ref.gdn_gates(a, b, A_log, dt_bias)
+    want = ref.gated_delta_rule(q, k, v, g32, b32, cu, h0, use_qk_l2norm=True)
+    got = ref.fused_gated_delta_rule(q, k, v, a, b, A_log, dt_bias, cu, h0, use_qk_l2norm=True)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    o_out, s_out = torch.empty_like(want[0]), torch.empty_like(want[1])
+    got = ref.gated_delta_rule(q, k, v, g32, b32, cu, h0, use_qk_l2norm=True, out=(o_out, s_out))
+    assert got[0] is o_out and got[1] is s_out and torch.equal(o_out, want[0]) and torch.equal(s_out, want[1])
+    state = h0.clone()
+    got = ref.gated_delta_rule(q, k, v, g32, b32, cu, state, use_qk_l2norm=True, final_state=state)
+    assert got[1] is state and torch.equal(state, want[1])
+    with pytest.raises(ValueError, match="pair"):
+        ref.gated_delta_rule(q, k, v, g32, b32, cu, h0, out=o_out)
+    with pytest.raises(ValueError, match="max_seqlen=5 is shorter"):
+        ref.gated_delta_rule(q, k, v, g32, b32, cu, h0, max_seqlen=5)
+    with pytest.raises(ValueError, match="A_log"):
+        ref.gdn_gates(a, b, A_log[:1], dt_bias)

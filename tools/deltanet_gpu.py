@@ -101,6 +101,18 @@ def check(args) -> int:
         ok = eo <= TOL[torch.bfloat16] and es <= TOL[torch.bfloat16]
         fails += not ok
         print(f"check path={label:10s} o_rel={eo:.2e} state_rel={es:.2e} {'ok' if ok else 'FAIL'}")
+    # fused gates (a, b, A_log, dt_bias) on both paths
+    from property_tests.cases.deltanet import build_gated_delta_rule
+    for lens, ms in (([1, 63, 64, 65, 200], None), ([1] * 9, 1)):
+        case = build_gated_delta_rule(lens, 2, 4, torch.bfloat16, seed=9, fused=True)
+        q, k, v, a, b, A_log, dt_bias, cu, h0 = case.on("cuda")
+        want = R.fused_gated_delta_rule(q.double(), k.double(), v.double(), a.double(), b.double(), A_log.double(),
+                                        dt_bias.double(), cu, h0.double(), use_qk_l2norm=True)
+        o, s = K.fused_gated_delta_rule(q, k, v, a, b, A_log, dt_bias, cu, h0, use_qk_l2norm=True, max_seqlen=ms)
+        eo, es = rel(o, want[0]), rel(s, want[1])
+        ok = eo <= TOL[torch.bfloat16] and es <= TOL[torch.bfloat16]
+        fails += not ok
+        print(f"check fused gates {str(ms):5s} o_rel={eo:.2e} state_rel={es:.2e} {'ok' if ok else 'FAIL'}")
     # split: a prefill of the first part, then the rest with the state carried == one pass; then decode steps
     lens = [300, 129]
     q, k, v, g, beta, cu, h0 = make_inputs(lens, 2, 4, torch.bfloat16)

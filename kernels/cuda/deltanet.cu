@@ -109,13 +109,36 @@ __device__ __forceinline__ void store2(T* p, float a, float b) {
     *reinterpret_cast<u32*>(p) = pack2<T>(a, b);
 }
 
+// The gate inputs of one (token, value head) at flat index idx = t * Hv + h. GATE: from the raw projections,
+// g = -exp(A_log[h]) softplus(a + dt_bias[h]) (torch's softplus: x past 20 is kept as is), beta = sigmoid(b)
+// (reference.gdn_gates, in fp32); else g and beta as given (fp32).
+template <typename T, bool GATE>
+struct Gates {
+    const float* g;
+    const float* beta;
+    const T* a;
+    const T* b;
+    const float* A_log;
+    const float* dt_bias;
+    __device__ __forceinline__ float gate(long long idx, int h) const {
+        if (!GATE) return g[idx];
+        const float x = to_f(a[idx]) + dt_bias[h];
+        return -expf(A_log[h]) * (x > 20.f ? x : log1pf(expf(x)));
+    }
+    __device__ __forceinline__ float strength(long long idx) const {
+        if (!GATE) return beta[idx];
+        return 1.f / (1.f + expf(-to_f(b[idx])));
+    }
+};
+
 // ---------------------------------------------------------------------------------------------------------------
 // gdn_chunk_prep
 // ---------------------------------------------------------------------------------------------------------------
-template <typename T>
+template <typename T, bool GATE>
 __global__ void __launch_bounds__(128) gdn_chunk_prep(
-    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const float* __restrict__ g,
-    const float* __restrict__ beta, const int* __restrict__ cu, int nseg, long long sq, long long sk,
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const float* g, const float* beta,
+    const T* ga, const T* gb, const float* A_log, const float* dt_bias, const int* __restrict__ cu, int nseg,
+    long long sq, long long sk,
     long long sv, int Hk, int Hv, float scale, int l2norm, T* __restrict__ w_out, T* __restrict__ u_out,
     T* __restrict__ aqk_out, float* __restrict__ g_out, float* __restrict__ rq_out, float* __restrict__ rk_out) {
     extern __shared__ __align__(16) unsigned char smem[];
@@ -131,6 +154,7 @@ __global__ void __launch_bounds__(128) gdn_chunk_prep(
     float* sRq = sB + BT;
     float* sRk = sRq + BT;
     __shared__ int s_map[2];
+    const Gates<T, GATE> gates{g, beta, ga, gb, A_log, dt_bias};
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int h = blockIdx.x, kh = h / (Hv / Hk);
@@ -148,8 +172,8 @@ __global__ void __launch_bounds__(128) gdn_chunk_prep(
     // cumulative log-decay G over the chunk (warp 0: two rows a lane, a warp-wide inclusive scan)
     if (warp == 0) {
         const int r = 2 * lane;
-        const float g0 = r < L ? g[(long long)(c0 + r) * Hv + h] : 0.f;
-        const float g1 = r + 1 < L ? g[(long long)(c0 + r + 1) * Hv + h] : 0.f;
+        const float g0 = r < L ? gates.gate((long long)(c0 + r) * Hv + h, h) : 0.f;
+        const float g1 = r + 1 < L ? gates.gate((long long)(c0 + r + 1) * Hv + h, h) : 0.f;
         float inc = g0 + g1;
 #pragma unroll
         for (int off = 1; off < 32; off <<= 1) {
@@ -161,7 +185,7 @@ __global__ void __launch_bounds__(128) gdn_chunk_prep(
         sG[r + 1] = exc + g0 + g1;
     } else if (warp == 1) {
 #pragma unroll
-        for (int r = lane; r < BT; r += 32) sB[r] = r < L ? beta[(long long)(c0 + r) * Hv + h] : 0.f;
+        for (int r = lane; r < BT; r += 32) sB[r] = r < L ? gates.strength((long long)(c0 + r) * Hv + h) : 0.f;
     }
     cp_async_wait<0>();
     __syncthreads();
@@ -477,16 +501,18 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
 // ---------------------------------------------------------------------------------------------------------------
 // CTA = (BV columns of dv, value head, sequence), 128 threads: CG = BV/4 column groups of 4 columns (float4),
 // RG = 128/CG row groups; thread (rg, cg) holds rows rg + RG*i (i < RPT) of its 4 columns.
-template <typename T, int BV>
+template <typename T, int BV, bool GATE>
 __global__ void __launch_bounds__(128) gdn_recurrent(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, long long sq, long long sk,
-    long long sv, const float* __restrict__ g, const float* __restrict__ beta, const int* __restrict__ cu,
+    long long sv, const float* g, const float* beta, const T* ga, const T* gb, const float* A_log,
+    const float* dt_bias, const int* __restrict__ cu,
     int Hk, int Hv, float scale, int l2norm, const float* h0, float* hT, T* __restrict__ o, long long so) {
     constexpr int CG = BV / 4, RG = 128 / CG, RPT = D / RG;
     __shared__ float s_qk[2][2][D];    // raw q, k of the token (double-buffered by token parity)
     __shared__ float s_red[2][4][3];   // per-warp sums of q.q, k.k, q.k
     __shared__ float s_dot[2][4][2][BV];  // per-warp partial S^T k, S^T q
     __shared__ float s_delta[2][BV];
+    const Gates<T, GATE> gates{g, beta, ga, gb, A_log, dt_bias};
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int cg = tid % CG, rg = tid / CG;
@@ -507,8 +533,8 @@ __global__ void __launch_bounds__(128) gdn_recurrent(
         nq = to_f(q[(long long)t * sq + kh * D + tid]);
         nk = to_f(k[(long long)t * sk + kh * D + tid]);
         if (tid < BV) nv = to_f(v[(long long)t * sv + h * D + vb + tid]);
-        ng = g[(long long)t * Hv + h];  // every thread decays its rows of S
-        nb = beta[(long long)t * Hv + h];
+        ng = gates.gate((long long)t * Hv + h, h);  // every thread decays its rows of S
+        nb = gates.strength((long long)t * Hv + h);
     };
     if (bos < eos) fetch(bos);
     for (int t = bos; t < eos; ++t) {

@@ -19,22 +19,27 @@ D = 128  # dk = dv of every Qwen3.5 checkpoint, the only head size the kernels a
 
 
 def build_gated_delta_rule(lengths, Hk, Hv, dtype, seed=0, with_state=True, l2norm=True, cu_dtype=torch.int32,
-                           kwargs=None, label="") -> Case:
+                           kwargs=None, label="", fused=False) -> Case:
+    """One call; fused=True: the fused_gated_delta_rule call on the same data (a, b in dtype, A_log and dt_bias
+    fp32), whose gates equal these rounded projections'."""
     g = gen(seed)
     T, n = sum(lengths), len(lengths)
     q, k = act(g, (T, Hk, D), torch.float32), act(g, (T, Hk, D), torch.float32)
     if not l2norm:  # the caller normalised them (as the model may, with reference.l2norm)
         q, k = R.l2norm(q), R.l2norm(k)
     q, k, v = q.to(dtype), k.to(dtype), act(g, (T, Hv, D), dtype)
-    a, b = torch.randn(T, Hv, generator=g), torch.randn(T, Hv, generator=g)
+    a, b = torch.randn(T, Hv, generator=g).to(dtype), torch.randn(T, Hv, generator=g).to(dtype)
     A_log = torch.log(torch.empty(Hv).uniform_(1, 16, generator=g))
-    gate, beta = R.gdn_gates(a, b, A_log, 0.5 * torch.randn(Hv, generator=g))
+    dt_bias = 0.5 * torch.randn(Hv, generator=g)
     cu = torch.tensor([0] + list(lengths), dtype=torch.int64).cumsum(0).to(cu_dtype)
     state = 0.1 * torch.randn(n, Hv, D, D, generator=g) if with_state else None
     kw = {"use_qk_l2norm": l2norm, **(kwargs or {})}
-    return Case("gated_delta_rule", (q, k, v, gate, beta, cu, state),
-                (((T, Hv, D), dtype), ((n, Hv, D, D), torch.float32)),
-                label or f"{lengths}x{Hk}/{Hv}", kw)
+    outs = (((T, Hv, D), dtype), ((n, Hv, D, D), torch.float32))
+    label = label or f"{lengths}x{Hk}/{Hv}"
+    if fused:
+        return Case("fused_gated_delta_rule", (q, k, v, a, b, A_log, dt_bias, cu, state), outs, label, kw)
+    gate, beta = R.gdn_gates(a, b, A_log, dt_bias)
+    return Case("gated_delta_rule", (q, k, v, gate, beta, cu, state), outs, label, kw)
 
 
 # lengths: empty and 1-token sequences, one chunk of 64 and its neighbours, several chunks
@@ -44,7 +49,7 @@ _heads = st.sampled_from(((1, 1), (1, 2), (2, 2), (2, 4), (1, 3)))
 
 
 @st.composite
-def _gated_delta_rule(draw, small):
+def _gated_delta_rule(draw, small, fused=False):
     lengths = draw(_lengths)
     Hk, Hv = draw(_heads)
     longest = max(lengths)
@@ -54,7 +59,8 @@ def _gated_delta_rule(draw, small):
         kwargs["scale"] = draw(st.sampled_from((0.05, 0.2)))
     return build_gated_delta_rule(lengths, Hk, Hv, draw(dtypes(small)), draw(seeds), with_state=draw(st.booleans()),
                                   l2norm=draw(st.booleans()),
-                                  cu_dtype=draw(st.sampled_from((torch.int32, torch.int64))), kwargs=kwargs)
+                                  cu_dtype=draw(st.sampled_from((torch.int32, torch.int64))), kwargs=kwargs,
+                                  fused=fused)
 
 
 def gated_delta_rule_cases(small: bool = False):
@@ -65,20 +71,51 @@ def gated_delta_rule_example(dtype=torch.bfloat16) -> Case:
     return build_gated_delta_rule([5, 0, 1, 70], 1, 2, dtype)
 
 
-def gated_delta_rule_real(dtype=torch.bfloat16, tokens: int = 4096) -> list[Case]:
-    """Per model size (and the 397B's 16/64 heads): a prefill of one `tokens`-token prompt from the zero state and
-    the decode step of 1 and 8 rows (one token each, the state carried), with the host hints the model passes."""
+def fused_gated_delta_rule_cases(small: bool = False):
+    return _gated_delta_rule(small, fused=True)
+
+
+def fused_gated_delta_rule_example(dtype=torch.bfloat16) -> Case:
+    return build_gated_delta_rule([5, 0, 1, 70], 1, 2, dtype, fused=True)
+
+
+def fused_gated_delta_rule_real(dtype=torch.bfloat16, tokens: int = 4096) -> list[Case]:
+    """The model's call: gated_delta_rule_real's cases with the raw projections."""
+    return [build_gated_delta_rule(lens, Hk, Hv, dtype, seed=seed, with_state=st_, kwargs=kw, label=lab, fused=True)
+            for lens, Hk, Hv, seed, st_, kw, lab in _real_specs(tokens)]
+
+
+def fused_gated_delta_rule_bad(device) -> list[Bad]:
+    q, k, v, a, b, A_log, dt_bias, cu, state = fused_gated_delta_rule_example(torch.float32).on(device)
+    return [
+        Bad("a shape", (q, k, v, a[:, :1], b, A_log, dt_bias, cu, state), "a must have shape", reference=True),
+        Bad("b dtype", (q, k, v, a, b.half(), A_log, dt_bias, cu, state), "b must have q's dtype"),
+        Bad("a strided", (q, k, v, torch.cat([a, a], 1)[:, ::2], b, A_log, dt_bias, cu, state), "a must be contiguous"),
+        Bad("A_log shape", (q, k, v, a, b, A_log[:1], dt_bias, cu, state), "A_log must have shape", reference=True),
+        Bad("dt_bias shape", (q, k, v, a, b, A_log, dt_bias[None], cu, state), "dt_bias must have shape",
+            reference=True),
+        Bad("q 2-D", (q[:, 0], k, v, a, b, A_log, dt_bias, cu, state), "q must have 3 dimensions"),
+    ]
+
+
+def _real_specs(tokens):
+    """(lengths, Hk, Hv, seed, with_state, kwargs, label) of the real cases."""
     out = []
     heads = [(size, s["gdn_k_heads"], s["gdn_v_heads"]) for size, s in SIZES.items()] + [("397B", 16, 64)]
     for size, Hk, Hv in heads:
-        out.append(build_gated_delta_rule([tokens], Hk, Hv, dtype, seed=Hv, with_state=False,
-                                          kwargs=dict(max_seqlen=tokens, validate=False),
-                                          label=f"{size}-prefill-{tokens}x{Hk}/{Hv}"))
+        out.append(([tokens], Hk, Hv, Hv, False, dict(max_seqlen=tokens, validate=False),
+                    f"{size}-prefill-{tokens}x{Hk}/{Hv}"))
         for rows in (1, 8):
-            out.append(build_gated_delta_rule([1] * rows, Hk, Hv, dtype, seed=rows,
-                                              kwargs=dict(max_seqlen=1, validate=False),
-                                              label=f"{size}-decode-b{rows}x{Hk}/{Hv}"))
+            out.append(([1] * rows, Hk, Hv, rows, True, dict(max_seqlen=1, validate=False),
+                        f"{size}-decode-b{rows}x{Hk}/{Hv}"))
     return out
+
+
+def gated_delta_rule_real(dtype=torch.bfloat16, tokens: int = 4096) -> list[Case]:
+    """Per model size (and the 397B's 16/64 heads): a prefill of one `tokens`-token prompt from the zero state and
+    the decode step of 1 and 8 rows (one token each, the state carried), with the host hints the model passes."""
+    return [build_gated_delta_rule(lens, Hk, Hv, dtype, seed=seed, with_state=st_, kwargs=kw, label=lab)
+            for lens, Hk, Hv, seed, st_, kw, lab in _real_specs(tokens)]
 
 
 def gated_delta_rule_bad(device) -> list[Bad]:
