@@ -207,10 +207,12 @@ def bench(args) -> int:
     copy = copy_bandwidth_TBps()
     print(f"copy {copy:.2f} TB/s")
     records = []
-    heads = [(16, 16), (16, 32), (16, 48), (16, 64)] if not args.quick else [(16, 16), (16, 64)]
-    lens_cases = [[4096], [32768], [1024] * 8] if not args.quick else [[4096], [32768]]
+    heads = [tuple(int(x) for x in h.split("/")) for h in args.heads.split(",")]
+    lens_cases = [[int(x.split("x")[1])] * int(x.split("x")[0]) if "x" in x else [int(x)] for x in args.lens.split(",")]
+    if args.quick:
+        heads, lens_cases = [(16, 16), (16, 64)], [[4096], [32768]]
     for Hk, Hv in heads:
-        for lens in lens_cases:
+        for lens in lens_cases if args.lens else []:
             T = sum(lens)
             q, k, v, g, beta, cu, h0 = make_inputs(lens, Hk, Hv, torch.bfloat16)
             nch = sum(-(-L // 64) for L in lens)
@@ -248,7 +250,7 @@ def bench(args) -> int:
             del q, k, v, g, beta, h0
             torch.cuda.empty_cache()
     for Hk, Hv in heads:
-        for B in (1, 32, 256):
+        for B in [int(b) for b in args.batches.split(",")] if args.batches else []:
             q, k, v, g, beta, cu, h0 = make_inputs([1] * B, Hk, Hv, torch.bfloat16)
             state = h0.clone()
             ours = lambda: K.gated_delta_rule(q, k, v, g, beta, cu, state, use_qk_l2norm=True, final_state=state,
@@ -287,13 +289,52 @@ def bench(args) -> int:
     return 0
 
 
+def sweep(args) -> int:
+    """Graph-replayed time of every state-pass BV on the selected prefill shapes (the pick's cost table made to
+    choose each in turn), and the per-kernel device times of one call (torch.profiler)."""
+    from benchmarks.common import graph_ms
+
+    heads = [tuple(int(x) for x in h.split("/")) for h in args.heads.split(",")]
+    lens_cases = [[int(x.split("x")[1])] * int(x.split("x")[0]) if "x" in x else [int(x)] for x in args.lens.split(",")]
+    saved = dict(K.STATE_STEP_COST)
+    for Hk, Hv in heads:
+        for lens in lens_cases:
+            q, k, v, g, beta, cu, h0 = make_inputs(lens, Hk, Hv, torch.bfloat16)
+            fn = lambda: K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, max_seqlen=max(lens),
+                                            validate=False)
+            row = {}
+            for bv in K.STATE_BV:
+                K.STATE_STEP_COST.update({b: (0.0 if b == bv else 1e9) for b in K.STATE_BV})
+                row[bv] = round(graph_ms(fn, 5), 4)
+            K.STATE_STEP_COST.update(saved)
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                fn()
+                torch.cuda.synchronize()
+            kt = {}
+            for e in prof.events():
+                if e.device_type == torch.autograd.DeviceType.CUDA:
+                    name = e.name.split("<")[0].split("::")[-1][:28]
+                    us = getattr(e, "device_time", None)
+                    us = getattr(e, "cuda_time", 0.0) if us is None else us
+                    kt[name] = kt.get(name, 0.0) + us / 1e3
+            print(f"sweep {Hk}/{Hv} {len(lens)}x{lens[0]}: graph ms by BV {row}  default pick "
+                  f"{K.pick_state_bv(len(lens), Hv, *K._device_info(torch.cuda.current_device()))}  kernels ms "
+                  + " ".join(f"{n}={t:.4f}" for n, t in kt.items()))
+            del q, k, v, g, beta, h0
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--sanitize", action="store_true")
     ap.add_argument("--bench", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="state-pass BV sweep + per-kernel times")
     ap.add_argument("--quick", action="store_true", help="bench fewer shapes")
     ap.add_argument("--no-fla", action="store_true", help="time only our kernels")
+    ap.add_argument("--heads", default="16/16,16/32,16/48,16/64", help="Hk/Hv pairs")
+    ap.add_argument("--lens", default="4096,32768,8x1024", help="prefill packings (N or BxN); '' for none")
+    ap.add_argument("--batches", default="1,32,256", help="decode batches; '' for none")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args()
     rc = 0
@@ -302,6 +343,8 @@ def main() -> int:
         rc |= sanitize(args)
     if args.check:
         rc |= check(args) != 0
+    if args.sweep:
+        rc |= sweep(args)
     if args.bench:
         rc |= bench(args)
     print(f"done in {time.time() - t:.1f} s")
