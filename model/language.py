@@ -42,7 +42,7 @@ DEFAULT_CHUNK = 8192  # packed prompt tokens per prefill chunk
 
 # ops of the decode step whose reference reads device values on the host (lengths, cu_seqlens): a step that
 # runs one of them on the reference cannot be captured in a CUDA graph
-HOST_READING_REFERENCES = ("qk_norm_rope", "decode_attention", "causal_conv1d", "gated_delta_rule")
+HOST_READING_REFERENCES = ("qk_norm_rope", "decode_attention", "causal_conv1d", "fused_gated_delta_rule")
 HOST_READING_MOE = ("moe_topk", "moe_mlp")
 
 
@@ -86,6 +86,7 @@ class _Pass:
     decode: bool = False
     start: list[int] | None = None  # prefill into a cache: tokens of each row already cached (host copy)
     cu_host: list[int] | None = None
+    attend: torch.Tensor | None = None  # decode: cache.lengths + 1, the slots each row's new token attends to
 
     @property
     def fresh(self) -> bool:
@@ -117,16 +118,14 @@ class LanguageModel:
         self.cfg, self.w, self.ops = cfg, dict(weights), ops
         w = self.w
         self.embed_weight = w["embed_tokens.weight"]
-        # per-layer constants, computed once: conv taps [C, K], the DeltaNet decay rate -exp(A_log) and dt_bias
-        # in fp32; and fused projection weights (one GEMM instead of several: at decode each is one more kernel)
+        # per-layer constants, computed once: conv taps [C, K]; and fused projection weights (one GEMM instead of
+        # several: at decode each is one more kernel)
         #   DeltaNet [in_proj_qkv; in_proj_b; in_proj_a] -> in_proj_qkvba,   MLP [gate_proj; up_proj] -> gate_up_proj
-        self.conv_w, self.neg_a, self.dt_bias = {}, {}, {}
+        self.conv_w = {}
         for i, kind in enumerate(cfg.layer_types):
             if kind == "linear_attention":
                 p = f"layers.{i}.linear_attn."
                 self.conv_w[i] = w[p + "conv1d.weight"][:, 0, :].contiguous()
-                self.neg_a[i] = -w[p + "A_log"].float().exp()
-                self.dt_bias[i] = w[p + "dt_bias"].float()
                 w[p + "in_proj_qkvba.weight"] = torch.cat([w.pop(p + n) for n in (
                     "in_proj_qkv.weight", "in_proj_b.weight", "in_proj_a.weight")])
             if not cfg.is_moe:
@@ -252,7 +251,8 @@ class LanguageModel:
         x = self.embed(tokens)
         pos = (cache.lengths.long() + cache.rope_delta).clamp_(0, cache.capacity - 1)
         cos, sin = cache.cos.index_select(0, pos), cache.sin.index_select(0, pos)
-        h = self._layers(x, cos, sin, _Pass(cu=cache.decode_cu, max_seqlen=1, cache=cache, decode=True))
+        p = _Pass(cu=cache.decode_cu, max_seqlen=1, cache=cache, decode=True, attend=cache.lengths + 1)
+        h = self._layers(x, cos, sin, p)
         cache.lengths += 1
         return h
 
@@ -295,7 +295,7 @@ class LanguageModel:
         q, gate, k = self.op("qk_norm_rope")(qg, k, w[pre + "q_norm.weight"], w[pre + "k_norm.weight"], cos, sin,
                                              cfg.rms_norm_eps, **kv)
         if p.decode:  # attend over the cache, this token included
-            o = _call(self.op("decode_attention"), q, cache.k[i], cache.v[i], cache.lengths + 1,
+            o = _call(self.op("decode_attention"), q, cache.k[i], cache.v[i], p.attend,
                       max_length=cache.capacity, validate=False)
         elif p.fresh:
             o = _call(ops.attention, q, k, v, p.cu, True, max_seqlen=p.max_seqlen, validate=False)
@@ -327,11 +327,10 @@ class LanguageModel:
         k = mixed[:, nk * dk: 2 * nk * dk].reshape(T, nk, dk)
         v = mixed[:, 2 * nk * dk:].reshape(T, nv, dv)
         z = F.linear(x, w[pre + "in_proj_z.weight"]).view(T, nv, dv)
-        beta = torch.sigmoid(qkvba[:, C: C + nv])
-        # log-decay g = -exp(A_log) * softplus(a + dt_bias), in fp32 as HF does
-        g = self.neg_a[i] * F.softplus(qkvba[:, C + nv:].float() + self.dt_bias[i])
-        # q, k, v stay strided views of the conv output (the kernels take token strides)
-        o, new_rec = _call(self.op("gated_delta_rule"), q, k, v, g, beta, p.cu, rec_state, use_qk_l2norm=True,
+        # the delta rule with its gates from the projections a, b (log-decay g = -exp(A_log) softplus(a + dt_bias),
+        # beta = sigmoid(b), fp32); q, k, v stay strided views of the conv output (the kernels take token strides)
+        o, new_rec = _call(self.op("fused_gated_delta_rule"), q, k, v, qkvba[:, C + nv:], qkvba[:, C: C + nv],
+                           w[pre + "A_log"], w[pre + "dt_bias"], p.cu, rec_state, use_qk_l2norm=True,
                            final_state=rec_state, max_seqlen=p.max_seqlen, validate=False)
         if cache is not None:
             if new_conv is not conv_state:

@@ -357,7 +357,7 @@ def run_size(size: str, args, clock, rates, peer: str, ours_too: bool = True) ->
         on_ref = [k for k, v in m.placement().items() if v == "reference"]
         print(f"{size}: ops on the reference: {on_ref}", flush=True)
         records.append(dict(size=size, case="placement", reference_ops=on_ref))
-        slow = [n for n in ("attention", "causal_conv1d", "gated_delta_rule") if n in on_ref]
+        slow = [n for n in ("attention", "causal_conv1d", "fused_gated_delta_rule") if n in on_ref]
         for B in p["decode"]:
             floor = B / (decode_bytes(t, B, PROMPT + p["n"] // 2) / (rates["copy_TBps"] * 1e12))
             run_case(records, clock, dict(size=size, impl="ours", case=f"decode_bs{B}",
