@@ -415,6 +415,7 @@ def main(argv=None) -> int:
     ap.add_argument("--peer-only", action="store_true", help=argparse.SUPPRESS)  # the FLA subprocess
     ap.add_argument("--budget-s", type=float, default=None, help="skip cases once this much time has passed")
     ap.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
+    ap.add_argument("--plot", default=None, metavar="PNG", help="also plot decode tokens/s against batch size")
     args = ap.parse_args(argv)
     sizes = args.sizes.split(",") if args.sizes else (["0.8B"] if args.quick else list(SIZES))
     clock = Clock(args.budget_s if args.budget_s else (55 if args.quick else 420))
@@ -442,7 +443,41 @@ def main(argv=None) -> int:
                                                        hf_peer=peer), out_dir=args.out)
     print(f"wrote {path}")
     summary(records)
+    if args.plot:
+        plot(records, args.plot)
     return 0
+
+
+def plot(records, path):
+    """Decode tokens/s against batch size, one panel per size: ours, the HF peers and the floor (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [s for s in SIZES if any(r.get("size") == s for r in records)]
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.5 * len(sizes), 4), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        rs = [r for r in records if r.get("size") == size and r.get("case", "").startswith("decode_bs")
+              and "tokens_per_s" in r]
+        for impl, style, label in (("ours", "s-", "qwen35-kernels (graph decode)"), ("hf_sdpa", "o-", "HF (sdpa)"),
+                                   ("hf_sdpa_fla", "^-", "HF (sdpa + flash-linear-attention)")):
+            pts = sorted((int(r["case"][9:]), r["tokens_per_s"]) for r in rs if r["impl"] == impl)
+            if pts:
+                ax.plot(*zip(*pts), style, label=label)
+        floor = sorted((int(r["case"][9:]), r["floor_tokens_per_s"]) for r in rs if "floor_tokens_per_s" in r)
+        if floor:
+            ax.plot(*zip(*floor), "k--", label="floor: weight + state + KV bytes at the copy rate")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch (rows), after a 1024-token prompt")
+        ax.set_ylabel("decode tokens/s (all rows)")
+        ax.set_title(f"Qwen3.5 {size} shapes, bf16, {torch.cuda.get_device_name()}", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 def summary(records):
