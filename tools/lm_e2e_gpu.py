@@ -444,7 +444,10 @@ def main(argv=None) -> int:
     print(f"wrote {path}")
     summary(records)
     if args.plot:
-        plot(records, args.plot)
+        try:
+            plot(records, args.plot)
+        except Exception as e:  # the JSON is written already
+            print(f"plot failed: {type(e).__name__}: {e}")
     return 0
 
 
