@@ -212,6 +212,40 @@ def bench(args) -> int:
     if args.quick:
         heads, lens_cases = [(16, 16), (16, 64)], [[4096], [32768]]
     for Hk, Hv in heads:
+        for B in [int(b) for b in args.batches.split(",")] if args.batches else []:
+            q, k, v, g, beta, cu, h0 = make_inputs([1] * B, Hk, Hv, torch.bfloat16)
+            state = h0.clone()
+            ours = lambda: K.gated_delta_rule(q, k, v, g, beta, cu, state, use_qk_l2norm=True, final_state=state,
+                                              max_seqlen=1, validate=False)
+            sbytes = 2 * B * Hv * 128 * 128 * 4
+            rec = {"op": "gated_delta_rule", "kind": "decode", "hk": Hk, "hv": Hv, "batch": B,
+                   "ours_queued_us": queued_ms(ours, 20) * 1e3, "ours_graph_us": graph_ms(ours, 20) * 1e3,
+                   "state_bytes": sbytes}
+            rec["ours_state_TBps"] = sbytes / (rec["ours_graph_us"] * 1e-6) / 1e12
+            rec["ours_pct_copy"] = 100 * rec["ours_state_TBps"] / copy
+            if fused_recurrent_gated_delta_rule is not None:
+                qb, kb, vb = q[:, None], k[:, None], v[:, None]
+                gb, bb = g[:, None], beta[:, None].to(torch.bfloat16)
+                st2 = h0.clone()
+                fla = lambda: fused_recurrent_gated_delta_rule(qb, kb, vb, gb, beta=bb, scale=128 ** -0.5,
+                                                               initial_state=st2, output_final_state=True,
+                                                               use_qk_l2norm_in_kernel=True)
+                rec["fla_queued_us"] = queued_ms(fla, 20) * 1e3
+                try:
+                    rec["fla_graph_us"] = graph_ms(fla, 20) * 1e3
+                except Exception as e:  # noqa: BLE001
+                    rec["fla_graph_us"] = None
+                    rec["fla_graph_error"] = str(e)[:200]
+                fb = rec["fla_graph_us"] or rec["fla_queued_us"]
+                rec["x_fla_graph"] = fb / rec["ours_graph_us"]
+                fo, fs = fla()
+                state.copy_(h0)
+                oo, os_ = ours()
+                rec["o_rel_vs_fla"] = rel(oo, fo[:, 0])
+                rec["state_rel_vs_fla"] = rel(os_, fs)
+            records.append(rec)
+            print(json.dumps({k_: (round(v_, 4) if isinstance(v_, float) else v_) for k_, v_ in rec.items()}))
+    for Hk, Hv in heads:
         for lens in lens_cases if args.lens else []:
             T = sum(lens)
             q, k, v, g, beta, cu, h0 = make_inputs(lens, Hk, Hv, torch.bfloat16)
@@ -249,40 +283,6 @@ def bench(args) -> int:
             print(json.dumps({k_: (round(v_, 4) if isinstance(v_, float) else v_) for k_, v_ in rec.items()}))
             del q, k, v, g, beta, h0
             torch.cuda.empty_cache()
-    for Hk, Hv in heads:
-        for B in [int(b) for b in args.batches.split(",")] if args.batches else []:
-            q, k, v, g, beta, cu, h0 = make_inputs([1] * B, Hk, Hv, torch.bfloat16)
-            state = h0.clone()
-            ours = lambda: K.gated_delta_rule(q, k, v, g, beta, cu, state, use_qk_l2norm=True, final_state=state,
-                                              max_seqlen=1, validate=False)
-            sbytes = 2 * B * Hv * 128 * 128 * 4
-            rec = {"op": "gated_delta_rule", "kind": "decode", "hk": Hk, "hv": Hv, "batch": B,
-                   "ours_queued_us": queued_ms(ours, 20) * 1e3, "ours_graph_us": graph_ms(ours, 20) * 1e3,
-                   "state_bytes": sbytes}
-            rec["ours_state_TBps"] = sbytes / (rec["ours_graph_us"] * 1e-6) / 1e12
-            rec["ours_pct_copy"] = 100 * rec["ours_state_TBps"] / copy
-            if fused_recurrent_gated_delta_rule is not None:
-                qb, kb, vb = q[:, None], k[:, None], v[:, None]
-                gb, bb = g[:, None], beta[:, None].to(torch.bfloat16)
-                st2 = h0.clone()
-                fla = lambda: fused_recurrent_gated_delta_rule(qb, kb, vb, gb, beta=bb, scale=128 ** -0.5,
-                                                               initial_state=st2, output_final_state=True,
-                                                               use_qk_l2norm_in_kernel=True)
-                rec["fla_queued_us"] = queued_ms(fla, 20) * 1e3
-                try:
-                    rec["fla_graph_us"] = graph_ms(fla, 20) * 1e3
-                except Exception as e:  # noqa: BLE001
-                    rec["fla_graph_us"] = None
-                    rec["fla_graph_error"] = str(e)[:200]
-                fb = rec["fla_graph_us"] or rec["fla_queued_us"]
-                rec["x_fla_graph"] = fb / rec["ours_graph_us"]
-                fo, fs = fla()
-                state.copy_(h0)
-                oo, os_ = ours()
-                rec["o_rel_vs_fla"] = rel(oo, fo[:, 0])
-                rec["state_rel_vs_fla"] = rel(os_, fs)
-            records.append(rec)
-            print(json.dumps({k_: (round(v_, 4) if isinstance(v_, float) else v_) for k_, v_ in rec.items()}))
     out_dir = Path(args.out) if args.out else None
     path = write_results("deltanet", records, {"copy_TBps": copy}, out_dir=out_dir)
     print("wrote", path)
