@@ -83,14 +83,14 @@ def build_hf(size: str):
     return hf
 
 
-def build_ours(hf, size: str):
+def build_ours(hf, size: str, backend: str = "kernels"):
     import model as M
     from model.config import ModelConfig
 
     cfg = ModelConfig.from_dict(hf.config.to_dict() | {"model_type": "qwen3_5"})
     weights = dict(hf.state_dict())
     weights.setdefault("lm_head.weight", weights["model.language_model.embed_tokens.weight"])
-    return M.Model(cfg, weights, backend="kernels")
+    return M.Model(cfg, weights, backend=backend)
 
 
 def sync():
