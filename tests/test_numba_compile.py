@@ -91,8 +91,12 @@ def _compile_all(cases, ccs) -> dict:
         except Exception as e:  # reported per case by the test
             results[key] = {"error": f"{type(e).__name__}: {e}"[:2000]}
 
+    import pkgutil
+
+    import kernels.numba
+
     found = set()
-    for mod in ("kernels.numba.norms", "kernels.numba.activations", "kernels.numba.vision", "kernels.numba.glue"):
+    for mod in (f"kernels.numba.{m.name}" for m in pkgutil.iter_modules(kernels.numba.__path__)):
         for attr, obj in vars(importlib.import_module(mod)).items():
             objs = obj.items() if isinstance(obj, dict) else [(None, obj)]
             for k, v in objs:
