@@ -58,8 +58,8 @@ def select_tokens(logits: torch.Tensor, *, do_sample: bool = False, temperature:
     The draw is argmax(p / noise) with noise ~ Exp(1) [B, V] (given, or drawn from `generator`); filtered-out
     tokens have p = 0 and are never picked. No host read, so it can be captured in a CUDA graph.
     """
-    if not do_sample:
-        return logits.float().argmax(dim=-1)
+    if not do_sample:  # argmax in the logits' dtype: widening to fp32 is exact, so the same token, one kernel less
+        return logits.argmax(dim=-1)
     probs = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p).softmax(dim=-1)
     if noise is None:
         noise = sample_noise(probs, generator)
