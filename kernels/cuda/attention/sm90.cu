@@ -299,7 +299,7 @@ __device__ __forceinline__ void ws_epilogue(const float (&acc)[1][D / 8][4], con
         }
         fence_proxy_async_shared();  // these writes, then the copy engine's reads
         bar_sync(1 + wg, 128);
-        if ((warp & 3) == 0 && lane == 0) {
+        if ((threadIdx.x & 127) == 0) {  // lane 0 of the warpgroup's first warp
 #pragma unroll
             for (int reg = 0; reg < S::NREG; ++reg)
                 tma_store_3d(tm_o, 64 * reg, w.head, w.seg_start + wgrow0, so + reg * (S::BM * 128));
