@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from reference._checks import check_float, check_tensor
+from reference.moe import check_shared
 
 from .runtime.checks import KERNEL_DTYPES, check_cuda, check_input, check_out, check_same_dtype
 from .runtime import launch as _rt_launch
@@ -209,14 +210,28 @@ def _aligned(*ts) -> bool:
 
 
 def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights: torch.Tensor,
-            experts: torch.Tensor, *, out: torch.Tensor | None = None, validate: bool = True,
-            path: str | None = None) -> torch.Tensor:
+            experts: torch.Tensor, *, shared_gate: torch.Tensor | None = None, shared_up: torch.Tensor | None = None,
+            shared_down: torch.Tensor | None = None, shared_expert_gate: torch.Tensor | None = None,
+            out: torch.Tensor | None = None, validate: bool = True, path: str | None = None) -> torch.Tensor:
     """reference.moe_mlp: out[t] = sum_j weights[t, j] * Expert_{experts[t, j]}(x[t]), Expert_e(x) =
-    down[e] @ (silu(G_e x) * (U_e x)), gate_up [E, 2I, H] = [G_e; U_e], down [E, H, I].
-    x, gate_up, down: one dtype (fp32/fp16/bf16), contiguous; weights [T, k] float; experts [T, k] int32/int64.
+    down[e] @ (silu(G_e x) * (U_e x)), gate_up [E, 2I, H] = [G_e; U_e], down [E, H, I]; with shared_gate/up
+    [S, H], shared_down [H, S] and shared_expert_gate [1, H] (all or none) + the sigmoid-gated shared expert
+    (fused: the decode kernels take it as one more expert, the grouped path adds it in the combine).
+    x, gate_up, down (and the shared weights): one dtype (fp32/fp16/bf16), contiguous; weights [T, k] float;
+    experts [T, k] int32/int64.
     path: None (picked from T k, the dtype and the card), "decode", "grouped" (bf16, sm_90) or "routed".
     Returns [T, H] in x.dtype (into `out` if given)."""
     T, H, E, I, k = _check_mlp(x, gate_up, down, weights, experts, out)
+    S = check_shared(x, shared_gate, shared_up, shared_down, shared_expert_gate)
+    sh = (shared_gate, shared_up, shared_down, shared_expert_gate)
+    if S is not None:
+        for name, t in zip(("shared_gate", "shared_up", "shared_down", "shared_expert_gate"), sh):
+            check_input(name, t, shape=tuple(t.shape))
+        check_same_dtype(x.dtype, shared_gate=shared_gate, shared_up=shared_up, shared_down=shared_down,
+                         shared_expert_gate=shared_expert_gate)
+        if (k * I + S) * 4 > _SMEM:
+            raise ValueError(f"k * I + S = {k * I + S} is too large for the down kernel's shared memory (at most "
+                             f"{_SMEM // 4})")
     if path is not None and path not in PATHS:
         raise ValueError(f"path must be None or one of {list(PATHS)}, got {path!r}")
     if path == "decode" and T * k > DECODE_MAX_SLOTS:
@@ -228,7 +243,9 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
         lo, hi = int(experts.min()), int(experts.max())  # one read-back; validate=False on hot paths
         if lo < 0 or hi >= E:
             raise ValueError(f"experts must lie in [0, E={E}), got min {lo}, max {hi}")
-    device = check_cuda(x=x, gate_up=gate_up, down=down, weights=weights, experts=experts, out=out)
+    device = check_cuda(x=x, gate_up=gate_up, down=down, weights=weights, experts=experts, out=out,
+                        shared_gate=shared_gate, shared_up=shared_up, shared_down=shared_down,
+                        shared_expert_gate=shared_expert_gate)
     if path is None:
         path = pick_path(T, k, x, gate_up, down)
     elif path == "grouped" and not grouped_ok(x, gate_up, down):
@@ -243,7 +260,7 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
         weights = weights.float()
     experts, weights = experts.contiguous(), weights.contiguous()
     if path == "grouped":
-        return _grouped(x, gate_up, down, weights, experts, y, T, H, E, I, k, device)
+        return _grouped(x, gate_up, down, weights, experts, y, T, H, E, I, k, device, sh)
 
     vec = _vec(x.dtype)
     routed = path == "routed"
@@ -258,20 +275,32 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     else:
         units = n_slots
         ptrs = (0, 0, 0)
-    gv = vec if H % vec == 0 and _aligned(x, gate_up) else 1
-    _launch(device, x.dtype, _gate_up_expr(x.dtype, gv, routed), (units, ceil_div(I, _WARPS * _PAIRS), 1),
-                  (_WARPS * 32, 1, 1), x.data_ptr(), gate_up.data_ptr(), experts.data_ptr(), i32(n_slots), i32(k),
-                  i32(H), i32(I), i32(E), *ptrs, i32(mt), act.data_ptr(), shared_mem=mt * H * x.element_size())
-    dv = vec if I % vec == 0 and _aligned(down) else 1
+    has_sh = S is not None
+    if has_sh:
+        act_sh = torch.empty(T, S, dtype=torch.float32, device=x.device)
+        sh_ptrs = (shared_gate.data_ptr(), shared_up.data_ptr(), i32(S), i32(T), act_sh.data_ptr())
+    else:
+        sh_ptrs = (0, 0, i32(0), i32(T), 0)
+    gv = vec if H % vec == 0 and _aligned(x, gate_up, *(sh[:2] if has_sh else ())) else 1
+    rows = max(I, S or 0)
+    _launch(device, x.dtype, _gate_up_expr(x.dtype, gv, routed), (units + has_sh, ceil_div(rows, _WARPS * _PAIRS), 1),
+            (_WARPS * 32, 1, 1), x.data_ptr(), gate_up.data_ptr(), experts.data_ptr(), i32(n_slots), i32(k),
+            i32(H), i32(I), i32(E), *ptrs, i32(mt), act.data_ptr(), *sh_ptrs, shared_mem=mt * H * x.element_size())
+    dv = vec if I % vec == 0 and (S or 0) % vec == 0 and _aligned(down, *(sh[2:3] if has_sh else ())) else 1
+    dsh = (act_sh.data_ptr(), shared_down.data_ptr(), shared_expert_gate.data_ptr(), x.data_ptr(), i32(S)) \
+        if has_sh else (0, 0, 0, 0, i32(0))
     _launch(device, x.dtype, _down_expr(x.dtype, dv), (T, ceil_div(H, _WARPS), 1), (_WARPS * 32, 1, 1),
-                  act.data_ptr(), down.data_ptr(), weights.data_ptr(), experts.data_ptr(), i32(k), i32(H), i32(I),
-                  i32(E), y.data_ptr(), shared_mem=k * I * 4)
+            act.data_ptr(), down.data_ptr(), weights.data_ptr(), experts.data_ptr(), i32(k), i32(H), i32(I),
+            i32(E), y.data_ptr(), *dsh, shared_mem=(k * I + (S or 0)) * 4)
     return y
 
 
-def _grouped(x, gate_up, down, weights, experts, y, T, H, E, I, k, device):
-    """Gather by expert, torch._grouped_mm gate/up, silu_mul_fused, torch._grouped_mm down, combine."""
-    from .activations import silu_mul_fused
+def _grouped(x, gate_up, down, weights, experts, y, T, H, E, I, k, device, sh):
+    """Gather by expert, torch._grouped_mm gate/up, silu_mul_fused, torch._grouped_mm down, combine (+ the shared
+    expert's cuBLAS GEMMs, gated in the combine)."""
+    import torch.nn.functional as F
+
+    from .activations import silu_mul, silu_mul_fused
 
     offsets, perm, inv, _ = moe_routing(experts, E)
     n = T * k
@@ -281,9 +310,15 @@ def _grouped(x, gate_up, down, weights, experts, y, T, H, E, I, k, device):
     block = 256
     _launch(device, x.dtype, _gather_expr(x.dtype, vec), (n, ceil_div(H // vec, block), 1), (block, 1, 1),
                   x.data_ptr(), perm.data_ptr(), offsets[E:].data_ptr(), i32(k), i32(H), xs.data_ptr())
+    shp = (0, 0)
+    if sh[0] is not None:
+        sg, su, sd, sgate = sh
+        shared = F.linear(silu_mul(F.linear(x, sg), F.linear(x, su)), sd)  # [T, H]
+        gate_logit = F.linear(x, sgate)                                      # [T, 1]
+        shp = (shared.data_ptr(), gate_logit.data_ptr())
     h = torch._grouped_mm(xs, gate_up.transpose(1, 2), offs=ends)       # [n, 2I]
     a = silu_mul_fused(h)                                                # [n, I]
     ys = torch._grouped_mm(a, down.transpose(1, 2), offs=ends)           # [n, H]
     _launch(device, x.dtype, _combine_expr(x.dtype, vec), (T, ceil_div(H // vec, block), 1), (block, 1, 1),
-                  ys.data_ptr(), inv.data_ptr(), weights.data_ptr(), i32(k), i32(H), y.data_ptr())
+                  ys.data_ptr(), inv.data_ptr(), weights.data_ptr(), i32(k), i32(H), y.data_ptr(), *shp)
     return y

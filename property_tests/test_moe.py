@@ -41,10 +41,10 @@ def _paths(case) -> list[str]:
 def _check_path(case, path) -> None:
     """One case through one forced path, output poisoned, against the reference at the registry tolerance."""
     moe = _kernels()
-    args = case.on("cuda")
-    want = ref.moe_mlp(*args)
+    args, kwargs = case.on("cuda"), case.kwargs_on("cuda")
+    want = ref.moe_mlp(*args, **kwargs)
     outp = case.nan_outs("cuda")
-    got = moe.moe_mlp(*args, out=outp, path=path)
+    got = moe.moe_mlp(*args, **kwargs, out=outp, path=path)
     torch.cuda.synchronize()
     assert got is outp
     compare(MLP, got, want, f"moe_mlp[{path}] {case.label}", case.dtype)
@@ -65,9 +65,10 @@ def test_routing_modes_every_path(mode, T):
     """Experts that get no token, every token to one set of experts, one expert named k times by every token,
     a hot expert beside cold ones: at decode and prefill sizes, bf16 (the grouped path) and fp32."""
     for dtype in (torch.bfloat16, torch.float32):
-        case = cases.build_moe_mlp(T, 64, 48, 12, 4, dtype, seed=T, mode=mode)
-        for path in _paths(case):
-            _check_path(case, path)
+        for shared in (None, 40):
+            case = cases.build_moe_mlp(T, 64, 48, 12, 4, dtype, seed=T, mode=mode, shared=shared)
+            for path in _paths(case):
+                _check_path(case, path)
 
 
 @gpu
@@ -75,7 +76,8 @@ def test_routing_modes_every_path(mode, T):
 @pytest.mark.parametrize("T", [1, 8, 40])
 def test_real_widths_every_path(size, T):
     s = cases.MOE_SIZES[size]
-    case = cases.build_moe_mlp(T, s["hidden"], s["inter"], cases.REAL_EXPERTS, s["topk"], torch.bfloat16, seed=T)
+    case = cases.build_moe_mlp(T, s["hidden"], s["inter"], cases.REAL_EXPERTS, s["topk"], torch.bfloat16, seed=T,
+                               shared=s["shared"])
     for path in _paths(case):
         _check_path(case, path)
 

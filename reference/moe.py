@@ -1,7 +1,9 @@
 """Sparse MoE (docs/model.md 3.7): router top-k and the routed SwiGLU experts.
 
-The shared expert and its sigmoid gate are composed outside these ops:
+The layer (HF's Qwen3_5MoeSparseMoeBlock):
     out = moe_mlp(x, gate_up, down, *moe_topk(x @ W_router^T, k)) + sigmoid(x @ w_sg^T) * shared_mlp(x)
+where the sigmoid-gated shared expert may be passed to moe_mlp (shared_gate/up/down, shared_expert_gate) so a
+kernel can fuse it into the combine.
 Precision: fp32 math (fp64 when the input is fp64).
 """
 
@@ -45,13 +47,39 @@ def moe_topk(router_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     return weights, experts.to(torch.int64)
 
 
+def check_shared(x: torch.Tensor, shared_gate, shared_up, shared_down, shared_expert_gate) -> int | None:
+    """The shared expert's weights: all four or none; returns its width S (None without it)."""
+    given = [t is not None for t in (shared_gate, shared_up, shared_down, shared_expert_gate)]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ValueError("shared_gate, shared_up, shared_down and shared_expert_gate go together: pass all four or "
+                         "none")
+    H = x.shape[1]
+    check_float("shared_gate", shared_gate, ndim=2)
+    S = shared_gate.shape[0]
+    check_tensor("shared_gate", shared_gate, shape=(S, H))
+    check_float("shared_up", shared_up, shape=(S, H))
+    check_float("shared_down", shared_down, shape=(H, S))
+    check_float("shared_expert_gate", shared_expert_gate, shape=(1, H))
+    check_same_device(x=x, shared_gate=shared_gate, shared_up=shared_up, shared_down=shared_down,
+                      shared_expert_gate=shared_expert_gate)
+    return S
+
+
 def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights: torch.Tensor,
-            experts: torch.Tensor) -> torch.Tensor:
-    """Routed SwiGLU experts: out[t] = sum_j weights[t, j] * Expert_{experts[t, j]}(x[t]).
+            experts: torch.Tensor, *, shared_gate: torch.Tensor | None = None, shared_up: torch.Tensor | None = None,
+            shared_down: torch.Tensor | None = None,
+            shared_expert_gate: torch.Tensor | None = None) -> torch.Tensor:
+    """Routed SwiGLU experts: out[t] = sum_j weights[t, j] * Expert_{experts[t, j]}(x[t]) (+ the shared expert).
 
     x: [T, H]; gate_up: [E, 2I, H] (rows 0:I gate G_e, rows I:2I up U_e); down: [E, H, I];
     weights: [T, k] float; experts: [T, k] int32/int64 in [0, E).
-    Expert_e(x) = down[e] @ (silu(G_e @ x) * (U_e @ x)).  Accumulated in fp32; returns [T, H] in x.dtype.
+    Expert_e(x) = down[e] @ (silu(G_e @ x) * (U_e @ x)).
+    With the shared expert (all four or none; HF's mlp.shared_expert.{gate,up,down}_proj.weight [S, H], [S, H],
+    [H, S] and mlp.shared_expert_gate.weight [1, H]), out[t] += sigmoid(shared_expert_gate . x[t]) *
+    shared_down @ (silu(shared_gate @ x[t]) * (shared_up @ x[t])): the whole MoE layer after the router.
+    Accumulated in fp32; returns [T, H] in x.dtype.
     """
     check_float("x", x, ndim=2)
     check_float("gate_up", gate_up, ndim=3)
@@ -71,8 +99,14 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     if experts.numel() and (int(experts.min()) < 0 or int(experts.max()) >= E):
         raise ValueError(f"experts must lie in [0, E={E}), got min {int(experts.min())}, max {int(experts.max())}")
 
+    S = check_shared(x, shared_gate, shared_up, shared_down, shared_expert_gate)
+
     acc = _compute_dtype(x)
     out = torch.zeros(T, H, dtype=acc, device=x.device)
+    if S is not None:
+        xa = x.to(acc)
+        act = F.silu(xa @ shared_gate.to(acc).T) * (xa @ shared_up.to(acc).T)  # [T, S]
+        out += torch.sigmoid(xa @ shared_expert_gate.to(acc).T) * (act @ shared_down.to(acc).T)
     for e in torch.unique(experts).tolist():  # only the experts that received tokens
         rows, slots = torch.nonzero(experts == e, as_tuple=True)  # token t, and where e sits in its top-k
         h = x[rows].to(acc) @ gate_up[e].to(acc).T  # [m, 2I]

@@ -54,6 +54,12 @@ def test_moe_vs_hf_block(T, E, k):
         out = routed + torch.sigmoid(x @ block.shared_expert_gate.weight.T) * shared_out
         torch.testing.assert_close(out, hf_out, rtol=1e-5, atol=1e-5)
 
+        # the same layer with the shared expert passed to moe_mlp
+        fused = ref.moe_mlp(x, block.experts.gate_up_proj, block.experts.down_proj, weights, experts,
+                            shared_gate=shared.gate_proj.weight, shared_up=shared.up_proj.weight,
+                            shared_down=shared.down_proj.weight, shared_expert_gate=block.shared_expert_gate.weight)
+        torch.testing.assert_close(fused, hf_out, rtol=1e-5, atol=1e-5)
+
 
 def test_moe_topk_vs_python_sort():
     logits = torch.randn(9, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -111,6 +117,23 @@ def test_moe_mlp_no_tokens():
     out = ref.moe_mlp(torch.zeros(0, 4), torch.zeros(3, 4, 4), torch.zeros(3, 4, 2),
                       torch.zeros(0, 2), torch.zeros(0, 2, dtype=torch.int64))
     assert out.shape == (0, 4)
+
+
+def test_moe_mlp_shared_vs_composed():
+    """shared_* in moe_mlp == the routed output plus the gated shared expert composed by hand (fp64, 1e-12)."""
+    gen = torch.Generator().manual_seed(4)
+    T, H, I, E, k, S = 7, 12, 6, 5, 2, 10
+    d = dict(dtype=torch.float64, generator=gen)
+    x, gu, dn = torch.randn(T, H, **d), torch.randn(E, 2 * I, H, **d), torch.randn(E, H, I, **d)
+    w, e = ref.moe_topk(torch.randn(T, E, **d), k)
+    sg, su, sd, gate = torch.randn(S, H, **d), torch.randn(S, H, **d), torch.randn(H, S, **d), torch.randn(1, H, **d)
+    got = ref.moe_mlp(x, gu, dn, w, e, shared_gate=sg, shared_up=su, shared_down=sd, shared_expert_gate=gate)
+    want = ref.moe_mlp(x, gu, dn, w, e) + torch.sigmoid(x @ gate.T) * ((F.silu(x @ sg.T) * (x @ su.T)) @ sd.T)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="go together"):
+        ref.moe_mlp(x, gu, dn, w, e, shared_gate=sg)
+    with pytest.raises(ValueError, match="shared_down"):
+        ref.moe_mlp(x, gu, dn, w, e, shared_gate=sg, shared_up=su, shared_down=sd.T, shared_expert_gate=gate)
 
 
 def test_moe_topk_bad_input():

@@ -6,9 +6,11 @@
 //                      by expert (perm[pos] = slot, inv[slot] = pos), the non-empty experts in ascending order
 //   gate_up_kernel     act[slot, i] = silu(G_e x_t)_i * (U_e x_t)_i for the slots of one expert per CTA, reading
 //                      that expert's rows once for all its tokens (decode: only the routed experts are read)
-//   down_kernel        out[t, h] = sum_j w[t, j] * down[e_j][h, :] . act[t k + j, :]  (down + weighted combine)
+//   down_kernel        out[t, h] = sum_j w[t, j] * down[e_j][h, :] . act[t k + j, :]  (down + weighted combine,
+//                      + the sigmoid-gated shared expert when given)
 //   gather_kernel      xs[pos] = x[perm[pos] / k]           (the grouped-GEMM path's input, grouped by expert)
-//   combine_kernel     out[t] = sum_j w[t, j] * y[inv[t k + j]] (the grouped-GEMM path's output, back in order)
+//   combine_kernel     out[t] = sum_j w[t, j] * y[inv[t k + j]] (+ sigmoid(g_t) shared[t]): the grouped-GEMM
+//                      path's output back in token order
 // Experts are int64 (moe_topk's output), weights fp32; every sum is fp32, one rounding on store.
 // Slots whose expert lies outside [0, E) are dropped (contribute nothing; the wrapper's validate= checks them).
 #include "include/convert.cuh"
@@ -195,10 +197,11 @@ __global__ void __launch_bounds__(ROUTE_THREADS) route_kernel(const long long* _
 // M token rows (in shared memory, xs[M][H]) against PAIRS gate/up row pairs per warp; lane-strided 16-byte chunks
 // of the weight rows, UNROLL chunks per step with all loads issued first. Results reduced over the warp; the
 // lanes then write act for (pair, token).
+// Rows i of wgate and wup ([width, H] each) against the chunk's token rows; writes out[ids[j] * width + i].
 template <typename T, int VEC, int M>
-__device__ __forceinline__ void gate_up_chunk(const T* __restrict__ wg, const T* __restrict__ xs, int H, int I,
-                                              int i0, int m, const int* __restrict__ slots,
-                                              float* __restrict__ act) {
+__device__ __forceinline__ void gate_up_chunk(const T* __restrict__ wgate, const T* __restrict__ wup,
+                                              const T* __restrict__ xs, int H, int I, int i0, int m,
+                                              const int* __restrict__ slots, float* __restrict__ act) {
     constexpr int ROWS = 2 * PAIRS;  // gate row i, up row i, for each pair
     constexpr int UNROLL = VEC > 1 ? 4 : 8;
     const int lane = threadIdx.x & 31;
@@ -211,8 +214,8 @@ __device__ __forceinline__ void gate_up_chunk(const T* __restrict__ wg, const T*
 #pragma unroll
     for (int p = 0; p < PAIRS; ++p) {
         const int i = min(i0 + p, I - 1);  // a pair past I recomputes row I - 1 and is not written
-        rows[2 * p] = wg + (size_t)i * H;
-        rows[2 * p + 1] = wg + (size_t)(I + i) * H;
+        rows[2 * p] = wgate + (size_t)i * H;
+        rows[2 * p + 1] = wup + (size_t)i * H;
     }
     const int nvec = H / VEC;
     for (int q0 = lane; q0 < nvec; q0 += 32 * UNROLL) {
@@ -259,10 +262,11 @@ __device__ __forceinline__ void gate_up_chunk(const T* __restrict__ wg, const T*
         }
 }
 
-// grid = (units, ceil(I / (WARPS PAIRS))); unit u is one expert and its slots:
+// grid = (units (+1 with the shared expert), ceil(max(I, S) / (WARPS PAIRS))); unit u is one expert and its slots:
 //   ROUTED=false (decode): u is a slot; the CTA exits unless it is its expert's first slot, and takes every later
 //                          slot of that expert (found by scanning experts[], n_slots small)
 //   ROUTED=true:           u indexes the non-empty experts (active[u], -1 past the last), slots from perm/offsets
+//   the shared expert (sh_gate non-null): the last unit, all T_ tokens, rows of sh_gate / sh_up [S, H] -> act_sh
 // Token rows are staged in shared memory mt at a time (mt * H elements, chosen by the host to fit).
 template <typename T, int VEC, bool ROUTED>
 __global__ void __launch_bounds__(WARPS * 32) gate_up_kernel(const T* __restrict__ x, const T* __restrict__ gate_up,
@@ -271,7 +275,9 @@ __global__ void __launch_bounds__(WARPS * 32) gate_up_kernel(const T* __restrict
                                                              const int* __restrict__ perm,
                                                              const int* __restrict__ offsets,
                                                              const int* __restrict__ active, int mt,
-                                                             float* __restrict__ act) {
+                                                             float* __restrict__ act, const T* __restrict__ sh_gate,
+                                                             const T* __restrict__ sh_up, int S, int T_,
+                                                             float* __restrict__ act_sh) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* xs = reinterpret_cast<T*>(smem_raw);
     __shared__ int list[128];   // decode: the expert's slots (n_slots <= 128)
@@ -279,7 +285,14 @@ __global__ void __launch_bounds__(WARPS * 32) gate_up_kernel(const T* __restrict
     __shared__ int info[3];     // expert, first, count
     const int tid = threadIdx.x;
     const int u = blockIdx.x;
-    if (ROUTED) {
+    const bool shared_unit = sh_gate != nullptr && u == gridDim.x - 1;  // the last unit: the shared expert
+    if (shared_unit) {
+        if (tid == 0) {
+            info[0] = 0;
+            info[1] = 0;
+            info[2] = T_;
+        }
+    } else if (ROUTED) {
         if (tid == 0) {
             const int e = active[u];
             info[0] = e;
@@ -316,45 +329,72 @@ __global__ void __launch_bounds__(WARPS * 32) gate_up_kernel(const T* __restrict
     const int first = info[1];
     const int warp = tid >> 5;
     const int i0 = (blockIdx.y * WARPS + warp) * PAIRS;
-    const T* wg = gate_up + (size_t)e * 2 * I * H;
+    // routed expert e: rows of gate_up[e], act by slot, x row slot / k; the shared expert: its own rows, act_sh by
+    // token, x row = token
+    const T* wgate = shared_unit ? sh_gate : gate_up + (size_t)e * 2 * I * H;
+    const T* wup = shared_unit ? sh_up : wgate + (size_t)I * H;
+    const int width = shared_unit ? S : I;
+    float* dst = shared_unit ? act_sh : act;
+    const int xdiv = shared_unit ? 1 : k;
     for (int c0 = 0; c0 < count; c0 += mt) {
         const int m = min(mt, count - c0);
         __syncthreads();  // the previous chunk's rows are no longer read
-        if (tid < m) chunk_slots[tid] = ROUTED ? perm[first + c0 + tid] : list[c0 + tid];
+        if (tid < m) chunk_slots[tid] = shared_unit ? c0 + tid : ROUTED ? perm[first + c0 + tid] : list[c0 + tid];
         __syncthreads();
         const int nvec = H / VEC;
         for (int idx = tid; idx < m * nvec; idx += WARPS * 32) {
             const int j = idx / nvec, q = idx - j * nvec;
             reinterpret_cast<Vec<T, VEC>*>(xs + (size_t)j * H)[q] =
-                reinterpret_cast<const Vec<T, VEC>*>(x + (size_t)(chunk_slots[j] / k) * H)[q];
+                reinterpret_cast<const Vec<T, VEC>*>(x + (size_t)(chunk_slots[j] / xdiv) * H)[q];
         }
         __syncthreads();
-        if (i0 >= I) continue;
-        if (m == 1) gate_up_chunk<T, VEC, 1>(wg, xs, H, I, i0, m, chunk_slots, act);
-        else if (m == 2) gate_up_chunk<T, VEC, 2>(wg, xs, H, I, i0, m, chunk_slots, act);
-        else if (m <= 4) gate_up_chunk<T, VEC, 4>(wg, xs, H, I, i0, m, chunk_slots, act);
-        else gate_up_chunk<T, VEC, 8>(wg, xs, H, I, i0, m, chunk_slots, act);
+        if (i0 >= width) continue;
+        if (m == 1) gate_up_chunk<T, VEC, 1>(wgate, wup, xs, H, width, i0, m, chunk_slots, dst);
+        else if (m == 2) gate_up_chunk<T, VEC, 2>(wgate, wup, xs, H, width, i0, m, chunk_slots, dst);
+        else if (m <= 4) gate_up_chunk<T, VEC, 4>(wgate, wup, xs, H, width, i0, m, chunk_slots, dst);
+        else gate_up_chunk<T, VEC, 8>(wgate, wup, xs, H, width, i0, m, chunk_slots, dst);
     }
 }
 
 // ------------------------------------------------------------------------------------------------ down + combine
 // grid = (T, ceil(H / WARPS)); one warp per output row h of token t: the dot of the k concatenated rows
-// down[e_j][h, :] with w_j act[t k + j, :] (staged scaled in shared memory, k * I floats).
+// down[e_j][h, :] with w_j act[t k + j, :] (staged scaled in shared memory, k * I floats), plus, with the shared
+// expert (sh_down non-null), sh_down[h, :] . sigmoid(sh_gate_w . x[t]) act_sh[t, :] (S more floats).
 template <typename T, int VEC>
 __global__ void __launch_bounds__(WARPS * 32) down_kernel(const float* __restrict__ act, const T* __restrict__ down,
                                                           const float* __restrict__ weights,
                                                           const long long* __restrict__ experts, int k, int H,
-                                                          int I, int E, T* __restrict__ out) {
-    extern __shared__ __align__(16) float a_s[];  // [k][I]
+                                                          int I, int E, T* __restrict__ out,
+                                                          const float* __restrict__ act_sh,
+                                                          const T* __restrict__ sh_down,
+                                                          const T* __restrict__ sh_gate_w,
+                                                          const T* __restrict__ x, int S) {
+    extern __shared__ __align__(16) float a_s[];  // [k][I], then [S]
     __shared__ int e_s[32];
+    __shared__ float red[WARPS];
     const int t = blockIdx.x, tid = threadIdx.x, lane = tid & 31;
     if (tid < k) e_s[tid] = expert_of(experts, t * k + tid, E);
+    float sig = 0.f;
+    if (sh_down) {  // the shared expert's gate: sigmoid(w . x[t]), a block reduction over H
+        float p = 0.f;
+        for (int c = tid; c < H; c += WARPS * 32) p = fmaf(to_f(sh_gate_w[c]), to_f(x[(size_t)t * H + c]), p);
+        p = warp_sum(p);
+        if (lane == 0) red[tid >> 5] = p;
+    }
     __syncthreads();
+    if (sh_down) {
+        float g = 0.f;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) g += red[w];
+        sig = 1.f / (1.f + expf(-g));
+    }
     for (int idx = tid; idx < k * I; idx += WARPS * 32) {
         const int j = idx / I;
         const float wj = weights[(size_t)t * k + j];
         a_s[idx] = e_s[j] >= 0 ? wj * act[(size_t)t * k * I + idx] : 0.f;
     }
+    if (sh_down)
+        for (int i = tid; i < S; i += WARPS * 32) a_s[k * I + i] = sig * act_sh[(size_t)t * S + i];
     __syncthreads();
     const int h = blockIdx.y * WARPS + (tid >> 5);
     if (h >= H) return;
@@ -387,6 +427,24 @@ __global__ void __launch_bounds__(WARPS * 32) down_kernel(const float* __restric
             }
         }
     }
+    if (sh_down) {
+        const int sper = S / VEC;
+        const float* a0 = a_s + (size_t)k * I;
+        for (int q0 = lane; q0 < sper; q0 += 32 * UNROLL) {
+            Vec<T, VEC> wv[UNROLL];
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u)
+                if (q0 + 32 * u < sper) wv[u] = reinterpret_cast<const Vec<T, VEC>*>(sh_down + (size_t)h * S)[q0 + 32 * u];
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                if (q0 + 32 * u < sper) {
+                    const float* a = a0 + (size_t)(q0 + 32 * u) * VEC;
+#pragma unroll
+                    for (int c = 0; c < VEC; ++c) acc = fmaf(to_f(wv[u].v[c]), a[c], acc);
+                }
+            }
+        }
+    }
     acc = warp_sum(acc);
     if (lane == 0) out[(size_t)t * H + h] = from_f<T>(acc);
 }
@@ -411,10 +469,12 @@ __global__ void __launch_bounds__(256) gather_kernel(const T* __restrict__ x, co
     reinterpret_cast<Vec<T, VEC>*>(xs + (size_t)pos * H)[q] = v;
 }
 
+// With the shared expert (shared non-null): + sigmoid(gate_logit[t]) * shared[t] (its GEMMs' outputs).
 template <typename T, int VEC>
 __global__ void __launch_bounds__(256) combine_kernel(const T* __restrict__ y, const int* __restrict__ inv,
                                                       const float* __restrict__ weights, int k, int H,
-                                                      T* __restrict__ out) {
+                                                      T* __restrict__ out, const T* __restrict__ shared,
+                                                      const T* __restrict__ gate_logit) {
     const int t = blockIdx.x;
     const int c = (blockIdx.y * blockDim.x + threadIdx.x) * VEC;
     if (c >= H) return;
@@ -429,6 +489,13 @@ __global__ void __launch_bounds__(256) combine_kernel(const T* __restrict__ y, c
         load_f(y + (size_t)pos * H + c, v);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) acc[i] = fmaf(w, v[i], acc[i]);
+    }
+    if (shared) {
+        const float sig = 1.f / (1.f + expf(-to_f(gate_logit[t])));
+        float v[VEC];
+        load_f(shared + (size_t)t * H + c, v);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) acc[i] = fmaf(sig, v[i], acc[i]);
     }
     store_f(out + (size_t)t * H + c, acc);
 }

@@ -119,15 +119,23 @@ def route(g, T, E, k, mode) -> tuple[torch.Tensor, torch.Tensor]:
     return w / w.sum(-1, keepdim=True), experts.to(torch.int64)
 
 
-def build_moe_mlp(T, H, I, E, k, dtype, seed=0, mode="random", experts_dtype=torch.int64) -> Case:
-    """x ~ N(0, 1); gate/up rows ~ N(0, 1/H) (so G x ~ N(0, 1)); down rows ~ N(0, 1/I)."""
+def build_moe_mlp(T, H, I, E, k, dtype, seed=0, mode="random", experts_dtype=torch.int64, shared=None) -> Case:
+    """x ~ N(0, 1); gate/up rows ~ N(0, 1/H) (so G x ~ N(0, 1)); down rows ~ N(0, 1/I). shared=S adds the
+    sigmoid-gated shared expert of width S (keyword arguments, as the model passes them)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(T, H, generator=g).to(dtype)
     gate_up = (torch.randn(E, 2 * I, H, generator=g) * H ** -0.5).to(dtype)
     down = (torch.randn(E, H, I, generator=g) * I ** -0.5).to(dtype)
     weights, experts = route(g, T, E, k, mode)
+    kwargs = {}
+    if shared:
+        S = shared
+        kwargs = dict(shared_gate=(torch.randn(S, H, generator=g) * H ** -0.5).to(dtype),
+                      shared_up=(torch.randn(S, H, generator=g) * H ** -0.5).to(dtype),
+                      shared_down=(torch.randn(H, S, generator=g) * S ** -0.5).to(dtype),
+                      shared_expert_gate=(torch.randn(1, H, generator=g) * H ** -0.5).to(dtype))
     return Case("moe_mlp", (x, gate_up, down, weights, experts.to(experts_dtype)), (((T, H), dtype),),
-                f"T{T}-H{H}-I{I}-E{E}-k{k}-{mode}")
+                f"T{T}-H{H}-I{I}-E{E}-k{k}-{mode}" + (f"-S{shared}" if shared else ""), kwargs)
 
 
 @st.composite
@@ -140,7 +148,8 @@ def _moe_mlp(draw, small):
     if T * H > 200_000:  # keep the CPU reference quick
         H = max(8, 200_000 // max(T, 1) // 8 * 8)
     return build_moe_mlp(T, H, I, E, k, draw(dtypes(small)), draw(seeds), draw(st.sampled_from(ROUTINGS)),
-                         draw(st.sampled_from((torch.int64, torch.int64, torch.int32))))
+                         draw(st.sampled_from((torch.int64, torch.int64, torch.int32))),
+                         draw(st.sampled_from((None, None, 8, 24, 64, 5))))
 
 
 def moe_mlp_cases(small: bool = False):
@@ -160,7 +169,7 @@ def moe_mlp_real(dtype=torch.bfloat16, tokens: int = 4096) -> list[Case]:
     out = []
     for size, s in MOE_SIZES.items():
         E = min(s["experts"], REAL_EXPERTS)
-        c = build_moe_mlp(tokens, s["hidden"], s["inter"], E, s["topk"], dtype, seed=s["hidden"])
+        c = build_moe_mlp(tokens, s["hidden"], s["inter"], E, s["topk"], dtype, seed=s["hidden"], shared=s["shared"])
         c.label = f"{size}-{c.label}(of {s['experts']})"
         out.append(c)
     return out
@@ -197,6 +206,14 @@ def moe_mlp_bad(device) -> list[Bad]:
             "path 'decode' takes at most", kwargs=dict(path="decode")),
         Bad("grouped path, fp32", (x, gu, dn, w, e), "path 'grouped' needs bf16", kwargs=dict(path="grouped")),
         Bad("out dtype", (x, gu, dn, w, e), "out must have dtype", kwargs=dict(out=torch.empty_like(x).half())),
+        Bad("shared incomplete", (x, gu, dn, w, e), "go together", kwargs=dict(shared_gate=torch.zeros(4, H, device=device)),
+            reference=True),
+        Bad("shared_down shape", (x, gu, dn, w, e), "shared_down must have shape", reference=True,
+            kwargs=dict(shared_gate=torch.zeros(4, H, device=device), shared_up=torch.zeros(4, H, device=device),
+                        shared_down=torch.zeros(4, H, device=device), shared_expert_gate=torch.zeros(1, H, device=device))),
+        Bad("shared dtype", (x, gu, dn, w, e), "shared_up must have the input dtype",
+            kwargs=dict(shared_gate=torch.zeros(4, H, device=device), shared_up=torch.zeros(4, H, device=device).half(),
+                        shared_down=torch.zeros(H, 4, device=device), shared_expert_gate=torch.zeros(1, H, device=device))),
         Bad("k I too large", (x, torch.zeros(E, 2 * 8192, H, device=device), torch.zeros(E, H, 8192, device=device),
                               w, e), "too large for the down kernel"),
     ]
