@@ -74,7 +74,9 @@ def model_for(backend: str, dtype=torch.float32, graphs: bool = True) -> M.Model
     return m
 
 
-def rows_batch(lengths=(37, 12, 64, 5), seed=0):
+def rows_batch(lengths=(37, 12, 64), seed=0):
+    """Left-padded rows of different lengths; 3 rows, so the graph path pads the batch to its bucket of 4 with an
+    idle row (a zero-length prefill segment through every kernel)."""
     g = torch.Generator().manual_seed(seed)
     rows = [torch.randint(0, 500, (n,), generator=g).tolist() for n in lengths]
     S = max(lengths)
@@ -119,7 +121,7 @@ def test_greedy_tokens_match_reference_fp32():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_graph_decode_equals_eager(dtype):
-    _, ids, mask = rows_batch()
+    _, ids, mask = rows_batch((37, 12, 64, 5))  # a full bucket: both paths run the same shapes
     eager = model_for("kernels", dtype, graphs=False).generate_ids(ids, attention_mask=mask, max_new_tokens=20,
                                                                    eos_token_ids=[])
     m = model_for("kernels", dtype, graphs=True)
