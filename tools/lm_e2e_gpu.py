@@ -434,7 +434,8 @@ def main(argv=None) -> int:
     if args.fla_site:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), args.fla_site]))
         cmd = [sys.executable, __file__, "--peer-only", "--sizes", ",".join(sizes),
-               "--budget-s", str(max(total - (time.perf_counter() - clock.t0), 10))] + (["--quick"] if args.quick else [])
+               "--budget-s", str(max(total - (time.perf_counter() - clock.t0), 10))]
+        cmd += ["--quick"] if args.quick else []
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         sys.stdout.write(out.stdout[-4000:])
         sys.stderr.write(out.stderr[-2000:])
@@ -496,7 +497,8 @@ def summary(records):
         for impl, r in impls.items():
             val = r.get("tokens_per_s", r.get("ms"))
             unit = "tok/s" if "tokens_per_s" in r else "ms"
-            cells.append(f"{impl} {val:.1f} {unit}" if isinstance(val, float) else f"{impl} {r.get('error', r.get('skipped'))}")
+            why = r.get("error", r.get("skipped"))
+            cells.append(f"{impl} {val:.1f} {unit}" if isinstance(val, float) else f"{impl} {why}")
             for fk in ("floor_ms", "floor_tokens_per_s"):
                 if fk in r:
                     cells.append(f"floor {r[fk]}")
