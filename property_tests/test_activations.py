@@ -27,7 +27,7 @@ def test_sigmoid_gate_on_the_q_proj_view(t, heads, d, dtype, seed):
     g = gen(seed)
     qg = act(g, (t, heads, 2 * d), dtype, 3.0).cuda()
     o, gate = qg[..., :d], qg[..., d:]
-    assert not gate.is_contiguous()
+    assert t * heads == 1 or not gate.is_contiguous()
     spec = REGISTRY["sigmoid_gate"]
     out = _poisoned((t, heads, d), dtype)
     got = spec.kernels["nvrtc"](o, gate, out=out)

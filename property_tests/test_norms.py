@@ -174,7 +174,7 @@ def test_rms_on_row_views(op, t, heads, d, dtype, seed):
             big[..., d:] = a
             args[i] = big[..., d:]
             views.append(i)
-    assert views and not args[0].is_contiguous()
+    assert views and (t * heads == 1 or not args[0].is_contiguous())
     want = spec.reference(*[a.contiguous() if isinstance(a, torch.Tensor) else a for a in args])
     from property_tests.harness import call_poisoned
 
