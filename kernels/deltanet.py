@@ -38,6 +38,7 @@ BT = 64        # chunk length of the prefill
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CHUNK_DTYPES = (torch.float16, torch.bfloat16)
 STATE_BV = (16, 32, 64)   # dv columns per state-pass CTA
+STATE_STAGES = (2, 3)     # chunks of inputs buffered by the state pass (the deepest that fits is used)
 REC_BV = (16, 32)         # dv columns per recurrent CTA
 # Relative cost of one chunk step of the state pass by BV (per CTA; one CTA per SM at every BV): the pick
 # minimises waves x cost. Rough figures until measured.
@@ -45,12 +46,27 @@ STATE_STEP_COST = {16: 1.0, 32: 1.25, 64: 1.7}
 RECURRENT_MAX_SEQLEN = 8  # with a max_seqlen hint at or below this, the recurrent kernel runs
 
 
+HOPPER_SMEM = 232448  # opt-in shared memory per block on sm_90, the most any target allows
+
+
+def prep_smem_bytes() -> int:
+    """Dynamic shared memory of gdn_chunk_prep (the layout at the top of the kernel)."""
+    return 3 * BT * (D + 8) * 2 + 2 * BT * (BT + 8) * 2 + (BT + 16) * (BT + 1) * 4 + 4 * BT * 4
+
+
+def state_smem_bytes(bv: int, ns: int = 2) -> int:
+    """Dynamic shared memory of gdn_chunk_state<BV, NS> (StateLayout in the kernel)."""
+    su = bv + 8
+    stage = (3 * BT * (D + 8) + BT * su + BT * (BT + 8)) * 2 + 3 * BT * 4
+    return ns * stage + (D * su + 2 * BT * su) * 2
+
+
 def _prep_expr(dtype, gate: bool) -> str:
     return f"deltanet::gdn_chunk_prep<{CTYPES[dtype]}, {cbool(gate)}>"
 
 
-def _state_expr(dtype, bv: int) -> str:
-    return f"deltanet::gdn_chunk_state<{CTYPES[dtype]}, {bv}>"
+def _state_expr(dtype, bv: int, ns: int) -> str:
+    return f"deltanet::gdn_chunk_state<{CTYPES[dtype]}, {bv}, {ns}>"
 
 
 def _rec_expr(dtype, bv: int, gate: bool) -> str:
@@ -59,20 +75,14 @@ def _rec_expr(dtype, bv: int, gate: bool) -> str:
 
 SOURCE = NvrtcSource("deltanet.cu", tuple(
     [_prep_expr(dt, gate) for dt in CHUNK_DTYPES for gate in (False, True)]
-    + [_state_expr(dt, bv) for dt in CHUNK_DTYPES for bv in STATE_BV]
+    + [_state_expr(dt, bv, ns) for dt in CHUNK_DTYPES for bv in STATE_BV for ns in STATE_STAGES
+       if state_smem_bytes(bv, ns) <= HOPPER_SMEM]
     + [_rec_expr(dt, bv, gate) for dt in DTYPES for bv in REC_BV for gate in (False, True)]))
 
 
-def prep_smem_bytes() -> int:
-    """Dynamic shared memory of gdn_chunk_prep (the layout at the top of the kernel)."""
-    return 3 * BT * (D + 8) * 2 + 2 * BT * (BT + 8) * 2 + (BT + 16) * (BT + 1) * 4 + 4 * BT * 4
-
-
-def state_smem_bytes(bv: int) -> int:
-    """Dynamic shared memory of gdn_chunk_state<BV> (StateLayout in the kernel)."""
-    su = bv + 8
-    stage = (3 * BT * (D + 8) + BT * su + BT * (BT + 8)) * 2 + 3 * BT * 4
-    return 2 * stage + (D * su + 2 * BT * su) * 2
+def pick_state_stages(bv: int, smem_limit: int) -> int:
+    """The deepest input pipeline of the state pass that fits in shared memory."""
+    return max(ns for ns in STATE_STAGES if ns == STATE_STAGES[0] or state_smem_bytes(bv, ns) <= smem_limit)
 
 
 _DEV: dict = {}
@@ -255,7 +265,8 @@ def _run(q, k, v, gates, gate: bool, cu_seqlens, initial_state, scale, use_qk_l2
                 i32(use_qk_l2norm), w.data_ptr(), u.data_ptr(), aqk.data_ptr(), gc.data_ptr(), rq.data_ptr(),
                 rk.data_ptr())
     bv = pick_state_bv(n, Hv, sms, smem_limit)
-    _launch(device, _state_expr(q.dtype, bv), (D // bv, Hv, n), state_smem_bytes(bv),
+    ns = pick_state_stages(bv, smem_limit)
+    _launch(device, _state_expr(q.dtype, bv, ns), (D // bv, Hv, n), state_smem_bytes(bv, ns),
             q.data_ptr(), k.data_ptr(), i64(q.stride(0)), i64(k.stride(0)), i32(Hk), i32(Hv),
             w.data_ptr(), u.data_ptr(), aqk.data_ptr(), gc.data_ptr(), rq.data_ptr(), rk.data_ptr(), cu.data_ptr(),
             h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)), threads=256)

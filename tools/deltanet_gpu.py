@@ -303,9 +303,16 @@ def sweep(args) -> int:
             fn = lambda: K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, max_seqlen=max(lens),
                                             validate=False)
             row = {}
+            pick_ns = K.pick_state_stages
+            limit = K._device_info(torch.cuda.current_device())[1]
             for bv in K.STATE_BV:
                 K.STATE_STEP_COST.update({b: (0.0 if b == bv else 1e9) for b in K.STATE_BV})
-                row[bv] = round(graph_ms(fn, 5), 4)
+                for ns in K.STATE_STAGES:
+                    if K.state_smem_bytes(bv, ns) > limit:
+                        continue
+                    K.pick_state_stages = lambda _bv, _lim, ns=ns: ns
+                    row[f"{bv}/{ns}"] = round(graph_ms(fn, 5), 4)
+            K.pick_state_stages = pick_ns
             K.STATE_STEP_COST.update(saved)
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 fn()
@@ -317,7 +324,7 @@ def sweep(args) -> int:
                     us = getattr(e, "device_time", None)
                     us = getattr(e, "cuda_time", 0.0) if us is None else us
                     kt[name] = kt.get(name, 0.0) + us / 1e3
-            print(f"sweep {Hk}/{Hv} {len(lens)}x{lens[0]}: graph ms by BV {row}  default pick "
+            print(f"sweep {Hk}/{Hv} {len(lens)}x{lens[0]}: graph ms by BV/stages {row}  default pick "
                   f"{K.pick_state_bv(len(lens), Hv, *K._device_info(torch.cuda.current_device()))}  kernels ms "
                   + " ".join(f"{n}={t:.4f}" for n, t in kt.items()))
             del q, k, v, g, beta, h0

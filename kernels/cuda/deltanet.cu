@@ -13,8 +13,8 @@
 //      W = T diag(beta exp(G)) K and U = T diag(beta) V (mma.sync), and the masked, decayed, scaled Q K^T
 //      (Aqk). Written per token: W, U [T, Hv, 128], Aqk [T, Hv, 64] in the input dtype; G, 1/||q|| * scale,
 //      1/||k|| [T, Hv] fp32.
-//  gdn_chunk_state (one CTA per sequence, value head and BV-column block of dv; chunks in order, the next
-//      chunk's inputs loaded by cp.async during the current one): with S0 the state entering the chunk,
+//  gdn_chunk_state (one CTA per sequence, value head and BV-column block of dv; chunks in order, the inputs of
+//      the next NS - 1 chunks in flight (cp.async) during the current one): with S0 the state entering the chunk,
 //        Vn = U - W S0;  O = diag(exp(G) rq) Q S0 + Aqk Vn;  S = exp(G_L) S0 + K^T diag(exp(G_L - G) rk) Vn
 //      S stays in fp32 registers; it is rounded to the input dtype only as an mma operand.
 // Recurrent kernel gdn_recurrent (decode: one token per sequence; also the fp32 path): one CTA per sequence,
@@ -330,29 +330,29 @@ __global__ void __launch_bounds__(128) gdn_chunk_prep(
 // ---------------------------------------------------------------------------------------------------------------
 // gdn_chunk_state
 // ---------------------------------------------------------------------------------------------------------------
-template <int BV>
+template <int BV, int NS>
 struct StateLayout {
     static constexpr int SU = BV + 8;  // row stride of BV-wide tiles (odd number of 16-byte chunks)
     // one stage: W, Q, K [64][SD]; U [64][SU]; Aqk [64][SC] (16-bit) then G, rq, rk [64] (fp32)
     static constexpr int STAGE_T = 3 * BT * SD + BT * SU + BT * SC;
     static constexpr int STAGE_BYTES = STAGE_T * 2 + 3 * BT * 4;
-    // after the two stages: S [128][SU], Vn and the scaled Vn [64][SU] (16-bit)
-    static constexpr int BYTES = 2 * STAGE_BYTES + (D * SU + 2 * BT * SU) * 2;
+    // after the NS stages: S [128][SU], Vn and the scaled Vn [64][SU] (16-bit)
+    static constexpr int BYTES = NS * STAGE_BYTES + (D * SU + 2 * BT * SU) * 2;
 };
 
 // 8 warps. Warp w owns rows 16w .. 16w+15 of S (dk) for the state update; in each chunk warps 0-3 compute
 // Vn = U - W S for token rows 16w .. (and publish Vn), warps 4-7 compute Q S for token rows 16(w-4) .. and then
 // the outputs (adding Aqk Vn). Three barriers per chunk.
-template <typename T, int BV>
+template <typename T, int BV, int NS>
 __global__ void __launch_bounds__(256) gdn_chunk_state(
     const T* __restrict__ q, const T* __restrict__ k, long long sq, long long sk, int Hk, int Hv,
     const T* __restrict__ w, const T* __restrict__ u, const T* __restrict__ aqk, const float* __restrict__ gc,
     const float* __restrict__ rq, const float* __restrict__ rk, const int* __restrict__ cu,
     const float* h0, float* hT, T* __restrict__ o, long long so) {
-    using Lay = StateLayout<BV>;
+    using Lay = StateLayout<BV, NS>;
     constexpr int SU = Lay::SU, NB = BV / 8, NT = 256;
     extern __shared__ __align__(16) unsigned char smem[];
-    T* sS = reinterpret_cast<T*>(smem + 2 * Lay::STAGE_BYTES);
+    T* sS = reinterpret_cast<T*>(smem + NS * Lay::STAGE_BYTES);
     T* sVn = sS + D * SU;
     T* sVs = sVn + BT * SU;
 
@@ -362,8 +362,8 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
     const int nchunks = (eos - bos + BT - 1) / BT;
 
     auto stage_ptr = [&](int st) { return smem + st * Lay::STAGE_BYTES; };
-    auto issue = [&](int c) {  // cp.async loads of chunk c into stage c & 1
-        unsigned char* base = stage_ptr(c & 1);
+    auto issue = [&](int c) {  // cp.async loads of chunk c into stage c % NS
+        unsigned char* base = stage_ptr(c % NS);
         T* sW = reinterpret_cast<T*>(base);
         T* sQ = sW + BT * SD;
         T* sK = sQ + BT * SD;
@@ -411,12 +411,16 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
 
     const bool vwarp = warp < 4;            // Vn warps (0-3) or output warps (4-7)
     const int m0 = (warp & 3) * 16;         // their token rows
-    if (nchunks > 0) issue(0);
-    cp_async_commit();
-    for (int c = 0; c < nchunks; ++c) {
-        if (c + 1 < nchunks) issue(c + 1);
+    // NS - 1 chunks in flight ahead of the one computed (one commit group per chunk, empty past the end)
+#pragma unroll
+    for (int c = 0; c < NS - 1; ++c) {
+        if (c < nchunks) issue(c);
         cp_async_commit();
-        cp_async_wait<1>();
+    }
+    for (int c = 0; c < nchunks; ++c) {
+        if (c + NS - 1 < nchunks) issue(c + NS - 1);
+        cp_async_commit();
+        cp_async_wait<NS - 1>();
         // S (rounded to T) into shared memory as the B operand [dk][dv]
 #pragma unroll
         for (int nb = 0; nb < NB; ++nb)
@@ -424,7 +428,7 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
             for (int e = 0; e < 4; e += 2)
                 store2(sS + (srow + (e ? 8 : 0)) * SU + nb * 8 + 2 * t4, S[nb][e], S[nb][e + 1]);
         __syncthreads();
-        unsigned char* base = stage_ptr(c & 1);
+        unsigned char* base = stage_ptr(c % NS);
         const T* sW = reinterpret_cast<const T*>(base);
         const T* sQ = sW + BT * SD;
         const T* sK = sQ + BT * SD;
