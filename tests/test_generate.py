@@ -201,3 +201,20 @@ def test_session_stops_on_host_from_blocks(dense_untied):
         sess.begin(logits, 1, eos_ids=[4], pad_id=0)
         out = list(sess.tokens(6, 1, eos_ids=[4], block=block))
         assert [t.tolist() for t in out] == [[4]]
+
+
+def test_capture_blockers_name_host_reading_references(dense_untied):
+    """The decode step is captured only when none of its host-reading ops runs on its reference."""
+    import types
+
+    import reference
+
+    m = ours(dense_untied)
+    assert m.lm.capture_blockers() == ["qk_norm_rope", "decode_attention", "causal_conv1d", "fused_gated_delta_rule"]
+    ops = m.lm.ops
+    try:
+        m.lm.ops = types.SimpleNamespace(**{n: getattr(reference, n) for n in dir(reference) if not n.startswith("_")})
+        m.lm.ops.decode_attention = lambda *a, **k: None  # stands in for a kernel
+        assert "decode_attention" not in m.lm.capture_blockers()
+    finally:
+        m.lm.ops = ops
