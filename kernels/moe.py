@@ -39,7 +39,8 @@ MAX_TOPK = 32              # moe_topk: one lane per kept expert
 DECODE_MAX_SLOTS = 128     # decode path: T * k (the kernel's slot list)
 _WARPS, _PAIRS = 8, 2      # moe.cu WARPS, PAIRS
 _ROUTE_THREADS = 1024
-_SMEM = 48 * 1024          # default dynamic shared memory limit: the x chunk and the down kernel's act rows
+_SMEM = 47 * 1024          # dynamic shared memory of the down kernel's act rows (48 KB default, less its static)
+_XS_SMEM = 40 * 1024       # the gate/up kernel's x rows
 _NPL = (1, 2, 4, 8, 16)
 
 
@@ -193,9 +194,9 @@ def _check_mlp(x, gate_up, down, weights, experts, out):
         raise ValueError("weights/experts must have at least one expert per token (k >= 1)")
     if k * I * 4 > _SMEM:
         raise ValueError(f"k * I = {k * I} is too large for the down kernel's shared memory (at most {_SMEM // 4})")
-    if H * x.element_size() > _SMEM:
+    if H * x.element_size() > _XS_SMEM:
         raise ValueError(f"hidden size {H} is too large for the kernel's shared memory (at most "
-                         f"{_SMEM // x.element_size()} for {x.dtype})")
+                         f"{_XS_SMEM // x.element_size()} for {x.dtype})")
     if out is not None:
         check_out("out", out, (T, H), x.dtype)
     return T, H, E, I, k
@@ -266,8 +267,10 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     routed = path == "routed"
     n_slots = T * k
     act = torch.empty(n_slots, I, dtype=torch.float32, device=x.device)
-    # x chunk in shared memory: at most 8 rows, within the default limit
-    mt = max(1, min(8, _SMEM // (H * x.element_size())))
+    # x chunk in shared memory: 1, 2, 4 or 8 rows (the kernel's chunk variants read up to the next power of two),
+    # within the default limit beside the kernel's static shared memory
+    fit = _XS_SMEM // (H * x.element_size())
+    mt = next(m for m in (8, 4, 2, 1) if m <= max(1, fit))
     if routed:
         offsets, perm, _, active = moe_routing(experts, E, _dtype=x.dtype)
         units = min(n_slots, E)

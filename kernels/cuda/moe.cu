@@ -103,14 +103,25 @@ __global__ void __launch_bounds__(ROUTE_THREADS) route_kernel(const long long* _
     const int lo = min(n_slots, w * chunk), hi = min(n_slots, lo + chunk);
     for (int i = tid; i < W * E; i += ROUTE_THREADS) hist[i] = 0;
     __syncthreads();
-    // pass 1: per-warp histograms (the lowest lane of each group of equal experts adds the group's size)
-    for (int s0 = lo; s0 < hi; s0 += 32) {
-        const int s = s0 + lane;
-        const unsigned valid = __ballot_sync(0xffffffffu, s < hi);
-        const int e = s < hi ? expert_of(experts, s, E) : -1;
-        const unsigned peers = __match_any_sync(0xffffffffu, e) & valid;
-        if (s < hi && e >= 0 && (__ffs(peers) - 1) == lane) hist[w * E + e] += __popc(peers);
-        __syncwarp();
+    // pass 1: per-warp histograms (the lowest lane of each group of equal experts adds the group's size); the
+    // experts are loaded BATCH x 32 at a time so the loads overlap
+    constexpr int BATCH = 8;
+    for (int b0 = lo; b0 < hi; b0 += 32 * BATCH) {
+        int eb[BATCH];
+#pragma unroll
+        for (int u = 0; u < BATCH; ++u) {
+            const int s = b0 + 32 * u + lane;
+            eb[u] = s < hi ? expert_of(experts, s, E) : -1;
+        }
+#pragma unroll
+        for (int u = 0; u < BATCH; ++u) {
+            const int s = b0 + 32 * u + lane;
+            const unsigned valid = __ballot_sync(0xffffffffu, s < hi);
+            const int e = eb[u];
+            const unsigned peers = __match_any_sync(0xffffffffu, e) & valid;
+            if (s < hi && e >= 0 && (__ffs(peers) - 1) == lane) hist[w * E + e] += __popc(peers);
+            __syncwarp();
+        }
     }
     __syncthreads();
     // pass 2: per expert, the warps' bases (exclusive over warps) and the total
@@ -171,25 +182,33 @@ __global__ void __launch_bounds__(ROUTE_THREADS) route_kernel(const long long* _
         for (int i = wsum[32] + tid; i < E; i += ROUTE_THREADS) active[i] = -1;
     }
     // pass 3: place the warp's slots in slot order
-    for (int s0 = lo; s0 < hi; s0 += 32) {
-        const int s = s0 + lane;
-        const unsigned valid = __ballot_sync(0xffffffffu, s < hi);
-        const int e = s < hi ? expert_of(experts, s, E) : -1;
-        const unsigned peers = __match_any_sync(0xffffffffu, e) & valid;
-        int base = 0;
-        if (s < hi && e >= 0) base = off[e] + hist[w * E + e];
-        __syncwarp();
-        if (s < hi) {
-            if (e >= 0) {
-                const int pos = base + __popc(peers & ((1u << lane) - 1u));
-                perm[pos] = s;
-                inv[s] = pos;
-                if ((__ffs(peers) - 1) == lane) hist[w * E + e] += __popc(peers);
-            } else {
-                inv[s] = -1;
-            }
+    for (int b0 = lo; b0 < hi; b0 += 32 * BATCH) {
+        int eb[BATCH];
+#pragma unroll
+        for (int u = 0; u < BATCH; ++u) {
+            const int s = b0 + 32 * u + lane;
+            eb[u] = s < hi ? expert_of(experts, s, E) : -1;
         }
-        __syncwarp();
+#pragma unroll
+        for (int u = 0; u < BATCH; ++u) {
+            const int s = b0 + 32 * u + lane;
+            const unsigned valid = __ballot_sync(0xffffffffu, s < hi);
+            const int e = eb[u];
+            const unsigned peers = __match_any_sync(0xffffffffu, e) & valid;
+            const int base = (s < hi && e >= 0) ? off[e] + hist[w * E + e] : 0;
+            __syncwarp();  // every lane has read its group's base before the leader moves it on
+            if (s < hi) {
+                if (e >= 0) {
+                    const int pos = base + __popc(peers & ((1u << lane) - 1u));
+                    perm[pos] = s;
+                    inv[s] = pos;
+                    if ((__ffs(peers) - 1) == lane) hist[w * E + e] += __popc(peers);
+                } else {
+                    inv[s] = -1;
+                }
+            }
+            __syncwarp();
+        }
     }
 }
 
