@@ -169,7 +169,8 @@ def moe_mlp_real(dtype=torch.bfloat16, tokens: int = 4096) -> list[Case]:
     out = []
     for size, s in MOE_SIZES.items():
         E = min(s["experts"], REAL_EXPERTS)
-        c = build_moe_mlp(tokens, s["hidden"], s["inter"], E, s["topk"], dtype, seed=s["hidden"], shared=s["shared"])
+        # routed experts only: the peer (HF's experts loop) has no shared expert; the layer benchmark has it
+        c = build_moe_mlp(tokens, s["hidden"], s["inter"], E, s["topk"], dtype, seed=s["hidden"])
         c.label = f"{size}-{c.label}(of {s['experts']})"
         out.append(c)
     return out
