@@ -24,8 +24,8 @@ def build_attention(lengths, hq, hkv, d, dtype, causal, seed=0) -> Case:
 @st.composite
 def _attention(draw, small):
     hkv = draw(st.sampled_from([1, 2]))
-    return build_attention(draw(segments), hkv * draw(st.sampled_from([1, 2, 4])), hkv, draw(st.sampled_from(HEAD_DIMS)),
-                           draw(st.sampled_from(SIM_DTYPES if small else FLOAT_DTYPES)), draw(st.booleans()),
+    return build_attention(draw(segments), hkv * draw(st.sampled_from([1, 2, 4])), hkv,
+                           draw(st.sampled_from(HEAD_DIMS)), draw(st.sampled_from(SIM_DTYPES if small else FLOAT_DTYPES)), draw(st.booleans()),
                            draw(seeds))
 
 
