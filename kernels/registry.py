@@ -261,6 +261,31 @@ def _gdr_flops(case) -> float:
     return float(chunks * v.shape[1] * (5 * 2 * c * c * d + 3 * 2 * c * d * d))
 
 
+def _deltanet_covers(config, dtype) -> str | None:
+    """DeltaNet heads of dk = dv = 128 (every Qwen3.5 size)."""
+    t = config.text
+    if (t.linear_key_head_dim, t.linear_value_head_dim) != (deltanet.D, deltanet.D):
+        return (f"DeltaNet dk={t.linear_key_head_dim}, dv={t.linear_value_head_dim}; the kernels are built for "
+                f"dk = dv = {deltanet.D}")
+    return None
+
+
+def _moe_covers(config, dtype) -> str | None:
+    """Expert count, top-k and widths within the MoE kernels' limits (dense checkpoints never call them)."""
+    t = config.text
+    if not t.is_moe:
+        return None
+    E, k, I, H = t.num_experts, t.num_experts_per_tok, t.moe_intermediate_size, t.hidden_size
+    size = dtype.itemsize if dtype is not None else 2
+    for bad, why in ((E > moe_kernels.MAX_EXPERTS, f"{E} experts (the kernel takes at most {moe_kernels.MAX_EXPERTS})"),
+                     (k > moe_kernels.MAX_TOPK, f"top-{k} (at most {moe_kernels.MAX_TOPK})"),
+                     (k * I * 4 > moe_kernels._SMEM, f"top-k x expert width {k * I} (shared memory)"),
+                     (H * size > moe_kernels._XS_SMEM, f"hidden size {H} (shared memory)")):
+        if bad:
+            return why
+    return None
+
+
 def _attention_covers(config, dtype) -> str | None:
     """Both towers' head dims must be kernel instantiations (the same set for the fp32 SIMT kernel)."""
     bad = [f"{where} head_dim {d}" for where, d in (("vision", config.vision.head_dim),
@@ -347,9 +372,9 @@ REGISTRY: dict[str, OpSpec] = {s.name: s for s in (
     _spec("causal_conv1d", nvrtc=conv1d.causal_conv1d, covers=_conv1d_covers,
           split=Split(tokens=(0,), cu_seqlens=2, state=3)),
     _spec("l2norm", nvrtc=norms.l2norm),
-    _spec("gated_delta_rule", nvrtc=deltanet.gated_delta_rule, split=Split(tokens=(0, 1, 2, 3, 4), cu_seqlens=5, state=6),
-          tol=_GDR_TOL, flops=_gdr_flops),
-    _spec("fused_gated_delta_rule", nvrtc=deltanet.fused_gated_delta_rule,
+    _spec("gated_delta_rule", nvrtc=deltanet.gated_delta_rule, covers=_deltanet_covers,
+          split=Split(tokens=(0, 1, 2, 3, 4), cu_seqlens=5, state=6), tol=_GDR_TOL, flops=_gdr_flops),
+    _spec("fused_gated_delta_rule", nvrtc=deltanet.fused_gated_delta_rule, covers=_deltanet_covers,
           split=Split(tokens=(0, 1, 2, 3, 4), cu_seqlens=7, state=8), tol=_GDR_TOL, flops=_gdr_flops),
     _spec("gated_rms_norm", nvrtc=norms.gated_rms_norm),
     # P is rounded to the cache dtype before the PV product, as in the prefill kernel: the same tolerances
@@ -358,8 +383,8 @@ REGISTRY: dict[str, OpSpec] = {s.name: s for s in (
           min_bytes=_decode_attention_bytes),
     _spec("kv_cache_append", exact=True, nvrtc=decode_kernels.kv_cache_append, inplace=(2, 3), poison="alloc",
           min_bytes=_kv_cache_append_bytes),  # a copy into the caches (no out=): bit-exact
-    _spec("moe_topk", nvrtc=moe_kernels.moe_topk),
-    _spec("moe_mlp", nvrtc=moe_kernels.moe_mlp, tol=_MOE_MLP_TOL, flops=_moe_mlp_flops,
+    _spec("moe_topk", nvrtc=moe_kernels.moe_topk, covers=_moe_covers),
+    _spec("moe_mlp", nvrtc=moe_kernels.moe_mlp, covers=_moe_covers, tol=_MOE_MLP_TOL, flops=_moe_mlp_flops,
           min_bytes=_moe_mlp_bytes),
 )}
 

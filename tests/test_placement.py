@@ -50,6 +50,7 @@ def test_head_dim_16_attention_falls_back_with_a_reason():
     why = placement("kernels", cfg, torch.bfloat16, why=True)
     assert why["attention"].startswith("reference: ") and f"head_dim {HEAD_DIM}" in why["attention"], why["attention"]
     assert "qkv_bias_rope" in why and f"head_dim {HEAD_DIM}" in why["qkv_bias_rope"]
+    assert why["gated_delta_rule"].startswith("reference: ") and f"dk={HEAD_DIM}" in why["gated_delta_rule"]
     ns = ops_for("kernels", cfg, torch.bfloat16)
     assert ns.attention is reference.attention and ns.qkv_bias_rope is reference.qkv_bias_rope
     # without a config nothing is checked: every op that has a kernel runs it
