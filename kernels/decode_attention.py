@@ -40,6 +40,7 @@ _STAGES = (3, 2)            # cp.async ring depth: 3 where 200 KB of shared memo
 _LOG2E = 1.4426950408889634
 _APPEND_VECS = {torch.float32: (4, 2, 1), torch.float16: (8, 4, 2, 1), torch.bfloat16: (8, 4, 2, 1)}
 _SPLITS_FORCE: int | None = None  # tests: force this split count (the kernels take any)
+PREFETCH = 2  # tiles of K/V prefetched into L2 beyond the cp.async ring (kernel argument; 0 = none)
 PDL_ERROR: str | None = None  # why the combine kernel's programmatic launch failed, if it did (then plain launches)
 
 
@@ -183,7 +184,8 @@ def _launch_decode(q, k_cache, v_cache, lengths, scale: float, max_length, o, de
                   q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
                   i64(k_cache.stride(0)), i64(k_cache.stride(1)), i64(v_cache.stride(0)), i64(v_cache.stride(1)),
                   lengths.data_ptr(), len64, o.data_ptr(), ws_o_ptr, ws_lse_ptr,
-                  i32(S), i32(Hq), i32(Hkv), i32(r), i32(groups), i32(splits), f32(scale * _LOG2E), shared_mem=smem)
+                  i32(S), i32(Hq), i32(Hkv), i32(r), i32(groups), i32(splits), f32(scale * _LOG2E), i32(PREFETCH),
+                  shared_mem=smem)
     if splits > 1:
         args = (ws_o_ptr, ws_lse_ptr, lengths.data_ptr(), len64, o.data_ptr(), i32(S), i32(Hq), i32(splits))
         global PDL_ERROR

@@ -1,11 +1,13 @@
 """One GPU call for decode attention: property tests, then timings beside SDPA (every backend), JSON results.
 
-    python3 tools/decode_attention_gpu.py [--tests ci|gpu|none] [--quick] [--out DIR]
+    python3 tools/decode_attention_gpu.py [--tests ci|gpu|none] [--quick] [--variants] [--out DIR]
 
 --tests runs property_tests/test_decode_attention.py under that Hypothesis profile first (none: skip).
 Timings (benchmarks/bench_decode_attention.py's cases; --quick: a few of them): 20 calls replayed from a CUDA graph
-(benchmarks.common.graph_ms), best of two passes in alternating order; us, GB/s of K and V bytes read, % of the
-copy ceiling measured in this run (benchmarks.common.copy_bandwidth_TBps), and the ratio to SDPA's best backend.
+(benchmarks.common.graph_ms), best of two passes in alternating order (SDPA's efficient and math backends, 5-100x
+behind: one pass of 5 calls); us, GB/s of K and V bytes read, % of the copy ceiling measured in this run
+(benchmarks.common.copy_bandwidth_TBps), and the ratio to SDPA's best backend. --variants: also our kernel without
+the programmatic launch of the combine and with other L2 prefetch depths.
 JSON: <out>/decode_attention-<card>-<date>.json (card, commit, date) via benchmarks.common.write_results.
 """
 
@@ -59,24 +61,39 @@ def _splits(case: Case) -> int:
     return K.num_splits(case.B * case.hkv * groups, -(-case.ctx // 64), device.sm_count(torch.cuda.current_device()))
 
 
-def _no_pdl(fn):
+def _with(fn, **attrs):
+    """fn run with kernels.decode_attention module settings changed (PDL_ERROR, PREFETCH) during the call, so a CUDA
+    graph captures the launch as that variant."""
     import kernels.decode_attention as K
 
     def run():
-        saved, K.PDL_ERROR = K.PDL_ERROR, K.PDL_ERROR or "disabled"
+        saved = {k: getattr(K, k) for k in attrs}
+        for k, v in attrs.items():
+            setattr(K, k, v)
         try:
             return fn()
         finally:
-            K.PDL_ERROR = saved
+            for k, v in saved.items():
+                setattr(K, k, v)
     return run
 
 
-def time_case(case: Case, copy_TBps: float, log) -> list[dict]:
+SLOW = ("sdpa_efficient_attention", "sdpa_math")  # 5-100x behind: one pass of 5 calls, not two of 20
+
+
+def time_case(case: Case, copy_TBps: float, log, variants: bool) -> list[dict]:
+    import kernels.decode_attention as K
+
     q, kc, vc, lengths = make_inputs(case)
     err = check_once(case, q, kc, vc, lengths)
-    fns, notes = {"ours": ours_fn(case, q, kc, vc, lengths)}, {"ours": "validate=False, max_length=ctx"}
-    if case.B * case.hkv < 132:  # split + combine: also without the programmatic (PDL) launch of the combine
-        fns["ours_no_pdl"], notes["ours_no_pdl"] = _no_pdl(fns["ours"]), "combine launched in plain stream order"
+    fns = {"ours": ours_fn(case, q, kc, vc, lengths)}
+    notes = {"ours": f"validate=False, max_length=ctx, L2 prefetch {K.PREFETCH} tiles, PDL combine"}
+    split = case.B * case.hkv < 132  # split + combine
+    if variants and split:  # the same kernel without the programmatic launch / with other L2 prefetch depths
+        fns["ours_no_pdl"], notes["ours_no_pdl"] = _with(fns["ours"], PDL_ERROR="disabled"), "plain combine launch"
+        for pf in (0, 4):
+            fns[f"ours_prefetch{pf}"] = _with(fns["ours"], PREFETCH=pf)
+            notes[f"ours_prefetch{pf}"] = f"L2 prefetch {pf} tiles"
     for be in SDPA_BACKENDS:
         try:
             fns[f"sdpa_{be.lower()}"], notes[f"sdpa_{be.lower()}"] = sdpa_fn(case, q, kc, vc, be)
@@ -85,9 +102,10 @@ def time_case(case: Case, copy_TBps: float, log) -> list[dict]:
             notes[f"sdpa_{be.lower()}"] = f"unavailable: {str(e).splitlines()[0][:100]}"
     times = {}
     names = list(fns)
-    for name in names + names[::-1]:  # two passes, the second reversed: keep each one's best
+    fast = [n for n in names if n not in SLOW]
+    for name in fast + [n for n in names if n in SLOW] + fast[::-1]:  # fast ones twice (reversed): keep the best
         try:
-            ms = graph_ms(fns[name])
+            ms = graph_ms(fns[name], n=5 if name in SLOW else 20)
         except Exception as e:  # a backend that cannot be captured
             torch.cuda.synchronize()
             notes[name] = f"not timed: {str(e).splitlines()[0][:100]}"
@@ -123,6 +141,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tests", default="ci", choices=("ci", "gpu", "none"))
     ap.add_argument("--quick", action="store_true", help="a few cases only")
+    ap.add_argument("--variants", action="store_true", help="also time ours without PDL and with L2 prefetch 0 / 4")
     ap.add_argument("--out", default=os.environ.get("OUT"), help="results directory (default benchmarks/results)")
     a = ap.parse_args()
     if not torch.cuda.is_available():
@@ -132,12 +151,12 @@ def main() -> int:
     copy = copy_bandwidth_TBps()
     print(f"{card_name()}: copy ceiling {copy * 1e3:.0f} GB/s (read + write)", flush=True)
     records = []
+    extra = {"copy_TBps": round(copy, 3), "bytes": "K and V of the used lengths, bf16",
+             "timing": "CUDA graph of 20 calls, best of 3 replays, best of 2 passes (SDPA efficient and math: 5 "
+                       "calls, one pass)"}
     for case in (QUICK if a.quick else CASES):
-        records += time_case(case, copy, lambda s: print(s, flush=True))
-    path = write_results("decode_attention" + ("_quick" if a.quick else ""), records,
-                         {"copy_TBps": round(copy, 3), "bytes": "K and V of the used lengths, bf16",
-                          "timing": "CUDA graph of 20 calls, best of 3 replays, best of 2 passes"},
-                         out_dir=a.out)
+        records += time_case(case, copy, lambda s: print(s, flush=True), a.variants)
+        path = write_results("decode_attention" + ("_quick" if a.quick else ""), records, extra, out_dir=a.out)
     import kernels.decode_attention as K
 
     print(f"combine launch: {'programmatic (PDL)' if K.PDL_ERROR is None else 'plain: ' + K.PDL_ERROR}")

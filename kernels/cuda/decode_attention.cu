@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
     const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
     long long k_sb, long long k_ss, long long v_sb, long long v_ss, const void* __restrict__ lengths, int len64,
     T* __restrict__ out, float* __restrict__ ws_o, float* __restrict__ ws_lse,
-    int S, int Hq, int Hkv, int r, int groups, int splits, float scale_log2) {
+    int S, int Hq, int Hkv, int r, int groups, int splits, float scale_log2, int prefetch) {
     static_assert(D % 64 == 0, "head_dim must be a multiple of 64");
     constexpr int CH = D / 8;  // 16-byte chunks per row
     extern __shared__ __align__(128) unsigned char smem[];
@@ -126,8 +126,24 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
         }
         cp_async_commit();
     };
+    // L2 prefetch `prefetch` tiles beyond the ring: the ring alone keeps 2 tiles (128 KB) in flight per SM, too
+    // few to cover DRAM latency at 32 GB/s per SM; the prefetched lines make the ring's copies L2 hits.
+    auto prefetch_tile = [&](int j) {
+        if (j >= ntiles) return;
+        const int tok0 = t_begin + j * TILE;
+#pragma unroll
+        for (int i = 0; i < TILE * D * 4 / 128 / (NW * 32); ++i) {  // 128-byte lines of K and V, 4 per thread
+            const int idx = tid + i * NW * 32, tok = tok0 + idx / (D / 32), line = idx % (D / 32);
+            if (tok < t_end) {
+                const T* row = line < D / 64 ? kb + (size_t)tok * k_ss : vb + (size_t)tok * v_ss;
+                const T* p = row + (line % (D / 64)) * 64;
+                asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+            }
+        }
+    };
 #pragma unroll
     for (int j = 0; j < STAGES - 1; ++j) load_tile(j);
+    for (int j = 0; j < prefetch; ++j) prefetch_tile(STAGES - 1 + j);
 
     float o[D / 8][4];
 #pragma unroll
@@ -145,6 +161,7 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
         cp_async_wait<STAGES - 2>();
         __syncthreads();  // tile j landed for every thread; buffer (j - 1) % STAGES is free
         load_tile(j + STAGES - 1);
+        if (prefetch) prefetch_tile(j + STAGES - 1 + prefetch);
         const unsigned kbuf = sKa + (unsigned)((j % STAGES) * TILE * D * 2);
         const unsigned vbuf = sVa + (unsigned)((j % STAGES) * TILE * D * 2);
 
@@ -273,7 +290,7 @@ __global__ void __launch_bounds__(256) decode_attention_combine(
     const size_t bh = (size_t)b * Hq + h;
     const int grp = tid >> 5, col = (tid & 31) * 8;
     float m = f32_neg_inf(), l = 0.f, acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-#pragma unroll 4
+#pragma unroll 8  // 64 chunks (B = 1): all of a warp's loads in flight at once
     for (int s = grp; s < n; s += 8) {
         const float e = ws_lse[bh * splits + s];
         const float4* p = reinterpret_cast<const float4*>(ws_o + (bh * splits + s) * D + col);
