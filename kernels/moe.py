@@ -27,7 +27,7 @@ from reference._checks import check_float, check_tensor
 from reference.moe import check_shared
 
 from .runtime.checks import KERNEL_DTYPES, check_cuda, check_input, check_out, check_same_dtype
-from .runtime import launch as _rt_launch
+from .runtime import device as _device, launch as _rt_launch
 from .runtime.dispatch import CTYPES, NvrtcSource, ceil_div
 from .runtime.nvrtc import i32
 
@@ -52,8 +52,8 @@ def _topk_expr(dtype, npl):
     return f"moe::topk_kernel<{CTYPES[dtype]}, {npl}>"
 
 
-def _gate_up_expr(dtype, vec, routed):
-    return f"moe::gate_up_kernel<{CTYPES[dtype]}, {vec}, {'true' if routed else 'false'}>"
+def _gate_up_expr(dtype, vec, routed, mmax):
+    return f"moe::gate_up_kernel<{CTYPES[dtype]}, {vec}, {'true' if routed else 'false'}, {mmax}>"
 
 
 def _down_expr(dtype, vec):
@@ -70,7 +70,7 @@ def _combine_expr(dtype, vec):
 
 def _dtype_exprs(dt) -> tuple[str, ...]:
     out = [_topk_expr(dt, n) for n in _NPL] + ["moe::route_kernel"]
-    out += [_gate_up_expr(dt, v, r) for v in (_vec(dt), 1) for r in (False, True)]
+    out += [_gate_up_expr(dt, v, r, m) for v in (_vec(dt), 1) for r in (False, True) for m in (1, 8)]
     out += [_down_expr(dt, v) for v in (_vec(dt), 1)]
     if dt == torch.bfloat16:
         out += [f(dt, v) for f in (_gather_expr, _combine_expr) for v in (8, 1)]
@@ -202,6 +202,12 @@ def _check_mlp(x, gate_up, down, weights, experts, out):
     return T, H, E, I, k
 
 
+def _row_blocks(blocks: int, want: int) -> int:
+    """CTAs per unit along the rows: about `want`, at most `blocks`, each CTA walking the same number of blocks."""
+    per = ceil_div(blocks, max(1, min(blocks, want)))
+    return ceil_div(blocks, per)
+
+
 def _capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
@@ -271,6 +277,10 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     # within the default limit beside the kernel's static shared memory
     fit = _XS_SMEM // (H * x.element_size())
     mt = next(m for m in (8, 4, 2, 1) if m <= max(1, fit))
+    # batch 1: an expert holds one token unless the token names it twice (then chunks of one): the one-token build
+    mmax = 1 if T == 1 else 8
+    mt = min(mt, mmax)
+    target = 2 * _device.sm_count(device)  # CTAs to fill the card (two resident per SM)
     if routed:
         offsets, perm, _, active = moe_routing(experts, E, _dtype=x.dtype)
         units = min(n_slots, E)
@@ -285,14 +295,15 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     else:
         sh_ptrs = (0, 0, i32(0), i32(T), 0)
     gv = vec if H % vec == 0 and _aligned(x, gate_up, *(sh[:2] if has_sh else ())) else 1
-    rows = max(I, S or 0)
-    _launch(device, x.dtype, _gate_up_expr(x.dtype, gv, routed), (units + has_sh, ceil_div(rows, _WARPS * _PAIRS), 1),
+    gy = _row_blocks(ceil_div(max(I, S or 0), _WARPS * _PAIRS), ceil_div(target, units + has_sh))
+    _launch(device, x.dtype, _gate_up_expr(x.dtype, gv, routed, mmax), (units + has_sh, gy, 1),
             (_WARPS * 32, 1, 1), x.data_ptr(), gate_up.data_ptr(), experts.data_ptr(), i32(n_slots), i32(k),
             i32(H), i32(I), i32(E), *ptrs, i32(mt), act.data_ptr(), *sh_ptrs, shared_mem=mt * H * x.element_size())
     dv = vec if I % vec == 0 and (S or 0) % vec == 0 and _aligned(down, *(sh[2:3] if has_sh else ())) else 1
     dsh = (act_sh.data_ptr(), shared_down.data_ptr(), shared_expert_gate.data_ptr(), x.data_ptr(), i32(S)) \
         if has_sh else (0, 0, 0, 0, i32(0))
-    _launch(device, x.dtype, _down_expr(x.dtype, dv), (T, ceil_div(H, _WARPS), 1), (_WARPS * 32, 1, 1),
+    gy = _row_blocks(ceil_div(H, _WARPS), ceil_div(target, T))
+    _launch(device, x.dtype, _down_expr(x.dtype, dv), (T, gy, 1), (_WARPS * 32, 1, 1),
             act.data_ptr(), down.data_ptr(), weights.data_ptr(), experts.data_ptr(), i32(k), i32(H), i32(I),
             i32(E), y.data_ptr(), *dsh, shared_mem=(k * I + (S or 0)) * 4)
     return y

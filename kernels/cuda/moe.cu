@@ -105,7 +105,7 @@ __global__ void __launch_bounds__(ROUTE_THREADS) route_kernel(const long long* _
     __syncthreads();
     // pass 1: per-warp histograms (the lowest lane of each group of equal experts adds the group's size); the
     // experts are loaded BATCH x 32 at a time so the loads overlap
-    constexpr int BATCH = 8;
+    constexpr int BATCH = 4;
     for (int b0 = lo; b0 < hi; b0 += 32 * BATCH) {
         int eb[BATCH];
 #pragma unroll
@@ -217,12 +217,13 @@ __global__ void __launch_bounds__(ROUTE_THREADS) route_kernel(const long long* _
 // of the weight rows, UNROLL chunks per step with all loads issued first. Results reduced over the warp; the
 // lanes then write act for (pair, token).
 // Rows i of wgate and wup ([width, H] each) against the chunk's token rows; writes out[ids[j] * width + i].
-template <typename T, int VEC, int M>
+template <typename T, int VEC, int M, bool LEAN = false>
 __device__ __forceinline__ void gate_up_chunk(const T* __restrict__ wgate, const T* __restrict__ wup,
                                               const T* __restrict__ xs, int H, int I, int i0, int m,
                                               const int* __restrict__ slots, float* __restrict__ act) {
     constexpr int ROWS = 2 * PAIRS;  // gate row i, up row i, for each pair
-    constexpr int UNROLL = VEC > 1 ? 4 : 8;
+    // the batch-1 build (LEAN) keeps fewer loads in flight per lane so that two CTAs fit an SM (128 registers)
+    constexpr int UNROLL = VEC > 1 ? (LEAN ? 2 : 4) : 8;
     const int lane = threadIdx.x & 31;
     float acc[ROWS][M];
 #pragma unroll
@@ -286,9 +287,10 @@ __device__ __forceinline__ void gate_up_chunk(const T* __restrict__ wgate, const
 //                          slot of that expert (found by scanning experts[], n_slots small)
 //   ROUTED=true:           u indexes the non-empty experts (active[u], -1 past the last), slots from perm/offsets
 //   the shared expert (sh_gate non-null): the last unit, all T_ tokens, rows of sh_gate / sh_up [S, H] -> act_sh
-// Token rows are staged in shared memory mt at a time (mt * H elements, chosen by the host to fit).
-template <typename T, int VEC, bool ROUTED>
-__global__ void __launch_bounds__(WARPS * 32) gate_up_kernel(const T* __restrict__ x, const T* __restrict__ gate_up,
+// Token rows are staged in shared memory mt <= MMAX at a time (mt * H elements, chosen by the host to fit); MMAX = 1
+// (batch-1 decode) builds only the one-token chunk (fewer registers: two CTAs per SM).
+template <typename T, int VEC, bool ROUTED, int MMAX>
+__global__ void __launch_bounds__(WARPS * 32, MMAX == 1 ? 2 : 1) gate_up_kernel(const T* __restrict__ x, const T* __restrict__ gate_up,
                                                              const long long* __restrict__ experts, int n_slots,
                                                              int k, int H, int I, int E,
                                                              const int* __restrict__ perm,
@@ -367,57 +369,25 @@ __global__ void __launch_bounds__(WARPS * 32) gate_up_kernel(const T* __restrict
                 reinterpret_cast<const Vec<T, VEC>*>(x + (size_t)(chunk_slots[j] / xdiv) * H)[q];
         }
         __syncthreads();
-        if (i0 >= width) continue;
-        if (m == 1) gate_up_chunk<T, VEC, 1>(wgate, wup, xs, H, width, i0, m, chunk_slots, dst);
-        else if (m == 2) gate_up_chunk<T, VEC, 2>(wgate, wup, xs, H, width, i0, m, chunk_slots, dst);
-        else if (m <= 4) gate_up_chunk<T, VEC, 4>(wgate, wup, xs, H, width, i0, m, chunk_slots, dst);
-        else gate_up_chunk<T, VEC, 8>(wgate, wup, xs, H, width, i0, m, chunk_slots, dst);
+        // each warp walks its row pairs (grid.y CTAs per unit, chosen by the host to fill the card)
+        for (int r0 = i0; r0 < width; r0 += gridDim.y * WARPS * PAIRS) {
+            if (MMAX == 1) gate_up_chunk<T, VEC, 1, true>(wgate, wup, xs, H, width, r0, m, chunk_slots, dst);
+            else if (m == 1) gate_up_chunk<T, VEC, 1>(wgate, wup, xs, H, width, r0, m, chunk_slots, dst);
+            else if (m == 2) gate_up_chunk<T, VEC, 2>(wgate, wup, xs, H, width, r0, m, chunk_slots, dst);
+            else if (m <= 4) gate_up_chunk<T, VEC, 4>(wgate, wup, xs, H, width, r0, m, chunk_slots, dst);
+            else gate_up_chunk<T, VEC, 8>(wgate, wup, xs, H, width, r0, m, chunk_slots, dst);
+        }
     }
 }
 
 // ------------------------------------------------------------------------------------------------ down + combine
-// grid = (T, ceil(H / WARPS)); one warp per output row h of token t: the dot of the k concatenated rows
-// down[e_j][h, :] with w_j act[t k + j, :] (staged scaled in shared memory, k * I floats), plus, with the shared
-// expert (sh_down non-null), sh_down[h, :] . sigmoid(sh_gate_w . x[t]) act_sh[t, :] (S more floats).
+// One output row h: the k routed rows (and the shared expert's) against the staged activations.
 template <typename T, int VEC>
-__global__ void __launch_bounds__(WARPS * 32) down_kernel(const float* __restrict__ act, const T* __restrict__ down,
-                                                          const float* __restrict__ weights,
-                                                          const long long* __restrict__ experts, int k, int H,
-                                                          int I, int E, T* __restrict__ out,
-                                                          const float* __restrict__ act_sh,
-                                                          const T* __restrict__ sh_down,
-                                                          const T* __restrict__ sh_gate_w,
-                                                          const T* __restrict__ x, int S) {
-    extern __shared__ __align__(16) float a_s[];  // [k][I], then [S]
-    __shared__ int e_s[32];
-    __shared__ float red[WARPS];
-    const int t = blockIdx.x, tid = threadIdx.x, lane = tid & 31;
-    if (tid < k) e_s[tid] = expert_of(experts, t * k + tid, E);
-    float sig = 0.f;
-    if (sh_down) {  // the shared expert's gate: sigmoid(w . x[t]), a block reduction over H
-        float p = 0.f;
-        for (int c = tid; c < H; c += WARPS * 32) p = fmaf(to_f(sh_gate_w[c]), to_f(x[(size_t)t * H + c]), p);
-        p = warp_sum(p);
-        if (lane == 0) red[tid >> 5] = p;
-    }
-    __syncthreads();
-    if (sh_down) {
-        float g = 0.f;
-#pragma unroll
-        for (int w = 0; w < WARPS; ++w) g += red[w];
-        sig = 1.f / (1.f + expf(-g));
-    }
-    for (int idx = tid; idx < k * I; idx += WARPS * 32) {
-        const int j = idx / I;
-        const float wj = weights[(size_t)t * k + j];
-        a_s[idx] = e_s[j] >= 0 ? wj * act[(size_t)t * k * I + idx] : 0.f;
-    }
-    if (sh_down)
-        for (int i = tid; i < S; i += WARPS * 32) a_s[k * I + i] = sig * act_sh[(size_t)t * S + i];
-    __syncthreads();
-    const int h = blockIdx.y * WARPS + (tid >> 5);
-    if (h >= H) return;
-    constexpr int UNROLL = 8;
+__device__ __forceinline__ void down_row(const float* __restrict__ a_s, const T* __restrict__ down,
+                                         const int* __restrict__ e_s, int k, int H, int I, int h,
+                                         const T* __restrict__ sh_down, int S, T* __restrict__ out_t) {
+    const int lane = threadIdx.x & 31;
+    constexpr int UNROLL = VEC > 1 ? 4 : 8;
     const int per = I / VEC;      // vectors per row
     const int total = k * per;    // vectors over the k rows
     float acc = 0.f;
@@ -465,7 +435,50 @@ __global__ void __launch_bounds__(WARPS * 32) down_kernel(const float* __restric
         }
     }
     acc = warp_sum(acc);
-    if (lane == 0) out[(size_t)t * H + h] = from_f<T>(acc);
+    if (lane == 0) out_t[h] = from_f<T>(acc);
+}
+
+// grid = (T, row blocks); warps walk the output rows h of token t: the dot of the k concatenated rows
+// down[e_j][h, :] with w_j act[t k + j, :] (staged scaled in shared memory, k * I floats), plus, with the shared
+// expert (sh_down non-null), sh_down[h, :] . sigmoid(sh_gate_w . x[t]) act_sh[t, :] (S more floats).
+template <typename T, int VEC>
+__global__ void __launch_bounds__(WARPS * 32, 2) down_kernel(const float* __restrict__ act, const T* __restrict__ down,
+                                                          const float* __restrict__ weights,
+                                                          const long long* __restrict__ experts, int k, int H,
+                                                          int I, int E, T* __restrict__ out,
+                                                          const float* __restrict__ act_sh,
+                                                          const T* __restrict__ sh_down,
+                                                          const T* __restrict__ sh_gate_w,
+                                                          const T* __restrict__ x, int S) {
+    extern __shared__ __align__(16) float a_s[];  // [k][I], then [S]
+    __shared__ int e_s[32];
+    __shared__ float red[WARPS];
+    const int t = blockIdx.x, tid = threadIdx.x, lane = tid & 31;
+    if (tid < k) e_s[tid] = expert_of(experts, t * k + tid, E);
+    float sig = 0.f;
+    if (sh_down) {  // the shared expert's gate: sigmoid(w . x[t]), a block reduction over H
+        float p = 0.f;
+        for (int c = tid; c < H; c += WARPS * 32) p = fmaf(to_f(sh_gate_w[c]), to_f(x[(size_t)t * H + c]), p);
+        p = warp_sum(p);
+        if (lane == 0) red[tid >> 5] = p;
+    }
+    __syncthreads();
+    if (sh_down) {
+        float g = 0.f;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) g += red[w];
+        sig = 1.f / (1.f + expf(-g));
+    }
+    for (int idx = tid; idx < k * I; idx += WARPS * 32) {
+        const int j = idx / I;
+        const float wj = weights[(size_t)t * k + j];
+        a_s[idx] = e_s[j] >= 0 ? wj * act[(size_t)t * k * I + idx] : 0.f;
+    }
+    if (sh_down)
+        for (int i = tid; i < S; i += WARPS * 32) a_s[k * I + i] = sig * act_sh[(size_t)t * S + i];
+    __syncthreads();
+    for (int h = blockIdx.y * WARPS + (tid >> 5); h < H; h += gridDim.y * WARPS)
+        down_row<T, VEC>(a_s, down, e_s, k, H, I, h, sh_down, S, out + (size_t)t * H);
 }
 
 // ------------------------------------------------------------------------------------------------ grouped path
