@@ -168,6 +168,9 @@ def bench(sizes, tokens, hf: bool, out_dir) -> list[dict]:
             rec["routed_us"] = graph_ms(lambda: moe.moe_mlp(x, L.gate_up, L.down, w, e, validate=False), n) * 1e3
             rec["layer_us"] = graph_ms(lambda: L.forward(x), n) * 1e3
             rec["layer_unfused_us"] = graph_ms(lambda: L.forward_unfused(x), n) * 1e3
+            logits = F.linear(x, L.wr)
+            rec["router_gemm_us"] = graph_ms(lambda: F.linear(x, L.wr), n) * 1e3
+            rec["topk_us"] = graph_ms(lambda: moe.moe_topk(logits, k), n) * 1e3
             if T * k > moe.DECODE_MAX_SLOTS and moe.grouped_mm_available(x.device):
                 # the routed path's other candidates at this size (the pick is by T k: measured here)
                 rec["routed_routed_us"] = graph_ms(lambda: moe.moe_mlp(x, L.gate_up, L.down, w, e, validate=False,
@@ -202,7 +205,8 @@ def bench(sizes, tokens, hf: bool, out_dir) -> list[dict]:
                   f"({rec['routed_pct_bw_floor']:5.1f}% bw, {rec['routed_pct_gemm_floor']:5.1f}% gemm)  layer "
                   f"{rec['layer_us']:8.1f} us ({rec['layer_pct_bw_floor']:5.1f}% bw, {rec['layer_pct_gemm_floor']:5.1f}%"
                   f" gemm){hf_s}  gmm g/u {rec['gmm_gate_up_us']:7.1f} us {rec['gmm_gate_up_TFLOPs']:5.0f} TF"
-                  + "".join(f" {kk} {rec[kk]:.1f}" for kk in ("layer_unfused_us", "routed_routed_us", "routed_grouped_us")
+                  + "".join(f" {kk} {rec[kk]:.1f}" for kk in ("layer_unfused_us", "router_gemm_us", "topk_us", "routed_routed_us",
+                                                 "routed_grouped_us")
                             if rec.get(kk) is not None), flush=True)
             del x, xs
         del L, block
