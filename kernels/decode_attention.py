@@ -210,6 +210,8 @@ def kv_cache_append(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_c
     _mixed_devices(k=k, v=v, k_cache=k_cache, v_cache=v_cache, cu_seqlens=cu_seqlens, lengths=lengths)
     B, S = check_append_args(k, v, k_cache, v_cache, cu_seqlens, lengths)
     T, Hkv, d = k.shape
+    if k.dtype not in APPEND_DTYPES:
+        raise ValueError(f"kv_cache_append kernels take fp32, fp16 or bf16, got {k.dtype}; use the reference for fp64")
     _check_contiguous("k", k)
     _check_contiguous("v", v)
     _check_contiguous("cu_seqlens", cu_seqlens)

@@ -176,6 +176,7 @@ def kv_cache_append_bad(device) -> list[Bad]:
     k, v, kc, vc, cu, lengths = kv_cache_append_example(torch.bfloat16).on(device)
     return [
         Bad("k dtype", (k.float(), v, kc, vc, cu, lengths), "must share a dtype", reference=True),
+        Bad("fp64", (k.double(), v.double(), kc.double(), vc.double(), cu, lengths), "fp32, fp16 or bf16"),
         Bad("v shape", (k, v[:, :, :8], kc, vc, cu, lengths), "v must have shape", reference=True),
         Bad("cache heads", (k, v, kc[:, :, :1], vc[:, :, :1], cu, lengths), "k_cache must have shape",
             reference=True),
