@@ -178,6 +178,19 @@ def impl_fn(spec, impl: str, case, device="cuda"):
     return spec.hook("peers")(args)[impl]
 
 
+def family_bench(family: str):
+    """The pytest-benchmark test of a family: every (op, tokens, case, implementation) of family_params. A
+    benchmarks/bench_<family>.py holds `test_bench = family_bench("<family>")`."""
+    import pytest
+
+    @pytest.mark.bench
+    @pytest.mark.gpu
+    @pytest.mark.parametrize("op,tokens,index,impl", family_params(family))
+    def test_bench(benchmark, op, tokens, index, impl):
+        run_family_bench(benchmark, op, tokens, index, impl)
+    return test_bench
+
+
 def run_family_bench(benchmark, op: str, tokens: int, index: int, impl: str) -> None:
     """One pytest-benchmark run: op's real case `index` at `tokens` rows, implementation `impl`; min_bytes and
     flops (kernels.registry) go to extra_info for the roofline."""

@@ -40,6 +40,16 @@ def real_widths(*keys: str) -> list[tuple[str, tuple]]:
     return [("/".join(sizes), vals) for vals, sizes in seen.items()]
 
 
+def per_size(keys: tuple[str, ...], build) -> list[Case]:
+    """build(*values of `keys`) once per distinct value over SIZES, each label prefixed by its sizes ("9B/27B-...")."""
+    out = []
+    for size, vals in real_widths(*keys):
+        case = build(*vals)
+        case.label = f"{size}-{case.label}"
+        out.append(case)
+    return out
+
+
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
 
-from . import Bad, Case, act, dtypes, real_widths, rows, scales, seeds, shifts, vec, widths
+from . import Bad, Case, act, dtypes, per_size, real_widths, rows, scales, seeds, shifts, vec, widths
 
 VIT_WIDTHS = (768, 1024, 1152)        # D of the 0.8B / 4B / 9B+ towers
 AFFINE = ((True, True), (True, True), (True, False), (False, True), (False, False))
@@ -49,12 +49,7 @@ def layer_norm_example(dtype=torch.bfloat16) -> Case:
 
 
 def layer_norm_real(dtype=torch.bfloat16, tokens: int = 4096) -> list[Case]:
-    out = []
-    for size, (d,) in real_widths("vit_hidden"):
-        c = build_layer_norm(tokens, d, dtype, seed=d)
-        c.label = f"{size}-{c.label}"
-        out.append(c)
-    return out
+    return per_size(("vit_hidden",), lambda d: build_layer_norm(tokens, d, dtype, seed=d))
 
 
 def layer_norm_bad(device) -> list[Bad]:
@@ -95,12 +90,7 @@ def add_bias_layer_norm_example(dtype=torch.bfloat16) -> Case:
 
 
 def add_bias_layer_norm_real(dtype=torch.bfloat16, tokens: int = 4096) -> list[Case]:
-    out = []
-    for size, (d,) in real_widths("vit_hidden"):
-        c = build_add_bias_layer_norm(tokens, d, dtype, seed=d)
-        c.label = f"{size}-{c.label}"
-        out.append(c)
-    return out
+    return per_size(("vit_hidden",), lambda d: build_add_bias_layer_norm(tokens, d, dtype, seed=d))
 
 
 def add_bias_layer_norm_bad(device) -> list[Bad]:

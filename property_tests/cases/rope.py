@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
-from . import Bad, Case, act, dtypes, real_widths, rows, seeds, vec
+from . import Bad, Case, act, dtypes, per_size, real_widths, rows, seeds, vec
 from .vision import grid_rows
 
 HEAD_DIMS = (64, 72, 80, 128)
@@ -39,12 +39,7 @@ def qkv_bias_rope_example(dtype=torch.bfloat16) -> Case:
 
 
 def qkv_bias_rope_real(dtype=torch.bfloat16, tokens: int = 4096) -> list[Case]:
-    out = []
-    for size, (d, h) in real_widths("vit_hidden", "vit_heads"):
-        c = build_qkv_bias_rope(tokens, h, d // h, dtype, seed=d)
-        c.label = f"{size}-{c.label}"
-        out.append(c)
-    return out
+    return per_size(("vit_hidden", "vit_heads"), lambda d, h: build_qkv_bias_rope(tokens, h, d // h, dtype, seed=d))
 
 
 def qkv_bias_rope_bad(device) -> list[Bad]:

@@ -7,7 +7,7 @@ import torch
 from hypothesis import strategies as st
 
 import reference
-from . import Bad, Case, act, dtypes, real_widths, rows, seeds, widths
+from . import Bad, Case, act, dtypes, per_size, real_widths, rows, seeds, widths
 
 VIT_WIDTHS = (768, 1024, 1152)
 POS_TABLE_ROWS = 2304                 # 48 x 48
@@ -67,12 +67,7 @@ def patch_embed_example(dtype=torch.bfloat16) -> Case:
 
 
 def patch_embed_real(dtype=torch.bfloat16, tokens: int = 4096) -> list[Case]:
-    out = []
-    for size, (d,) in real_widths("vit_hidden"):
-        c = build_patch_embed(tokens, d, dtype)
-        c.label = f"{size}-{c.label}"
-        out.append(c)
-    return out
+    return per_size(("vit_hidden",), lambda d: build_patch_embed(tokens, d, dtype))
 
 
 def patch_embed_bad(device) -> list[Bad]:
@@ -188,12 +183,7 @@ def add_pos_embed_example(dtype=torch.bfloat16) -> Case:
 def add_pos_embed_real(dtype=torch.bfloat16, tokens: int = 4096) -> list[Case]:
     """The real taps of a square image of `tokens` patches."""
     side = int(_square_grid(tokens)[0, 1])
-    out = []
-    for size, (d,) in real_widths("vit_hidden"):
-        c = build_add_pos_embed(0, d, dtype, seed=d, grid=(1, side, side))
-        c.label = f"{size}-{c.label}"
-        out.append(c)
-    return out
+    return per_size(("vit_hidden",), lambda d: build_add_pos_embed(0, d, dtype, seed=d, grid=(1, side, side)))
 
 
 def add_pos_embed_bad(device) -> list[Bad]:
