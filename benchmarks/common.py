@@ -227,11 +227,12 @@ def time_registry(ops, tokens=BENCH_TOKENS, dtype=torch.bfloat16, log=print) -> 
             continue
         for t in tokens:
             for case in _real(spec, t, dtype=dtype):
-                peers = spec.hook("peers")
-                names = list(spec.kernels) + (list(peers(case.on("cpu"))) if peers else [])
-                times = {}
+                args, kwargs = case.on("cuda"), case.kwargs_on("cuda")
+                fns = {v: (lambda f: lambda: f(*args, **kwargs))(f) for v, f in spec.kernels.items()}
+                fns.update(spec.hook("peers")(args) if spec.hook("peers") else {})
+                names, times = list(fns), {}
                 for impl in names + names[::-1]:  # two passes, the second reversed: keep each one's best
-                    fn = impl_fn(spec, impl, case)
+                    fn = fns[impl]
                     try:
                         ms, how = graph_ms(fn), "graph"
                     except Exception:  # a host sync or a non-capturable path: queued launches instead
