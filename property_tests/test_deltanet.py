@@ -75,6 +75,19 @@ def test_both_paths_agree_with_the_reference(dtype):
 
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,heads", ((1, (16, 16)), (3, (2, 4)), (70, (1, 4)), (300, (2, 2))))
+def test_decode_kernels(dtype, rows, heads):
+    """One token per row: the one-warp kernel (n * Hv <= 256) and the 128-thread kernel (larger batches)."""
+    case = build_gated_delta_rule([1] * rows, *heads, dtype, seed=rows, kwargs={"max_seqlen": 1})
+    q, k, v, g, beta, cu, h0 = case.on("cuda")
+    state = h0.clone()
+    got = K.gated_delta_rule(q, k, v, g, beta, cu, state, use_qk_l2norm=True, final_state=state, max_seqlen=1)
+    assert got[1] is state
+    _errors(got, _oracle(case), dtype)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_strided_qkv_slices(dtype):
     """q, k, v as column slices of one [T, C] tensor, as the model's conv output hands them over."""
     T, Hk, Hv = 200, 2, 4

@@ -77,6 +77,8 @@ def check(args) -> int:
         ([64], 1, 1, torch.bfloat16, True, None, "one chunk"),
         ([1] * 8, 2, 4, torch.bfloat16, True, 1, "decode bf16"),
         ([1] * 5, 2, 2, torch.float16, True, 1, "decode fp16"),
+        ([1] * 80, 2, 4, torch.bfloat16, True, 1, "decode b80 (128-thread)"),
+        ([2] * 70, 1, 4, torch.float32, True, None, "fp32 b70 (128-thread)"),
         ([1000], 2, 2, torch.bfloat16, True, None, "long 1000"),
         ([2048, 1000, 33], 4, 8, torch.bfloat16, True, None, "long packed"),
     ]

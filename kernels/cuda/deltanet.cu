@@ -598,4 +598,89 @@ __global__ void __launch_bounds__(128) gdn_recurrent(
         *reinterpret_cast<float4*>(hT + sbase + (long long)(rg + RG * i) * D) = make_float4(S[i][0], S[i][1], S[i][2], S[i][3]);
 }
 
+// gdn_recurrent_warp: the same recurrence with one warp per CTA and 8 dv columns (the small-batch decode: many
+// CTAs, no barriers, every reduction a butterfly of shuffles). Lane l holds rows 4l .. 4l+3 of the 8 columns
+// (two float4 a row), and its own 4 entries of q and k, so the norms and S^T k / S^T q need no shared memory.
+template <typename T, bool GATE>
+__global__ void __launch_bounds__(32) gdn_recurrent_warp(
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, long long sq, long long sk,
+    long long sv, const float* g, const float* beta, const T* ga, const T* gb, const float* A_log,
+    const float* dt_bias, const int* __restrict__ cu, int Hk, int Hv, float scale, int l2norm, const float* h0,
+    float* hT, T* __restrict__ o, long long so) {
+    constexpr int BV = 8;
+    const Gates<T, GATE> gates{g, beta, ga, gb, A_log, dt_bias};
+    const int lane = threadIdx.x;
+    const int vb = blockIdx.x * BV, h = blockIdx.y, s = blockIdx.z, kh = h / (Hv / Hk);
+    const long long sbase = ((long long)s * Hv + h) * D * D + (long long)(4 * lane) * D + vb;
+    float S[4][BV];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        float4 x0 = make_float4(0.f, 0.f, 0.f, 0.f), x1 = x0;
+        if (h0) {
+            x0 = *reinterpret_cast<const float4*>(h0 + sbase + i * D);
+            x1 = *reinterpret_cast<const float4*>(h0 + sbase + i * D + 4);
+        }
+        S[i][0] = x0.x; S[i][1] = x0.y; S[i][2] = x0.z; S[i][3] = x0.w;
+        S[i][4] = x1.x; S[i][5] = x1.y; S[i][6] = x1.z; S[i][7] = x1.w;
+    }
+    const int bos = cu[s], eos = cu[s + 1];
+    float nq[4], nk[4], nv = 0.f, ng = 0.f, nb = 0.f;
+    auto fetch = [&](int t) {  // this lane's 4 entries of q and k, column `lane` of v (lanes < 8), the gates
+        load_f<T, 4>(q + (long long)t * sq + kh * D + 4 * lane, nq);
+        load_f<T, 4>(k + (long long)t * sk + kh * D + 4 * lane, nk);
+        if (lane < BV) nv = to_f(v[(long long)t * sv + h * D + vb + lane]);
+        ng = gates.gate((long long)t * Hv + h, h);
+        nb = gates.strength((long long)t * Hv + h);
+    };
+    if (bos < eos) fetch(bos);
+    for (int t = bos; t < eos; ++t) {
+        float cq[4], ck[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) { cq[i] = nq[i]; ck[i] = nk[i]; }
+        const float cv = nv, cgate = ng, cbeta = nb;
+        if (t + 1 < eos) fetch(t + 1);
+        float qq = 0.f, kk = 0.f, qk = 0.f;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) { qq += cq[i] * cq[i]; kk += ck[i] * ck[i]; qk += cq[i] * ck[i]; }
+        float pk[BV], pq[BV];
+#pragma unroll
+        for (int j = 0; j < BV; ++j) {
+            pk[j] = S[0][j] * ck[0] + S[1][j] * ck[1] + S[2][j] * ck[2] + S[3][j] * ck[3];
+            pq[j] = S[0][j] * cq[0] + S[1][j] * cq[1] + S[2][j] * cq[2] + S[3][j] * cq[3];
+        }
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            qq += __shfl_xor_sync(0xffffffffu, qq, off);
+            kk += __shfl_xor_sync(0xffffffffu, kk, off);
+            qk += __shfl_xor_sync(0xffffffffu, qk, off);
+#pragma unroll
+            for (int j = 0; j < BV; ++j) {
+                pk[j] += __shfl_xor_sync(0xffffffffu, pk[j], off);
+                pq[j] += __shfl_xor_sync(0xffffffffu, pq[j], off);
+            }
+        }
+        const float rqs = (l2norm ? rsqrtf(qq + L2_EPS) : 1.f) * scale, rks = l2norm ? rsqrtf(kk + L2_EPS) : 1.f;
+        const float a = expf(cgate), kq = qk * rqs * rks;
+        float dl[BV], ov[BV];
+#pragma unroll
+        for (int j = 0; j < BV; ++j) {
+            const float vj = __shfl_sync(0xffffffffu, cv, j);
+            dl[j] = cbeta * (vj - a * rks * pk[j]);
+            ov[j] = a * rqs * pq[j] + kq * dl[j];
+        }
+        if (lane == 0) store_f<T, BV>(o + (long long)t * so + h * D + vb, ov);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float kr = ck[i] * rks;
+#pragma unroll
+            for (int j = 0; j < BV; ++j) S[i][j] = a * S[i][j] + kr * dl[j];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        *reinterpret_cast<float4*>(hT + sbase + i * D) = make_float4(S[i][0], S[i][1], S[i][2], S[i][3]);
+        *reinterpret_cast<float4*>(hT + sbase + i * D + 4) = make_float4(S[i][4], S[i][5], S[i][6], S[i][7]);
+    }
+}
+
 }  // namespace deltanet
