@@ -42,8 +42,9 @@ Fields of an `OpSpec` (all but `name` and `reference` optional):
 A `Case` is one call: positional `args` (+ `kwargs`), the shapes of its `out=` tensors, a label.
 
 Adding an op = reference + kernel + one entry below + its functions in property_tests/cases/<family>.py; the generic
-tests (property_tests/test_ops.py, tests/test_bad_input.py), the benchmarks (benchmarks/bench_<family>.py),
-the catalogue (docs/op_catalogue.md, `python -m kernels.registry --catalogue`) and model.ops pick it up.
+tests (property_tests/test_ops.py, tests/test_bad_input.py, property_tests/test_compile.py), the benchmarks
+(benchmarks/bench_<family>.py, python -m benchmarks) and model.ops pick it up. Then regenerate the catalogue:
+`python tools/make_catalogue.py > docs/op_catalogue.md` (tests/test_catalogue.py fails until it matches).
 
 Tolerances compare a kernel's output with the reference run on the same inputs (the reference computes in fp32
 or fp64 and rounds once to the input dtype): relative L2 error ||out - ref|| / ||ref||, plus a max-abs bound in
