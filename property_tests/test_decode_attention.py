@@ -374,3 +374,27 @@ def test_kv_cache_append_bad_input(change, match):
 
     with pytest.raises((ValueError, TypeError), match=match):
         kv_cache_append(**{**_good_append(), **change})
+
+
+# ------------------------------------------------------------------------------------------- compile (CPU)
+@pytest.mark.compile
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_split_kernel_does_not_spill(arch):
+    """The split kernel keeps a 16 x 256 fp32 accumulator per warp (128 registers a thread) next to the scores and
+    pointers, close to the 255-register limit: a spill would cost most of its bandwidth. ptxas -v says."""
+    import io
+    import re
+
+    from cuda.core import Program, ProgramOptions
+
+    from kernels.decode_attention import SOURCE
+    from kernels.runtime.nvrtc import cuda_include_dirs, read_source
+
+    names = tuple(e for e in SOURCE.exprs if "split" in e or "combine" in e)
+    log = io.StringIO()
+    opts = ProgramOptions(arch=arch, std="c++17", include_path=list(cuda_include_dirs()), ptxas_options=["-v"])
+    Program(read_source(SOURCE.file), code_type="c++", options=opts).compile("cubin", name_expressions=names,
+                                                                           logs=log)
+    report = log.getvalue()
+    spills = [int(x) for x in re.findall(r"(\d+) bytes spill stores", report)]
+    assert len(spills) == len(names) and not any(spills), report

@@ -167,15 +167,21 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
 
         const int tok0 = t_begin + j * TILE + warp * 16;  // this warp's first slot
         if (tok0 >= t_end) continue;  // a partial last tile: no slot for this warp (m, l, o stay as they are)
+        // two accumulator chains (even and odd k-steps) halve the dependent-mma latency of a tile's scores
         float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+        float s2[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
         for (int ks = 0; ks < D / 16; ++ks) {
             u32 a[4], bk[4];
             ldsm_x4(a, sQa + swz<D>(qrow, 2 * ks + qch));
             ldsm_x4(bk, kbuf + swz<D>(krow, 2 * ks + kch));
-            Mma<T>::k16(s[0], a, bk[0], bk[1]);
-            Mma<T>::k16(s[1], a, bk[2], bk[3]);
+            Mma<T>::k16((ks & 1) ? s2[0] : s[0], a, bk[0], bk[1]);
+            Mma<T>::k16((ks & 1) ? s2[1] : s[1], a, bk[2], bk[3]);
         }
+#pragma unroll
+        for (int n = 0; n < 2; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[n][e] += s2[n][e];
         // mask slots past the chunk (zero-filled, but they must get no weight), scale into log2 units
         float mx[2] = {f32_neg_inf(), f32_neg_inf()};
 #pragma unroll
