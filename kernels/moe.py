@@ -82,9 +82,15 @@ _GROUPS = {dt: _dtype_exprs(dt) for dt in KERNEL_DTYPES}
 SOURCE = NvrtcSource("moe.cu", tuple(dict.fromkeys(e for g in _GROUPS.values() for e in g)))
 
 
-def _launch(device: int, dtype, expr: str, grid, block, *args, shared_mem: int = 0) -> None:
+# The decode path's gate/up and down kernels as programmatic dependent launches (sm_90): each is scheduled while
+# the previous kernel runs (the down kernel prefetches its rows into L2 meanwhile). A module switch so the
+# benchmark can time both.
+PDL = True
+
+
+def _launch(device: int, dtype, expr: str, grid, block, *args, shared_mem: int = 0, pdl: bool = False) -> None:
     _rt_launch.launch(_rt_launch.get_kernel(SOURCE.file, expr, _GROUPS[dtype], device=device), grid, block, *args,
-                      shared_mem=shared_mem)
+                      shared_mem=shared_mem, pdl=pdl)
 
 
 # ------------------------------------------------------------------------------------------------ moe_topk
@@ -298,14 +304,15 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     gy = _row_blocks(ceil_div(max(I, S or 0), _WARPS * _PAIRS), ceil_div(target, units + has_sh))
     _launch(device, x.dtype, _gate_up_expr(x.dtype, gv, routed, mmax), (units + has_sh, gy, 1),
             (_WARPS * 32, 1, 1), x.data_ptr(), gate_up.data_ptr(), experts.data_ptr(), i32(n_slots), i32(k),
-            i32(H), i32(I), i32(E), *ptrs, i32(mt), act.data_ptr(), *sh_ptrs, shared_mem=mt * H * x.element_size())
+            i32(H), i32(I), i32(E), *ptrs, i32(mt), act.data_ptr(), *sh_ptrs, shared_mem=mt * H * x.element_size(),
+            pdl=PDL and not routed)
     dv = vec if I % vec == 0 and (S or 0) % vec == 0 and _aligned(down, *(sh[2:3] if has_sh else ())) else 1
     dsh = (act_sh.data_ptr(), shared_down.data_ptr(), shared_expert_gate.data_ptr(), x.data_ptr(), i32(S)) \
         if has_sh else (0, 0, 0, 0, i32(0))
     gy = _row_blocks(ceil_div(H, _WARPS), ceil_div(target, T))
     _launch(device, x.dtype, _down_expr(x.dtype, dv), (T, gy, 1), (_WARPS * 32, 1, 1),
             act.data_ptr(), down.data_ptr(), weights.data_ptr(), experts.data_ptr(), i32(k), i32(H), i32(I),
-            i32(E), y.data_ptr(), *dsh, shared_mem=(k * I + (S or 0)) * 4)
+            i32(E), y.data_ptr(), *dsh, shared_mem=(k * I + (S or 0)) * 4, pdl=PDL)
     return y
 
 

@@ -67,8 +67,10 @@ def check() -> int:
                 want = ref.moe_mlp(*args, **kw)
                 paths = ["routed"] + (["decode"] if T * s["topk"] <= moe.DECODE_MAX_SLOTS else []) + \
                     (["grouped"] if moe.grouped_ok(*args[:3]) else [])
-                for path in paths:
+                runs = [(p, True) for p in paths] + ([("decode", False)] if "decode" in paths else [])
+                for path, pdl in runs:
                     t0 = time.perf_counter()
+                    moe.PDL = pdl
                     try:
                         got = moe.moe_mlp(*args, **kw, path=path)
                         torch.cuda.synchronize()
@@ -77,8 +79,10 @@ def check() -> int:
                         msg = f"rel {rel:.2e} max {mx:.2e}"
                     except Exception as e:  # report and go on: one log shows every path
                         ok, msg = False, f"{type(e).__name__}: {str(e)[:200]}"
+                    moe.PDL = True
                     bad += not ok
-                    print(f"check {size:10s} T={T:4d} {str(dtype)[6:]:9s} {path:8s} {'ok ' if ok else 'BAD'} {msg} "
+                    path = path if pdl else path + "-nopdl"
+                    print(f"check {size:10s} T={T:4d} {str(dtype)[6:]:9s} {path:13s} {'ok ' if ok else 'BAD'} {msg} "
                           f"({(time.perf_counter() - t0) * 1e3:.0f} ms)", flush=True)
     # router top-k at the real expert counts
     for size, s in MOE_SIZES.items():
@@ -168,6 +172,9 @@ def bench(sizes, tokens, hf: bool, out_dir) -> list[dict]:
             rec["routed_us"] = graph_ms(lambda: moe.moe_mlp(x, L.gate_up, L.down, w, e, validate=False), n) * 1e3
             rec["layer_us"] = graph_ms(lambda: L.forward(x), n) * 1e3
             rec["layer_unfused_us"] = graph_ms(lambda: L.forward_unfused(x), n) * 1e3
+            moe.PDL = False
+            rec["layer_nopdl_us"] = graph_ms(lambda: L.forward(x), n) * 1e3
+            moe.PDL = True
             logits = F.linear(x, L.wr)
             rec["router_gemm_us"] = graph_ms(lambda: F.linear(x, L.wr), n) * 1e3
             rec["topk_us"] = graph_ms(lambda: moe.moe_topk(logits, k), n) * 1e3
@@ -205,7 +212,7 @@ def bench(sizes, tokens, hf: bool, out_dir) -> list[dict]:
                   f"({rec['routed_pct_bw_floor']:5.1f}% bw, {rec['routed_pct_gemm_floor']:5.1f}% gemm)  layer "
                   f"{rec['layer_us']:8.1f} us ({rec['layer_pct_bw_floor']:5.1f}% bw, {rec['layer_pct_gemm_floor']:5.1f}%"
                   f" gemm){hf_s}  gmm g/u {rec['gmm_gate_up_us']:7.1f} us {rec['gmm_gate_up_TFLOPs']:5.0f} TF"
-                  + "".join(f" {kk} {rec[kk]:.1f}" for kk in ("layer_unfused_us", "router_gemm_us", "topk_us", "routed_routed_us",
+                  + "".join(f" {kk} {rec[kk]:.1f}" for kk in ("layer_unfused_us", "layer_nopdl_us", "router_gemm_us", "topk_us", "routed_routed_us",
                                                  "routed_grouped_us")
                             if rec.get(kk) is not None), flush=True)
             del x, xs

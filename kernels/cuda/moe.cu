@@ -24,11 +24,30 @@ constexpr int WARPS = 8;        // warps per CTA of the expert kernels
 constexpr int PAIRS = 2;        // gate/up row pairs per warp in gate_up_kernel
 constexpr int ROUTE_THREADS = 1024;
 
+// Programmatic dependent launch (sm_90; the same helpers as decode_attention.cu): a kernel launched with pdl=True
+// may be scheduled while the previous one runs; it waits here until that grid has finished and its writes are
+// visible. Without a programmatic launch (or before sm_90) the stream orders the kernels and both return at once.
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_primary_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+}
+
 // ------------------------------------------------------------------------------------------------ top-k
 // NPL logits per lane (expert e = lane + 32 i); each of the k rounds takes the warp's best untaken logit.
 template <typename T, int NPL>
 __global__ void __launch_bounds__(128) topk_kernel(const T* __restrict__ logits, float* __restrict__ weights,
                                                    long long* __restrict__ experts, int T_, int E, int k) {
+    allow_dependent_launch();  // the gate/up kernel may be scheduled now (it waits for this grid to finish)
     const int lane = threadIdx.x & 31;
     const int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (t >= T_) return;
@@ -304,6 +323,8 @@ __global__ void __launch_bounds__(WARPS * 32, MMAX == 1 ? 2 : 1) gate_up_kernel(
     __shared__ int list[128];   // decode: the expert's slots (n_slots <= 128)
     __shared__ int chunk_slots[8];
     __shared__ int info[3];     // expert, first, count
+    wait_for_primary_grid();   // the routing (top-k or route kernel) is complete and visible
+    allow_dependent_launch();  // the down kernel may be scheduled (it prefetches its rows, then waits for this grid)
     const int tid = threadIdx.x;
     const int u = blockIdx.x;
     const bool shared_unit = sh_gate != nullptr && u == gridDim.x - 1;  // the last unit: the shared expert
@@ -454,7 +475,23 @@ __global__ void __launch_bounds__(WARPS * 32, 2) down_kernel(const float* __rest
     __shared__ int e_s[32];
     __shared__ float red[WARPS];
     const int t = blockIdx.x, tid = threadIdx.x, lane = tid & 31;
+    // Before the wait (with a programmatic launch this overlaps the gate/up kernel): the experts (the top-k grid
+    // finished before the gate/up kernel let this one start), the shared gate, and the rows this warp will read,
+    // prefetched into L2.
     if (tid < k) e_s[tid] = expert_of(experts, t * k + tid, E);
+    __syncthreads();
+    {
+        const int lines = (I * (int)sizeof(T) + 127) / 128, slines = (S * (int)sizeof(T) + 127) / 128;
+        for (int h = blockIdx.y * WARPS + (tid >> 5); h < H; h += gridDim.y * WARPS) {
+            for (int q = lane; q < k * lines; q += 32) {
+                const int j = q / lines, e = e_s[j];
+                if (e >= 0) prefetch_l2(reinterpret_cast<const char*>(down + ((size_t)e * H + h) * I) + (q - j * lines) * 128);
+            }
+            if (sh_down)
+                for (int q = lane; q < slines; q += 32)
+                    prefetch_l2(reinterpret_cast<const char*>(sh_down + (size_t)h * S) + q * 128);
+        }
+    }
     float sig = 0.f;
     if (sh_down) {  // the shared expert's gate: sigmoid(w . x[t]), a block reduction over H
         float p = 0.f;
@@ -469,6 +506,7 @@ __global__ void __launch_bounds__(WARPS * 32, 2) down_kernel(const float* __rest
         for (int w = 0; w < WARPS; ++w) g += red[w];
         sig = 1.f / (1.f + expf(-g));
     }
+    wait_for_primary_grid();  // the gate/up activations are complete and visible
     for (int idx = tid; idx < k * I; idx += WARPS * 32) {
         const int j = idx / I;
         const float wj = weights[(size_t)t * k + j];
