@@ -266,18 +266,18 @@ def _run(q, k, v, gates, gate: bool, cu_seqlens, initial_state, scale, use_qk_l2
     w = torch.empty(T, Hv, D, dtype=q.dtype, device=q.device)
     u = torch.empty_like(w)
     aqk = torch.empty(T, Hv, BT, dtype=q.dtype, device=q.device)
-    gc = torch.empty(T, Hv, dtype=torch.float32, device=q.device)
+    gc = torch.empty(Hv, T, dtype=torch.float32, device=q.device)  # head-major
     rq, rk = torch.empty_like(gc), torch.empty_like(gc)
     if slots > 0:
         _launch(device, _prep_expr(q.dtype, gate), (Hv, slots, 1), prep_smem_bytes(),
                 q.data_ptr(), k.data_ptr(), v.data_ptr(), *gate_ptrs, cu.data_ptr(), i32(n),
                 i64(q.stride(0)), i64(k.stride(0)), i64(v.stride(0)), i32(Hk), i32(Hv), f32(scale),
                 i32(use_qk_l2norm), w.data_ptr(), u.data_ptr(), aqk.data_ptr(), gc.data_ptr(), rq.data_ptr(),
-                rk.data_ptr())
+                rk.data_ptr(), i32(T))
     bv = pick_state_bv(n, Hv, sms, smem_limit)
     ns = pick_state_stages(bv, smem_limit)
     _launch(device, _state_expr(q.dtype, bv, ns), (D // bv, Hv, n), state_smem_bytes(bv, ns),
             q.data_ptr(), k.data_ptr(), i64(q.stride(0)), i64(k.stride(0)), i32(Hk), i32(Hv),
             w.data_ptr(), u.data_ptr(), aqk.data_ptr(), gc.data_ptr(), rq.data_ptr(), rk.data_ptr(), cu.data_ptr(),
-            h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)), threads=256)
+            h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)), i32(T), threads=256)
     return out, final_state

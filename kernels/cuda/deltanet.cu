@@ -12,7 +12,7 @@
 //      beta_i exp(G_i - G_j) k_i.k_j, T = (I + A)^-1 (fp32, 16x16 diagonal blocks by warps, then block rows),
 //      W = T diag(beta exp(G)) K and U = T diag(beta) V (mma.sync), and the masked, decayed, scaled Q K^T
 //      (Aqk). Written per token: W, U [T, Hv, 128], Aqk [T, Hv, 64] in the input dtype; G, 1/||q|| * scale,
-//      1/||k|| [T, Hv] fp32.
+//      1/||k|| [Hv, T] fp32 (head-major, so the state pass reads a chunk's rows as one run).
 //  gdn_chunk_state (one CTA per sequence, value head and BV-column block of dv; chunks in order, the inputs of
 //      the next NS - 1 chunks in flight (cp.async) during the current one): with S0 the state entering the chunk,
 //        Vn = U - W S0;  O = diag(exp(G) rq) Q S0 + Aqk Vn;  S = exp(G_L) S0 + K^T diag(exp(G_L - G) rk) Vn
@@ -104,6 +104,12 @@ __device__ __forceinline__ void mma_atb(float (&c)[NB][4], const T* at, const T*
     }
 }
 
+// 4-byte global -> shared copy (cp.async.ca: the only form for sizes below 16); when !valid nothing is read and
+// the 4 bytes are zero-filled.
+__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0) : "memory");
+}
+
 template <typename T>
 __device__ __forceinline__ void store2(T* p, float a, float b) {
     *reinterpret_cast<u32*>(p) = pack2<T>(a, b);
@@ -140,7 +146,8 @@ __global__ void __launch_bounds__(128) gdn_chunk_prep(
     const T* ga, const T* gb, const float* A_log, const float* dt_bias, const int* __restrict__ cu, int nseg,
     long long sq, long long sk,
     long long sv, int Hk, int Hv, float scale, int l2norm, T* __restrict__ w_out, T* __restrict__ u_out,
-    T* __restrict__ aqk_out, float* __restrict__ g_out, float* __restrict__ rq_out, float* __restrict__ rk_out) {
+    T* __restrict__ aqk_out, float* __restrict__ g_out, float* __restrict__ rq_out, float* __restrict__ rk_out,
+    int ntok) {
     extern __shared__ __align__(16) unsigned char smem[];
     T* sQ = reinterpret_cast<T*>(smem);
     T* sK = sQ + BT * SD;
@@ -320,7 +327,7 @@ __global__ void __launch_bounds__(128) gdn_chunk_prep(
         }
     }
     if (tid < L) {
-        const long long o = (long long)(c0 + tid) * Hv + h;
+        const long long o = (long long)h * ntok + c0 + tid;  // head-major: a chunk's rows are contiguous
         g_out[o] = sG[tid];
         rq_out[o] = sRq[tid];
         rk_out[o] = sRk[tid];
@@ -348,7 +355,7 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
     const T* __restrict__ q, const T* __restrict__ k, long long sq, long long sk, int Hk, int Hv,
     const T* __restrict__ w, const T* __restrict__ u, const T* __restrict__ aqk, const float* __restrict__ gc,
     const float* __restrict__ rq, const float* __restrict__ rk, const int* __restrict__ cu,
-    const float* h0, float* hT, T* __restrict__ o, long long so) {
+    const float* h0, float* hT, T* __restrict__ o, long long so, int ntok) {
     using Lay = StateLayout<BV, NS>;
     constexpr int SU = Lay::SU, NB = BV / 8, NT = 256;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -386,12 +393,10 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
             const bool ok = r < L;
             cp_async16(smem_u32(sAq + r * SC + cc), aqk + ((long long)(t0 + (ok ? r : 0)) * Hv + h) * BT + cc, ok);
         }
-        if (tid < BT) {  // G, rq, rk of the chunk's rows (rows past the end: G of the last row, rq = rk = 0)
-            const int r = min(tid, L - 1);
-            const long long idx = (long long)(t0 + r) * Hv + h;
-            sG[tid] = gc[idx];
-            sG[BT + tid] = tid < L ? rq[idx] : 0.f;
-            sG[2 * BT + tid] = tid < L ? rk[idx] : 0.f;
+        if (tid < 3 * BT) {  // G, rq, rk of the chunk's rows ([Hv, T] fp32; rows past the end read as 0)
+            const int arr = tid / BT, r = tid % BT;
+            const float* src = (arr == 0 ? gc : arr == 1 ? rq : rk) + (long long)h * ntok + t0 + (r < L ? r : 0);
+            cp_async4(smem_u32(sG + tid), src, r < L);
         }
     };
 
@@ -436,7 +441,7 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
         const T* sAq = sU + BT * SU;
         const float* sG = reinterpret_cast<const float*>(sAq + BT * SC);
         const int t0 = bos + c * BT, L = min(BT, eos - t0);
-        const float gl = sG[BT - 1];  // rows past the end repeat the last G
+        const float gl = sG[L - 1];  // G at the chunk's last row
         float acc[NB][4];
 #pragma unroll
         for (int nb = 0; nb < NB; ++nb)
