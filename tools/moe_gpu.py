@@ -58,6 +58,14 @@ def check() -> int:
     """Every path at the real widths (32 experts), bf16 and fp32, against the reference; returns failures."""
     tol = REGISTRY["moe_mlp"].tol
     bad = 0
+    # router top-k at the real expert counts
+    for size, s in MOE_SIZES.items():
+        logits = torch.randn(1000, s["experts"], device="cuda").bfloat16()
+        w, e = moe.moe_topk(logits, s["topk"])
+        rw, re_ = ref.moe_topk(logits, s["topk"])
+        ok = torch.equal(e, re_) and torch.allclose(w, rw, atol=1e-5, rtol=0)
+        bad += not ok
+        print(f"check topk {size} {'ok' if ok else 'BAD'} max |dw| {float((w - rw).abs().max()):.1e}", flush=True)
     for dtype in (torch.bfloat16, torch.float32):  # bf16 first: the fp32 build compiles only after
         for size, s in MOE_SIZES.items():
             for T in (1, 8, 300):
@@ -84,14 +92,6 @@ def check() -> int:
                     path = path if pdl else path + "-nopdl"
                     print(f"check {size:10s} T={T:4d} {str(dtype)[6:]:9s} {path:13s} {'ok ' if ok else 'BAD'} {msg} "
                           f"({(time.perf_counter() - t0) * 1e3:.0f} ms)", flush=True)
-    # router top-k at the real expert counts
-    for size, s in MOE_SIZES.items():
-        logits = torch.randn(1000, s["experts"], device="cuda").bfloat16()
-        w, e = moe.moe_topk(logits, s["topk"])
-        rw, re_ = ref.moe_topk(logits, s["topk"])
-        ok = torch.equal(e, re_) and torch.allclose(w, rw, atol=1e-5, rtol=0)
-        bad += not ok
-        print(f"check topk {size} {'ok' if ok else 'BAD'} max |dw| {float((w - rw).abs().max()):.1e}", flush=True)
     return bad
 
 
