@@ -181,3 +181,15 @@ def test_graph_capture(T):
         assert torch.equal(out, want), f"T={T}: graph replay differs from eager"
         w, e = ref.moe_topk(x @ wr.T, k)
         compare(MLP, out, ref.moe_mlp(x, gu, dn, w, e), f"graph T={T}", torch.bfloat16)
+
+
+@gpu
+@pytest.mark.parametrize("pdl", [False, True])
+def test_decode_with_and_without_programmatic_launch(pdl, monkeypatch):
+    """The decode kernels' pre-wait work (experts, prefetches) is right both as programmatic dependent launches
+    and as plain stream-ordered launches."""
+    moe = _kernels()
+    monkeypatch.setattr(moe, "PDL", pdl)
+    for T, mode in ((1, "random"), (1, "repeat"), (8, "random"), (16, "skewed")):
+        case = cases.build_moe_mlp(T, 256, 64, 40, 8, torch.bfloat16, seed=T, mode=mode, shared=64)
+        _check_path(case, "decode")
