@@ -85,6 +85,38 @@ __device__ __forceinline__ void mma_ab(float (&c)[NB][4], const T* a, const T* b
     }
 }
 
+// mma_ab with KS even and two accumulator sets (even and odd k-steps) summed at the end: half the dependent mma
+// chain, for the state pass's W S and Q S where NB is small (few independent chains per warp).
+template <typename T, int KS, int NB, int LDA, int LDB>
+__device__ __forceinline__ void mma_ab2(float (&c)[NB][4], const T* a, const T* b, int lane) {
+    float c2[NB][4];
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) c2[nb][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+        u32 af[4];
+        ldsm_x4(af, smem_u32(a + (lane & 15) * LDA + ks * 16 + (lane >> 4) * 8));
+#pragma unroll
+        for (int nb = 0; nb < NB; nb += 2) {
+            u32 bf[4];
+            ldsm_x4_t(bf, smem_u32(b + (ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDB + nb * 8 + (lane >> 4) * 8));
+            if (ks & 1) {
+                Mma<T>::k16(c2[nb], af, bf[0], bf[1]);
+                Mma<T>::k16(c2[nb + 1], af, bf[2], bf[3]);
+            } else {
+                Mma<T>::k16(c[nb], af, bf[0], bf[1]);
+                Mma<T>::k16(c[nb + 1], af, bf[2], bf[3]);
+            }
+        }
+    }
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) c[nb][e] += c2[nb][e];
+}
+
 // C[16 x 8 NB] += A * B with A[m][k] stored transposed as At[k][m] (stride LDA; the K^T of K [token][dk]) and
 // B row-major [k][n] (stride LDB); KS k-steps of 16.
 template <typename T, int KS, int NB, int LDA, int LDB>
@@ -155,8 +187,7 @@ __global__ void __launch_bounds__(128) gdn_chunk_prep(
     T* sTk = sV + BT * SD;  // T diag(beta exp(G) rk), the A operand of W
     T* sTv = sTk + BT * SC;  // T diag(beta), the A operand of U
     float* sA = reinterpret_cast<float*>(sTv + BT * SC);  // A, then T = (I + A)^-1 in place
-    float* sX = sA + BT * SA;                              // one block row of partial products [16][65]
-    float* sG = sX + 16 * SA;
+    float* sG = sA + BT * SA;
     float* sB = sG + BT;
     float* sRq = sB + BT;
     float* sRk = sRq + BT;
@@ -267,22 +298,40 @@ __global__ void __launch_bounds__(128) gdn_chunk_prep(
         for (int i = 0; i < 8; ++i) sA[(b0 + 8 * hh + i) * SA + b0 + c] = R[i];
     }
     __syncthreads();
-    // block rows 1..3: X_ij = sum_{m = j .. i-1} A_im T_mj (j < i), then T_ij = -T_ii X_ij
+    // block rows 1..3: X_ij = sum_{m = j .. i-1} A_im T_mj (j < i), then T_ij = -T_ii X_ij. Warp j < i computes
+    // block (i, j) in registers, lane = column c (lanes 0-15 rows 0-7, lanes 16-31 rows 8-15: 8 independent
+    // sums a lane); X's other half-rows come by shuffle. A barrier between reading the block row (all warps)
+    // and overwriting it with T, and one before the next block row reads it.
+#pragma unroll
     for (int bi = 1; bi < 4; ++bi) {
-        const int ncol = 16 * bi, r0 = 16 * bi;
-        for (int e = tid; e < 16 * ncol; e += 128) {
-            const int r = e / ncol, c = e - r * ncol;
-            float acc = 0.f;
-            for (int m = (c >> 4) * 16; m < r0; ++m) acc += sA[(r0 + r) * SA + m] * sA[m * SA + c];
-            sX[r * SA + c] = acc;
+        const int c = lane & 15, hh = lane >> 4, r0 = 16 * bi, j = warp;
+        float X[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) X[i] = 0.f;
+        if (j < bi) {
+            for (int mb = j; mb < bi; ++mb) {
+#pragma unroll
+                for (int mm = 0; mm < 16; ++mm) {
+                    const int m = 16 * mb + mm;
+                    const float tm = sA[m * SA + 16 * j + c];
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) X[i] += sA[(r0 + 8 * hh + i) * SA + m] * tm;
+                }
+            }
+        }
+        float Y[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) Y[i] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < 16; ++kk) {  // every lane shuffles (full mask); only warps j < bi use the result
+            const float xk = __shfl_sync(0xffffffffu, X[kk & 7], c + 16 * (kk >> 3));
+#pragma unroll
+            for (int i = 0; i < 8; ++i) Y[i] += sA[(r0 + 8 * hh + i) * SA + r0 + kk] * xk;
         }
         __syncthreads();
-        for (int e = tid; e < 16 * ncol; e += 128) {
-            const int r = e / ncol, c = e - r * ncol;
-            float acc = 0.f;
+        if (j < bi) {
 #pragma unroll
-            for (int m = 0; m < 16; ++m) acc += sA[(r0 + r) * SA + r0 + m] * sX[m * SA + c];
-            sA[(r0 + r) * SA + c] = -acc;
+            for (int i = 0; i < 8; ++i) sA[(r0 + 8 * hh + i) * SA + 16 * j + c] = -Y[i];
         }
         __syncthreads();
     }
@@ -449,7 +498,7 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
             for (int e = 0; e < 4; ++e) acc[nb][e] = 0.f;
         if (vwarp) {
             // Vn = U - W S; the scaled copy exp(G_L - G_i) rk_i Vn feeds the state update
-            mma_ab<T, 8, NB, SD, SU>(acc, sW + m0 * SD, sS, lane);
+            mma_ab2<T, 8, NB, SD, SU>(acc, sW + m0 * SD, sS, lane);
 #pragma unroll
             for (int e = 0; e < 4; e += 2) {
                 const int i = m0 + gq + (e ? 8 : 0);
@@ -464,7 +513,7 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
                 }
             }
         } else {
-            mma_ab<T, 8, NB, SD, SU>(acc, sQ + m0 * SD, sS, lane);  // Q S, kept for the outputs
+            mma_ab2<T, 8, NB, SD, SU>(acc, sQ + m0 * SD, sS, lane);  // Q S, kept for the outputs
         }
         __syncthreads();
         if (!vwarp) {  // O = diag(exp(G) rq) Q S + Aqk Vn
