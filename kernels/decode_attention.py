@@ -41,6 +41,10 @@ _LOG2E = 1.4426950408889634
 _APPEND_VECS = {torch.float32: (4, 2, 1), torch.float16: (8, 4, 2, 1), torch.bfloat16: (8, 4, 2, 1)}
 _SPLITS_FORCE: int | None = None  # tests: force this split count (the kernels take any)
 PREFETCH = 2  # tiles of K/V prefetched into L2 beyond the cp.async ring (kernel argument; 0 = none)
+# Fused merge: the split kernel's last CTAs merge the chunks (no combine kernel). Arrival counters live in one
+# buffer per device that every launch leaves zeroed, so two launches must not overlap on one device (streams
+# running decode attention concurrently); the combine kernel path has no such state.
+FUSE = False
 PDL_ERROR: str | None = None  # why the combine kernel's programmatic launch failed, if it did (then plain launches)
 
 
@@ -173,20 +177,24 @@ def _launch_decode(q, k_cache, v_cache, lengths, scale: float, max_length, o, de
     smem = _split_smem(d, stages)
     longest = S if max_length is None else max_length
     splits = _SPLITS_FORCE or num_splits(B * Hkv * groups, max(1, ceil_div(longest, _TILE)), sms)
-    if splits > 1:  # per chunk: the normalised partial output [D] and its log-sum-exp, fp32
-        ws = torch.empty(B * Hq * splits * (d + 1), dtype=torch.float32, device=q.device)
-        ws_o, ws_lse = ws[: B * Hq * splits * d], ws[B * Hq * splits * d:]
-        ws_o_ptr, ws_lse_ptr = ws_o.data_ptr(), ws_lse.data_ptr()
+    n1max = ceil_div(splits, 8)
+    counters = _counters(device, B * Hkv * groups * (n1max + 1)) if FUSE and splits > 1 else None
+    if splits > 1:  # per chunk: the normalised partial output [D] and its log-sum-exp, fp32 (+ per group of 8)
+        n = B * Hq * splits
+        n1 = B * Hq * n1max if counters is not None else 0
+        ws = torch.empty((n + n1) * (d + 1), dtype=torch.float32, device=q.device)
+        ws_o_ptr, ws_lse_ptr = ws.data_ptr(), ws.data_ptr() + n * d * 4
+        ws1_o_ptr, ws1_lse_ptr = (ws_lse_ptr + n * 4, ws_lse_ptr + n * 4 + n1 * d * 4) if n1 else (0, 0)
     else:
-        ws_o_ptr = ws_lse_ptr = 0
+        ws_o_ptr = ws_lse_ptr = ws1_o_ptr = ws1_lse_ptr = 0
     len64 = is64(lengths)
     SOURCE.launch(device, _split_expr(q.dtype, d, stages), (splits, Hkv * groups, B), (_NW * 32, 1, 1),
                   q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
                   i64(k_cache.stride(0)), i64(k_cache.stride(1)), i64(v_cache.stride(0)), i64(v_cache.stride(1)),
                   lengths.data_ptr(), len64, o.data_ptr(), ws_o_ptr, ws_lse_ptr,
                   i32(S), i32(Hq), i32(Hkv), i32(r), i32(groups), i32(splits), f32(scale * _LOG2E), i32(PREFETCH),
-                  shared_mem=smem)
-    if splits > 1:
+                  0 if counters is None else counters.data_ptr(), ws1_o_ptr, ws1_lse_ptr, shared_mem=smem)
+    if splits > 1 and counters is None:
         args = (ws_o_ptr, ws_lse_ptr, lengths.data_ptr(), len64, o.data_ptr(), i32(S), i32(Hq), i32(splits))
         global PDL_ERROR
         if PDL_ERROR is None:  # scheduled while the split kernel runs; it waits for it on the device
@@ -196,6 +204,23 @@ def _launch_decode(q, k_cache, v_cache, lengths, scale: float, max_length, o, de
             except Exception as e:  # a driver without programmatic launches: plain stream order from now on
                 PDL_ERROR = f"{type(e).__name__}: {e}"
         SOURCE.launch(device, _combine_expr(q.dtype, d), (Hq, B, 1), (256, 1, 1), *args)
+
+
+_COUNTERS: dict = {}  # device -> zeroed uint32 arrival counters of the fused merge (every launch leaves them 0)
+_OLD_COUNTERS: list = []  # replaced buffers stay alive: a captured CUDA graph may still point at one
+
+
+def _counters(device: int, n: int) -> torch.Tensor | None:
+    """The device's counter buffer with at least n entries; None (use the combine kernel) if it would have to be
+    allocated during a CUDA-graph capture (the graph would own it)."""
+    c = _COUNTERS.get(device)
+    if c is None or c.numel() < n:
+        if torch.cuda.is_current_stream_capturing():
+            return None
+        if c is not None:
+            _OLD_COUNTERS.append(c)
+        c = _COUNTERS[device] = torch.zeros(max(4096, 2 * n), dtype=torch.int32, device=f"cuda:{device}")
+    return c
 
 
 def kv_cache_append(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -118,6 +118,36 @@ def test_decode_attention_hints_and_plain_launch(case):
 
 
 @gpu
+@given(case=decode_cases(max_S=900))
+@example(case=dict(B=1, S=600, lengths=[600], hq=8, hkv=2, dtype=torch.bfloat16, len_dtype=torch.int32, splits=64,
+                   scale=None, seed=11))  # 60 chunks: 8 groups, two merge levels
+@example(case=dict(B=3, S=900, lengths=[900, 0, 77], hq=24, hkv=4, dtype=torch.float16, len_dtype=torch.int64,
+                   splits=9, scale=None, seed=12))
+def test_decode_attention_fused_merge(case):
+    """FUSE: the split kernel's last CTAs merge the chunks (arrival counters, no combine kernel)."""
+    import kernels.decode_attention as K
+
+    saved, K.FUSE = K.FUSE, True
+    try:
+        for _ in range(2):  # twice: the counters must be back at 0 after a launch
+            _run(case)
+    finally:
+        K.FUSE = saved
+
+
+@gpu
+@pytest.mark.parametrize("fuse", [False, True])
+def test_graph_replay_fused_and_not(fuse):
+    import kernels.decode_attention as K
+
+    saved, K.FUSE = K.FUSE, fuse
+    try:
+        test_decode_attention_graph_replay_with_new_lengths()
+    finally:
+        K.FUSE = saved
+
+
+@gpu
 def test_programmatic_launch_works():
     """The combine kernel's PDL launch did not fall back (on sm_90, where it exists)."""
     import kernels.decode_attention as K

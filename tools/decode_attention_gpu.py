@@ -7,7 +7,7 @@ Timings (benchmarks/bench_decode_attention.py's cases; --quick: a few of them): 
 (benchmarks.common.graph_ms), best of two passes in alternating order (SDPA's efficient and math backends, 5-100x
 behind: one pass of 5 calls); us, GB/s of K and V bytes read, % of the copy ceiling measured in this run
 (benchmarks.common.copy_bandwidth_TBps), and the ratio to SDPA's best backend. --variants: also our kernel without
-the programmatic launch of the combine and with other L2 prefetch depths.
+the programmatic launch of the combine, with the merge fused into the split kernel, and other L2 prefetch depths.
 JSON: <out>/decode_attention-<card>-<date>.json (card, commit, date) via benchmarks.common.write_results.
 """
 
@@ -89,8 +89,9 @@ def time_case(case: Case, copy_TBps: float, log, variants: bool) -> list[dict]:
     fns = {"ours": ours_fn(case, q, kc, vc, lengths)}
     notes = {"ours": f"validate=False, max_length=ctx, L2 prefetch {K.PREFETCH} tiles, PDL combine"}
     split = case.B * case.hkv < 132  # split + combine
-    if variants and split:  # the same kernel without the programmatic launch / with other L2 prefetch depths
+    if variants and split and case in CASES[:4]:  # the goal's cases: the same kernel without the programmatic launch / with other L2 prefetch depths
         fns["ours_no_pdl"], notes["ours_no_pdl"] = _with(fns["ours"], PDL_ERROR="disabled"), "plain combine launch"
+        fns["ours_fused"], notes["ours_fused"] = _with(fns["ours"], FUSE=True), "fused merge (no combine kernel)"
         for pf in (0, 4):
             fns[f"ours_prefetch{pf}"] = _with(fns["ours"], PREFETCH=pf)
             notes[f"ours_prefetch{pf}"] = f"L2 prefetch {pf} tiles"
@@ -141,7 +142,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tests", default="ci", choices=("ci", "gpu", "none"))
     ap.add_argument("--quick", action="store_true", help="a few cases only")
-    ap.add_argument("--variants", action="store_true", help="also time ours without PDL and with L2 prefetch 0 / 4")
+    ap.add_argument("--variants", action="store_true", help="also time ours without PDL, fused, with L2 prefetch 0 / 4")
     ap.add_argument("--out", default=os.environ.get("OUT"), help="results directory (default benchmarks/results)")
     a = ap.parse_args()
     if not torch.cuda.is_available():

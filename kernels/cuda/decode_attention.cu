@@ -66,6 +66,40 @@ __device__ __forceinline__ void wait_for_primary_grid() {
 #endif
 }
 
+// Merge n normalised partials of the CTA's nrows query rows: partial s of row i is o[((bh0 + i) * stride + s0 + s)
+// * D ...] with log-sum-exp lse[(bh0 + i) * stride + s0 + s] (log2 units); the result is out = sum_s 2^(lse_s - m)
+// o_s / sum_s 2^(lse_s - m), either the final output (out != null, rounded to T) or a partial again (dst_o, dst_lse
+// at index dst_s of stride dst_stride). Reads go to L2 (ld.global.cg): the partials were written by other CTAs.
+template <typename T, int D>
+__device__ __forceinline__ void merge_partials(const float* o, const float* lse, size_t bh0, int stride, int s0, int n,
+                                               int nrows, T* out, float* dst_o, float* dst_lse, int dst_stride,
+                                               int dst_s) {
+    for (int i = threadIdx.x; i < nrows * (D / 4); i += blockDim.x) {
+        const int row = i / (D / 4), col = (i % (D / 4)) * 4;
+        const size_t base = (bh0 + row) * stride + s0;
+        float m = f32_neg_inf();
+        for (int s = 0; s < n; ++s) m = fmaxf(m, __ldcg(lse + base + s));
+        float den = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 8
+        for (int s = 0; s < n; ++s) {
+            const float w = ex2(__ldcg(lse + base + s) - m);
+            const float4 v = __ldcg(reinterpret_cast<const float4*>(o + (base + s) * D + col));
+            den += w;
+            acc[0] += w * v.x; acc[1] += w * v.y; acc[2] += w * v.z; acc[3] += w * v.w;
+        }
+        const float inv = 1.f / den;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[e] *= inv;
+        if (out) {
+            store_f<T, 4>(out + (bh0 + row) * D + col, acc);
+        } else {
+            const size_t d = (bh0 + row) * dst_stride + dst_s;
+            *reinterpret_cast<float4*>(dst_o + d * D + col) = make_float4(acc[0], acc[1], acc[2], acc[3]);
+            if (col == 0) dst_lse[d] = m + __log2f(den);
+        }
+    }
+}
+
 }  // namespace decode
 
 using namespace decode;
@@ -75,7 +109,8 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
     const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
     long long k_sb, long long k_ss, long long v_sb, long long v_ss, const void* __restrict__ lengths, int len64,
     T* __restrict__ out, float* __restrict__ ws_o, float* __restrict__ ws_lse,
-    int S, int Hq, int Hkv, int r, int groups, int splits, float scale_log2, int prefetch) {
+    int S, int Hq, int Hkv, int r, int groups, int splits, float scale_log2, int prefetch,
+    unsigned* __restrict__ counters, float* __restrict__ ws1_o, float* __restrict__ ws1_lse) {
     static_assert(D % 64 == 0, "head_dim must be a multiple of 64");
     constexpr int CH = D / 8;  // 16-byte chunks per row
     extern __shared__ __align__(128) unsigned char smem[];
@@ -276,6 +311,40 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
             if (col == 0) ws_lse[bh * splits + split] = mm + __log2f(den);
         }
     }
+    if (direct || counters == nullptr) return;  // no fused merge: decode_attention_combine runs next
+
+    // Fused merge (counters given): the last CTA of each group of 8 chunks to finish merges the group, the last
+    // group merger merges the groups. Each CTA counts its arrival after its partial is visible (threadfence, then
+    // an atomic); the last arriver resets the counter to 0 for the next launch. Nothing waits: no deadlock whatever
+    // the CTAs' schedule.
+    __shared__ int last;
+    const int rg = b * gridDim.y + blockIdx.y, n1max = (splits + 7) / 8, n1 = (nact + 7) / 8, g1 = split / 8;
+    const int gsz = min(8, nact - g1 * 8);
+    const size_t bh0 = (size_t)b * Hq + h0;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        unsigned* c = counters + rg * n1max + g1;
+        last = atomicAdd(c, 1u) == (unsigned)(gsz - 1);
+        if (last) *c = 0u;
+    }
+    __syncthreads();
+    if (!last) return;
+    if (n1 == 1) {
+        merge_partials<T, D>(ws_o, ws_lse, bh0, splits, 0, nact, nrows, out, nullptr, nullptr, 0, 0);
+        return;
+    }
+    merge_partials<T, D>(ws_o, ws_lse, bh0, splits, g1 * 8, gsz, nrows, nullptr, ws1_o, ws1_lse, n1max, g1);
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        unsigned* c = counters + gridDim.z * gridDim.y * n1max + rg;
+        last = atomicAdd(c, 1u) == (unsigned)(n1 - 1);
+        if (last) *c = 0u;
+    }
+    __syncthreads();
+    if (!last) return;
+    merge_partials<T, D>(ws1_o, ws1_lse, bh0, n1max, 0, n1, nrows, out, nullptr, nullptr, 0, 0);
 }
 
 // Merge the chunks of rows with two or more of them (the others were written by the split kernel): chunk s holds
