@@ -330,6 +330,7 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
     }
     __syncthreads();
     if (!last) return;
+    __threadfence();  // acquire: the group's partials, made visible before their CTAs counted
     if (n1 == 1) {
         merge_partials<T, D>(ws_o, ws_lse, bh0, splits, 0, nact, nrows, out, nullptr, nullptr, 0, 0);
         return;
@@ -344,6 +345,7 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
     }
     __syncthreads();
     if (!last) return;
+    __threadfence();
     merge_partials<T, D>(ws1_o, ws1_lse, bh0, n1max, 0, n1, nrows, out, nullptr, nullptr, 0, 0);
 }
 
