@@ -70,7 +70,7 @@ def _combine_expr(dtype, vec):
 
 def _dtype_exprs(dt) -> tuple[str, ...]:
     out = [_topk_expr(dt, n) for n in _NPL] + ["moe::route_kernel"]
-    out += [_gate_up_expr(dt, v, r, m) for v in (_vec(dt), 1) for r in (False, True) for m in (1, 8)]
+    out += [_gate_up_expr(dt, v, r, m) for v in (_vec(dt), 1) for r in (False, True) for m in (1, 2, 8)]
     out += [_down_expr(dt, v) for v in (_vec(dt), 1)]
     if dt == torch.bfloat16:
         out += [f(dt, v) for f in (_gather_expr, _combine_expr) for v in (8, 1)]
@@ -283,10 +283,11 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     # within the default limit beside the kernel's static shared memory
     fit = _XS_SMEM // (H * x.element_size())
     mt = next(m for m in (8, 4, 2, 1) if m <= max(1, fit))
-    # batch 1: an expert holds one token unless the token names it twice (then chunks of one): the one-token build
-    mmax = 1 if T == 1 else 8
+    # batch 1: an expert holds one token unless the token names it twice (then chunks of one): the one-token build;
+    # a few tokens: the two-token build (an expert with more tokens takes them in chunks of two)
+    mmax = 1 if T == 1 else 2 if T <= 16 else 8
     mt = min(mt, mmax)
-    target = 2 * _device.sm_count(device)  # CTAs to fill the card (two resident per SM)
+    target = 4 * _device.sm_count(device)  # CTAs to fill the card: two resident per SM, two waves
     if routed:
         offsets, perm, _, active = moe_routing(experts, E, _dtype=x.dtype)
         units = min(n_slots, E)

@@ -307,9 +307,10 @@ __device__ __forceinline__ void gate_up_chunk(const T* __restrict__ wgate, const
 //   ROUTED=true:           u indexes the non-empty experts (active[u], -1 past the last), slots from perm/offsets
 //   the shared expert (sh_gate non-null): the last unit, all T_ tokens, rows of sh_gate / sh_up [S, H] -> act_sh
 // Token rows are staged in shared memory mt <= MMAX at a time (mt * H elements, chosen by the host to fit); MMAX = 1
-// (batch-1 decode) builds only the one-token chunk (fewer registers: two CTAs per SM).
+// (batch-1 decode) and 2 (small batches: an expert rarely gets more than 2 of a few tokens, more go in chunks of 2)
+// build only the small chunks (fewer registers: two CTAs per SM).
 template <typename T, int VEC, bool ROUTED, int MMAX>
-__global__ void __launch_bounds__(WARPS * 32, MMAX == 1 ? 2 : 1) gate_up_kernel(const T* __restrict__ x, const T* __restrict__ gate_up,
+__global__ void __launch_bounds__(WARPS * 32, MMAX <= 2 ? 2 : 1) gate_up_kernel(const T* __restrict__ x, const T* __restrict__ gate_up,
                                                              const long long* __restrict__ experts, int n_slots,
                                                              int k, int H, int I, int E,
                                                              const int* __restrict__ perm,
@@ -392,9 +393,9 @@ __global__ void __launch_bounds__(WARPS * 32, MMAX == 1 ? 2 : 1) gate_up_kernel(
         __syncthreads();
         // each warp walks its row pairs (grid.y CTAs per unit, chosen by the host to fill the card)
         for (int r0 = i0; r0 < width; r0 += gridDim.y * WARPS * PAIRS) {
-            if (MMAX == 1) gate_up_chunk<T, VEC, 1, true>(wgate, wup, xs, H, width, r0, m, chunk_slots, dst);
-            else if (m == 1) gate_up_chunk<T, VEC, 1>(wgate, wup, xs, H, width, r0, m, chunk_slots, dst);
-            else if (m == 2) gate_up_chunk<T, VEC, 2>(wgate, wup, xs, H, width, r0, m, chunk_slots, dst);
+            constexpr bool LEAN = MMAX <= 2;
+            if (MMAX == 1 || m == 1) gate_up_chunk<T, VEC, 1, LEAN>(wgate, wup, xs, H, width, r0, m, chunk_slots, dst);
+            else if (MMAX == 2 || m == 2) gate_up_chunk<T, VEC, 2, LEAN>(wgate, wup, xs, H, width, r0, m, chunk_slots, dst);
             else if (m <= 4) gate_up_chunk<T, VEC, 4>(wgate, wup, xs, H, width, r0, m, chunk_slots, dst);
             else gate_up_chunk<T, VEC, 8>(wgate, wup, xs, H, width, r0, m, chunk_slots, dst);
         }
