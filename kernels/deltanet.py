@@ -53,7 +53,7 @@ HOPPER_SMEM = 232448  # opt-in shared memory per block on sm_90, the most any ta
 
 def prep_smem_bytes() -> int:
     """Dynamic shared memory of gdn_chunk_prep (the layout at the top of the kernel)."""
-    return 3 * BT * (D + 8) * 2 + 2 * BT * (BT + 8) * 2 + BT * (BT + 1) * 4 + 4 * BT * 4
+    return 2 * BT * (D + 8) * 2 + 2 * BT * (BT + 8) * 2 + BT * (BT + 1) * 4 + 4 * BT * 4
 
 
 def state_smem_bytes(bv: int, ns: int = 2) -> int:

@@ -183,8 +183,8 @@ __global__ void __launch_bounds__(128) gdn_chunk_prep(
     extern __shared__ __align__(16) unsigned char smem[];
     T* sQ = reinterpret_cast<T*>(smem);
     T* sK = sQ + BT * SD;
-    T* sV = sK + BT * SD;
-    T* sTk = sV + BT * SD;  // T diag(beta exp(G) rk), the A operand of W
+    T* sV = sQ;             // V is loaded over Q once Q K^T is done (3 CTAs an SM fit in shared memory)
+    T* sTk = sK + BT * SD;  // T diag(beta exp(G) rk), the A operand of W
     T* sTv = sTk + BT * SC;  // T diag(beta), the A operand of U
     float* sA = reinterpret_cast<float*>(sTv + BT * SC);  // A, then T = (I + A)^-1 in place
     float* sG = sA + BT * SA;
@@ -205,7 +205,6 @@ __global__ void __launch_bounds__(128) gdn_chunk_prep(
 
     load_rows128(sQ, q + (long long)c0 * sq + kh * D, sq, L, tid);
     load_rows128(sK, k + (long long)c0 * sk + kh * D, sk, L, tid);
-    load_rows128(sV, v + (long long)c0 * sv + h * D, sv, L, tid);
     cp_async_commit();
     // cumulative log-decay G over the chunk (warp 0: two rows a lane, a warp-wide inclusive scan)
     if (warp == 0) {
@@ -276,6 +275,8 @@ __global__ void __launch_bounds__(128) gdn_chunk_prep(
             }
     }
     __syncthreads();
+    load_rows128(sV, v + (long long)c0 * sv + h * D, sv, L, tid);  // in flight during the solve
+    cp_async_commit();
 
     // T = (I + A)^-1. Diagonal 16x16 blocks: warp w inverts block w by forward elimination, lane = column c
     // (lanes 0-15 hold rows 0-7 of the block, lanes 16-31 rows 8-15).
@@ -343,6 +344,7 @@ __global__ void __launch_bounds__(128) gdn_chunk_prep(
         sTk[i * SC + j] = from_f<T>(t * bj * __expf(sG[j]) * sRk[j]);
         sTv[i * SC + j] = from_f<T>(t * bj);
     }
+    cp_async_wait<0>();
     __syncthreads();
     {
         float acc[16][4];
