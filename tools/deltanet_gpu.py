@@ -258,7 +258,7 @@ def bench(args) -> int:
                                               validate=False)
             rec = {"op": "gated_delta_rule", "kind": "prefill", "hk": Hk, "hv": Hv, "lens": f"{len(lens)}x{lens[0]}",
                    "flop": fl, "ours_queued_ms": queued_ms(ours, 10), "ours_graph_ms": graph_ms(ours, 10)}
-            if chunk_gated_delta_rule is not None:
+            if chunk_gated_delta_rule is not None and not args.no_fla_prefill:
                 cu64 = cu.long()
                 qb, kb, vb = q[None], k[None], v[None]
                 gb, bb = g[None], beta[None].to(torch.bfloat16)
@@ -281,6 +281,10 @@ def bench(args) -> int:
                 rec["x_fla_graph"] = fb / rec["ours_graph_ms"]
                 rec["x_fla_queued"] = rec["fla_queued_ms"] / rec["ours_queued_ms"]
             rec["ours_TFLOPs"] = fl / (rec["ours_graph_ms"] * 1e-3) / 1e12
+            # bytes an ideal kernel moves: q, k, v, g, beta read, o written, the states read and written
+            io = 2 * T * (2 * Hk + 2 * Hv) * 128 + 8 * T * Hv + 2 * len(lens) * Hv * 128 * 128 * 4
+            rec["min_bytes"] = io
+            rec["ours_pct_copy"] = 100 * io / (rec["ours_graph_ms"] * 1e-3) / 1e12 / copy
             records.append(rec)
             print(json.dumps({k_: (round(v_, 4) if isinstance(v_, float) else v_) for k_, v_ in rec.items()}))
             del q, k, v, g, beta, h0
@@ -341,6 +345,8 @@ def main() -> int:
     ap.add_argument("--sweep", action="store_true", help="state-pass BV sweep + per-kernel times")
     ap.add_argument("--quick", action="store_true", help="bench fewer shapes")
     ap.add_argument("--no-fla", action="store_true", help="time only our kernels")
+    ap.add_argument("--no-fla-prefill", action="store_true",
+                    help="FLA for decode only (its prefill autotunes for minutes on a fresh machine)")
     ap.add_argument("--heads", default="16/16,16/32,16/48,16/64", help="Hk/Hv pairs")
     ap.add_argument("--lens", default="4096,32768,8x1024", help="prefill packings (N or BxN); '' for none")
     ap.add_argument("--batches", default="1,32,256", help="decode batches; '' for none")
