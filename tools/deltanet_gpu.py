@@ -181,7 +181,8 @@ def check(args) -> int:
 
 def sanitize(args) -> int:
     for lens, Hk, Hv, dt, ms in (([1, 63, 64, 65, 130], 1, 2, torch.bfloat16, None), ([3, 0, 70], 1, 1, torch.float16, None),
-                                 ([1, 1, 1], 1, 2, torch.bfloat16, 1), ([20, 1], 1, 1, torch.float32, None)):
+                                 ([1, 1, 1], 1, 2, torch.bfloat16, 1), ([20, 1], 1, 1, torch.float32, None),
+                                 ([1] * 80, 1, 4, torch.bfloat16, 1), ([200, 3], 1, 1, torch.bfloat16, None)):
         q, k, v, g, beta, cu, h0 = make_inputs(lens, Hk, Hv, dt)
         K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, max_seqlen=ms)
     torch.cuda.synchronize()

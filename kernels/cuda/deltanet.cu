@@ -400,7 +400,7 @@ struct StateLayout {
 
 // 8 warps. Warp w owns rows 16w .. 16w+15 of S (dk) for the state update; in each chunk warps 0-3 compute
 // Vn = U - W S for token rows 16w .. (and publish Vn), warps 4-7 compute Q S for token rows 16(w-4) .. and then
-// the outputs (adding Aqk Vn). Three barriers per chunk.
+// the outputs (adding Aqk Vn).
 template <typename T, int BV, int NS>
 __global__ void __launch_bounds__(256) gdn_chunk_state(
     const T* __restrict__ q, const T* __restrict__ k, long long sq, long long sk, int Hk, int Hv,
@@ -467,23 +467,29 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
 
     const bool vwarp = warp < 4;            // Vn warps (0-3) or output warps (4-7)
     const int m0 = (warp & 3) * 16;         // their token rows
-    // NS - 1 chunks in flight ahead of the one computed (one commit group per chunk, empty past the end)
-#pragma unroll
-    for (int c = 0; c < NS - 1; ++c) {
-        if (c < nchunks) issue(c);
-        cp_async_commit();
-    }
-    for (int c = 0; c < nchunks; ++c) {
-        if (c + NS - 1 < nchunks) issue(c + NS - 1);
-        cp_async_commit();
-        cp_async_wait<NS - 1>();
-        // S (rounded to T) into shared memory as the B operand [dk][dv]
+    // S (rounded to T) into shared memory as the B operand [dk][dv] of W S and Q S
+    auto publish_state = [&]() {
 #pragma unroll
         for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
             for (int e = 0; e < 4; e += 2)
                 store2(sS + (srow + (e ? 8 : 0)) * SU + nb * 8 + 2 * t4, S[nb][e], S[nb][e + 1]);
-        __syncthreads();
+    };
+    // Two barriers a chunk. (A), at the top: chunk c's inputs and the published S are visible, and every read of
+    // the previous chunk (its stage, sVn, sVs) is done, so that stage is refilled right after. (B): Vn is
+    // visible. sS is rewritten after (B), when nobody reads it. NS - 1 chunks are in flight at (A) for NS >= 3
+    // (one commit group per chunk, empty past the end).
+#pragma unroll
+    for (int c = 0; c < NS - 1; ++c) {
+        if (c < nchunks) issue(c);
+        cp_async_commit();
+    }
+    publish_state();
+    for (int c = 0; c < nchunks; ++c) {
+        cp_async_wait<NS - 2>();  // this thread's copies of chunk c have landed
+        __syncthreads();          // (A)
+        if (c + NS - 1 < nchunks) issue(c + NS - 1);  // into the stage chunk c - 1 used
+        cp_async_commit();
         unsigned char* base = stage_ptr(c % NS);
         const T* sW = reinterpret_cast<const T*>(base);
         const T* sQ = sW + BT * SD;
@@ -517,7 +523,7 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
         } else {
             mma_ab2<T, 8, NB, SD, SU>(acc, sQ + m0 * SD, sS, lane);  // Q S, kept for the outputs
         }
-        __syncthreads();
+        __syncthreads();  // (B)
         if (!vwarp) {  // O = diag(exp(G) rq) Q S + Aqk Vn
             float o2[NB][4];
 #pragma unroll
@@ -545,7 +551,7 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
                 for (int e = 0; e < 4; ++e) S[nb][e] *= dl;
             mma_atb<T, 4, NB, SD, SU>(S, sK + warp * 16, sVs, lane);
         }
-        __syncthreads();  // this stage and sS/sVn/sVs are free for the next chunk
+        publish_state();
     }
     cp_async_wait<0>();
 #pragma unroll
