@@ -15,7 +15,7 @@ import torch
 from reference._checks import check_cu_seqlens, check_tensor
 
 from .runtime.checks import KERNEL_DTYPES, check_cuda, check_input, check_out
-from .runtime.dispatch import CTYPES, NvrtcSource, ceil_div, vec_width
+from .runtime.dispatch import CTYPES, NvrtcSource, cbool, ceil_div, vec_width
 from .runtime.nvrtc import i32, i64
 
 __all__ = ["causal_conv1d"]
@@ -27,13 +27,16 @@ _MAX_GRID_Z = 65535    # chunks past this are looped over inside the kernel
 _VECS = {torch.float32: (4, 2, 1), torch.float16: (8, 4, 2, 1), torch.bfloat16: (8, 4, 2, 1)}
 
 
-_UNROLL = 4           # positions whose loads are in flight together (U)
-# other (vec, CH, U) built for the 16-bit types, for timing trials (benchmarks/bench_conv1d.py --trials)
-TRIALS = ((8, 16, 2), (4, 16, 8), (8, 32, 4), (2, 16, 16), (4, 32, 8))
+_UNROLL = 4           # positions whose loads are in flight together on the register path (U)
+# other builds for timing trials (16-bit types): (vec, CH, U, cp.async); the round-1 default was (8, 16, 4, False)
+TRIALS = ((8, 16, 4, False), (4, 16, 8, False), (8, 8, 4, True), (8, 16, 8, False))
 
 
-def _expr(dtype, vec: int, chunk: int = _CHUNK, unroll: int = _UNROLL) -> str:
-    return f"causal_conv1d_kernel<{CTYPES[dtype]}, {vec}, {chunk}, {unroll}>"
+def _expr(dtype, vec: int, chunk: int = _CHUNK, unroll: int = _UNROLL, use_async: bool | None = None) -> str:
+    """The instantiation; cp.async loads by default wherever a thread moves 16-byte vectors."""
+    if use_async is None:
+        use_async = vec * dtype.itemsize == 16
+    return f"causal_conv1d_kernel<{CTYPES[dtype]}, {vec}, {chunk}, {unroll}, {cbool(use_async)}>"
 
 
 SOURCE = NvrtcSource("conv1d.cu", tuple(_expr(dt, v) for dt, vs in _VECS.items() for v in vs)
@@ -102,12 +105,12 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tenso
     # the vector width must divide C and the row stride, and every pointer must be aligned to it
     vec = vec_width(x.dtype, C if T <= 1 else math.gcd(C, x.stride(0)), x, weight, state, state_out, y,
                     candidates=_VECS[x.dtype])
-    chunk, unroll = _CHUNK, _UNROLL
+    chunk, unroll, use_async = _CHUNK, _UNROLL, None
     if _trial is not None and x.dtype != torch.float32 and vec == _VECS[x.dtype][0]:  # a timing trial (16-bit)
-        vec, chunk, unroll = _trial
+        vec, chunk, unroll, use_async = _trial
     nchunks = max(1, ceil_div(max_seqlen, chunk))
     grid = (ceil_div(C // vec, _BLOCK), n, min(nchunks, _MAX_GRID_Z))
-    SOURCE.launch(device, _expr(x.dtype, vec, chunk, unroll), grid, (_BLOCK, 1, 1),
+    SOURCE.launch(device, _expr(x.dtype, vec, chunk, unroll, use_async), grid, (_BLOCK, 1, 1),
                   x.data_ptr(), i64(x.stride(0)), weight.data_ptr(), cu_seqlens.data_ptr(),
                   i32(cu_seqlens.dtype == torch.int64), 0 if state is None else state.data_ptr(),
                   state_out.data_ptr(), y.data_ptr(), i32(C), i32(nchunks))

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import torch
 
-import reference as R
 from reference._checks import check_tensor
 from reference.decode_attention import check_append_fits
-from reference.rope import mrope_axes
+from reference.rope import inv_freq, mrope_axes
 
 from .runtime.checks import check_cuda, check_input, check_out, check_same_dtype
 from .runtime.dispatch import CTYPES, NvrtcSource, cbool, ceil_div, split_row
@@ -83,7 +82,7 @@ def qkv_bias_rope(qkv: torch.Tensor, bias: torch.Tensor | None, cos: torch.Tenso
 _MAX_VEC = {torch.float32: 4, torch.float16: 8, torch.bfloat16: 8}
 _EPL = (1, 2, 4, 8, 16)  # elements per lane: a warp covers a head of up to 32 * 16 = 512 dims
 MAX_HEAD_DIM = 32 * _EPL[-1]
-_WARPS, _IPW = 8, 2  # warps per CTA (as in the source) and items per warp (IPW)
+_WARPS, _IPW = 4, 4  # warps per CTA (as in the source) and heads per warp (IPW: the group sharing cos/sin)
 
 
 def _qk_variants(dtype) -> tuple[tuple[int, int], ...]:
@@ -96,11 +95,11 @@ def _qk_variants(dtype) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
-def _qk_expr(dtype, vec: int, nv: int, ipw: int = 2) -> str:
+def _qk_expr(dtype, vec: int, nv: int, ipw: int = 4) -> str:
     return f"qk_norm_rope_kernel<{CTYPES[dtype]}, {vec}, {nv}, {ipw}>"
 
 
-QK_TRIALS = (1, 4)  # other items-per-warp builds of the 16-bit d <= 256 variant, for timing trials
+QK_TRIALS = (1, 2, 8)  # other heads-per-warp builds of the 16-bit d <= 256 variant, for timing trials
 
 
 SOURCE = NvrtcSource("rope.cu", _VISION_EXPRS + tuple(_qk_expr(dt, v, n) for dt in _MAX_VEC for v, n in _qk_variants(dt))
@@ -148,12 +147,13 @@ def _launch_qk(device, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, v
                T, Hq, Hkv, d, r, norm, eps, ipw=None):
     vec, nv = _pick_qk(q_in.dtype, d, q_in, k_in, qw, kw, q_out, k_out, v, k_cache, v_cache)
     ipw = ipw if ipw in QK_TRIALS and (vec, nv) == (8, 1) else _IPW  # a trial build, or the default
-    items = T * (Hq + Hkv)
-    if items == 0:
+    # one warp per group of ipw q (or k, or with a cache v) heads of a token
+    warps = T * (ceil_div(Hq, ipw) + ceil_div(Hkv, ipw) * (2 if k_cache is not None else 1))
+    if warps == 0:
         return
     B, S = (k_cache.shape[0], k_cache.shape[1]) if k_cache is not None else (1, 0)
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    SOURCE.launch(device, _qk_expr(q_in.dtype, vec, nv, ipw), (ceil_div(items, _WARPS * ipw), 1, 1), (32 * _WARPS, 1, 1),
+    SOURCE.launch(device, _qk_expr(q_in.dtype, vec, nv, ipw), (ceil_div(warps, _WARPS), 1, 1), (32 * _WARPS, 1, 1),
                   q_in.data_ptr(), i64(q_ts), i32(q_hs), ptr(k_in), ptr(qw), ptr(kw), cos.data_ptr(), sin.data_ptr(),
                   q_out.data_ptr(), ptr(k_out), ptr(v), ptr(k_cache), ptr(v_cache), ptr(cu),
                   i32(cu is not None and cu.dtype == torch.int64), ptr(lengths),
@@ -249,7 +249,7 @@ def _inv_freq(rotary_dim: int, theta: float, device: int) -> torch.Tensor:
         if torch.cuda.is_current_stream_capturing():
             raise RuntimeError("mrope_cos_sin builds its inv_freq table with a host copy: call it once for this "
                                "rotary_dim/theta before capturing a CUDA graph")
-        t = _TABLES[key] = R.inv_freq(rotary_dim, theta, torch.device("cuda", device))
+        t = _TABLES[key] = inv_freq(rotary_dim, theta, torch.device("cuda", device))
     return t
 
 

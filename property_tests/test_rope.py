@@ -130,3 +130,17 @@ def test_decode_step_replayed_from_a_graph(B):
         compare(SPEC, (q_g, k_g), (q_ref, k_ref), f"replay {t}", dtype)
         _check_caches(kw["k_cache"], kw["v_cache"], kc_ref, vc_ref, k_g, kw["v"], f"replay {t}", dtype)
         lengths += 1
+
+
+@pytest.mark.parametrize("ipw", (None,) + K.QK_TRIALS)
+def test_heads_per_warp_builds(ipw):
+    """Every heads-per-warp build (the default and the timing trials) == the reference, cache write included."""
+    case = build_qk_norm_rope(7, 24, 4, 256, 32, torch.bfloat16, seed=11, cache=([0, 3, 1], [3, 1, 3], 8))
+    args, kw = case.on("cuda"), case.kwargs_on("cuda")
+    kw_ref = {**kw, "k_cache": kw["k_cache"].clone(), "v_cache": kw["v_cache"].clone()}
+    q_ref, _, k_ref = R.qk_norm_rope(*args, **kw_ref)
+    q, _, k = K.qk_norm_rope(*args, **kw, _ipw=ipw)
+    torch.cuda.synchronize()
+    compare(SPEC, (q, k), (q_ref, k_ref), f"ipw {ipw}", torch.bfloat16)
+    _check_caches(kw["k_cache"], kw["v_cache"], kw_ref["k_cache"], kw_ref["v_cache"], k, kw["v"], f"ipw {ipw}",
+                  torch.bfloat16)

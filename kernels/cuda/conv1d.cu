@@ -13,6 +13,7 @@
 // state_out may be the state itself (in-place decode update) without a race, and a zero-length sequence's chunk 0
 // still exists and copies (or keeps) its state.
 #include "include/convert.cuh"
+#include "include/cp_async.cuh"
 
 using qkern::from_f;
 using qkern::to_f;
@@ -45,13 +46,17 @@ __device__ __forceinline__ long long load_index(const void* p, int is64, int i) 
 
 // One thread: VEC consecutive channels of one chunk of CH positions. The state rows of VEC channels
 // ([VEC, K-1], contiguous) are moved as K-1 vectors of VEC elements. x rows have stride x_stride elements.
-// __launch_bounds__(128, 4): at most 128 registers, so 4 CTAs (16 warps) per SM; the VEC = 8 16-bit body needs
-// about that many (weights 4 x 8 and the window 3 x 8 in fp32, plus U packed loads in flight) without spilling.
-template <typename T, int VEC, int CH, int U>
+// Loads: ASYNC (16-byte vectors only): the chunk's CH + K-1 rows go to shared memory by cp.async, all in flight at
+// once (each thread copies and later reads only its own column, so no barrier is needed); else U rows at a time
+// into registers. The first keeps ~300 bytes per thread in flight without spending registers on them.
+// __launch_bounds__(128, 4): at most 128 registers, so at least 4 CTAs (16 warps) per SM; the VEC = 8 16-bit body
+// needs about that many on the register path (weights 4 x 8 and the window 3 x 8 in fp32, plus U packed loads).
+template <typename T, int VEC, int CH, int U, bool ASYNC>
 __global__ void __launch_bounds__(128, 4) causal_conv1d_kernel(
     const T* __restrict__ x, long long x_stride, const T* __restrict__ w, const void* __restrict__ cu, int cu64,
     const T* state, T* state_out, T* __restrict__ y, int C, int nchunks) {
     constexpr int KM = CONV_K - 1;
+    __shared__ Vec<T, VEC> tile[ASYNC ? CH + KM : 1][ASYNC ? 128 : 1];  // row i: position p0 - KM + i
     const int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * VEC;
     if (c0 >= C) return;
     const int s = blockIdx.y;
@@ -77,6 +82,18 @@ __global__ void __launch_bounds__(128, 4) causal_conv1d_kernel(
     for (int z = blockIdx.z; z < nchunks; z += gridDim.z) {
         const int p0 = z * CH;
         if (p0 >= L && !(z == 0)) break;  // chunk 0 always runs: it owns the state
+        const int p1 = min(p0 + CH, L);
+        if constexpr (ASYNC) {
+#pragma unroll
+            for (int i = 0; i < CH + KM; ++i) {
+                const int pos = p0 - KM + i;
+                const bool ok = pos >= 0 && pos < p1;
+                qkern::cp_async16((unsigned)__cvta_generic_to_shared(&tile[i][threadIdx.x]),
+                                  ok ? x + (start + pos) * x_stride + c0 : x, ok);
+            }
+            qkern::cp_async_commit();
+            qkern::cp_async_wait<0>();
+        }
         // win[m] = xs input m+1 steps before position p0 (win[KM-1] is the oldest)
         float win[KM][VEC];
         float old[KM][VEC];  // chunk 0: the old state, oldest first (zeros without a state)
@@ -104,12 +121,16 @@ __global__ void __launch_bounds__(128, 4) causal_conv1d_kernel(
             for (int m = 0; m < KM; ++m)
 #pragma unroll
                 for (int e = 0; e < VEC; ++e) win[m][e] = old[KM - 1 - m][e];
+        } else if constexpr (ASYNC) {
+#pragma unroll
+            for (int m = 0; m < KM; ++m)
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) win[m][e] = to_f(tile[KM - 1 - m][threadIdx.x].v[e]);
         } else {
 #pragma unroll
             for (int m = 0; m < KM; ++m) load_vec<T, VEC>(x + (start + p0 - 1 - m) * x_stride + c0, win[m]);
         }
 
-        const int p1 = min(p0 + CH, L);
         const T* xp = x + (start + p0) * x_stride + c0;
         T* yp = y + (start + p0) * (long long)C + c0;
         // U positions per step: their loads are issued together (kept packed until used, to save registers),
@@ -118,7 +139,9 @@ __global__ void __launch_bounds__(128, 4) causal_conv1d_kernel(
             Vec<T, VEC> raw[U];
 #pragma unroll
             for (int u = 0; u < U; ++u)
-                if (p + u < p1) raw[u] = *reinterpret_cast<const Vec<T, VEC>*>(xp + (long long)(p - p0 + u) * x_stride);
+                if (p + u < p1)
+                    raw[u] = ASYNC ? tile[p - p0 + u + KM][threadIdx.x]
+                                   : *reinterpret_cast<const Vec<T, VEC>*>(xp + (long long)(p - p0 + u) * x_stride);
 #pragma unroll
             for (int u = 0; u < U; ++u) {
                 if (p + u < p1) {

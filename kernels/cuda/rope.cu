@@ -74,14 +74,19 @@ __global__ void __launch_bounds__(256) qkv_bias_rope_kernel(
 
 // ------------------------------------------------------------------------------------------------------------
 // The language model's gated attention input side (reference.qk_norm_rope), and apply_rope on its own.
-// One warp per IPW consecutive (token, head) items; a token has Hq q items then Hkv k items. A lane owns NV * VEC consecutive
-// elements of the head (d <= 32 * NV * VEC, d % VEC == 0).
 //   NORM (qk_norm_rope): y = round_T(x * rsqrt(mean(x^2) + eps) * (1 + w))   (the reference rounds rms_norm's output)
 //   rope: out[j] = y[j] c[j] - y[j+r] s[j], out[j+r] = y[j+r] c[j] + y[j] s[j] for j < r; out[e] = y[e] for e >= 2r
 // q is read at q_in + t * q_ts + h * q_hs (qg: the first d of each head's 2d; the gate half is never touched).
-// Cache (k_cache != nullptr, k items only): token t of sequence b (cu[b] <= t < cu[b+1], found by binary search on
-// the device) goes to slot lengths[b] + t - cu[b] of k_cache/v_cache [B, S, Hkv, d], k as rotated and v copied;
-// slots >= S are dropped (the kernel cannot raise; the wrapper's validate checks capacity on the host).
+// A warp serves IPW heads of one kind (q or k) of one token: a token has ceil(Hq / IPW) q groups, then
+// ceil(Hkv / IPW) k groups. The group's heads share the token's cos/sin and the weight, so those are loaded once,
+// and every load (x, weight, cos/sin, v, and the cache row's cu_seqlens/lengths) is issued before any arithmetic
+// waits on one: a warp makes one memory round trip. A lane owns NV * VEC consecutive elements of a head
+// (d <= 32 * NV * VEC, d % VEC == 0). The rotation's partner element j +- r comes from another lane by a shuffle
+// when r is a multiple of the lane's element count (Qwen3.5: r = 32, 8 per lane), else through shared memory.
+// Cache (k_cache != nullptr; then a token also has ceil(Hkv / IPW) v groups, which only copy): token t of sequence b (the last b with cu[b] <= t, found by a
+// warp-wide vote over cu_seqlens, 32 entries per step) goes to slot lengths[b] + t - cu[b] of k_cache/v_cache
+// [B, S, Hkv, d], k as rotated and v copied; slots outside [0, S) are dropped (the wrapper's validate checks
+// capacity on the host).
 namespace qkrope {
 
 __device__ __forceinline__ long long load_index(const void* p, int is64, long long i) {
@@ -90,136 +95,174 @@ __device__ __forceinline__ long long load_index(const void* p, int is64, long lo
 
 }  // namespace qkrope
 
-// IPW items per warp, loaded together (more bytes in flight per warp; the reductions of the items overlap).
 template <typename T, int VEC, int NV, int IPW>
-__global__ void __launch_bounds__(256) qk_norm_rope_kernel(
+__global__ void __launch_bounds__(128) qk_norm_rope_kernel(
     const T* __restrict__ q_in, long long q_ts, int q_hs, const T* __restrict__ k_in, const T* __restrict__ qw,
     const T* __restrict__ kw, const float* __restrict__ cos, const float* __restrict__ sin,
     T* __restrict__ q_out, T* __restrict__ k_out, const T* __restrict__ v_in, T* __restrict__ k_cache,
     T* __restrict__ v_cache, const void* __restrict__ cu, int cu64, const void* __restrict__ lengths, int len64,
     int ntok, int Hq, int Hkv, int d, int r, int B, int S, int norm, float eps) {
     constexpr int E = NV * VEC;  // elements per lane
-    __shared__ float buf[8][IPW][32 * E];  // the rotary dims of each warp's heads, for the partner lookups
+    __shared__ float buf[4][32 * E];  // the general rotation path only
     const int lane = threadIdx.x & 31, wib = threadIdx.x >> 5;
-    const int Hh = Hq + Hkv;
-    const long long total = (long long)ntok * Hh;
-    const long long item0 = ((long long)blockIdx.x * 8 + wib) * IPW;
-    if (item0 >= total) return;  // whole warps exit together
+    const int Gq = (Hq + IPW - 1) / IPW, Gk = (Hkv + IPW - 1) / IPW;
+    const int G = Gq + Gk * (k_cache != nullptr ? 2 : 1);  // q groups, k groups, (cache) v groups
+    const long long gw = (long long)blockIdx.x * 4 + wib;  // 4 warps per CTA
+    if (gw >= (long long)ntok * G) return;  // whole warps exit together
+    const int t = (int)(gw / G), g = (int)(gw % G);
+    const int kind = g < Gq ? 0 : g < Gq + Gk ? 1 : 2;  // 0: q heads, 1: k heads, 2: v heads (copied to the cache)
+    const bool is_q = kind == 0;
+    const int h0 = (kind == 0 ? g : kind == 1 ? g - Gq : g - Gq - Gk) * IPW;  // the group's first head
+    const int nh = min(IPW, (is_q ? Hq : Hkv) - h0);
+    const T* src = is_q ? q_in + t * q_ts + (long long)h0 * q_hs
+                        : (kind == 1 ? k_in : v_in) + ((long long)t * Hkv + h0) * d;
+    const long long hs = is_q ? q_hs : d;  // elements from one head of the input to the next
+    T* dst = (is_q ? q_out + (long long)t * Hq * d : k_out + (long long)t * Hkv * d) + (long long)h0 * d;
     const int e0 = lane * E;
+    const bool cache = !is_q && k_cache != nullptr;
 
-    int t[IPW], h[IPW];
-    bool ok[IPW];
-    float y[IPW][E];
-    float ss[IPW];
+    // 1. every load first
+    Vec<T, VEC> xr[IPW][NV];
 #pragma unroll
-    for (int it = 0; it < IPW; ++it) {
-        const long long item = item0 + it;
-        ok[it] = item < total;
-        t[it] = ok[it] ? (int)(item / Hh) : 0;
-        h[it] = ok[it] ? (int)(item % Hh) : 0;
-        const T* src = h[it] < Hq ? q_in + t[it] * q_ts + (long long)h[it] * q_hs
-                                  : k_in + ((long long)t[it] * Hkv + h[it] - Hq) * d;
-        ss[it] = 0.f;
+    for (int it = 0; it < IPW; ++it)
 #pragma unroll
         for (int n = 0; n < NV; ++n) {
             const int e = e0 + n * VEC;
-            float part[VEC];
-            if (ok[it] && e < d) {
-                load_f(src + e, part);
-            } else {
-#pragma unroll
-                for (int i = 0; i < VEC; ++i) part[i] = 0.f;
-            }
-#pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-                y[it][n * VEC + i] = part[i];
-                ss[it] += part[i] * part[i];
-            }
+            if (it < nh && e < d) xr[it][n] = *reinterpret_cast<const Vec<T, VEC>*>(src + it * hs + e);
         }
-    }
+    float wv[E];
+#pragma unroll
+    for (int i = 0; i < E; ++i) wv[i] = 0.f;
     if (norm) {
-#pragma unroll
-        for (int it = 0; it < IPW; ++it) ss[it] = warp_sum(ss[it]);
-#pragma unroll
-        for (int it = 0; it < IPW; ++it) {
-            const float inv = rsqrtf(ss[it] / (float)d + eps);
-            const T* w = h[it] < Hq ? qw : kw;
-#pragma unroll
-            for (int n = 0; n < NV; ++n) {
-                const int e = e0 + n * VEC;
-                if (e < d) {
-                    float wv[VEC];
-                    load_f(w + e, wv);
-#pragma unroll
-                    for (int i = 0; i < VEC; ++i)
-                        y[it][n * VEC + i] = round_to<T>(y[it][n * VEC + i] * inv * (1.f + wv[i]));
-                }
-            }
-        }
-    }
-    // rotate the first 2r dims: each lane publishes its y, then reads the partner element j +- r
-    if (e0 < 2 * r) {
-#pragma unroll
-        for (int it = 0; it < IPW; ++it)
-#pragma unroll
-            for (int i = 0; i < E; ++i) buf[wib][it][e0 + i] = y[it][i];
-    }
-    __syncwarp();
-    if (e0 < 2 * r) {
-#pragma unroll
-        for (int it = 0; it < IPW; ++it) {
-            const float* wb = buf[wib][it];
-            const float* cr = cos + (long long)t[it] * r;
-            const float* sr = sin + (long long)t[it] * r;
-#pragma unroll
-            for (int i = 0; i < E; ++i) {
-                const int e = e0 + i;
-                if (e < r) {
-                    y[it][i] = wb[e] * cr[e] - wb[e + r] * sr[e];
-                } else if (e < 2 * r) {
-                    y[it][i] = wb[e] * cr[e - r] + wb[e - r] * sr[e - r];
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int it = 0; it < IPW; ++it) {
-        if (!ok[it]) continue;
-        const bool is_q = h[it] < Hq;
-        const int hk = h[it] - Hq;
-        T* dst = is_q ? q_out + ((long long)t[it] * Hq + h[it]) * d : k_out + ((long long)t[it] * Hkv + hk) * d;
-        int slot = -1;
-        long long crow = 0;
-        if (!is_q && k_cache != nullptr) {
-            // the sequence b holding token t: the last b with cu[b] <= t (empty sequences before it share its start)
-            int lo = 0, hi = B - 1;
-            while (lo < hi) {
-                const int mid = (lo + hi + 1) >> 1;
-                if (qkrope::load_index(cu, cu64, mid) <= t[it]) lo = mid; else hi = mid - 1;
-            }
-            const long long s = qkrope::load_index(lengths, len64, lo) + t[it] - qkrope::load_index(cu, cu64, lo);
-            if (s >= 0 && s < S) {
-                slot = (int)s;
-                crow = (((long long)lo * S + slot) * Hkv + hk) * d;
-            }
-        }
+        const T* w = is_q ? qw : kw;
 #pragma unroll
         for (int n = 0; n < NV; ++n) {
             const int e = e0 + n * VEC;
             if (e < d) {
                 float part[VEC];
+                load_f(w + e, part);
 #pragma unroll
-                for (int i = 0; i < VEC; ++i) part[i] = y[it][n * VEC + i];
-                store_f(dst + e, part);
-                if (slot >= 0) {
-                    store_f(k_cache + crow + e, part);
-                    float vv[VEC];
-                    load_f(v_in + ((long long)t[it] * Hkv + hk) * d + e, vv);
-                    store_f(v_cache + crow + e, vv);
-                }
+                for (int i = 0; i < VEC; ++i) wv[n * VEC + i] = part[i];
             }
         }
     }
+    float cs[E], sn[E];  // cos, and sin signed for the half the element is in (- for j < r, + for r <= j < 2r)
+#pragma unroll
+    for (int i = 0; i < E; ++i) {
+        const int e = e0 + i;
+        cs[i] = 1.f;
+        sn[i] = 0.f;
+        if (e < 2 * r) {
+            const int j = e < r ? e : e - r;
+            cs[i] = cos[(long long)t * r + j];
+            sn[i] = e < r ? -sin[(long long)t * r + j] : sin[(long long)t * r + j];
+        }
+    }
+    long long crow = -1;  // the cache row (in elements) of the group's first head, -1: not written
+    if (cache) {
+        // b = the last sequence with cu[b] <= t: cu is non-decreasing, so the entries <= t are a prefix
+        int b = -1;
+        long long cub = 0, lenb = 0;
+        for (int j0 = 0; j0 < B; j0 += 32) {
+            const int j = j0 + lane;
+            const long long cj = j < B ? qkrope::load_index(cu, cu64, j) : (1ll << 62);
+            const long long lj = j < B ? qkrope::load_index(lengths, len64, j) : 0;
+            const unsigned m = __ballot_sync(0xffffffffu, cj <= t);
+            if (m) {
+                const int last = 31 - __clz(m);
+                b = j0 + last;
+                cub = __shfl_sync(0xffffffffu, cj, last);
+                lenb = __shfl_sync(0xffffffffu, lj, last);
+            }
+            if (m != 0xffffffffu) break;
+        }
+        const long long slot = lenb + t - cub;
+        if (b >= 0 && slot >= 0 && slot < S) crow = (((long long)b * S + slot) * Hkv + h0) * d;
+    }
+    if (kind == 2) {  // v heads: a copy into the cache
+        if (crow >= 0) {
+#pragma unroll
+            for (int it = 0; it < IPW; ++it)
+#pragma unroll
+                for (int n = 0; n < NV; ++n) {
+                    const int e = e0 + n * VEC;
+                    if (it < nh && e < d) *reinterpret_cast<Vec<T, VEC>*>(v_cache + crow + (long long)it * d + e) = xr[it][n];
+                }
+        }
+        return;
+    }
+
+    // 2. the norms (IPW reductions side by side)
+    float y[IPW][E];
+#pragma unroll
+    for (int it = 0; it < IPW; ++it)
+#pragma unroll
+        for (int n = 0; n < NV; ++n)
+#pragma unroll
+            for (int i = 0; i < VEC; ++i)
+                y[it][n * VEC + i] = (it < nh && e0 + n * VEC < d) ? to_f(xr[it][n].v[i]) : 0.f;
+    if (norm) {
+        float ss[IPW];
+#pragma unroll
+        for (int it = 0; it < IPW; ++it) {
+            ss[it] = 0.f;
+#pragma unroll
+            for (int i = 0; i < E; ++i) ss[it] += y[it][i] * y[it][i];
+        }
+#pragma unroll
+        for (int it = 0; it < IPW; ++it) ss[it] = warp_sum(ss[it]);
+#pragma unroll
+        for (int it = 0; it < IPW; ++it) {
+            const float inv = rsqrtf(ss[it] / (float)d + eps);
+#pragma unroll
+            for (int i = 0; i < E; ++i) y[it][i] = round_to<T>(y[it][i] * inv * (1.f + wv[i]));
+        }
+    }
+
+    // 3. rotate the first 2r dims: out = y * c + partner * s (partner: element j + r, or j - r)
+    if (r > 0 && r % E == 0) {
+        const int pl = e0 < r ? lane + r / E : (e0 < 2 * r ? lane - r / E : lane);
+#pragma unroll
+        for (int it = 0; it < IPW; ++it)
+#pragma unroll
+            for (int i = 0; i < E; ++i) {
+                const float p = __shfl_sync(0xffffffffu, y[it][i], pl);
+                if (e0 < 2 * r) y[it][i] = y[it][i] * cs[i] + p * sn[i];
+            }
+    } else if (r > 0) {
+        float* wb = buf[wib];
+#pragma unroll
+        for (int it = 0; it < IPW; ++it) {
+            if (e0 < 2 * r) {
+#pragma unroll
+                for (int i = 0; i < E; ++i) wb[e0 + i] = y[it][i];
+            }
+            __syncwarp();
+            if (e0 < 2 * r) {
+#pragma unroll
+                for (int i = 0; i < E; ++i) {
+                    const int e = e0 + i;
+                    if (e < 2 * r) y[it][i] = y[it][i] * cs[i] + wb[e < r ? e + r : e - r] * sn[i];
+                }
+            }
+            __syncwarp();
+        }
+    }
+
+    // 4. stores
+#pragma unroll
+    for (int it = 0; it < IPW; ++it)
+#pragma unroll
+        for (int n = 0; n < NV; ++n) {
+            const int e = e0 + n * VEC;
+            if (it < nh && e < d) {
+                float part[VEC];
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) part[i] = y[it][n * VEC + i];
+                store_f(dst + (long long)it * d + e, part);
+                if (crow >= 0) store_f(k_cache + crow + (long long)it * d + e, part);
+            }
+        }
 }
 
 // mRoPE tables (reference.mrope_cos_sin): one thread per (token, frequency j); the frequency's axis
