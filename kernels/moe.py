@@ -31,7 +31,7 @@ from .runtime import device as _device, launch as _rt_launch
 from .runtime.dispatch import CTYPES, NvrtcSource, ceil_div
 from .runtime.nvrtc import i32
 
-__all__ = ["moe_topk", "moe_mlp", "moe_routing", "PATHS"]
+__all__ = ["moe_topk", "moe_router_topk", "moe_mlp", "moe_routing", "PATHS"]
 
 PATHS = ("decode", "grouped", "routed")
 MAX_EXPERTS = 512          # moe_topk: 16 logits per lane
@@ -68,8 +68,17 @@ def _combine_expr(dtype, vec):
     return f"moe::combine_kernel<{CTYPES[dtype]}, {vec}>"
 
 
+def _router_expr(dtype, vec, tmax, npl):
+    return f"moe::router_topk_kernel<{CTYPES[dtype]}, {vec}, {tmax}, {npl}>"
+
+
+_ROUTER_TMAX = (1, 8)      # tokens per pass of the fused router: batch 1, else 8 at a time
+ROUTER_MAX_TOKENS = 64     # the fused router is for decode: one CTA per 8 experts reads every token's row
+
+
 def _dtype_exprs(dt) -> tuple[str, ...]:
     out = [_topk_expr(dt, n) for n in _NPL] + ["moe::route_kernel"]
+    out += [_router_expr(dt, v, t, n) for v in (_vec(dt), 1) for t in _ROUTER_TMAX for n in _NPL]
     out += [_gate_up_expr(dt, v, r, m) for v in (_vec(dt), 1) for r in (False, True) for m in (1, 2, 8)]
     out += [_down_expr(dt, v) for v in (_vec(dt), 1)]
     if dt == torch.bfloat16:
@@ -112,14 +121,7 @@ def moe_topk(router_logits: torch.Tensor, k: int, *, out=None) -> tuple[torch.Te
         raise ValueError(f"router_logits has E={E} experts; the kernel takes at most {MAX_EXPERTS}")
     if k > MAX_TOPK:
         raise ValueError(f"k={k}: the kernel keeps at most {MAX_TOPK} experts per token")
-    if out is None:
-        w = torch.empty(T, k, dtype=torch.float32, device=router_logits.device)
-        e = torch.empty(T, k, dtype=torch.int64, device=router_logits.device)
-    else:
-        if not (isinstance(out, (tuple, list)) and len(out) == 2):
-            raise ValueError("out must be a (weights, experts) pair of tensors")
-        w = check_out("out[0] (weights)", out[0], (T, k), torch.float32)
-        e = check_out("out[1] (experts)", out[1], (T, k), torch.int64)
+    w, e = _topk_outs(T, k, router_logits.device, out)
     device = check_cuda(router_logits=router_logits, weights_out=w, experts_out=e)
     if T == 0:
         return w, e
@@ -127,6 +129,51 @@ def moe_topk(router_logits: torch.Tensor, k: int, *, out=None) -> tuple[torch.Te
     _launch(device, router_logits.dtype, _topk_expr(router_logits.dtype, npl), (ceil_div(T, 4), 1, 1), (128, 1, 1),
                   router_logits.data_ptr(), w.data_ptr(), e.data_ptr(), i32(T), i32(E), i32(k))
     return w, e
+
+
+def moe_router_topk(x: torch.Tensor, router_weight: torch.Tensor, k: int, *, out=None):
+    """reference.moe_router_topk: moe_topk(x @ router_weight^T, k) in one launch, the logits in fp32 (never
+    rounded to x.dtype). x [T, H] and router_weight [E, H] (mlp.gate.weight) of one dtype, contiguous; T <= 64
+    (decode: one CTA per 8 experts reads every token's row; prefill: F.linear + moe_topk). Returns (weights [T, k]
+    fp32, experts [T, k] int64); out=(weights, experts) writes into those."""
+    check_input("x", x, ndim=2)
+    check_input("router_weight", router_weight, ndim=2)
+    check_same_dtype(x.dtype, router_weight=router_weight)
+    T, H = x.shape
+    E = router_weight.shape[0]
+    check_tensor("router_weight", router_weight, shape=(E, H))
+    _check_k(k, E)
+    if E > MAX_EXPERTS:
+        raise ValueError(f"router_weight has E={E} experts; the kernel takes at most {MAX_EXPERTS}")
+    if k > MAX_TOPK:
+        raise ValueError(f"k={k}: the kernel keeps at most {MAX_TOPK} experts per token")
+    if T > ROUTER_MAX_TOKENS:
+        raise ValueError(f"moe_router_topk takes at most {ROUTER_MAX_TOKENS} tokens (decode), got {T}; use "
+                         f"moe_topk(F.linear(x, router_weight), k) for prefill")
+    w, e = _topk_outs(T, k, x.device, out)
+    device = check_cuda(x=x, router_weight=router_weight, weights_out=w, experts_out=e)
+    if T == 0:
+        return w, e
+    vec = _vec(x.dtype)
+    vec = vec if H % vec == 0 and _aligned(x, router_weight) else 1
+    scratch = torch.empty(T * E + 1, dtype=torch.float32, device=x.device)
+    ticket = torch.zeros(1, dtype=torch.int32, device=x.device)  # the last CTA resets it (graph replays)
+    npl = next(n for n in _NPL if 32 * n >= E)
+    tmax = 1 if T == 1 else 8
+    _launch(device, x.dtype, _router_expr(x.dtype, vec, tmax, npl), (ceil_div(E, _WARPS), 1, 1), (_WARPS * 32, 1, 1),
+            x.data_ptr(), router_weight.data_ptr(), i32(T), i32(H), i32(E), i32(k), scratch.data_ptr(),
+            ticket.data_ptr(), w.data_ptr(), e.data_ptr())
+    return w, e
+
+
+def _topk_outs(T, k, device, out):
+    if out is None:
+        return (torch.empty(T, k, dtype=torch.float32, device=device),
+                torch.empty(T, k, dtype=torch.int64, device=device))
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise ValueError("out must be a (weights, experts) pair of tensors")
+    return (check_out("out[0] (weights)", out[0], (T, k), torch.float32),
+            check_out("out[1] (experts)", out[1], (T, k), torch.int64))
 
 
 # ------------------------------------------------------------------------------------------------ routing

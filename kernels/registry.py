@@ -385,6 +385,7 @@ REGISTRY: dict[str, OpSpec] = {s.name: s for s in (
     _spec("kv_cache_append", exact=True, nvrtc=decode_kernels.kv_cache_append, inplace=(2, 3), poison="alloc",
           min_bytes=_kv_cache_append_bytes),  # a copy into the caches (no out=): bit-exact
     _spec("moe_topk", nvrtc=moe_kernels.moe_topk, covers=_moe_covers),
+    _spec("moe_router_topk", nvrtc=moe_kernels.moe_router_topk, covers=_moe_covers),  # decode: T <= 64
     _spec("moe_mlp", nvrtc=moe_kernels.moe_mlp, covers=_moe_covers, tol=_MOE_MLP_TOL, flops=_moe_mlp_flops,
           min_bytes=_moe_mlp_bytes),
 )}

@@ -193,3 +193,49 @@ def test_decode_with_and_without_programmatic_launch(pdl, monkeypatch):
     for T, mode in ((1, "random"), (1, "repeat"), (8, "random"), (16, "skewed")):
         case = cases.build_moe_mlp(T, 256, 64, 40, 8, torch.bfloat16, seed=T, mode=mode, shared=64)
         _check_path(case, "decode")
+
+
+# ------------------------------------------------------------------------------------------------ fused router
+@gpu
+@given(T=st.sampled_from((1, 2, 8, 9, 64)), E=st.sampled_from((8, 33, 256, 512)), k=st.sampled_from((1, 8, 10)),
+       H=st.sampled_from((16, 100, 2048, 4096)), seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=12)
+def test_router_topk_equals_topk_of_fp32_logits(T, E, k, H, seed):
+    """Gaussian data (inexact sums): the fused router's weights and experts equal moe_topk of the fp32 logits
+    wherever the reference's k-th and (k+1)-th logits are apart by more than the fp32 summation error."""
+    moe = _kernels()
+    k = min(k, E)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(T, H, device="cuda", generator=g).bfloat16()
+    w = (torch.randn(E, H, device="cuda", generator=g) * H ** -0.5).bfloat16()
+    got_w, got_e = moe.moe_router_topk(x, w, k)
+    logits = x.double() @ w.double().T
+    srt = logits.sort(-1, descending=True).values
+    gaps = (srt[:, :-1] - srt[:, 1:]).abs()
+    clear = (gaps[:, : min(k, E - 1)] > 1e-4).all(-1) if E > 1 else torch.ones(T, dtype=torch.bool, device="cuda")
+    want_w, want_e = ref.moe_topk(logits.float(), k)
+    assert torch.equal(got_e[clear], want_e[clear])
+    torch.testing.assert_close(got_w[clear], want_w[clear], rtol=0, atol=1e-5)
+
+
+@gpu
+def test_router_topk_graph_replay_resets_its_ticket():
+    """The last CTA resets the ticket: replays of a captured call keep giving the right experts."""
+    moe = _kernels()
+    case = cases.build_moe_router_topk(8, 2048, 256, 8, torch.bfloat16, seed=3)
+    x, w, k = case.on("cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        moe.moe_router_topk(x, w, k)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out_w, out_e = moe.moe_router_topk(x, w, k)
+    for seed in (1, 2, 3):
+        x.copy_(cases.build_moe_router_topk(8, 2048, 256, 8, torch.bfloat16, seed=seed).args[0].cuda())
+        graph.replay()
+        torch.cuda.synchronize()
+        want_w, want_e = ref.moe_router_topk(x, w, k)
+        assert torch.equal(out_e, want_e)
+        torch.testing.assert_close(out_w, want_w, rtol=0, atol=1e-6)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ._checks import check_float, check_same_device, check_tensor
 
-__all__ = ["moe_topk", "moe_mlp"]
+__all__ = ["moe_topk", "moe_router_topk", "moe_mlp"]
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -45,6 +45,22 @@ def moe_topk(router_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     top = probs.gather(1, experts)
     weights = top / top.sum(dim=-1, keepdim=True)
     return weights, experts.to(torch.int64)
+
+
+def moe_router_topk(x: torch.Tensor, router_weight: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The router and its top-k in one op: moe_topk(x @ router_weight^T, k) with the logits kept in fp32 (fp64 for
+    fp64 input), not rounded to x.dtype (so a kernel may fuse the two without a rounding step in between).
+
+    x: [T, H]; router_weight: [E, H] (HF's mlp.gate.weight), one float dtype. Returns moe_topk's (weights, experts).
+    """
+    check_float("x", x, ndim=2)
+    check_float("router_weight", router_weight, ndim=2)
+    check_tensor("router_weight", router_weight, shape=(None, x.shape[1]))
+    if router_weight.dtype != x.dtype:
+        raise ValueError(f"router_weight must have the input dtype {x.dtype}, got {router_weight.dtype}")
+    check_same_device(x=x, router_weight=router_weight)
+    acc = _compute_dtype(x)
+    return moe_topk(x.to(acc) @ router_weight.to(acc).T, k)
 
 
 def check_shared(x: torch.Tensor, shared_gate, shared_up, shared_down, shared_expert_gate) -> int | None:

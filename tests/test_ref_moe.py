@@ -171,3 +171,17 @@ def test_moe_mlp_bad_input():
     for change, match in cases:
         with pytest.raises(ValueError, match=match):
             ref.moe_mlp(**{**good, **change})
+
+
+def test_moe_router_topk_is_topk_of_fp32_logits():
+    gen = torch.Generator().manual_seed(6)
+    x, w = torch.randn(9, 32, generator=gen), torch.randn(12, 32, generator=gen)
+    got = ref.moe_router_topk(x.bfloat16(), w.bfloat16(), 4)
+    logits = x.bfloat16().double() @ w.bfloat16().double().T  # bf16 inputs, products and sums kept exact(ish)
+    want = ref.moe_topk(logits.float(), 4)
+    assert torch.equal(got[1], want[1])
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="router_weight must have the input dtype"):
+        ref.moe_router_topk(x, w.half(), 4)
+    with pytest.raises(ValueError, match="router_weight must have shape"):
+        ref.moe_router_topk(x, w[:, :-1], 4)

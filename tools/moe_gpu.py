@@ -59,6 +59,20 @@ def check() -> int:
     tol = REGISTRY["moe_mlp"].tol
     bad = 0
     # router top-k at the real expert counts
+    from property_tests.cases.moe import build_moe_router_topk
+
+    for size, s in MOE_SIZES.items():  # the fused router on exact data (any summation order gives equal logits)
+        for T in (1, 8, 64):
+            args = build_moe_router_topk(T, s["hidden"], s["experts"], s["topk"], torch.bfloat16, seed=T).on("cuda")
+            try:
+                w, e = moe.moe_router_topk(*args)
+                rw, re_ = ref.moe_router_topk(*args)
+                ok = torch.equal(e, re_) and torch.allclose(w, rw, atol=1e-5, rtol=0)
+                msg = f"max |dw| {float((w - rw).abs().max()):.1e}"
+            except Exception as ex:
+                ok, msg = False, f"{type(ex).__name__}: {str(ex)[:200]}"
+            bad += not ok
+            print(f"check router_topk {size} T={T} {'ok' if ok else 'BAD'} {msg}", flush=True)
     for size, s in MOE_SIZES.items():
         logits = torch.randn(1000, s["experts"], device="cuda").bfloat16()
         w, e = moe.moe_topk(logits, s["topk"])
@@ -95,6 +109,9 @@ def check() -> int:
     return bad
 
 
+ROUTER_FUSED = True  # Layer.forward's router for decode sizes (the benchmark times both)
+
+
 class Layer:
     """Random bf16 weights of one MoE layer at a checkpoint's shapes, on the GPU."""
 
@@ -114,8 +131,12 @@ class Layer:
         self.sgate = torch.randn(1, H, device=dev, dtype=bf) * H ** -0.5
 
     def forward(self, x):
-        """The layer as the model should call it: router GEMM, moe_topk, moe_mlp with the shared expert fused."""
-        w, e = moe.moe_topk(F.linear(x, self.wr), self.k)
+        """The layer as the model should call it: the fused router + top-k for decode (F.linear + moe_topk for more
+        than 64 tokens), moe_mlp with the shared expert fused."""
+        if x.shape[0] <= moe.ROUTER_MAX_TOKENS and ROUTER_FUSED:
+            w, e = moe.moe_router_topk(x, self.wr, self.k)
+        else:
+            w, e = moe.moe_topk(F.linear(x, self.wr), self.k)
         return moe.moe_mlp(x, self.gate_up, self.down, w, e, shared_gate=self.sg, shared_up=self.su,
                            shared_down=self.sd, shared_expert_gate=self.sgate, validate=False)
 
@@ -175,6 +196,12 @@ def bench(sizes, tokens, hf: bool, out_dir) -> list[dict]:
             moe.PDL = False
             rec["layer_nopdl_us"] = graph_ms(lambda: L.forward(x), n) * 1e3
             moe.PDL = True
+            global ROUTER_FUSED
+            if T <= moe.ROUTER_MAX_TOKENS:
+                ROUTER_FUSED = False
+                rec["layer_unfused_router_us"] = graph_ms(lambda: L.forward(x), n) * 1e3
+                ROUTER_FUSED = True
+                rec["router_topk_fused_us"] = graph_ms(lambda: moe.moe_router_topk(x, L.wr, k), n) * 1e3
             logits = F.linear(x, L.wr)
             rec["router_gemm_us"] = graph_ms(lambda: F.linear(x, L.wr), n) * 1e3
             rec["topk_us"] = graph_ms(lambda: moe.moe_topk(logits, k), n) * 1e3
@@ -185,7 +212,8 @@ def bench(sizes, tokens, hf: bool, out_dir) -> list[dict]:
             if T * k <= moe.DECODE_MAX_SLOTS and T * k > 8 and moe.grouped_mm_available(x.device):
                 rec["routed_grouped_us"] = graph_ms(lambda: moe.moe_mlp(x, L.gate_up, L.down, w, e, validate=False,
                                                                         path="grouped"), n) * 1e3
-            # torch._grouped_mm gate/up alone on grouped rows (the issue's anchor)
+            # torch._grouped_mm gate/up alone on grouped rows (the issue's anchor), the routing metadata alone
+            rec["route_us"] = graph_ms(lambda: moe.moe_routing(e, E), n) * 1e3
             offs, perm, _, _ = moe.moe_routing(e, E)
             xs = x[(perm // k).long()]
             ends = offs[1:]
@@ -212,8 +240,9 @@ def bench(sizes, tokens, hf: bool, out_dir) -> list[dict]:
                   f"({rec['routed_pct_bw_floor']:5.1f}% bw, {rec['routed_pct_gemm_floor']:5.1f}% gemm)  layer "
                   f"{rec['layer_us']:8.1f} us ({rec['layer_pct_bw_floor']:5.1f}% bw, {rec['layer_pct_gemm_floor']:5.1f}%"
                   f" gemm){hf_s}  gmm g/u {rec['gmm_gate_up_us']:7.1f} us {rec['gmm_gate_up_TFLOPs']:5.0f} TF"
-                  + "".join(f" {kk} {rec[kk]:.1f}" for kk in ("layer_unfused_us", "layer_nopdl_us", "router_gemm_us", "topk_us", "routed_routed_us",
-                                                 "routed_grouped_us")
+                  + "".join(f" {kk} {rec[kk]:.1f}" for kk in ("layer_unfused_us", "layer_nopdl_us", "layer_unfused_router_us",
+                                                 "router_gemm_us", "topk_us", "router_topk_fused_us",
+                                                 "routed_routed_us", "routed_grouped_us", "route_us")
                             if rec.get(kk) is not None), flush=True)
             del x, xs
         del L, block

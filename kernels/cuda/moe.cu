@@ -43,20 +43,17 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
 }
 
 // ------------------------------------------------------------------------------------------------ top-k
-// NPL logits per lane (expert e = lane + 32 i); each of the k rounds takes the warp's best untaken logit.
-template <typename T, int NPL>
-__global__ void __launch_bounds__(128) topk_kernel(const T* __restrict__ logits, float* __restrict__ weights,
-                                                   long long* __restrict__ experts, int T_, int E, int k) {
-    allow_dependent_launch();  // the gate/up kernel may be scheduled now (it waits for this grid to finish)
+// One warp, one token: NPL logits per lane (expert e = lane + 32 i, read through ld(e) as fp32); each of the k
+// rounds takes the warp's best untaken logit (ties: the lower index). Lane j < k writes the j-th weight/expert.
+template <int NPL, typename Load>
+__device__ __forceinline__ void topk_warp(Load ld, int E, int k, float* __restrict__ weights,
+                                          long long* __restrict__ experts) {
     const int lane = threadIdx.x & 31;
-    const int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (t >= T_) return;
-    const T* row = logits + (size_t)t * E;
     float v[NPL];
 #pragma unroll
     for (int i = 0; i < NPL; ++i) {
         const int e = lane + 32 * i;
-        v[i] = e < E ? to_f(row[e]) : f32_neg_inf();
+        v[i] = e < E ? ld(e) : f32_neg_inf();
     }
     unsigned taken = 0;
     float my_v = 0.f, top = 0.f;
@@ -92,9 +89,73 @@ __global__ void __launch_bounds__(128) topk_kernel(const T* __restrict__ logits,
     const float p = lane < k ? expf(my_v - top) : 0.f;
     const float s = warp_sum(p);
     if (lane < k) {
-        weights[(size_t)t * k + lane] = p / s;
-        experts[(size_t)t * k + lane] = my_e;
+        weights[lane] = p / s;
+        experts[lane] = my_e;
     }
+}
+
+template <typename T, int NPL>
+__global__ void __launch_bounds__(128) topk_kernel(const T* __restrict__ logits, float* __restrict__ weights,
+                                                   long long* __restrict__ experts, int T_, int E, int k) {
+    allow_dependent_launch();  // the gate/up kernel may be scheduled now (it waits for this grid to finish)
+    const int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (t >= T_) return;
+    const T* row = logits + (size_t)t * E;
+    topk_warp<NPL>([&](int e) { return to_f(row[e]); }, E, k, weights + (size_t)t * k, experts + (size_t)t * k);
+}
+
+// The router GEMM and its top-k in one launch: grid = ceil(E / WARPS); warp w of CTA b computes expert
+// e = b WARPS + w's fp32 logit for every token (the row of router_weight read once, x rows from L1/L2) into
+// scratch[t][e]; the last CTA to finish (a ticket counter, reset by it for the next call) runs the top-k of every
+// token, one warp per token.
+template <typename T, int VEC, int TMAX, int NPL>
+__global__ void __launch_bounds__(WARPS * 32) router_topk_kernel(const T* __restrict__ x, const T* __restrict__ wr,
+                                                                 int T_, int H, int E, int k,
+                                                                 float* __restrict__ scratch,
+                                                                 unsigned* __restrict__ ticket,
+                                                                 float* __restrict__ weights,
+                                                                 long long* __restrict__ experts) {
+    allow_dependent_launch();  // the gate/up kernel may be scheduled now (it waits for this grid to finish)
+    __shared__ bool last;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int e = blockIdx.x * WARPS + warp;
+    if (e < E) {
+        const T* row = wr + (size_t)e * H;
+        const int nvec = H / VEC;
+        for (int t0 = 0; t0 < T_; t0 += TMAX) {
+            float acc[TMAX];
+#pragma unroll
+            for (int t = 0; t < TMAX; ++t) acc[t] = 0.f;
+#pragma unroll 8
+            for (int q = lane; q < nvec; q += 32) {  // unrolled: the row's loads are all in flight at once
+                const Vec<T, VEC> w = reinterpret_cast<const Vec<T, VEC>*>(row)[q];
+#pragma unroll
+                for (int t = 0; t < TMAX; ++t) {
+                    if (t0 + t < T_) {
+                        const Vec<T, VEC> xv = reinterpret_cast<const Vec<T, VEC>*>(x + (size_t)(t0 + t) * H)[q];
+#pragma unroll
+                        for (int c = 0; c < VEC; ++c) acc[t] = fmaf(to_f(w.v[c]), to_f(xv.v[c]), acc[t]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int t = 0; t < TMAX; ++t) {
+                const float v = warp_sum(acc[t]);
+                if (lane == 0 && t0 + t < T_) scratch[(size_t)(t0 + t) * E + e] = v;
+            }
+        }
+    }
+    __threadfence();  // this CTA's logits are visible before its ticket
+    __syncthreads();
+    if (tid == 0) last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int t = warp; t < T_; t += WARPS) {
+        const float* row = scratch + (size_t)t * E;
+        topk_warp<NPL>([&](int i) { return __ldcg(row + i); }, E, k, weights + (size_t)t * k, experts + (size_t)t * k);
+    }
+    if (tid == 0) *ticket = 0u;  // ready for the next call (and the next replay of a captured graph)
 }
 
 // ------------------------------------------------------------------------------------------------ routing

@@ -98,6 +98,68 @@ def moe_topk_peers(args) -> dict:
     return {"torch": hf}
 
 
+# ------------------------------------------------------------------------------------------------ moe_router_topk
+def build_moe_router_topk(T, H, E, k, dtype, seed=0, exact=True) -> Case:
+    """exact=True: x in {-3..3}, router weights in {-1, 0, 1} / 64, so every product and partial sum is exact in
+    fp32 and any summation order gives the reference's logits bit for bit (ties are frequent: the order rule is
+    tested too); exact=False: Gaussian data (benchmarks)."""
+    g = torch.Generator().manual_seed(seed)
+    if exact:
+        x = torch.randint(-3, 4, (T, H), generator=g).float()
+        w = torch.randint(-1, 2, (E, H), generator=g).float() / 64
+    else:
+        x = torch.randn(T, H, generator=g)
+        w = torch.randn(E, H, generator=g) * H ** -0.5
+    return Case("moe_router_topk", (x.to(dtype), w.to(dtype), k), (((T, k), torch.float32), ((T, k), torch.int64)),
+                f"{T}x{H}-E{E}-k{k}")
+
+
+@st.composite
+def _moe_router_topk(draw, small):
+    E = draw(st.one_of(st.integers(1, 40), st.sampled_from((64, 256, 257, 512))))
+    k = draw(st.one_of(st.integers(1, min(E, 10)), st.just(min(E, 32))))
+    T = draw(st.one_of(st.just(1), st.integers(0, 20), st.sampled_from((33, 64))))
+    H = draw(st.one_of(st.sampled_from((8, 64, 2048, 3072, 4096)), st.integers(1, 300)))
+    return build_moe_router_topk(T, H, E, k, draw(dtypes(small)), draw(seeds))
+
+
+def moe_router_topk_cases(small: bool = False):
+    return _moe_router_topk(small)
+
+
+def moe_router_topk_example(dtype=torch.bfloat16) -> Case:
+    return build_moe_router_topk(3, 40, 12, 3, dtype)
+
+
+def moe_router_topk_real(dtype=torch.bfloat16, tokens: int = 4096) -> list[Case]:
+    """Decode sizes only (the fused router takes at most 64 tokens)."""
+    T = min(tokens, 64)
+    return [_labelled(size, build_moe_router_topk(T, s["hidden"], s["experts"], s["topk"], dtype, seed=s["experts"]))
+            for size, s in MOE_SIZES.items()]
+
+
+def moe_router_topk_bad(device) -> list[Bad]:
+    x, w, k = moe_router_topk_example(torch.float32).on(device)
+    return [
+        Bad("k > E", (x, w, w.shape[0] + 1), "k must lie in", reference=True),
+        Bad("k float", (x, w, 2.0), "k must be an int", TypeError, reference=True),
+        Bad("x 1-D", (x[0], w, k), "x must have 2 dimensions", reference=True),
+        Bad("hidden mismatch", (x, w[:, :-1].contiguous(), k), "router_weight must have shape", reference=True),
+        Bad("dtype mismatch", (x, w.half(), k), "router_weight must have the input dtype", reference=True),
+        Bad("x fp64", (x.double(), w.double(), k), "x must have dtype"),
+        Bad("x strided", (x.t().contiguous().t(), w, k), "x must be contiguous"),
+        Bad("too many tokens", (torch.zeros(65, 40, device=device), w, k), "at most 64 tokens"),
+        Bad("E > 512", (x, torch.zeros(513, 40, device=device), k), "at most 512"),
+    ]
+
+
+def moe_router_topk_peers(args) -> dict:
+    import torch.nn.functional as F
+
+    x, w, k = args
+    return {"torch": lambda: moe_topk_peers((F.linear(x, w), k))["torch"]()}
+
+
 # ------------------------------------------------------------------------------------------------ moe_mlp
 def route(g, T, E, k, mode) -> tuple[torch.Tensor, torch.Tensor]:
     """(weights [T, k] fp32 positive summing to 1 per token, experts [T, k] int64) for a routing mode."""
