@@ -174,12 +174,17 @@ def test_tail_tiles(d, dtype, causal):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("causal", [False, True])
-def test_deterministic(causal):
-    """Same inputs -> bitwise the same output and lse, run after run (a moving error would be a race)."""
-    q, k, v, cu = make([700, 1, 333, 2048], 16, 4, 72, torch.bfloat16, 7)
-    o1, l1 = attention(q, k, v, cu, causal, return_lse=True)
+@pytest.mark.parametrize("kernel", ["tensor_cores", "fp32"])
+def test_deterministic(kernel, causal):
+    """Same inputs -> bitwise the same output and lse, run after run (a moving error would be a race); both
+    kernels."""
+    if kernel == "fp32":
+        fn, (q, k, v, cu) = attention_fp32, make32([700, 1, 333, 0, 100], 8, 2, 72, 7)
+    else:
+        fn, (q, k, v, cu) = attention, make([700, 1, 333, 2048], 16, 4, 72, torch.bfloat16, 7)
+    o1, l1 = fn(q, k, v, cu, causal, return_lse=True)
     for _ in range(3):
-        o2, l2 = attention(q, k, v, cu, causal, return_lse=True)
+        o2, l2 = fn(q, k, v, cu, causal, return_lse=True)
         assert torch.equal(o1, o2) and torch.equal(l1, l2)
 
 
@@ -273,17 +278,6 @@ def test_fp32_realistic_shapes(d, lengths, hq, hkv, causal):
             scores = scores.masked_fill(torch.ones(L, L, dtype=torch.bool, device="cuda").triu(1), -math.inf)
         assert (lse[sl].double() - torch.logsumexp(scores, -1).T).abs().max().item() <= LSE_TOL
         start += L
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("causal", [False, True])
-def test_fp32_deterministic(causal):
-    """Same inputs -> bitwise the same output and lse (a moving result would be a race)."""
-    q, k, v, cu = make32([700, 1, 333, 0, 100], 8, 2, 72, 7)
-    o1, l1 = attention_fp32(q, k, v, cu, causal, return_lse=True)
-    for _ in range(3):
-        o2, l2 = attention_fp32(q, k, v, cu, causal, return_lse=True)
-        assert torch.equal(o1, o2) and torch.equal(l1, l2)
 
 
 @pytest.mark.gpu
