@@ -91,8 +91,7 @@ __global__ void __launch_bounds__(128, 4) causal_conv1d_kernel(
                 qkern::cp_async16((unsigned)__cvta_generic_to_shared(&tile[i][threadIdx.x]),
                                   ok ? x + (start + pos) * x_stride + c0 : x, ok);
             }
-            qkern::cp_async_commit();
-            qkern::cp_async_wait<0>();
+            qkern::cp_async_commit();  // waited for below, after the state loads are issued too (one round trip)
         }
         // win[m] = xs input m+1 steps before position p0 (win[KM-1] is the oldest)
         float win[KM][VEC];
@@ -121,14 +120,18 @@ __global__ void __launch_bounds__(128, 4) causal_conv1d_kernel(
             for (int m = 0; m < KM; ++m)
 #pragma unroll
                 for (int e = 0; e < VEC; ++e) win[m][e] = old[KM - 1 - m][e];
-        } else if constexpr (ASYNC) {
+        }
+        if constexpr (ASYNC) qkern::cp_async_wait<0>();
+        if (z != 0) {  // the window comes from x
+            if constexpr (ASYNC) {
 #pragma unroll
-            for (int m = 0; m < KM; ++m)
+                for (int m = 0; m < KM; ++m)
 #pragma unroll
-                for (int e = 0; e < VEC; ++e) win[m][e] = to_f(tile[KM - 1 - m][threadIdx.x].v[e]);
-        } else {
+                    for (int e = 0; e < VEC; ++e) win[m][e] = to_f(tile[KM - 1 - m][threadIdx.x].v[e]);
+            } else {
 #pragma unroll
-            for (int m = 0; m < KM; ++m) load_vec<T, VEC>(x + (start + p0 - 1 - m) * x_stride + c0, win[m]);
+                for (int m = 0; m < KM; ++m) load_vec<T, VEC>(x + (start + p0 - 1 - m) * x_stride + c0, win[m]);
+            }
         }
 
         const T* xp = x + (start + p0) * x_stride + c0;
