@@ -87,7 +87,8 @@ def time_case(case: Case, copy_TBps: float, log, variants: bool) -> list[dict]:
     q, kc, vc, lengths = make_inputs(case)
     err = check_once(case, q, kc, vc, lengths)
     fns = {"ours": ours_fn(case, q, kc, vc, lengths)}
-    notes = {"ours": f"validate=False, max_length=ctx, L2 prefetch {K.PREFETCH} tiles, PDL combine"}
+    notes = {"ours": f"validate=False, max_length=ctx, L2 prefetch {K.PREFETCH} tiles, "
+                     + ("fused merge" if K.FUSE else "combine kernel (PDL)")}
     split = case.B * case.hkv < 132  # split + combine
     if variants and split and case in CASES[:4]:  # the goal's cases: the same kernel without the programmatic launch / with other L2 prefetch depths
         fns["ours_no_pdl"], notes["ours_no_pdl"] = _with(fns["ours"], PDL_ERROR="disabled"), "plain combine launch"
