@@ -230,11 +230,16 @@ __global__ void __launch_bounds__(128) gdn_chunk_prep(
     {
         const int r = tid >> 1, c = (tid & 1) * 64;
         float qq = 0.f, kk = 0.f;
-#pragma unroll 8
-        for (int j = 0; j < 64; ++j) {
-            const float a = to_f(sQ[r * SD + c + j]), b = to_f(sK[r * SD + c + j]);
-            qq += a * a;
-            kk += b * b;
+#pragma unroll
+        for (int j = 0; j < 64; j += 8) {  // 16-byte shared loads
+            float a[8], b[8];
+            load_f<T, 8>(sQ + r * SD + c + j, a);
+            load_f<T, 8>(sK + r * SD + c + j, b);
+#pragma unroll
+            for (int x = 0; x < 8; ++x) {
+                qq += a[x] * a[x];
+                kk += b[x] * b[x];
+            }
         }
         qq += __shfl_xor_sync(0xffffffffu, qq, 1);
         kk += __shfl_xor_sync(0xffffffffu, kk, 1);
@@ -336,13 +341,16 @@ __global__ void __launch_bounds__(128) gdn_chunk_prep(
         }
         __syncthreads();
     }
-    // the two A operands, columns scaled (entries right of the diagonal are 0)
-    for (int e = tid; e < BT * BT; e += 128) {
-        const int i = e >> 6, j = e & 63;
-        const float t = j <= i ? sA[i * SA + j] : 0.f;
-        const float bj = sB[j];
-        sTk[i * SC + j] = from_f<T>(t * bj * __expf(sG[j]) * sRk[j]);
-        sTv[i * SC + j] = from_f<T>(t * bj);
+    // the two A operands, columns scaled (entries right of the diagonal are 0); a thread keeps one column j
+    {
+        const int j = tid & 63;
+        const float fv = sB[j], fk = fv * __expf(sG[j]) * sRk[j];
+#pragma unroll 4
+        for (int i = tid >> 6; i < BT; i += 2) {
+            const float t = j <= i ? sA[i * SA + j] : 0.f;
+            sTk[i * SC + j] = from_f<T>(t * fk);
+            sTv[i * SC + j] = from_f<T>(t * fv);
+        }
     }
     cp_async_wait<0>();
     __syncthreads();
