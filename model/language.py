@@ -118,14 +118,16 @@ class LanguageModel:
         self.cfg, self.w, self.ops = cfg, dict(weights), ops
         w = self.w
         self.embed_weight = w["embed_tokens.weight"]
-        # per-layer constants, computed once: conv taps [C, K]; and fused projection weights (one GEMM instead of
-        # several: at decode each is one more kernel)
+        # per-layer constants, computed once: conv taps [C, K], fp32 gate constants; and fused projection weights
+        # (one GEMM instead of several: at decode each is one more kernel)
         #   DeltaNet [in_proj_qkv; in_proj_b; in_proj_a] -> in_proj_qkvba,   MLP [gate_proj; up_proj] -> gate_up_proj
-        self.conv_w = {}
+        self.conv_w, self.gate_consts = {}, {}
         for i, kind in enumerate(cfg.layer_types):
             if kind == "linear_attention":
                 p = f"layers.{i}.linear_attn."
                 self.conv_w[i] = w[p + "conv1d.weight"][:, 0, :].contiguous()
+                # A_log and dt_bias in fp32 once (the gates are computed in fp32; kernels take them so)
+                self.gate_consts[i] = (w[p + "A_log"].float().contiguous(), w[p + "dt_bias"].float().contiguous())
                 w[p + "in_proj_qkvba.weight"] = torch.cat([w.pop(p + n) for n in (
                     "in_proj_qkv.weight", "in_proj_b.weight", "in_proj_a.weight")])
             if not cfg.is_moe:
@@ -329,8 +331,10 @@ class LanguageModel:
         z = F.linear(x, w[pre + "in_proj_z.weight"]).view(T, nv, dv)
         # the delta rule with its gates from the projections a, b (log-decay g = -exp(A_log) softplus(a + dt_bias),
         # beta = sigmoid(b), fp32); q, k, v stay strided views of the conv output (the kernels take token strides)
-        o, new_rec = _call(self.op("fused_gated_delta_rule"), q, k, v, qkvba[:, C + nv:], qkvba[:, C: C + nv],
-                           w[pre + "A_log"], w[pre + "dt_bias"], p.cu, rec_state, use_qk_l2norm=True,
+        # (a and b must be contiguous: views of the fused GEMM output are, for one token; otherwise a small copy)
+        A_log, dt_bias = self.gate_consts[i]
+        o, new_rec = _call(self.op("fused_gated_delta_rule"), q, k, v, qkvba[:, C + nv:].contiguous(),
+                           qkvba[:, C: C + nv].contiguous(), A_log, dt_bias, p.cu, rec_state, use_qk_l2norm=True,
                            final_state=rec_state, max_seqlen=p.max_seqlen, validate=False)
         if cache is not None:
             if new_conv is not conv_state:
