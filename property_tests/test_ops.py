@@ -159,3 +159,24 @@ def test_kernel_split_equals_one_pass(op, variant, data):
     spec = REGISTRY[op]
     case, cuts = data.draw(_split(spec, _small(variant)))
     check_split(spec, spec.kernels[variant], case, cuts, DEVICE)
+
+
+# ------------------------------------------------------------------------------------- the harness can fail
+def test_harness_catches_unwritten_outputs():
+    """A 'kernel' that writes nothing into its NaN-poisoned out= tensors must fail check_case."""
+    from dataclasses import replace
+
+    spec = REGISTRY["layer_norm"]
+    lazy = replace(spec, kernels={"fake": lambda *a, out=None, **k: out})
+    with pytest.raises(AssertionError, match="rel L2 inf"):
+        check_case(lazy, "fake", spec.hook("example")(torch.float32), "cpu")
+
+
+def test_harness_catches_a_dropped_state():
+    """An op that ignores the carried state must fail check_split (a cut inside a sequence)."""
+    spec = REGISTRY["causal_conv1d"]
+    case = spec.hook("example")(torch.float32)
+    stateless = lambda x, w, cu, state=None, **k: spec.reference(x, w, cu, None, **k)  # noqa: E731
+    cu = case.args[spec.split.cu_seqlens].tolist()
+    with pytest.raises(AssertionError):
+        check_split(spec, stateless, case, [(b - a) // 2 for a, b in zip(cu[:-1], cu[1:])], "cpu")
