@@ -28,7 +28,8 @@ Fields of an `OpSpec` (all but `name` and `reference` optional):
                     model-dtype input and are always covered)
   cases             the module holding the op's test inputs, "property_tests.cases.<family>" (test-only code:
                     hypothesis is imported there, never here, so the model can import this table). It defines,
-                    by name, for op `x` (each optional; the generic tests skip what is missing and say so):
+                    by name, for op `x` (an op with a kernel must have x_cases, x_example and x_bad:
+                    property_tests/test_ops.py checks; x_real and x_peers feed the benchmarks):
                       x_cases(small: bool) -> hypothesis strategy of Case   random inputs; small=True: tiny
                                                shapes, fp32/fp16 only (the Numba simulator on CPU)
                       x_example(dtype) -> Case              one small valid input (bad-input and CPU tests)
