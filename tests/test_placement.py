@@ -121,3 +121,16 @@ def test_kernels_backend_runs_a_checkpoint_it_does_not_fully_cover(dtype):
     real = mask.bool().cuda()
     err = (got[real] - want[real]).norm() / want[real].norm()
     assert torch.isfinite(got[real]).all() and err < (1e-3 if dtype == torch.float32 else 5e-2), float(err)
+
+
+def test_every_op_the_model_calls_is_placed():
+    """An op the model calls but MODEL_OPS leaves out would silently run on its reference on every backend."""
+    import re
+    from pathlib import Path
+
+    called = set()
+    for f in (Path(__file__).resolve().parent.parent / "model").glob("*.py"):
+        text = f.read_text()
+        called |= set(re.findall(r"\bops\.([a-z_0-9]+)\(", text)) | set(re.findall(r"\bop\(\"([a-z_0-9]+)\"\)", text))
+    assert called, "found no op calls in model/: the patterns above are out of date"
+    assert called <= set(MODEL_OPS), f"ops the model calls but model.ops.MODEL_OPS does not list: {called - set(MODEL_OPS)}"
