@@ -86,9 +86,14 @@ __device__ __forceinline__ void mma_ab(float (&c)[NB][4], const T* a, const T* b
 }
 
 // mma_ab with KS even and two accumulator sets (even and odd k-steps) summed at the end: half the dependent mma
-// chain, for the state pass's W S and Q S where NB is small (few independent chains per warp).
+// chain, for the state pass's W S and Q S where NB is small (few independent chains per warp; from NB = 8 on
+// there are enough, and the extra set would cost 32 registers).
 template <typename T, int KS, int NB, int LDA, int LDB>
 __device__ __forceinline__ void mma_ab2(float (&c)[NB][4], const T* a, const T* b, int lane) {
+    if constexpr (NB >= 8) {
+        mma_ab<T, KS, NB, LDA, LDB>(c, a, b, lane);
+        return;
+    }
     float c2[NB][4];
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb)
@@ -406,9 +411,9 @@ struct StateLayout {
     static constexpr int BYTES = NS * STAGE_BYTES + (D * SU + 2 * BT * SU) * 2;
 };
 
-// 8 warps. Warp w owns rows 16w .. 16w+15 of S (dk) for the state update; in each chunk warps 0-3 compute
-// Vn = U - W S for token rows 16w .. (and publish Vn), warps 4-7 compute Q S for token rows 16(w-4) .. and then
-// the outputs (adding Aqk Vn).
+// 8 warps. In each chunk warps 0-3 compute Vn = U - W S for token rows 16w .. 16w+15 (and publish Vn), then
+// the state update of dk rows 32w .. 32w+31 (they hold S); warps 4-7 compute Q S for token rows 16(w-4) .. and
+// then the outputs (adding Aqk Vn).
 template <typename T, int BV, int NS>
 __global__ void __launch_bounds__(256) gdn_chunk_state(
     const T* __restrict__ q, const T* __restrict__ k, long long sq, long long sk, int Hk, int Hv,
@@ -459,29 +464,37 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
         }
     };
 
-    // S rows 16 warp + (gq, gq + 8), columns vb + nb*8 + 2 t4 (+1): the C fragments of K^T Vn
-    float S[NB][4];
-    const long long sbase = ((long long)s * Hv + h) * D * D + vb;
-    const int srow = warp * 16 + gq;
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-        for (int e = 0; e < 4; e += 2) {
-            float2 x = make_float2(0.f, 0.f);
-            if (h0) x = *reinterpret_cast<const float2*>(h0 + sbase + (long long)(srow + (e ? 8 : 0)) * D + nb * 8 + 2 * t4);
-            S[nb][e] = x.x;
-            S[nb][e + 1] = x.y;
-        }
-
+    // The Vn warps (0-3) hold S: warp w rows 32 w + 16 mt + (gq, gq + 8), columns vb + nb*8 + 2 t4 (+1), the C
+    // fragments of K^T Vn (the output warps have Aqk Vn and the stores in that phase instead).
     const bool vwarp = warp < 4;            // Vn warps (0-3) or output warps (4-7)
-    const int m0 = (warp & 3) * 16;         // their token rows
-    // S (rounded to T) into shared memory as the B operand [dk][dv] of W S and Q S
-    auto publish_state = [&]() {
+    float S[2][NB][4];
+    const long long sbase = ((long long)s * Hv + h) * D * D + vb;
+    const int srow = (warp & 3) * 32 + gq;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
         for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-            for (int e = 0; e < 4; e += 2)
-                store2(sS + (srow + (e ? 8 : 0)) * SU + nb * 8 + 2 * t4, S[nb][e], S[nb][e + 1]);
+            for (int e = 0; e < 4; e += 2) {
+                float2 x = make_float2(0.f, 0.f);
+                if (h0 && vwarp)
+                    x = *reinterpret_cast<const float2*>(h0 + sbase + (long long)(srow + mt * 16 + (e ? 8 : 0)) * D +
+                                                         nb * 8 + 2 * t4);
+                S[mt][nb][e] = x.x;
+                S[mt][nb][e + 1] = x.y;
+            }
+
+    const int m0 = (warp & 3) * 16;         // their token rows
+    // S (rounded to T) into shared memory as the B operand [dk][dv] of W S and Q S
+    auto publish_state = [&]() {
+        if (!vwarp) return;
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+            for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+                for (int e = 0; e < 4; e += 2)
+                    store2(sS + (srow + mt * 16 + (e ? 8 : 0)) * SU + nb * 8 + 2 * t4, S[mt][nb][e], S[mt][nb][e + 1]);
     };
     // Two barriers a chunk. (A), at the top: chunk c's inputs and the published S are visible, and every read of
     // the previous chunk (its stage, sVn, sVs) is done, so that stage is refilled right after. (B): Vn is
@@ -551,23 +564,29 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
                 }
             }
         }
-        {  // S = exp(G_L) S + K^T (scaled Vn), rows 16 warp .. +15 of dk
+        if (vwarp) {  // S = exp(G_L) S + K^T (scaled Vn), rows 32 w .. 32 w + 31 of dk
             const float dl = __expf(gl);
 #pragma unroll
-            for (int nb = 0; nb < NB; ++nb)
+            for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
-                for (int e = 0; e < 4; ++e) S[nb][e] *= dl;
-            mma_atb<T, 4, NB, SD, SU>(S, sK + warp * 16, sVs, lane);
+                for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) S[mt][nb][e] *= dl;
+                mma_atb<T, 4, NB, SD, SU>(S[mt], sK + (warp & 3) * 32 + mt * 16, sVs, lane);
+            }
         }
         publish_state();
     }
     cp_async_wait<0>();
+    if (!vwarp) return;
 #pragma unroll
-    for (int nb = 0; nb < NB; ++nb)
+    for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-        for (int e = 0; e < 4; e += 2)
-            *reinterpret_cast<float2*>(hT + sbase + (long long)(srow + (e ? 8 : 0)) * D + nb * 8 + 2 * t4) =
-                make_float2(S[nb][e], S[nb][e + 1]);
+        for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; e += 2)
+                *reinterpret_cast<float2*>(hT + sbase + (long long)(srow + mt * 16 + (e ? 8 : 0)) * D + nb * 8 + 2 * t4) =
+                    make_float2(S[mt][nb][e], S[mt][nb][e + 1]);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
