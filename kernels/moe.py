@@ -41,7 +41,7 @@ _WARPS, _PAIRS = 8, 2      # moe.cu WARPS, PAIRS
 _ROUTE_THREADS = 1024
 _SMEM = 47 * 1024          # dynamic shared memory of the down kernel's act rows (48 KB default, less its static)
 _XS_SMEM = 40 * 1024       # the gate/up kernel's x rows
-_NPL = (1, 2, 4, 8, 16)
+_NPL = (4, 16)             # logits per lane of the top-k warp: E <= 128, E <= 512 (fewer builds: faster compiles)
 
 
 def _vec(dtype) -> int:
@@ -72,14 +72,16 @@ def _router_expr(dtype, vec, tmax, npl):
     return f"moe::router_topk_kernel<{CTYPES[dtype]}, {vec}, {tmax}, {npl}>"
 
 
-_ROUTER_TMAX = (1, 8)      # tokens per pass of the fused router: batch 1, else 8 at a time
+_ROUTER_TMAX = 8           # tokens per pass of the fused router (fewer are predicated off)
 ROUTER_MAX_TOKENS = 64     # the fused router is for decode: one CTA per 8 experts reads every token's row
 
 
 def _dtype_exprs(dt) -> tuple[str, ...]:
     out = [_topk_expr(dt, n) for n in _NPL] + ["moe::route_kernel"]
-    out += [_router_expr(dt, v, t, n) for v in (_vec(dt), 1) for t in _ROUTER_TMAX for n in _NPL]
-    out += [_gate_up_expr(dt, v, r, m) for v in (_vec(dt), 1) for r in (False, True) for m in (1, 2, 8)]
+    out += [_router_expr(dt, v, _ROUTER_TMAX, n) for v in (_vec(dt), 1) for n in _NPL]
+    # decode: the 1-, 2- and 8-token builds; routed (more tokens, or forced): the 8-token build
+    out += [_gate_up_expr(dt, v, r, m) for v in (_vec(dt), 1) for r, m in ((False, 1), (False, 2), (False, 8),
+                                                                           (True, 8))]
     out += [_down_expr(dt, v) for v in (_vec(dt), 1)]
     if dt == torch.bfloat16:
         out += [f(dt, v) for f in (_gather_expr, _combine_expr) for v in (8, 1)]
@@ -159,8 +161,7 @@ def moe_router_topk(x: torch.Tensor, router_weight: torch.Tensor, k: int, *, out
     scratch = torch.empty(T * E + 1, dtype=torch.float32, device=x.device)
     ticket = torch.zeros(1, dtype=torch.int32, device=x.device)  # the last CTA resets it (graph replays)
     npl = next(n for n in _NPL if 32 * n >= E)
-    tmax = 1 if T == 1 else 8
-    _launch(device, x.dtype, _router_expr(x.dtype, vec, tmax, npl), (ceil_div(E, _WARPS), 1, 1), (_WARPS * 32, 1, 1),
+    _launch(device, x.dtype, _router_expr(x.dtype, vec, _ROUTER_TMAX, npl), (ceil_div(E, _WARPS), 1, 1), (_WARPS * 32, 1, 1),
             x.data_ptr(), router_weight.data_ptr(), i32(T), i32(H), i32(E), i32(k), scratch.data_ptr(),
             ticket.data_ptr(), w.data_ptr(), e.data_ptr())
     return w, e
@@ -332,7 +333,7 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     mt = next(m for m in (8, 4, 2, 1) if m <= max(1, fit))
     # batch 1: an expert holds one token unless the token names it twice (then chunks of one): the one-token build;
     # a few tokens: the two-token build (an expert with more tokens takes them in chunks of two)
-    mmax = 1 if T == 1 else 2 if T <= 16 else 8
+    mmax = 8 if routed else 1 if T == 1 else 2 if T <= 16 else 8
     mt = min(mt, mmax)
     target = 4 * _device.sm_count(device)  # CTAs to fill the card: two resident per SM, two waves
     if routed:
