@@ -26,7 +26,6 @@ import torch
 from reference._checks import check_cu_seqlens, check_divides, check_tensor
 from reference.deltanet import split_out_pair
 
-from .runtime import nvrtc
 from .runtime.checks import check_cuda, check_input
 from .runtime.dispatch import CTYPES, NvrtcSource, cbool
 from .runtime.nvrtc import f32, i32, i64
@@ -120,19 +119,8 @@ def pick_recurrent_bv(n: int, Hv: int, sms: int) -> int:
     return 16 if n * Hv * (D // 32) < 2 * sms else 32
 
 
-_SMEM_SET: set = set()
-
-
 def _launch(device: int, expr: str, grid, smem: int, *args, threads: int = 128) -> None:
-    k = SOURCE.kernel(expr, device)
-    if smem > 48 * 1024 and (device, expr) not in _SMEM_SET:
-        nvrtc.set_max_dynamic_shared_memory(k, smem)
-        _SMEM_SET.add((device, expr))
-    if device != torch.cuda.current_device():
-        with torch.cuda.device(device):
-            nvrtc.launch(k, grid, (threads, 1, 1), smem, *args)
-    else:
-        nvrtc.launch(k, grid, (threads, 1, 1), smem, *args)
+    SOURCE.launch(device, expr, grid, (threads, 1, 1), *args, shared_mem=smem)
 
 
 def _check_rows(name: str, t: torch.Tensor) -> None:
