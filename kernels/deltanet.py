@@ -26,6 +26,7 @@ import torch
 from reference._checks import check_cu_seqlens, check_divides, check_tensor
 from reference.deltanet import split_out_pair
 
+from .runtime import device as _device
 from .runtime.checks import check_cuda, check_input
 from .runtime.dispatch import CTYPES, NvrtcSource, cbool
 from .runtime.nvrtc import f32, i32, i64
@@ -88,16 +89,9 @@ def pick_state_stages(bv: int, smem_limit: int) -> int:
     return max(ns for ns in STATE_STAGES if ns == STATE_STAGES[0] or state_smem_bytes(bv, ns) <= smem_limit)
 
 
-_DEV: dict = {}
-
-
 def _device_info(device: int) -> tuple[int, int]:
-    """(SM count, opt-in shared memory per block) of a device, cached."""
-    info = _DEV.get(device)
-    if info is None:
-        p = torch.cuda.get_device_properties(device)
-        info = _DEV[device] = (p.multi_processor_count, int(getattr(p, "shared_memory_per_block_optin", 49152)))
-    return info
+    """(SM count, opt-in shared memory per block) of a device (kernels.runtime.device, cached there)."""
+    return _device.sm_count(device), _device.max_shared_memory(device)
 
 
 def pick_state_bv(n: int, Hv: int, sms: int, smem_limit: int) -> int:
