@@ -56,7 +56,7 @@ _RMS_VECS = {dt: (v[0], 1) for dt, v in _VECS.items()}
 # 1024-thread CTAs allow, so the widest fast rows are 1024 threads x 4 vectors (32768 bf16).
 _RMS_NPT = {True: (1, 2, 4), False: (1, 8)}
 _RMS_ROW_THREADS = 128   # threads per CTA when a row needs fewer (several rows per CTA)
-_RMS_FORCE_LOOP = False  # tests: force the any-width loop kernel
+_RMS_FEW_ROWS = 2048     # fewer rows (decode): one vector a thread, weights loaded with the row (see the kernel)
 
 
 def _rms_expr(dtype, vec: int, npt: int, mode: int) -> str:
@@ -175,18 +175,22 @@ def add_bias_layer_norm(x: torch.Tensor, bias: torch.Tensor | None, residual: to
 
 # ------------------------------------------------------------------------------------------ RMSNorm family
 @lru_cache(maxsize=None)
-def _rms_config(nvec: int, full: bool) -> tuple[int, int] | None:
+def _rms_config(nvec: int, full: bool, few_rows: bool = False) -> tuple[int, int] | None:
     """(threads per row, vectors per thread) for a row of `nvec` vectors; None: too wide, use the loop kernel.
 
     Up to 32 vectors: one vector a thread, a power-of-two group of lanes per row (several rows share a warp:
-    the DeltaNet dv=128 and head_dim 256 rows are 16 and 32 bf16 vectors). Up to 32 * max NPT: one warp per row
-    (no shared memory, no barrier; hidden 1024 bf16 is 32 x 4). Wider: the fewest idle lanes over the
-    instantiated NPT (ties: closest to 4 vectors a thread: enough loads in flight, few registers), e.g. hidden
-    2048 / 2560 / 4096 / 5120 bf16: 64 x 4, 160 x 2, 128 x 4, 160 x 4 (threads x vectors).
+    the DeltaNet dv=128 and head_dim 256 rows are 16 and 32 bf16 vectors). few_rows (decode sizes): one vector
+    a thread up to 1024 vectors, so each thread loads its weights with its row (on an H200, add_rms_norm
+    1 x 5120 bf16 took 3.2 us as 160 x 4, the weights read after the reduction). Otherwise up to 32 * max NPT:
+    one warp per row (no shared memory, no barrier; hidden 1024 bf16 is 32 x 4). Wider: the fewest idle lanes
+    over the instantiated NPT (ties: closest to 4 vectors a thread: enough loads in flight, few registers), e.g.
+    hidden 2048 / 2560 / 4096 / 5120 bf16: 64 x 4, 160 x 2, 128 x 4, 160 x 4 (threads x vectors).
     """
     npts = _RMS_NPT[full]
     if nvec <= 32:
         return 1 << max(0, (nvec - 1).bit_length()), 1
+    if few_rows and nvec <= _MAX_THREADS:
+        return ceil_div(nvec, 32) * 32, 1
     if nvec <= 32 * npts[-1]:
         return 32, next(n for n in npts if 32 * n >= nvec)
     best = None
@@ -209,7 +213,7 @@ def _rms_launch(op: str, device, x, other, weight, y, residual_out, eps: float, 
     mode = _RMS_MODES[op]
     args = (x.data_ptr(), _ptr(other), _ptr(weight), y.data_ptr(), _ptr(residual_out), i32(rows), i32(cols),
             i64(sx), i64(so), f32(eps), f32(w_offset))
-    cfg = None if _RMS_FORCE_LOOP else _rms_config(cols // vec, vec == vecs[0])
+    cfg = _rms_config(cols // vec, vec == vecs[0], rows < _RMS_FEW_ROWS)
     if cfg is None:
         SOURCE.launch(device, _rms_loop_expr(x.dtype, mode), (rows, 1, 1), (_MAX_THREADS, 1, 1), *args)
         return

@@ -84,14 +84,22 @@ def _rms_widths(dtype) -> list[int]:
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("op", RMS_OPS)
 def test_rms_every_launch_config(op, dtype):
+    """Each width at the decode-sized configurations (few rows) and, with the few-rows threshold at 0, at the
+    ones larger calls get."""
     import kernels.norms as N
 
     seen = set()
-    for d in _rms_widths(dtype):
-        vec = N._RMS_VECS[dtype][0] if d % N._RMS_VECS[dtype][0] == 0 else 1
-        seen.add((vec, N._rms_config(d // vec, vec != 1)))
-        for lead in ((1,), (13,), (5, 3)):
-            check_case(REGISTRY[op], "nvrtc", _rms_case(op, lead, d, dtype, seed=d), "cuda")
+    few = N._RMS_FEW_ROWS
+    try:
+        for threshold in (few, 0):
+            N._RMS_FEW_ROWS = threshold
+            for d in _rms_widths(dtype):
+                vec = N._RMS_VECS[dtype][0] if d % N._RMS_VECS[dtype][0] == 0 else 1
+                seen.add((vec, N._rms_config(d // vec, vec != 1, threshold > 0)))
+                for lead in ((1,), (13,), (5, 3)):
+                    check_case(REGISTRY[op], "nvrtc", _rms_case(op, lead, d, dtype, seed=d), "cuda")
+    finally:
+        N._RMS_FEW_ROWS = few
     tx_npt = {cfg for _, cfg in seen}
     assert {(32, 1), (32, 2), (32, 4)} <= tx_npt and any(t < 32 for t, _ in tx_npt)
     assert {n for t, n in tx_npt if t > 32} >= {1, 2, 4} and any(v == 1 and c[1] == 8 for v, c in seen)
@@ -104,11 +112,12 @@ def test_rms_loop_kernel(op, data):
     import kernels.norms as N
 
     case = data.draw(REGISTRY[op].hook("cases")(), label="case")
-    N._RMS_FORCE_LOOP = True
+    config = N._rms_config
+    N._rms_config = lambda *a: None
     try:
         check_case(REGISTRY[op], "nvrtc", case, "cuda")
     finally:
-        N._RMS_FORCE_LOOP = False
+        N._rms_config = config
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)

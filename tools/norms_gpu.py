@@ -83,12 +83,48 @@ def impls(op: str, args) -> dict:
     return fns
 
 
+def ab(dtype, t: int = 16384) -> None:
+    """Launch-configuration A/B at prefill size (graph-replayed, best of 2 passes): rms_norm / add_rms_norm at
+    hidden 1024 as (threads per row, vectors per thread) = the default, 64 x 2 and 128 x 1; the gates with 4 and
+    1 rows a thread."""
+    import kernels.activations as A
+    import kernels.norms as N
+
+    def timed(fn):
+        return min(graph_ms(fn), graph_ms(fn)) * 1e3
+
+    for op in ("rms_norm", "add_rms_norm"):
+        label, args, nbytes = cases(op, t, dtype)[0]
+        fn = REGISTRY[op].kernels["nvrtc"]
+        config = N._rms_config
+        for cfg in (None, (64, 2), (128, 1)):
+            if cfg is not None:
+                N._rms_config = lambda *a, cfg=cfg: cfg
+            try:
+                us = timed(lambda: fn(*args))
+            finally:
+                N._rms_config = config
+            print(f"ab {op:15s} {label:22s} {str(cfg or 'default'):10s} {us:8.2f} us {nbytes / us / 1e3:7.0f} GB/s")
+    for op in ("silu_mul", "sigmoid_gate"):
+        for label, args, nbytes in cases(op, t, dtype):
+            fn = REGISTRY[op].kernels["nvrtc"]
+            small = A._GATE_SMALL
+            for rows in (4, 1):
+                A._GATE_SMALL = small if rows == 4 else 1 << 62
+                try:
+                    us = timed(lambda: fn(*args))
+                finally:
+                    A._GATE_SMALL = small
+                print(f"ab {op:15s} {label:22s} rows={rows:<5d} {us:8.2f} us {nbytes / us / 1e3:7.0f} GB/s")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", default="1,8,64,16384")
     ap.add_argument("--ops", default=",".join(OPS))
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--out", default=os.environ.get("OUT"), help="results directory (default benchmarks/results)")
+    ap.add_argument("--ab", action="store_true", help="then the launch-configuration A/B at 16384 tokens")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device")
@@ -130,6 +166,8 @@ def main() -> int:
                          out_dir=Path(a.out) if a.out else None)
     print(f"goal misses: {len(misses)}" + "".join(f"\n  {m}" for m in misses))
     print(f"wrote {path}")
+    if a.ab:
+        ab(dtype)
     return 0
 
 

@@ -48,20 +48,23 @@ __global__ void __launch_bounds__(256) bias_gelu_kernel(const T* __restrict__ x,
 // half of q_proj's [T, H, 2 d] output. fp32 math, one rounding on store.
 enum GateOp { SILU_MUL = 0, SIGMOID_GATE = 1 };
 
+// The fast exp and divide (MUFU ex2 / rcp, a few ulp): IEEE expf and division cost ~30 instructions an element,
+// which made these kernels compute-bound (55 % of copy on an H200) and a decode call one warp's long serial chain.
+// 1 + exp(-v) past 2^126 (v < -87) gives a quotient of 0, where the exact value is below 1e-36.
 template <int OP>
 __device__ __forceinline__ float gate_op(float a, float b) {
-    if (OP == SILU_MUL) return a / (1.f + expf(-a)) * b;
-    return a / (1.f + expf(-b));
+    if (OP == SILU_MUL) return __fdividef(a, 1.f + __expf(-a)) * b;
+    return __fdividef(a, 1.f + __expf(-b));
 }
 
 // blockDim = (column vectors, row groups); each thread owns one column vector and ROWS rows of it per step (all
-// 2 * ROWS loads issued before any math), grid-striding over rows when gridDim.y hits its limit.
+// 2 * ROWS loads issued before any math), grid-striding over rows when gridDim.y hits its limit. ROWS = 4 for
+// large calls (loads in flight), 1 for small ones (decode: more threads, short per-thread chains).
 // cols, sa, sb multiples of VEC; pointers VEC-aligned.
-template <typename T, int VEC, int OP>
+template <typename T, int VEC, int OP, int ROWS>
 __global__ void __launch_bounds__(256) gate_kernel(const T* __restrict__ a, const T* __restrict__ b,
                                                    T* __restrict__ y, int rows, int cols, long long sa,
                                                    long long sb) {
-    constexpr int ROWS = 4;
     const int c = (blockIdx.x * blockDim.x + threadIdx.x) * VEC;
     if (c >= cols) return;
     for (int r0 = (blockIdx.y * blockDim.y + threadIdx.y) * ROWS; r0 < rows; r0 += gridDim.y * blockDim.y * ROWS) {
