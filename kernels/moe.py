@@ -256,9 +256,10 @@ def _check_mlp(x, gate_up, down, weights, experts, out):
     return T, H, E, I, k
 
 
-def _row_blocks(blocks: int, want: int) -> int:
-    """CTAs per unit along the rows: about `want`, at most `blocks`, each CTA walking the same number of blocks."""
-    per = ceil_div(blocks, max(1, min(blocks, want)))
+def _row_blocks(blocks: int, most: int) -> int:
+    """CTAs per unit along the rows: at most `most` (at least 1) and at most `blocks`, each CTA walking the same
+    number of row blocks (the last CTA possibly fewer)."""
+    per = ceil_div(blocks, max(1, min(blocks, most)))
     return ceil_div(blocks, per)
 
 
@@ -335,7 +336,11 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     # a few tokens: the two-token build (an expert with more tokens takes them in chunks of two)
     mmax = 8 if routed else 1 if T == 1 else 2 if T <= 16 else 8
     mt = min(mt, mmax)
-    target = 4 * _device.sm_count(device)  # CTAs to fill the card: two resident per SM, two waves
+    # one wave: as many CTAs per unit as fit the card at once (the 1- and 2-token builds and the down kernel: two
+    # per SM; the 8-token build: one), so no CTA waits for a second wave (at a few tokens, the tail of a second wave
+    # runs with too few loads in flight to keep the memory busy)
+    sms = _device.sm_count(device)
+    resident = (2 if mmax <= 2 else 1) * sms
     if routed:
         offsets, perm, _, active = moe_routing(experts, E, _dtype=x.dtype)
         units = min(n_slots, E)
@@ -350,7 +355,7 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     else:
         sh_ptrs = (0, 0, i32(0), i32(T), 0)
     gv = vec if H % vec == 0 and _aligned(x, gate_up, *(sh[:2] if has_sh else ())) else 1
-    gy = _row_blocks(ceil_div(max(I, S or 0), _WARPS * _PAIRS), ceil_div(target, units + has_sh))
+    gy = _row_blocks(ceil_div(max(I, S or 0), _WARPS * _PAIRS), resident // (units + has_sh))
     _launch(device, x.dtype, _gate_up_expr(x.dtype, gv, routed, mmax), (units + has_sh, gy, 1),
             (_WARPS * 32, 1, 1), x.data_ptr(), gate_up.data_ptr(), experts.data_ptr(), i32(n_slots), i32(k),
             i32(H), i32(I), i32(E), *ptrs, i32(mt), act.data_ptr(), *sh_ptrs, shared_mem=mt * H * x.element_size(),
@@ -358,7 +363,7 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     dv = vec if I % vec == 0 and (S or 0) % vec == 0 and _aligned(down, *(sh[2:3] if has_sh else ())) else 1
     dsh = (act_sh.data_ptr(), shared_down.data_ptr(), shared_expert_gate.data_ptr(), x.data_ptr(), i32(S)) \
         if has_sh else (0, 0, 0, 0, i32(0))
-    gy = _row_blocks(ceil_div(H, _WARPS), ceil_div(target, T))
+    gy = _row_blocks(ceil_div(H, _WARPS), (2 * sms) // T)
     _launch(device, x.dtype, _down_expr(x.dtype, dv), (T, gy, 1), (_WARPS * 32, 1, 1),
             act.data_ptr(), down.data_ptr(), weights.data_ptr(), experts.data_ptr(), i32(k), i32(H), i32(I),
             i32(E), y.data_ptr(), *dsh, shared_mem=(k * I + (S or 0)) * 4, pdl=PDL)
