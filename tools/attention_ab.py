@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import graph_ms  # noqa: E402  (20 calls in one CUDA graph, best of 3 replays)
+from kernels.runtime import device as dev  # noqa: E402
 
 
 def load_old(old_root: Path):
@@ -58,16 +59,22 @@ def _compile(job):
     compile_source(read_source(file), (name,), arch)
 
 
-def precompile(old, new, old_root: str, cases, arch: str) -> None:
-    """Every instantiation either tree launches for these cases, compiled in parallel processes."""
+def precompile(old, new, old_root: str, cases, arch: str, prefixes: tuple = ()) -> None:
+    """Every instantiation either tree launches for these cases (with prefixes: those tile shapes and the default
+    pick), compiled in parallel processes."""
     import multiprocessing as mp
 
+    bf16, hopper, sms = torch.bfloat16, dev.is_hopper(0), dev.sm_count(0)
     jobs = []
     for case in cases:
+        pick = new.pick_variant(case.d, case.causal, case.T, len(case.lengths), max(case.lengths), hopper, case.hq,
+                                sms if hopper else 132).name(bf16, case.d, case.causal)
         for tree, mod, default_file in (("old", old, "attention.cu"), ("new", new, None)):
             for var in mod.all_variants(case.d, torch.device("cuda")):
-                jobs.append((tree, old_root, default_file or var.file, var.name(torch.bfloat16, case.d, case.causal),
-                             var.arch or arch))
+                name = var.name(bf16, case.d, case.causal)
+                if prefixes and not var.label().startswith(prefixes) and name != pick:
+                    continue
+                jobs.append((tree, old_root, default_file or var.file, name, var.arch or arch))
     jobs = list(dict.fromkeys(jobs))
     t0 = time.time()
     with mp.get_context("spawn").Pool(min(len(jobs), os.cpu_count() or 1)) as pool:
@@ -91,11 +98,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tolerance", type=float, default=0.02)
     ap.add_argument("--cases", default="", help="comma-separated words; only cases whose tag has one")
+    ap.add_argument("--variants", default="", help="comma-separated label prefixes (e.g. ws): only those tile "
+                    "shapes beside the default pick")
     a = ap.parse_args()
 
     import importlib
-
-    from kernels.runtime import device as dev
 
     new = importlib.import_module("kernels.attention")  # the module (kernels.attention is also the function's name)
 
@@ -107,7 +114,8 @@ def main() -> int:
     records, worst, mismatches = [], 0.0, 0
     t_start = time.time()
     cases = [c for c in bench.CASES if not a.cases or any(w in c.tag for w in a.cases.split(","))]
-    precompile(old, new, a.old, cases, dev.arch(0))
+    prefixes = tuple(w for w in a.variants.split(",") if w)
+    precompile(old, new, a.old, cases, dev.arch(0), prefixes)
     for case in cases:
         q, k, v, cu = bench.make_inputs(case)
         m, scale = max(case.lengths), case.d ** -0.5
@@ -120,7 +128,7 @@ def main() -> int:
         old_vs = {v.label(): v for v in old.all_variants(case.d, q.device)}
         for nv in new.all_variants(case.d, q.device):
             ov = old_vs.get(nv.label())
-            if ov is None:
+            if ov is None or (prefixes and not nv.label().startswith(prefixes)):
                 continue
             pairs[nv.label()] = (
                 lambda ov=ov: old.run_variant(ov, q, k, v, cu, case.causal, scale, outs["old"], None),

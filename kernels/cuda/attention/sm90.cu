@@ -7,7 +7,7 @@
 //   of K_j and V_j into a STAGES-deep ring of shared-memory stages. Each copy completes a stage's "full" mbarrier by
 //   its byte count; before overwriting a stage the thread waits on its "empty" mbarrier. The other producer warps
 //   only give their registers away (setmaxnreg) and exit.
-// Consumers (ws_consume_tile; FA3's intra-warpgroup pipelining): per key tile j, issue S_j = Q K_j^T and
+// Consumers (ws_consumer; FA3's intra-warpgroup pipelining): per key tile j, issue S_j = Q K_j^T and
 //   O += P_{j-1} V_{j-1} as two asynchronous wgmma groups; wait for the first; release K_j; mask and exponentiate
 //   S_j while the tensor cores still run PV; wait for PV; release V_{j-1}; rescale O (only if a row max grew).
 //   O_{j-1} holds P_{j-1} V_{j-1} relative to the max m_{j-1} when it is rescaled by exp2(m_{j-1} - m_j).
@@ -147,124 +147,6 @@ __device__ __forceinline__ void ws_issue_pv(float (&of)[D / 2], const u32 (&pa)[
     }
 }
 
-// Consumer warpgroup, round r: O, m and l of its 64 rows of the query tile starting at q0 (key tiles t0 ..
-// t0 + n_kv - 1 of the ring). Key tiles it does not multiply (its rows lie past the segment, or causal tiles after
-// its last row) still pass through it: it waits for each and releases it, so that the empty barriers count the
-// releases of one tile at a time.
-template <typename T, int D, class S, int BN, int STAGES, bool CAUSAL>
-__device__ __forceinline__ void ws_consume_tile(float (&acc)[1][D / 8][4], float (&m_i)[1][2], float (&l_i)[1][2],
-                                                float (&s)[1][BN / 8][4], u32 (&pa)[BN / 16][1][4],
-                                                const WsSmem<S, STAGES>& sm, int r, int q0, int n_kv, int t0, int L,
-                                                int wg, int warp, int lane, float scale_log2) {
-    constexpr bool BF16 = IsBf16<T>::value;
-    constexpr int NB = S::NB, KB = S::KB, DB = S::DB;
-    const float NEG_INF = f32_neg_inf();
-    const int qb = r % S::QBUF;
-    const int g = lane >> 2, t4 = lane & 3;
-    const int wgrow0 = q0 + wg * 64;             // first row of this warpgroup, local to the segment
-    const int wrow0 = wgrow0 + (warp & 3) * 16;  // ... of this warp
-    // key tiles this warpgroup multiplies: all of them, none if its rows lie past the segment, and (causal) only
-    // those starting at or before its last row
-    int n_my = wgrow0 < L ? n_kv : 0;
-    if (CAUSAL && n_my > 0) n_my = min(n_kv, (wgrow0 + 63) / BN + 1);
-    const unsigned long long dq = make_desc_sw128(sm.sQ + qb * S::Q_BYTES + wg * 64 * 128, 16);
-    auto stage = [&](int j) { return (t0 + j) % STAGES; };
-    auto phase = [&](int j) { return (u32)(((t0 + j) / STAGES) & 1); };
-    auto dk_of = [&](int st) { return make_desc_sw128(sm.sK + st * S::KV_BYTES, 16); };
-    auto dv_of = [&](int st) { return make_desc_sw128(sm.sV + st * S::KV_BYTES, BN * 128); };
-    auto release = [&](u32 bar) {  // this warp is done reading a stage
-        if (lane == 0) mbar_arrive(bar);
-    };
-
-    float (&of)[D / 2] = reinterpret_cast<float (&)[D / 2]>(acc);
-    float (&sf)[BN / 2] = reinterpret_cast<float (&)[BN / 2]>(s);
-    m_i[0][0] = m_i[0][1] = NEG_INF;
-    l_i[0][0] = l_i[0][1] = 0.f;
-#pragma unroll
-    for (int db = 0; db < DB; ++db) acc[0][db][0] = acc[0][db][1] = acc[0][db][2] = acc[0][db][3] = 0.f;
-
-    if (n_my > 0) {
-        // S_0 = Q K_0^T, softmax (O is still zero, so its rescale is skipped)
-        mbar_wait(sm.q_full(qb), (r / S::QBUF) & 1);
-        mbar_wait(sm.k_full(stage(0)), phase(0));
-#pragma unroll
-        for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
-        wgmma_fence();
-        ws_issue_qk<BF16, S, BN>(sf, dq, dk_of(stage(0)));
-        wgmma_commit();
-        wgmma_wait<0>();
-#pragma unroll
-        for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
-        release(sm.k_empty(stage(0)));
-        mask_tile<1, NB, CAUSAL>(s, wrow0, 0, L, g, t4);
-        {
-            float alpha[1][2];
-            softmax_p<1, NB>(s, m_i, l_i, alpha, scale_log2);
-        }
-        for (int j = 1; j < n_my; ++j) {
-            const int sk = stage(j), sv = stage(j - 1);
-#pragma unroll
-            for (int kb2 = 0; kb2 < KB; ++kb2) pack_p<T, 1, NB>(pa[kb2], s, kb2);
-            mbar_wait(sm.k_full(sk), phase(j));
-            mbar_wait(sm.v_full(sv), phase(j - 1));
-#pragma unroll
-            for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
-#pragma unroll
-            for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
-            wgmma_fence();
-            ws_issue_qk<BF16, S, BN>(sf, dq, dk_of(sk));
-            wgmma_commit();
-            ws_issue_pv<BF16, D, BN, KB>(of, pa, dv_of(sv));
-            wgmma_commit();
-            wgmma_wait<1>();  // S_j is ready; PV_{j-1} may still run
-#pragma unroll
-            for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
-            release(sm.k_empty(sk));
-            mask_tile<1, NB, CAUSAL>(s, wrow0, j * BN, L, g, t4);
-            float alpha[1][2];
-            const bool grew = softmax_p<1, NB>(s, m_i, l_i, alpha, scale_log2);
-#pragma unroll
-            for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
-            // Wait for PV in both arms of a branch that depends on the softmax: ptxas hoists a wgmma wait to the
-            // top of its basic block, which here would put it before the exponentials and serialise them with PV
-            // (seen in the SASS: 0 MUFU.EX2 between the two waits with a single wait; 66 with this form).
-            if (grew) {
-                wgmma_wait<0>();
-#pragma unroll
-                for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
-                rescale_o<1, DB>(acc, alpha);
-            } else {
-                wgmma_wait<0>();
-#pragma unroll
-                for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
-            }
-            release(sm.v_empty(sv));
-        }
-        // O += P_{n-1} V_{n-1}
-        const int sv = stage(n_my - 1);
-#pragma unroll
-        for (int kb2 = 0; kb2 < KB; ++kb2) pack_p<T, 1, NB>(pa[kb2], s, kb2);
-        mbar_wait(sm.v_full(sv), phase(n_my - 1));
-#pragma unroll
-        for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
-        wgmma_fence();
-        ws_issue_pv<BF16, D, BN, KB>(of, pa, dv_of(sv));
-        wgmma_commit();
-        wgmma_wait<0>();
-#pragma unroll
-        for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
-        release(sm.v_empty(sv));
-    }
-    for (int j = n_my; j < n_kv; ++j) {
-        const int st = stage(j);
-        const u32 ph = phase(j);
-        mbar_wait(sm.k_full(st), ph);
-        release(sm.k_empty(st));
-        mbar_wait(sm.v_full(st), ph);
-        release(sm.v_empty(st));
-    }
-}
-
 // Consumer warpgroup's epilogue of one round: O / l and lse for its rows of the tile at q0. When all 64 rows lie
 // in the segment, O goes through this warpgroup's own rows of the Q buffer (free once its last QK is done) in the
 // same swizzled layout, and out with one TMA copy per region; a partial last tile keeps per-thread stores (a copy
@@ -310,6 +192,136 @@ __device__ __forceinline__ void ws_epilogue(const float (&acc)[1][D / 8][4], con
     }
     __syncwarp();
     if (lane == 0) mbar_arrive(sm.q_empty(qb));
+}
+
+// Consumer warpgroup: for each of the CTA's rounds, O, m and l of its 64 rows of the round's query tile (per key
+// tile j: S_j = Q K_j^T and O += P_{j-1} V_{j-1} as two asynchronous wgmma groups, the softmax of S_j while PV
+// runs), then the epilogue. Key tiles it does not multiply (its rows lie past the segment, or causal tiles after
+// its last row) still pass through it: it waits for each and releases it, so that the empty barriers count the
+// releases of one tile at a time.
+template <typename T, int D, class S, int BN, int STAGES, bool CAUSAL>
+__device__ __forceinline__ void ws_consumer(const WsSmem<S, STAGES>& sm, const WsWork& w, int Hq, T* __restrict__ o,
+                                            float* __restrict__ lse, const TmaDesc& tm_o, int wg, int warp, int lane,
+                                            float scale_log2) {
+    constexpr bool BF16 = IsBf16<T>::value;
+    constexpr int NB = S::NB, KB = S::KB, DB = S::DB;
+    const float NEG_INF = f32_neg_inf();
+    const int g = lane >> 2, t4 = lane & 3;
+    auto dk_of = [&](int st) { return make_desc_sw128(sm.sK + st * S::KV_BYTES, 16); };
+    auto dv_of = [&](int st) { return make_desc_sw128(sm.sV + st * S::KV_BYTES, BN * 128); };
+    auto release = [&](u32 bar) {  // this warp is done reading a stage
+        if (lane == 0) mbar_arrive(bar);
+    };
+    float m_i[1][2], l_i[1][2];
+    float acc[1][DB][4];
+    float (&of)[D / 2] = reinterpret_cast<float (&)[D / 2]>(acc);
+    float s[1][NB][4];
+    float (&sf)[BN / 2] = reinterpret_cast<float (&)[BN / 2]>(s);
+    u32 pa[KB][1][4];  // P of the previous key tile, packed: the A operand of PV, from registers
+
+    int t0 = 0;  // the ring's position at the round's first key tile (as in the producer)
+    for (int r = 0; r < w.rounds; ++r) {
+        const int qb = r % S::QBUF, q0 = (w.first + r) * S::BM;
+        const int n_kv = ws_n_kv<S::BM, BN, CAUSAL>(w.L, q0);
+        const int L = w.L;  // the segment's length
+        const int wgrow0 = q0 + wg * 64;             // first row of this warpgroup, local to the segment
+        const int wrow0 = wgrow0 + (warp & 3) * 16;  // ... of this warp
+        // key tiles this warpgroup multiplies: all of them, none if its rows lie past the segment, and (causal) only
+        // those starting at or before its last row
+        int n_my = wgrow0 < L ? n_kv : 0;
+        if (CAUSAL && n_my > 0) n_my = min(n_kv, (wgrow0 + 63) / BN + 1);
+        const unsigned long long dq = make_desc_sw128(sm.sQ + qb * S::Q_BYTES + wg * 64 * 128, 16);
+        auto stage = [&](int j) { return (t0 + j) % STAGES; };
+        auto phase = [&](int j) { return (u32)(((t0 + j) / STAGES) & 1); };
+
+        m_i[0][0] = m_i[0][1] = NEG_INF;
+        l_i[0][0] = l_i[0][1] = 0.f;
+#pragma unroll
+        for (int db = 0; db < DB; ++db) acc[0][db][0] = acc[0][db][1] = acc[0][db][2] = acc[0][db][3] = 0.f;
+
+        if (n_my > 0) {
+            // S_0 = Q K_0^T, softmax (O is still zero, so its rescale is skipped)
+            mbar_wait(sm.q_full(qb), (r / S::QBUF) & 1);
+            mbar_wait(sm.k_full(stage(0)), phase(0));
+#pragma unroll
+            for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+            wgmma_fence();
+            ws_issue_qk<BF16, S, BN>(sf, dq, dk_of(stage(0)));
+            wgmma_commit();
+            wgmma_wait<0>();
+#pragma unroll
+            for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+            release(sm.k_empty(stage(0)));
+            mask_tile<1, NB, CAUSAL>(s, wrow0, 0, L, g, t4);
+            {
+                float alpha[1][2];
+                softmax_p<1, NB>(s, m_i, l_i, alpha, scale_log2);
+            }
+            for (int j = 1; j < n_my; ++j) {
+                const int sk = stage(j), sv = stage(j - 1);
+#pragma unroll
+                for (int kb2 = 0; kb2 < KB; ++kb2) pack_p<T, 1, NB>(pa[kb2], s, kb2);
+                mbar_wait(sm.k_full(sk), phase(j));
+                mbar_wait(sm.v_full(sv), phase(j - 1));
+#pragma unroll
+                for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+#pragma unroll
+                for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
+                wgmma_fence();
+                ws_issue_qk<BF16, S, BN>(sf, dq, dk_of(sk));
+                wgmma_commit();
+                ws_issue_pv<BF16, D, BN, KB>(of, pa, dv_of(sv));
+                wgmma_commit();
+                wgmma_wait<1>();  // S_j is ready; PV_{j-1} may still run
+#pragma unroll
+                for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+                release(sm.k_empty(sk));
+                mask_tile<1, NB, CAUSAL>(s, wrow0, j * BN, L, g, t4);
+                float alpha[1][2];
+                const bool grew = softmax_p<1, NB>(s, m_i, l_i, alpha, scale_log2);
+#pragma unroll
+                for (int i = 0; i < BN / 2; ++i) reg_fence(sf[i]);
+                // Wait for PV in both arms of a branch that depends on the softmax: ptxas hoists a wgmma wait to the
+                // top of its basic block, which here would put it before the exponentials and serialise them with PV
+                // (seen in the SASS: 0 MUFU.EX2 between the two waits with a single wait; 66 with this form).
+                if (grew) {
+                    wgmma_wait<0>();
+#pragma unroll
+                    for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
+                    rescale_o<1, DB>(acc, alpha);
+                } else {
+                    wgmma_wait<0>();
+#pragma unroll
+                    for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
+                }
+                release(sm.v_empty(sv));
+            }
+            // O += P_{n-1} V_{n-1}
+            const int sv = stage(n_my - 1);
+#pragma unroll
+            for (int kb2 = 0; kb2 < KB; ++kb2) pack_p<T, 1, NB>(pa[kb2], s, kb2);
+            mbar_wait(sm.v_full(sv), phase(n_my - 1));
+#pragma unroll
+            for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
+            wgmma_fence();
+            ws_issue_pv<BF16, D, BN, KB>(of, pa, dv_of(sv));
+            wgmma_commit();
+            wgmma_wait<0>();
+#pragma unroll
+            for (int i = 0; i < D / 2; ++i) reg_fence(of[i]);
+            release(sm.v_empty(sv));
+        }
+        for (int j = n_my; j < n_kv; ++j) {  // the tiles it does not multiply: wait, release
+            const int st = stage(j);
+            const u32 ph = phase(j);
+            mbar_wait(sm.k_full(st), ph);
+            release(sm.k_empty(st));
+            mbar_wait(sm.v_full(st), ph);
+            release(sm.v_empty(st));
+        }
+        ws_epilogue<T, D, S, STAGES>(acc, m_i, l_i, sm, r, q0, w, Hq, o, lse, tm_o, wg, warp, lane);
+        t0 += n_kv;
+    }
 }
 
 template <typename T, int D, int NCWG, int BN, int STAGES, bool CAUSAL>
@@ -369,19 +381,7 @@ attn_fwd_ws(T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ 
     }
 
     regs_inc<S::CONSUMER_REGS>();
-    float m_i[1][2], l_i[1][2];
-    float acc[1][S::DB][4];
-    float s[1][S::NB][4];
-    u32 pa[S::KB][1][4];  // P of the previous key tile, packed: the A operand of PV, from registers
-    int t0 = 0;  // the ring's position at the round's first key tile (as in the producer)
-    for (int r = 0; r < w.rounds; ++r) {
-        const int q0 = (w.first + r) * BM;
-        const int n_kv = ws_n_kv<BM, BN, CAUSAL>(w.L, q0);
-        ws_consume_tile<T, D, S, BN, STAGES, CAUSAL>(acc, m_i, l_i, s, pa, sm, r, q0, n_kv, t0, w.L, wg, warp, lane,
-                                                      scale_log2);
-        ws_epilogue<T, D, S, STAGES>(acc, m_i, l_i, sm, r, q0, w, Hq, o, lse, tm_o, wg, warp, lane);
-        t0 += n_kv;
-    }
+    ws_consumer<T, D, S, BN, STAGES, CAUSAL>(sm, w, Hq, o, lse, tm_o, wg, warp, lane, scale_log2);
 #endif
 }
 
