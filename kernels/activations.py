@@ -21,7 +21,7 @@ _ROWS_PER_THREAD = 4  # ROWS in the kernel
 
 
 def _expr(dtype, vec: int, tanh: bool) -> str:
-    return f"bias_gelu_kernel<{CTYPES[dtype]}, {vec}, {cbool(tanh)}>"
+    return f"activations::bias_gelu_kernel<{CTYPES[dtype]}, {vec}, {cbool(tanh)}>"
 
 
 # gate_kernel<T, VEC, OP>: OP numbers match GateOp in activations.cu. 16-byte vectors or scalars (odd widths,
@@ -36,7 +36,7 @@ _GATE_SMALL = 132 * 2048 * 4
 
 
 def _gate_expr(dtype, vec: int, op: int, rows: int) -> str:
-    return f"gate_kernel<{CTYPES[dtype]}, {vec}, {op}, {rows}>"
+    return f"activations::gate_kernel<{CTYPES[dtype]}, {vec}, {op}, {rows}>"
 
 
 SOURCE = NvrtcSource("activations.cu", tuple(

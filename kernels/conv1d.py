@@ -36,7 +36,7 @@ def _expr(dtype, vec: int, chunk: int = _CHUNK, unroll: int = _UNROLL, use_async
     """The instantiation; cp.async loads by default wherever a thread moves 16-byte vectors."""
     if use_async is None:
         use_async = vec * dtype.itemsize == 16
-    return f"causal_conv1d_kernel<{CTYPES[dtype]}, {vec}, {chunk}, {unroll}, {cbool(use_async)}>"
+    return f"conv1d::causal_conv1d_kernel<{CTYPES[dtype]}, {vec}, {chunk}, {unroll}, {cbool(use_async)}>"
 
 
 SOURCE = NvrtcSource("conv1d.cu", tuple(_expr(dt, v) for dt, vs in _VECS.items() for v in vs)

@@ -49,15 +49,15 @@ PDL_ERROR: str | None = None  # why the combine kernel's programmatic launch fai
 
 
 def _split_expr(dtype, d: int, stages: int) -> str:
-    return f"decode_attention_split<{CTYPES[dtype]}, {d}, {stages}>"
+    return f"decode_attention::decode_attention_split<{CTYPES[dtype]}, {d}, {stages}>"
 
 
 def _combine_expr(dtype, d: int) -> str:
-    return f"decode_attention_combine<{CTYPES[dtype]}, {d}>"
+    return f"decode_attention::decode_attention_combine<{CTYPES[dtype]}, {d}>"
 
 
 def _append_expr(dtype, vec: int) -> str:
-    return f"kv_cache_append_kernel<{CTYPES[dtype]}, {vec}>"
+    return f"decode_attention::kv_cache_append_kernel<{CTYPES[dtype]}, {vec}>"
 
 
 # int32 / int64 lengths and cu_seqlens are told apart by a flag argument, not by instantiation (fewer to compile)

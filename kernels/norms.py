@@ -35,15 +35,15 @@ _ROWS = (1, 2)       # CTA kernel: rows per thread group (R)
 
 
 def _warp_expr(dtype, vec: int, npt: int, add: bool) -> str:
-    return f"layer_norm_warp_kernel<{CTYPES[dtype]}, {vec}, {npt}, {cbool(add)}>"
+    return f"norms::layer_norm_warp_kernel<{CTYPES[dtype]}, {vec}, {npt}, {cbool(add)}>"
 
 
 def _reg_expr(dtype, vec: int, r: int, add: bool) -> str:
-    return f"layer_norm_kernel<{CTYPES[dtype]}, {vec}, {r}, {cbool(add)}>"
+    return f"norms::layer_norm_kernel<{CTYPES[dtype]}, {vec}, {r}, {cbool(add)}>"
 
 
 def _loop_expr(dtype, add: bool) -> str:
-    return f"layer_norm_loop_kernel<{CTYPES[dtype]}, {cbool(add)}>"
+    return f"norms::layer_norm_loop_kernel<{CTYPES[dtype]}, {cbool(add)}>"
 
 
 # RMSNorm family (rms_norm_kernel<T, VEC, NPT, MODE>): blockDim.x threads per row, NPT vectors a thread in
@@ -60,11 +60,11 @@ _RMS_FEW_ROWS = 2048     # fewer rows (decode): one vector a thread, weights loa
 
 
 def _rms_expr(dtype, vec: int, npt: int, mode: int) -> str:
-    return f"rms_norm_kernel<{CTYPES[dtype]}, {vec}, {npt}, {mode}>"
+    return f"norms::rms_norm_kernel<{CTYPES[dtype]}, {vec}, {npt}, {mode}>"
 
 
 def _rms_loop_expr(dtype, mode: int) -> str:
-    return f"rms_norm_loop_kernel<{CTYPES[dtype]}, {mode}>"
+    return f"norms::rms_norm_loop_kernel<{CTYPES[dtype]}, {mode}>"
 
 
 _RMS_EXPRS = ([_rms_expr(dt, v, n, m) for dt, vecs in _RMS_VECS.items() for v in vecs

@@ -28,7 +28,7 @@ _ROWS_PER_THREAD = 4  # ROWS in the kernel
 
 
 def _expr(dtype, vp: int, vv: int, has_bias: bool) -> str:
-    return f"qkv_bias_rope_kernel<{CTYPES[dtype]}, {vp}, {vv}, {cbool(has_bias)}>"
+    return f"rope::qkv_bias_rope_kernel<{CTYPES[dtype]}, {vp}, {vv}, {cbool(has_bias)}>"
 
 
 _VISION_EXPRS = tuple(_expr(dt, vp, vv, b) for dt, vs in _VARIANTS.items() for vp, vv in vs for b in (True, False))
@@ -96,7 +96,7 @@ def _qk_variants(dtype) -> tuple[tuple[int, int], ...]:
 
 
 def _qk_expr(dtype, vec: int, nv: int, ipw: int = 4) -> str:
-    return f"qk_norm_rope_kernel<{CTYPES[dtype]}, {vec}, {nv}, {ipw}>"
+    return f"rope::qk_norm_rope_kernel<{CTYPES[dtype]}, {vec}, {nv}, {ipw}>"
 
 
 QK_TRIALS = (1, 2, 8)  # other heads-per-warp builds of the 16-bit d <= 256 variant, for timing trials
@@ -104,7 +104,7 @@ QK_TRIALS = (1, 2, 8)  # other heads-per-warp builds of the 16-bit d <= 256 vari
 
 SOURCE = NvrtcSource("rope.cu", _VISION_EXPRS + tuple(_qk_expr(dt, v, n) for dt in _MAX_VEC for v, n in _qk_variants(dt))
                       + tuple(_qk_expr(dt, 8, 1, i) for dt in (torch.float16, torch.bfloat16) for i in QK_TRIALS)
-                      + ("mrope_cos_sin_kernel",))
+                      + ("rope::mrope_cos_sin_kernel",))
 
 
 def _pick_qk(dtype, d: int, *tensors) -> tuple[int, int]:
@@ -273,7 +273,7 @@ def mrope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float, sectio
     device = check_cuda(positions=positions, cos=cos, sin=sin)
     inv = _inv_freq(rotary_dim, theta, device)
     if n:
-        SOURCE.launch(device, "mrope_cos_sin_kernel", (ceil_div(n * r, 256), 1, 1), (256, 1, 1),
+        SOURCE.launch(device, "rope::mrope_cos_sin_kernel", (ceil_div(n * r, 256), 1, 1), (256, 1, 1),
                       positions.data_ptr(), i32(positions.dtype == torch.int64), i64(positions.stride(0)),
                       i64(positions.stride(1)), inv.data_ptr(), i32(n), i32(r), i32(s_t), i32(s_h), i32(s_w),
                       i32(bool(interleaved)), cos.data_ptr(), sin.data_ptr())

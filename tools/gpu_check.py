@@ -225,7 +225,7 @@ def bench(ops, with_compile: bool) -> tuple[list[dict], dict]:
     x, w, b, eps = case
     y = torch.empty_like(x)
     src = SOURCES["norms.cu"]
-    k = src.kernel("layer_norm_warp_kernel<__nv_bfloat16, 8, 5, false>")
+    k = src.kernel("norms::layer_norm_warp_kernel<__nv_bfloat16, 8, 5, false>")
     raw = (x.data_ptr(), 0, 0, w.data_ptr(), b.data_ptr(), y.data_ptr(), 0, nvrtc.i32(1), nvrtc.i32(1152), nvrtc.f32(eps))
     for name, fn in (("torch F.layer_norm", lambda: torch.nn.functional.layer_norm(x, (1152,), w, b, eps)),
                      ("kernels.layer_norm", lambda: kernels.layer_norm(x, w, b, eps)),

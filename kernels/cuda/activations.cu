@@ -1,7 +1,11 @@
 // y = gelu(x + bias) over x[rows, cols] with bias[cols] (or null); fp32 math, one rounding on store.
 //   TANH=true:  0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3)))   (gelu_pytorch_tanh; exact tanhf)
 //   TANH=false: 0.5 v (1 + erf(v / sqrt(2)))                       (exact GELU)
-#include "common.cuh"
+#include "include/convert.cuh"
+#include "include/reduce.cuh"
+
+namespace activations {
+using namespace qkern;
 
 template <bool TANH>
 __device__ __forceinline__ float gelu(float v) {
@@ -87,3 +91,5 @@ __global__ void __launch_bounds__(256) gate_kernel(const T* __restrict__ a, cons
         }
     }
 }
+
+}  // namespace activations

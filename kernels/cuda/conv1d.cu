@@ -15,26 +15,15 @@
 #include "include/convert.cuh"
 #include "include/cp_async.cuh"
 
+namespace conv1d {
+using namespace qkern;
+
 using qkern::from_f;
 using qkern::to_f;
 using qkern::Vec;
 
 constexpr int CONV_K = 4;
 
-template <typename T, int N>
-__device__ __forceinline__ void load_vec(const T* __restrict__ p, float (&out)[N]) {
-    const Vec<T, N> t = *reinterpret_cast<const Vec<T, N>*>(p);
-#pragma unroll
-    for (int i = 0; i < N; ++i) out[i] = to_f(t.v[i]);
-}
-
-template <typename T, int N>
-__device__ __forceinline__ void store_vec(T* __restrict__ p, const float (&in)[N]) {
-    Vec<T, N> t;
-#pragma unroll
-    for (int i = 0; i < N; ++i) t.v[i] = from_f<T>(in[i]);
-    *reinterpret_cast<Vec<T, N>*>(p) = t;
-}
 
 // SiLU with the fast exp and divide: two MUFU ops per element keep the kernel memory-bound (the IEEE divide
 // would not); relative error ~1e-6, far inside the fp32 tolerance. a -> -inf gives -0.
@@ -69,7 +58,7 @@ __global__ void __launch_bounds__(128, 4) causal_conv1d_kernel(
 #pragma unroll
         for (int j = 0; j < CONV_K; ++j) {
             float part[VEC];
-            load_vec<T, VEC>(w + (long long)c0 * CONV_K + j * VEC, part);
+            load_f<T, VEC>(w + (long long)c0 * CONV_K + j * VEC, part);
 #pragma unroll
             for (int e = 0; e < VEC; ++e) raw[j * VEC + e] = part[e];
         }
@@ -102,7 +91,7 @@ __global__ void __launch_bounds__(128, 4) causal_conv1d_kernel(
 #pragma unroll
                 for (int m = 0; m < KM; ++m) {
                     float part[VEC];
-                    load_vec<T, VEC>(state + ((long long)s * C + c0) * KM + m * VEC, part);
+                    load_f<T, VEC>(state + ((long long)s * C + c0) * KM + m * VEC, part);
 #pragma unroll
                     for (int e = 0; e < VEC; ++e) raw[m * VEC + e] = part[e];
                 }
@@ -130,7 +119,7 @@ __global__ void __launch_bounds__(128, 4) causal_conv1d_kernel(
                     for (int e = 0; e < VEC; ++e) win[m][e] = to_f(tile[KM - 1 - m][threadIdx.x].v[e]);
             } else {
 #pragma unroll
-                for (int m = 0; m < KM; ++m) load_vec<T, VEC>(x + (start + p0 - 1 - m) * x_stride + c0, win[m]);
+                for (int m = 0; m < KM; ++m) load_f<T, VEC>(x + (start + p0 - 1 - m) * x_stride + c0, win[m]);
             }
         }
 
@@ -158,7 +147,7 @@ __global__ void __launch_bounds__(128, 4) causal_conv1d_kernel(
                         for (int m = 0; m < KM; ++m) a += wt[CONV_K - 2 - m][e] * win[m][e];
                         out[e] = silu_f(a);
                     }
-                    store_vec<T, VEC>(yp + (long long)(p - p0 + u) * C, out);
+                    store_f<T, VEC>(yp + (long long)(p - p0 + u) * C, out);
 #pragma unroll
                     for (int e = 0; e < VEC; ++e) {
 #pragma unroll
@@ -179,7 +168,7 @@ __global__ void __launch_bounds__(128, 4) causal_conv1d_kernel(
                     for (int e = 0; e < VEC; ++e) fin[m][e] = win[m][e];
             } else {
 #pragma unroll
-                for (int m = 0; m < KM; ++m) load_vec<T, VEC>(x + (start + L - 1 - m) * x_stride + c0, fin[m]);
+                for (int m = 0; m < KM; ++m) load_f<T, VEC>(x + (start + L - 1 - m) * x_stride + c0, fin[m]);
             }
             float raw[VEC * KM];
 #pragma unroll
@@ -191,8 +180,10 @@ __global__ void __launch_bounds__(128, 4) causal_conv1d_kernel(
                 float part[VEC];
 #pragma unroll
                 for (int e = 0; e < VEC; ++e) part[e] = raw[m * VEC + e];
-                store_vec<T, VEC>(state_out + ((long long)s * C + c0) * KM + m * VEC, part);
+                store_f<T, VEC>(state_out + ((long long)s * C + c0) * KM + m * VEC, part);
             }
         }
     }
 }
+
+}  // namespace conv1d

@@ -19,6 +19,9 @@
 #include "include/ptx.cuh"
 #include "include/reduce.cuh"
 
+namespace decode_attention {
+using namespace qkern;
+
 using namespace qkern;
 
 namespace decode {
@@ -428,3 +431,5 @@ __global__ void __launch_bounds__(256) kv_cache_append_kernel(
         *reinterpret_cast<Vec<T, VEC>*>(dst) = *reinterpret_cast<const Vec<T, VEC>*>(src);
     }
 }
+
+}  // namespace decode_attention

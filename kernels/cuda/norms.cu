@@ -3,7 +3,11 @@
 //   ADD=true:  residual_out = round_T(residual + x + bias);  y = LN(residual_out) * w + b
 // Any of bias, w, b may be null (no bias / scale 1 / shift 0).
 // Statistics in fp32 on the values as stored (so y matches LN of the residual_out tensor), biased variance.
-#include "common.cuh"
+#include "include/convert.cuh"
+#include "include/reduce.cuh"
+
+namespace norms {
+using namespace qkern;
 
 // One row group per blockDim.x threads (a multiple of 32, at most 1024), blockDim.y groups per CTA; a group
 // serves R consecutive rows and each thread keeps one vector of VEC elements of each in registers. So x (and
@@ -348,3 +352,5 @@ __global__ void __launch_bounds__(1024) rms_norm_loop_kernel(
         y[off + c] = from_f<T>(o);
     }
 }
+
+}  // namespace norms

@@ -3,7 +3,11 @@
 //   q = rope(q_in + bq), k = rope(k_in + bk), v = v_in + bv, with NeoX rotate-half over the whole head:
 //   out[j] = a cos[j] - b sin[j],  out[j + hd/2] = b cos[j] + a sin[j],  (a, b) = (x[j], x[j + hd/2]), j < hd/2,
 //   cos/sin fp32 [rows, hd/2]. fp32 math, one rounding on store.
-#include "common.cuh"
+#include "include/convert.cuh"
+#include "include/reduce.cuh"
+
+namespace rope {
+using namespace qkern;
 
 // Work items of one row: P "pair" items for q then P for k (VP elements of a and the matching VP of b), then
 // Q "copy" items for v (VV elements). grid.x covers the items (a warp stays on one kind except at the borders);
@@ -288,3 +292,5 @@ __global__ void __launch_bounds__(256) mrope_cos_sin_kernel(
     cos[i] = c;
     sin[i] = s;
 }
+
+}  // namespace rope
