@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
 
-from . import Bad, Case, act, dtypes, real_widths, rows, seeds, shifts, vec, widths
+from . import Bad, Case, act, dtypes, per_size, real_widths, rows, seeds, shifts, vec, widths
 
 MLP_WIDTHS = (3072, 4096, 4304)       # I of the 0.8B / 4B / 9B+ towers
 
@@ -38,14 +38,8 @@ def bias_gelu_example(dtype=torch.bfloat16) -> Case:
 
 def bias_gelu_real(dtype=torch.bfloat16, tokens: int = 4096) -> list[Case]:
     """The blocks' fc1 epilogue (tanh) at each tower's MLP width; the merger's (exact GELU) at 4 x hidden."""
-    out = []
-    for size, (i, d) in real_widths("vit_mlp", "vit_hidden"):
-        for width, approx, where in ((i, "tanh", "mlp"), (4 * d, "none", "merger")):
-            c = build_bias_gelu(tokens if where == "mlp" else tokens // 4, width, dtype, seed=width,
-                                approximate=approx)
-            c.label = f"{size}-{where}-{c.label}"
-            out.append(c)
-    return out
+    return (per_size(("vit_mlp",), lambda i: build_bias_gelu(tokens, i, dtype, seed=i))
+            + per_size(("vit_hidden",), lambda d: build_bias_gelu(tokens // 4, 4 * d, dtype, seed=d, approximate="none")))
 
 
 def bias_gelu_bad(device) -> list[Bad]:
