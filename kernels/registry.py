@@ -210,11 +210,10 @@ class OpSpec:
         a one-line reason why not."""
         if self.kernel is None:
             return "no kernel yet"
-        if self.covers is not None:
-            return self.covers(config, dtype)
+        # the dtype rule holds whether or not the op also has shape rules (`covers`)
         if dtype is not None and self.dtypes and self.dtypes != (torch.float32,) and dtype not in self.dtypes:
             return f"the kernel takes {', '.join(str(d) for d in self.dtypes)}, not {dtype}"
-        return None
+        return None if self.covers is None else self.covers(config, dtype)
 
 
 def _spec(name: str, dtypes=FLOAT_DTYPES, tol=None, exact=False, cases=None, **kw) -> OpSpec:

@@ -75,6 +75,14 @@ def test_dtype_the_kernels_do_not_take_falls_back():
     assert why["layer_norm"].startswith("reference: ") and "float64" in why["layer_norm"]
 
 
+def test_dtype_rule_holds_for_ops_with_shape_rules_too():
+    """decode_attention has shape rules (covers) and takes bf16/fp16 only: an fp32 checkpoint runs it on the
+    reference (its kernel raised inside decode before the dtype rule applied to ops with covers)."""
+    cfg = ModelConfig.from_dict(tiny_config())
+    why = placement("kernels", cfg, torch.float32, why=True)
+    assert why["decode_attention"].startswith("reference: ") and "float32" in why["decode_attention"]
+
+
 def test_model_placement_and_strict():
     cfg = odd_config()
     w = weights(cfg)

@@ -33,6 +33,26 @@ from benchmarks.common import graph_ms  # noqa: E402  (20 calls in one CUDA grap
 from kernels.runtime import device as dev  # noqa: E402
 
 
+def _with_modules(fn, modules: dict):
+    """fn run with sys.modules[name] = module for each entry (restored afterwards); a no-op when already wrapped."""
+    if getattr(fn, "_ab_wrapped", False):
+        return fn
+
+    def run(*args, **kw):
+        saved = {n: sys.modules.get(n) for n in modules}
+        sys.modules.update(modules)
+        try:
+            return fn(*args, **kw)
+        finally:
+            for n, m in saved.items():
+                if m is None:
+                    sys.modules.pop(n, None)
+                else:
+                    sys.modules[n] = m
+    run._ab_wrapped = True
+    return run
+
+
 def load_old(old_root: Path):
     """The old tree's kernels.attention (as ab_old_kernels.attention) and benchmarks/bench_attention module."""
     pkg = types.ModuleType("ab_old_kernels")  # the package without its __init__ (which imports every family)
@@ -41,6 +61,10 @@ def load_old(old_root: Path):
     import importlib
 
     attn = importlib.import_module("ab_old_kernels.attention")
+    # the old wrappers import `kernels.runtime.nvrtc` / `.tma` inside their functions: hand them the old tree's
+    old_rt = {f"kernels.runtime.{m}": importlib.import_module(f"ab_old_kernels.runtime.{m}") for m in ("nvrtc", "tma")}
+    for fn in ("attention", "run_variant"):
+        setattr(attn, fn, _with_modules(getattr(attn, fn), old_rt))
     spec = importlib.util.spec_from_file_location("ab_old_bench_attention", old_root / "benchmarks" / "bench_attention.py")
     bench = importlib.util.module_from_spec(spec)
     sys.modules["ab_old_bench_attention"] = bench  # dataclasses look their module up
