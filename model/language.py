@@ -307,7 +307,7 @@ class LanguageModel:
                 if e > s:
                     n0 = p.start[b]
                     o[s:e] = _attend_after_prefix(q[s:e], cache.k[i][b, : n0 + e - s], cache.v[i][b, : n0 + e - s])
-        o = ops.sigmoid_gate(o, gate)
+        o = ops.sigmoid_gate(o.contiguous(), gate)  # a no-op for the kernels' o; the reference's may be a view
         return F.linear(o.reshape(T, Hq * d), w[pre + "o_proj.weight"])
 
     def _deltanet(self, i, x, p: _Pass):

@@ -119,7 +119,9 @@ def test_greedy_tokens_match_reference_fp32():
     assert torch.equal(got, ref), f"\nours {got[:, ids.shape[1]:].tolist()}\nref  {ref[:, ids.shape[1]:].tolist()}"
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+# bf16 only: the decode-attention kernel takes bf16/fp16, so an fp32 model decodes eagerly (its reference twin
+# reads lengths on the host); test_greedy_tokens_match_reference_fp32 covers fp32 through that path
+@pytest.mark.parametrize("dtype", [torch.bfloat16], ids=["bf16"])
 def test_graph_decode_equals_eager(dtype):
     _, ids, mask = rows_batch((37, 12, 64, 5))  # a full bucket: both paths run the same shapes
     eager = model_for("kernels", dtype, graphs=False).generate_ids(ids, attention_mask=mask, max_new_tokens=20,
@@ -150,7 +152,7 @@ def test_chunked_long_prompt_equals_one_pass():
 
 def test_seeded_sampling_repeatable():
     _, ids, mask = rows_batch()
-    m = model_for("kernels")
+    m = model_for("kernels", torch.bfloat16)  # bf16: the graph path (see test_graph_decode_equals_eager)
     kw = dict(attention_mask=mask, max_new_tokens=12, do_sample=True, temperature=1.2, top_p=0.9, top_k=50,
               eos_token_ids=[])
     a = m.generate_ids(ids, **kw, seed=3)
