@@ -1,4 +1,5 @@
-"""GEMM-shaped ops go to cuBLAS through torch, in the model dtype, with the bias in the GEMM's epilogue.
+"""GEMM-shaped ops go to cuBLAS through torch, in the model dtype, with the bias in the GEMM's epilogue; the
+decode step's skinny products (a few rows against a weight read once) go to kernels/cuda/gemm.cu.
 
 patch_embed is a Conv3d whose stride equals its kernel: exactly a GEMM on the flattened weight. cuDNN's conv3d
 picks pathological algorithms for this shape, so the kernels never call it.
@@ -10,8 +11,16 @@ import torch
 import torch.nn.functional as F
 
 from .runtime.checks import check_cuda, check_input, check_same_dtype
+from .runtime.dispatch import CTYPES, NvrtcSource, ceil_div
+from .runtime.nvrtc import i32, i64
 
-__all__ = ["patch_embed"]
+__all__ = ["patch_embed", "skinny_linear", "skinny_ok"]
+
+SKINNY_MAX_ROWS = 8  # the mma's N: x rows per launch
+_SKINNY_ROWS, _SKINNY_THREADS = 16, 256  # output features per CTA, threads per CTA (gemm.cu's ROWS, WARPS * 32)
+_SKINNY_DTYPES = (torch.bfloat16, torch.float16)
+SOURCE = NvrtcSource("gemm.cu", tuple(f"gemm::skinny_gemm<{CTYPES[dt]}, {s}>" for dt in _SKINNY_DTYPES
+                                      for s in ("false", "true")))
 
 
 def patch_embed(pixel_values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -27,3 +36,43 @@ def patch_embed(pixel_values: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     check_same_dtype(pixel_values.dtype, weight=weight, bias=bias)
     check_cuda(pixel_values=pixel_values, weight=weight, bias=bias)
     return F.linear(pixel_values, weight.reshape(d, -1), bias)
+
+
+def skinny_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether skinny_linear takes these operands (else use F.linear): CUDA, bf16/fp16, x [M <= 8, K] with unit
+    column stride, weight [N, K] contiguous, K % 32 == 0, 16-byte aligned rows. Reads nothing on the device."""
+    return (x.is_cuda and x.dim() == 2 and x.dtype in _SKINNY_DTYPES and weight.dtype == x.dtype
+            and 1 <= x.shape[0] <= SKINNY_MAX_ROWS and weight.dim() == 2 and x.shape[1] == weight.shape[1]
+            and x.shape[1] % 32 == 0 and x.stride(1) == 1 and x.stride(0) % 8 == 0 and weight.is_contiguous()
+            and x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0)
+
+
+def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = False,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T for a few rows (decode): x [M, K] (1 <= M <= 8; a row-strided view is fine), weight [N, K]
+    -> [M, N] in x.dtype (fp32 accumulation, one rounding). silu_mul: weight is the fused [gate; up] [2I, K] and
+    the result silu(x gate.T) * (x up.T) [M, I] (each product rounded first, as F.linear then silu_mul_fused).
+    No host read (graph-capturable)."""
+    if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
+        raise TypeError("x and weight must be tensors")
+    if not skinny_ok(x, weight):
+        raise ValueError(f"skinny_linear takes CUDA bf16/fp16 x [M <= {SKINNY_MAX_ROWS}, K] (unit column stride, row "
+                         f"stride a multiple of 8) and a contiguous weight [N, K] of x's dtype with K % 32 == 0, "
+                         f"16-byte aligned; got x {tuple(x.shape)} {x.dtype} strides {x.stride()}, weight "
+                         f"{tuple(weight.shape)} {weight.dtype}; use F.linear")
+    m, n = x.shape[0], weight.shape[0]
+    if silu_mul:
+        if n % 2:
+            raise ValueError(f"silu_mul needs the fused [gate; up] weight with an even row count, got {n}")
+        n //= 2
+    if out is None:
+        out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    else:
+        check_input("out", out, shape=(m, n), dtypes=(x.dtype,))
+    device = check_cuda(x=x, weight=weight, out=out)
+    if n == 0:
+        return out
+    SOURCE.launch(device, f"gemm::skinny_gemm<{CTYPES[x.dtype]}, {'true' if silu_mul else 'false'}>",
+                  (ceil_div(n, _SKINNY_ROWS), 1, 1), (_SKINNY_THREADS, 1, 1), x.data_ptr(), i64(x.stride(0)),
+                  weight.data_ptr(), out.data_ptr(), i64(out.stride(0)), i32(m), i32(n), i32(x.shape[1]))
+    return out

@@ -120,7 +120,8 @@ class LanguageModel:
         self.embed_weight = w["embed_tokens.weight"]
         # per-layer constants, computed once: conv taps [C, K], fp32 gate constants; and fused projection weights
         # (one GEMM instead of several: at decode each is one more kernel)
-        #   DeltaNet [in_proj_qkv; in_proj_b; in_proj_a] -> in_proj_qkvba,   MLP [gate_proj; up_proj] -> gate_up_proj
+        #   DeltaNet [in_proj_qkv; in_proj_z; in_proj_b; in_proj_a] -> in_proj_qkvzba,
+        #   attention [q_proj; k_proj; v_proj] -> qkv_proj,   MLP [gate_proj; up_proj] -> gate_up_proj
         self.conv_w, self.gate_consts = {}, {}
         for i, kind in enumerate(cfg.layer_types):
             if kind == "linear_attention":
@@ -128,15 +129,37 @@ class LanguageModel:
                 self.conv_w[i] = w[p + "conv1d.weight"][:, 0, :].contiguous()
                 # A_log and dt_bias in fp32 once (the gates are computed in fp32; kernels take them so)
                 self.gate_consts[i] = (w[p + "A_log"].float().contiguous(), w[p + "dt_bias"].float().contiguous())
-                w[p + "in_proj_qkvba.weight"] = torch.cat([w.pop(p + n) for n in (
-                    "in_proj_qkv.weight", "in_proj_b.weight", "in_proj_a.weight")])
+                w[p + "in_proj_qkvzba.weight"] = torch.cat([w.pop(p + n) for n in (
+                    "in_proj_qkv.weight", "in_proj_z.weight", "in_proj_b.weight", "in_proj_a.weight")])
+            else:
+                p = f"layers.{i}.self_attn."
+                w[p + "qkv_proj.weight"] = torch.cat([w.pop(p + n) for n in (
+                    "q_proj.weight", "k_proj.weight", "v_proj.weight")])
             if not cfg.is_moe:
                 p = f"layers.{i}.mlp."
                 w[p + "gate_up_proj.weight"] = torch.cat([w.pop(p + "gate_proj.weight"), w.pop(p + "up_proj.weight")])
 
+        # decode-sized products (<= 8 rows) on the skinny tensor-core GEMM (kernels.gemm) on the kernels backend:
+        # cuBLAS's split-K tiles reach ~30 % of the copy rate at these shapes; None: F.linear everywhere
+        self.skinny = _skinny_gemm() if ops is not reference else None
+
     @property
     def device(self):
         return self.embed_weight.device
+
+    def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """x @ w[name].T: the skinny kernel for a few rows when it takes the operands, else cuBLAS."""
+        wt = self.w[name]
+        if self.skinny is not None and x.shape[0] <= 8 and self.skinny[1](x, wt):
+            return self.skinny[0](x, wt)
+        return F.linear(x, wt)
+
+    def linear_silu_mul(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """silu(x @ gate.T) * (x @ up.T) from the fused [gate; up] weight w[name] (one kernel for a few rows)."""
+        wt = self.w[name]
+        if self.skinny is not None and x.shape[0] <= 8 and self.skinny[1](x, wt):
+            return self.skinny[0](x, wt, silu_mul=True)
+        return self.op("silu_mul_fused")(F.linear(x, wt))
 
     @property
     def dtype(self):
@@ -149,7 +172,7 @@ class LanguageModel:
         return F.embedding(ids.to(self.device), self.embed_weight)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        return F.linear(h, self.w["lm_head.weight"])
+        return self.linear(h, "lm_head.weight")
 
     def capture_blockers(self) -> list[str]:
         """The decode step's ops that run on a reference which reads the device on the host (empty: capturable)."""
@@ -286,9 +309,12 @@ class LanguageModel:
         cfg, ops, w = self.cfg, self.ops, self.w
         pre = f"layers.{i}.self_attn."
         T, Hq, Hkv, d = x.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        qg = F.linear(x, w[pre + "q_proj.weight"]).view(T, Hq, 2 * d)
-        k = F.linear(x, w[pre + "k_proj.weight"]).view(T, Hkv, d)
-        v = F.linear(x, w[pre + "v_proj.weight"]).view(T, Hkv, d)
+        qkv = self.linear(x, pre + "qkv_proj.weight")  # [T, Hq 2d | Hkv d | Hkv d]
+        nq, nk = Hq * 2 * d, Hkv * d
+        # views: contiguous for one token (decode at batch 1: no copy); qk_norm_rope takes contiguous rows only
+        qg = qkv[:, :nq].contiguous().view(T, Hq, 2 * d)
+        k = qkv[:, nq: nq + nk].contiguous().view(T, Hkv, d)
+        v = qkv[:, nq + nk:].contiguous().view(T, Hkv, d)
         # q/gate split, (1+w) q/k norms and partial mRoPE in one op; with a cache it also writes the normed,
         # rotated k and v of row b's new tokens to slots lengths[b] .. (gate stays a strided view of qg)
         cache = p.cache
@@ -308,7 +334,7 @@ class LanguageModel:
                     n0 = p.start[b]
                     o[s:e] = _attend_after_prefix(q[s:e], cache.k[i][b, : n0 + e - s], cache.v[i][b, : n0 + e - s])
         o = ops.sigmoid_gate(o.contiguous(), gate)  # a no-op for the kernels' o; the reference's may be a view
-        return F.linear(o.reshape(T, Hq * d), w[pre + "o_proj.weight"])
+        return self.linear(o.reshape(T, Hq * d), pre + "o_proj.weight")
 
     def _deltanet(self, i, x, p: _Pass):
         """Gated DeltaNet: causal conv (+ state) on [q|k|v], gated delta rule (+ state), gated RMSNorm, out_proj."""
@@ -322,19 +348,20 @@ class LanguageModel:
         rec_state = None if cache is None else cache.recurrent[i]
         # with a cache, the states are read and updated in place (state_out / final_state = the state)
         C = cfg.linear_conv_dim
-        qkvba = F.linear(x, w[pre + "in_proj_qkvba.weight"])  # [T, C + 2 nv]: conv input | b | a
-        mixed, new_conv = _call(self.op("causal_conv1d"), qkvba[:, :C], self.conv_w[i], p.cu, conv_state,
+        Z = nv * dv
+        proj = self.linear(x, pre + "in_proj_qkvzba.weight")  # [T, C + Z + 2 nv]: conv input | z | b | a
+        mixed, new_conv = _call(self.op("causal_conv1d"), proj[:, :C], self.conv_w[i], p.cu, conv_state,
                                 state_out=conv_state, max_seqlen=p.max_seqlen, validate=False)
         q = mixed[:, : nk * dk].reshape(T, nk, dk)
         k = mixed[:, nk * dk: 2 * nk * dk].reshape(T, nk, dk)
         v = mixed[:, 2 * nk * dk:].reshape(T, nv, dv)
-        z = F.linear(x, w[pre + "in_proj_z.weight"]).view(T, nv, dv)
+        z = proj[:, C: C + Z].contiguous().view(T, nv, dv)  # a view for one token; gated_rms_norm takes its rows
         # the delta rule with its gates from the projections a, b (log-decay g = -exp(A_log) softplus(a + dt_bias),
         # beta = sigmoid(b), fp32); q, k, v stay strided views of the conv output (the kernels take token strides)
         # (a and b must be contiguous: views of the fused GEMM output are, for one token; otherwise a small copy)
         A_log, dt_bias = self.gate_consts[i]
-        o, new_rec = _call(self.op("fused_gated_delta_rule"), q, k, v, qkvba[:, C + nv:].contiguous(),
-                           qkvba[:, C: C + nv].contiguous(), A_log, dt_bias, p.cu, rec_state, use_qk_l2norm=True,
+        o, new_rec = _call(self.op("fused_gated_delta_rule"), q, k, v, proj[:, C + Z + nv:].contiguous(),
+                           proj[:, C + Z: C + Z + nv].contiguous(), A_log, dt_bias, p.cu, rec_state, use_qk_l2norm=True,
                            final_state=rec_state, max_seqlen=p.max_seqlen, validate=False)
         if cache is not None:
             if new_conv is not conv_state:
@@ -342,20 +369,28 @@ class LanguageModel:
             if new_rec is not rec_state:
                 rec_state.copy_(new_rec)
         o = ops.gated_rms_norm(o, z, w[pre + "norm.weight"], cfg.rms_norm_eps)
-        return F.linear(o.reshape(T, nv * dv), w[pre + "out_proj.weight"])
+        return self.linear(o.reshape(T, nv * dv), pre + "out_proj.weight")
 
     def _mlp(self, i, x):
         cfg, ops, w = self.cfg, self.ops, self.w
         p = f"layers.{i}.mlp."
         if not cfg.is_moe:
-            h = self.op("silu_mul_fused")(F.linear(x, w[p + "gate_up_proj.weight"]))
-            return F.linear(h, w[p + "down_proj.weight"])
+            return self.linear(self.linear_silu_mul(x, p + "gate_up_proj.weight"), p + "down_proj.weight")
         weights, experts = ops.moe_topk(F.linear(x, w[p + "gate.weight"]), cfg.num_experts_per_tok)
         routed = ops.moe_mlp(x, w[p + "experts.gate_up_proj"], w[p + "experts.down_proj"], weights, experts)
         s = p + "shared_expert."
         shared = F.linear(ops.silu_mul(F.linear(x, w[s + "gate_proj.weight"]), F.linear(x, w[s + "up_proj.weight"])),
                           w[s + "down_proj.weight"])
         return routed + torch.sigmoid(F.linear(x, w[p + "shared_expert_gate.weight"])) * shared
+
+
+def _skinny_gemm():
+    """(kernels.gemm.skinny_linear, kernels.gemm.skinny_ok), or None without the kernels package."""
+    try:
+        from kernels.gemm import skinny_linear, skinny_ok
+    except ModuleNotFoundError:
+        return None
+    return skinny_linear, skinny_ok
 
 
 def _attend_after_prefix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,83 @@
+"""kernels.gemm.skinny_linear (the decode step's GEMMs) against the fp32 product of the same operands.
+
+Bound: each output is one fp32 dot product rounded once to the dtype, so |got - want| <= 1 ulp of the dtype
+at |want| plus the fp32 accumulation error (K * 2^-24 * sum |x w|): checked as |got - want| <= 2^-7 |want| +
+1e-5 sum_k |x w| for bf16 (2^-10 for fp16). silu_mul: the products are rounded before silu, so the reference
+rounds them too. Outputs are poisoned with NaN (an unwritten element fails)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, strategies as st
+
+pytestmark = pytest.mark.gpu
+
+EPS = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
+
+
+def _check(got, want, scale, dtype, what):
+    bad = (got.float() - want).abs() > EPS[dtype] * want.abs() + 1e-5 * scale + 1e-30
+    assert not bad.any(), f"{what}: {int(bad.sum())} of {bad.numel()} outside the bound, max diff " \
+                          f"{(got.float() - want).abs().max().item():.3g}"
+
+
+@given(m=st.integers(1, 8), n=st.sampled_from((1, 15, 16, 17, 100, 512, 6176)),
+       k=st.sampled_from((32, 64, 96, 256, 1024, 3584)), dtype=st.sampled_from((torch.bfloat16, torch.float16)),
+       strided=st.booleans(), silu=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_skinny_linear_matches_fp32(m, n, k, dtype, strided, silu, seed):
+    from kernels.gemm import skinny_linear
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    rows = 2 * n if silu else n
+    w = (torch.randn(rows, k, device="cuda", generator=g) * 0.05).to(dtype)
+    xs = torch.randn(m, k + (40 if strided else 0), device="cuda", generator=g).to(dtype)
+    x = xs[:, 8:8 + k] if strided else xs  # a row-strided view (row stride k + 40, offset 16 bytes)
+    out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+    got = skinny_linear(x, w, silu_mul=silu, out=out)
+    assert got is out
+    prod = x.double() @ w.double().T
+    scale = (x.double().abs() @ w.double().abs().T)
+    if silu:
+        gate, up = prod[:, :n].to(dtype).double(), prod[:, n:].to(dtype).double()
+        want = F.silu(gate) * up
+        scale = scale[:, :n] * up.abs() + scale[:, n:] * gate.abs() + 1.0
+        _check(got, want.float(), scale.float(), dtype, f"silu m{m} n{n} k{k}")
+    else:
+        _check(got, prod.float(), scale.float(), dtype, f"m{m} n{n} k{k}")
+
+
+def test_skinny_linear_real_shapes_and_graph():
+    """The 0.8B decode GEMMs (1 and 8 rows) against F.linear, captured in a CUDA graph and replayed."""
+    from kernels.gemm import skinny_linear
+
+    dtype = torch.bfloat16
+    for n, k in ((6176, 1024), (2048, 1024), (1024, 2048), (7168, 1024), (1024, 3584), (248320, 1024)):
+        w = (torch.randn(n, k, device="cuda") * 0.03).to(dtype)
+        for m in (1, 8):
+            x = torch.randn(m, k, device="cuda").to(dtype)
+            out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+            skinny_linear(x, w, out=out)  # compiled / loaded before capture
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                skinny_linear(x, w, out=out)
+            out.fill_(float("nan"))
+            graph.replay()
+            torch.cuda.synchronize()
+            want = x.float() @ w.float().T
+            _check(out, want, x.float().abs() @ w.float().abs().T, dtype, f"real m{m} n{n} k{k}")
+
+
+def test_skinny_linear_refuses_what_it_cannot_take():
+    from kernels.gemm import skinny_linear, skinny_ok
+
+    w = torch.zeros(16, 64, device="cuda", dtype=torch.bfloat16)
+    for x, why in ((torch.zeros(9, 64, device="cuda", dtype=torch.bfloat16), "9 rows"),
+                   (torch.zeros(1, 64, device="cuda"), "fp32"),
+                   (torch.zeros(1, 48, device="cuda", dtype=torch.bfloat16), "K % 32")):
+        assert not skinny_ok(x, w if x.shape[1] == 64 else w[:, :48]), why
+        with pytest.raises(ValueError, match="skinny_linear takes"):
+            skinny_linear(x, w if x.shape[1] == 64 else w[:, :48].contiguous())
+    with pytest.raises(ValueError, match="even row count"):
+        skinny_linear(torch.zeros(1, 64, device="cuda", dtype=torch.bfloat16), w[:15], silu_mul=True)

@@ -1,0 +1,200 @@
+"""Where one decode step's time goes: every kernel of one eager step (torch.profiler, device time by kernel
+name, kernels per step), grouped by the op that launched it, beside the CUDA-graph replay time of the same step.
+
+    python3 tools/lm_decode_profile.py                       # 0.8B, batch 1, 1024-token context
+    python3 tools/lm_decode_profile.py --sizes 0.8B,4B,9B --batch 1,32 --out $OUT
+    python3 tools/lm_decode_profile.py --no-skinny           # the decode GEMMs on cuBLAS (the A/B)
+
+Only the language model is built (random bf16 weights at the real shapes of tools/lm_e2e_gpu.SIZES, made on
+the GPU: seconds, no HF model). The cache lengths are set to the context (the KV slots hold zeros: decode time
+does not depend on their values). The eager step's kernel sum is the device busy time without launch gaps; the
+graph replay time is what the decode loop pays per token. The floor is tools/lm_e2e_gpu.decode_bytes at the
+copy rate measured here. Op groups come from torch.profiler ranges around every op of the namespace and every
+linear (labels only: the kernels are the same as without them).
+JSON: benchmarks.common.write_results("lm_decode_profile", ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+import time
+import types
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchmarks.common import copy_bandwidth_TBps, write_results  # noqa: E402
+
+
+def build_lm(size: str, dtype=torch.bfloat16):
+    """A LanguageModel on the kernels backend with random weights at the real shapes of `size`."""
+    from lm_e2e_gpu import hf_config
+
+    from model.config import ModelConfig
+    from model.language import LanguageModel
+    from model.loader import LM, LM_HEAD, expected_shapes
+    from model.ops import ops_for
+
+    cfg = ModelConfig.from_dict(hf_config(size).to_dict() | {"model_type": "qwen3_5"})
+    g = torch.Generator(device="cuda").manual_seed(0)
+    w = {}
+    for name, shape in expected_shapes(cfg).items():
+        if not (name.startswith(LM) or name == LM_HEAD):
+            continue
+        key = "lm_head.weight" if name == LM_HEAD else name[len(LM):]
+        if key == "lm_head.weight" and cfg.text.tie_word_embeddings:
+            continue
+        if "norm" in key:
+            t = 1.0 + 0.1 * torch.randn(shape, device="cuda", generator=g)
+        elif key.endswith("A_log"):
+            t = torch.rand(shape, device="cuda", generator=g) * 2.7
+        else:
+            t = torch.randn(shape, device="cuda", generator=g) * 0.02
+        w[key] = t.to(dtype)
+    w.setdefault("lm_head.weight", w["embed_tokens.weight"])
+    return LanguageModel(cfg.text, w, ops_for("kernels", cfg, dtype)), cfg
+
+
+@contextmanager
+def labelled(lm):
+    """torch.profiler ranges named by op around the namespace's ops and the model's linears."""
+    from torch.profiler import record_function
+
+    def wrap(name, fn):
+        def inner(*a, **k):
+            with record_function(name):
+                return fn(*a, **k)
+        try:  # model.language reads op signatures for its kernel hints
+            inner.__signature__ = inspect.signature(fn)
+        except (TypeError, ValueError):
+            pass
+        return inner
+
+    import model.language as L
+
+    ops = lm.ops
+    names = [n for n in dir(ops) if not n.startswith("_") and callable(getattr(ops, n))]
+    lm.ops = types.SimpleNamespace(**{n: wrap(n, getattr(ops, n)) for n in names})
+    lin, lin_silu = lm.linear, lm.linear_silu_mul
+    lm.linear = lambda x, name: wrap("linear " + name.split(".")[-2], lin)(x, name)
+    lm.linear_silu_mul = lambda x, name: wrap("linear+silu " + name.split(".")[-2], lin_silu)(x, name)
+    L._keywords.cache_clear()
+    try:
+        yield
+    finally:
+        lm.ops = ops
+        del lm.linear, lm.linear_silu_mul
+        L._keywords.cache_clear()
+
+
+def profile_step(lm, B: int, context: int, capacity: int) -> dict:
+    """Kernels of one eager step by name and by op, kernels per step, and the graph replay time per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from model.generate import DecodeSession, Sampling
+
+    sess = DecodeSession(lm, B, capacity, Sampling(), graphs=True)
+    mode = sess.mode
+    sess.cache.lengths.fill_(context)
+    torch.cuda.synchronize()
+    graph_us = None
+    if sess.graph is not None:
+        n = 50
+        sess.advance()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(n):
+            sess.graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        graph_us = start.elapsed_time(end) * 1e3 / n
+        sess.cache.lengths.fill_(context)
+    graph, sess.graph = sess.graph, None  # the profiled step runs eagerly
+    with labelled(lm):
+        sess.advance()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            sess.advance()
+            torch.cuda.synchronize()
+    sess.graph = graph
+    labels = set(names_of(lm))
+    by_name, by_op, n_kernels, total = {}, {}, 0, 0.0
+    # each kernel hangs off the CPU op whose launch it correlates with (FunctionEvent.kernels); its op group is
+    # the innermost labelled range above that op
+    for e in prof.events():
+        if e.device_type != torch.autograd.DeviceType.CPU or not e.kernels:
+            continue
+        owner, p = "other (embedding, positions, sampling, copies)", e
+        while p is not None:
+            if p.name in labels or p.name.startswith("linear"):
+                owner = p.name
+                break
+            p = p.cpu_parent
+        for k in e.kernels:
+            nm, us = k.name[:90], float(k.duration)
+            cnt, tot = by_name.get(nm, (0, 0.0))
+            by_name[nm] = (cnt + 1, tot + us)
+            cnt, tot = by_op.get(owner, (0, 0.0))
+            by_op[owner] = (cnt + 1, tot + us)
+            n_kernels += 1
+            total += us
+    del sess
+    fmt = lambda d: {k: dict(kernels=c, us=round(u, 1)) for k, (c, u) in sorted(d.items(), key=lambda kv: -kv[1][1])}
+    return dict(batch=B, context=context, mode=mode, kernels_per_step=n_kernels, kernel_us=round(total, 1),
+                graph_us_per_step=None if graph_us is None else round(graph_us, 1),
+                graph_tokens_per_s=None if graph_us is None else round(B / graph_us * 1e6, 1),
+                by_op=fmt(by_op), by_kernel=fmt(by_name))
+
+
+def names_of(lm) -> list[str]:
+    return [n for n in dir(lm.ops) if not n.startswith("_")]
+
+
+def main(argv=None) -> int:
+    from lm_e2e_gpu import decode_bytes
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="0.8B")
+    ap.add_argument("--batch", default="1", help="comma list of batch sizes")
+    ap.add_argument("--context", type=int, default=1024)
+    ap.add_argument("--no-skinny", action="store_true", help="decode GEMMs on cuBLAS (F.linear)")
+    ap.add_argument("--top", type=int, default=25, help="kernel names printed")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    copy = copy_bandwidth_TBps()
+    print(f"{torch.cuda.get_device_name()}: copy {copy:.2f} TB/s", flush=True)
+    records = []
+    for size in args.sizes.split(","):
+        t0 = time.perf_counter()
+        lm, cfg = build_lm(size)
+        if args.no_skinny:
+            lm.skinny = None
+        for B in (int(b) for b in args.batch.split(",")):
+            r = profile_step(lm, B, args.context, args.context + 64)
+            floor_us = decode_bytes(cfg.text, B, args.context) / (copy * 1e12) * 1e6
+            r = dict(size=size, skinny=lm.skinny is not None, floor_us=round(floor_us, 1),
+                     floor_tokens_per_s=round(B / floor_us * 1e6, 1)) | r
+            records.append(r)
+            print(f"== {size} bs{B}: graph {r['graph_us_per_step']} us/step = {r['graph_tokens_per_s']} tok/s "
+                  f"(floor {r['floor_us']} us = {r['floor_tokens_per_s']} tok/s); eager step {r['kernels_per_step']} "
+                  f"kernels, {r['kernel_us']} us busy", flush=True)
+            for k, v in r["by_op"].items():
+                print(f"   {v['us']:8.1f} us {v['kernels']:4d} k  {k}")
+            for k, v in list(r["by_kernel"].items())[: args.top]:
+                print(f"   {v['us']:8.1f} us {v['kernels']:4d} x  {k}")
+        print(f"{size}: {time.perf_counter() - t0:.1f} s", flush=True)
+        del lm
+        torch.cuda.empty_cache()
+    path = write_results("lm_decode_profile", records, extra=dict(copy_TBps=copy), out_dir=args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
