@@ -7,6 +7,8 @@ picks pathological algorithms for this shape, so the kernels never call it.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +21,9 @@ __all__ = ["patch_embed", "skinny_linear", "skinny_ok"]
 SKINNY_MAX_ROWS = 8  # the mma's N: x rows per launch
 _SKINNY_ROWS, _SKINNY_THREADS = 16, 256  # output features per CTA, threads per CTA (gemm.cu's ROWS, WARPS * 32)
 _SKINNY_DTYPES = (torch.bfloat16, torch.float16)
+# programmatic dependent launch (gemm.cu): the weight stream starts before the previous kernel ends;
+# QWEN35_SKINNY_PDL=0 turns it off (A/B timing)
+SKINNY_PDL = os.environ.get("QWEN35_SKINNY_PDL", "1") != "0"
 SOURCE = NvrtcSource("gemm.cu", tuple(f"gemm::skinny_gemm<{CTYPES[dt]}, {s}>" for dt in _SKINNY_DTYPES
                                       for s in ("false", "true")))
 
@@ -74,5 +79,5 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = Fal
         return out
     SOURCE.launch(device, f"gemm::skinny_gemm<{CTYPES[x.dtype]}, {'true' if silu_mul else 'false'}>",
                   (ceil_div(n, _SKINNY_ROWS), 1, 1), (_SKINNY_THREADS, 1, 1), x.data_ptr(), i64(x.stride(0)),
-                  weight.data_ptr(), out.data_ptr(), i64(out.stride(0)), i32(m), i32(n), i32(x.shape[1]))
+                  weight.data_ptr(), out.data_ptr(), i64(out.stride(0)), i32(m), i32(n), i32(x.shape[1]), pdl=SKINNY_PDL)
     return out

@@ -3,7 +3,7 @@ name, kernels per step), grouped by the op that launched it, beside the CUDA-gra
 
     python3 tools/lm_decode_profile.py                       # 0.8B, batch 1, 1024-token context
     python3 tools/lm_decode_profile.py --sizes 0.8B,4B,9B --batch 1,32 --out $OUT
-    python3 tools/lm_decode_profile.py --no-skinny           # the decode GEMMs on cuBLAS (the A/B)
+    python3 tools/lm_decode_profile.py --variants skinny,cublas,nopdl   # A/B: decode GEMMs on cuBLAS; no PDL
 
 Only the language model is built (random bf16 weights at the real shapes of tools/lm_e2e_gpu.SIZES, made on
 the GPU: seconds, no HF model). The cache lengths are set to the context (the KV slots hold zeros: decode time
@@ -156,6 +156,16 @@ def names_of(lm) -> list[str]:
     return [n for n in dir(lm.ops) if not n.startswith("_")]
 
 
+def report(r: dict, top: int) -> None:
+    print(f"== {r['size']} {r['variant']} bs{r['batch']}: graph {r['graph_us_per_step']} us/step = "
+          f"{r['graph_tokens_per_s']} tok/s (floor {r['floor_us']} us = {r['floor_tokens_per_s']} tok/s); eager step "
+          f"{r['kernels_per_step']} kernels, {r['kernel_us']} us busy", flush=True)
+    for k, v in r["by_op"].items():
+        print(f"   {v['us']:8.1f} us {v['kernels']:4d} k  {k}")
+    for k, v in list(r["by_kernel"].items())[:top]:
+        print(f"   {v['us']:8.1f} us {v['kernels']:4d} x  {k}")
+
+
 def main(argv=None) -> int:
     from lm_e2e_gpu import decode_bytes
 
@@ -163,33 +173,33 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="0.8B")
     ap.add_argument("--batch", default="1", help="comma list of batch sizes")
     ap.add_argument("--context", type=int, default=1024)
-    ap.add_argument("--no-skinny", action="store_true", help="decode GEMMs on cuBLAS (F.linear)")
+    ap.add_argument("--variants", default="skinny", help="comma list: skinny (default), cublas (decode GEMMs on "
+                    "F.linear), nopdl (skinny without programmatic dependent launch); variants after the first "
+                    "print only the totals and the op table")
     ap.add_argument("--top", type=int, default=25, help="kernel names printed")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     copy = copy_bandwidth_TBps()
     print(f"{torch.cuda.get_device_name()}: copy {copy:.2f} TB/s", flush=True)
     records = []
+    import kernels.gemm as KG
+
     for size in args.sizes.split(","):
         t0 = time.perf_counter()
         lm, cfg = build_lm(size)
-        if args.no_skinny:
-            lm.skinny = None
-        for B in (int(b) for b in args.batch.split(",")):
-            r = profile_step(lm, B, args.context, args.context + 64)
-            floor_us = decode_bytes(cfg.text, B, args.context) / (copy * 1e12) * 1e6
-            r = dict(size=size, skinny=lm.skinny is not None, floor_us=round(floor_us, 1),
-                     floor_tokens_per_s=round(B / floor_us * 1e6, 1)) | r
-            records.append(r)
-            print(f"== {size} bs{B}: graph {r['graph_us_per_step']} us/step = {r['graph_tokens_per_s']} tok/s "
-                  f"(floor {r['floor_us']} us = {r['floor_tokens_per_s']} tok/s); eager step {r['kernels_per_step']} "
-                  f"kernels, {r['kernel_us']} us busy", flush=True)
-            for k, v in r["by_op"].items():
-                print(f"   {v['us']:8.1f} us {v['kernels']:4d} k  {k}")
-            for k, v in list(r["by_kernel"].items())[: args.top]:
-                print(f"   {v['us']:8.1f} us {v['kernels']:4d} x  {k}")
+        skinny = lm.skinny
+        for vi, variant in enumerate(args.variants.split(",")):
+            lm.skinny = None if variant == "cublas" else skinny
+            KG.SKINNY_PDL = variant != "nopdl"
+            for B in (int(b) for b in args.batch.split(",")):
+                r = profile_step(lm, B, args.context, args.context + 64)
+                floor_us = decode_bytes(cfg.text, B, args.context) / (copy * 1e12) * 1e6
+                r = dict(size=size, variant=variant, floor_us=round(floor_us, 1),
+                         floor_tokens_per_s=round(B / floor_us * 1e6, 1)) | r
+                records.append(r)
+                report(r, args.top if vi == 0 else 0)
         print(f"{size}: {time.perf_counter() - t0:.1f} s", flush=True)
-        del lm
+        del lm, skinny
         torch.cuda.empty_cache()
     path = write_results("lm_decode_profile", records, extra=dict(copy_TBps=copy), out_dir=args.out)
     print(f"wrote {path}")

@@ -11,6 +11,10 @@
 //
 // SILU: w = [gate; up] ([2N, K], the fused gate/up weight) and y[m, n] = silu(g) * u with g, u the products of
 // rows n and N + n, each rounded to T first (as a GEMM output then silu_mul_fused would see them).
+// Programmatic dependent launch (sm_90, launched with pdl=True): the weight loads of a warp's first UNROLL steps
+// do not depend on the previous kernel, so they are issued before griddepcontrol.wait (the weight stream starts
+// while the previous kernel finishes); x is read and y written only after it. Right after the wait the kernel lets
+// its own dependents launch (e.g. down_proj behind gate_up). Without a programmatic launch the wait returns at once.
 // Requires K % 32 == 0, x rows and w 16-byte aligned, sx % 8 == 0; y [M, N] with row stride sy.
 #include "include/convert.cuh"
 #include "include/mma_sm80.cuh"
@@ -28,6 +32,20 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {  // read once: no 
     asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
         : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
     return r;
+}
+
+__device__ __forceinline__ uint4 load_l2(const void* p) {  // written by the previous kernel: from L2 (coherent)
+    uint4 r;
+    asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p) : "memory");
+    return r;
+}
+
+__device__ __forceinline__ void wait_and_release() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
 }
 
 // One 32-wide k step of the CTA's 16 x 8 tile: two m16n8k16 on the registers loaded for it.
@@ -63,6 +81,7 @@ __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ 
     for (int s = 0; s < SETS; ++s) c[s][0] = c[s][1] = c[s][2] = c[s][3] = 0.f;
     const int steps = K / KSTEP;
     int st = warp;
+    bool waited = false;
     for (; st + (UNROLL - 1) * WARPS < steps; st += UNROLL * WARPS) {  // UNROLL steps' loads, then their mmas
         uint4 a[UNROLL][SETS][2], b[UNROLL];
 #pragma unroll
@@ -72,11 +91,17 @@ __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ 
             for (int s = 0; s < SETS; ++s)
 #pragma unroll
                 for (int h = 0; h < 2; ++h) a[u][s][h] = load_stream(wr[s][h] + off);
-            b[u] = __ldg(reinterpret_cast<const uint4*>(xr + off));
         }
+        if (!waited) {  // the first weight loads are in flight: now wait for x
+            wait_and_release();
+            waited = true;
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) b[u] = load_l2(xr + (size_t)(st + u * WARPS) * KSTEP);
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) mma_step<T, SETS>(c, a[u], b[u]);
     }
+    if (!waited) wait_and_release();
     for (; st < steps; st += WARPS) {  // the last < UNROLL steps of this warp
         uint4 a[SETS][2];
         const size_t off = (size_t)st * KSTEP;
@@ -84,7 +109,7 @@ __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ 
         for (int s = 0; s < SETS; ++s)
 #pragma unroll
             for (int h = 0; h < 2; ++h) a[s][h] = load_stream(wr[s][h] + off);
-        const uint4 b = __ldg(reinterpret_cast<const uint4*>(xr + off));
+        const uint4 b = load_l2(xr + off);
         mma_step<T, SETS>(c, a, b);
     }
     // c[s][0], c[s][1]: row g, columns (batch rows) 2q, 2q+1; c[s][2], c[s][3]: row g + 8
