@@ -1,5 +1,6 @@
-"""tools/lm_e2e_gpu.py's CPU-side parts: the floors' arithmetic, the configs it builds, and the op-labelling
-wrapper of the per-op profile (the model must compute the same thing through it)."""
+"""tools/lm_e2e_gpu.py's CPU-side parts: the floors' arithmetic, the configs it builds, the case plan and the
+time estimates of --budget-s, and tools/lm_decode_profile.py's op-labelling wrapper (the model must compute the
+same thing through it)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,15 @@ from tests._tiny_hf import dense_untied, one_torch_thread  # noqa: F401
 _spec = importlib.util.spec_from_file_location("lm_e2e_gpu", Path(__file__).parents[1] / "tools" / "lm_e2e_gpu.py")
 E = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(E)
+_spec = importlib.util.spec_from_file_location("lm_decode_profile",
+                                               Path(__file__).parents[1] / "tools" / "lm_decode_profile.py")
+P = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(P)
 
 
 def test_configs_and_floors():
     cfg = {s: ModelConfig.from_dict(E.hf_config(s).to_dict()).text for s in E.SIZES}
-    assert [cfg[s].hidden_size for s in E.SIZES] == [1024, 2560, 4096]
+    assert [cfg[s].hidden_size for s in E.SIZES] == [1024, 2560, 4096, 5120]
     assert all(c.layer_types.count("full_attention") * 4 == c.num_hidden_layers for c in cfg.values())
     # 0.8B: about 0.5 G decoder GEMM weights + the 254 M-entry tied lm_head, in bf16: ~1.5 GB a step
     assert 0.45e9 < E.lm_linear_params(cfg["0.8B"]) < 0.55e9
@@ -41,7 +46,7 @@ def test_labelled_ops_leave_the_decode_step_unchanged(dense_untied):
         sess = DecodeSession(m.lm, 2, 16, Sampling(), graphs=False)
         sess.begin(torch.randn(2, m.config.text.vocab_size, generator=torch.Generator().manual_seed(0)), 2, [], 0)
         if wrapped:
-            with E.labelled_ops(m.lm):
+            with P.labelled(m.lm):
                 assert m.lm.ops.rms_norm.__name__ == "inner"
                 for _ in range(3):
                     sess.advance()
@@ -51,3 +56,17 @@ def test_labelled_ops_leave_the_decode_step_unchanged(dense_untied):
         outs.append((sess.tok.clone(), sess.cache.recurrent[0].clone()))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
     assert m.lm.ops.rms_norm.__name__ != "inner"  # restored
+
+
+def test_plan_pieces_and_estimates():
+    """--models/--cases/--batches select the pieces; every default piece of one size is estimated under 70 s
+    (the GPU-round cap) at 0.8B and the estimates grow with the model."""
+    args = E.argparse.Namespace(quick=False, cases="decode", batches=None)
+    p = E.plan(args, "0.8B")
+    assert p["decode"] == [1, 8, 32, 128] and p["hf_decode"] == [1, 8, 32, 128]
+    assert p["prefill"] == [] and p["profile"] == [] and not p["image"]
+    p = E.plan(E.argparse.Namespace(quick=False, cases="prefill,image", batches="1,8"), "9B")
+    assert p["prefill"] == [1024, 8192] and p["image"] and p["decode"] == []
+    for case in ("decode_bs1", "decode_bs128", "prefill_8192", "ttft_image1024_64tok", "decode_step_profile_bs1"):
+        assert E.estimate_s("0.8B", "ours", case) < E.estimate_s("9B", "ours", case) < 70
+        assert E.estimate_s("0.8B", "ours", case) <= E.estimate_s("0.8B", "hf_sdpa", case)

@@ -1,37 +1,42 @@
 """The language model end to end on one GPU: ours (kernels backend) beside Hugging Face transformers, with floors.
 
-    python3 tools/lm_e2e_gpu.py --quick                 # < 60 s: 0.8B, prefill 1024, decode batch 1 and 8
-    python3 tools/lm_e2e_gpu.py                         # full: 0.8B, 4B, 9B (about 6 minutes)
-    python3 tools/lm_e2e_gpu.py --fla-site /tmp/site    # also HF with flash-linear-attention (carried wheels)
+    python3 tools/lm_e2e_gpu.py --quick                          # < 60 s: 0.8B, prefill 1024, decode batch 1 and 8
+    python3 tools/lm_e2e_gpu.py --models 0.8B --cases decode     # one piece (each piece < 70 s on an H200)
+    python3 tools/lm_e2e_gpu.py --fla-site /tmp/site --budget-s 480 --plot benchmarks/results/lm_e2e.png
+                                                                 # everything, HF+FLA beside, within 480 s
 
 Random bf16 weights at the real shapes (docs/model.md section 6; configs built here, nothing downloaded):
 one HF `Qwen3_5ForConditionalGeneration` (sdpa) is initialised on the GPU and our `model.Model` runs on the
-same tensors. Cases, each timed for us and for HF in the same process:
-  * prefill of 1024 and 8192 tokens (batch 1): time to first token of a text prompt (ours: Model.last_timings
+same tensors (the HF cases run first; the HF module is dropped before ours run, so a size needs the memory of
+one copy plus our fused weights). Cases (--cases), each timed for us and for the peers (--peers) in one run:
+  * prefill: 1024 and 8192 tokens (batch 1): time to first token of a text prompt (ours: Model.last_timings
     prefill_ms, which includes the prompt preparation; HF: one forward with logits_to_keep=1 and its cache);
-  * decode tokens/s at batch 1, 8, 32 (128 at 0.8B) after a 1024-token prompt: tokens of all rows per second
-    over the steps after the first token (ours: Model.last_timings; HF: generate(n) - generate(1));
-  * time to first token of one 1024x1024 image + a 64-token prompt (vision tower + prefill).
+  * decode: tokens/s at batch 1, 8, 32 and 128 (--batches) after a 1024-token prompt: tokens of all rows per
+    second over the steps after the first token (ours: Model.last_timings, CUDA-graph replay; HF:
+    generate(n) - generate(1));
+  * image: time to first token of one 1024x1024 image + a 64-token prompt (vision tower + prefill);
+  * profile: the per-op breakdown of one decode step at batch 1 and 32 (tools/lm_decode_profile.py).
+Peers: hf (sdpa, without flash-linear-attention: its torch DeltaNet) in this process; fla (HF with
+flash-linear-attention, --fla-site: a --target dir of the carried wheels) in a subprocess after ours.
 Floors, from ceilings measured in the same run (benchmarks.common): decode = bytes of one step (every LM
 weight but the embedding table, plus the KV cache read, the recurrent and conv states read and written) at the
 copy rate; prefill = FLOPs of the GEMMs and the attention products at the cuBLAS bf16 rate; image TTFT = the
 tower's GEMM + attention FLOPs plus the prefill's at that rate.
-Also a per-op breakdown of one decode step (torch.profiler over an eager step, device time per op type).
-JSON: benchmarks.common.write_results("lm_e2e", ...) under benchmarks/results/ (or --out).
+--budget-s: cases are run in priority order (ours before the peers, the headline cases first) and skipped,
+with a "skipped" record, once the budget would be passed (each case's expected time is estimated from its size).
+JSON: benchmarks.common.write_results("lm_e2e", ...) under benchmarks/results/ (or --out); --plot: decode
+tokens/s against batch size for us, the peers and the floor.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import json
 import os
 import subprocess
 import sys
 import time
-import types
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -51,7 +56,13 @@ SIZES = {
     "9B": dict(text=dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=16, num_key_value_heads=4,
                          intermediate_size=12288, linear_num_value_heads=32), tie=False,
                vision=dict(depth=27, hidden_size=1152, num_heads=16, intermediate_size=4304, out_hidden_size=4096)),
+    "27B": dict(text=dict(hidden_size=5120, num_hidden_layers=64, num_attention_heads=24, num_key_value_heads=4,
+                          intermediate_size=17408, linear_num_value_heads=48), tie=False,
+                vision=dict(depth=27, hidden_size=1152, num_heads=16, intermediate_size=4304, out_hidden_size=5120)),
 }
+DEFAULT_MODELS = ("0.8B", "4B", "9B")  # 27B on request (--models ...,27B): ~55 GB of weights, minutes of HF
+CASES = ("decode", "prefill", "image", "profile")
+BATCHES = (1, 8, 32, 128)
 COMMON_TEXT = dict(vocab_size=248320, head_dim=256, linear_key_head_dim=128, linear_value_head_dim=128,
                    linear_num_key_heads=16, linear_conv_kernel_dim=4, rms_norm_eps=1e-6, max_position_embeddings=262144,
                    rope_parameters=dict(rope_type="default", rope_theta=1e7, partial_rotary_factor=0.25,
@@ -245,71 +256,14 @@ def hf_image(hf, reps: int) -> dict:
 
 # ------------------------------------------------------------------------------------------------ per-op profile
 
-@contextmanager
-def labelled_ops(lm):
-    """Wrap every op of the LM's namespace and its GEMMs (F.linear) in torch.profiler ranges named by op."""
-    import model.language as L
-    from torch.profiler import record_function
-
-    def wrap(name, fn):
-        def inner(*a, **k):
-            with record_function(name):
-                return fn(*a, **k)
-        try:  # keep model.language's kernel-hint filter (it reads the signature) working through the wrapper
-            inner.__signature__ = inspect.signature(fn)
-        except (TypeError, ValueError):
-            pass
-        return inner
-
-    ops = lm.ops
-    names = [n for n in dir(ops) if not n.startswith("_") and callable(getattr(ops, n))]
-    lm.ops = types.SimpleNamespace(**{n: wrap("op:" + n, getattr(ops, n)) for n in names})
-    real_F = L.F
-    shim = types.SimpleNamespace(**{k: getattr(real_F, k) for k in dir(real_F) if not k.startswith("__")})
-    shim.linear = wrap("op:gemm (F.linear)", real_F.linear)
-    L.F = shim
-    L._keywords.cache_clear()
-    try:
-        yield
-    finally:
-        lm.ops, L.F = ops, real_F
-        L._keywords.cache_clear()
-
-
 def profile_decode_step(m, B: int) -> dict:
-    """Device time of one eager decode step by op type (sum over the step), and the step total."""
-    from torch.profiler import ProfilerActivity, profile
+    """tools/lm_decode_profile.profile_step on our model: kernels per step, device time by op and by kernel."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from lm_decode_profile import profile_step
 
-    from model.generate import DecodeSession, Sampling
-
-    sess = DecodeSession(m.lm, B, 2048, Sampling(), graphs=False)
-    sess.cache.lengths.fill_(PROMPT)
-    for _ in range(3):
-        sess.advance()
-    sync()
-    with labelled_ops(m.lm):
-        sess.advance()  # compile / warm the wrappers
-        sync()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            sess.advance()
-            sync()
-    def dev_us(e):
-        return float(getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0.0)) or 0.0)
-
-    rows, kernels, kernel_total = {}, {}, 0.0
-    for e in prof.key_averages():
-        if e.key.startswith("op:"):  # a range's device time: the kernels launched inside it
-            rows[e.key[3:]] = round(dev_us(e), 1)
-    for e in prof.events():  # device-side kernel events: the step's busy time, and the time per kernel name
-        if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA:
-            us = dev_us(e)
-            kernel_total += us
-            kernels[e.name[:80]] = kernels.get(e.name[:80], 0.0) + us
-    rows["other (embedding, glue, sampling, copies)"] = round(kernel_total - sum(rows.values()), 1)
-    del sess
-    top = dict(sorted(((k, round(v, 1)) for k, v in kernels.items()), key=lambda kv: -kv[1])[:20])
-    return dict(batch=B, context=PROMPT, kernel_us_total=round(kernel_total, 1),
-                by_op_us=dict(sorted(rows.items(), key=lambda kv: -kv[1])), by_kernel_us=top)
+    r = profile_step(m.lm, B, PROMPT, PROMPT + 64)
+    r["by_kernel"] = dict(list(r["by_kernel"].items())[:15])
+    return r
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -322,10 +276,31 @@ class Clock:
         return self.budget - (time.perf_counter() - self.t0)
 
 
-def run_case(records, clock, rec: dict, fn, min_left: float = 5.0):
-    if clock.left() < min_left:
-        records.append(rec | dict(skipped="time budget"))
-        print("skip", rec, flush=True)
+PARAMS_B = {"0.8B": 0.8, "4B": 4.5, "9B": 9.5, "27B": 27.0}  # billions of weights (the time estimates' scale)
+
+
+def estimate_s(size: str, impl: str, case: str, n: int = 32) -> float:
+    """A generous guess of a case's wall time on an H200 (the budget skips a case that would not fit)."""
+    P = PARAMS_B[size]
+    prefill_s = lambda tokens, slow: slow * 2 * tokens * 2 * P * 1e9 / 4e14 + 0.3  # noqa: E731
+    hf = impl != "ours"
+    if case.startswith("decode_bs"):
+        B = int(case[9:])
+        step = (3 if hf else 1) * (0.02 + 2 * P / 2.5e3) + B * 1e-4
+        return 2 + (2 if hf else 1) * prefill_s(B * PROMPT, 4 if hf else 1.5) + (n + 8) * step * (1 if hf else 2)
+    if case.startswith("prefill_"):
+        return 1 + 3 * prefill_s(int(case[8:]), 6 if hf else 1.5)
+    if case.startswith("ttft_image"):
+        return 3 + 3 * prefill_s(1100, 6 if hf else 2)
+    if case.startswith("decode_step_profile"):
+        return 3 + 0.2 * P
+    return 5.0
+
+
+def run_case(records, clock, rec: dict, fn, est: float = 5.0):
+    if clock.left() < est:
+        records.append(rec | dict(skipped=f"time budget ({clock.left():.0f} s left, ~{est:.0f} s needed)"))
+        print("skip", json.dumps(records[-1]), flush=True)
         return
     t0 = time.perf_counter()
     try:
@@ -335,62 +310,106 @@ def run_case(records, clock, rec: dict, fn, min_left: float = 5.0):
         torch.cuda.synchronize()
     rec["wall_s"] = round(time.perf_counter() - t0, 2)
     records.append(rec)
-    print(json.dumps(rec), flush=True)
+    print(json.dumps(rec)[:600], flush=True)
 
 
-def plan(quick: bool, size: str) -> dict:
-    if quick:
-        return dict(prefill=[1024], decode=[1, 8], n=16, image=False, reps=2, hf_decode=[1], hf_n=5, profile=[1])
-    return dict(prefill=[1024, 8192], decode=[1, 8, 32] + ([128] if size == "0.8B" else []), n=32, image=True,
-                reps=3, hf_decode=[1, 8, 32], hf_n=9, profile=[1, 32])
+def plan(args, size: str) -> dict:
+    if args.quick:
+        p = dict(prefill=[1024], decode=[1, 8], n=16, image=False, reps=2, hf_decode=[1], hf_n=5, profile=[1])
+    else:
+        p = dict(prefill=[1024, 8192], decode=list(BATCHES), n=32, image=True, reps=2, hf_decode=list(BATCHES),
+                 hf_n=9, profile=[1, 32])
+    cases = set(args.cases.split(",")) if args.cases else set(CASES)
+    if args.batches:
+        p["decode"] = p["hf_decode"] = [int(b) for b in args.batches.split(",")]
+    for c, key in (("decode", "decode"), ("decode", "hf_decode"), ("prefill", "prefill"), ("profile", "profile")):
+        if c not in cases:
+            p[key] = []
+    p["image"] = p["image"] and "image" in cases
+    return p
 
 
-def run_size(size: str, args, clock, rates, peer: str, ours_too: bool = True) -> list[dict]:
-    p = plan(args.quick, size)
+def ours_cases(m, size, p, clock, rates, records):
+    t = m.config.text
+    on_ref = [k for k, v in m.placement().items() if v == "reference"]
+    print(f"{size}: ops on the reference: {on_ref}", flush=True)
+    records.append(dict(size=size, case="placement", reference_ops=on_ref))
+    slow = [n for n in ("attention", "causal_conv1d", "fused_gated_delta_rule") if n in on_ref]
+    for B in p["decode"]:
+        floor = B / (decode_bytes(t, B, PROMPT + p["n"] // 2) / (rates["copy_TBps"] * 1e12))
+        case = f"decode_bs{B}"
+        run_case(records, clock, dict(size=size, impl="ours", case=case, floor_tokens_per_s=round(floor, 1)),
+                 lambda B=B: ours_decode(m, B, p["n"], 1 if B >= 32 else p["reps"]), estimate_s(size, "ours", case))
+        m._sessions.clear()  # the static caches of a large batch are not kept
+    for S in p["prefill"]:
+        floor = prefill_flops(t, S) / (rates["gemm_TFLOPs"] * 1e12) * 1e3
+        rec = dict(size=size, impl="ours", case=f"prefill_{S}", floor_ms=round(floor, 3))
+        if slow and S > 2048:  # the references loop over tokens: minutes at this length
+            records.append(rec | dict(skipped=f"{', '.join(slow)} on the reference"))
+            continue
+        run_case(records, clock, rec, lambda S=S: ours_prefill(m, S, p["reps"]), estimate_s(size, "ours", rec["case"]))
+    if p["image"]:
+        v = m.config.vision
+        N = (IMAGE_SIDE // 16) ** 2
+        S = 64 + 2 + N // 4
+        floor = (vision_flops(v, N) + prefill_flops(t, S)) / (rates["gemm_TFLOPs"] * 1e12) * 1e3
+        run_case(records, clock, dict(size=size, impl="ours", case="ttft_image1024_64tok", floor_ms=round(floor, 3)),
+                 lambda: ours_image(m, p["reps"]), estimate_s(size, "ours", "ttft_image"))
+    for B in p["profile"]:
+        case = f"decode_step_profile_bs{B}"
+        run_case(records, clock, dict(size=size, impl="ours", case=case),
+                 lambda B=B: profile_decode_step(m, B), estimate_s(size, "ours", case))
+    m._sessions.clear()
+
+
+def hf_cases(hf, size, p, clock, peer, records):
+    for S in p["prefill"]:
+        case = f"prefill_{S}"
+        run_case(records, clock, dict(size=size, impl=peer, case=case),
+                 lambda S=S: hf_prefill(hf, S, min(2, p["reps"])), estimate_s(size, peer, case))
+    for B in p["hf_decode"]:
+        case = f"decode_bs{B}"
+        run_case(records, clock, dict(size=size, impl=peer, case=case),
+                 lambda B=B: hf_decode(hf, B, p["hf_n"], 1), estimate_s(size, peer, case, p["hf_n"]))
+        torch.cuda.empty_cache()
+    if p["image"]:
+        run_case(records, clock, dict(size=size, impl=peer, case="ttft_image1024_64tok"),
+                 lambda: hf_image(hf, 2), estimate_s(size, peer, "ttft_image"))
+
+
+def run_size(size: str, args, clock, rates, peer: str, ours_too: bool = True, hf_too: bool = True) -> list[dict]:
+    """The cases of one size. Ours first, then HF on the same weights; at 27B the HF cases run first and the HF
+    module is dropped before ours are built (one copy of the weights plus our fused ones at a time)."""
+    p = plan(args, size)
     records = []
+    build_s = 2 + 0.6 * PARAMS_B[size]
+    if clock.left() < build_s + 5:
+        records.append(dict(size=size, case="all", skipped=f"time budget ({clock.left():.0f} s left)"))
+        print("skip", json.dumps(records[-1]), flush=True)
+        return records
+    t0 = time.perf_counter()
     hf = build_hf(size)
-    t = None
+    print(f"{size}: HF model built in {time.perf_counter() - t0:.1f} s", flush=True)
+    hf_first = size == "27B"
+    if hf_too and hf_first:
+        hf_cases(hf, size, p, clock, peer, records)
     m = None
     if ours_too:
+        t0 = time.perf_counter()
         m = build_ours(hf, size)
-        t = m.config.text
-        on_ref = [k for k, v in m.placement().items() if v == "reference"]
-        print(f"{size}: ops on the reference: {on_ref}", flush=True)
-        records.append(dict(size=size, case="placement", reference_ops=on_ref))
-        slow = [n for n in ("attention", "causal_conv1d", "fused_gated_delta_rule") if n in on_ref]
-        for B in p["decode"]:
-            floor = B / (decode_bytes(t, B, PROMPT + p["n"] // 2) / (rates["copy_TBps"] * 1e12))
-            run_case(records, clock, dict(size=size, impl="ours", case=f"decode_bs{B}",
-                                          floor_tokens_per_s=round(floor, 1)),
-                     lambda B=B: ours_decode(m, B, p["n"], p["reps"]))
-        for S in p["prefill"]:
-            floor = prefill_flops(t, S) / (rates["gemm_TFLOPs"] * 1e12) * 1e3
-            rec = dict(size=size, impl="ours", case=f"prefill_{S}", floor_ms=round(floor, 3))
-            if slow and S > 2048:  # the references loop over tokens: minutes at this length
-                records.append(rec | dict(skipped=f"{', '.join(slow)} on the reference"))
-                continue
-            run_case(records, clock, rec, lambda S=S: ours_prefill(m, S, p["reps"]))
-        if p["image"]:
-            v = m.config.vision
-            N = (IMAGE_SIDE // 16) ** 2
-            S = 64 + 2 + N // 4
-            floor = (vision_flops(v, N) + prefill_flops(t, S)) / (rates["gemm_TFLOPs"] * 1e12) * 1e3
-            run_case(records, clock, dict(size=size, impl="ours", case="ttft_image1024_64tok",
-                                          floor_ms=round(floor, 3)), lambda: ours_image(m, p["reps"]))
-        for B in p["profile"]:
-            run_case(records, clock, dict(size=size, impl="ours", case=f"decode_step_profile_bs{B}"),
-                     lambda B=B: profile_decode_step(m, B))
-        m._sessions.clear()
-    if not args.no_hf:
-        for S in p["prefill"]:
-            run_case(records, clock, dict(size=size, impl=peer, case=f"prefill_{S}"),
-                     lambda S=S: hf_prefill(hf, S, min(2, p["reps"])))
-        for B in p["hf_decode"]:
-            run_case(records, clock, dict(size=size, impl=peer, case=f"decode_bs{B}"),
-                     lambda B=B: hf_decode(hf, B, p["hf_n"], 1))
-        if p["image"]:
-            run_case(records, clock, dict(size=size, impl=peer, case="ttft_image1024_64tok"),
-                     lambda: hf_image(hf, 2))
+        print(f"{size}: ours built in {time.perf_counter() - t0:.1f} s", flush=True)
+        if hf_first:
+            del hf
+            hf = None
+            gc.collect()
+            torch.cuda.empty_cache()
+        ours_cases(m, size, p, clock, rates, records)
+    if hf_too and not hf_first:
+        del m
+        m = None
+        gc.collect()
+        torch.cuda.empty_cache()
+        hf_cases(hf, size, p, clock, peer, records)
     del hf, m
     gc.collect()
     torch.cuda.empty_cache()
@@ -407,42 +426,67 @@ def fla_available() -> bool:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="0.8B only, a few cases (< 60 s)")
-    ap.add_argument("--sizes", default=None, help="comma list of 0.8B,4B,9B (default: all; --quick: 0.8B)")
-    ap.add_argument("--no-hf", action="store_true", help="skip the HF peer")
+    ap.add_argument("--models", "--sizes", dest="models", default=None,
+                    help=f"comma list of {','.join(SIZES)} (default {','.join(DEFAULT_MODELS)}; --quick: 0.8B)")
+    ap.add_argument("--cases", default=None, help=f"comma list of {','.join(CASES)} (default all)")
+    ap.add_argument("--batches", default=None, help=f"decode batch sizes (default {','.join(map(str, BATCHES))})")
+    ap.add_argument("--peers", default=None, help="comma list of ours,hf,fla (default ours,hf; fla with --fla-site)")
+    ap.add_argument("--no-hf", action="store_true", help="skip the HF peers (= --peers ours)")
     ap.add_argument("--fla-site", default=None, help="a --target dir holding flash-linear-attention: also time HF "
                     "with it, in a subprocess")
     ap.add_argument("--peer-only", action="store_true", help=argparse.SUPPRESS)  # the FLA subprocess
-    ap.add_argument("--budget-s", type=float, default=None, help="skip cases once this much time has passed")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="wall-clock budget of the whole run: cases that would pass it are skipped (default 55 "
+                         "with --quick, else 450)")
     ap.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
     ap.add_argument("--plot", default=None, metavar="PNG", help="also plot decode tokens/s against batch size")
     args = ap.parse_args(argv)
-    sizes = args.sizes.split(",") if args.sizes else (["0.8B"] if args.quick else list(SIZES))
-    total = args.budget_s if args.budget_s else (55 if args.quick else 400)
-    # with the FLA peer, 70 % of the time for ours + HF, the rest for the subprocess (HF cases only)
-    clock = Clock(total * (0.7 if args.fla_site else 1.0))
+    t_start = time.perf_counter()
+    sizes = args.models.split(",") if args.models else (["0.8B"] if args.quick else list(DEFAULT_MODELS))
+    bad = [s for s in sizes if s not in SIZES]
+    if bad:
+        ap.error(f"unknown model size(s) {bad}; choose from {list(SIZES)}")
+    if args.cases and set(args.cases.split(",")) - set(CASES):
+        ap.error(f"unknown case(s) in {args.cases!r}; choose from {list(CASES)}")
+    peers = set((args.peers or ("ours" if args.no_hf else "ours,hf")).split(","))
+    if args.fla_site and args.peers is None:
+        peers.add("fla")
+    if "fla" in peers and not args.fla_site and not args.peer_only:
+        ap.error("--peers fla needs --fla-site DIR (where flash-linear-attention is installed)")
+    total = args.budget_s if args.budget_s else (55 if args.quick else 450)
+    fla_share = 0.25 if ("fla" in peers and not args.peer_only) else 0.0
+    clock = Clock(total * (1 - fla_share) - 8)  # 8 s: the ceilings below, the JSON and the plot
     rates = dict(copy_TBps=copy_bandwidth_TBps(), gemm_TFLOPs=bf16_gemm_TFLOPs())
     peer = "hf_sdpa_fla" if fla_available() else "hf_sdpa"
     print(f"card {torch.cuda.get_device_name()}: copy {rates['copy_TBps']:.2f} TB/s, bf16 GEMM "
-          f"{rates['gemm_TFLOPs']:.0f} TFLOP/s; HF peer {peer}", flush=True)
+          f"{rates['gemm_TFLOPs']:.0f} TFLOP/s; HF peer here {peer}; peers {sorted(peers)}", flush=True)
     records = []
     for size in sizes:
-        records += run_size(size, args, clock, rates, peer, ours_too=not args.peer_only)
+        records += run_size(size, args, clock, rates, peer, ours_too="ours" in peers and not args.peer_only,
+                            hf_too="hf" in peers or args.peer_only)
     if args.peer_only:
         print("RECORDS " + json.dumps(records), flush=True)
         return 0
-    if args.fla_site:
+    if "fla" in peers:
+        left = max(total - (time.perf_counter() - t_start) - 5, 10)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), args.fla_site]))
-        cmd = [sys.executable, __file__, "--peer-only", "--sizes", ",".join(sizes),
-               "--budget-s", str(max(total - (time.perf_counter() - clock.t0), 10))]
+        cmd = [sys.executable, __file__, "--peer-only", "--models", ",".join(sizes), "--budget-s", str(left)]
+        for flag, val in (("--cases", args.cases), ("--batches", args.batches)):
+            if val:
+                cmd += [flag, val]
         cmd += ["--quick"] if args.quick else []
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        sys.stdout.write(out.stdout[-4000:])
-        sys.stderr.write(out.stderr[-2000:])
-        for line in out.stdout.splitlines():
-            if line.startswith("RECORDS "):
-                records += json.loads(line[len("RECORDS "):])
+        try:
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=left + 30)
+            sys.stdout.write(out.stdout[-4000:])
+            sys.stderr.write(out.stderr[-2000:])
+            for line in out.stdout.splitlines():
+                if line.startswith("RECORDS "):
+                    records += json.loads(line[len("RECORDS "):])
+        except subprocess.TimeoutExpired:
+            print("the FLA peer ran past its budget: no FLA records")
     path = write_results("lm_e2e", records, extra=dict(mode="quick" if args.quick else "full", **rates,
-                                                       hf_peer=peer), out_dir=args.out)
+                                                       hf_peer=peer, models=sizes, wall_s=round(
+                                                           time.perf_counter() - t_start, 1)), out_dir=args.out)
     print(f"wrote {path}")
     summary(records)
     if args.plot:
@@ -450,6 +494,7 @@ def main(argv=None) -> int:
             plot(records, args.plot)
         except Exception as e:  # the JSON is written already
             print(f"plot failed: {type(e).__name__}: {e}")
+    print(f"total {time.perf_counter() - t_start:.1f} s")
     return 0
 
 
