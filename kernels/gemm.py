@@ -7,6 +7,7 @@ picks pathological algorithms for this shape, so the kernels never call it.
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 import torch
@@ -24,6 +25,13 @@ _SKINNY_DTYPES = (torch.bfloat16, torch.float16)
 # programmatic dependent launch (gemm.cu): the weight stream starts before the previous kernel ends;
 # QWEN35_SKINNY_PDL=0 turns it off (A/B timing)
 SKINNY_PDL = os.environ.get("QWEN35_SKINNY_PDL", "1") != "0"
+
+
+class _SplitOut(ctypes.Structure):
+    """gemm.cu's SplitOut<T>, passed by value: up to 4 output parts split by columns."""
+    _fields_ = [("y", ctypes.c_uint64 * 4), ("sy", ctypes.c_longlong * 4), ("cut", ctypes.c_int * 3)]
+
+
 SOURCE = NvrtcSource("gemm.cu", tuple(f"gemm::skinny_gemm<{CTYPES[dt]}, {s}>" for dt in _SKINNY_DTYPES
                                       for s in ("false", "true")))
 
@@ -52,12 +60,13 @@ def skinny_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0)
 
 
-def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = False,
-                  out: torch.Tensor | None = None) -> torch.Tensor:
+def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = False, split: tuple | None = None,
+                  out: torch.Tensor | None = None):
     """x @ weight.T for a few rows (decode): x [M, K] (1 <= M <= 8; a row-strided view is fine), weight [N, K]
     -> [M, N] in x.dtype (fp32 accumulation, one rounding). silu_mul: weight is the fused [gate; up] [2I, K] and
     the result silu(x gate.T) * (x up.T) [M, I] (each product rounded first, as F.linear then silu_mul_fused).
-    No host read (graph-capturable)."""
+    split: column counts (up to 4, summing to N) of a fused projection: returns a tuple of contiguous [M, n_j]
+    tensors instead of one (no slicing copies; not with out= or silu_mul). No host read (graph-capturable)."""
     if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
         raise TypeError("x and weight must be tensors")
     if not skinny_ok(x, weight):
@@ -70,14 +79,32 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = Fal
         if n % 2:
             raise ValueError(f"silu_mul needs the fused [gate; up] weight with an even row count, got {n}")
         n //= 2
-    if out is None:
-        out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    spec = _SplitOut()
+    if split is not None:
+        split = tuple(int(c) for c in split)
+        if silu_mul or out is not None or not 1 <= len(split) <= 4 or sum(split) != n or min(split) < 0:
+            raise ValueError(f"split must be 1 to 4 non-negative column counts summing to N = {n} (without "
+                             f"silu_mul or out=), got {split}")
+        parts = tuple(torch.empty(m, c, dtype=x.dtype, device=x.device) for c in split)
+        cut = 0
+        for j, t in enumerate(parts):
+            spec.y[j], spec.sy[j] = t.data_ptr(), t.stride(0)
+            if j:
+                spec.cut[j - 1] = cut
+            cut += split[j]
+        for j in range(len(parts), 4):
+            if j:
+                spec.cut[j - 1] = n
     else:
-        check_input("out", out, shape=(m, n), dtypes=(x.dtype,))
+        if out is None:
+            out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+        else:
+            check_input("out", out, shape=(m, n), dtypes=(x.dtype,))
+        spec.y[0], spec.sy[0] = out.data_ptr(), out.stride(0)
+        spec.cut[0] = spec.cut[1] = spec.cut[2] = n
     device = check_cuda(x=x, weight=weight, out=out)
-    if n == 0:
-        return out
-    SOURCE.launch(device, f"gemm::skinny_gemm<{CTYPES[x.dtype]}, {'true' if silu_mul else 'false'}>",
-                  (ceil_div(n, _SKINNY_ROWS), 1, 1), (_SKINNY_THREADS, 1, 1), x.data_ptr(), i64(x.stride(0)),
-                  weight.data_ptr(), out.data_ptr(), i64(out.stride(0)), i32(m), i32(n), i32(x.shape[1]), pdl=SKINNY_PDL)
-    return out
+    if n:
+        SOURCE.launch(device, f"gemm::skinny_gemm<{CTYPES[x.dtype]}, {'true' if silu_mul else 'false'}>",
+                      (ceil_div(n, _SKINNY_ROWS), 1, 1), (_SKINNY_THREADS, 1, 1), x.data_ptr(), i64(x.stride(0)),
+                      weight.data_ptr(), spec, i32(m), i32(n), i32(x.shape[1]), pdl=SKINNY_PDL)
+    return parts if split is not None else out

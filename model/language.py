@@ -154,6 +154,19 @@ class LanguageModel:
             return self.skinny[0](x, wt)
         return F.linear(x, wt)
 
+    def linear_split(self, x: torch.Tensor, name: str, sizes: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+        """A fused projection x @ w[name].T cut by columns into `sizes`: on the skinny kernel each part is written
+        contiguous (no slicing copies); on cuBLAS the parts are column views of one output."""
+        wt = self.w[name]
+        if self.skinny is not None and x.shape[0] <= 8 and self.skinny[1](x, wt):
+            return self.skinny[0](x, wt, split=sizes)
+        y, c = F.linear(x, wt), 0
+        parts = []
+        for n in sizes:
+            parts.append(y[:, c: c + n])
+            c += n
+        return tuple(parts)
+
     def linear_silu_mul(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """silu(x @ gate.T) * (x @ up.T) from the fused [gate; up] weight w[name] (one kernel for a few rows)."""
         wt = self.w[name]
@@ -309,12 +322,9 @@ class LanguageModel:
         cfg, ops, w = self.cfg, self.ops, self.w
         pre = f"layers.{i}.self_attn."
         T, Hq, Hkv, d = x.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        qkv = self.linear(x, pre + "qkv_proj.weight")  # [T, Hq 2d | Hkv d | Hkv d]
-        nq, nk = Hq * 2 * d, Hkv * d
-        # views: contiguous for one token (decode at batch 1: no copy); qk_norm_rope takes contiguous rows only
-        qg = qkv[:, :nq].contiguous().view(T, Hq, 2 * d)
-        k = qkv[:, nq: nq + nk].contiguous().view(T, Hkv, d)
-        v = qkv[:, nq + nk:].contiguous().view(T, Hkv, d)
+        qg, k, v = self.linear_split(x, pre + "qkv_proj.weight", (Hq * 2 * d, Hkv * d, Hkv * d))
+        # qk_norm_rope takes contiguous rows: the skinny kernel's parts are; cuBLAS's column views get copied
+        qg, k, v = qg.contiguous().view(T, Hq, 2 * d), k.contiguous().view(T, Hkv, d), v.contiguous().view(T, Hkv, d)
         # q/gate split, (1+w) q/k norms and partial mRoPE in one op; with a cache it also writes the normed,
         # rotated k and v of row b's new tokens to slots lengths[b] .. (gate stays a strided view of qg)
         cache = p.cache
@@ -349,20 +359,21 @@ class LanguageModel:
         # with a cache, the states are read and updated in place (state_out / final_state = the state)
         C = cfg.linear_conv_dim
         Z = nv * dv
-        proj = self.linear(x, pre + "in_proj_qkvzba.weight")  # [T, C + Z + 2 nv]: conv input | z | b | a
-        mixed, new_conv = _call(self.op("causal_conv1d"), proj[:, :C], self.conv_w[i], p.cu, conv_state,
+        # conv input | z | b | a (contiguous parts on the skinny kernel, column views on cuBLAS)
+        xc, z, b, a = self.linear_split(x, pre + "in_proj_qkvzba.weight", (C, Z, nv, nv))
+        mixed, new_conv = _call(self.op("causal_conv1d"), xc, self.conv_w[i], p.cu, conv_state,
                                 state_out=conv_state, max_seqlen=p.max_seqlen, validate=False)
         q = mixed[:, : nk * dk].reshape(T, nk, dk)
         k = mixed[:, nk * dk: 2 * nk * dk].reshape(T, nk, dk)
         v = mixed[:, 2 * nk * dk:].reshape(T, nv, dv)
-        z = proj[:, C: C + Z].contiguous().view(T, nv, dv)  # a view for one token; gated_rms_norm takes its rows
+        z = z.contiguous().view(T, nv, dv)  # gated_rms_norm takes contiguous rows
         # the delta rule with its gates from the projections a, b (log-decay g = -exp(A_log) softplus(a + dt_bias),
         # beta = sigmoid(b), fp32); q, k, v stay strided views of the conv output (the kernels take token strides)
-        # (a and b must be contiguous: views of the fused GEMM output are, for one token; otherwise a small copy)
+        # (a and b must be contiguous: the skinny kernel's parts are; cuBLAS's column views get a small copy)
         A_log, dt_bias = self.gate_consts[i]
-        o, new_rec = _call(self.op("fused_gated_delta_rule"), q, k, v, proj[:, C + Z + nv:].contiguous(),
-                           proj[:, C + Z: C + Z + nv].contiguous(), A_log, dt_bias, p.cu, rec_state, use_qk_l2norm=True,
-                           final_state=rec_state, max_seqlen=p.max_seqlen, validate=False)
+        o, new_rec = _call(self.op("fused_gated_delta_rule"), q, k, v, a.contiguous(), b.contiguous(), A_log, dt_bias,
+                           p.cu, rec_state, use_qk_l2norm=True, final_state=rec_state, max_seqlen=p.max_seqlen,
+                           validate=False)
         if cache is not None:
             if new_conv is not conv_state:
                 conv_state.copy_(new_conv)

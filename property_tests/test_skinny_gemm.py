@@ -81,3 +81,28 @@ def test_skinny_linear_refuses_what_it_cannot_take():
             skinny_linear(x, w if x.shape[1] == 64 else w[:, :48].contiguous())
     with pytest.raises(ValueError, match="even row count"):
         skinny_linear(torch.zeros(1, 64, device="cuda", dtype=torch.bfloat16), w[:15], silu_mul=True)
+
+
+@given(m=st.integers(1, 8), parts=st.lists(st.integers(0, 70), min_size=1, max_size=4),
+       seed=st.integers(0, 2**31 - 1))
+def test_skinny_linear_split_parts(m, parts, seed):
+    """split=: each part is a contiguous tensor equal to its columns of the unsplit product (bitwise: the same
+    kernel computes both)."""
+    from kernels.gemm import skinny_linear
+
+    n = sum(parts)
+    if n == 0:
+        parts, n = parts + [1] if len(parts) < 4 else parts[:3] + [1], sum(parts) + 1
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    w = (torch.randn(n, 256, device="cuda", generator=g) * 0.05).to(torch.bfloat16)
+    x = torch.randn(m, 256, device="cuda", generator=g).to(torch.bfloat16)
+    whole = skinny_linear(x, w)
+    got = skinny_linear(x, w, split=tuple(parts))
+    assert len(got) == len(parts)
+    c = 0
+    for t, k in zip(got, parts):
+        assert t.shape == (m, k) and t.is_contiguous()
+        assert torch.equal(t, whole[:, c: c + k])
+        c += k
+    with pytest.raises(ValueError, match="split must be"):
+        skinny_linear(x, w, split=(n + 1,))

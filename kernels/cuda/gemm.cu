@@ -15,7 +15,10 @@
 // do not depend on the previous kernel, so they are issued before griddepcontrol.wait (the weight stream starts
 // while the previous kernel finishes); x is read and y written only after it. Right after the wait the kernel lets
 // its own dependents launch (e.g. down_proj behind gate_up). Without a programmatic launch the wait returns at once.
-// Requires K % 32 == 0, x rows and w 16-byte aligned, sx % 8 == 0; y [M, N] with row stride sy.
+// Output: y [M, N] with row stride sy, or split by columns into up to 4 tensors (a fused projection's q | k | v or
+// conv input | z | b | a, each then contiguous: no copies): columns [cut_j, cut_j+1) go to out.y[j] (row stride
+// out.sy[j]) at column n - cut_j; unused cuts are N.
+// Requires K % 32 == 0, x rows and w 16-byte aligned, sx % 8 == 0.
 #include "include/convert.cuh"
 #include "include/mma_sm80.cuh"
 
@@ -60,9 +63,16 @@ __device__ __forceinline__ void mma_step(float (&c)[SETS][4], const uint4 (&a)[S
     }
 }
 
+template <typename T>
+struct SplitOut {
+    T* y[4];
+    long long sy[4];
+    int cut[3];  // starts of parts 1..3 (part 0 starts at 0)
+};
+
 template <typename T, bool SILU>
 __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ x, long long sx,
-                                                        const T* __restrict__ w, T* __restrict__ y, long long sy,
+                                                        const T* __restrict__ w, const SplitOut<T> out,
                                                         int M, int N, int K) {
     constexpr int SETS = SILU ? 2 : 1;
     __shared__ float red[WARPS][SETS][ROWS][8];
@@ -133,12 +143,14 @@ __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ 
                 for (int i = 0; i < WARPS; ++i) acc += red[i][s][r][m];
                 v[s] = acc;
             }
-            float out = v[0];
+            float val = v[0];
             if (SILU) {  // silu_mul_fused's formula on the rounded products
                 const float gv = round_to<T>(v[0]), uv = round_to<T>(v[SETS - 1]);
-                out = __fdividef(gv, 1.f + __expf(-gv)) * uv;
+                val = __fdividef(gv, 1.f + __expf(-gv)) * uv;
             }
-            y[(size_t)m * sy + n] = from_f<T>(out);
+            const int j = (n >= out.cut[0]) + (n >= out.cut[1]) + (n >= out.cut[2]);
+            const int c0 = j == 0 ? 0 : out.cut[j - 1];
+            out.y[j][(size_t)m * out.sy[j] + (n - c0)] = from_f<T>(val);
         }
     }
 }
