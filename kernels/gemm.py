@@ -19,7 +19,8 @@ from .runtime.nvrtc import i32, i64
 
 __all__ = ["patch_embed", "skinny_linear", "skinny_ok"]
 
-SKINNY_MAX_ROWS = 8  # the mma's N: x rows per launch
+SKINNY_MAX_ROWS = 32  # x rows per launch: up to 4 tiles of the mma's N = 8
+_SKINNY_TILES = (1, 2, 4)
 _SKINNY_ROWS, _SKINNY_THREADS = 16, 256  # output features per CTA, threads per CTA (gemm.cu's ROWS, WARPS * 32)
 _SKINNY_DTYPES = (torch.bfloat16, torch.float16)
 # programmatic dependent launch (gemm.cu): the weight stream starts before the previous kernel ends;
@@ -32,8 +33,8 @@ class _SplitOut(ctypes.Structure):
     _fields_ = [("y", ctypes.c_uint64 * 4), ("sy", ctypes.c_longlong * 4), ("cut", ctypes.c_int * 3)]
 
 
-SOURCE = NvrtcSource("gemm.cu", tuple(f"gemm::skinny_gemm<{CTYPES[dt]}, {s}>" for dt in _SKINNY_DTYPES
-                                      for s in ("false", "true")))
+SOURCE = NvrtcSource("gemm.cu", tuple(f"gemm::skinny_gemm<{CTYPES[dt]}, {s}, {nt}>" for dt in _SKINNY_DTYPES
+                                      for s in ("false", "true") for nt in _SKINNY_TILES))
 
 
 def patch_embed(pixel_values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -52,7 +53,7 @@ def patch_embed(pixel_values: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 
 
 def skinny_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether skinny_linear takes these operands (else use F.linear): CUDA, bf16/fp16, x [M <= 8, K] with unit
+    """Whether skinny_linear takes these operands (else use F.linear): CUDA, bf16/fp16, x [M <= 32, K] with unit
     column stride, weight [N, K] contiguous, K % 32 == 0, 16-byte aligned rows. Reads nothing on the device."""
     return (x.is_cuda and x.dim() == 2 and x.dtype in _SKINNY_DTYPES and weight.dtype == x.dtype
             and 1 <= x.shape[0] <= SKINNY_MAX_ROWS and weight.dim() == 2 and x.shape[1] == weight.shape[1]
@@ -62,7 +63,7 @@ def skinny_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = False, split: tuple | None = None,
                   out: torch.Tensor | None = None):
-    """x @ weight.T for a few rows (decode): x [M, K] (1 <= M <= 8; a row-strided view is fine), weight [N, K]
+    """x @ weight.T for a few rows (decode): x [M, K] (1 <= M <= 32; a row-strided view is fine), weight [N, K]
     -> [M, N] in x.dtype (fp32 accumulation, one rounding). silu_mul: weight is the fused [gate; up] [2I, K] and
     the result silu(x gate.T) * (x up.T) [M, I] (each product rounded first, as F.linear then silu_mul_fused).
     split: column counts (up to 4, summing to N) of a fused projection: returns a tuple of contiguous [M, n_j]
@@ -104,7 +105,8 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = Fal
         spec.cut[0] = spec.cut[1] = spec.cut[2] = n
     device = check_cuda(x=x, weight=weight, out=out)
     if n:
-        SOURCE.launch(device, f"gemm::skinny_gemm<{CTYPES[x.dtype]}, {'true' if silu_mul else 'false'}>",
+        nt = 1 if m <= 8 else 2 if m <= 16 else 4
+        SOURCE.launch(device, f"gemm::skinny_gemm<{CTYPES[x.dtype]}, {'true' if silu_mul else 'false'}, {nt}>",
                       (ceil_div(n, _SKINNY_ROWS), 1, 1), (_SKINNY_THREADS, 1, 1), x.data_ptr(), i64(x.stride(0)),
                       weight.data_ptr(), spec, i32(m), i32(n), i32(x.shape[1]), pdl=SKINNY_PDL)
     return parts if split is not None else out

@@ -139,9 +139,10 @@ class LanguageModel:
                 p = f"layers.{i}.mlp."
                 w[p + "gate_up_proj.weight"] = torch.cat([w.pop(p + "gate_proj.weight"), w.pop(p + "up_proj.weight")])
 
-        # decode-sized products (<= 8 rows) on the skinny tensor-core GEMM (kernels.gemm) on the kernels backend:
-        # cuBLAS's split-K tiles reach ~30 % of the copy rate at these shapes; None: F.linear everywhere
+        # decode-sized products (<= skinny_rows rows) on the skinny tensor-core GEMM (kernels.gemm) on the kernels
+        # backend: cuBLAS's split-K tiles reach ~30 % of the copy rate at these shapes; None: F.linear everywhere
         self.skinny = _skinny_gemm() if ops is not reference else None
+        self.skinny_rows = 32
 
     @property
     def device(self):
@@ -150,7 +151,7 @@ class LanguageModel:
     def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """x @ w[name].T: the skinny kernel for a few rows when it takes the operands, else cuBLAS."""
         wt = self.w[name]
-        if self.skinny is not None and x.shape[0] <= 8 and self.skinny[1](x, wt):
+        if self.skinny is not None and x.shape[0] <= self.skinny_rows and self.skinny[1](x, wt):
             return self.skinny[0](x, wt)
         return F.linear(x, wt)
 
@@ -158,7 +159,7 @@ class LanguageModel:
         """A fused projection x @ w[name].T cut by columns into `sizes`: on the skinny kernel each part is written
         contiguous (no slicing copies); on cuBLAS the parts are column views of one output."""
         wt = self.w[name]
-        if self.skinny is not None and x.shape[0] <= 8 and self.skinny[1](x, wt):
+        if self.skinny is not None and x.shape[0] <= self.skinny_rows and self.skinny[1](x, wt):
             return self.skinny[0](x, wt, split=sizes)
         y, c = F.linear(x, wt), 0
         parts = []
@@ -170,7 +171,7 @@ class LanguageModel:
     def linear_silu_mul(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """silu(x @ gate.T) * (x @ up.T) from the fused [gate; up] weight w[name] (one kernel for a few rows)."""
         wt = self.w[name]
-        if self.skinny is not None and x.shape[0] <= 8 and self.skinny[1](x, wt):
+        if self.skinny is not None and x.shape[0] <= self.skinny_rows and self.skinny[1](x, wt):
             return self.skinny[0](x, wt, silu_mul=True)
         return self.op("silu_mul_fused")(F.linear(x, wt))
 

@@ -23,7 +23,7 @@ def _check(got, want, scale, dtype, what):
                           f"{(got.float() - want).abs().max().item():.3g}"
 
 
-@given(m=st.integers(1, 8), n=st.sampled_from((1, 15, 16, 17, 100, 512, 6176)),
+@given(m=st.sampled_from((1, 2, 5, 8, 9, 16, 17, 32)), n=st.sampled_from((1, 15, 16, 17, 100, 512, 6176)),
        k=st.sampled_from((32, 64, 96, 256, 1024, 3584)), dtype=st.sampled_from((torch.bfloat16, torch.float16)),
        strided=st.booleans(), silu=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_skinny_linear_matches_fp32(m, n, k, dtype, strided, silu, seed):
@@ -49,13 +49,13 @@ def test_skinny_linear_matches_fp32(m, n, k, dtype, strided, silu, seed):
 
 
 def test_skinny_linear_real_shapes_and_graph():
-    """The 0.8B decode GEMMs (1 and 8 rows) against F.linear, captured in a CUDA graph and replayed."""
+    """The 0.8B decode GEMMs (1, 8 and 32 rows) against F.linear, captured in a CUDA graph and replayed."""
     from kernels.gemm import skinny_linear
 
     dtype = torch.bfloat16
     for n, k in ((6176, 1024), (2048, 1024), (1024, 2048), (7168, 1024), (1024, 3584), (248320, 1024)):
         w = (torch.randn(n, k, device="cuda") * 0.03).to(dtype)
-        for m in (1, 8):
+        for m in (1, 8, 32):
             x = torch.randn(m, k, device="cuda").to(dtype)
             out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
             skinny_linear(x, w, out=out)  # compiled / loaded before capture
@@ -73,7 +73,7 @@ def test_skinny_linear_refuses_what_it_cannot_take():
     from kernels.gemm import skinny_linear, skinny_ok
 
     w = torch.zeros(16, 64, device="cuda", dtype=torch.bfloat16)
-    for x, why in ((torch.zeros(9, 64, device="cuda", dtype=torch.bfloat16), "9 rows"),
+    for x, why in ((torch.zeros(33, 64, device="cuda", dtype=torch.bfloat16), "33 rows"),
                    (torch.zeros(1, 64, device="cuda"), "fp32"),
                    (torch.zeros(1, 48, device="cuda", dtype=torch.bfloat16), "K % 32")):
         assert not skinny_ok(x, w if x.shape[1] == 64 else w[:, :48]), why
@@ -83,7 +83,7 @@ def test_skinny_linear_refuses_what_it_cannot_take():
         skinny_linear(torch.zeros(1, 64, device="cuda", dtype=torch.bfloat16), w[:15], silu_mul=True)
 
 
-@given(m=st.integers(1, 8), parts=st.lists(st.integers(0, 70), min_size=1, max_size=4),
+@given(m=st.integers(1, 32), parts=st.lists(st.integers(0, 70), min_size=1, max_size=4),
        seed=st.integers(0, 2**31 - 1))
 def test_skinny_linear_split_parts(m, parts, seed):
     """split=: each part is a contiguous tensor equal to its columns of the unsplit product (bitwise: the same

@@ -200,6 +200,7 @@ def main(argv=None) -> int:
         skinny = lm.skinny
         for vi, variant in enumerate(args.variants.split(",")):
             lm.skinny = None if variant == "cublas" else skinny
+            lm.skinny_rows = 8 if variant == "skinny8" else 32
             KG.SKINNY_PDL = variant != "nopdl"
             for B in (int(b) for b in args.batch.split(",")):
                 r = profile_step(lm, B, args.context, args.context + 64)

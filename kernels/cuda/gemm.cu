@@ -1,4 +1,4 @@
-// Skinny GEMM for decode: y[m, n] = sum_k x[m, k] w[n, k] for a handful of rows m < M <= 8 (the batch of one
+// Skinny GEMM for decode: y[m, n] = sum_k x[m, k] w[n, k] for a handful of rows m < M <= 32 (the batch of one
 // decode step) and a weight w [N, K] read once from memory. cuBLAS picks split-K tile GEMMs for these shapes and
 // reaches ~30 % of the copy rate on the 1-16 MB matrices of a decode step (H200, 0.8B shapes); this kernel streams
 // the weight with 16-byte loads, four steps in flight per warp, and multiplies on the tensor cores
@@ -51,15 +51,18 @@ __device__ __forceinline__ void wait_and_release() {
 #endif
 }
 
-// One 32-wide k step of the CTA's 16 x 8 tile: two m16n8k16 on the registers loaded for it.
-template <typename T, int SETS>
-__device__ __forceinline__ void mma_step(float (&c)[SETS][4], const uint4 (&a)[SETS][2], const uint4& b) {
+// One 32-wide k step of the CTA's 16 x 8 NT tile: two m16n8k16 per 8-row tile of x on the registers loaded for it.
+template <typename T, int SETS, int NT>
+__device__ __forceinline__ void mma_step(float (&c)[SETS][NT][4], const uint4 (&a)[SETS][2], const uint4 (&b)[NT]) {
 #pragma unroll
     for (int s = 0; s < SETS; ++s) {
         const u32 a1[4] = {a[s][0].x, a[s][1].x, a[s][0].y, a[s][1].y};
-        Mma<T>::k16(c[s], a1, b.x, b.y);
         const u32 a2[4] = {a[s][0].z, a[s][1].z, a[s][0].w, a[s][1].w};
-        Mma<T>::k16(c[s], a2, b.z, b.w);
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            Mma<T>::k16(c[s][j], a1, b[j].x, b[j].y);
+            Mma<T>::k16(c[s][j], a2, b[j].z, b[j].w);
+        }
     }
 }
 
@@ -70,12 +73,16 @@ struct SplitOut {
     int cut[3];  // starts of parts 1..3 (part 0 starts at 0)
 };
 
-template <typename T, bool SILU>
+// NT: 8-row tiles of x (M <= 8 NT): 1, 2 or 4 (decode batches up to 8, 16, 32); fewer steps in flight for more
+// tiles (registers).
+template <typename T, bool SILU, int NT>
 __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ x, long long sx,
                                                         const T* __restrict__ w, const SplitOut<T> out,
                                                         int M, int N, int K) {
     constexpr int SETS = SILU ? 2 : 1;
-    __shared__ float red[WARPS][SETS][ROWS][8];
+    constexpr int U = NT == 1 ? UNROLL : 2;
+    constexpr int COLS = 8 * NT;
+    __shared__ float red[WARPS][SETS][ROWS][COLS];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     const int n0 = blockIdx.x * ROWS;
     // Rows past N read row N - 1 and x rows past M read row 0: their products land in outputs that are never
@@ -85,17 +92,21 @@ __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ 
     for (int s = 0; s < SETS; ++s)
 #pragma unroll
         for (int h = 0; h < 2; ++h) wr[s][h] = w + ((size_t)s * N + min(n0 + g + 8 * h, N - 1)) * K + 8 * q;
-    const T* xr = x + (size_t)(g < M ? g : 0) * sx + 8 * q;
-    float c[SETS][4];
+    const T* xr[NT];
 #pragma unroll
-    for (int s = 0; s < SETS; ++s) c[s][0] = c[s][1] = c[s][2] = c[s][3] = 0.f;
+    for (int j = 0; j < NT; ++j) xr[j] = x + (size_t)(g + 8 * j < M ? g + 8 * j : 0) * sx + 8 * q;
+    float c[SETS][NT][4];
+#pragma unroll
+    for (int s = 0; s < SETS; ++s)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) c[s][j][0] = c[s][j][1] = c[s][j][2] = c[s][j][3] = 0.f;
     const int steps = K / KSTEP;
     int st = warp;
     bool waited = false;
-    for (; st + (UNROLL - 1) * WARPS < steps; st += UNROLL * WARPS) {  // UNROLL steps' loads, then their mmas
-        uint4 a[UNROLL][SETS][2], b[UNROLL];
+    for (; st + (U - 1) * WARPS < steps; st += U * WARPS) {  // U steps' loads, then their mmas
+        uint4 a[U][SETS][2], b[U][NT];
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
+        for (int u = 0; u < U; ++u) {
             const size_t off = (size_t)(st + u * WARPS) * KSTEP;
 #pragma unroll
             for (int s = 0; s < SETS; ++s)
@@ -107,33 +118,38 @@ __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ 
             waited = true;
         }
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) b[u] = load_l2(xr + (size_t)(st + u * WARPS) * KSTEP);
+        for (int u = 0; u < U; ++u)
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) mma_step<T, SETS>(c, a[u], b[u]);
+            for (int j = 0; j < NT; ++j) b[u][j] = load_l2(xr[j] + (size_t)(st + u * WARPS) * KSTEP);
+#pragma unroll
+        for (int u = 0; u < U; ++u) mma_step<T, SETS, NT>(c, a[u], b[u]);
     }
     if (!waited) wait_and_release();
-    for (; st < steps; st += WARPS) {  // the last < UNROLL steps of this warp
-        uint4 a[SETS][2];
+    for (; st < steps; st += WARPS) {  // the last < U steps of this warp
+        uint4 a[SETS][2], b[NT];
         const size_t off = (size_t)st * KSTEP;
 #pragma unroll
         for (int s = 0; s < SETS; ++s)
 #pragma unroll
             for (int h = 0; h < 2; ++h) a[s][h] = load_stream(wr[s][h] + off);
-        const uint4 b = load_l2(xr + off);
-        mma_step<T, SETS>(c, a, b);
+#pragma unroll
+        for (int j = 0; j < NT; ++j) b[j] = load_l2(xr[j] + off);
+        mma_step<T, SETS, NT>(c, a, b);
     }
-    // c[s][0], c[s][1]: row g, columns (batch rows) 2q, 2q+1; c[s][2], c[s][3]: row g + 8
+    // c[s][j][0], [1]: row g, x rows 8j + 2q, 8j + 2q + 1; c[s][j][2], [3]: row g + 8
 #pragma unroll
     for (int s = 0; s < SETS; ++s) {
-        red[warp][s][g][2 * q] = c[s][0];
-        red[warp][s][g][2 * q + 1] = c[s][1];
-        red[warp][s][g + 8][2 * q] = c[s][2];
-        red[warp][s][g + 8][2 * q + 1] = c[s][3];
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            red[warp][s][g][8 * j + 2 * q] = c[s][j][0];
+            red[warp][s][g][8 * j + 2 * q + 1] = c[s][j][1];
+            red[warp][s][g + 8][8 * j + 2 * q] = c[s][j][2];
+            red[warp][s][g + 8][8 * j + 2 * q + 1] = c[s][j][3];
+        }
     }
     __syncthreads();
-    const int t = threadIdx.x;
-    if (t < ROWS * 8) {
-        const int r = t >> 3, m = t & 7, n = n0 + r;
+    for (int t = threadIdx.x; t < ROWS * COLS; t += WARPS * 32) {
+        const int r = t / COLS, m = t % COLS, n = n0 + r;
         if (m < M && n < N) {
             float v[SETS];
 #pragma unroll
