@@ -1,10 +1,8 @@
-"""Multimodal glue on the GPU (Numba kernels): same signatures and exact results as reference.rope_index and
-reference.scatter_image_embeds.
+"""Multimodal glue on the GPU (Numba kernel): same signature and exact result as reference.scatter_image_embeds.
 
-Both run once per prompt and each reads a few numbers back to the host: rope_index returns delta as an int
-(as the reference does) and reports malformed input; scatter_image_embeds checks that the number of
-placeholders equals the number of image rows. Tensors are CUDA tensors on a GPU run (a CPU tensor is an
-error), CPU tensors in the Numba simulator.
+It runs once per prompt and reads one number back to the host: it checks that the number of placeholders
+equals the number of image rows. Tensors are CUDA tensors on a GPU run (a CPU tensor is an error), CPU tensors
+in the Numba simulator.
 """
 
 from __future__ import annotations
@@ -12,75 +10,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from reference._checks import check_grid_thw
-
 from .runtime.checks import check_input, check_out
+from .runtime.dispatch import CTYPES, NvrtcSource
 
-__all__ = ["rope_index", "scatter_image_embeds"]
+__all__ = ["scatter_image_embeds"]
 
-_INT_DTYPES = (torch.int32, torch.int64)
 # a copy moves bits: each float dtype travels as the integer type of its width
 _BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
          torch.float64: torch.int64}
-
-
-def rope_index(input_ids: torch.Tensor, image_grid_thw: torch.Tensor | None, video_grid_thw: torch.Tensor | None,
-               image_token_id: int = 248056, video_token_id: int = 248057,
-               merge: int = 2, *, out: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-    """Qwen3.5 mRoPE position ids for one sequence (see reference.rope_index).
-
-    input_ids: int32/int64 [S]; image_grid_thw / video_grid_thw: int32/int64 [n, 3] or None.
-    Returns (positions int64 [3, S] (into `out` when given), delta int). Raises ValueError when the pad
-    tokens do not match the grids.
-    """
-    from .numba import elementwise_launch
-    from .numba.glue import rope_index_kernel
-    from .runtime.numba_interop import check_kernel_device, launch
-
-    check_input("input_ids", input_ids, ndim=1, dtypes=_INT_DTYPES)
-    if input_ids.shape[0] == 0:
-        raise ValueError("input_ids must not be empty")
-    if not isinstance(merge, int) or isinstance(merge, bool) or merge <= 0:
-        raise ValueError(f"merge must be a positive int, got {merge!r}")
-    for name, tok in (("image_token_id", image_token_id), ("video_token_id", video_token_id)):
-        if not isinstance(tok, int) or isinstance(tok, bool):
-            raise ValueError(f"{name} must be an int, got {tok!r}")
-    if image_token_id == video_token_id:
-        raise ValueError(f"image_token_id and video_token_id must differ, both are {image_token_id}")
-    for name, g in (("image_grid_thw", image_grid_thw), ("video_grid_thw", video_grid_thw)):
-        if g is not None:
-            check_input(name, g, ndim=2, dtypes=_INT_DTYPES)
-    dev, s = input_ids.device, input_ids.shape[0]
-    if out is not None:
-        check_out("out", out, (3, s), torch.int64)
-    check_kernel_device(input_ids=input_ids, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw, out=out)
-
-    grids, need = [], []
-    for name, g, per_frame in (("image_grid_thw", image_grid_thw, False), ("video_grid_thw", video_grid_thw, True)):
-        if g is None:
-            g = torch.zeros(0, 3, dtype=torch.int64, device=dev)
-        thw = check_grid_thw(g, name, merge).tolist()  # host read of a few ints: values and token counts
-        grids.append(g.long())  # the kernel reads int64 ids and grids (one compiled variant)
-        need.append(sum(t * h * w for t, h, w in thw) // merge**2)
-    img_grid, vid_grid = grids
-
-    is_img, is_vid = input_ids == image_token_id, input_ids == video_token_id
-    cimg, cvid = torch.cumsum(is_img, 0), torch.cumsum(is_vid, 0)  # int64 inclusive prefix counts
-    pos = torch.empty(3, s, dtype=torch.int64, device=dev) if out is None else out
-    err = torch.full((1,), s, dtype=torch.int64, device=dev)
-    launch(rope_index_kernel, *elementwise_launch(s), input_ids.long(), cimg, cvid, img_grid,
-           np.int64(img_grid.shape[0]), vid_grid, np.int64(vid_grid.shape[0]), np.int64(image_token_id),
-           np.int64(video_token_id), np.int64(merge), pos, err)
-
-    first_bad, have_img, have_vid, top = torch.stack([err[0], cimg[-1], cvid[-1], pos.max()]).tolist()
-    for name, tok, have, want in (("image_grid_thw", image_token_id, have_img, need[0]),
-                                  ("video_grid_thw", video_token_id, have_vid, need[1])):
-        if have != want:
-            raise ValueError(f"input_ids has {have} tokens with id {tok}, but {name} needs {want}")
-    if first_bad < s:
-        raise ValueError(f"input_ids[{first_bad}] is a pad token whose grid (image, or video frame) does not lie "
-                         f"on consecutive pad tokens of its kind")
-    return pos, top + 1 - s
 
 
 def scatter_image_embeds(token_embeds: torch.Tensor, image_embeds: torch.Tensor, is_image: torch.Tensor, *,
@@ -112,4 +49,87 @@ def scatter_image_embeds(token_embeds: torch.Tensor, image_embeds: torch.Tensor,
     bits = _BITS[token_embeds.dtype]
     launch(scatter_rows_kernel, *elementwise_launch(out.numel()), token_embeds.view(bits), image_embeds.view(bits),
            is_image, ordinal, out.view(bits), np.int64(out.numel()), np.int64(h))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ decode-step glue (NVRTC)
+_GLUE = NvrtcSource("glue.cu", tuple(
+    [f"glue::decode_prologue<{CTYPES[dt]}>" for dt in (torch.bfloat16, torch.float16, torch.float32)]
+    + [f"glue::greedy_select<{CTYPES[dt]}>" for dt in (torch.bfloat16, torch.float16, torch.float32)]))
+
+
+def _glue_source():
+    return _GLUE
+
+
+_TICKETS: dict = {}  # (device, rows) -> int32 zeros: greedy_select's per-row tickets (each call leaves them 0)
+_SELECT_CHUNK = 8192  # logits per CTA of greedy_select (248320 -> 31 CTAs a row)
+
+
+def decode_prologue(tokens: torch.Tensor, embed: torch.Tensor, lengths: torch.Tensor, rope_delta: torch.Tensor,
+                    cos: torch.Tensor, sin: torch.Tensor):
+    """The inputs of one decode step in one kernel: (embed[tokens] [B, H], cos[p] and sin[p] [B, R] fp32,
+    lengths + 1 int32 [B]) with p = clamp(lengths + rope_delta, 0, capacity - 1), capacity = cos.shape[0].
+    tokens int64 [B] (ids outside [0, V) read row 0: no host check, graph-capturable); embed [V, H] with
+    H % (16 bytes) == 0; lengths int32 [B]; rope_delta int64 [B]; cos, sin fp32 [capacity, R] contiguous."""
+    from .runtime.checks import check_cuda
+    from .runtime.nvrtc import i32
+
+    check_input("tokens", tokens, ndim=1, dtypes=(torch.int64,))
+    B = tokens.shape[0]
+    check_input("embed", embed, ndim=2)
+    V, H = embed.shape
+    if (H * embed.element_size()) % 16 or embed.data_ptr() % 16:
+        raise ValueError(f"embed rows must be whole 16-byte vectors (16-byte aligned), got width {H} of "
+                         f"{embed.dtype}")
+    check_input("lengths", lengths, shape=(B,), dtypes=(torch.int32,))
+    check_input("rope_delta", rope_delta, shape=(B,), dtypes=(torch.int64,))
+    check_input("cos", cos, ndim=2, dtypes=(torch.float32,))
+    check_input("sin", sin, shape=tuple(cos.shape), dtypes=(torch.float32,))
+    device = check_cuda(tokens=tokens, embed=embed, lengths=lengths, rope_delta=rope_delta, cos=cos, sin=sin)
+    cap, R = cos.shape
+    x = torch.empty(B, H, dtype=embed.dtype, device=embed.device)
+    co = torch.empty(B, R, dtype=torch.float32, device=embed.device)
+    so = torch.empty_like(co)
+    attend = torch.empty(B, dtype=torch.int32, device=embed.device)
+    if B:
+        _glue_source().launch(device, f"glue::decode_prologue<{CTYPES[embed.dtype]}>", (B, 1, 1), (128, 1, 1),
+                              tokens.data_ptr(), embed.data_ptr(), lengths.data_ptr(), rope_delta.data_ptr(),
+                              cos.data_ptr(), sin.data_ptr(), x.data_ptr(), co.data_ptr(), so.data_ptr(),
+                              attend.data_ptr(), i32(V), i32(H), i32(R), i32(cap))
+    return x, co, so, attend
+
+
+def greedy_select(logits: torch.Tensor, done: torch.Tensor, eos: torch.Tensor, pad: torch.Tensor,
+                  out: torch.Tensor) -> torch.Tensor:
+    """Greedy token choice and the stop rule in one kernel: out = where(done, pad, argmax(logits, -1)); done |=
+    out is one of eos (model.generate.select_tokens + stop_update). logits [B, V] (unit column stride); done bool
+    [B] (updated in place); eos int64 [E]; pad int64 []; out int64 [B] (written). Graph-capturable."""
+    from .runtime.checks import check_cuda
+    from .runtime.nvrtc import i32, i64
+
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.stride(1) != 1 or \
+            logits.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError("logits must be a [B, V] float tensor with unit column stride")
+    B, V = logits.shape
+    check_input("done", done, shape=(B,), dtypes=(torch.bool,))
+    check_input("eos", eos, ndim=1, dtypes=(torch.int64,))
+    check_input("pad", pad, shape=(), dtypes=(torch.int64,))
+    check_input("out", out, shape=(B,), dtypes=(torch.int64,))
+    if V < 1:
+        raise ValueError("logits must have at least one column")
+    device = check_cuda(logits=logits, done=done, eos=eos, pad=pad, out=out)
+    if B == 0:
+        return out
+    chunks = -(-V // _SELECT_CHUNK)
+    key = (device, B)
+    ticket = _TICKETS.get(key)
+    if ticket is None:
+        ticket = _TICKETS[key] = torch.zeros(B, dtype=torch.int32, device=logits.device)
+    part_v = torch.empty(B, chunks, dtype=torch.float32, device=logits.device)
+    part_i = torch.empty(B, chunks, dtype=torch.int32, device=logits.device)
+    _glue_source().launch(device, f"glue::greedy_select<{CTYPES[logits.dtype]}>", (chunks, B, 1), (256, 1, 1),
+                          logits.data_ptr(), i64(logits.stride(0)), i32(V), i32(_SELECT_CHUNK), part_v.data_ptr(),
+                          part_i.data_ptr(), ticket.data_ptr(), done.data_ptr(), eos.data_ptr(), i32(eos.numel()),
+                          pad.data_ptr(), out.data_ptr())
     return out

@@ -153,6 +153,10 @@ class DecodeSession:
         return self.cache.capacity
 
     def _emit(self, logits: torch.Tensor) -> None:
+        glue = getattr(self.lm, "glue", None)
+        if glue is not None and not self.sampling.do_sample and logits.is_cuda:  # argmax + stop rule, one kernel
+            glue[1](logits, self.done, self.eos, self.pad, self.tok)
+            return
         nxt = self.sampling.select(logits, noise=self.noise)
         self.tok.copy_(stop_update(nxt, self.done, self.eos, self.pad))
 

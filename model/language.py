@@ -143,6 +143,9 @@ class LanguageModel:
         # backend: cuBLAS's split-K tiles reach ~30 % of the copy rate at these shapes; None: F.linear everywhere
         self.skinny = _skinny_gemm() if ops is not reference else None
         self.skinny_rows = 32
+        # the decode step's glue (embedding, mRoPE angles, attend lengths; greedy choice + stop rule) as one kernel
+        # each (kernels.glue) on the kernels backend; None: the torch ops
+        self.glue = _glue_kernels() if ops is not reference else None
 
     @property
     def device(self):
@@ -287,10 +290,15 @@ class LanguageModel:
         position of row b's token is lengths[b] + rope_delta[b] on all three axes (read from cache.cos/sin).
         The caller keeps lengths < capacity (nothing here reads the device on the host).
         """
-        x = self.embed(tokens)
-        pos = (cache.lengths.long() + cache.rope_delta).clamp_(0, cache.capacity - 1)
-        cos, sin = cache.cos.index_select(0, pos), cache.sin.index_select(0, pos)
-        p = _Pass(cu=cache.decode_cu, max_seqlen=1, cache=cache, decode=True, attend=cache.lengths + 1)
+        ew = self.embed_weight
+        if self.glue is not None and tokens.is_cuda and (ew.shape[1] * ew.element_size()) % 16 == 0:
+            x, cos, sin, attend = self.glue[0](tokens, ew, cache.lengths, cache.rope_delta, cache.cos, cache.sin)
+        else:
+            x = self.embed(tokens)
+            pos = (cache.lengths.long() + cache.rope_delta).clamp_(0, cache.capacity - 1)
+            cos, sin = cache.cos.index_select(0, pos), cache.sin.index_select(0, pos)
+            attend = cache.lengths + 1
+        p = _Pass(cu=cache.decode_cu, max_seqlen=1, cache=cache, decode=True, attend=attend)
         h = self._layers(x, cos, sin, p)
         cache.lengths += 1
         return h
@@ -403,6 +411,15 @@ def _skinny_gemm():
     except ModuleNotFoundError:
         return None
     return skinny_linear, skinny_ok
+
+
+def _glue_kernels():
+    """(kernels.glue.decode_prologue, kernels.glue.greedy_select), or None without the kernels package."""
+    try:
+        from kernels.glue import decode_prologue, greedy_select
+    except ModuleNotFoundError:
+        return None
+    return decode_prologue, greedy_select
 
 
 def _attend_after_prefix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
