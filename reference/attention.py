@@ -8,6 +8,9 @@ Layouts (see docs/op_catalogue.md):
 Precision: scores, softmax and the weighted sum are computed in fp32 (fp64 when the inputs are fp64); the output
 has the dtype of q. The log-sum-exp is returned in that compute dtype (fp32, or fp64 for fp64 inputs).
 Strided (non-contiguous) inputs are accepted: the reference is the math, layout rules belong to the kernels.
+Memory: `attention` walks the queries in blocks, each against the keys of its own segments under the same
+explicit mask (`attention_mask(..., rows=, cols=)`), so no [T, T] mask or score matrix is ever built: the largest
+temporary is one [Hq, block, segment] score block of at most SCORE_ELEMENTS elements (256 MiB in fp32).
 """
 
 from __future__ import annotations
@@ -31,11 +34,14 @@ def _total_tokens(cu_seqlens) -> int:
     return 0
 
 
-def attention_mask(cu_seqlens: torch.Tensor, causal: bool) -> torch.Tensor:
+def attention_mask(cu_seqlens: torch.Tensor, causal: bool, rows: slice | None = None,
+                   cols: slice | None = None) -> torch.Tensor:
     """The explicit mask that `attention` applies.
 
     cu_seqlens: int [n+1], segment boundaries of T = cu_seqlens[-1] packed tokens.
     causal:     also forbid attending to later tokens of the same segment.
+    rows, cols: optional slices (step 1) of query / key tokens: the block mask[rows, cols] of the same mask,
+                built without the rest of it (`attention` walks the queries in such blocks).
     Returns mask[T, T] bool on cu_seqlens' device: mask[i, j] is True when query token i may attend to key token j,
     i.e. i and j lie in the same segment (block-diagonal), and j <= i when causal.
     """
@@ -44,13 +50,29 @@ def attention_mask(cu_seqlens: torch.Tensor, causal: bool) -> torch.Tensor:
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     cu = cu_seqlens.to(torch.int64)
     total = int(cu[-1])
-    pos = torch.arange(total, device=cu.device)
+    qi = _positions(rows, total, "rows", cu.device)
+    kj = _positions(cols, total, "cols", cu.device)
     # segment id of each token: number of boundaries cu[1:] at or below its position
-    seg = torch.searchsorted(cu[1:], pos, right=True)  # [T]
-    mask = seg[:, None] == seg[None, :]  # [T, T] block-diagonal
+    seg_q = torch.searchsorted(cu[1:], qi, right=True)
+    seg_k = torch.searchsorted(cu[1:], kj, right=True)
+    mask = seg_q[:, None] == seg_k[None, :]  # block-diagonal
     if causal:
-        mask &= pos[None, :] <= pos[:, None]
+        mask &= kj[None, :] <= qi[:, None]
     return mask
+
+
+def _positions(sl: slice | None, total: int, name: str, device) -> torch.Tensor:
+    """Token positions of a slice of 0..total-1 (all when None)."""
+    if sl is None:
+        return torch.arange(total, device=device)
+    if not isinstance(sl, slice) or sl.step not in (None, 1):
+        raise ValueError(f"{name} must be a slice with step 1 (or None), got {sl!r}")
+    return torch.arange(*sl.indices(total), device=device)
+
+
+# Queries per block: the [Hq, block, keys] score block is the largest temporary of `attention`. With at most
+# this many score elements (4 bytes each: 256 MiB) a block still amortises the matmul well on a CPU.
+SCORE_ELEMENTS = 1 << 26
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, causal: bool,
@@ -82,20 +104,36 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: tor
         longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if cu_seqlens.numel() > 1 else 0
         if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < longest:
             raise ValueError(f"max_seqlen must be an int >= the longest segment ({longest}), got {max_seqlen!r}")
-    mask = attention_mask(cu_seqlens, causal)  # [T, T]
     scale = d ** -0.5 if scale is None else float(scale)
-
     acc = _compute_dtype(q)
     r = Hq // Hkv
-    qf = q.to(acc)
-    kf = k.to(acc).repeat_interleave(r, dim=1)  # [T, Hq, d]: q head h sees kv head h // r
-    vf = v.to(acc).repeat_interleave(r, dim=1)
-    scores = torch.einsum("ihd,jhd->hij", qf, kf) * scale  # [Hq, T, T]
-    scores = scores.masked_fill(~mask, float("-inf"))
-    # every query row allows at least itself (it lies in its own segment), so no row is all -inf
-    lse = torch.logsumexp(scores, dim=-1)  # [Hq, T]
-    probs = torch.exp(scores - lse[..., None])  # softmax; exp(-inf) = 0 on masked entries
-    out = torch.einsum("hij,jhd->ihd", probs, vf)  # [T, Hq, d]
+    cu = cu_seqlens.to(torch.int64).cpu()
+    out = torch.empty(T, Hq, d, dtype=acc, device=q.device)
+    lse = torch.empty(Hq, T, dtype=acc, device=q.device)
+    # Queries in blocks: each block's scores against the keys of the segments it touches (every other key is
+    # masked for all of its rows), so no [T, T] mask or score matrix exists; memory is O(block * segment).
+    i0 = 0
+    while i0 < T:
+        seg = int(torch.searchsorted(cu[1:], torch.tensor(i0), right=True))
+        lo = int(cu[seg])  # keys start at the block's first segment
+        block = max(1, SCORE_ELEMENTS // (Hq * max(1, int(cu[seg + 1]) - lo)))
+        i1 = min(T, i0 + block)
+        hi = int(cu[int(torch.searchsorted(cu[1:], torch.tensor(i1 - 1), right=True)) + 1])  # ... to its last's end
+        if Hq * (i1 - i0) * (hi - lo) > SCORE_ELEMENTS and i1 > int(cu[seg + 1]):
+            i1 = hi = int(cu[seg + 1])  # the block reached into long segments: stop at the first one's end
+        mask = attention_mask(cu_seqlens, causal, rows=slice(i0, i1), cols=slice(lo, hi))  # [b, keys]
+        qf = q[i0:i1].to(acc).transpose(0, 1)  # [Hq, b, d]
+        kf = k[lo:hi].to(acc).repeat_interleave(r, dim=1)  # [keys, Hq, d]: q head h sees kv head h // r
+        vf = v[lo:hi].to(acc).repeat_interleave(r, dim=1).transpose(0, 1)  # [Hq, keys, d]
+        scores = torch.matmul(qf, kf.permute(1, 2, 0)).mul_(scale)  # [Hq, b, keys]; in place from here on
+        scores.masked_fill_(~mask, float("-inf"))
+        # every query row allows at least itself (it lies in its own segment), so no row is all -inf
+        m = scores.amax(dim=-1, keepdim=True)  # [Hq, b, 1]
+        probs = scores.sub_(m).exp_()  # unnormalised softmax; exp(-inf) = 0 on masked entries
+        denom = probs.sum(dim=-1, keepdim=True)
+        out[i0:i1] = (torch.matmul(probs, vf) / denom).transpose(0, 1)  # [b, Hq, d]
+        lse[:, i0:i1] = (m + denom.log()).squeeze(-1)  # log sum_j exp(scale q.k_j)
+        i0 = i1
     out = out.to(q.dtype)
     if return_lse:
         return out, lse.transpose(0, 1).contiguous()  # [T, Hq]
