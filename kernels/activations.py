@@ -1,5 +1,6 @@
 """Pointwise activations (NVRTC, kernels/cuda/activations.cu) with the signatures and meaning of
-reference.activations: bias + GELU (ViT), SwiGLU (silu_mul, silu_mul_fused) and the attention output gate."""
+reference.activations: bias + GELU (ViT), SwiGLU (silu_mul, silu_mul_fused) and the attention output gate;
+bias_gelu_numba is bias_gelu's Numba twin (kernels/numba/activations.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from .runtime.checks import KERNEL_DTYPES, check_cuda, check_input, check_out, c
 from .runtime.dispatch import CTYPES, NvrtcSource, cbool, ceil_div, split_row, vec_width
 from .runtime.nvrtc import i32, i64
 
-__all__ = ["bias_gelu", "silu_mul", "silu_mul_fused", "sigmoid_gate"]
+__all__ = ["bias_gelu", "silu_mul", "silu_mul_fused", "sigmoid_gate", "bias_gelu_numba"]
 
 _VECS = {torch.float32: (4, 2, 1), torch.float16: (8, 4, 2, 1), torch.bfloat16: (8, 4, 2, 1)}
 _APPROX = {"tanh": True, "none": False}
@@ -131,4 +132,31 @@ def sigmoid_gate(o: torch.Tensor, gate: torch.Tensor, *, out: torch.Tensor | Non
         check_out("out", out, tuple(o.shape), o.dtype)
     device = check_cuda(o=o, gate=gate, out=out)
     _gate_launch("sigmoid_gate", o, gate, y, device)
+    return y
+
+
+def bias_gelu_numba(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "tanh", *,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """bias_gelu's Numba twin (registry variant "numba", kernel in kernels/numba/activations.py): gelu(x + bias),
+    x [N, I] (fp32/fp16/bf16), bias [I] or None (written into `out` when given: same shape and dtype as x,
+    contiguous). CUDA tensors on a GPU, CPU tensors in the Numba simulator."""
+    import numpy as np
+
+    from .numba import elementwise_launch, io_key
+    from .numba.activations import BIAS_GELU
+    from .runtime.numba_interop import check_kernel_device, launch
+
+    check_input("x", x, ndim=2)
+    if bias is not None:
+        check_input("bias", bias, shape=(x.shape[1],))
+    check_same_dtype(x.dtype, bias=bias)
+    if approximate not in ("tanh", "none"):
+        raise ValueError(f'approximate must be "tanh" or "none", got {approximate!r}')
+    y = torch.empty_like(x) if out is None else check_out("out", out, tuple(x.shape), x.dtype)
+    check_kernel_device(x=x, bias=bias, out=out)
+    n = x.numel()
+    if n >= 2**31:
+        raise ValueError(f"x has {n} elements; this kernel indexes with int32")
+    launch(BIAS_GELU[io_key(x.dtype)], *elementwise_launch(n), x, x if bias is None else bias, y,
+           np.int32(n), np.int32(x.shape[1]), np.int32(bias is not None), np.int32(approximate == "tanh"))
     return y

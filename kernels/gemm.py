@@ -1,8 +1,5 @@
-"""GEMM-shaped ops go to cuBLAS through torch, in the model dtype, with the bias in the GEMM's epilogue; the
-decode step's skinny products (a few rows against a weight read once) go to kernels/cuda/gemm.cu.
-
-patch_embed is a Conv3d whose stride equals its kernel: exactly a GEMM on the flattened weight. cuDNN's conv3d
-picks pathological algorithms for this shape, so the kernels never call it.
+"""The language model's decode-step GEMMs: a few rows against a weight read once (kernels/cuda/gemm.cu). Larger
+products go to cuBLAS through torch (F.linear), in the model dtype, with the bias in the GEMM's epilogue.
 """
 
 from __future__ import annotations
@@ -11,13 +8,12 @@ import ctypes
 import os
 
 import torch
-import torch.nn.functional as F
 
-from .runtime.checks import check_cuda, check_input, check_same_dtype
+from .runtime.checks import check_cuda, check_input
 from .runtime.dispatch import CTYPES, NvrtcSource, ceil_div
 from .runtime.nvrtc import i32, i64
 
-__all__ = ["patch_embed", "skinny_linear", "skinny_ok"]
+__all__ = ["skinny_linear", "skinny_ok"]
 
 SKINNY_MAX_ROWS = 32  # x rows per launch: up to 4 tiles of the mma's N = 8
 _SKINNY_TILES = (1, 2, 4)
@@ -35,21 +31,6 @@ class _SplitOut(ctypes.Structure):
 
 SOURCE = NvrtcSource("gemm.cu", tuple(f"gemm::skinny_gemm<{CTYPES[dt]}, {s}, {nt}>" for dt in _SKINNY_DTYPES
                                       for s in ("false", "true") for nt in _SKINNY_TILES))
-
-
-def patch_embed(pixel_values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """pixel_values [N, C*T*P*P], weight [D, C, T, P, P], bias [D] or None -> [N, D] (one cuBLAS GEMM)."""
-    check_input("pixel_values", pixel_values, ndim=2)
-    check_input("weight", weight, ndim=5)
-    d = weight.shape[0]
-    if pixel_values.shape[1] != weight[0].numel():
-        raise ValueError(f"pixel_values rows must have C*T*P*P = {weight[0].numel()} values for weight "
-                         f"{tuple(weight.shape)}, got shape {tuple(pixel_values.shape)}")
-    if bias is not None:
-        check_input("bias", bias, shape=(d,))
-    check_same_dtype(pixel_values.dtype, weight=weight, bias=bias)
-    check_cuda(pixel_values=pixel_values, weight=weight, bias=bias)
-    return F.linear(pixel_values, weight.reshape(d, -1), bias)
 
 
 def skinny_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:

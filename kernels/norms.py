@@ -1,5 +1,5 @@
 """LayerNorm and RMSNorm-family kernels (NVRTC, kernels/cuda/norms.cu) with the signatures and meaning of
-reference.norms.
+reference.norms; layer_norm_numba is layer_norm's Numba twin (kernels/numba/norms.py).
 
 Each wrapper validates its arguments, allocates the outputs (or checks `out=`, which the property tests
 fill with NaN), picks the widest vector the width and pointers allow, and launches one kernel.
@@ -18,7 +18,8 @@ from .runtime.checks import KERNEL_DTYPES, check_cuda, check_input, check_out, c
 from .runtime.dispatch import CTYPES, NvrtcSource, cbool, ceil_div, vec_width
 from .runtime.nvrtc import f32, i32, i64
 
-__all__ = ["layer_norm", "add_bias_layer_norm", "rms_norm", "add_rms_norm", "gated_rms_norm", "l2norm"]
+__all__ = ["layer_norm", "add_bias_layer_norm", "rms_norm", "add_rms_norm", "gated_rms_norm", "l2norm",
+           "layer_norm_numba"]
 
 _VECS = {torch.float32: (4, 2, 1), torch.float16: (8, 4, 2, 1), torch.bfloat16: (8, 4, 2, 1)}
 # Three kernels, by row width in vectors (nvec):
@@ -310,4 +311,33 @@ def l2norm(x: torch.Tensor, eps: float = 1e-6, *, out: torch.Tensor | None = Non
     y = _out1(out, x)
     device = check_cuda(x=x, out=out)
     _rms_launch("l2norm", device, x, None, None, y, None, eps, 0.0)
+    return y
+
+
+def layer_norm_numba(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float = 1e-6, *,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+    """layer_norm's Numba twin (registry variant "numba", kernel in kernels/numba/norms.py): x [N, D]
+    (fp32/fp16/bf16), weight/bias [D] or None -> [N, D] (written into `out` when given: same shape and dtype as
+    x, contiguous). CUDA tensors on a GPU, CPU tensors in the Numba simulator."""
+    import numpy as np
+
+    from .numba import io_key
+    from .numba.norms import LAYER_NORM, threads_per_row
+    from .runtime.numba_interop import check_kernel_device, launch
+
+    check_input("x", x, ndim=2)
+    n, d = x.shape
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None:
+            check_input(name, t, shape=(d,))
+    check_same_dtype(x.dtype, weight=weight, bias=bias)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
+        raise ValueError(f"eps must be a non-negative number, got {eps!r}")
+    y = torch.empty_like(x) if out is None else check_out("out", out, tuple(x.shape), x.dtype)
+    check_kernel_device(x=x, weight=weight, bias=bias, out=out)
+    if d == 0:
+        return y
+    launch(LAYER_NORM[io_key(x.dtype)], n, threads_per_row(d), x, x if weight is None else weight,
+           x if bias is None else bias, y, np.int32(d), np.float32(eps),
+           np.int32(weight is not None), np.int32(bias is not None))
     return y

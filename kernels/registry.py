@@ -62,12 +62,11 @@ import torch
 
 import reference as R
 
-from . import activations, conv1d, deltanet, gemm, glue, norms, pos_embed, rope, vision
+from . import activations, conv1d, deltanet, glue, norms, rope, vision
 from . import moe as moe_kernels  # kernels.moe (own line: the family list above is shared)
 from . import decode_attention as decode_kernels  # kernels.decode_attention (own line, as above)
 from .attention import SUPPORTED_HEAD_DIMS as _ATTN_HEAD_DIMS
 from .attention import attention as attention_nvrtc  # kernels.attention is also the function's name
-from .numba import activations as numba_activations, norms as numba_norms
 
 
 @dataclass(frozen=True)
@@ -344,22 +343,22 @@ def _attention_flops(case: Case) -> float:
 
 REGISTRY: dict[str, OpSpec] = {s.name: s for s in (
     # vision tower
-    _spec("patch_embed", cublas=gemm.patch_embed, poison="alloc",
+    _spec("patch_embed", cublas=vision.patch_embed, poison="alloc",
           flops=lambda c: 2.0 * c.args[0].shape[0] * c.args[0].shape[1] * c.args[1].shape[0]),
     _spec("vision_pos_taps", numba=vision.vision_pos_taps, **_INDEX),
-    _spec("add_pos_embed", nvrtc=pos_embed.add_pos_embed),
+    _spec("add_pos_embed", nvrtc=vision.add_pos_embed),
     _spec("vision_rope_cos_sin", dtypes=(torch.float32,), numba=vision.vision_rope_cos_sin),
     _spec("vision_cu_seqlens", numba=vision.vision_cu_seqlens, **_INDEX),
-    _spec("layer_norm", nvrtc=norms.layer_norm, numba=numba_norms.layer_norm),
+    _spec("layer_norm", nvrtc=norms.layer_norm, numba=norms.layer_norm_numba),
     _spec("add_bias_layer_norm", nvrtc=norms.add_bias_layer_norm),
     _spec("qkv_bias_rope", nvrtc=rope.qkv_bias_rope, covers=_qkv_rope_covers),
-    _spec("bias_gelu", nvrtc=activations.bias_gelu, numba=numba_activations.bias_gelu),
+    _spec("bias_gelu", nvrtc=activations.bias_gelu, numba=activations.bias_gelu_numba),
     # bf16/fp16 on tensor cores (P is rounded to the input dtype before PV); fp32 on the exact SIMT kernel
     _spec("attention", nvrtc=attention_nvrtc, covers=_attention_covers, flops=_attention_flops,
           tol={torch.bfloat16: Tol(1e-2, 4e-2), torch.float16: Tol(2e-3, 6e-3), torch.float32: Tol(2e-5, 2e-5)}),
     _spec("attention_mask", **_INDEX),  # reference only, by design
     # multimodal glue
-    _spec("rope_index", numba=glue.rope_index, **_INDEX),
+    _spec("rope_index", numba=rope.rope_index, **_INDEX),
     _spec("scatter_image_embeds", exact=True, numba=glue.scatter_image_embeds),  # a copy: bit-exact
     # language model
     _spec("rms_norm", nvrtc=norms.rms_norm),

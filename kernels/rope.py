@@ -2,14 +2,16 @@
 
 qkv_bias_rope (vision): writes q, k, v as contiguous [N, H, hd], the layout the attention kernel reads.
 qk_norm_rope (language model): q/gate split + (1 + w) q/k RMSNorm + partial RoPE (+ KV-cache write) in one pass;
-apply_rope: the rotation alone; mrope_cos_sin: the mRoPE tables from the position ids on the GPU.
+apply_rope: the rotation alone; mrope_cos_sin: the mRoPE tables from the position ids on the GPU;
+rope_index (Numba, kernels/numba/rope.py): the mRoPE position ids of a prompt.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from reference._checks import check_tensor
+from reference._checks import check_grid_thw, check_tensor
 from reference.decode_attention import check_append_fits
 from reference.rope import inv_freq, mrope_axes
 
@@ -17,7 +19,7 @@ from .runtime.checks import check_cuda, check_input, check_out, check_same_dtype
 from .runtime.dispatch import CTYPES, NvrtcSource, cbool, ceil_div, split_row
 from .runtime.nvrtc import f32, i32, i64
 
-__all__ = ["qkv_bias_rope", "qk_norm_rope", "apply_rope", "mrope_cos_sin"]
+__all__ = ["qkv_bias_rope", "qk_norm_rope", "apply_rope", "mrope_cos_sin", "rope_index"]
 
 HEAD_DIMS = (64, 72, 80, 128)
 # (VP, VV): elements per pair access (must divide hd/2) and per v access (must divide hd); (1, 1) when a
@@ -278,3 +280,67 @@ def mrope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float, sectio
                       i64(positions.stride(1)), inv.data_ptr(), i32(n), i32(r), i32(s_t), i32(s_h), i32(s_w),
                       i32(bool(interleaved)), cos.data_ptr(), sin.data_ptr())
     return cos, sin
+
+
+_INT_DTYPES = (torch.int32, torch.int64)
+
+
+def rope_index(input_ids: torch.Tensor, image_grid_thw: torch.Tensor | None, video_grid_thw: torch.Tensor | None,
+               image_token_id: int = 248056, video_token_id: int = 248057,
+               merge: int = 2, *, out: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Qwen3.5 mRoPE position ids for one sequence (see reference.rope_index), Numba (kernels/numba/rope.py).
+
+    input_ids: int32/int64 [S]; image_grid_thw / video_grid_thw: int32/int64 [n, 3] or None.
+    Returns (positions int64 [3, S] (into `out` when given), delta int). Raises ValueError when the pad
+    tokens do not match the grids. Runs once per prompt and reads a few numbers back to the host (delta is an
+    int, as in the reference, and malformed input is reported). Tensors are CUDA tensors on a GPU run, CPU
+    tensors in the Numba simulator.
+    """
+    from .numba import elementwise_launch
+    from .numba.rope import rope_index_kernel
+    from .runtime.numba_interop import check_kernel_device, launch
+
+    check_input("input_ids", input_ids, ndim=1, dtypes=_INT_DTYPES)
+    if input_ids.shape[0] == 0:
+        raise ValueError("input_ids must not be empty")
+    if not isinstance(merge, int) or isinstance(merge, bool) or merge <= 0:
+        raise ValueError(f"merge must be a positive int, got {merge!r}")
+    for name, tok in (("image_token_id", image_token_id), ("video_token_id", video_token_id)):
+        if not isinstance(tok, int) or isinstance(tok, bool):
+            raise ValueError(f"{name} must be an int, got {tok!r}")
+    if image_token_id == video_token_id:
+        raise ValueError(f"image_token_id and video_token_id must differ, both are {image_token_id}")
+    for name, g in (("image_grid_thw", image_grid_thw), ("video_grid_thw", video_grid_thw)):
+        if g is not None:
+            check_input(name, g, ndim=2, dtypes=_INT_DTYPES)
+    dev, s = input_ids.device, input_ids.shape[0]
+    if out is not None:
+        check_out("out", out, (3, s), torch.int64)
+    check_kernel_device(input_ids=input_ids, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw, out=out)
+
+    grids, need = [], []
+    for name, g, per_frame in (("image_grid_thw", image_grid_thw, False), ("video_grid_thw", video_grid_thw, True)):
+        if g is None:
+            g = torch.zeros(0, 3, dtype=torch.int64, device=dev)
+        thw = check_grid_thw(g, name, merge).tolist()  # host read of a few ints: values and token counts
+        grids.append(g.long())  # the kernel reads int64 ids and grids (one compiled variant)
+        need.append(sum(t * h * w for t, h, w in thw) // merge**2)
+    img_grid, vid_grid = grids
+
+    is_img, is_vid = input_ids == image_token_id, input_ids == video_token_id
+    cimg, cvid = torch.cumsum(is_img, 0), torch.cumsum(is_vid, 0)  # int64 inclusive prefix counts
+    pos = torch.empty(3, s, dtype=torch.int64, device=dev) if out is None else out
+    err = torch.full((1,), s, dtype=torch.int64, device=dev)
+    launch(rope_index_kernel, *elementwise_launch(s), input_ids.long(), cimg, cvid, img_grid,
+           np.int64(img_grid.shape[0]), vid_grid, np.int64(vid_grid.shape[0]), np.int64(image_token_id),
+           np.int64(video_token_id), np.int64(merge), pos, err)
+
+    first_bad, have_img, have_vid, top = torch.stack([err[0], cimg[-1], cvid[-1], pos.max()]).tolist()
+    for name, tok, have, want in (("image_grid_thw", image_token_id, have_img, need[0]),
+                                  ("video_grid_thw", video_token_id, have_vid, need[1])):
+        if have != want:
+            raise ValueError(f"input_ids has {have} tokens with id {tok}, but {name} needs {want}")
+    if first_bad < s:
+        raise ValueError(f"input_ids[{first_bad}] is a pad token whose grid (image, or video frame) does not lie "
+                         f"on consecutive pad tokens of its kind")
+    return pos, top + 1 - s

@@ -1,23 +1,33 @@
-"""Vision-tower table ops on the GPU (Numba kernels): same signatures and results as reference.vision.
+"""The vision family's kernels, with the signatures and results of reference.vision:
 
-grid_thw stays on the device (kernels read it as int64: an int32 grid is widened on the device). Output sizes need one number the device holds (N = sum(t*h*w) patches, or
-sum(t) segments): pass it as `num_patches` / `num_segments` (the model knows N from pixel_values.shape[0])
-and the call makes no host sync; leave it None and the wrapper reads grid_thw once, which also validates
-its values. With an explicit count the values are trusted: patches past the grid's total come out NaN.
+  patch_embed          the Conv3d (stride == kernel) as the GEMM it is: cuBLAS through torch, bias in the epilogue
+                       (cuDNN's conv3d picks pathological algorithms for this shape, so it is never called)
+  add_pos_embed        NVRTC (kernels/cuda/vision.cu): the bilinear position embedding gathered and added in one pass
+  vision_pos_taps, vision_rope_cos_sin, vision_cu_seqlens
+                       Numba (kernels/numba/vision.py): the per-patch tables, computed from grid_thw on the device
 
-Tensors are CUDA tensors on a GPU run (a CPU tensor is an error), CPU tensors in the Numba simulator.
+grid_thw stays on the device (kernels read it as int64: an int32 grid is widened on the device). Output sizes need
+one number the device holds (N = sum(t*h*w) patches, or sum(t) segments): pass it as `num_patches` /
+`num_segments` (the model knows N from pixel_values.shape[0]) and the call makes no host sync; leave it None and
+the wrapper reads grid_thw once, which also validates its values. With an explicit count the values are trusted:
+patches past the grid's total come out NaN.
+
+The Numba kernels take CUDA tensors on a GPU run (a CPU tensor is an error), CPU tensors in the Numba simulator.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from reference._checks import check_grid_thw
 
-from .runtime.checks import check_input, check_out
+from .runtime.checks import check_cuda, check_input, check_out, check_same_dtype
+from .runtime.dispatch import CTYPES, NvrtcSource, ceil_div, split_row, vec_width
+from .runtime.nvrtc import i32
 
-__all__ = ["vision_pos_taps", "vision_rope_cos_sin", "vision_cu_seqlens"]
+__all__ = ["patch_embed", "vision_pos_taps", "add_pos_embed", "vision_rope_cos_sin", "vision_cu_seqlens"]
 
 _GRID_DTYPES = (torch.int32, torch.int64)
 
@@ -83,6 +93,60 @@ def vision_pos_taps(grid_thw: torch.Tensor, side: int = 48, merge: int = 2, *, n
     launch(pos_taps_kernel, *elementwise_launch(n), grid_thw.long(), np.int64(grid_thw.shape[0]), np.int64(side),
            np.int64(merge), np.int64(n), index, weight)
     return index, weight
+
+
+def patch_embed(pixel_values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """pixel_values [N, C*T*P*P], weight [D, C, T, P, P], bias [D] or None -> [N, D] (one cuBLAS GEMM)."""
+    check_input("pixel_values", pixel_values, ndim=2)
+    check_input("weight", weight, ndim=5)
+    d = weight.shape[0]
+    if pixel_values.shape[1] != weight[0].numel():
+        raise ValueError(f"pixel_values rows must have C*T*P*P = {weight[0].numel()} values for weight "
+                         f"{tuple(weight.shape)}, got shape {tuple(pixel_values.shape)}")
+    if bias is not None:
+        check_input("bias", bias, shape=(d,))
+    check_same_dtype(pixel_values.dtype, weight=weight, bias=bias)
+    check_cuda(pixel_values=pixel_values, weight=weight, bias=bias)
+    return F.linear(pixel_values, weight.reshape(d, -1), bias)
+
+
+_APE_VECS = {torch.float32: (4, 2, 1), torch.float16: (8, 4, 2, 1), torch.bfloat16: (8, 4, 2, 1)}
+_APE_ROWS_PER_THREAD = 4  # ROWS in the kernel
+
+
+def _ape_expr(dtype, vec: int) -> str:
+    return f"vision::add_pos_embed_kernel<{CTYPES[dtype]}, {vec}>"
+
+
+SOURCE = NvrtcSource("vision.cu", tuple(_ape_expr(dt, v) for dt, vecs in _APE_VECS.items() for v in vecs))
+
+
+def add_pos_embed(x: torch.Tensor, table: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, *,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """x [N, D] + sum_k weight[k] * table[index[k]]: table [R, D] (x's dtype), index int32 [4, N],
+    weight fp32 [4, N] -> [N, D]. One pass, no [4N, D] intermediate.
+
+    Indices are not range-checked on the host (that would need a device sync): a row whose index is outside
+    [0, R) comes out as NaN instead of reading out of bounds.
+    """
+    check_input("x", x, ndim=2)
+    n, d = x.shape
+    check_input("table", table, ndim=2)
+    if table.shape[1] != d or table.shape[0] < 1:
+        raise ValueError(f"table must have shape (rows >= 1, {d}), got {tuple(table.shape)}")
+    check_input("index", index, shape=(4, n), dtypes=(torch.int32,))
+    check_input("weight", weight, shape=(4, n), dtypes=(torch.float32,))
+    check_same_dtype(x.dtype, table=table)
+    y = torch.empty_like(x) if out is None else check_out("out", out, (n, d), x.dtype)
+    device = check_cuda(x=x, table=table, index=index, weight=weight, out=out)
+    if y.numel() == 0:
+        return y
+    vec = vec_width(x.dtype, d, x, table, y, candidates=_APE_VECS[x.dtype])
+    ctas, block = split_row(d // vec)
+    grid = (ctas, min(ceil_div(n, _APE_ROWS_PER_THREAD), 65535), 1)
+    SOURCE.launch(device, _ape_expr(x.dtype, vec), grid, (block, 1, 1), x.data_ptr(), table.data_ptr(),
+                  index.data_ptr(), weight.data_ptr(), y.data_ptr(), i32(n), i32(d), i32(table.shape[0]))
+    return y
 
 
 _INV_FREQ: dict = {}

@@ -43,7 +43,7 @@ CASES = (
     + [("kernels.numba.vision:pos_taps_kernel", "i8[] i8 i8 i8 i8 i4[] f4[]", "fp64"),
        ("kernels.numba.vision:rope_cos_sin_kernel", "i8[] i8 i8 i8 f4[] i8 f4[] f4[]", "libm"),
        ("kernels.numba.vision:cu_seqlens_kernel", "i8[] i8 i8 i4[]", "fp32"),
-       ("kernels.numba.glue:rope_index_kernel", "i8[] i8[] i8[] i8[] i8 i8[] i8 i8 i8 i8 i8[] i8[]", "fp32")]
+       ("kernels.numba.rope:rope_index_kernel", "i8[] i8[] i8[] i8[] i8 i8[] i8 i8 i8 i8 i8[] i8[]", "fp32")]
     + [("kernels.numba.glue:scatter_rows_kernel", f"{x} {x} b1[] i8[] {x} i8 i8", "fp32") for x in ("i2[]", "i4[]")]
 )
 CASE_IDS = [f"{k.split(':')[1]}({a})" for k, a, _ in CASES]

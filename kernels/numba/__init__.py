@@ -7,7 +7,8 @@ storage type, so one kernel body serves every dtype:
             numba.cuda.bf16 intrinsics convert; in the simulator (no bf16 there) bit-exact numpy stand-ins do.
 `by_io(factory)` builds a kernel for both pairs: `KERNELS = by_io(make_x)` then `KERNELS[io_key(t.dtype)]`.
 
-Use these modules through the public wrappers (kernels.vision, kernels.glue, the registry's "numba" variants).
+Kernel bodies only: the public wrappers are in kernels/<family>.py (kernels.vision, kernels.rope.rope_index,
+kernels.glue, kernels.norms.layer_norm_numba, kernels.activations.bias_gelu_numba).
 Float constants must be np.float32 globals or numba.float32(...): a bare Python float is a double in Numba
 and drags fp64 math into the PTX (tests/test_numba_compile.py checks for `.f64`).
 """

@@ -1,4 +1,5 @@
-"""LayerNorm in Numba: the twin of the NVRTC kernel behind kernels.layer_norm (registry variant "numba").
+"""LayerNorm in Numba: the twin of the NVRTC kernel behind kernels.layer_norm (wrapper kernels.norms.layer_norm_numba,
+registry variant "numba").
 
 One block per row; fp32 statistics in two passes over the row (mean, then the mean of (x - mean)^2, as the
 reference does), each reduced across the block with warp shuffles plus one shared-memory step.
@@ -10,12 +11,10 @@ import math
 
 import numba
 import numpy as np
-import torch
 from numba import cuda
 
-from ..runtime.checks import check_input, check_out, check_same_dtype
-from ..runtime.numba_interop import SIM, check_kernel_device, launch
-from . import by_io, io_key
+from ..runtime.numba_interop import SIM
+from . import by_io
 
 F0 = np.float32(0.0)
 F1 = np.float32(1.0)
@@ -80,23 +79,3 @@ def make_layer_norm(load, store):
 
 LAYER_NORM = by_io(make_layer_norm)
 
-
-def layer_norm(x, weight, bias, eps: float = 1e-6, *, out=None):
-    """Numba twin of reference.layer_norm: x [N, D] (fp32/fp16/bf16), weight/bias [D] or None -> [N, D]
-    (written into `out` when given: same shape and dtype as x, contiguous)."""
-    check_input("x", x, ndim=2)
-    n, d = x.shape
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None:
-            check_input(name, t, shape=(d,))
-    check_same_dtype(x.dtype, weight=weight, bias=bias)
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
-        raise ValueError(f"eps must be a non-negative number, got {eps!r}")
-    y = torch.empty_like(x) if out is None else check_out("out", out, tuple(x.shape), x.dtype)
-    check_kernel_device(x=x, weight=weight, bias=bias, out=out)
-    if d == 0:
-        return y
-    launch(LAYER_NORM[io_key(x.dtype)], n, threads_per_row(d), x, x if weight is None else weight,
-           x if bias is None else bias, y, np.int32(d), np.float32(eps),
-           np.int32(weight is not None), np.int32(bias is not None))
-    return y
