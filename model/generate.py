@@ -223,29 +223,53 @@ class DecodeSession:
 
     def tokens(self, max_new_tokens: int, rows: int, eos_ids, block: int = DEFAULT_BLOCK) -> Iterator[torch.Tensor]:
         """Yield each step's emitted tokens of the real rows (int64 [rows] on the CPU), up to max_new_tokens or
-        until every row has stopped. The host reads the device once per `block` steps (and right after the
-        first token, so streaming starts at once)."""
+        until every row has stopped. The host reads the tokens once per `block` steps (and right after the first
+        token, so streaming starts at once). On CUDA the reads are asynchronous and one block behind: block k's
+        tokens are copied to pinned memory while block k + 1 is launched, so the GPU never waits for the host (a
+        row's stop is seen at most 2 blocks late; the extra steps only emit pad)."""
         if max_new_tokens <= 0:
             return
-        buf = torch.empty(min(block, max_new_tokens), self.batch, dtype=torch.int64, device=self.tok.device)
+        dev = self.tok.device
+        cuda = dev.type == "cuda"
+        n = min(block, max_new_tokens)
+        bufs = [torch.empty(n, self.batch, dtype=torch.int64, device=dev) for _ in range(2)]
+        hosts = [torch.empty(n, self.batch, dtype=torch.int64, pin_memory=True) for _ in range(2)] if cuda else None
         eos = torch.tensor(sorted(set(int(e) for e in eos_ids)), dtype=torch.int64)
         finished = torch.zeros(rows, dtype=torch.bool)
-        step = 0
-        while step < max_new_tokens:
-            m = 0
-            while m < buf.shape[0] and step + m < max_new_tokens:
-                if step + m > 0:
-                    self.advance()
-                buf[m].copy_(self.tok)
-                m += 1
-                if step + m == 1:
-                    break
-            for row in buf[:m, :rows].to("cpu", copy=True):  # a copy: buf is reused (and is the CPU tensor on CPU)
-                yield row
-                finished |= torch.isin(row, eos)
-                if bool(finished.all()):
-                    return
-            step += m
+        step, k, pending = 0, 0, None
+        while step < max_new_tokens or pending is not None:
+            new = None
+            if step < max_new_tokens:
+                buf, m = bufs[k], 0
+                while m < n and step + m < max_new_tokens:
+                    if step + m > 0:
+                        self.advance()
+                    buf[m].copy_(self.tok)
+                    m += 1
+                    if step + m == 1:
+                        break
+                first = step == 0
+                step += m
+                if cuda:
+                    hosts[k][:m].copy_(buf[:m], non_blocking=True)
+                    ev = torch.cuda.Event()
+                    ev.record()
+                    new = (hosts[k], m, ev)
+                else:
+                    new = (buf[:m].to("cpu", copy=True), m, None)  # a copy: buf is reused
+                k ^= 1
+                if first:  # the first token at once
+                    pending, new = new, None
+            if pending is not None:
+                host, m, ev = pending
+                if ev is not None:
+                    ev.synchronize()
+                for row in host[:m, :rows].clone():
+                    yield row
+                    finished |= torch.isin(row, eos)
+                    if bool(finished.all()):
+                        return
+            pending = new
 
 
 def timed(steps: Iterator, timings: dict) -> Iterator:
