@@ -30,7 +30,7 @@ class _Batch:
 
 
 def load(path, *, device="cpu", dtype=None, backend: str = "reference", progress: bool | None = None,
-         cuda_graphs: bool | None = None, strict: bool = False) -> "Model":
+         cuda_graphs: bool | None = None, strict: bool = False, tensor_parallel: int | None = None) -> "Model":
     """Load a Qwen3.5 / Qwen3.5-MoE checkpoint directory (HF layout) onto `device` for `backend`.
 
     On backend="kernels" an op whose kernel does not cover the checkpoint's shapes (e.g. a head dim no kernel is
@@ -40,7 +40,13 @@ def load(path, *, device="cpu", dtype=None, backend: str = "reference", progress
     dtype: None = the checkpoint's (config.json "dtype"). cuda_graphs: replay the vision tower (model.vision_graph)
     and the decode step (model.generate.DecodeSession) from CUDA graphs; None = on for the kernels backend on a
     CUDA device.
+    tensor_parallel: N ranks share the model (tensor / expert parallel, model.parallel): run under
+    `torchrun --nproc-per-node N`, every rank making the same calls; device "cuda" = this rank's GPU.
     """
+    if tensor_parallel is not None and tensor_parallel != 1 or isinstance(tensor_parallel, bool):
+        from .parallel import load_parallel
+        return load_parallel(path, tensor_parallel, device=device, dtype=dtype, backend=backend, progress=progress,
+                             cuda_graphs=cuda_graphs, strict=strict)
     if strict:
         cfg = ModelConfig.from_pretrained(path)
         _refuse_uncovered(backend, cfg, dtype or (getattr(torch, cfg.dtype, None) if cfg.dtype else None))
@@ -69,24 +75,32 @@ class Model:
     """
 
     def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], *, backend: str = "reference",
-                 path=None, cuda_graphs: bool | None = None, strict: bool = False):
+                 path=None, cuda_graphs: bool | None = None, strict: bool = False, parallel=None):
         self.config, self.backend = config, backend
+        # parallel: this rank's model.parallel.Shard (None: one process); the ops are chosen for its local shapes
+        self.parallel = parallel
+        ops_config = config if parallel is None else parallel.local_config
         self.path = None if path is None else Path(path)
         dtype = weights[LM_HEAD].dtype  # the model's dtype: which ops the kernels cover is decided here, once
         if strict:
-            _refuse_uncovered(backend, config, dtype)
-        self._placement = placement(backend, config, dtype, why=True)
-        self.ops = ops_for(backend, config, dtype)
+            _refuse_uncovered(backend, ops_config, dtype)
+        self._placement = placement(backend, ops_config, dtype, why=True)
+        self.ops = ops_for(backend, ops_config, dtype)
         vis = {k[len(VISUAL):]: t for k, t in weights.items() if k.startswith(VISUAL)}
         lm = {k[len(LM):]: t for k, t in weights.items() if k.startswith(LM)}
         lm["lm_head.weight"] = weights[LM_HEAD]
         self.vision = VisionTower(config.vision, vis, self.ops)
-        self.lm = LanguageModel(config.text, lm, self.ops)
+        if parallel is None:
+            self.lm = LanguageModel(config.text, lm, self.ops)
+        else:
+            self.lm = parallel.language_model(ops_config.text, lm, self.ops)
         if cuda_graphs is None:
             cuda_graphs = backend == "kernels" and self.device.type == "cuda"
         if cuda_graphs:
             from .vision_graph import GraphedVisionTower
             self.vision = GraphedVisionTower(self.vision)
+        if parallel is not None:
+            self.vision = parallel.vision(self.vision)  # data-parallel: a share of the images per rank
         self.cuda_graphs = bool(cuda_graphs)
         self.prefill_chunk = DEFAULT_CHUNK  # packed prompt tokens per prefill pass (bounds activation memory)
         self.decode_block = DEFAULT_BLOCK  # decode steps between two host reads of the tokens

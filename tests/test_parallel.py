@@ -1,0 +1,173 @@
+"""Tensor / expert parallelism (model.parallel) on the CPU: gloo process groups of 2 and 4 ranks.
+
+Spec: the same checkpoint in one process (`model.load(path)`, itself checked against HF in test_model_parity.py).
+Every rank of a world must return the one-process logits (fp32: only the summation order of the row-parallel
+products and of the all-reduces differs) and the identical greedy tokens, while holding (and reading from the
+files) only its share of the language model's weights.
+
+The checkpoints are tiny but divide by 4: 8 query / 4 KV heads, 4 key / 8 value DeltaNet heads, MLP width 96,
+8 experts with a shared expert of width 40; the tied dense one has 318 tokens (not a multiple of 4: the last
+vocabulary shard is padded), the MoE one is saved in several safetensors shards.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import model as M
+from model import parallel as P
+from tests._tiny_hf import IDS, VISION, _perturb, image_tokens, left_pad, one_torch_thread, pixels, rand_text  # noqa: F401
+
+TEXT = dict(
+    vocab_size=318, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+    layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"],
+    num_attention_heads=8, num_key_value_heads=4, head_dim=64,
+    linear_conv_kernel_dim=4, linear_key_head_dim=16, linear_value_head_dim=16,
+    linear_num_key_heads=4, linear_num_value_heads=8,
+    rope_parameters=dict(rope_type="default", rope_theta=1e7, partial_rotary_factor=0.25, mrope_interleaved=True,
+                         mrope_section=[3, 3, 2]),
+    initializer_range=0.1,
+)
+MOE = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=24, shared_expert_intermediate_size=40)
+REL = 1e-5  # fp32, as tests/test_generate.py: a different summation order only
+NEW_TOKENS = 6
+
+
+def build(kind: str, root: Path) -> Path:
+    from transformers import (Qwen3_5Config, Qwen3_5ForConditionalGeneration, Qwen3_5MoeConfig,
+                              Qwen3_5MoeForConditionalGeneration)
+
+    torch.manual_seed(7 if kind == "dense" else 8)
+    if kind == "moe":
+        text = {k: v for k, v in TEXT.items() if k != "intermediate_size"} | MOE | dict(vocab_size=320)
+        cfg = Qwen3_5MoeConfig(text_config=text | dict(tie_word_embeddings=False), vision_config=VISION, **IDS,
+                               tie_word_embeddings=False)
+        model = Qwen3_5MoeForConditionalGeneration(cfg)
+    else:
+        cfg = Qwen3_5Config(text_config=TEXT | dict(tie_word_embeddings=True), vision_config=VISION, **IDS,
+                            tie_word_embeddings=True)
+        model = Qwen3_5ForConditionalGeneration(cfg)
+    _perturb(model, 7)
+    path = root / kind
+    model.save_pretrained(path, max_shard_size="300KB" if kind == "moe" else "100MB")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tp")
+    return {kind: build(kind, root) for kind in ("dense", "moe")}
+
+
+def case():
+    """Two left-padded rows: one with two images of different sizes (so the vision tower has work for 2 ranks),
+    one text-only."""
+    g = torch.Generator().manual_seed(3)
+    grids = [(1, 4, 6), (1, 2, 4)]
+    rows = [rand_text(5, g) + image_tokens(grids[0]) + rand_text(2, g) + image_tokens(grids[1]) + rand_text(3, g),
+            rand_text(7, g)]
+    ids, mask = left_pad(rows)
+    return dict(input_ids=ids, attention_mask=mask, pixel_values=pixels(grids, g), image_grid_thw=torch.tensor(grids))
+
+
+def run_case(m) -> dict:
+    m.cuda_graphs = False
+    c = case()
+    return dict(logits=m.logits(**c), tokens=m.generate_ids(**c, max_new_tokens=NEW_TOKENS),
+                lm_bytes=P.lm_bytes(m.lm), bytes_read=getattr(m, "bytes_read", None),
+                shapes={k: tuple(v.shape) for k, v in m.lm.w.items()})
+
+
+def _worker(rank: int, world: int, init_file: str, ckpts: dict, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    out = {}
+    try:
+        for kind, path in ckpts.items():
+            out[kind] = run_case(M.load(path, tensor_parallel=world))
+        try:
+            M.load(ckpts["dense"], tensor_parallel=2 * world)
+        except ValueError as e:
+            out["world_error"] = str(e)
+    finally:
+        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.destroy_process_group()
+
+
+def run_world(world: int, ckpts: dict, tmp: Path) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(world, str(tmp / "rendezvous"), {k: str(v) for k, v in ckpts.items()}, str(tmp)),
+             nprocs=world, join=True)
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def file_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_ranks_match_one_process(ckpts, tmp_path, world):
+    ranks = run_world(world, ckpts, tmp_path)
+    for kind, path in ckpts.items():
+        one = M.load(path)
+        want = run_case(one)
+        for r, got in enumerate(ranks):
+            g = got[kind]
+            err = float((g["logits"] - want["logits"]).abs().max() / want["logits"].abs().max())
+            assert err < REL, f"{kind} rank {r}/{world}: logits differ from one process by {err:.2e}"
+            assert torch.equal(g["tokens"], want["tokens"]), f"{kind} rank {r}/{world}: greedy tokens differ"
+            # memory: only the rank's share of every split tensor, the replicated ones whole
+            repl = sum(t.numel() * t.element_size() for k, t in one.lm.w.items() if g["shapes"][k] == tuple(t.shape))
+            split_full = want["lm_bytes"] - repl
+            vpad = (-one.config.text.vocab_size) % world * one.config.text.hidden_size * 4
+            assert g["lm_bytes"] <= repl + split_full / world + vpad, f"{kind} rank {r}: holds more than its share"
+            assert repl < 0.1 * want["lm_bytes"], f"{kind}: too little is split ({repl} of {want['lm_bytes']} bytes)"
+            # reading: the vision tower (data-parallel, replicated) whole, the language model's share only
+            vis = sum(t.numel() * t.element_size() for t in one.vision.w.values())
+            assert g["bytes_read"] <= vis + (file_bytes(path) - vis) / world + repl, f"{kind} rank {r}: read too much"
+        if kind == "moe":
+            e = one.config.text.num_experts // world
+            assert ranks[0][kind]["shapes"]["layers.0.mlp.experts.gate_up_proj"][0] == e
+    assert "world size is" in ranks[0]["world_error"] and f"--nproc-per-node {2 * world}" in ranks[0]["world_error"]
+
+
+def test_check_divisible_names_every_count():
+    from model.config import TextConfig
+
+    t = TextConfig(num_attention_heads=8, num_key_value_heads=2, linear_num_key_heads=4, linear_num_value_heads=6,
+                   intermediate_size=100)
+    with pytest.raises(ValueError, match=r"tensor_parallel=4 does not divide the checkpoint's num_key_value_heads=2, "
+                                         r"linear_num_value_heads=6 \(each must be a multiple of 4"):
+        P.check_divisible(t, 4)
+    P.check_divisible(t, 2)
+    moe = TextConfig(num_attention_heads=8, num_key_value_heads=4, linear_num_key_heads=4, linear_num_value_heads=8,
+                     num_experts=6, shared_expert_intermediate_size=64)
+    with pytest.raises(ValueError, match="num_experts=6"):
+        P.check_divisible(moe, 4)
+
+
+def test_load_without_torchrun_says_how_to_launch(ckpts, monkeypatch):
+    for var in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ValueError, match=r"tensor_parallel=2 needs torch.distributed: launch with `torchrun "
+                                         r"--nproc-per-node 2"):
+        M.load(ckpts["dense"], tensor_parallel=2)
+    with pytest.raises(ValueError, match="tensor_parallel must be a positive int, got 0"):
+        M.load(ckpts["dense"], tensor_parallel=0)
+
+
+def test_vision_split_balances_by_patches():
+    from types import SimpleNamespace
+
+    split = lambda patches, world: P.DataParallelVision(None, SimpleNamespace(world=world)).split(patches)  # noqa: E731
+    assert split([24, 8], 2) == [0, 1, 2]
+    assert split([8, 8, 8, 8], 4) == [0, 1, 2, 3, 4]
+    assert split([100, 1, 1], 2) == [0, 1, 3]
+    assert split([4], 2) == [0, 1, 1]  # one image: the second rank encodes nothing
