@@ -31,9 +31,8 @@ import torch
 
 from reference._checks import check_cu_seqlens, check_divides, check_tensor
 
-from .runtime import device as _device
+from .runtime import device as _device, launch as _launch  # through the module: tests can guard launches
 from .runtime.checks import check_aligned16, check_attention_scalars, check_cuda, check_input, check_out
-from .runtime.launch import get_kernel, launch
 from .runtime.nvrtc import f32, i32
 from .runtime.tma import tensor_map_3d
 
@@ -276,18 +275,19 @@ def run_variant(variant: Variant | WsVariant, q, k, v, cu_seqlens, causal: bool,
     if cu_seqlens.dtype != torch.int32:
         cu_seqlens = cu_seqlens.to(torch.int32)
     # one instantiation per compile: an NVRTC run of every warp-specialised shape would take minutes
-    kern = get_kernel(variant.file, variant.name(q.dtype, d, causal), arch=variant.arch, device=q.get_device())
+    kern = _launch.get_kernel(variant.file, variant.name(q.dtype, d, causal), arch=variant.arch,
+                              device=q.get_device())
     smem = variant.smem_bytes(d, q.element_size())
     if isinstance(variant, WsVariant):  # Q, K, V and O through TMA descriptors passed by value
-        launch(kern, (Hq * tiles, 1, 1), (variant.threads, 1, 1),
-               out.data_ptr(), 0 if lse is None else lse.data_ptr(), cu_seqlens.data_ptr(), i32(nseg), i32(Hq),
-               i32(k.shape[1]), f32(scale * _LOG2E), i32(rounds), tensor_map_3d(q, 64, variant.bm),
-               tensor_map_3d(k, 64, variant.bn), tensor_map_3d(v, 64, variant.bn), tensor_map_3d(out, 64, 64),
-               shared_mem=smem)
+        _launch.launch(kern, (Hq * tiles, 1, 1), (variant.threads, 1, 1),
+                       out.data_ptr(), 0 if lse is None else lse.data_ptr(), cu_seqlens.data_ptr(), i32(nseg), i32(Hq),
+                       i32(k.shape[1]), f32(scale * _LOG2E), i32(rounds), tensor_map_3d(q, 64, variant.bm),
+                       tensor_map_3d(k, 64, variant.bn), tensor_map_3d(v, 64, variant.bn), tensor_map_3d(out, 64, 64),
+                       shared_mem=smem)
         return
-    launch(kern, (Hq * tiles, 1, 1), (variant.threads, 1, 1),
-           q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), 0 if lse is None else lse.data_ptr(),
-           cu_seqlens.data_ptr(), i32(nseg), i32(Hq), i32(k.shape[1]), f32(scale * _LOG2E), shared_mem=smem)
+    _launch.launch(kern, (Hq * tiles, 1, 1), (variant.threads, 1, 1),
+                   q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), 0 if lse is None else lse.data_ptr(),
+                   cu_seqlens.data_ptr(), i32(nseg), i32(Hq), i32(k.shape[1]), f32(scale * _LOG2E), shared_mem=smem)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, causal: bool,

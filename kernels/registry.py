@@ -134,7 +134,9 @@ class Case:
 class Bad:
     """A bad input: calling the kernel with `args`/`kwargs` must raise `error` whose message matches `match` (re.search).
     variants: the kernel variants it applies to (() = all); reference: the reference twin raises `error` too
-    (device and layout rules are kernel-only, so most bad layouts set it False)."""
+    (device and layout rules are kernel-only, so most bad layouts set it False); device_check: the kernel itself
+    finds this error on the device (rope_index's pad layout), so the call launches; every other bad input must be
+    refused before anything compiles or launches (tests/test_bad_input.py)."""
     label: str
     args: tuple
     match: str
@@ -142,6 +144,7 @@ class Bad:
     kwargs: dict = field(default_factory=dict)
     variants: tuple[str, ...] = ()
     reference: bool = False
+    device_check: bool = False
 
 
 @dataclass(frozen=True)

@@ -292,9 +292,10 @@ def rope_index(input_ids: torch.Tensor, image_grid_thw: torch.Tensor | None, vid
 
     input_ids: int32/int64 [S]; image_grid_thw / video_grid_thw: int32/int64 [n, 3] or None.
     Returns (positions int64 [3, S] (into `out` when given), delta int). Raises ValueError when the pad
-    tokens do not match the grids. Runs once per prompt and reads a few numbers back to the host (delta is an
-    int, as in the reference, and malformed input is reported). Tensors are CUDA tensors on a GPU run, CPU
-    tensors in the Numba simulator.
+    tokens do not match the grids: wrong counts before the launch, pads of a grid that do not lie together after
+    it (the kernel finds them). Runs once per prompt and reads a few numbers back to the host (the grids, the
+    pad counts, and delta, an int as in the reference). Tensors are CUDA tensors on a GPU run, CPU tensors in
+    the Numba simulator.
     """
     from .numba import elementwise_launch
     from .numba.rope import rope_index_kernel
@@ -329,18 +330,19 @@ def rope_index(input_ids: torch.Tensor, image_grid_thw: torch.Tensor | None, vid
 
     is_img, is_vid = input_ids == image_token_id, input_ids == video_token_id
     cimg, cvid = torch.cumsum(is_img, 0), torch.cumsum(is_vid, 0)  # int64 inclusive prefix counts
+    have = torch.stack([cimg[-1], cvid[-1]]).tolist()  # a host read, so that wrong counts never launch
+    for name, tok, n, want in (("image_grid_thw", image_token_id, have[0], need[0]),
+                               ("video_grid_thw", video_token_id, have[1], need[1])):
+        if n != want:
+            raise ValueError(f"input_ids has {n} tokens with id {tok}, but {name} needs {want}")
     pos = torch.empty(3, s, dtype=torch.int64, device=dev) if out is None else out
     err = torch.full((1,), s, dtype=torch.int64, device=dev)
     launch(rope_index_kernel, *elementwise_launch(s), input_ids.long(), cimg, cvid, img_grid,
            np.int64(img_grid.shape[0]), vid_grid, np.int64(vid_grid.shape[0]), np.int64(image_token_id),
            np.int64(video_token_id), np.int64(merge), pos, err)
 
-    first_bad, have_img, have_vid, top = torch.stack([err[0], cimg[-1], cvid[-1], pos.max()]).tolist()
-    for name, tok, have, want in (("image_grid_thw", image_token_id, have_img, need[0]),
-                                  ("video_grid_thw", video_token_id, have_vid, need[1])):
-        if have != want:
-            raise ValueError(f"input_ids has {have} tokens with id {tok}, but {name} needs {want}")
-    if first_bad < s:
+    first_bad, top = torch.stack([err[0], pos.max()]).tolist()
+    if first_bad < s:  # found by the kernel: where each pad lies is only known on the device
         raise ValueError(f"input_ids[{first_bad}] is a pad token whose grid (image, or video frame) does not lie "
                          f"on consecutive pad tokens of its kind")
     return pos, top + 1 - s

@@ -63,3 +63,14 @@ def test_compile_key_follows_headers(monkeypatch, tmp_path):
         assert nvrtc.headers_digest() != d1
     finally:
         nvrtc.headers_digest.cache_clear()
+
+
+@pytest.mark.sim
+def test_numba_launch_refuses_python_scalars():
+    """A Python float would be typed float64 by Numba (fp64 math); the Numba launcher wants numpy scalars."""
+    from kernels.numba.activations import BIAS_GELU
+    from kernels.runtime.numba_interop import SIM, launch
+
+    x = torch.randn(2, 8, device="cuda" if torch.cuda.is_available() and not SIM else "cpu")
+    with pytest.raises(TypeError, match="numpy scalars"):
+        launch(BIAS_GELU["f"], 1, 32, x, x, x, 16, np.int32(8), np.int32(0), np.int32(1))
