@@ -114,6 +114,7 @@ def profile_step(lm, B: int, context: int, capacity: int) -> dict:
         end.record()
         torch.cuda.synchronize()
         graph_us = start.elapsed_time(end) * 1e3 / n
+        print(f"   bs{B}: graph replay {graph_us:.1f} us/step = {B / graph_us * 1e6:.1f} tok/s", flush=True)
         sess.cache.lengths.fill_(context)
     graph, sess.graph = sess.graph, None  # the profiled step runs eagerly
     with labelled(lm):
@@ -197,6 +198,7 @@ def main(argv=None) -> int:
     for size in args.sizes.split(","):
         t0 = time.perf_counter()
         lm, cfg = build_lm(size)
+        print(f"{size}: built in {time.perf_counter() - t0:.1f} s", flush=True)
         skinny = lm.skinny
         for vi, variant in enumerate(args.variants.split(",")):
             lm.skinny = None if variant == "cublas" else skinny
