@@ -37,6 +37,7 @@ import torch.nn.functional as F
 import reference
 
 from .config import TextConfig
+from .progress import progress_bar
 
 DEFAULT_CHUNK = 8192  # packed prompt tokens per prefill chunk
 
@@ -266,7 +267,8 @@ class LanguageModel:
             raise ValueError(f"embeds and positions must hold sum(lengths) = {T} tokens")
         out = embeds.new_zeros(B, embeds.shape[1])
         done = [0] * B
-        for c0 in range(0, T, chunk_size):
+        chunks = range(0, T, chunk_size)  # a bar on stderr for long prompts (Model.progress; after 1 s)
+        for c0 in progress_bar(chunks, getattr(self, "progress", False), "prefill", unit="chunk"):
             c1 = min(c0 + chunk_size, T)
             counts = [max(0, min(c1, cu[b + 1]) - max(c0, cu[b])) for b in range(B)]
             ccu = [0]

@@ -113,12 +113,13 @@ def checkpoint_files(path: Path) -> list[Path]:
 
 
 def load_weights(path, cfg: ModelConfig | None = None, *, device="cpu", dtype=None,
-                 progress: bool | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+                 progress: bool | None = None, vision: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Read and check a checkpoint. Returns (config, {HF name: tensor}) with every tensor of `expected_shapes`.
 
     Names and shapes are checked from the file headers before any data is read. dtype: torch dtype (or its
     name) for the floating-point weights; None keeps config.json's "dtype", else each tensor's stored dtype.
-    progress: None = a tqdm bar for big checkpoints only.
+    progress: None = a tqdm bar for big checkpoints only (and only on a terminal).
+    vision=False: the vision tower's tensors (`model.visual.*`) are skipped, neither checked, read nor allocated.
     """
     from safetensors import safe_open
 
@@ -144,11 +145,16 @@ def load_weights(path, cfg: ModelConfig | None = None, *, device="cpu", dtype=No
                 stored[k] = (len(handles) - 1, tuple(h.get_slice(k).get_shape()))
         if cfg.tie_word_embeddings:  # lm_head is the embedding; a stored copy is ignored, as HF re-ties it
             stored.pop(LM_HEAD, None)
-        _check(stored, _on_disk_shapes(cfg, stored), duplicates, path)
+        want = _on_disk_shapes(cfg, stored)
+        if not vision:  # language model only: the tower's tensors are not read
+            stored = {k: v for k, v in stored.items() if not k.startswith(VISUAL)}
+            want = {k: v for k, v in want.items() if not k.startswith(VISUAL)}
+            duplicates = [k for k in duplicates if not k.startswith(VISUAL)]
+        _check(stored, want, duplicates, path)
 
         total = sum(f.stat().st_size for f in files)
-        show = progress if progress is not None else (len(stored) >= _PROGRESS_MIN_TENSORS
-                                                      or total >= _PROGRESS_MIN_BYTES)
+        big = len(stored) >= _PROGRESS_MIN_TENSORS or total >= _PROGRESS_MIN_BYTES
+        show = progress if progress is not None else (None if big else False)  # None: on a terminal only
         E = cfg.text.num_experts
         weights: dict[str, torch.Tensor] = {}
         experts: dict[str, dict[tuple[str, int], torch.Tensor]] = defaultdict(dict)
@@ -212,8 +218,9 @@ def _resolve_dtype(dtype):
     return _DTYPES[name]
 
 
-def _progress(items, show: bool, desc: str):
-    if not show:
+def _progress(items, show: bool | None, desc: str):
+    """tqdm over items on stderr: show=True always, None only on a terminal (tqdm's disable=None), False never."""
+    if show is False:
         return items
     from tqdm.auto import tqdm
-    return tqdm(items, desc=desc, unit="tensor")
+    return tqdm(items, desc=desc, unit="tensor", disable=None if show is None else False, delay=1.0)

@@ -30,28 +30,72 @@ class _Batch:
 
 
 def load(path, *, device="cpu", dtype=None, backend: str = "reference", progress: bool | None = None,
-         cuda_graphs: bool | None = None, strict: bool = False, tensor_parallel: int | None = None) -> "Model":
+         cuda_graphs: bool | None = None, strict: bool = False, language_model_only: bool = False,
+         tensor_parallel: int | None = None) -> "Model":
     """Load a Qwen3.5 / Qwen3.5-MoE checkpoint directory (HF layout) onto `device` for `backend`.
 
     On backend="kernels" an op whose kernel does not cover the checkpoint's shapes (e.g. a head dim no kernel is
     built for) runs on its reference, and `Model.placement(why=True)` says why; strict=True refuses such a
     checkpoint instead (ValueError naming the ops), before any weight is read.
 
-    dtype: None = the checkpoint's (config.json "dtype"). cuda_graphs: replay the vision tower (model.vision_graph)
-    and the decode step (model.generate.DecodeSession) from CUDA graphs; None = on for the kernels backend on a
-    CUDA device.
+    device: "cpu" or "cuda[:n]"; backend="kernels" needs a CUDA device. dtype: a torch dtype or its name;
+    None = float32 on the CPU (bf16 matmuls are slow there), the checkpoint's (config.json "dtype") on a GPU.
+    cuda_graphs: replay the vision tower (model.vision_graph) and the decode step (model.generate.DecodeSession)
+    from CUDA graphs; None = on for the kernels backend on a CUDA device. progress: a tqdm bar while loading
+    (None: for big checkpoints, on a terminal). language_model_only: the vision tower's weights are neither read
+    nor allocated (text prompts only; an image or video then raises ValueError).
+    Bad arguments raise one-line ValueErrors before any weight is read (a missing directory: FileNotFoundError).
     tensor_parallel: N ranks share the model (tensor / expert parallel, model.parallel): run under
     `torchrun --nproc-per-node N`, every rank making the same calls; device "cuda" = this rank's GPU.
     """
+    dtype = check_dtype(dtype)
+    cfg = ModelConfig.from_pretrained(path)  # checks the directory and config.json before any weight
+    if strict:
+        _refuse_uncovered(backend, cfg, dtype or (getattr(torch, cfg.dtype, None) if cfg.dtype else None))
+    device = check_device(device, backend)
+    if dtype is None and device.type == "cpu":
+        dtype = torch.float32
     if tensor_parallel is not None and tensor_parallel != 1 or isinstance(tensor_parallel, bool):
         from .parallel import load_parallel
         return load_parallel(path, tensor_parallel, device=device, dtype=dtype, backend=backend, progress=progress,
-                             cuda_graphs=cuda_graphs, strict=strict)
-    if strict:
-        cfg = ModelConfig.from_pretrained(path)
-        _refuse_uncovered(backend, cfg, dtype or (getattr(torch, cfg.dtype, None) if cfg.dtype else None))
-    cfg, weights = load_weights(path, device=device, dtype=dtype, progress=progress)
-    return Model(cfg, weights, backend=backend, path=path, cuda_graphs=cuda_graphs, strict=strict)
+                             cuda_graphs=cuda_graphs, strict=strict, vision=not language_model_only)
+    cfg, weights = load_weights(path, cfg, device=device, dtype=dtype, progress=progress,
+                                vision=not language_model_only)
+    return Model(cfg, weights, backend=backend, path=path, cuda_graphs=cuda_graphs, strict=strict,
+                 progress=progress)
+
+
+def check_dtype(dtype):
+    """None, a floating torch dtype the model runs in, or its name -> torch dtype (or None); else ValueError."""
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype is None or dtype in names.values():
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if isinstance(dtype, (str, torch.dtype)) and name in names:
+        return names[name]
+    raise ValueError(f"dtype must be one of {list(names)} (or None for the default), got {dtype!r}")
+
+
+def check_device(device, backend: str = "reference") -> torch.device:
+    """A usable torch.device for `backend`, or a one-line ValueError saying what to pass instead."""
+    from .ops import BACKENDS
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device: use 'cpu' or 'cuda'") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {str(device)!r} is not supported: this model runs on 'cpu' or 'cuda'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: no CUDA GPU is available (use device='cpu')")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    if backend == "kernels" and dev.type != "cuda":
+        raise ValueError(f"backend='kernels' runs on a CUDA device, got device {str(device)!r}: "
+                         "use backend='reference' on the CPU")
+    return dev
 
 
 def _refuse_uncovered(backend: str, config: ModelConfig, dtype) -> None:
@@ -75,7 +119,8 @@ class Model:
     """
 
     def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], *, backend: str = "reference",
-                 path=None, cuda_graphs: bool | None = None, strict: bool = False, parallel=None):
+                 path=None, cuda_graphs: bool | None = None, strict: bool = False, parallel=None,
+                 progress: bool | None = None):
         self.config, self.backend = config, backend
         # parallel: this rank's model.parallel.Shard (None: one process); the ops are chosen for its local shapes
         self.parallel = parallel
@@ -89,17 +134,18 @@ class Model:
         vis = {k[len(VISUAL):]: t for k, t in weights.items() if k.startswith(VISUAL)}
         lm = {k[len(LM):]: t for k, t in weights.items() if k.startswith(LM)}
         lm["lm_head.weight"] = weights[LM_HEAD]
-        self.vision = VisionTower(config.vision, vis, self.ops)
+        # no vision weights (load(..., language_model_only=True)): a text-only model
+        self.vision = VisionTower(config.vision, vis, self.ops) if vis else None
         if parallel is None:
             self.lm = LanguageModel(config.text, lm, self.ops)
         else:
             self.lm = parallel.language_model(ops_config.text, lm, self.ops)
         if cuda_graphs is None:
             cuda_graphs = backend == "kernels" and self.device.type == "cuda"
-        if cuda_graphs:
+        if cuda_graphs and self.vision is not None:
             from .vision_graph import GraphedVisionTower
             self.vision = GraphedVisionTower(self.vision)
-        if parallel is not None:
+        if parallel is not None and self.vision is not None:
             self.vision = parallel.vision(self.vision)  # data-parallel: a share of the images per rank
         self.cuda_graphs = bool(cuda_graphs)
         self.prefill_chunk = DEFAULT_CHUNK  # packed prompt tokens per prefill pass (bounds activation memory)
@@ -109,7 +155,27 @@ class Model:
         self._processor = None
         self.last_timings: dict = {}
         self.last_decode_mode = ""  # "graph", or "eager: <why>"
+        self.progress = progress  # tqdm bars on stderr for vision and long prefills: True, None (a tty), False
 
+
+    @property
+    def progress(self) -> bool | None:
+        return self._progress
+
+    @progress.setter
+    def progress(self, show: bool | None) -> None:
+        self._progress = show
+        self.lm.progress = show
+        tower = self.vision
+        while hasattr(tower, "tower"):  # GraphedVisionTower (and wrappers) hold the eager tower
+            tower = tower.tower
+        if tower is not None:
+            tower.progress = show
+
+    @property
+    def language_model_only(self) -> bool:
+        """True when the model has no vision tower (loaded with language_model_only=True)."""
+        return self.vision is None
 
     @property
     def device(self) -> torch.device:
@@ -139,7 +205,13 @@ class Model:
     @torch.inference_mode()
     def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
         """pixel_values [N, 1536] of all images (or videos), grid_thw [n, 3] -> merged embeddings [N/4, H]."""
+        self._need_vision()
         return self.vision(pixel_values, image_grid_thw)
+
+    def _need_vision(self) -> None:
+        if self.vision is None:
+            raise ValueError("this model was loaded with language_model_only=True and has no vision encoder: "
+                             "load it without language_model_only to pass images or videos")
 
     # ---------------------------------------------------------------------------------------------- prefill
     @torch.inference_mode()
@@ -198,6 +270,7 @@ class Model:
             media.append((torch.as_tensor(pixels).to(dev, self.dtype), torch.as_tensor(grid).cpu(), tok))
         vision_ms = 0.0
         if media:
+            self._need_vision()
             _sync(dev)
             t0 = time.perf_counter()
             feats = self.vision(torch.cat([m[0] for m in media]), torch.cat([m[1] for m in media]))
@@ -336,7 +409,7 @@ class Model:
         proc = self.processor
         texts, all_images, all_videos = [], [], []
         for prompt, imgs, vids in zip(prompts, images, videos):
-            imgs, vids = list(imgs or []), list(vids or [])
+            imgs, vids = _media_list(imgs), _media_list(vids)
             if isinstance(prompt, str):
                 content = [{"type": "image"} for _ in imgs] + [{"type": "video"} for _ in vids]
                 messages = [{"role": "user", "content": content + [{"type": "text", "text": prompt}]}]
@@ -351,6 +424,8 @@ class Model:
                                                   enable_thinking=enable_thinking))
             all_images += imgs
             all_videos += vids
+        if all_images or all_videos:
+            self._need_vision()  # before any pixel is read
         inputs = proc(texts, images=all_images or None, videos=all_videos or None, fps=fps)
         S = inputs["input_ids"].shape[1]
         sampling.setdefault("eos_token_ids", tuple(sorted(set(self.eos_token_ids) | set(proc.eos_token_ids))))
@@ -383,6 +458,21 @@ class Model:
         text = proc.decode(ids)
         if len(text) > len(sent) and text.startswith(sent):
             yield text[len(sent):]
+
+
+def _media_list(x) -> list:
+    """One prompt's images or videos as a list: None -> [], a single path / image -> [it]."""
+    import os
+
+    import numpy as np
+    import PIL.Image
+
+    from .video import SampledVideo
+    if x is None:
+        return []
+    if isinstance(x, (str, os.PathLike, PIL.Image.Image, np.ndarray, SampledVideo)):
+        return [x]
+    return list(x)
 
 
 def _grid_list(grid) -> list[tuple[int, int, int]]:

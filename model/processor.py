@@ -4,7 +4,8 @@ Follows transformers 5.24 (docs/model.md section 2):
 * images: `Qwen2VLImageProcessorPil` (the PIL backend): RGB, smart_resize to multiples of 32, PIL bicubic,
   x/255 in float64 then float32, (x - mean) / std in float32, the frame repeated to 2 temporal slices,
   rows in merge-block order, each row flattened as (C, T, 16, 16). pixel_values are bit-identical.
-* videos: `Qwen3VLVideoProcessor`: the frames as given (already sampled at `fps`), padded to an even count
+* videos: `Qwen3VLVideoProcessor`: a video file sampled at `fps` as HF samples it (model.video, PyAV), or
+  frames as given (a list or a directory, already sampled at `fps`), padded to an even count
   with the last frame, a video smart_resize that budgets T*H*W, (x - 255*mean) / (255*std) in float32.
   HF resizes video frames with torchvision's tensor bicubic; here each frame goes through PIL bicubic like
   an image, so video pixels may differ from HF's by resize rounding. Grids, row order and prompt are the same.
@@ -27,6 +28,7 @@ import PIL.ImageOps
 import torch
 
 from .tokenizer import IMAGE_PAD, IM_END, IM_START, VIDEO_PAD, VISION_END, VISION_START, Tokenizer, load_tokenizer
+from .video import VIDEO_SUFFIXES, SampledVideo, is_video_file, read_video
 
 # Qwen3.5 preprocessor_config.json / video_preprocessor_config.json values (used when a file is absent).
 PATCH_SIZE = 16
@@ -104,6 +106,8 @@ def load_image(image) -> PIL.Image.Image:
     """
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
+        if path.is_dir():
+            raise ValueError(f"cannot read image {str(path)!r}: it is a directory, not an image file")
         if not path.is_file():
             raise ValueError(f"cannot read image {str(path)!r}: no such file")
         try:
@@ -132,6 +136,9 @@ def load_image(image) -> PIL.Image.Image:
 def list_video_frames(directory) -> list[Path]:
     """The image files of a directory of video frames, sorted by name."""
     d = Path(directory)
+    if d.is_file():
+        raise ValueError(f"video {str(d)!r} is neither a directory of frames nor a video file "
+                         f"({', '.join(VIDEO_SUFFIXES)})")
     if not d.is_dir():
         raise ValueError(f"video frames directory {str(d)!r} does not exist")
     frames = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -236,11 +243,14 @@ class Processor:
         return torch.cat(rows), torch.tensor(grids, dtype=torch.int64)
 
     def preprocess_videos(self, videos, fps: float = 2.0):
-        """List of videos (each a list of frames, or a directory of frame files) ->
+        """List of videos (each a video file, a model.video.SampledVideo, a list of frames, or a directory of
+        frame files) ->
         (pixel_values_videos float32 [rows, C*T*p*p], video_grid_thw int64 [n, 3], timestamps per video).
 
-        The frames are taken as given, sampled at `fps` frames per second; timestamps (seconds, one per
-        temporal patch) are the mean time of the frames in the patch.
+        A video file is decoded with PyAV and sampled at `fps` frames per second as HF's Qwen3-VL video
+        processor samples it (model.video: frame budget 4..768); its frames are stamped index / video fps.
+        Frames given as a list or a directory are taken as they are, as sampled at `fps`: frame i is at i / fps.
+        Timestamps (seconds, one per temporal patch) are the mean time of the first and last frame of the patch.
         """
         if not fps or fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -250,14 +260,21 @@ class Processor:
         mean = (torch.tensor(self.video_mean, dtype=torch.float32) * (1.0 / self.rescale_factor)).view(-1, 1, 1)
         std = (torch.tensor(self.video_std, dtype=torch.float32) * (1.0 / self.rescale_factor)).view(-1, 1, 1)
         for vi, video in enumerate(videos):
-            if isinstance(video, (str, os.PathLike)):
+            times = None
+            if isinstance(video, (str, os.PathLike)) and not Path(video).is_dir() and is_video_file(video):
+                video = read_video(video, fps)
+            if isinstance(video, SampledVideo):  # a video file's frames, already sampled (model.video)
+                frames, times = video.frames, video.times
+            elif isinstance(video, (str, os.PathLike)):
                 frames = list_video_frames(video)
             elif isinstance(video, (list, tuple)):
                 frames = list(video)
             else:
-                raise TypeError(f"video {vi} must be a list of frames or a directory of frame files, "
+                raise TypeError(f"video {vi} must be a video file, a list of frames or a directory of frame files, "
                                 f"got {type(video).__name__}")
             frames = [load_image(f) for f in frames]
+            if times is None:
+                times = [i / fps for i in range(len(frames))]
             if len({f.size for f in frames}) > 1:
                 raise ValueError(f"video {vi}: all frames must have the same size, got "
                                  f"{sorted({f.size for f in frames})} (WxH)")
@@ -271,8 +288,7 @@ class Processor:
                 x = torch.cat([x, x[-1:].expand(pad, -1, -1, -1)])
             rows.append(patchify(x, p, m, t))
             grids.append([(n + pad) // t, h // p, w // p])
-            idx = list(range(n)) + [n - 1] * pad
-            secs = [i / fps for i in idx]
+            secs = times + [times[-1]] * pad
             stamps.append([(secs[i] + secs[i + t - 1]) / 2 for i in range(0, n + pad, t)])
         return torch.cat(rows), torch.tensor(grids, dtype=torch.int64), stamps
 
@@ -448,6 +464,8 @@ def _as_list(x, name: str) -> list:
         return list(x)
     if name == "images" and isinstance(x, (str, os.PathLike, PIL.Image.Image, np.ndarray)):
         return [x]  # a single image
+    if name == "videos" and isinstance(x, (str, os.PathLike, SampledVideo)):
+        return [x]  # a single video file or directory of frames
     raise TypeError(f"{name} must be a list, got {type(x).__name__}")
 
 

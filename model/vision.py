@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from reference._checks import check_grid_thw
 
 from .config import VisionConfig
+from .progress import progress_bar
 
 _EPS = 1e-6  # every LayerNorm of the tower (HF hard-codes it)
 _GELU = {"gelu_pytorch_tanh": "tanh", "gelu": "none"}
@@ -86,7 +87,7 @@ class VisionTower:
         res = ops.add_pos_embed(x, w["pos_embed.weight"], tables["pos_index"], tables["pos_weight"])  # the stream
         first = "blocks.0.norm1." if cfg.depth else "merger.norm."
         h = ops.layer_norm(res, w[first + "weight"], w[first + "bias"], _EPS)
-        for i in range(cfg.depth):
+        for i in progress_bar(range(cfg.depth), getattr(self, "progress", False), "vision", unit="layer"):
             b = f"blocks.{i}."
             q, k, v = ops.qkv_bias_rope(F.linear(h, w[b + "attn.qkv.weight"]), w[b + "attn.qkv.bias"],
                                         cos, sin, heads)
