@@ -1,5 +1,5 @@
 """The attention family on the GPU: kernels.attention (tensor cores, bf16/fp16) against reference.attention
-in fp32, and kernels.attention_fp32 (plain fp32 CUDA cores) against it in fp64. The generic registry tests
+in fp32, and kernels.attention.attention_fp32 (plain fp32 CUDA cores) against it in fp64. The generic registry tests
 (property_tests/test_ops.py, tests/test_bad_input.py) run the public op as well; this module adds every tile
 shape, tail tiles, determinism, graph capture and the fp32 kernel's own checks.
 
@@ -34,7 +34,7 @@ from hypothesis import example, given, strategies as st
 
 import reference
 from kernels.attention import SUPPORTED_HEAD_DIMS, all_variants, attention, run_variant
-from kernels.attention_fp32 import SOURCE, SUPPORTED_HEAD_DIMS as FP32_HEAD_DIMS, attention_fp32
+from kernels.attention import FP32_SOURCE as SOURCE, SUPPORTED_HEAD_DIMS as FP32_HEAD_DIMS, attention_fp32
 from kernels.registry import REGISTRY
 from kernels.runtime.nvrtc import compile_source, cuda_include_dirs, read_source
 
@@ -395,7 +395,7 @@ def test_every_head_dim_is_instantiated():
 @pytest.mark.compile
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_fp32_compiles(arch):
-    mod = compile_source(read_source("attention_fp32.cu"), SOURCE.exprs, arch)
+    mod = compile_source(read_source("attention/fp32.cu"), SOURCE.exprs, arch)
     cubin = bytes(mod.code)
     assert cubin[:4] == b"\x7fELF"
     mapping = {(k.decode() if isinstance(k, bytes) else k): v for k, v in (mod.symbol_mapping or {}).items()}
@@ -410,7 +410,7 @@ def test_fp32_no_register_spills_sm90():
 
     log = io.StringIO()
     opts = ProgramOptions(arch="sm_90", std="c++17", include_path=list(cuda_include_dirs()), ptxas_options=["-v"])
-    Program(read_source("attention_fp32.cu"), code_type="c++", options=opts).compile(
+    Program(read_source("attention/fp32.cu"), code_type="c++", options=opts).compile(
         "cubin", name_expressions=SOURCE.exprs, logs=log)
     report = log.getvalue()
     spills = [int(x) for x in re.findall(r"(\d+) bytes spill stores", report)]

@@ -30,7 +30,7 @@ constexpr int BM = NW * R;
 constexpr int BN = 32;  // keys per tile: one per lane
 constexpr int PS = R + 4;  // per-key stride of the P buffer: (PS / 4) odd, so the 16-byte stores never conflict
 
-// Dynamic shared memory in floats; the wrapper computes the same number (kernels/attention_fp32.py).
+// Dynamic shared memory in floats; the wrapper computes the same number (kernels/attention.py, fp32_smem_bytes).
 template <int D>
 struct Smem {
     static constexpr int KS = D + 4;  // K row stride: (KS / 4) odd, so lane j's 16-byte reads of row j never conflict
