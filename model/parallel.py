@@ -203,6 +203,8 @@ def load_parallel(path, tensor_parallel: int, *, device="cpu", dtype=None, backe
     from .model import Model, _refuse_uncovered
 
     rank, world, device = init_distributed(tensor_parallel, device)
+    if dtype is None and device.type == "cpu":  # as model.load: bf16 matmuls are slow on CPUs
+        dtype = torch.float32
     cfg = ModelConfig.from_pretrained(path)
     shard = Shard(rank, world, cfg)
     local = shard.local_config  # raises first when the heads / experts do not divide
@@ -309,9 +311,9 @@ class ParallelLanguageModel(LanguageModel):
 
     # collectives -----------------------------------------------------------------------------------------
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
-        """In-place sum over the ranks (on the current stream, so it is captured in a CUDA graph)."""
-        if self.shard.world > 1:
-            _dist().all_reduce(t, group=self.shard.group)
+        """In-place sum over the ranks (on the current stream, so it is captured in a CUDA graph). Issued at world
+        size 1 too (load_parallel(path, 1) under one process runs the collectives: a check of the NCCL path)."""
+        _dist().all_reduce(t, group=self.shard.group)
         return t
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -324,8 +326,6 @@ class ParallelLanguageModel(LanguageModel):
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         part = self.linear(h, "lm_head.weight").contiguous()  # [T, ceil(V/N)]
-        if self.shard.world == 1:
-            return part[:, : self.vocab_size]
         parts = [torch.empty_like(part) for _ in range(self.shard.world)]
         _dist().all_gather(parts, part, group=self.shard.group)
         return torch.cat(parts, dim=1)[:, : self.vocab_size]

@@ -171,3 +171,25 @@ def test_vision_split_balances_by_patches():
     assert split([8, 8, 8, 8], 4) == [0, 1, 2, 3, 4]
     assert split([100, 1, 1], 2) == [0, 1, 3]
     assert split([4], 2) == [0, 1, 1]  # one image: the second rank encodes nothing
+
+
+def test_cli_under_torchrun_writes_the_one_process_answer():
+    """`torchrun --nproc-per-node 2 -m model describe --tensor-parallel 2`: rank 0 alone writes, the same text as
+    one process (the tiny random checkpoint, greedy)."""
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    from model.tiny import ensure_tiny_checkpoint
+
+    ensure_tiny_checkpoint()  # the default cache (shared with the CLI tests), written before the ranks race for it
+    args = ["-m", "model", "describe", "--max-new-tokens", "6", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([torchrun, "--nproc-per-node", "2", *args, "--tensor-parallel", "2"], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout == one.stdout and one.stdout.strip()
+    assert two.stderr.count("decode:") == 1  # timings from rank 0 only
