@@ -29,8 +29,18 @@ class _SplitOut(ctypes.Structure):
     _fields_ = [("y", ctypes.c_uint64 * 4), ("sy", ctypes.c_longlong * 4), ("cut", ctypes.c_int * 3)]
 
 
-SOURCE = NvrtcSource("gemm.cu", tuple(f"gemm::skinny_gemm<{CTYPES[dt]}, {s}, {nt}>" for dt in _SKINNY_DTYPES
-                                      for s in ("false", "true") for nt in _SKINNY_TILES))
+# (silu, column tiles, steps in flight) built: more steps in flight for small grids (see gemm.cu)
+_SKINNY_BUILDS = (("false", 1, 4), ("false", 1, 8), ("true", 1, 4), ("false", 2, 2), ("true", 2, 2),
+                  ("false", 4, 2), ("true", 4, 2))
+_SMALL_GRID = 264  # CTAs: below ~2 per SM of an H200, the 8-step build
+
+
+def _skinny_expr(dtype, silu: bool, nt: int, u: int) -> str:
+    return f"gemm::skinny_gemm<{CTYPES[dtype]}, {'true' if silu else 'false'}, {nt}, {u}>"
+
+
+SOURCE = NvrtcSource("gemm.cu", tuple(f"gemm::skinny_gemm<{CTYPES[dt]}, {s}, {nt}, {u}>" for dt in _SKINNY_DTYPES
+                                      for s, nt, u in _SKINNY_BUILDS))
 
 
 def skinny_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -87,7 +97,8 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = Fal
     device = check_cuda(x=x, weight=weight, out=out)
     if n:
         nt = 1 if m <= 8 else 2 if m <= 16 else 4
-        SOURCE.launch(device, f"gemm::skinny_gemm<{CTYPES[x.dtype]}, {'true' if silu_mul else 'false'}, {nt}>",
-                      (ceil_div(n, _SKINNY_ROWS), 1, 1), (_SKINNY_THREADS, 1, 1), x.data_ptr(), i64(x.stride(0)),
+        ctas = ceil_div(n, _SKINNY_ROWS)
+        u = 2 if nt > 1 else 8 if not silu_mul and ctas < _SMALL_GRID else 4
+        SOURCE.launch(device, _skinny_expr(x.dtype, silu_mul, nt, u), (ctas, 1, 1), (_SKINNY_THREADS, 1, 1), x.data_ptr(), i64(x.stride(0)),
                       weight.data_ptr(), spec, i32(m), i32(n), i32(x.shape[1]), pdl=SKINNY_PDL)
     return parts if split is not None else out

@@ -28,7 +28,6 @@ using namespace qkern;
 constexpr int WARPS = 8;    // per CTA, splitting K
 constexpr int ROWS = 16;    // output features per CTA (the mma's M)
 constexpr int KSTEP = 32;   // k per warp step (two m16n8k16)
-constexpr int UNROLL = 4;   // steps whose loads a warp issues before its first mma
 
 __device__ __forceinline__ uint4 load_stream(const void* p) {  // read once: no L1 allocation
     uint4 r;  // not volatile: the compiler may hoist these loads above the previous steps' mmas
@@ -73,14 +72,14 @@ struct SplitOut {
     int cut[3];  // starts of parts 1..3 (part 0 starts at 0)
 };
 
-// NT: 8-row tiles of x (M <= 8 NT): 1, 2 or 4 (decode batches up to 8, 16, 32); fewer steps in flight for more
-// tiles (registers).
-template <typename T, bool SILU, int NT>
+// NT: 8-row tiles of x (M <= 8 NT): 1, 2 or 4 (decode batches up to 8, 16, 32). U: steps whose loads a warp
+// issues before their mmas (bytes in flight): 8 for grids of fewer CTAs than ~2 per SM (N <= ~4k: each CTA must keep
+// more loads in flight to draw its share of the bandwidth), else 4; 2 above 8 rows (registers).
+template <typename T, bool SILU, int NT, int U>
 __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ x, long long sx,
                                                         const T* __restrict__ w, const SplitOut<T> out,
                                                         int M, int N, int K) {
     constexpr int SETS = SILU ? 2 : 1;
-    constexpr int U = NT == 1 ? UNROLL : 2;
     constexpr int COLS = 8 * NT;
     __shared__ float red[WARPS][SETS][ROWS][COLS];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
@@ -124,18 +123,32 @@ __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ 
 #pragma unroll
         for (int u = 0; u < U; ++u) mma_step<T, SETS, NT>(c, a[u], b[u]);
     }
-    if (!waited) wait_and_release();
-    for (; st < steps; st += WARPS) {  // the last < U steps of this warp
-        uint4 a[SETS][2], b[NT];
-        const size_t off = (size_t)st * KSTEP;
+    if (st < steps) {  // this warp's last < U steps: the same, with the loads of the steps past K skipped
+        uint4 a[U][SETS][2], b[U][NT];
 #pragma unroll
-        for (int s = 0; s < SETS; ++s)
+        for (int u = 0; u < U; ++u) {
+            if (st + u * WARPS < steps) {
+                const size_t off = (size_t)(st + u * WARPS) * KSTEP;
 #pragma unroll
-            for (int h = 0; h < 2; ++h) a[s][h] = load_stream(wr[s][h] + off);
+                for (int s = 0; s < SETS; ++s)
 #pragma unroll
-        for (int j = 0; j < NT; ++j) b[j] = load_l2(xr[j] + off);
-        mma_step<T, SETS, NT>(c, a, b);
+                    for (int h = 0; h < 2; ++h) a[u][s][h] = load_stream(wr[s][h] + off);
+            }
+        }
+        if (!waited) {
+            wait_and_release();
+            waited = true;
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (st + u * WARPS < steps)
+#pragma unroll
+                for (int j = 0; j < NT; ++j) b[u][j] = load_l2(xr[j] + (size_t)(st + u * WARPS) * KSTEP);
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (st + u * WARPS < steps) mma_step<T, SETS, NT>(c, a[u], b[u]);
     }
+    if (!waited) wait_and_release();  // a warp without steps (K < 32 WARPS) still waits before the stores
     // c[s][j][0], [1]: row g, x rows 8j + 2q, 8j + 2q + 1; c[s][j][2], [3]: row g + 8
 #pragma unroll
     for (int s = 0; s < SETS; ++s) {
