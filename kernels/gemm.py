@@ -5,7 +5,6 @@ products go to cuBLAS through torch (F.linear), in the model dtype, with the bia
 from __future__ import annotations
 
 import ctypes
-import os
 
 import torch
 
@@ -19,9 +18,9 @@ SKINNY_MAX_ROWS = 32  # x rows per launch: up to 4 tiles of the mma's N = 8
 _SKINNY_TILES = (1, 2, 4)
 _SKINNY_ROWS, _SKINNY_THREADS = 16, 256  # output features per CTA, threads per CTA (gemm.cu's ROWS, WARPS * 32)
 _SKINNY_DTYPES = (torch.bfloat16, torch.float16)
-# programmatic dependent launch (gemm.cu): the weight stream starts before the previous kernel ends;
-# QWEN35_SKINNY_PDL=0 turns it off (A/B timing)
-SKINNY_PDL = os.environ.get("QWEN35_SKINNY_PDL", "1") != "0"
+# programmatic dependent launch (gemm.cu): the weight stream starts before the previous kernel ends
+# (tools/lm_decode_profile.py --variants nopdl sets it False for its A/B timing)
+SKINNY_PDL = True
 
 
 class _SplitOut(ctypes.Structure):
