@@ -93,7 +93,7 @@ def labelled(lm):
         L._keywords.cache_clear()
 
 
-def profile_step(lm, B: int, context: int, capacity: int) -> dict:
+def profile_step(lm, B: int, context: int, capacity: int, profile: bool = True) -> dict:
     """Kernels of one eager step by name and by op, kernels per step, and the graph replay time per step."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -116,6 +116,12 @@ def profile_step(lm, B: int, context: int, capacity: int) -> dict:
         graph_us = start.elapsed_time(end) * 1e3 / n
         print(f"   bs{B}: graph replay {graph_us:.1f} us/step = {B / graph_us * 1e6:.1f} tok/s", flush=True)
         sess.cache.lengths.fill_(context)
+    if not profile:
+        del sess
+        return dict(batch=B, context=context, mode=mode, kernels_per_step=None, kernel_us=None,
+                    graph_us_per_step=None if graph_us is None else round(graph_us, 1),
+                    graph_tokens_per_s=None if graph_us is None else round(B / graph_us * 1e6, 1), by_op={},
+                    by_kernel={})
     graph, sess.graph = sess.graph, None  # the profiled step runs eagerly
     with labelled(lm):
         sess.advance()
@@ -187,6 +193,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="skinny", help="comma list: skinny (default), cublas (decode GEMMs on "
                     "F.linear), nopdl (skinny without programmatic dependent launch); variants after the first "
                     "print only the totals and the op table")
+    ap.add_argument("--profile-all", action="store_true", help="profile every variant (default: the first; the "
+                    "others are timed only)")
     ap.add_argument("--top", type=int, default=25, help="kernel names printed")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -205,7 +213,7 @@ def main(argv=None) -> int:
             lm.skinny_rows = 8 if variant == "skinny8" else 32
             KG.SKINNY_PDL = variant != "nopdl"
             for B in (int(b) for b in args.batch.split(",")):
-                r = profile_step(lm, B, args.context, args.context + 64)
+                r = profile_step(lm, B, args.context, args.context + 64, profile=vi == 0 or args.profile_all)
                 floor_us = decode_bytes(cfg.text, B, args.context) / (copy * 1e12) * 1e6
                 r = dict(size=size, variant=variant, floor_us=round(floor_us, 1),
                          floor_tokens_per_s=round(B / floor_us * 1e6, 1)) | r
