@@ -27,6 +27,7 @@ from reference._checks import check_cu_seqlens, check_divides, check_tensor
 from reference.deltanet import split_out_pair
 
 from .runtime import device as _device
+from .runtime import launch as _rt_launch
 from .runtime.checks import check_cuda, check_input
 from .runtime.dispatch import CTYPES, NvrtcSource, cbool
 from .runtime.nvrtc import f32, i32, i64
@@ -40,11 +41,18 @@ CHUNK_DTYPES = (torch.float16, torch.bfloat16)
 STATE_BV = (16, 32, 64)   # dv columns per state-pass CTA
 STATE_STAGES = (2, 3)     # chunks of inputs buffered by the state pass (the deepest that fits is used)
 REC_BV = (16, 32)         # dv columns per recurrent CTA of 128 threads
-WARP_BV = 8               # gdn_recurrent_warp: 8 columns per CTA of one warp (small batches)
+# gdn_recurrent_warp builds (BV dv columns per one-warp CTA, CPL columns per lane); WARP_SHAPE is the one used
+WARP_SHAPES = ((8, 8), (8, 4), (4, 4), (16, 8), (16, 4))
+WARP_SHAPE = (8, 8)
 WARP_MAX_HEADS = 256      # n * Hv up to which the one-warp kernel runs
+DECODE_PDL = False        # decode kernels as programmatic dependent launches (sm_90)
 # Relative cost of one chunk step of the state pass by BV (per CTA; one CTA per SM at every BV): the pick
 # minimises waves x cost. Rough figures until measured.
 STATE_STEP_COST = {16: 1.0, 32: 1.25, 64: 1.7}
+# Hopper (sm_90a): the state pass as clusters of STATE_CLUSTER CTAs (consecutive dv blocks of one head) that share
+# the chunk's W, Q, K, Aqk rows through multicast bulk copies (1 = no cluster, the sm_80/sm_90 kernel)
+STATE_CLUSTER = 1
+STATE_CLUSTERS = (2, 4, 8)
 RECURRENT_MAX_SEQLEN = 8  # with a max_seqlen hint at or below this, the recurrent kernel runs
 
 
@@ -63,6 +71,15 @@ def state_smem_bytes(bv: int, ns: int = 2) -> int:
     return ns * stage + (D * su + 2 * BT * su) * 2
 
 
+def _state_mc_expr(dtype, bv: int, ns: int, cl: int) -> str:
+    return f"deltanet::gdn_chunk_state_mc<{CTYPES[dtype]}, {bv}, {ns}, {cl}>"
+
+
+def _state_mc_ns(bv: int) -> int:
+    """Stages of the cluster build of the state pass: the deepest that fits in Hopper's shared memory."""
+    return max(ns for ns in STATE_STAGES if state_smem_bytes(bv, ns) + 64 <= HOPPER_SMEM)
+
+
 def _prep_expr(dtype, gate: bool) -> str:
     return f"deltanet::gdn_chunk_prep<{CTYPES[dtype]}, {cbool(gate)}>"
 
@@ -71,9 +88,10 @@ def _state_expr(dtype, bv: int, ns: int) -> str:
     return f"deltanet::gdn_chunk_state<{CTYPES[dtype]}, {bv}, {ns}>"
 
 
-def _rec_expr(dtype, bv: int, gate: bool) -> str:
-    if bv == WARP_BV:
-        return f"deltanet::gdn_recurrent_warp<{CTYPES[dtype]}, {cbool(gate)}>"
+def _rec_expr(dtype, bv, gate: bool) -> str:
+    """bv: an int (gdn_recurrent, 128 threads) or a (BV, CPL) pair (gdn_recurrent_warp)."""
+    if isinstance(bv, tuple):
+        return f"deltanet::gdn_recurrent_warp<{CTYPES[dtype]}, {cbool(gate)}, {bv[0]}, {bv[1]}>"
     return f"deltanet::gdn_recurrent<{CTYPES[dtype]}, {bv}, {cbool(gate)}>"
 
 
@@ -81,7 +99,11 @@ SOURCE = NvrtcSource("deltanet.cu", tuple(
     [_prep_expr(dt, gate) for dt in CHUNK_DTYPES for gate in (False, True)]
     + [_state_expr(dt, bv, ns) for dt in CHUNK_DTYPES for bv in STATE_BV for ns in STATE_STAGES
        if state_smem_bytes(bv, ns) <= HOPPER_SMEM]
-    + [_rec_expr(dt, bv, gate) for dt in DTYPES for bv in REC_BV + (WARP_BV,) for gate in (False, True)]))
+    + [_rec_expr(dt, bv, gate) for dt in DTYPES for bv in REC_BV + WARP_SHAPES for gate in (False, True)]))
+
+
+MC_EXPRS = tuple(_state_mc_expr(dt, bv, _state_mc_ns(bv), cl) for dt in CHUNK_DTYPES for bv in STATE_BV
+                 for cl in STATE_CLUSTERS if (D // bv) % cl == 0)
 
 
 def pick_state_stages(bv: int, smem_limit: int) -> int:
@@ -103,18 +125,18 @@ def pick_state_bv(n: int, Hv: int, sms: int, smem_limit: int) -> int:
     return min(fits, key=lambda bv: (-(-(n * Hv * (D // bv)) // sms)) * STATE_STEP_COST[bv])
 
 
-def pick_recurrent_bv(n: int, Hv: int, sms: int) -> int:
-    """Small batches: one-warp CTAs of 8 columns (no barriers, 16 CTAs per head and row); else 128-thread CTAs,
+def pick_recurrent_bv(n: int, Hv: int, sms: int):
+    """Small batches: one-warp CTAs (WARP_SHAPE: (BV, CPL)) (no barriers, 16 CTAs per head and row); else 128-thread CTAs,
     narrow column blocks (more CTAs) while the grid is small, wider ones (fewer repeated q/k loads) when not.
     H200, graph-replayed: the 128-thread kernel took 4.7 us at batch 1 (16 heads) against FLA's one-warp 3.5 us,
     and moved the state at 91-95 % of the copy rate at batches 32 and 256."""
     if n * Hv <= WARP_MAX_HEADS:
-        return WARP_BV
+        return WARP_SHAPE
     return 16 if n * Hv * (D // 32) < 2 * sms else 32
 
 
-def _launch(device: int, expr: str, grid, smem: int, *args, threads: int = 128) -> None:
-    SOURCE.launch(device, expr, grid, (threads, 1, 1), *args, shared_mem=smem)
+def _launch(device: int, expr: str, grid, smem: int, *args, threads: int = 128, pdl: bool = False) -> None:
+    SOURCE.launch(device, expr, grid, (threads, 1, 1), *args, shared_mem=smem, pdl=pdl)
 
 
 def _check_rows(name: str, t: torch.Tensor) -> None:
@@ -236,11 +258,14 @@ def _run(q, k, v, gates, gate: bool, cu_seqlens, initial_state, scale, use_qk_l2
                  (max_seqlen <= RECURRENT_MAX_SEQLEN if max_seqlen is not None else T <= 2 * n))
     if recurrent:
         bv = pick_recurrent_bv(n, Hv, sms)
+        # every sequence one token long (T == n, max_seqlen 1): token s is row s, cu_seqlens is not read
+        direct = max_seqlen == 1 and T == n
         args = (q.data_ptr(), k.data_ptr(), v.data_ptr(), i64(q.stride(0)), i64(k.stride(0)), i64(v.stride(0)),
                 *gate_ptrs, cu.data_ptr(), i32(Hk), i32(Hv), f32(scale), i32(use_qk_l2norm),
-                h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)))
-        _launch(device, _rec_expr(q.dtype, bv, gate), (D // bv, Hv, n), 0, *args,
-                threads=32 if bv == WARP_BV else 128)
+                h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)), i32(direct))
+        warp = isinstance(bv, tuple)
+        _launch(device, _rec_expr(q.dtype, bv, gate), (D // (bv[0] if warp else bv), Hv, n), 0, *args,
+                threads=32 if warp else 128, pdl=DECODE_PDL)
         return out, final_state
     slots = (T + n * (BT - 1)) // BT  # an upper bound on the chunk count that needs no read of cu_seqlens
     if slots > 65535:
@@ -258,8 +283,15 @@ def _run(q, k, v, gates, gate: bool, cu_seqlens, initial_state, scale, use_qk_l2
                 rk.data_ptr(), i32(T))
     bv = pick_state_bv(n, Hv, sms, smem_limit)
     ns = pick_state_stages(bv, smem_limit)
-    _launch(device, _state_expr(q.dtype, bv, ns), (D // bv, Hv, n), state_smem_bytes(bv, ns),
-            q.data_ptr(), k.data_ptr(), i64(q.stride(0)), i64(k.stride(0)), i32(Hk), i32(Hv),
+    args = (q.data_ptr(), k.data_ptr(), i64(q.stride(0)), i64(k.stride(0)), i32(Hk), i32(Hv),
             w.data_ptr(), u.data_ptr(), aqk.data_ptr(), gc.data_ptr(), rq.data_ptr(), rk.data_ptr(), cu.data_ptr(),
-            h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)), i32(T), threads=256)
+            h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)), i32(T))
+    cl = STATE_CLUSTER
+    if cl > 1 and (D // bv) % cl == 0 and _device.is_hopper(device):
+        ns = _state_mc_ns(bv)
+        kern = _rt_launch.get_kernel("deltanet.cu", _state_mc_expr(q.dtype, bv, ns, cl), MC_EXPRS, arch="sm_90a",
+                                     device=device)
+        _rt_launch.launch(kern, (D // bv, Hv, n), (256, 1, 1), *args, shared_mem=state_smem_bytes(bv, ns) + 64)
+        return out, final_state
+    _launch(device, _state_expr(q.dtype, bv, ns), (D // bv, Hv, n), state_smem_bytes(bv, ns), *args, threads=256)
     return out, final_state

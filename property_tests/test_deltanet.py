@@ -87,6 +87,46 @@ def test_decode_kernels(dtype, rows, heads):
 
 
 @gpu
+@pytest.mark.parametrize("shape", K.WARP_SHAPES)
+@pytest.mark.parametrize("pdl", (False, True))
+def test_decode_warp_shapes(shape, pdl, monkeypatch):
+    """Every one-warp decode build (BV columns a CTA, CPL a lane), as a plain and as a programmatic dependent
+    launch, with the direct row indexing (max_seqlen=1, T == n) and through cu_seqlens (no hint)."""
+    monkeypatch.setattr(K, "WARP_SHAPE", shape)
+    monkeypatch.setattr(K, "DECODE_PDL", pdl)
+    for hint in (1, None):
+        case = build_gated_delta_rule([1] * 3, 2, 4, torch.bfloat16, seed=7, kwargs={"max_seqlen": hint})
+        q, k, v, g, beta, cu, h0 = case.on("cuda")
+        state = h0.clone()
+        got = K.gated_delta_rule(q, k, v, g, beta, cu, state, use_qk_l2norm=True, final_state=state,
+                                 max_seqlen=hint)
+        _errors(got, _oracle(case), torch.bfloat16)
+
+
+@gpu
+def test_cluster_state_pass_equals_plain(monkeypatch):
+    """Hopper: the state pass in clusters sharing the chunk rows by multicast gives bitwise the plain pass's
+    results (the same shared-memory tiles, the same mma order), for every BV and cluster size, on sequences that
+    end inside a chunk, an empty one, and a 1:2 head ratio."""
+    from kernels.runtime import device as dev
+
+    if not dev.is_hopper(torch.cuda.current_device()):
+        pytest.skip("the cluster build is sm_90a")
+    case = build_gated_delta_rule([1, 63, 64, 65, 0, 300], 2, 4, torch.bfloat16, seed=8)
+    args = case.on("cuda")
+    for bv in K.STATE_BV:
+        monkeypatch.setattr(K, "STATE_STEP_COST", {b: (0.0 if b == bv else 1e9) for b in K.STATE_BV})
+        monkeypatch.setattr(K, "STATE_CLUSTER", 1)
+        want = K.gated_delta_rule(*args, use_qk_l2norm=True)
+        for cl in K.STATE_CLUSTERS:
+            if (K.D // bv) % cl:
+                continue
+            monkeypatch.setattr(K, "STATE_CLUSTER", cl)
+            got = K.gated_delta_rule(*args, use_qk_l2norm=True)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (bv, cl)
+
+
+@gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_strided_qkv_slices(dtype):
     """q, k, v as column slices of one [T, C] tensor, as the model's conv output hands them over."""
@@ -179,13 +219,14 @@ def test_thousands_of_tokens(heads):
 
 @pytest.mark.compile
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90", "sm_90a"])
 def test_no_register_spills(arch):
+    """sm_80/sm_90: every build of the source; sm_90a: the cluster builds of the state pass."""
     from cuda.core import Program, ProgramOptions
 
     from kernels.runtime.nvrtc import cuda_include_dirs, read_source
 
-    names = K.SOURCE.exprs
+    names = K.MC_EXPRS if arch == "sm_90a" else K.SOURCE.exprs
     log = io.StringIO()
     opts = ProgramOptions(arch=arch, std="c++17", include_path=list(cuda_include_dirs()), ptxas_options=["-v"])
     Program(read_source("deltanet.cu"), code_type="c++", options=opts).compile(

@@ -338,6 +338,143 @@ def sweep(args) -> int:
     return 0
 
 
+def trials(args) -> int:
+    """Launch-configuration trials, each record printed (and appended to $OUT/deltanet_trials.jsonl) as soon as it
+    is measured, no new work started past --budget seconds: part 'b', the cluster (multicast) state pass against
+    the plain one (bitwise) and prefill times by BV x cluster size; part 'a', prefill times by BV and of the prep
+    alone, the decode kernels by warp shape with and without PDL, then FLA's decode step."""
+    from benchmarks.common import graph_ms
+
+    T0 = time.time()
+    OUT = args.out or "/tmp"
+    budget = args.budget
+    part = args.trials
+    CLS = (1,) if part == "a" else K.STATE_CLUSTERS
+
+    def left():
+        return budget - (time.time() - T0)
+
+    def emit(rec):
+        rec = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}
+        rec["t"] = round(time.time() - T0, 1)
+        print(json.dumps(rec), flush=True)
+        with open(os.path.join(OUT, "deltanet_trials.jsonl"), "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def run(q, k, v, g, beta, cu, h0, ms=None):
+        return K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, max_seqlen=ms, validate=False)
+
+    if part == "b":  # 1. cluster build == plain build, bitwise (same shared data, same mma order), and vs the fp64 reference
+        for lens, Hk, Hv, dt in (([1, 63, 64, 65, 200, 0, 1000], 2, 4, torch.bfloat16),
+                                 ([4096, 130], 16, 16, torch.bfloat16), ([300, 5, 129], 1, 2, torch.float16),
+                                 ([2048], 16, 64, torch.bfloat16)):
+            q, k, v, g, beta, cu, h0 = make_inputs(lens, Hk, Hv, dt)
+            K.STATE_CLUSTER = 1
+            base = run(q, k, v, g, beta, cu, h0)
+            rec = {"case": f"mc check {lens} {Hk}/{Hv} {dt}"}
+            if sum(lens) < 2000:
+                ro, rs = reference64(q, k, v, g, beta, cu, h0)
+                rec["plain_vs_ref"] = (rel(base[0], ro), rel(base[1], rs))
+            for bv in K.STATE_BV:
+                saved = dict(K.STATE_STEP_COST)
+                K.STATE_STEP_COST.update({b: (0.0 if b == bv else 1e9) for b in K.STATE_BV})
+                base = run(q, k, v, g, beta, cu, h0)
+                for cl in K.STATE_CLUSTERS:
+                    if (128 // bv) % cl:
+                        continue
+                    K.STATE_CLUSTER = cl
+                    try:
+                        got = run(q, k, v, g, beta, cu, h0)
+                        torch.cuda.synchronize()
+                        same = torch.equal(got[0], base[0]) and torch.equal(got[1], base[1])
+                        rec[f"bv{bv}cl{cl}"] = "equal" if same else \
+                            f"DIFF o {rel(got[0], base[0]):.2e} s {rel(got[1], base[1]):.2e}"
+                    except Exception as e:  # noqa: BLE001
+                        rec[f"bv{bv}cl{cl}"] = "ERR " + str(e)[:120]
+                    K.STATE_CLUSTER = 1
+                K.STATE_STEP_COST.update(saved)
+            emit(rec)
+
+    # 2. prefill: graph-replayed time by cluster size at the pick's BV, and by BV at the best; the prep alone
+    plain_launch = K._launch
+
+    def prep_only(device, expr, *a, **kw):
+        if "chunk_state" not in expr:
+            plain_launch(device, expr, *a, **kw)
+
+    for Hk, Hv, lens in ((16, 16, [32768]), (16, 64, [32768]), (16, 16, [4096]), (16, 16, [1024] * 8),
+                         (16, 64, [1024] * 8), (16, 64, [4096]), (16, 32, [32768])):
+        if left() < (9 if part == "a" else 2):
+            break
+        q, k, v, g, beta, cu, h0 = make_inputs(lens, Hk, Hv, torch.bfloat16)
+        fn = lambda: run(q, k, v, g, beta, cu, h0, max(lens))
+        rec = {"case": f"prefill{part} {Hk}/{Hv} {len(lens)}x{lens[0]}",
+               "pick_bv": K.pick_state_bv(len(lens), Hv, *K._device_info(0))}
+        saved = dict(K.STATE_STEP_COST)
+        for bv in K.STATE_BV:
+            K.STATE_STEP_COST.update({b: (0.0 if b == bv else 1e9) for b in K.STATE_BV})
+            for cl in CLS:
+                if (128 // bv) % cl:
+                    continue
+                K.STATE_CLUSTER = cl
+                try:
+                    rec[f"bv{bv}cl{cl}_ms"] = graph_ms(fn, 3)
+                except Exception as e:  # noqa: BLE001
+                    rec[f"bv{bv}cl{cl}_ms"] = "ERR " + str(e)[:100]
+                    torch.cuda.synchronize()
+            K.STATE_CLUSTER = 1
+        K.STATE_STEP_COST.update(saved)
+        if part == "a":
+            K._launch = prep_only
+            rec["prep_only_ms"] = graph_ms(fn, 3)
+            K._launch = plain_launch
+        emit(rec)
+        del q, k, v, g, beta, h0
+        torch.cuda.empty_cache()
+
+    if part == "b":
+        print(f"done in {time.time() - T0:.1f} s")
+        return 0
+    # 3. decode: our variants (direct indexing from the max_seqlen=1 hint; PDL on/off), then FLA
+    cases = {}
+    for Hk, Hv, B in ((16, 16, 1), (16, 64, 1), (16, 16, 4), (16, 32, 1)):
+        if left() < 4:
+            break
+        q, k, v, g, beta, cu, h0 = make_inputs([1] * B, Hk, Hv, torch.bfloat16)
+        state = h0.clone()
+        cases[(Hk, Hv, B)] = (q, k, v, g, beta, cu, h0)
+        rec = {"case": f"decode {Hk}/{Hv} b{B}"}
+        want = reference64(q, k, v, g, beta, cu, h0)
+        for shape in K.WARP_SHAPES:
+            for pdl in (False, True):
+                K.WARP_SHAPE, K.DECODE_PDL = shape, pdl
+                ours = lambda: K.gated_delta_rule(q, k, v, g, beta, cu, state, use_qk_l2norm=True,
+                                                  final_state=state, max_seqlen=1, validate=False)
+                state.copy_(h0)
+                oo, os_ = ours()
+                err = max(rel(oo, want[0]), rel(os_, want[1]))
+                rec[f"{shape[0]}x{shape[1]}{'p' if pdl else ''}_us"] = (round(graph_ms(ours, 20) * 1e3, 3),
+                                                                         round(err, 4))
+        K.WARP_SHAPE, K.DECODE_PDL = (8, 8), False
+        ours = lambda: K.gated_delta_rule(q, k, v, g, beta, cu, state, use_qk_l2norm=True, final_state=state,
+                                          max_seqlen=None, validate=False)
+        rec["8x8_nohint_us"] = graph_ms(ours, 20) * 1e3
+        emit(rec)
+    if left() > 6:
+        from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule as fr
+        for (Hk, Hv, B), (q, k, v, g, beta, cu, h0) in cases.items():
+            if left() < 3:
+                break
+            st2 = h0.clone()
+            qb, kb, vb, gb, bb = q[:, None], k[:, None], v[:, None], g[:, None], beta[:, None].to(torch.bfloat16)
+            fla = lambda: fr(qb, kb, vb, gb, beta=bb, scale=128 ** -0.5, initial_state=st2, output_final_state=True,
+                             use_qk_l2norm_in_kernel=True)
+            fla()
+            emit({"case": f"fla decode {Hk}/{Hv} b{B}", "fla_graph_us": graph_ms(fla, 20) * 1e3})
+    print(f"done in {time.time() - T0:.1f} s")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
@@ -352,6 +489,8 @@ def main() -> int:
     ap.add_argument("--lens", default="4096,32768,8x1024", help="prefill packings (N or BxN); '' for none")
     ap.add_argument("--batches", default="1,32,256", help="decode batches; '' for none")
     ap.add_argument("--out", default=os.environ.get("OUT"))
+    ap.add_argument("--trials", choices=("a", "b"), help="launch-configuration trials (see trials())")
+    ap.add_argument("--budget", type=float, default=50.0, help="--trials: seconds after which no new work starts")
     args = ap.parse_args()
     rc = 0
     t = time.time()
@@ -363,6 +502,8 @@ def main() -> int:
         rc |= sweep(args)
     if args.bench:
         rc |= bench(args)
+    if args.trials:
+        rc |= trials(args)
     print(f"done in {time.time() - t:.1f} s")
     return int(rc)
 

@@ -23,6 +23,8 @@
 // States may be updated in place (final_state aliasing initial_state): each CTA reads its slice before writing it.
 #include "include/convert.cuh"
 #include "include/cp_async.cuh"
+#include "include/mbarrier.cuh"
+#include "include/tma.cuh"
 #include "include/mma_sm80.cuh"
 #include "include/ptx.cuh"
 #include "include/reduce.cuh"
@@ -414,8 +416,38 @@ struct StateLayout {
 // 8 warps. In each chunk warps 0-3 compute Vn = U - W S for token rows 16w .. 16w+15 (and publish Vn), then
 // the state update of dk rows 32w .. 32w+31 (they hold S); warps 4-7 compute Q S for token rows 16(w-4) .. and
 // then the outputs (adding Aqk Vn).
-template <typename T, int BV, int NS>
-__global__ void __launch_bounds__(256) gdn_chunk_state(
+//
+// CL > 1 (sm_90a, gdn_chunk_state_mc): the CL CTAs of a cluster are consecutive dv blocks of one head and
+// sequence, and share the chunk's W, Q, K and Aqk rows: each CTA copies 1/CL of the rows with bulk copies
+// multicast into every CTA's shared memory (one L2 read instead of CL), completing each CTA's `full` mbarrier of
+// the stage; U and G, rq, rk stay per-CTA cp.async copies. A stage is refilled only after every CTA of the
+// cluster is done with it: each thread arrives on the cluster barrier after its last read of a chunk and waits
+// (long after, in the next chunk's second phase) before the refill is issued. Rows past a sequence's end are not
+// copied: they keep the zeros written at the start, or finite rows of an earlier chunk, whose products are
+// multiplied by exact zeros (rk and G are zero-filled there, and Aqk is zero right of the diagonal).
+__device__ __forceinline__ void cluster_arrive() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() {
+    asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ unsigned cluster_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+// bytes (a multiple of 16) from global src to shared dst in every CTA of the cluster in mask, completing the
+// mbarrier at the same offset in each of them
+__device__ __forceinline__ void bulk_copy_mc(unsigned dst, const void* src, unsigned bytes, unsigned bar,
+                                             unsigned short mask) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster "
+                 "[%0], [%1], %2, [%3], %4;\n" ::"r"(dst), "l"(src), "r"(bytes), "r"(bar), "h"(mask) : "memory");
+#endif
+}
+
+template <typename T, int BV, int NS, int CL>
+__device__ __forceinline__ void chunk_state_body(
     const T* __restrict__ q, const T* __restrict__ k, long long sq, long long sk, int Hk, int Hv,
     const T* __restrict__ w, const T* __restrict__ u, const T* __restrict__ aqk, const float* __restrict__ gc,
     const float* __restrict__ rq, const float* __restrict__ rk, const int* __restrict__ cu,
@@ -426,6 +458,7 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
     T* sS = reinterpret_cast<T*>(smem + NS * Lay::STAGE_BYTES);
     T* sVn = sS + D * SU;
     T* sVs = sVn + BT * SU;
+    unsigned long long* full = reinterpret_cast<unsigned long long*>(smem + Lay::BYTES);  // CL > 1: [NS]
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, t4 = lane & 3;
     const int vb = blockIdx.x * BV, h = blockIdx.y, s = blockIdx.z, kh = h / (Hv / Hk);
@@ -443,24 +476,56 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
         float* sG = reinterpret_cast<float*>(sAq + BT * SC);
         const int t0 = bos + c * BT, L = min(BT, eos - t0);
         const long long hv = (long long)Hv * D;
-        load_rows128<T, NT>(sW, w + (long long)t0 * hv + h * D, hv, L, tid);
-        load_rows128<T, NT>(sQ, q + (long long)t0 * sq + kh * D, sq, L, tid);
-        load_rows128<T, NT>(sK, k + (long long)t0 * sk + kh * D, sk, L, tid);
+        if constexpr (CL == 1) {
+            load_rows128<T, NT>(sW, w + (long long)t0 * hv + h * D, hv, L, tid);
+            load_rows128<T, NT>(sQ, q + (long long)t0 * sq + kh * D, sq, L, tid);
+            load_rows128<T, NT>(sK, k + (long long)t0 * sk + kh * D, sk, L, tid);
+        }
         constexpr int UCH = BV / 8;  // 16-byte chunks of a U row
         for (int i = tid; i < BT * UCH; i += NT) {
             const int r = i / UCH, cc = (i % UCH) * 8;
             const bool ok = r < L;
             cp_async16(smem_u32(sU + r * SU + cc), u + ((long long)(t0 + (ok ? r : 0)) * Hv + h) * D + vb + cc, ok);
         }
-        for (int i = tid; i < BT * 8; i += NT) {
-            const int r = i >> 3, cc = (i & 7) * 8;
-            const bool ok = r < L;
-            cp_async16(smem_u32(sAq + r * SC + cc), aqk + ((long long)(t0 + (ok ? r : 0)) * Hv + h) * BT + cc, ok);
+        if constexpr (CL == 1) {
+            for (int i = tid; i < BT * 8; i += NT) {
+                const int r = i >> 3, cc = (i & 7) * 8;
+                const bool ok = r < L;
+                cp_async16(smem_u32(sAq + r * SC + cc), aqk + ((long long)(t0 + (ok ? r : 0)) * Hv + h) * BT + cc, ok);
+            }
         }
         if (tid < 3 * BT) {  // G, rq, rk of the chunk's rows ([Hv, T] fp32; rows past the end read as 0)
             const int arr = tid / BT, r = tid % BT;
             const float* src = (arr == 0 ? gc : arr == 1 ? rq : rk) + (long long)h * ntok + t0 + (r < L ? r : 0);
             cp_async4(smem_u32(sG + tid), src, r < L);
+        }
+    };
+    // CL > 1: this CTA's share of chunk c's W, Q, K, Aqk rows, multicast (warp 0; lane 0 first sets the stage's
+    // expected bytes: all CTAs' rows land here)
+    const unsigned rank = CL > 1 ? cluster_rank() : 0;
+    auto issue_mc = [&](int c) {
+        if constexpr (CL > 1) {
+            if (warp != 0) return;
+            const int st = c % NS;
+            unsigned char* base = stage_ptr(st);
+            T* sW = reinterpret_cast<T*>(base);
+            T* sQ = sW + BT * SD;
+            T* sK = sQ + BT * SD;
+            T* sAq = sK + BT * SD + BT * SU;
+            const int t0 = bos + c * BT, L = min(BT, eos - t0);
+            const unsigned bar = smem_u32(full + st);
+            if (lane == 0) mbar_arrive_expect_tx(bar, (unsigned)L * (3 * D + BT) * 2);
+            __syncwarp();
+            constexpr int RPC = BT / CL;  // rows a CTA copies per matrix
+            for (int it = lane; it < 4 * RPC; it += 32) {
+                const int m = it / RPC, r = (it % RPC) * CL + rank;
+                if (r >= L) continue;
+                const long long tok = t0 + r;
+                const T* src = m == 0 ? w + (tok * Hv + h) * D : m == 1 ? q + tok * sq + kh * D
+                             : m == 2 ? k + tok * sk + kh * D : aqk + (tok * Hv + h) * BT;
+                T* dst = m == 0 ? sW + r * SD : m == 1 ? sQ + r * SD : m == 2 ? sK + r * SD : sAq + r * SC;
+                bulk_copy_mc(smem_u32(dst), src, m == 3 ? BT * 2 : D * 2, bar, (unsigned short)((1u << CL) - 1));
+            }
         }
     };
 
@@ -500,14 +565,32 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
     // the previous chunk (its stage, sVn, sVs) is done, so that stage is refilled right after. (B): Vn is
     // visible. sS is rewritten after (B), when nobody reads it. NS - 1 chunks are in flight at (A) for NS >= 3
     // (one commit group per chunk, empty past the end).
+    if constexpr (CL > 1) {
+        // zero stages (rows past a sequence's end are never copied), the barriers, then the cluster in step
+        for (int i = tid; i < NS * Lay::STAGE_BYTES / 16; i += NT)
+            *reinterpret_cast<uint4*>(smem + 16 * i) = make_uint4(0u, 0u, 0u, 0u);
+        if (tid == 0) {
+            for (int st = 0; st < NS; ++st) mbar_init(smem_u32(full + st), 1);
+            fence_mbarrier_init();
+        }
+        fence_proxy_async_shared();
+        __syncthreads();
+        cluster_arrive();
+        cluster_wait();
+    }
 #pragma unroll
     for (int c = 0; c < NS - 1; ++c) {
-        if (c < nchunks) issue(c);
+        if (c < nchunks) {
+            issue(c);
+            issue_mc(c);
+        }
         cp_async_commit();
     }
+    if constexpr (CL > 1) cluster_arrive();
     publish_state();
     for (int c = 0; c < nchunks; ++c) {
         cp_async_wait<NS - 2>();  // this thread's copies of chunk c have landed
+        if constexpr (CL > 1) mbar_wait(smem_u32(full + c % NS), (c / NS) & 1);  // and the multicast rows
         __syncthreads();          // (A)
         if (c + NS - 1 < nchunks) issue(c + NS - 1);  // into the stage chunk c - 1 used
         cp_async_commit();
@@ -545,6 +628,10 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
             mma_ab2<T, 8, NB, SD, SU>(acc, sQ + m0 * SD, sS, lane);  // Q S, kept for the outputs
         }
         __syncthreads();  // (B)
+        if constexpr (CL > 1) {  // every CTA of the cluster is done with chunk c - 1: refill its stage
+            cluster_wait();
+            if (c + NS - 1 < nchunks) issue_mc(c + NS - 1);
+        }
         if (!vwarp) {  // O = diag(exp(G) rq) Q S + Aqk Vn
             float o2[NB][4];
 #pragma unroll
@@ -576,8 +663,10 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
             }
         }
         publish_state();
+        if constexpr (CL > 1) cluster_arrive();  // this thread's reads of chunk c are done
     }
     cp_async_wait<0>();
+    if constexpr (CL > 1) cluster_wait();  // no CTA leaves while another may still copy into it
     if (!vwarp) return;
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
@@ -589,6 +678,34 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
                     make_float2(S[mt][nb][e], S[mt][nb][e + 1]);
 }
 
+// Launched as a programmatic dependent launch (sm_90), a decode kernel waits here for the previous kernel's
+// results (the state it may have written) and lets the next kernel be scheduled; a plain launch passes through.
+__device__ __forceinline__ void pdl_prologue() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\ngriddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+template <typename T, int BV, int NS>
+__global__ void __launch_bounds__(256) gdn_chunk_state(
+    const T* __restrict__ q, const T* __restrict__ k, long long sq, long long sk, int Hk, int Hv,
+    const T* __restrict__ w, const T* __restrict__ u, const T* __restrict__ aqk, const float* __restrict__ gc,
+    const float* __restrict__ rq, const float* __restrict__ rk, const int* __restrict__ cu,
+    const float* h0, float* hT, T* __restrict__ o, long long so, int ntok) {
+    chunk_state_body<T, BV, NS, 1>(q, k, sq, sk, Hk, Hv, w, u, aqk, gc, rq, rk, cu, h0, hT, o, so, ntok);
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || !defined(__CUDA_ARCH__)
+template <typename T, int BV, int NS, int CL>
+__global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(256) gdn_chunk_state_mc(
+    const T* __restrict__ q, const T* __restrict__ k, long long sq, long long sk, int Hk, int Hv,
+    const T* __restrict__ w, const T* __restrict__ u, const T* __restrict__ aqk, const float* __restrict__ gc,
+    const float* __restrict__ rq, const float* __restrict__ rk, const int* __restrict__ cu,
+    const float* h0, float* hT, T* __restrict__ o, long long so, int ntok) {
+    chunk_state_body<T, BV, NS, CL>(q, k, sq, sk, Hk, Hv, w, u, aqk, gc, rq, rk, cu, h0, hT, o, so, ntok);
+}
+#endif
+
 // ---------------------------------------------------------------------------------------------------------------
 // gdn_recurrent: token by token (decode, and the fp32 path)
 // ---------------------------------------------------------------------------------------------------------------
@@ -599,8 +716,10 @@ __global__ void __launch_bounds__(128) gdn_recurrent(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, long long sq, long long sk,
     long long sv, const float* g, const float* beta, const T* ga, const T* gb, const float* A_log,
     const float* dt_bias, const int* __restrict__ cu,
-    int Hk, int Hv, float scale, int l2norm, const float* h0, float* hT, T* __restrict__ o, long long so) {
+    int Hk, int Hv, float scale, int l2norm, const float* h0, float* hT, T* __restrict__ o, long long so,
+    int direct) {
     constexpr int CG = BV / 4, RG = 128 / CG, RPT = D / RG;
+    pdl_prologue();
     __shared__ float s_qk[2][2][D];    // raw q, k of the token (double-buffered by token parity)
     __shared__ float s_red[2][4][3];   // per-warp sums of q.q, k.k, q.k
     __shared__ float s_dot[2][4][2][BV];  // per-warp partial S^T k, S^T q
@@ -610,7 +729,7 @@ __global__ void __launch_bounds__(128) gdn_recurrent(
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int cg = tid % CG, rg = tid / CG;
     const int vb = blockIdx.x * BV, h = blockIdx.y, s = blockIdx.z, kh = h / (Hv / Hk);
-    const int bos = cu[s], eos = cu[s + 1];
+    const int bos = direct ? s : cu[s], eos = direct ? s + 1 : cu[s + 1];  // direct: see gdn_recurrent_warp
     const long long sbase = ((long long)s * Hv + h) * D * D + vb + cg * 4;
 
     float S[RPT][4];
@@ -687,89 +806,115 @@ __global__ void __launch_bounds__(128) gdn_recurrent(
         *reinterpret_cast<float4*>(hT + sbase + (long long)(rg + RG * i) * D) = make_float4(S[i][0], S[i][1], S[i][2], S[i][3]);
 }
 
-// gdn_recurrent_warp: the same recurrence with one warp per CTA and 8 dv columns (the small-batch decode: many
-// CTAs, no barriers, every reduction a butterfly of shuffles). Lane l holds rows 4l .. 4l+3 of the 8 columns
-// (two float4 a row), and its own 4 entries of q and k, so the norms and S^T k / S^T q need no shared memory.
-template <typename T, bool GATE>
+// gdn_recurrent_warp: the same recurrence with one warp per CTA and BV dv columns (the small-batch decode: many
+// CTAs, no barriers, every reduction a butterfly of shuffles). Lane = rl * NCL + cl: NCL = BV / CPL column lanes
+// of CPL columns each, RL = 32 / NCL row lanes of RPL = 128 / RL consecutive rows (CPL / 4 float4 a row), and
+// the lane's own RPL entries of q and k, so the norms and S^T k / S^T q need no shared memory (the sums run over
+// the row lanes only). direct: token t of sequence s is row s (every sequence one token long: T == n with a
+// max_seqlen of 1), so cu_seqlens is not read and the input loads leave with the state loads in one round trip.
+template <typename T, bool GATE, int BV, int CPL>
 __global__ void __launch_bounds__(32) gdn_recurrent_warp(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, long long sq, long long sk,
     long long sv, const float* g, const float* beta, const T* ga, const T* gb, const float* A_log,
     const float* dt_bias, const int* __restrict__ cu, int Hk, int Hv, float scale, int l2norm, const float* h0,
-    float* hT, T* __restrict__ o, long long so) {
-    constexpr int BV = 8;
+    float* hT, T* __restrict__ o, long long so, int direct) {
+    constexpr int NCL = BV / CPL, RL = 32 / NCL, RPL = D / RL;
+    static_assert(CPL % 4 == 0 && BV % CPL == 0 && 32 % NCL == 0, "lane mapping");
+    pdl_prologue();
     const Gates<T, GATE> gates{g, beta, ga, gb, A_log, dt_bias};
-    const int lane = threadIdx.x;
+    const int lane = threadIdx.x, rl = lane / NCL, cl = lane % NCL;
     const int vb = blockIdx.x * BV, h = blockIdx.y, s = blockIdx.z, kh = h / (Hv / Hk);
-    const long long sbase = ((long long)s * Hv + h) * D * D + (long long)(4 * lane) * D + vb;
-    float S[4][BV];
+    const int col = vb + cl * CPL;
+    const long long sbase = ((long long)s * Hv + h) * D * D + (long long)(rl * RPL) * D + col;
+    float S[RPL][CPL];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        float4 x0 = make_float4(0.f, 0.f, 0.f, 0.f), x1 = x0;
-        if (h0) {
-            x0 = *reinterpret_cast<const float4*>(h0 + sbase + i * D);
-            x1 = *reinterpret_cast<const float4*>(h0 + sbase + i * D + 4);
+    for (int i = 0; i < RPL; ++i)
+#pragma unroll
+        for (int j = 0; j < CPL; j += 4) {
+            float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (h0) x = *reinterpret_cast<const float4*>(h0 + sbase + i * D + j);
+            S[i][j] = x.x; S[i][j + 1] = x.y; S[i][j + 2] = x.z; S[i][j + 3] = x.w;
         }
-        S[i][0] = x0.x; S[i][1] = x0.y; S[i][2] = x0.z; S[i][3] = x0.w;
-        S[i][4] = x1.x; S[i][5] = x1.y; S[i][6] = x1.z; S[i][7] = x1.w;
-    }
-    const int bos = cu[s], eos = cu[s + 1];
-    float nq[4], nk[4], nv = 0.f, ng = 0.f, nb = 0.f;
-    auto fetch = [&](int t) {  // this lane's 4 entries of q and k, column `lane` of v (lanes < 8), the gates
-        load_f<T, 4>(q + (long long)t * sq + kh * D + 4 * lane, nq);
-        load_f<T, 4>(k + (long long)t * sk + kh * D + 4 * lane, nk);
-        if (lane < BV) nv = to_f(v[(long long)t * sv + h * D + vb + lane]);
+    int bos = s, eos = s + 1;
+    if (!direct) { bos = cu[s]; eos = cu[s + 1]; }
+    float nq[RPL], nk[RPL], nv[CPL], ng = 0.f, nb = 0.f;
+    auto fetch = [&](int t) {  // this lane's RPL entries of q and k, its CPL columns of v, the gates
+#pragma unroll
+        for (int i = 0; i < RPL; i += 4) {
+            float a4[4], b4[4];
+            load_f<T, 4>(q + (long long)t * sq + kh * D + rl * RPL + i, a4);
+            load_f<T, 4>(k + (long long)t * sk + kh * D + rl * RPL + i, b4);
+#pragma unroll
+            for (int x = 0; x < 4; ++x) { nq[i + x] = a4[x]; nk[i + x] = b4[x]; }
+        }
+#pragma unroll
+        for (int j = 0; j < CPL; j += 4) {
+            float c4[4];
+            load_f<T, 4>(v + (long long)t * sv + h * D + col + j, c4);
+#pragma unroll
+            for (int x = 0; x < 4; ++x) nv[j + x] = c4[x];
+        }
         ng = gates.gate((long long)t * Hv + h, h);
         nb = gates.strength((long long)t * Hv + h);
     };
     if (bos < eos) fetch(bos);
     for (int t = bos; t < eos; ++t) {
-        float cq[4], ck[4];
+        float cq[RPL], ck[RPL], cv[CPL];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) { cq[i] = nq[i]; ck[i] = nk[i]; }
-        const float cv = nv, cgate = ng, cbeta = nb;
+        for (int i = 0; i < RPL; ++i) { cq[i] = nq[i]; ck[i] = nk[i]; }
+#pragma unroll
+        for (int j = 0; j < CPL; ++j) cv[j] = nv[j];
+        const float cgate = ng, cbeta = nb;
         if (t + 1 < eos) fetch(t + 1);
         float qq = 0.f, kk = 0.f, qk = 0.f;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) { qq += cq[i] * cq[i]; kk += ck[i] * ck[i]; qk += cq[i] * ck[i]; }
-        float pk[BV], pq[BV];
+        for (int i = 0; i < RPL; ++i) { qq += cq[i] * cq[i]; kk += ck[i] * ck[i]; qk += cq[i] * ck[i]; }
+        float pk[CPL], pq[CPL];
 #pragma unroll
-        for (int j = 0; j < BV; ++j) {
-            pk[j] = S[0][j] * ck[0] + S[1][j] * ck[1] + S[2][j] * ck[2] + S[3][j] * ck[3];
-            pq[j] = S[0][j] * cq[0] + S[1][j] * cq[1] + S[2][j] * cq[2] + S[3][j] * cq[3];
+        for (int j = 0; j < CPL; ++j) {
+            pk[j] = 0.f;
+            pq[j] = 0.f;
+#pragma unroll
+            for (int i = 0; i < RPL; ++i) { pk[j] += S[i][j] * ck[i]; pq[j] += S[i][j] * cq[i]; }
         }
 #pragma unroll
-        for (int off = 16; off > 0; off >>= 1) {
+        for (int off = 16; off >= NCL; off >>= 1) {  // over the row lanes (lane bits above the column lanes')
             qq += __shfl_xor_sync(0xffffffffu, qq, off);
             kk += __shfl_xor_sync(0xffffffffu, kk, off);
             qk += __shfl_xor_sync(0xffffffffu, qk, off);
 #pragma unroll
-            for (int j = 0; j < BV; ++j) {
+            for (int j = 0; j < CPL; ++j) {
                 pk[j] += __shfl_xor_sync(0xffffffffu, pk[j], off);
                 pq[j] += __shfl_xor_sync(0xffffffffu, pq[j], off);
             }
         }
         const float rqs = (l2norm ? rsqrtf(qq + L2_EPS) : 1.f) * scale, rks = l2norm ? rsqrtf(kk + L2_EPS) : 1.f;
         const float a = expf(cgate), kq = qk * rqs * rks;
-        float dl[BV], ov[BV];
+        float dl[CPL], ov[CPL];
 #pragma unroll
-        for (int j = 0; j < BV; ++j) {
-            const float vj = __shfl_sync(0xffffffffu, cv, j);
-            dl[j] = cbeta * (vj - a * rks * pk[j]);
+        for (int j = 0; j < CPL; ++j) {
+            dl[j] = cbeta * (cv[j] - a * rks * pk[j]);
             ov[j] = a * rqs * pq[j] + kq * dl[j];
         }
-        if (lane == 0) store_f<T, BV>(o + (long long)t * so + h * D + vb, ov);
+        if (rl == 0) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+            for (int j = 0; j < CPL; j += 4) {
+                const float o4[4] = {ov[j], ov[j + 1], ov[j + 2], ov[j + 3]};
+                store_f<T, 4>(o + (long long)t * so + h * D + col + j, o4);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < RPL; ++i) {
             const float kr = ck[i] * rks;
 #pragma unroll
-            for (int j = 0; j < BV; ++j) S[i][j] = a * S[i][j] + kr * dl[j];
+            for (int j = 0; j < CPL; ++j) S[i][j] = a * S[i][j] + kr * dl[j];
         }
     }
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        *reinterpret_cast<float4*>(hT + sbase + i * D) = make_float4(S[i][0], S[i][1], S[i][2], S[i][3]);
-        *reinterpret_cast<float4*>(hT + sbase + i * D + 4) = make_float4(S[i][4], S[i][5], S[i][6], S[i][7]);
-    }
+    for (int i = 0; i < RPL; ++i)
+#pragma unroll
+        for (int j = 0; j < CPL; j += 4)
+            *reinterpret_cast<float4*>(hT + sbase + i * D + j) = make_float4(S[i][j], S[i][j + 1], S[i][j + 2], S[i][j + 3]);
 }
 
 }  // namespace deltanet
