@@ -420,7 +420,27 @@ def fla_available() -> bool:
     """flash-linear-attention importable here (HF then takes its DeltaNet kernels instead of the torch fallback)."""
     import importlib.util
 
-    return importlib.util.find_spec("fla") is not None
+    try:
+        return importlib.util.find_spec("fla") is not None
+    except ModuleNotFoundError:  # blocked by block_fla
+        return False
+
+
+class _BlockFla:
+    """A meta-path finder that makes `import fla` fail, so that HF's DeltaNet takes its torch path (the plain HF
+    peer) even where flash-linear-attention is installed (it is tried once, when transformers' Qwen3.5 module is
+    imported)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "fla" or name.startswith("fla."):
+            raise ModuleNotFoundError(f"{name} blocked for the plain HF peer", name=name)
+        return None
+
+
+def block_fla() -> None:
+    if "transformers.models.qwen3_5.modeling_qwen3_5" in sys.modules:
+        raise RuntimeError("block_fla must run before transformers' Qwen3.5 model is imported")
+    sys.meta_path.insert(0, _BlockFla())
 
 
 def main(argv=None) -> int:
@@ -430,10 +450,11 @@ def main(argv=None) -> int:
                     help=f"comma list of {','.join(SIZES)} (default {','.join(DEFAULT_MODELS)}; --quick: 0.8B)")
     ap.add_argument("--cases", default=None, help=f"comma list of {','.join(CASES)} (default all)")
     ap.add_argument("--batches", default=None, help=f"decode batch sizes (default {','.join(map(str, BATCHES))})")
-    ap.add_argument("--peers", default=None, help="comma list of ours,hf,fla (default ours,hf; fla with --fla-site)")
+    ap.add_argument("--peers", default=None, help="comma list of ours,hf,fla (default ours,hf, and fla where "
+                    "flash-linear-attention is importable or --fla-site is given)")
     ap.add_argument("--no-hf", action="store_true", help="skip the HF peers (= --peers ours)")
-    ap.add_argument("--fla-site", default=None, help="a --target dir holding flash-linear-attention: also time HF "
-                    "with it, in a subprocess")
+    ap.add_argument("--fla-site", default=None, help="a --target dir holding flash-linear-attention (if it is not "
+                    "importable already): the fla peer, HF with it, in a subprocess")
     ap.add_argument("--peer-only", action="store_true", help=argparse.SUPPRESS)  # the FLA subprocess
     ap.add_argument("--budget-s", type=float, default=None,
                     help="wall-clock budget of the whole run: cases that would pass it are skipped (default 55 "
@@ -449,10 +470,17 @@ def main(argv=None) -> int:
     if args.cases and set(args.cases.split(",")) - set(CASES):
         ap.error(f"unknown case(s) in {args.cases!r}; choose from {list(CASES)}")
     peers = set((args.peers or ("ours" if args.no_hf else "ours,hf")).split(","))
-    if args.fla_site and args.peers is None:
+    have_fla = fla_available()
+    if (args.fla_site or have_fla) and args.peers is None and not args.no_hf:
         peers.add("fla")
-    if "fla" in peers and not args.fla_site and not args.peer_only:
-        ap.error("--peers fla needs --fla-site DIR (where flash-linear-attention is installed)")
+    if "fla" in peers and not (args.fla_site or have_fla) and not args.peer_only:
+        ap.error("--peers fla needs flash-linear-attention importable, or --fla-site DIR where it is installed")
+    if args.peer_only and not have_fla:
+        print("flash-linear-attention is not importable here: no fla peer")
+        print("RECORDS []", flush=True)
+        return 0
+    if not args.peer_only:
+        block_fla()  # the in-process HF peer is plain HF (sdpa + its torch DeltaNet); fla runs in a subprocess
     total = args.budget_s if args.budget_s else (55 if args.quick else 450)
     fla_share = 0.25 if ("fla" in peers and not args.peer_only) else 0.0
     clock = Clock(total * (1 - fla_share) - 8)  # 8 s: the ceilings below, the JSON and the plot
@@ -469,7 +497,8 @@ def main(argv=None) -> int:
         return 0
     if "fla" in peers:
         left = max(total - (time.perf_counter() - t_start) - 5, 10)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), args.fla_site]))
+        paths = [str(Path(__file__).resolve().parents[1])] + ([args.fla_site] if args.fla_site else [])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]))
         cmd = [sys.executable, __file__, "--peer-only", "--models", ",".join(sizes), "--budget-s", str(left)]
         for flag, val in (("--cases", args.cases), ("--batches", args.batches)):
             if val:
