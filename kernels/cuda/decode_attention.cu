@@ -55,19 +55,8 @@ template <int D> __device__ __forceinline__ unsigned swz(int row, int chunk) {
     return static_cast<unsigned>(row * (D * 2) + ((chunk ^ (row & 7)) << 4));
 }
 
-// Programmatic dependent launch (sm_90): the split kernel lets the combine kernel be scheduled at once, and the
-// combine kernel waits here until the split grid has finished and its writes are visible. Without a programmatic
-// launch (or before sm_90) the stream orders the two kernels and the wait returns at once.
-__device__ __forceinline__ void allow_dependent_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wait_for_primary_grid() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
+// Programmatic dependent launch (include/ptx.cuh): the split kernel lets the combine kernel be scheduled at once,
+// and the combine kernel waits (wait_for_primary_grid) until the split grid has finished and its writes are visible.
 
 // Merge n normalised partials of the CTA's nrows query rows: partial s of row i is o[((bh0 + i) * stride + s0 + s)
 // * D ...] with log-sum-exp lse[(bh0 + i) * stride + s0 + s] (log2 units); the result is out = sum_s 2^(lse_s - m)

@@ -21,6 +21,7 @@
 // Requires K % 32 == 0, x rows and w 16-byte aligned, sx % 8 == 0.
 #include "include/convert.cuh"
 #include "include/mma_sm80.cuh"
+#include "include/ptx.cuh"
 
 namespace gemm {
 using namespace qkern;
@@ -43,11 +44,9 @@ __device__ __forceinline__ uint4 load_l2(const void* p) {  // written by the pre
     return r;
 }
 
-__device__ __forceinline__ void wait_and_release() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
+__device__ __forceinline__ void wait_and_release() {  // include/ptx.cuh: programmatic dependent launch
+    wait_for_primary_grid();
+    allow_dependent_launch();
 }
 
 // One 32-wide k step of the CTA's 16 x 8 NT tile: two m16n8k16 per 8-row tile of x on the registers loaded for it.

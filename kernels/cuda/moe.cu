@@ -14,6 +14,7 @@
 // Experts are int64 (moe_topk's output), weights fp32; every sum is fp32, one rounding on store.
 // Slots whose expert lies outside [0, E) are dropped (contribute nothing; the wrapper's validate= checks them).
 #include "include/convert.cuh"
+#include "include/ptx.cuh"
 #include "include/reduce.cuh"
 
 using namespace qkern;
@@ -24,19 +25,6 @@ constexpr int WARPS = 8;        // warps per CTA of the expert kernels
 constexpr int PAIRS = 2;        // gate/up row pairs per warp in gate_up_kernel
 constexpr int ROUTE_THREADS = 1024;
 
-// Programmatic dependent launch (sm_90; the same helpers as decode_attention.cu): a kernel launched with pdl=True
-// may be scheduled while the previous one runs; it waits here until that grid has finished and its writes are
-// visible. Without a programmatic launch (or before sm_90) the stream orders the kernels and both return at once.
-__device__ __forceinline__ void allow_dependent_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wait_for_primary_grid() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
 
 __device__ __forceinline__ void prefetch_l2(const void* p) {
     asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));

@@ -1,4 +1,4 @@
-// Small PTX helpers every architecture has: shared-memory addresses, named barriers, the fast exp2.
+// Small PTX helpers: shared-memory addresses, named barriers, the fast exp2, programmatic dependent launch.
 #pragma once
 
 namespace qkern {
@@ -21,5 +21,20 @@ __device__ __forceinline__ float ex2(float x) {
 // Keep the compiler from moving accesses of r across this point (used around asynchronous tensor-core ops, whose
 // register operands the compiler does not see being read or written in the background).
 __device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+
+// Programmatic dependent launch (sm_90): a kernel launched with pdl=True (kernels/runtime/launch.py) may be scheduled
+// while the previous kernel of the stream still runs. allow_dependent_launch lets the next kernel be scheduled now;
+// wait_for_primary_grid waits until the previous grid has finished and its writes are visible. Without a
+// programmatic launch (or before sm_90) the stream orders the kernels and both return at once.
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_primary_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
 
 }  // namespace qkern
