@@ -50,8 +50,10 @@ DECODE_PDL = False        # decode kernels as programmatic dependent launches (s
 # minimises waves x cost. Rough figures until measured.
 STATE_STEP_COST = {16: 1.0, 32: 1.25, 64: 1.7}
 # Hopper (sm_90a): the state pass as clusters of STATE_CLUSTER CTAs (consecutive dv blocks of one head) that share
-# the chunk's W, Q, K, Aqk rows through multicast bulk copies (1 = no cluster, the sm_80/sm_90 kernel)
-STATE_CLUSTER = 1
+# the chunk's W, Q, K, Aqk rows through multicast bulk copies (1 = no cluster, the sm_80/sm_90 kernel): by BV, or
+# STATE_CLUSTER for every BV where it is set (the trials in tools/deltanet_gpu.py)
+STATE_CLUSTER_BY_BV = {16: 1, 32: 1, 64: 1}
+STATE_CLUSTER: int | None = None
 STATE_CLUSTERS = (2, 4, 8)
 RECURRENT_MAX_SEQLEN = 8  # with a max_seqlen hint at or below this, the recurrent kernel runs
 
@@ -286,7 +288,7 @@ def _run(q, k, v, gates, gate: bool, cu_seqlens, initial_state, scale, use_qk_l2
     args = (q.data_ptr(), k.data_ptr(), i64(q.stride(0)), i64(k.stride(0)), i32(Hk), i32(Hv),
             w.data_ptr(), u.data_ptr(), aqk.data_ptr(), gc.data_ptr(), rq.data_ptr(), rk.data_ptr(), cu.data_ptr(),
             h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)), i32(T))
-    cl = STATE_CLUSTER
+    cl = STATE_CLUSTER_BY_BV.get(bv, 1) if STATE_CLUSTER is None else STATE_CLUSTER
     if cl > 1 and (D // bv) % cl == 0 and _device.is_hopper(device):
         ns = _state_mc_ns(bv)
         kern = _rt_launch.get_kernel("deltanet.cu", _state_mc_expr(q.dtype, bv, ns, cl), MC_EXPRS, arch="sm_90a",
