@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from reference._checks import check_float, check_tensor
-from reference.moe import check_shared
+from reference.moe import check_mlp_shapes, check_shared
 
 from .runtime.checks import KERNEL_DTYPES, check_cuda, check_input, check_out, check_same_dtype
 from .runtime import device as _device, launch as _rt_launch
@@ -232,16 +232,7 @@ def _check_mlp(x, gate_up, down, weights, experts, out):
     check_same_dtype(x.dtype, gate_up=gate_up, down=down)
     check_float("weights", weights, ndim=2)
     check_tensor("experts", experts, ndim=2, dtypes=(torch.int32, torch.int64))
-    T, H = x.shape
-    E, two_i = gate_up.shape[0], gate_up.shape[1]
-    if two_i % 2 != 0:
-        raise ValueError(f"gate_up must have an even number of rows (2I), got shape {tuple(gate_up.shape)}")
-    I = two_i // 2
-    check_tensor("gate_up", gate_up, shape=(E, 2 * I, H))
-    check_tensor("down", down, shape=(E, H, I))
-    check_tensor("weights", weights, shape=(T, None))
-    check_tensor("experts", experts, shape=tuple(weights.shape))
-    k = weights.shape[1]
+    T, H, E, I, k = check_mlp_shapes(x, gate_up, down, weights, experts)
     if k > MAX_TOPK:
         raise ValueError(f"weights/experts have k={k} experts per token; the kernels take at most {MAX_TOPK}")
     if T and k == 0:

@@ -63,6 +63,21 @@ def moe_router_topk(x: torch.Tensor, router_weight: torch.Tensor, k: int) -> tup
     return moe_topk(x.to(acc) @ router_weight.to(acc).T, k)
 
 
+def check_mlp_shapes(x, gate_up, down, weights, experts) -> tuple[int, int, int, int, int]:
+    """(T, H, E, I, k) of moe_mlp's operands, checking that their shapes fit together (the ranks, dtypes and
+    devices are each caller's to check first); kernels.moe_mlp runs the same checks."""
+    T, H = x.shape
+    E, two_i = gate_up.shape[0], gate_up.shape[1]
+    if two_i % 2 != 0:
+        raise ValueError(f"gate_up must have an even number of rows (2I), got shape {tuple(gate_up.shape)}")
+    I = two_i // 2
+    check_tensor("gate_up", gate_up, shape=(E, 2 * I, H))
+    check_tensor("down", down, shape=(E, H, I))
+    check_tensor("weights", weights, shape=(T, None))
+    check_tensor("experts", experts, shape=tuple(weights.shape))
+    return T, H, E, I, weights.shape[1]
+
+
 def check_shared(x: torch.Tensor, shared_gate, shared_up, shared_down, shared_expert_gate) -> int | None:
     """The shared expert's weights: all four or none; returns its width S (None without it)."""
     given = [t is not None for t in (shared_gate, shared_up, shared_down, shared_expert_gate)]
@@ -105,15 +120,7 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     check_float("weights", weights, ndim=2)
     check_tensor("experts", experts, ndim=2, dtypes=(torch.int32, torch.int64))
     check_same_device(x=x, gate_up=gate_up, down=down, weights=weights, experts=experts)
-    T, H = x.shape
-    E, two_i = gate_up.shape[0], gate_up.shape[1]
-    if two_i % 2 != 0:
-        raise ValueError(f"gate_up must have an even number of rows (2I), got shape {tuple(gate_up.shape)}")
-    I = two_i // 2
-    check_tensor("gate_up", gate_up, shape=(E, 2 * I, H))
-    check_tensor("down", down, shape=(E, H, I))
-    check_tensor("weights", weights, shape=(T, None))
-    check_tensor("experts", experts, shape=tuple(weights.shape))
+    T, H, E, I, _ = check_mlp_shapes(x, gate_up, down, weights, experts)
     if validate and experts.numel() and (int(experts.min()) < 0 or int(experts.max()) >= E):
         raise ValueError(f"experts must lie in [0, E={E}), got min {int(experts.min())}, max {int(experts.max())}")
 
