@@ -33,6 +33,24 @@ __device__ __forceinline__ long long load_index(const void* p, int is64, int i) 
     return is64 ? reinterpret_cast<const long long*>(p)[i] : (long long)reinterpret_cast<const int*>(p)[i];
 }
 
+// VEC consecutive channels of N taps each, stored channel-major (p[e * N + j], the layout of the weights [C, K]
+// and the state [C, K-1]), loaded as N vectors of VEC elements and transposed: out[j][e] = p[e * N + j].
+template <typename T, int VEC, int N>
+__device__ __forceinline__ void load_channels(const T* p, float (&out)[N][VEC]) {
+    float raw[VEC * N];
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+        float part[VEC];
+        load_f<T, VEC>(p + j * VEC, part);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) raw[j * VEC + e] = part[e];
+    }
+#pragma unroll
+    for (int e = 0; e < VEC; ++e)
+#pragma unroll
+        for (int j = 0; j < N; ++j) out[j][e] = raw[e * N + j];
+}
+
 // One thread: VEC consecutive channels of one chunk of CH positions. The state rows of VEC channels
 // ([VEC, K-1], contiguous) are moved as K-1 vectors of VEC elements. x rows have stride x_stride elements.
 // Loads: ASYNC (16-byte vectors only): the chunk's CH + K-1 rows go to shared memory by cp.async, all in flight at
@@ -53,20 +71,7 @@ __global__ void __launch_bounds__(128, 4) causal_conv1d_kernel(
     const int L = (int)(load_index(cu, cu64, s + 1) - start);
 
     float wt[CONV_K][VEC];  // wt[j][e] = w[c0 + e, j]
-    {
-        float raw[VEC * CONV_K];
-#pragma unroll
-        for (int j = 0; j < CONV_K; ++j) {
-            float part[VEC];
-            load_f<T, VEC>(w + (long long)c0 * CONV_K + j * VEC, part);
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) raw[j * VEC + e] = part[e];
-        }
-#pragma unroll
-        for (int e = 0; e < VEC; ++e)
-#pragma unroll
-            for (int j = 0; j < CONV_K; ++j) wt[j][e] = raw[e * CONV_K + j];
-    }
+    load_channels<T, VEC, CONV_K>(w + (long long)c0 * CONV_K, wt);
 
     for (int z = blockIdx.z; z < nchunks; z += gridDim.z) {
         const int p0 = z * CH;
@@ -87,18 +92,7 @@ __global__ void __launch_bounds__(128, 4) causal_conv1d_kernel(
         float old[KM][VEC];  // chunk 0: the old state, oldest first (zeros without a state)
         if (z == 0) {
             if (state != nullptr) {
-                float raw[VEC * KM];
-#pragma unroll
-                for (int m = 0; m < KM; ++m) {
-                    float part[VEC];
-                    load_f<T, VEC>(state + ((long long)s * C + c0) * KM + m * VEC, part);
-#pragma unroll
-                    for (int e = 0; e < VEC; ++e) raw[m * VEC + e] = part[e];
-                }
-#pragma unroll
-                for (int e = 0; e < VEC; ++e)
-#pragma unroll
-                    for (int m = 0; m < KM; ++m) old[m][e] = raw[e * KM + m];
+                load_channels<T, VEC, KM>(state + ((long long)s * C + c0) * KM, old);
             } else {
 #pragma unroll
                 for (int m = 0; m < KM; ++m)
