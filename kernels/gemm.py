@@ -34,12 +34,15 @@ _SKINNY_BUILDS = (("false", 1, 4), ("false", 1, 8), ("true", 1, 4), ("false", 2,
 _SMALL_GRID = 264  # CTAs: below ~2 per SM of an H200, the 8-step build
 
 
-def _skinny_expr(dtype, silu: bool, nt: int, u: int) -> str:
-    return f"gemm::skinny_gemm<{CTYPES[dtype]}, {'true' if silu else 'false'}, {nt}, {u}>"
+def _skinny_expr(dtype, silu: bool, nt: int, u: int, xgate: bool = False) -> str:
+    b = lambda v: "true" if v else "false"  # noqa: E731
+    return f"gemm::skinny_gemm<{CTYPES[dtype]}, {b(silu)}, {nt}, {u}, {b(xgate)}>"
 
 
-SOURCE = NvrtcSource("gemm.cu", tuple(f"gemm::skinny_gemm<{CTYPES[dt]}, {s}, {nt}, {u}>" for dt in _SKINNY_DTYPES
-                                      for s, nt, u in _SKINNY_BUILDS))
+# the gated-x builds (sigmoid_gate folded into o_proj) exist for the plain product only
+SOURCE = NvrtcSource("gemm.cu", tuple(_skinny_expr(dt, s == "true", nt, u, xg) for dt in _SKINNY_DTYPES
+                                      for s, nt, u in _SKINNY_BUILDS for xg in ((False, True) if s == "false"
+                                                                                else (False,))))
 
 
 def skinny_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -52,12 +55,15 @@ def skinny_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = False, split: tuple | None = None,
-                  out: torch.Tensor | None = None):
+                  gate: torch.Tensor | None = None, out: torch.Tensor | None = None):
     """x @ weight.T for a few rows (decode): x [M, K] (1 <= M <= 32; a row-strided view is fine), weight [N, K]
     -> [M, N] in x.dtype (fp32 accumulation, one rounding). silu_mul: weight is the fused [gate; up] [2I, K] and
     the result silu(x gate.T) * (x up.T) [M, I] (each product rounded first, as F.linear then silu_mul_fused).
     split: column counts (up to 4, summing to N) of a fused projection: returns a tuple of contiguous [M, n_j]
-    tensors instead of one (no slicing copies; not with out= or silu_mul). No host read (graph-capturable)."""
+    tensors instead of one (no slicing copies; not with out= or silu_mul). gate: the product takes
+    x * sigmoid(gate) instead of x (the attention output gate folded into o_proj; rounded as sigmoid_gate stores
+    it): x [M, H d] = [M, H, d] viewed flat, gate [M, H, d] with unit last stride (e.g. the half of q_proj's
+    [M, H, 2 d] output), d % 8 == 0; not with silu_mul. No host read (graph-capturable)."""
     if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
         raise TypeError("x and weight must be tensors")
     if not skinny_ok(x, weight):
@@ -93,11 +99,21 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = Fal
             check_input("out", out, shape=(m, n), dtypes=(x.dtype,))
         spec.y[0], spec.sy[0] = out.data_ptr(), out.stride(0)
         spec.cut[0] = spec.cut[1] = spec.cut[2] = n
-    device = check_cuda(x=x, weight=weight, out=out)
+    gargs = (0, i64(0), i32(8), i32(0))
+    if gate is not None:
+        if silu_mul or gate.dim() != 3 or gate.shape[0] != m or gate.shape[1] * gate.shape[2] != x.shape[1] \
+                or gate.dtype != x.dtype or gate.stride(2) != 1 or gate.shape[2] % 8 or gate.stride(1) % 8 \
+                or gate.stride(0) % 8 or gate.data_ptr() % 16:
+            raise ValueError(f"gate must be [M, H, d] of x's dtype with H d = K, d % 8 == 0, unit last stride and "
+                             f"16-byte aligned rows (not with silu_mul); got {tuple(gate.shape)} strides "
+                             f"{gate.stride()} for x {tuple(x.shape)}")
+        gargs = (gate.data_ptr(), i64(gate.stride(0)), i32(gate.shape[2]), i32(gate.stride(1)))
+    device = check_cuda(x=x, weight=weight, out=out, gate=gate)
     if n:
         nt = 1 if m <= 8 else 2 if m <= 16 else 4
         ctas = ceil_div(n, _SKINNY_ROWS)
         u = 2 if nt > 1 else 8 if not silu_mul and ctas < _SMALL_GRID else 4
-        SOURCE.launch(device, _skinny_expr(x.dtype, silu_mul, nt, u), (ctas, 1, 1), (_SKINNY_THREADS, 1, 1), x.data_ptr(), i64(x.stride(0)),
-                      weight.data_ptr(), spec, i32(m), i32(n), i32(x.shape[1]), pdl=SKINNY_PDL)
+        SOURCE.launch(device, _skinny_expr(x.dtype, silu_mul, nt, u, gate is not None), (ctas, 1, 1),
+                      (_SKINNY_THREADS, 1, 1), x.data_ptr(), i64(x.stride(0)), weight.data_ptr(), spec, i32(m),
+                      i32(n), i32(x.shape[1]), *gargs, pdl=SKINNY_PDL)
     return parts if split is not None else out

@@ -354,7 +354,12 @@ class LanguageModel:
                 if e > s:
                     n0 = p.start[b]
                     o[s:e] = _attend_after_prefix(q[s:e], cache.k[i][b, : n0 + e - s], cache.v[i][b, : n0 + e - s])
-        o = ops.sigmoid_gate(o.contiguous(), gate)  # a no-op for the kernels' o; the reference's may be a view
+        o = o.contiguous()  # a no-op for the kernels' o; the reference's may be a view
+        wo = self.w[pre + "o_proj.weight"]
+        if self.skinny is not None and T <= self.skinny_rows and self.skinny[1](o.view(T, Hq * d), wo):
+            # the output gate o * sigmoid(gate) folded into the skinny o_proj's operand load (one kernel less)
+            return self.skinny[0](o.view(T, Hq * d), wo, gate=gate)
+        o = ops.sigmoid_gate(o, gate)
         return self.linear(o.reshape(T, Hq * d), pre + "o_proj.weight")
 
     def _deltanet(self, i, x, p: _Pass):

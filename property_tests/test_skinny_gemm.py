@@ -106,3 +106,24 @@ def test_skinny_linear_split_parts(m, parts, seed):
         c += k
     with pytest.raises(ValueError, match="split must be"):
         skinny_linear(x, w, split=(n + 1,))
+
+
+@given(m=st.sampled_from((1, 3, 8, 12, 32)), heads=st.sampled_from((1, 2, 8)), d=st.sampled_from((8, 64, 256)),
+       dtype=st.sampled_from((torch.bfloat16, torch.float16)), seed=st.integers(0, 2**31 - 1))
+def test_skinny_linear_gate_equals_sigmoid_gate_then_product(m, heads, d, dtype, seed):
+    """gate=: the o_proj of gated attention with the gate folded into the operand load equals sigmoid_gate (the
+    kernel) followed by the plain skinny product, bitwise; gate is the strided half of a [M, H, 2 d] tensor."""
+    from kernels.activations import sigmoid_gate
+    from kernels.gemm import skinny_linear
+
+    k = heads * d
+    if k % 32:
+        return
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    qg = (torch.randn(m, heads, 2 * d, device="cuda", generator=g) * 3).to(dtype)
+    o = torch.randn(m, heads, d, device="cuda", generator=g).to(dtype)
+    w = (torch.randn(100, k, device="cuda", generator=g) * 0.05).to(dtype)
+    gate = qg[..., d:]
+    want = skinny_linear(sigmoid_gate(o, gate).view(m, k), w)
+    got = skinny_linear(o.view(m, k), w, gate=gate)
+    assert torch.equal(got, want)

@@ -15,6 +15,9 @@
 // do not depend on the previous kernel, so they are issued before griddepcontrol.wait (the weight stream starts
 // while the previous kernel finishes); x is read and y written only after it. Right after the wait the kernel lets
 // its own dependents launch (e.g. down_proj behind gate_up). Without a programmatic launch the wait returns at once.
+// XGATE: the x operand is o * sigmoid(gate) (the attention output gate folded into o_proj), rounded to T as
+// activations' sigmoid_gate would store it: element k of x row m is x[m, k] and its gate gate[m * sg + (k / gd) * gh
+// + k % gd] (gate = the per-head second half of q_proj's output: gd = head dim, gh = 2 gd). gd % 8 == 0.
 // Output: y [M, N] with row stride sy, or split by columns into up to 4 tensors (a fused projection's q | k | v or
 // conv input | z | b | a, each then contiguous: no copies): columns [cut_j, cut_j+1) go to out.y[j] (row stride
 // out.sy[j]) at column n - cut_j; unused cuts are N.
@@ -64,6 +67,18 @@ __device__ __forceinline__ void mma_step(float (&c)[SETS][NT][4], const uint4 (&
     }
 }
 
+// o * sigmoid(g) for 8 16-bit elements, rounded once (activations.cu's gate_op SIGMOID_GATE)
+template <typename T>
+__device__ __forceinline__ uint4 sigmoid_gated(const uint4 o, const uint4 g) {
+    const T* ov = reinterpret_cast<const T*>(&o);
+    const T* gv = reinterpret_cast<const T*>(&g);
+    uint4 r;
+    T* rv = reinterpret_cast<T*>(&r);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) rv[i] = from_f<T>(__fdividef(to_f(ov[i]), 1.f + __expf(-to_f(gv[i]))));
+    return r;
+}
+
 template <typename T>
 struct SplitOut {
     T* y[4];
@@ -74,10 +89,11 @@ struct SplitOut {
 // NT: 8-row tiles of x (M <= 8 NT): 1, 2 or 4 (decode batches up to 8, 16, 32). U: steps whose loads a warp
 // issues before their mmas (bytes in flight): 8 for grids of fewer CTAs than ~2 per SM (N <= ~4k: each CTA must keep
 // more loads in flight to draw its share of the bandwidth), else 4; 2 above 8 rows (registers).
-template <typename T, bool SILU, int NT, int U>
+template <typename T, bool SILU, int NT, int U, bool XGATE>
 __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ x, long long sx,
                                                         const T* __restrict__ w, const SplitOut<T> out,
-                                                        int M, int N, int K) {
+                                                        int M, int N, int K, const T* __restrict__ gate,
+                                                        long long sg, int gd, int gh) {
     constexpr int SETS = SILU ? 2 : 1;
     constexpr int COLS = 8 * NT;
     __shared__ float red[WARPS][SETS][ROWS][COLS];
@@ -93,6 +109,16 @@ __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ 
     const T* xr[NT];
 #pragma unroll
     for (int j = 0; j < NT; ++j) xr[j] = x + (size_t)(g + 8 * j < M ? g + 8 * j : 0) * sx + 8 * q;
+    const T* gr[NT];  // XGATE: the gate rows of those x rows
+#pragma unroll
+    for (int j = 0; j < NT; ++j) gr[j] = XGATE ? gate + (size_t)(g + 8 * j < M ? g + 8 * j : 0) * sg : nullptr;
+    // x's 8 elements of step st_ for tile j (gated when XGATE)
+    auto load_x = [&](int st_, int j) {
+        const uint4 v = load_l2(xr[j] + (size_t)st_ * KSTEP);
+        if (!XGATE) return v;
+        const int k = st_ * KSTEP + 8 * q;
+        return sigmoid_gated<T>(v, load_l2(gr[j] + (size_t)(k / gd) * gh + k % gd));
+    };
     float c[SETS][NT][4];
 #pragma unroll
     for (int s = 0; s < SETS; ++s)
@@ -118,7 +144,7 @@ __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ 
 #pragma unroll
         for (int u = 0; u < U; ++u)
 #pragma unroll
-            for (int j = 0; j < NT; ++j) b[u][j] = load_l2(xr[j] + (size_t)(st + u * WARPS) * KSTEP);
+            for (int j = 0; j < NT; ++j) b[u][j] = load_x(st + u * WARPS, j);
 #pragma unroll
         for (int u = 0; u < U; ++u) mma_step<T, SETS, NT>(c, a[u], b[u]);
     }
@@ -142,7 +168,7 @@ __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ 
         for (int u = 0; u < U; ++u)
             if (st + u * WARPS < steps)
 #pragma unroll
-                for (int j = 0; j < NT; ++j) b[u][j] = load_l2(xr[j] + (size_t)(st + u * WARPS) * KSTEP);
+                for (int j = 0; j < NT; ++j) b[u][j] = load_x(st + u * WARPS, j);
 #pragma unroll
         for (int u = 0; u < U; ++u)
             if (st + u * WARPS < steps) mma_step<T, SETS, NT>(c, a[u], b[u]);
