@@ -6,10 +6,12 @@ only once its work has run for a second (tqdm's delay), so quick calls print not
 
 from __future__ import annotations
 
+DELAY = 1.0  # seconds of work before a bar appears
+
 
 def progress_bar(iterable, show: bool | None, desc: str, unit: str = "it", total: int | None = None):
     if show is False:
         return iterable
     from tqdm.auto import tqdm
-    return tqdm(iterable, desc=desc, unit=unit, total=total, disable=None if show is None else False, delay=1.0,
+    return tqdm(iterable, desc=desc, unit=unit, total=total, disable=None if show is None else False, delay=DELAY,
                 leave=False)
