@@ -59,8 +59,7 @@ def _dist():
 
 def check_divisible(text: TextConfig, n: int) -> None:
     """One ValueError naming every head / expert / width count of the checkpoint that N ranks cannot share."""
-    counts = {"num_attention_heads": text.num_attention_heads, "num_key_value_heads": text.num_key_value_heads,
-              "linear_num_key_heads": text.linear_num_key_heads,
+    counts = {"num_attention_heads": text.num_attention_heads, "linear_num_key_heads": text.linear_num_key_heads,
               "linear_num_value_heads": text.linear_num_value_heads}
     if text.is_moe:
         counts["num_experts"] = text.num_experts
@@ -68,17 +67,23 @@ def check_divisible(text: TextConfig, n: int) -> None:
     else:
         counts["intermediate_size"] = text.intermediate_size
     bad = [f"{k}={v}" for k, v in counts.items() if v % n]
+    hkv = text.num_key_value_heads
+    if hkv % n and n % hkv:  # fewer KV heads than ranks: each is replicated over n / hkv ranks
+        bad.append(f"num_key_value_heads={hkv}")
     if bad:
         raise ValueError(f"tensor_parallel={n} does not divide the checkpoint's {', '.join(bad)} "
-                         f"(each must be a multiple of {n}; pick a tensor_parallel that divides them)")
+                         f"(each must be a multiple of {n}, the KV heads a multiple or a divisor of it; pick a "
+                         "tensor_parallel that divides them)")
 
 
 def local_text_config(text: TextConfig, n: int) -> TextConfig:
-    """The text config of one rank's share: 1/n of the heads and MLP widths; num_experts (the router's width),
-    moe_intermediate_size (experts are whole) and vocab_size (the logits are gathered) stay global."""
+    """The text config of one rank's share: 1/n of the heads and MLP widths (one KV head, replicated, when there
+    are fewer KV heads than ranks); num_experts (the router's width), moe_intermediate_size (experts are whole)
+    and vocab_size (the logits are gathered) stay global."""
     check_divisible(text, n)
     return dataclasses.replace(
-        text, num_attention_heads=text.num_attention_heads // n, num_key_value_heads=text.num_key_value_heads // n,
+        text, num_attention_heads=text.num_attention_heads // n,
+        num_key_value_heads=max(1, text.num_key_value_heads // n),
         linear_num_key_heads=text.linear_num_key_heads // n, linear_num_value_heads=text.linear_num_value_heads // n,
         intermediate_size=text.intermediate_size // n if not text.is_moe else text.intermediate_size,
         shared_expert_intermediate_size=text.shared_expert_intermediate_size // n)
@@ -131,9 +136,11 @@ class Shard:
         leaf = name.split(".", 4)[4]  # after model.language_model.layers.{i}.
         d, hq, hkv = t.head_dim, t.num_attention_heads, t.num_key_value_heads
         nk, nv, dk, dv = t.linear_num_key_heads, t.linear_num_value_heads, t.linear_key_head_dim, t.linear_value_head_dim
+        # KV heads: a share, or (fewer heads than ranks) the one head this rank's query heads attend to
+        kv = share(hkv, d) if hkv >= n else (0, r * hkv // n * d, (r * hkv // n + 1) * d)
         plan = {
             "self_attn.q_proj.weight": [share(hq, 2 * d)],  # rows per head: [q | gate]
-            "self_attn.k_proj.weight": [share(hkv, d)], "self_attn.v_proj.weight": [share(hkv, d)],
+            "self_attn.k_proj.weight": [kv], "self_attn.v_proj.weight": [kv],
             "self_attn.o_proj.weight": [share(hq, d, dim=1)],
             "linear_attn.in_proj_z.weight": [share(nv, dv)],
             "linear_attn.in_proj_b.weight": [share(nv)], "linear_attn.in_proj_a.weight": [share(nv)],

@@ -12,6 +12,7 @@ vocabulary shard is padded), the MoE one is saved in several safetensors shards.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -41,8 +42,12 @@ def build(kind: str, root: Path) -> Path:
     from transformers import (Qwen3_5Config, Qwen3_5ForConditionalGeneration, Qwen3_5MoeConfig,
                               Qwen3_5MoeForConditionalGeneration)
 
-    torch.manual_seed(7 if kind == "dense" else 8)
-    if kind == "moe":
+    torch.manual_seed({"dense": 7, "moe": 8, "kvrep": 9}[kind])
+    if kind == "kvrep":  # 2 KV heads: replicated over 4 ranks (2 each)
+        cfg = Qwen3_5Config(text_config=TEXT | dict(num_key_value_heads=2, vocab_size=320, tie_word_embeddings=False),
+                            vision_config=VISION, **IDS, tie_word_embeddings=False)
+        model = Qwen3_5ForConditionalGeneration(cfg)
+    elif kind == "moe":
         text = {k: v for k, v in TEXT.items() if k != "intermediate_size"} | MOE | dict(vocab_size=320)
         cfg = Qwen3_5MoeConfig(text_config=text | dict(tie_word_embeddings=False), vision_config=VISION, **IDS,
                                tie_word_embeddings=False)
@@ -60,7 +65,7 @@ def build(kind: str, root: Path) -> Path:
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tp")
-    return {kind: build(kind, root) for kind in ("dense", "moe")}
+    return {kind: build(kind, root) for kind in ("dense", "moe", "kvrep")}
 
 
 def case():
@@ -112,12 +117,18 @@ def file_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
+_ONE: dict = {}  # one-process model and results per checkpoint
+
+
 @pytest.mark.parametrize("world", [2, 4])
 def test_ranks_match_one_process(ckpts, tmp_path, world):
+    ckpts = {k: v for k, v in ckpts.items() if k != "kvrep" or world == 4}  # KV heads replicated at 4 ranks only
     ranks = run_world(world, ckpts, tmp_path)
     for kind, path in ckpts.items():
-        one = M.load(path)
-        want = run_case(one)
+        if kind not in _ONE:
+            _ONE[kind] = (M.load(path), None)
+            _ONE[kind] = (_ONE[kind][0], run_case(_ONE[kind][0]))
+        one, want = _ONE[kind]
         for r, got in enumerate(ranks):
             g = got[kind]
             err = float((g["logits"] - want["logits"]).abs().max() / want["logits"].abs().max())
@@ -126,12 +137,19 @@ def test_ranks_match_one_process(ckpts, tmp_path, world):
             # memory: only the rank's share of every split tensor, the replicated ones whole
             repl = sum(t.numel() * t.element_size() for k, t in one.lm.w.items() if g["shapes"][k] == tuple(t.shape))
             split_full = want["lm_bytes"] - repl
-            vpad = (-one.config.text.vocab_size) % world * one.config.text.hidden_size * 4
-            assert g["lm_bytes"] <= repl + split_full / world + vpad, f"{kind} rank {r}: holds more than its share"
+            t = one.config.text
+            vpad = (-t.vocab_size) % world * t.hidden_size * 4
+            # fewer KV heads than ranks: a rank holds one whole KV head (1/Hkv of k_proj and v_proj, not 1/N)
+            kv = 2 * t.layer_types.count("full_attention") * t.num_key_value_heads * t.head_dim * t.hidden_size * 4
+            kvrep = kv * (1 / min(world, t.num_key_value_heads) - 1 / world)
+            assert g["lm_bytes"] <= repl + split_full / world + vpad + kvrep, f"{kind} rank {r}: holds more than its share"
             assert repl < 0.1 * want["lm_bytes"], f"{kind}: too little is split ({repl} of {want['lm_bytes']} bytes)"
             # reading: the vision tower (data-parallel, replicated) whole, the language model's share only
             vis = sum(t.numel() * t.element_size() for t in one.vision.w.values())
-            assert g["bytes_read"] <= vis + (file_bytes(path) - vis) / world + repl, f"{kind} rank {r}: read too much"
+            assert g["bytes_read"] <= vis + (file_bytes(path) - vis) / world + repl + kvrep, \
+                f"{kind} rank {r}: read too much"
+        if kind == "kvrep":  # 1 KV head a rank at world 4 (replicated), 1 at world 2 (split)
+            assert ranks[0][kind]["shapes"]["layers.1.self_attn.qkv_proj.weight"][0] == (8 // world * 2 + 2) * 64
         if kind == "moe":
             e = one.config.text.num_experts // world
             assert ranks[0][kind]["shapes"]["layers.0.mlp.experts.gate_up_proj"][0] == e
@@ -141,12 +159,16 @@ def test_ranks_match_one_process(ckpts, tmp_path, world):
 def test_check_divisible_names_every_count():
     from model.config import TextConfig
 
-    t = TextConfig(num_attention_heads=8, num_key_value_heads=2, linear_num_key_heads=4, linear_num_value_heads=6,
+    t = TextConfig(num_attention_heads=8, num_key_value_heads=3, linear_num_key_heads=4, linear_num_value_heads=6,
                    intermediate_size=100)
-    with pytest.raises(ValueError, match=r"tensor_parallel=4 does not divide the checkpoint's num_key_value_heads=2, "
-                                         r"linear_num_value_heads=6 \(each must be a multiple of 4"):
+    with pytest.raises(ValueError, match=r"tensor_parallel=4 does not divide the checkpoint's linear_num_value_heads=6, "
+                                         r"num_key_value_heads=3 \(each must be a multiple of 4"):
         P.check_divisible(t, 4)
-    P.check_divisible(t, 2)
+    with pytest.raises(ValueError, match=r"divide the checkpoint's num_key_value_heads=3 \(each"):
+        P.check_divisible(dataclasses.replace(t, linear_num_value_heads=8), 2)
+    P.check_divisible(dataclasses.replace(t, num_key_value_heads=2, linear_num_value_heads=8), 4)  # KV replicated
+    assert P.local_text_config(dataclasses.replace(t, num_key_value_heads=2, linear_num_value_heads=8),
+                               4).num_key_value_heads == 1
     moe = TextConfig(num_attention_heads=8, num_key_value_heads=4, linear_num_key_heads=4, linear_num_value_heads=8,
                      num_experts=6, shared_expert_intermediate_size=64)
     with pytest.raises(ValueError, match="num_experts=6"):
