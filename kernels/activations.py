@@ -30,10 +30,14 @@ def _expr(dtype, vec: int, tanh: bool) -> str:
 _GATE_OPS = {"silu_mul": 0, "sigmoid_gate": 1}
 _GATE_VECS = {dt: (v[0], 1) for dt, v in _VECS.items()}
 _GATE_THREADS = 256   # per CTA (blockDim.x column vectors x blockDim.y row groups)
-_GATE_ROWS = (1, 4)   # ROWS in the kernel: rows a thread handles per step
-# Calls of fewer vectors than ~4 per thread of a full H200 (132 SMs x 2048 threads) take ROWS = 1: the decode
-# sizes, where per-thread serial work, not loads in flight, sets the time (4 rows a thread: ~4.2 us at 8 tokens).
-_GATE_SMALL = 132 * 2048 * 4
+_GATE_ROWS = (1, 4)   # ROWS in the kernel: rows a thread handles per step (4: tools/norms_gpu.py --ab only)
+
+
+def _gate_rows(rows: int, nvec: int) -> int:
+    """Rows a thread handles: 1 at every size. On the H200 one row a thread ran the prefill sizes at 4.2-4.4 TB/s
+    (4 rows: 2.9-3.2 TB/s) and the decode sizes in 1.5-1.9 us (4 rows: ~4.2 us at 8 tokens): short per-thread
+    chains, and the grid alone keeps enough loads in flight (tools/norms_gpu.py --ab)."""
+    return 1
 
 
 def _gate_expr(dtype, vec: int, op: int, rows: int) -> str:
@@ -77,7 +81,7 @@ def _gate_launch(op: str, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, dev
         return
     vec = vec_width(a.dtype, math.gcd(cols, sa, sb), a, b, y, candidates=_GATE_VECS[a.dtype])
     nvec = cols // vec
-    per = _GATE_ROWS[0] if rows * nvec < _GATE_SMALL else _GATE_ROWS[-1]
+    per = _gate_rows(rows, nvec)
     ctas_x, tx = split_row(nvec, _GATE_THREADS)
     ty = max(1, min(_GATE_THREADS // tx, ceil_div(rows, per)))
     grid = (ctas_x, min(ceil_div(rows, ty * per), 65535), 1)

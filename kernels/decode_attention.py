@@ -39,8 +39,8 @@ _NW, _TILE, _ROWS = 4, 64, 16  # warps per CTA, key slots per pipeline stage, qu
 _STAGES = (3, 2)            # cp.async ring depth: 3 where 200 KB of shared memory fit (sm_90), else 2
 _LOG2E = 1.4426950408889634
 _APPEND_VECS = {torch.float32: (4, 2, 1), torch.float16: (8, 4, 2, 1), torch.bfloat16: (8, 4, 2, 1)}
-_SPLITS_FORCE: int | None = None  # tests: force this split count (the kernels take any)
-PREFETCH = 2  # tiles of K/V prefetched into L2 beyond the cp.async ring (kernel argument; 0 = none)
+PREFETCH = 0  # tiles of K/V prefetched into L2 beyond the cp.async ring (kernel argument; 0 = none). 0 won on
+# the H200 at every goal case (b1 8k/32k/128k, b32 8k: 2 tiles cost 0-15 %, 4 tiles up to 30 %; tools/decode_attention_gpu.py)
 # Fused merge: the split kernel's last CTAs merge the chunks (no combine kernel). Arrival counters live in one
 # buffer per device that every launch leaves zeroed, so two launches must not overlap on one device (streams
 # running decode attention concurrently); the combine kernel path has no such state.
@@ -176,7 +176,7 @@ def _launch_decode(q, k_cache, v_cache, lengths, scale: float, max_length, o, de
     stages = next((st for st in _STAGES if _split_smem(d, st) <= smem_optin), _STAGES[-1])
     smem = _split_smem(d, stages)
     longest = S if max_length is None else max_length
-    splits = _SPLITS_FORCE or num_splits(B * Hkv * groups, max(1, ceil_div(longest, _TILE)), sms)
+    splits = num_splits(B * Hkv * groups, max(1, ceil_div(longest, _TILE)), sms)
     n1max = ceil_div(splits, 8)
     counters = _counters(device, B * Hkv * groups * (n1max + 1)) if FUSE and splits > 1 else None
     if splits > 1:  # per chunk: the normalised partial output [D] and its log-sum-exp, fp32 (+ per group of 8)
