@@ -162,6 +162,18 @@ class Shard:
                          "mlp.down_proj.weight": [share(i, dim=1)]})
         return plan.get(leaf)  # norms, q/k norms, conv-free leaves, the router: replicated
 
+    def local_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of this rank's share of HF tensor `name` of full shape `shape` (fused experts included; the
+        vocabulary shard padded to `vocab_rows`)."""
+        parts = self.slices(name)
+        if parts is None:
+            return tuple(shape)
+        out = list(shape)
+        out[parts[0][0]] = sum(b - a for _, a, b in parts)
+        if name in (EMBED, LM_HEAD):
+            out[0] = self.vocab_rows
+        return tuple(out)
+
     def reads(self, name: str) -> bool:
         """False for a per-expert tensor of another rank's expert (never read)."""
         m = _PER_EXPERT.match(name)
