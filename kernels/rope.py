@@ -97,15 +97,17 @@ def _qk_variants(dtype) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
-def _qk_expr(dtype, vec: int, nv: int, ipw: int = 4) -> str:
-    return f"rope::qk_norm_rope_kernel<{CTYPES[dtype]}, {vec}, {nv}, {ipw}>"
+def _qk_expr(dtype, vec: int, nv: int, ipw: int = 4, lean: bool = True) -> str:
+    return f"rope::qk_norm_rope_kernel<{CTYPES[dtype]}, {vec}, {nv}, {ipw}, {cbool(lean)}>"
 
 
 QK_TRIALS = (1, 2, 8)  # other heads-per-warp builds of the 16-bit d <= 256 variant, for timing trials
 
 
-SOURCE = NvrtcSource("rope.cu", _VISION_EXPRS + tuple(_qk_expr(dt, v, n) for dt in _MAX_VEC for v, n in _qk_variants(dt))
-                      + tuple(_qk_expr(dt, 8, 1, i) for dt in (torch.float16, torch.bfloat16) for i in QK_TRIALS)
+SOURCE = NvrtcSource("rope.cu", _VISION_EXPRS + tuple(_qk_expr(dt, v, n, _IPW, lean) for dt in _MAX_VEC
+                                                      for v, n in _qk_variants(dt) for lean in (True, False))
+                      + tuple(_qk_expr(dt, 8, 1, i, lean) for dt in (torch.float16, torch.bfloat16) for i in QK_TRIALS
+                              for lean in (True, False))
                       + ("rope::mrope_cos_sin_kernel",))
 
 
@@ -146,7 +148,7 @@ def _outs(out, n: int, shapes, dtype):
 
 
 def _launch_qk(device, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, v, k_cache, v_cache, cu, lengths,
-               T, Hq, Hkv, d, r, norm, eps, ipw=None):
+               T, Hq, Hkv, d, r, norm, eps, ipw=None, lean=None):
     vec, nv = _pick_qk(q_in.dtype, d, q_in, k_in, qw, kw, q_out, k_out, v, k_cache, v_cache)
     ipw = ipw if ipw in QK_TRIALS and (vec, nv) == (8, 1) else _IPW  # a trial build, or the default
     # one warp per group of ipw q (or k, or with a cache v) heads of a token
@@ -154,8 +156,12 @@ def _launch_qk(device, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, v
     if warps == 0:
         return
     B, S = (k_cache.shape[0], k_cache.shape[1]) if k_cache is not None else (1, 0)
+    # lean build: a rotated element's partner in another lane (r a multiple of the lane's elements) and, for the
+    # float4 loads of the tables, 16-byte aligned cos/sin; else the general build (partners through shared memory)
+    e = vec * nv
+    lean = r % e == 0 and (e % 4 != 0 or (cos.data_ptr() | sin.data_ptr()) % 16 == 0) and lean is not False
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    SOURCE.launch(device, _qk_expr(q_in.dtype, vec, nv, ipw), (ceil_div(warps, _WARPS), 1, 1), (32 * _WARPS, 1, 1),
+    SOURCE.launch(device, _qk_expr(q_in.dtype, vec, nv, ipw, lean), (ceil_div(warps, _WARPS), 1, 1), (32 * _WARPS, 1, 1),
                   q_in.data_ptr(), i64(q_ts), i32(q_hs), ptr(k_in), ptr(qw), ptr(kw), cos.data_ptr(), sin.data_ptr(),
                   q_out.data_ptr(), ptr(k_out), ptr(v), ptr(k_cache), ptr(v_cache), ptr(cu),
                   i32(cu is not None and cu.dtype == torch.int64), ptr(lengths),

@@ -70,14 +70,33 @@ __device__ __forceinline__ void merge_partials(const float* o, const float* lse,
         const int row = i / (D / 4), col = (i % (D / 4)) * 4;
         const size_t base = (bh0 + row) * stride + s0;
         float m = f32_neg_inf();
-        for (int s = 0; s < n; ++s) m = fmaxf(m, __ldcg(lse + base + s));
         float den = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
+        if (n <= 8) {  // every load issued before any is used: one L2 round trip (the fused merge's levels)
+            float e[8];
+            float4 v[8];
+#pragma unroll
+            for (int s = 0; s < 8; ++s) {
+                e[s] = s < n ? __ldcg(lse + base + s) : f32_neg_inf();
+                v[s] = s < n ? __ldcg(reinterpret_cast<const float4*>(o + (base + s) * D + col))
+                             : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+#pragma unroll
+            for (int s = 0; s < 8; ++s) m = fmaxf(m, e[s]);
+#pragma unroll
+            for (int s = 0; s < 8; ++s) {
+                const float w = ex2(e[s] - m);  // 0 past n
+                den += w;
+                acc[0] += w * v[s].x; acc[1] += w * v[s].y; acc[2] += w * v[s].z; acc[3] += w * v[s].w;
+            }
+        } else {
+            for (int s = 0; s < n; ++s) m = fmaxf(m, __ldcg(lse + base + s));
 #pragma unroll 8
-        for (int s = 0; s < n; ++s) {
-            const float w = ex2(__ldcg(lse + base + s) - m);
-            const float4 v = __ldcg(reinterpret_cast<const float4*>(o + (base + s) * D + col));
-            den += w;
-            acc[0] += w * v.x; acc[1] += w * v.y; acc[2] += w * v.z; acc[3] += w * v.w;
+            for (int s = 0; s < n; ++s) {
+                const float w = ex2(__ldcg(lse + base + s) - m);
+                const float4 v = __ldcg(reinterpret_cast<const float4*>(o + (base + s) * D + col));
+                den += w;
+                acc[0] += w * v.x; acc[1] += w * v.y; acc[2] += w * v.z; acc[3] += w * v.w;
+            }
         }
         const float inv = 1.f / den;
 #pragma unroll

@@ -99,8 +99,8 @@ __device__ __forceinline__ long long load_index(const void* p, int is64, long lo
 
 }  // namespace qkrope
 
-template <typename T, int VEC, int NV, int IPW>
-__global__ void __launch_bounds__(128) qk_norm_rope_kernel(
+template <typename T, int VEC, int NV, int IPW, bool LEAN>
+__global__ void __launch_bounds__(128, (LEAN && NV * VEC * IPW <= 32) ? 6 : 1) qk_norm_rope_kernel(
     const T* __restrict__ q_in, long long q_ts, int q_hs, const T* __restrict__ k_in, const T* __restrict__ qw,
     const T* __restrict__ kw, const float* __restrict__ cos, const float* __restrict__ sin,
     T* __restrict__ q_out, T* __restrict__ k_out, const T* __restrict__ v_in, T* __restrict__ k_cache,
@@ -151,15 +151,32 @@ __global__ void __launch_bounds__(128) qk_norm_rope_kernel(
         }
     }
     float cs[E], sn[E];  // cos, and sin signed for the half the element is in (- for j < r, + for r <= j < 2r)
+    if (LEAN && E % 4 == 0) {  // r % E == 0 and 16-byte aligned tables (the host checks): a lane's E angles are
+        // consecutive entries of one half, float4 loads
 #pragma unroll
-    for (int i = 0; i < E; ++i) {
-        const int e = e0 + i;
-        cs[i] = 1.f;
-        sn[i] = 0.f;
-        if (e < 2 * r) {
-            const int j = e < r ? e : e - r;
-            cs[i] = cos[(long long)t * r + j];
-            sn[i] = e < r ? -sin[(long long)t * r + j] : sin[(long long)t * r + j];
+        for (int i = 0; i < E; ++i) { cs[i] = 1.f; sn[i] = 0.f; }
+        if (e0 < 2 * r) {
+            const int j0 = e0 < r ? e0 : e0 - r;
+            const float sg = e0 < r ? -1.f : 1.f;
+#pragma unroll
+            for (int i = 0; i < E; i += 4) {
+                const float4 c4 = *reinterpret_cast<const float4*>(cos + (long long)t * r + j0 + i);
+                const float4 s4 = *reinterpret_cast<const float4*>(sin + (long long)t * r + j0 + i);
+                cs[i] = c4.x; cs[i + 1] = c4.y; cs[i + 2] = c4.z; cs[i + 3] = c4.w;
+                sn[i] = sg * s4.x; sn[i + 1] = sg * s4.y; sn[i + 2] = sg * s4.z; sn[i + 3] = sg * s4.w;
+            }
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < E; ++i) {
+            const int e = e0 + i;
+            cs[i] = 1.f;
+            sn[i] = 0.f;
+            if (e < 2 * r) {
+                const int j = e < r ? e : e - r;
+                cs[i] = cos[(long long)t * r + j];
+                sn[i] = e < r ? -sin[(long long)t * r + j] : sin[(long long)t * r + j];
+            }
         }
     }
     long long crow = -1;  // the cache row (in elements) of the group's first head, -1: not written
@@ -192,6 +209,61 @@ __global__ void __launch_bounds__(128) qk_norm_rope_kernel(
                     const int e = e0 + n * VEC;
                     if (it < nh && e < d) *reinterpret_cast<Vec<T, VEC>*>(v_cache + crow + (long long)it * d + e) = xr[it][n];
                 }
+        }
+        return;
+    }
+
+    if constexpr (LEAN) {  // r % E == 0 (the host checks): the partner of a rotated element is in another lane
+        // The IPW sums of squares straight from the loaded vectors, reduced side by side; then one head at a time
+        // (normalise, rotate, store), so only one head's floats are live: fewer registers, more warps per SM,
+        // more loads in flight.
+        float ss[IPW];
+#pragma unroll
+        for (int it = 0; it < IPW; ++it) {
+            ss[it] = 0.f;
+#pragma unroll
+            for (int n = 0; n < NV; ++n)
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) {
+                    const float f = (it < nh && e0 + n * VEC < d) ? to_f(xr[it][n].v[i]) : 0.f;
+                    ss[it] += f * f;
+                }
+        }
+        if (norm) {
+#pragma unroll
+            for (int it = 0; it < IPW; ++it) ss[it] = warp_sum(ss[it]);
+        }
+        const int pl = r == 0 ? lane : e0 < r ? lane + r / E : (e0 < 2 * r ? lane - r / E : lane);
+#pragma unroll
+        for (int it = 0; it < IPW; ++it) {
+            if (it >= nh) break;  // warp-uniform
+            const float inv = norm ? rsqrtf(ss[it] / (float)d + eps) : 1.f;
+            float y[E];
+#pragma unroll
+            for (int n = 0; n < NV; ++n)
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) {
+                    const float f = e0 + n * VEC < d ? to_f(xr[it][n].v[i]) : 0.f;
+                    y[n * VEC + i] = norm ? round_to<T>(f * inv * (1.f + wv[n * VEC + i])) : f;
+                }
+            if (r > 0) {
+#pragma unroll
+                for (int i = 0; i < E; ++i) {
+                    const float p = __shfl_sync(0xffffffffu, y[i], pl);
+                    if (e0 < 2 * r) y[i] = y[i] * cs[i] + p * sn[i];
+                }
+            }
+#pragma unroll
+            for (int n = 0; n < NV; ++n) {
+                const int e = e0 + n * VEC;
+                if (e < d) {
+                    float part[VEC];
+#pragma unroll
+                    for (int i = 0; i < VEC; ++i) part[i] = y[n * VEC + i];
+                    store_f(dst + (long long)it * d + e, part);
+                    if (crow >= 0) store_f(k_cache + crow + (long long)it * d + e, part);
+                }
+            }
         }
         return;
     }
