@@ -45,6 +45,7 @@ DEFAULT_CHUNK = 8192  # packed prompt tokens per prefill chunk
 # runs one of them on the reference cannot be captured in a CUDA graph
 HOST_READING_REFERENCES = ("qk_norm_rope", "decode_attention", "causal_conv1d", "fused_gated_delta_rule")
 HOST_READING_MOE = ("moe_topk", "moe_mlp")
+ROUTER_FUSED_ROWS = 64  # kernels.moe.moe_router_topk takes up to 64 tokens (decode); more: router GEMM + moe_topk
 
 
 @dataclass
@@ -403,12 +404,21 @@ class LanguageModel:
         p = f"layers.{i}.mlp."
         if not cfg.is_moe:
             return self.linear(self.linear_silu_mul(x, p + "gate_up_proj.weight"), p + "down_proj.weight")
-        weights, experts = ops.moe_topk(F.linear(x, w[p + "gate.weight"]), cfg.num_experts_per_tok)
-        routed = ops.moe_mlp(x, w[p + "experts.gate_up_proj"], w[p + "experts.down_proj"], weights, experts)
+        # MoE layer: router + top-k (one fused kernel for decode-sized T, else the router GEMM then top-k), then the
+        # routed experts with the sigmoid-gated shared expert fused into the combine. Nothing is read on the host
+        # (validate=False), so the decode step stays capturable; the paths depend on host sizes only.
+        k, router = cfg.num_experts_per_tok, w[p + "gate.weight"]
+        fused_router = getattr(ops, "moe_router_topk", None)
+        if fused_router is not None and fused_router is not reference.moe_router_topk and \
+                x.shape[0] <= ROUTER_FUSED_ROWS:
+            weights, experts = fused_router(x, router, k)
+        else:
+            weights, experts = self.op("moe_topk")(F.linear(x, router), k)
         s = p + "shared_expert."
-        shared = F.linear(ops.silu_mul(F.linear(x, w[s + "gate_proj.weight"]), F.linear(x, w[s + "up_proj.weight"])),
-                          w[s + "down_proj.weight"])
-        return routed + torch.sigmoid(F.linear(x, w[p + "shared_expert_gate.weight"])) * shared
+        return _call(self.op("moe_mlp"), x, w[p + "experts.gate_up_proj"], w[p + "experts.down_proj"], weights,
+                     experts, shared_gate=w[s + "gate_proj.weight"], shared_up=w[s + "up_proj.weight"],
+                     shared_down=w[s + "down_proj.weight"], shared_expert_gate=w[p + "shared_expert_gate.weight"],
+                     validate=False)
 
 
 def _skinny_gemm():
