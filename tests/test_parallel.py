@@ -84,6 +84,7 @@ def run_case(m) -> dict:
     c = case()
     return dict(logits=m.logits(**c), tokens=m.generate_ids(**c, max_new_tokens=NEW_TOKENS),
                 lm_bytes=P.lm_bytes(m.lm), bytes_read=getattr(m, "bytes_read", None),
+                cache_bytes=sum(s.cache.nbytes for s in m._sessions.values()),
                 shapes={k: tuple(v.shape) for k, v in m.lm.w.items()})
 
 
@@ -144,6 +145,8 @@ def test_ranks_match_one_process(ckpts, tmp_path, world):
             kvrep = kv * (1 / min(world, t.num_key_value_heads) - 1 / world)
             assert g["lm_bytes"] <= repl + split_full / world + vpad + kvrep, f"{kind} rank {r}: holds more than its share"
             assert repl < 0.1 * want["lm_bytes"], f"{kind}: too little is split ({repl} of {want['lm_bytes']} bytes)"
+            if kind != "kvrep":  # KV cache, conv and recurrent states: exactly the rank's heads
+                assert g["cache_bytes"] * world == want["cache_bytes"] > 0, f"{kind} rank {r}: cache not 1/{world}"
             # reading: the vision tower (data-parallel, replicated) whole, the language model's share only
             vis = sum(t.numel() * t.element_size() for t in one.vision.w.values())
             assert g["bytes_read"] <= vis + (file_bytes(path) - vis) / world + repl + kvrep, \
