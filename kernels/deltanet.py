@@ -55,6 +55,9 @@ STATE_STEP_COST = {16: 1.0, 32: 1.25, 64: 1.7}
 STATE_CLUSTER_BY_BV = {16: 1, 32: 1, 64: 1}
 STATE_CLUSTER: int | None = None
 STATE_CLUSTERS = (2, 4, 8)
+# the state pass's copies of chunk c + NS - 1 issued by the output warps in the second phase of chunk c (off the
+# chain of dependent steps that the Vn warps run) instead of by every thread at the top of chunk c
+STATE_LATE_ISSUE = False
 RECURRENT_MAX_SEQLEN = 8  # with a max_seqlen hint at or below this, the recurrent kernel runs
 
 
@@ -287,7 +290,7 @@ def _run(q, k, v, gates, gate: bool, cu_seqlens, initial_state, scale, use_qk_l2
     ns = pick_state_stages(bv, smem_limit)
     args = (q.data_ptr(), k.data_ptr(), i64(q.stride(0)), i64(k.stride(0)), i32(Hk), i32(Hv),
             w.data_ptr(), u.data_ptr(), aqk.data_ptr(), gc.data_ptr(), rq.data_ptr(), rk.data_ptr(), cu.data_ptr(),
-            h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)), i32(T))
+            h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)), i32(T), i32(STATE_LATE_ISSUE))
     cl = STATE_CLUSTER_BY_BV.get(bv, 1) if STATE_CLUSTER is None else STATE_CLUSTER
     if cl > 1 and (D // bv) % cl == 0 and _device.is_hopper(device):
         ns = _state_mc_ns(bv)

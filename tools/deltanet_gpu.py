@@ -291,7 +291,10 @@ def bench(args) -> int:
             del q, k, v, g, beta, h0
             torch.cuda.empty_cache()
     out_dir = Path(args.out) if args.out else None
-    path = write_results("deltanet", records, {"copy_TBps": copy}, out_dir=out_dir)
+    config = {"warp_shape": list(K.WARP_SHAPE), "decode_pdl": K.DECODE_PDL,
+              "state_cluster_by_bv": {str(b): c for b, c in K.STATE_CLUSTER_BY_BV.items()},
+              "state_step_cost": {str(b): c for b, c in K.STATE_STEP_COST.items()}}
+    path = write_results("deltanet", records, {"copy_TBps": copy, "config": config}, out_dir=out_dir)
     print("wrote", path)
     return 0
 
@@ -380,19 +383,20 @@ def trials(args) -> int:
                 saved = dict(K.STATE_STEP_COST)
                 K.STATE_STEP_COST.update({b: (0.0 if b == bv else 1e9) for b in K.STATE_BV})
                 base = run(q, k, v, g, beta, cu, h0)
-                for cl in K.STATE_CLUSTERS:
+                for cl, late in [(c, lt) for c in (1,) + K.STATE_CLUSTERS for lt in (False, True)][1:]:
                     if (128 // bv) % cl:
                         continue
-                    K.STATE_CLUSTER = cl
+                    K.STATE_CLUSTER, K.STATE_LATE_ISSUE = cl, late
+                    key = f"bv{bv}cl{cl}{'late' if late else ''}"
                     try:
                         got = run(q, k, v, g, beta, cu, h0)
                         torch.cuda.synchronize()
                         same = torch.equal(got[0], base[0]) and torch.equal(got[1], base[1])
-                        rec[f"bv{bv}cl{cl}"] = "equal" if same else \
+                        rec[key] = "equal" if same else \
                             f"DIFF o {rel(got[0], base[0]):.2e} s {rel(got[1], base[1]):.2e}"
                     except Exception as e:  # noqa: BLE001
-                        rec[f"bv{bv}cl{cl}"] = "ERR " + str(e)[:120]
-                    K.STATE_CLUSTER = None
+                        rec[key] = "ERR " + str(e)[:120]
+                    K.STATE_CLUSTER, K.STATE_LATE_ISSUE = None, False
                 K.STATE_STEP_COST.update(saved)
             emit(rec)
 
@@ -415,15 +419,17 @@ def trials(args) -> int:
         for bv in K.STATE_BV:
             K.STATE_STEP_COST.update({b: (0.0 if b == bv else 1e9) for b in K.STATE_BV})
             for cl in CLS:
-                if (128 // bv) % cl:
-                    continue
-                K.STATE_CLUSTER = cl
-                try:
-                    rec[f"bv{bv}cl{cl}_ms"] = graph_ms(fn, 3)
-                except Exception as e:  # noqa: BLE001
-                    rec[f"bv{bv}cl{cl}_ms"] = "ERR " + str(e)[:100]
-                    torch.cuda.synchronize()
-            K.STATE_CLUSTER = None
+                for late in (False, True):
+                    if (128 // bv) % cl:
+                        continue
+                    K.STATE_CLUSTER, K.STATE_LATE_ISSUE = cl, late
+                    key = f"bv{bv}cl{cl}{'late' if late else ''}_ms"
+                    try:
+                        rec[key] = graph_ms(fn, 3)
+                    except Exception as e:  # noqa: BLE001
+                        rec[key] = "ERR " + str(e)[:100]
+                        torch.cuda.synchronize()
+            K.STATE_CLUSTER, K.STATE_LATE_ISSUE = None, False
         K.STATE_STEP_COST.update(saved)
         if part == "a":
             K._launch = prep_only
