@@ -3,6 +3,12 @@ timed at the 35B-A3B / 122B-A10B / 397B-A17B shapes beside HF's block and the fl
 
     python3 tools/moe_gpu.py --check                         # every path vs reference.moe_mlp, real widths
     python3 tools/moe_gpu.py --bench [--sizes 35B-A3B] [--tokens 1,8,64,1024,8192] [--no-hf] [--out DIR]
+    python3 tools/moe_gpu.py --model-decode [--batch 1,32] [--layers 40] [--context 1024] [--out DIR]
+
+--model-decode: the 35B-A3B language model (random bf16 weights at the real shapes, all 40 layers, made on the GPU;
+no HF model) on the kernels backend; one decode step per token from model.generate.DecodeSession's CUDA graph,
+cache lengths at --context; tokens/s at each batch beside the floor (weights read per step at the copy rate: every
+non-expert weight + the distinct experts the step's routing touches, estimated as E (1 - (1 - k/E)^B) per layer).
 
 Timed (bf16, random weights at the real shapes, all E experts; routing from our router top-k on random logits):
   routed    moe_mlp alone (weights/experts given), graph-replayed
@@ -295,6 +301,114 @@ def _save(records, bw, tf, out_dir) -> Path:
     return path
 
 
+MODEL_35B = dict(hidden_size=2048, num_hidden_layers=40, num_attention_heads=16, num_key_value_heads=2, head_dim=256,
+                 linear_num_value_heads=32, linear_num_key_heads=16, linear_key_head_dim=128,
+                 linear_value_head_dim=128, linear_conv_kernel_dim=4, vocab_size=248320, num_experts=256,
+                 num_experts_per_tok=8, moe_intermediate_size=512, shared_expert_intermediate_size=512,
+                 rms_norm_eps=1e-6, rope_parameters=dict(rope_type="default", rope_theta=1e7,
+                                                         partial_rotary_factor=0.25, mrope_interleaved=True,
+                                                         mrope_section=[11, 11, 10]))
+
+
+def build_moe_lm(layers: int = 40, dtype=torch.bfloat16):
+    """The 35B-A3B LanguageModel on the kernels backend, random weights (N(0, 0.02); norms 1 + N(0, 0.1); the
+    router N(0, 1) / sqrt(H) so tokens spread over the experts) at the real shapes, made on the GPU."""
+    from model.config import ModelConfig
+    from model.language import LanguageModel
+    from model.loader import LM, LM_HEAD, expected_shapes
+    from model.ops import ops_for
+
+    text = dict(MODEL_35B, num_hidden_layers=layers,
+                layer_types=["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)])
+    cfg = ModelConfig.from_dict(dict(model_type="qwen3_5_moe", tie_word_embeddings=False, text_config=text,
+                                     vision_config=dict(depth=1, hidden_size=128, intermediate_size=256,
+                                                        num_heads=2, out_hidden_size=2048)))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    w = {}
+    for name, shape in expected_shapes(cfg).items():
+        if not (name.startswith(LM) or name == LM_HEAD):
+            continue
+        key = "lm_head.weight" if name == LM_HEAD else name[len(LM):]
+        t = torch.empty(shape, device="cuda", dtype=dtype)
+        if "norm" in key:
+            t.normal_(1.0, 0.1, generator=g)
+        elif key.endswith("A_log"):
+            t.uniform_(0.0, 2.7, generator=g)
+        elif key.endswith("mlp.gate.weight"):
+            t.normal_(0.0, shape[1] ** -0.5, generator=g)
+        else:
+            t.normal_(0.0, 0.02, generator=g)
+        w[key] = t
+    return LanguageModel(cfg.text, w, ops_for("kernels", cfg, dtype)), cfg
+
+
+def _step_bytes(lm, B: int) -> float:
+    """Weight bytes one decode step reads at batch B: everything but the routed experts, plus the expected distinct
+    experts per layer (E (1 - (1 - k/E)^B) under uniform routing)."""
+    t = lm.cfg
+    total, experts = 0, 0
+    for name, v in lm.w.items():
+        if name == "embed_tokens.weight":
+            continue  # a gather of B rows
+        if name.endswith("experts.gate_up_proj") or name.endswith("experts.down_proj"):
+            experts += v.numel() * v.element_size()
+        else:
+            total += v.numel() * v.element_size()
+    E, k = t.num_experts, t.num_experts_per_tok
+    return total + experts * (1 - (1 - k / E) ** B)
+
+
+def model_decode(batches, layers: int, context: int, out_dir) -> list[dict]:
+    from model.generate import DecodeSession, Sampling
+
+    bw = copy_bandwidth_TBps()
+    t0 = time.perf_counter()
+    lm, cfg = build_moe_lm(layers)
+    torch.cuda.synchronize()
+    wbytes = sum(v.numel() * v.element_size() for v in lm.w.values())
+    print(f"35B-A3B LM ({layers} layers): {wbytes / 1e9:.1f} GB of weights in {time.perf_counter() - t0:.1f} s, "
+          f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB peak", flush=True)
+    records = []
+    for B in batches:
+        try:
+            t1 = time.perf_counter()
+            sess = DecodeSession(lm, B, context + 64, Sampling(), graphs=True)
+            sess.cache.lengths.fill_(context)
+            sess.advance()
+            torch.cuda.synchronize()
+            build_s = time.perf_counter() - t1
+            rec = dict(model="35B-A3B", layers=layers, batch=B, context=context, mode=sess.mode,
+                       weights_GB=wbytes / 1e9, build_s=build_s)
+            if sess.graph is not None:
+                n = 30
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                sess.graph.replay()
+                start.record()
+                for _ in range(n):
+                    sess.graph.replay()
+                end.record()
+                torch.cuda.synchronize()
+                us = start.elapsed_time(end) * 1e3 / n
+                fb = _step_bytes(lm, B)
+                rec.update(step_us=us, tokens_per_s=B / us * 1e6, step_bytes=fb,
+                           floor_us=fb / (bw * 1e12) * 1e6, pct_floor=100 * fb / (bw * 1e12) / (us * 1e-6))
+                print(f"35B-A3B decode bs{B}: {us:.1f} us/step = {rec['tokens_per_s']:.0f} tok/s; floor "
+                      f"{rec['floor_us']:.0f} us ({rec['pct_floor']:.0f} %), graph built in {build_s:.1f} s",
+                      flush=True)
+            else:
+                print(f"35B-A3B decode bs{B}: no graph ({sess.mode})", flush=True)
+            records.append(rec)
+            del sess
+            torch.cuda.empty_cache()
+        except Exception as ex:
+            print(f"35B-A3B decode bs{B}: FAILED {type(ex).__name__}: {str(ex)[:300]}", flush=True)
+    path = write_results("moe_model_decode", records, extra=dict(copy_TBps=bw))
+    if out_dir:
+        shutil.copy(path, Path(out_dir) / path.name)
+    print(f"results: {path}")
+    return records
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true")
@@ -302,6 +416,10 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default=",".join(MOE_SIZES))
     ap.add_argument("--tokens", default="1,8,64,1024,8192")
     ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--model-decode", action="store_true", help="the 35B-A3B model's decode tok/s")
+    ap.add_argument("--batch", default="1,32", help="--model-decode: comma list of batch sizes")
+    ap.add_argument("--layers", type=int, default=40, help="--model-decode: decoder layers (40: the real model)")
+    ap.add_argument("--context", type=int, default=1024, help="--model-decode: tokens already in the cache")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} grouped_mm "
@@ -313,6 +431,8 @@ def main(argv=None) -> int:
         print(f"check: {bad} failures ({time.perf_counter() - t0:.1f} s)", flush=True)
     if a.bench:
         bench(a.sizes.split(","), [int(t) for t in a.tokens.split(",")], not a.no_hf, a.out)
+    if a.model_decode:
+        model_decode([int(b) for b in a.batch.split(",")], a.layers, a.context, a.out)
     return 1 if bad else 0
 
 
