@@ -347,7 +347,8 @@ class ParallelLanguageModel(LanguageModel):
         part = self.linear(h, "lm_head.weight").contiguous()  # [T, ceil(V/N)]
         parts = [torch.empty_like(part) for _ in range(self.shard.world)]
         _dist().all_gather(parts, part, group=self.shard.group)
-        return torch.cat(parts, dim=1)[:, : self.vocab_size]
+        logits = torch.cat(parts, dim=1)
+        return logits if logits.shape[1] == self.vocab_size else logits[:, : self.vocab_size].contiguous()
 
     def _decode_prologue(self, tokens, embed_weight, lengths, rope_delta, cos_table, sin_table):
         """kernels.glue.decode_prologue's results with the vocabulary-parallel embedding."""
@@ -403,6 +404,10 @@ class DataParallelVision:
 
     def __init__(self, tower, shard: Shard):
         self.tower, self.shard = tower, shard
+        inner = tower
+        while not hasattr(inner, "cfg"):  # GraphedVisionTower wraps the eager tower, which has the config
+            inner = inner.tower
+        self.cfg = inner.cfg
 
     def __getattr__(self, name):
         return getattr(self.tower, name)
@@ -428,13 +433,13 @@ class DataParallelVision:
         starts = [0]
         for p in patches:
             starts.append(starts[-1] + p)
-        merge = self.tower.cfg.spatial_merge_size ** 2
+        merge = self.cfg.spatial_merge_size ** 2
         rows = [(starts[bounds[r + 1]] - starts[bounds[r]]) // merge for r in range(world)]
         a, b = bounds[rank], bounds[rank + 1]
         if b > a:
             mine = self.tower(pixel_values[starts[a]: starts[b]], grid[a:b])
         else:
-            mine = pixel_values.new_zeros(0, self.tower.cfg.out_hidden_size)
+            mine = pixel_values.new_zeros(0, self.cfg.out_hidden_size)
         width, most = mine.shape[1], max(rows)
         buf = mine.new_zeros(most, width)
         buf[: mine.shape[0]] = mine

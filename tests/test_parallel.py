@@ -191,7 +191,7 @@ def test_load_without_torchrun_says_how_to_launch(ckpts, monkeypatch):
 def test_vision_split_balances_by_patches():
     from types import SimpleNamespace
 
-    split = lambda patches, world: P.DataParallelVision(None, SimpleNamespace(world=world)).split(patches)  # noqa: E731
+    split = lambda patches, world: P.DataParallelVision(SimpleNamespace(cfg=None), SimpleNamespace(world=world)).split(patches)  # noqa: E731
     assert split([24, 8], 2) == [0, 1, 2]
     assert split([8, 8, 8, 8], 4) == [0, 1, 2, 3, 4]
     assert split([100, 1, 1], 2) == [0, 1, 3]
