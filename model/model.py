@@ -363,6 +363,8 @@ class Model:
         cache.rope_delta[:B].copy_(batch.rope_delta)
         lengths = batch.lengths + [0] * (session.batch - B)
         h = self.lm.prefill(cache, batch.embeds, batch.positions, lengths, chunk_size=self.prefill_chunk)
+        if self.parallel is not None and do_sample and seed is None:
+            seed = self.parallel.common_seed(self.device)  # every rank must draw the same tokens
         session.begin(self.lm.head(h), B, eos, pad, seed)  # lm_head on each row's last token only
         _sync(self.device)
         prefill_ms = (time.perf_counter() - t0 - setup_s) * 1e3 - batch.vision_ms
@@ -390,7 +392,9 @@ class Model:
         those for a batch. Media: a str prompt shows `images` then `videos` before its text; a chat carries
         its media in its content items ({"type": "image", "image": x}), or has media-less items
         ({"type": "image"}) that `images` / `videos` fill in order. For a batch, images / videos hold one
-        list per prompt. fps: the frame rate the video frames were sampled at.
+        list per prompt. A single image (path, PIL image, array) or video (file or frame directory) may stand
+        for its one-item list. A video is a file (decoded with PyAV and sampled at `fps` as HF's Qwen3-VL
+        video processor does: model.video), a directory of frames or a list of frames (taken as sampled at `fps`).
         Returns the answer text (a list of texts for a batch), or with stream=True (one prompt only) an
         iterator of text pieces. Sampling options as in `generate_ids`; timings go to `self.last_timings`.
         """
