@@ -125,3 +125,25 @@ def test_phone_photo_on_cpu_under_a_memory_cap(tmp_path):
     assert "vision:" in r.stderr and "Traceback" not in r.stderr
     peak = int(r.stderr.split("peak_rss")[1])
     assert peak < 4 * GiB, peak
+
+
+@pytest.mark.gpu
+def test_largest_image_on_the_kernels_backend(tmp_path):
+    """The largest image the processor allows (16,777,216 pixels: 4096x4096, 65,536 patches in one attention
+    segment) through the tiny checkpoint's tower on the kernels backend (bf16, CUDA graphs, the default): finite,
+    within the bf16 bound of tests/test_vision_kernels_model.py of the reference backend on the same GPU."""
+    import model as M
+    from model.processor import IMAGE_MAX_PIXELS, smart_resize
+    from model.tiny import ensure_tiny_checkpoint
+
+    h, w = smart_resize(4096, 4096)
+    assert h * w == IMAGE_MAX_PIXELS
+    grid = torch.tensor([[1, h // 16, w // 16]])
+    g = torch.Generator(device="cuda").manual_seed(0)
+    pv = torch.randn(int(grid.prod()), 1536, device="cuda", generator=g).to(torch.bfloat16)
+    path = ensure_tiny_checkpoint(tmp_path)
+    got = M.load(path, device="cuda", dtype=torch.bfloat16, backend="kernels").encode_images(pv, grid)
+    want = M.load(path, device="cuda", dtype=torch.bfloat16, backend="reference").encode_images(pv, grid)
+    assert got.shape == want.shape == (65536 // 4, 64) and bool(torch.isfinite(got).all())
+    err = float((got.float() - want.float()).norm() / want.float().norm())
+    assert err < 1e-2, err

@@ -40,7 +40,8 @@ for name, kw in (("kernels_eager", dict(backend="kernels", cuda_graphs=False)),
 ref = outs["reference"]
 for name in ("kernels_eager", "kernels_graphs"):
     rec["runs"][name]["max_abs_diff_vs_reference"] = d = float((outs[name] - ref).abs().max())
-    print(f"{name}: max|diff| vs reference {d:.3g} (max|ref| {float(ref.abs().max()):.3g})")
+    rec["runs"][name]["rel_l2_vs_reference"] = r = float((outs[name] - ref).norm() / ref.norm())
+    print(f"{name}: max|diff| vs reference {d:.3g} (max|ref| {float(ref.abs().max()):.3g}), rel L2 {r:.2e}")
 # the real large tower (9B / 27B / 35B-A3B: 27 layers, 1152 wide, 16 heads of 72), random weights, kernels + graphs
 from model.config import ModelConfig
 from model.loader import VISUAL, expected_shapes
