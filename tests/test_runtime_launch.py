@@ -74,3 +74,18 @@ def test_numba_launch_refuses_python_scalars():
     x = torch.randn(2, 8, device="cuda" if torch.cuda.is_available() and not SIM else "cpu")
     with pytest.raises(TypeError, match="numpy scalars"):
         launch(BIAS_GELU["f"], 1, 32, x, x, x, 16, np.int32(8), np.int32(0), np.int32(1))
+
+
+def test_package_data_ships_every_cuda_source():
+    """A wheel install reads kernels/cuda/** through nvrtc.read_source: pyproject's package-data must match every
+    .cu/.cuh file there (shared headers and the attention sources live in subfolders)."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["kernels"]
+    sources = [p.relative_to(root / "kernels").as_posix() for p in (root / "kernels" / "cuda").rglob("*")
+               if p.suffix in (".cu", ".cuh")]
+    missing = [s for s in sources if not any(fnmatch.fnmatch(s, g) and s.count("/") == g.count("/") for g in globs)]
+    assert sources and not missing, f"not in [tool.setuptools.package-data] kernels: {missing}"
