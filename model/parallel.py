@@ -112,6 +112,12 @@ class Shard:
         e = self.config.text.num_experts // self.world
         return self.rank * e, (self.rank + 1) * e
 
+    def common_seed(self, device) -> int:
+        """A fresh random seed, rank 0's on every rank (sampling without a seed must draw the same tokens)."""
+        t = torch.randint(0, 2 ** 62, (1,), dtype=torch.int64).to(device)
+        _dist().broadcast(t, src=0, group=self.group)
+        return int(t.item())
+
     def language_model(self, cfg: TextConfig, weights, ops) -> "ParallelLanguageModel":
         return ParallelLanguageModel(cfg, weights, ops, self)
 

@@ -96,7 +96,10 @@ def _worker(rank: int, world: int, init_file: str, ckpts: dict, out_dir: str) ->
     out = {}
     try:
         for kind, path in ckpts.items():
-            out[kind] = run_case(M.load(path, tensor_parallel=world))
+            m = M.load(path, tensor_parallel=world)
+            out[kind] = run_case(m)
+            if kind == "dense":  # sampling without a seed: every rank draws rank 0's seed
+                out["sampled"] = m.generate_ids(case()["input_ids"][1:, -4:], do_sample=True, max_new_tokens=4)
         try:
             M.load(ckpts["dense"], tensor_parallel=2 * world)
         except ValueError as e:
@@ -156,6 +159,7 @@ def test_ranks_match_one_process(ckpts, tmp_path, world):
         if kind == "moe":
             e = one.config.text.num_experts // world
             assert ranks[0][kind]["shapes"]["layers.0.mlp.experts.gate_up_proj"][0] == e
+    assert all(torch.equal(r["sampled"], ranks[0]["sampled"]) for r in ranks), "sampled tokens differ between ranks"
     assert "world size is" in ranks[0]["world_error"] and f"--nproc-per-node {2 * world}" in ranks[0]["world_error"]
 
 
