@@ -56,6 +56,16 @@ def _gate_up_expr(dtype, vec, routed, mmax):
     return f"moe::gate_up_kernel<{CTYPES[dtype]}, {vec}, {'true' if routed else 'false'}, {mmax}>"
 
 
+def _split_expr(dtype, vec, mt, nq):
+    return f"moe::gate_up_split_kernel<{CTYPES[dtype]}, {vec}, {_SPLIT_R}, {mt}, {nq}>"
+
+
+_SPLIT_R = 4               # gate_up_split_kernel: gate/up row pairs per CTA
+# the split build per (vector width, tokens per reduction, vectors per thread and row in flight)
+# (two vectors per thread and row in flight spill at the 128 registers of two CTAs per SM: H is walked in passes)
+_SPLIT_BUILDS = lambda v: [(w, m, 1) for w in (v, 1) for m in (1, 2)]
+
+
 def _down_expr(dtype, vec):
     return f"moe::down_kernel<{CTYPES[dtype]}, {vec}>"
 
@@ -82,6 +92,7 @@ def _dtype_exprs(dt) -> tuple[str, ...]:
     # decode: the 1-, 2- and 8-token builds; routed (more tokens, or forced): the 8-token build
     out += [_gate_up_expr(dt, v, r, m) for v in (_vec(dt), 1) for r, m in ((False, 1), (False, 2), (False, 8),
                                                                            (True, 8))]
+    out += [_split_expr(dt, *b) for b in _SPLIT_BUILDS(_vec(dt))]
     out += [_down_expr(dt, v) for v in (_vec(dt), 1)]
     if dt == torch.bfloat16:
         out += [f(dt, v) for f in (_gather_expr, _combine_expr) for v in (8, 1)]
@@ -97,6 +108,10 @@ SOURCE = NvrtcSource("moe.cu", tuple(dict.fromkeys(e for g in _GROUPS.values() f
 # the previous kernel runs (the down kernel prefetches its rows into L2 meanwhile). A module switch so the
 # benchmark can time both.
 PDL = True
+# The decode path's gate/up kernel: True = gate_up_split_kernel (the CTA's rows split over H across its warps, one
+# memory round trip per CTA, the shared expert streaming while the router runs); False = gate_up_kernel (a warp per
+# row pair, rows walked in turn). A module switch so the benchmark can time both.
+SPLIT = True
 
 
 def _launch(device: int, dtype, expr: str, grid, block, *args, shared_mem: int = 0, pdl: bool = False) -> None:
@@ -346,11 +361,19 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     else:
         sh_ptrs = (0, 0, i32(0), i32(T), 0)
     gv = vec if H % vec == 0 and _aligned(x, gate_up, *(sh[:2] if has_sh else ())) else 1
-    gy = _row_blocks(ceil_div(max(I, S or 0), _WARPS * _PAIRS), resident // (units + has_sh))
-    _launch(device, x.dtype, _gate_up_expr(x.dtype, gv, routed, mmax), (units + has_sh, gy, 1),
-            (_WARPS * 32, 1, 1), x.data_ptr(), gate_up.data_ptr(), experts.data_ptr(), i32(n_slots), i32(k),
-            i32(H), i32(I), i32(E), *ptrs, i32(mt), act.data_ptr(), *sh_ptrs, shared_mem=mt * H * x.element_size(),
-            pdl=PDL and not routed)
+    if SPLIT and not routed:
+        # one token: one per reduction; more: two (an expert's tokens and the shared expert's in chunks of two)
+        smt = 1 if T == 1 else 2
+        _launch(device, x.dtype, _split_expr(x.dtype, gv, smt, 1),
+                (units + has_sh, ceil_div(max(I, S or 0), _SPLIT_R), 1), (_WARPS * 32, 1, 1), x.data_ptr(),
+                gate_up.data_ptr(), experts.data_ptr(), i32(n_slots), i32(k), i32(H), i32(I), i32(E), act.data_ptr(),
+                *sh_ptrs, pdl=PDL)
+    else:
+        gy = _row_blocks(ceil_div(max(I, S or 0), _WARPS * _PAIRS), resident // (units + has_sh))
+        _launch(device, x.dtype, _gate_up_expr(x.dtype, gv, routed, mmax), (units + has_sh, gy, 1),
+                (_WARPS * 32, 1, 1), x.data_ptr(), gate_up.data_ptr(), experts.data_ptr(), i32(n_slots), i32(k),
+                i32(H), i32(I), i32(E), *ptrs, i32(mt), act.data_ptr(), *sh_ptrs,
+                shared_mem=mt * H * x.element_size(), pdl=PDL and not routed)
     dv = vec if I % vec == 0 and (S or 0) % vec == 0 and _aligned(down, *(sh[2:3] if has_sh else ())) else 1
     dsh = (act_sh.data_ptr(), shared_down.data_ptr(), shared_expert_gate.data_ptr(), x.data_ptr(), i32(S)) \
         if has_sh else (0, 0, 0, 0, i32(0))

@@ -217,6 +217,11 @@ def _bench_one(L, block, T, bw, tf, records, out_dir) -> None:
     moe.PDL = False
     rec["layer_nopdl_us"] = graph_ms(lambda: L.forward(x), n) * 1e3
     moe.PDL = pdl
+    rec["split"] = moe.SPLIT
+    if rec["path"] == "decode":  # the decode path's other gate/up kernel (moe.SPLIT switches)
+        moe.SPLIT = not moe.SPLIT
+        rec["layer_othersplit_us"] = graph_ms(lambda: L.forward(x), n) * 1e3
+        moe.SPLIT = not moe.SPLIT
     if T <= moe.ROUTER_MAX_TOKENS and fused:
         ROUTER_FUSED = False
         rec["layer_unfused_router_us"] = graph_ms(lambda: L.forward(x), n) * 1e3
@@ -261,7 +266,8 @@ def _bench_one(L, block, T, bw, tf, records, out_dir) -> None:
           f"({rec['routed_pct_bw_floor']:5.1f}% bw, {rec['routed_pct_gemm_floor']:5.1f}% gemm)  layer "
           f"{rec['layer_us']:8.1f} us ({rec['layer_pct_bw_floor']:5.1f}% bw, {rec['layer_pct_gemm_floor']:5.1f}%"
           f" gemm){hf_s}  gmm g/u {rec['gmm_gate_up_us']:7.1f} us {rec['gmm_gate_up_TFLOPs']:5.0f} TF"
-          + "".join(f" {kk} {rec[kk]:.1f}" for kk in ("layer_unfused_us", "layer_nopdl_us", "layer_unfused_router_us",
+          + "".join(f" {kk} {rec[kk]:.1f}" for kk in ("layer_unfused_us", "layer_nopdl_us", "layer_othersplit_us",
+                                         "layer_unfused_router_us",
                                          "router_gemm_us", "topk_us", "router_topk_fused_us",
                                          "routed_routed_us", "routed_grouped_us", "route_us")
                     if rec.get(kk) is not None), flush=True)

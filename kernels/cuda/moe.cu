@@ -451,6 +451,153 @@ __global__ void __launch_bounds__(WARPS * 32, MMAX <= 2 ? 2 : 1) gate_up_kernel(
     }
 }
 
+// gate_up_split_kernel's loads: vector q0 + WARPS * 32 * n (n < NQ) of gate rows i0..i0+R-1 and the same up rows
+template <typename T, int VEC, int R, int NQ>
+__device__ __forceinline__ void split_load_rows(Vec<T, VEC> (&wv)[2 * R][NQ], const T* __restrict__ wgate,
+                                                const T* __restrict__ wup, int H, int width, int i0, int q0,
+                                                int nvec) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const int i = min(i0 + r, width - 1);  // a row past the width recomputes the last and is not written
+#pragma unroll
+        for (int n = 0; n < NQ; ++n) {
+            const int q = q0 + WARPS * 32 * n;
+            if (q < nvec) {
+                wv[2 * r][n] = reinterpret_cast<const Vec<T, VEC>*>(wgate + (size_t)i * H)[q];
+                wv[2 * r + 1][n] = reinterpret_cast<const Vec<T, VEC>*>(wup + (size_t)i * H)[q];
+            }
+        }
+    }
+}
+
+// The decode gate/up kernel, split over H (what batch 1..16 runs): grid = (n_slots (+1 with the shared expert),
+// ceil(max(I, S) / R)); CTA (u, b) takes the R gate rows i0..i0+R-1 and the R up rows of unit u's expert, each
+// warp a contiguous stretch of every row (lane-strided vectors), so the CTA's 2R rows are loaded with all their
+// loads in flight at once (one memory round trip per CTA, many CTAs per SM) and x comes from L1/L2 in the same
+// vector layout. Per-warp partial sums are reduced across the warps in shared memory; MT tokens per reduction.
+// Unit u < n_slots is slot u: the CTA reads its expert, issues the weight loads, then (while they are in flight)
+// finds the expert's slots and exits unless u is the first of them (an expert's rows are read by one unit).
+// The shared expert's unit (sh_gate non-null, the last) does not depend on the routing: its CTAs issue their weight
+// loads before waiting for the previous kernel (so its rows stream while the router runs); x is read after it.
+template <typename T, int VEC, int R, int MT, int NQ>
+__global__ void __launch_bounds__(WARPS * 32, 2) gate_up_split_kernel(
+        const T* __restrict__ x, const T* __restrict__ gate_up, const long long* __restrict__ experts, int n_slots,
+        int k, int H, int I, int E, float* __restrict__ act, const T* __restrict__ sh_gate,
+        const T* __restrict__ sh_up, int S, int T_, float* __restrict__ act_sh) {
+    __shared__ int list[128];   // the expert's slots (n_slots <= 128)
+    __shared__ int info[2];     // first-slot flag, count
+    __shared__ float red[WARPS][2 * R * MT];
+    allow_dependent_launch();  // the down kernel may be scheduled (it prefetches its rows, then waits for this grid)
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int u = blockIdx.x;
+    const bool shared_unit = sh_gate != nullptr && u == gridDim.x - 1;
+    const int width = shared_unit ? S : I;
+    const int i0 = blockIdx.y * R;
+    if (i0 >= width) return;
+    int e = 0;
+    if (!shared_unit) {
+        wait_for_primary_grid();  // the routing (top-k) is complete and visible
+        e = expert_of(experts, u, E);
+        if (e < 0) return;
+    }
+    const T* wgate = shared_unit ? sh_gate : gate_up + (size_t)e * 2 * I * H;
+    const T* wup = shared_unit ? sh_up : wgate + (size_t)I * H;
+    const int nvec = H / VEC;
+    // this thread's vectors of every row: q = (warp * 32 + lane) + WARPS * 32 * n, n < NQ per pass
+    constexpr int STRIDE = WARPS * 32;
+    // the first pass's weights, loaded before anything else
+    Vec<T, VEC> wv[2 * R][NQ];
+    split_load_rows<T, VEC, R, NQ>(wv, wgate, wup, H, width, i0, tid, nvec);
+    int count;
+    if (shared_unit) {
+        wait_for_primary_grid();  // x and the outputs' memory: only once the previous kernel is done
+        count = T_;
+    } else {
+        if (warp == 0) {  // the expert's slots; the CTA works only if u is the first
+            int n = 0;
+            bool first_slot = true;
+            for (int s0 = 0; s0 < n_slots && first_slot; s0 += 32) {
+                const int s = s0 + lane;
+                const bool same = s < n_slots && experts[s] == e;
+                const unsigned b = __ballot_sync(0xffffffffu, same);
+                if (__ballot_sync(0xffffffffu, same && s < u)) {
+                    first_slot = false;
+                } else {
+                    if (same) list[n + __popc(b & ((1u << lane) - 1u))] = s;
+                    n += __popc(b);
+                }
+            }
+            if (lane == 0) {
+                info[0] = first_slot;
+                info[1] = n;
+            }
+        }
+        __syncthreads();
+        if (!info[0]) return;
+        count = info[1];
+    }
+    float* dst = shared_unit ? act_sh : act;
+    const int xdiv = shared_unit ? 1 : k;
+    for (int c0 = 0; c0 < count; c0 += MT) {
+        float acc[2 * R][MT];
+#pragma unroll
+        for (int r = 0; r < 2 * R; ++r)
+#pragma unroll
+            for (int j = 0; j < MT; ++j) acc[r][j] = 0.f;
+        int xrow[MT];
+#pragma unroll
+        for (int j = 0; j < MT; ++j) {
+            const int c = min(c0 + j, count - 1);
+            xrow[j] = (shared_unit ? c : list[c]) / xdiv;
+        }
+        for (int q0 = 0; q0 < nvec; q0 += STRIDE * NQ) {
+            if (q0 > 0)  // H beyond one pass: the next stretch of the rows
+                split_load_rows<T, VEC, R, NQ>(wv, wgate, wup, H, width, i0, q0 + tid, nvec);
+#pragma unroll
+            for (int n = 0; n < NQ; ++n) {
+                const int q = q0 + tid + STRIDE * n;
+                if (q < nvec) {
+#pragma unroll
+                    for (int j = 0; j < MT; ++j) {
+                        const Vec<T, VEC> xv = reinterpret_cast<const Vec<T, VEC>*>(x + (size_t)xrow[j] * H)[q];
+                        float xf[VEC];
+#pragma unroll
+                        for (int c = 0; c < VEC; ++c) xf[c] = to_f(xv.v[c]);
+#pragma unroll
+                        for (int r = 0; r < 2 * R; ++r)
+#pragma unroll
+                            for (int c = 0; c < VEC; ++c) acc[r][j] = fmaf(to_f(wv[r][n].v[c]), xf[c], acc[r][j]);
+                    }
+                }
+            }
+        }
+        if (nvec > STRIDE * NQ && c0 + MT < count)  // the next token chunk starts from the first pass
+            split_load_rows<T, VEC, R, NQ>(wv, wgate, wup, H, width, i0, tid, nvec);
+#pragma unroll
+        for (int r = 0; r < 2 * R; ++r)
+#pragma unroll
+            for (int j = 0; j < MT; ++j) {
+                const float v = warp_sum(acc[r][j]);
+                if (lane == 0) red[warp][r * MT + j] = v;
+            }
+        __syncthreads();
+        if (tid < R * MT) {
+            const int r = tid / MT, j = tid - r * MT;
+            if (i0 + r < width && c0 + j < count) {
+                float g = 0.f, up = 0.f;
+#pragma unroll
+                for (int w = 0; w < WARPS; ++w) {
+                    g += red[w][2 * r * MT + j];
+                    up += red[w][(2 * r + 1) * MT + j];
+                }
+                const int slot = shared_unit ? c0 + j : list[c0 + j];
+                dst[(size_t)slot * width + i0 + r] = g / (1.f + expf(-g)) * up;
+            }
+        }
+        __syncthreads();  // red is reused by the next chunk
+    }
+}
+
 // ------------------------------------------------------------------------------------------------ down + combine
 // One output row h: the k routed rows (and the shared expert's) against the staged activations.
 template <typename T, int VEC>
