@@ -174,12 +174,27 @@ def moe_router_topk(x: torch.Tensor, router_weight: torch.Tensor, k: int, *, out
     vec = _vec(x.dtype)
     vec = vec if H % vec == 0 and _aligned(x, router_weight) else 1
     scratch = torch.empty(T * E + 1, dtype=torch.float32, device=x.device)
-    ticket = torch.zeros(1, dtype=torch.int32, device=x.device)  # the last CTA resets it (graph replays)
+    ticket = _ticket(x.device)
     npl = next(n for n in _NPL if 32 * n >= E)
     _launch(device, x.dtype, _router_expr(x.dtype, vec, _ROUTER_TMAX, npl), (ceil_div(E, _WARPS), 1, 1), (_WARPS * 32, 1, 1),
             x.data_ptr(), router_weight.data_ptr(), i32(T), i32(H), i32(E), i32(k), scratch.data_ptr(),
             ticket.data_ptr(), w.data_ptr(), e.data_ptr())
     return w, e
+
+
+_TICKETS: dict = {}
+
+
+def _ticket(device) -> torch.Tensor:
+    """The fused router's CTA counter: one zeroed int32 per device, kept (the kernel's last CTA resets it to 0, so
+    no memset node runs per call); a call that first meets the device inside a CUDA-graph capture gets its own
+    zeroed counter (captured with it). One router call at a time per device (the model's single stream)."""
+    t = _TICKETS.get(device)
+    if t is None:
+        t = torch.zeros(1, dtype=torch.int32, device=device)
+        if not _capturing():
+            _TICKETS[device] = t
+    return t
 
 
 def _topk_outs(T, k, device, out):
