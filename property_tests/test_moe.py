@@ -195,6 +195,21 @@ def test_decode_with_and_without_programmatic_launch(pdl, monkeypatch):
         _check_path(case, "decode")
 
 
+@gpu
+@pytest.mark.parametrize("split", [False, True])
+def test_decode_gate_up_kernels(split, monkeypatch):
+    """Both decode gate/up kernels (moe.SPLIT): H in one pass of the split kernel's CTA (2048), in two (4096), not a
+    multiple of the vector (scalar build), an expert width not a multiple of its 4 rows, the shared expert wider
+    than the experts, 1 to 16 tokens (an expert or the shared expert with more tokens than one reduction takes)."""
+    moe = _kernels()
+    monkeypatch.setattr(moe, "SPLIT", split)
+    for T, H, I, S, mode, dt in ((1, 2048, 64, 96, "random", torch.bfloat16), (2, 4096, 30, 0, "same", torch.bfloat16),
+                                 (5, 100, 18, 40, "repeat", torch.bfloat16), (16, 256, 64, 200, "skewed", torch.float32),
+                                 (3, 2048, 512, 512, "random", torch.float16)):
+        case = cases.build_moe_mlp(T, H, I, 24, 8, dt, seed=T, mode=mode, shared=S or None)
+        _check_path(case, "decode")
+
+
 # ------------------------------------------------------------------------------------------------ fused router
 @gpu
 @given(T=st.sampled_from((1, 2, 8, 9, 64)), E=st.sampled_from((8, 33, 256, 512)), k=st.sampled_from((1, 8, 10)),
