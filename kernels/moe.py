@@ -225,10 +225,35 @@ def moe_routing(experts: torch.Tensor, num_experts: int, *, _dtype=torch.bfloat1
     perm = torch.empty(n, dtype=torch.int32, device=dev)
     inv = torch.empty(n, dtype=torch.int32, device=dev)
     active = torch.empty(E, dtype=torch.int32, device=dev)
+    if n >= SORT_ROUTE_MIN:
+        return _routing_by_sort(experts.reshape(-1), E)
     smem = ((_ROUTE_THREADS // 32) * E + 2 * E + 65) * 4
     _launch(device, _dtype, "moe::route_kernel", (1, 1, 1), (_ROUTE_THREADS, 1, 1), experts.data_ptr(), i32(n),
                   i32(E), offsets.data_ptr(), perm.data_ptr(), inv.data_ptr(), active.data_ptr(),
                   shared_mem=smem)
+    return offsets, perm, inv, active
+
+
+# From this many slots the routing metadata comes from a stable device radix sort (torch.sort: many CTAs) instead
+# of the one-CTA counting sort of route_kernel, whose serial passes cost ~150 us at 8192 tokens x top-8 (H200).
+SORT_ROUTE_MIN = 16384
+
+
+def _routing_by_sort(flat: torch.Tensor, E: int):
+    """moe_routing's outputs from torch ops with no host synchronisation (capturable): experts outside [0, E) get
+    the key E, so they sort after every valid slot, take no part in the offsets and get inv = -1."""
+    n, dev = flat.numel(), flat.device
+    key = torch.where((flat >= 0) & (flat < E), flat, E)
+    sorted_key, order = torch.sort(key, stable=True)
+    bounds = torch.arange(E + 1, dtype=key.dtype, device=dev)
+    offsets = torch.searchsorted(sorted_key, bounds).to(torch.int32)  # first position of each expert, then total
+    perm = order.to(torch.int32)
+    pos = torch.arange(n, dtype=torch.int32, device=dev)
+    inv = torch.empty(n, dtype=torch.int32, device=dev).scatter_(0, order, torch.where(sorted_key < E, pos, -1))
+    counts = offsets[1:] - offsets[:-1]
+    ids = torch.arange(E, dtype=torch.int32, device=dev)
+    active = torch.sort(torch.where(counts > 0, ids, E)).values  # the non-empty experts ascending, then E -> -1
+    active = torch.where(active < E, active, -1)
     return offsets, perm, inv, active
 
 
