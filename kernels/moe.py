@@ -417,7 +417,9 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     dv = vec if I % vec == 0 and (S or 0) % vec == 0 and _aligned(down, *(sh[2:3] if has_sh else ())) else 1
     dsh = (act_sh.data_ptr(), shared_down.data_ptr(), shared_expert_gate.data_ptr(), x.data_ptr(), i32(S)) \
         if has_sh else (0, 0, 0, 0, i32(0))
-    gy = _row_blocks(ceil_div(H, _WARPS), (2 * sms) // T)
+    # row blocks per token: one wave at batch 1; from a few tokens at most 2 rows a warp (each row is a few
+    # dependent load steps: 8 rows a warp made the 8-token down kernel latency-bound), more than one wave
+    gy = _row_blocks(ceil_div(H, _WARPS), max((2 * sms) // T, ceil_div(H, 2 * _WARPS)))
     _launch(device, x.dtype, _down_expr(x.dtype, dv), (T, gy, 1), (_WARPS * 32, 1, 1),
             act.data_ptr(), down.data_ptr(), weights.data_ptr(), experts.data_ptr(), i32(k), i32(H), i32(I),
             i32(E), y.data_ptr(), *dsh, shared_mem=(k * I + (S or 0)) * 4, pdl=PDL)
