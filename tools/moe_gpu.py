@@ -364,7 +364,7 @@ def _step_bytes(lm, B: int) -> float:
     return total + experts * (1 - (1 - k / E) ** B)
 
 
-def model_decode(batches, layers: int, context: int, out_dir) -> list[dict]:
+def model_decode(batches, layers: int, context: int, out_dir, profile: bool = False) -> list[dict]:
     from model.generate import DecodeSession, Sampling
 
     bw = copy_bandwidth_TBps()
@@ -403,8 +403,20 @@ def model_decode(batches, layers: int, context: int, out_dir) -> list[dict]:
                       flush=True)
             else:
                 print(f"35B-A3B decode bs{B}: no graph ({sess.mode})", flush=True)
-            records.append(rec)
             del sess
+            if profile:  # one eager step's kernels by op (tools/lm_decode_profile.py)
+                sys.path.insert(0, str(Path(__file__).resolve().parent))
+                from lm_decode_profile import profile_step
+
+                r = profile_step(lm, B, context, context + 64)
+                rec.update(eager_kernels=r["kernels_per_step"], eager_kernel_us=r["kernel_us"], by_op=r["by_op"],
+                           by_kernel=dict(list(r["by_kernel"].items())[:25]))
+                print(f"   eager step: {r['kernels_per_step']} kernels, {r['kernel_us']} us busy", flush=True)
+                for kk, v in list(r["by_op"].items())[:10]:
+                    print(f"   {v['us']:8.1f} us {v['kernels']:4d} k  {kk}", flush=True)
+                for kk, v in list(r["by_kernel"].items())[:8]:
+                    print(f"   {v['us']:8.1f} us {v['kernels']:4d} x  {kk}", flush=True)
+            records.append(rec)
             torch.cuda.empty_cache()
         except Exception as ex:
             print(f"35B-A3B decode bs{B}: FAILED {type(ex).__name__}: {str(ex)[:300]}", flush=True)
@@ -426,6 +438,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", default="1,32", help="--model-decode: comma list of batch sizes")
     ap.add_argument("--layers", type=int, default=40, help="--model-decode: decoder layers (40: the real model)")
     ap.add_argument("--context", type=int, default=1024, help="--model-decode: tokens already in the cache")
+    ap.add_argument("--profile", action="store_true", help="--model-decode: also one eager step's kernels by op")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} grouped_mm "
@@ -438,7 +451,7 @@ def main(argv=None) -> int:
     if a.bench:
         bench(a.sizes.split(","), [int(t) for t in a.tokens.split(",")], not a.no_hf, a.out)
     if a.model_decode:
-        model_decode([int(b) for b in a.batch.split(",")], a.layers, a.context, a.out)
+        model_decode([int(b) for b in a.batch.split(",")], a.layers, a.context, a.out, a.profile)
     return 1 if bad else 0
 
 
