@@ -1,8 +1,8 @@
 """The largest image the processor allows (16,777,216 pixels = 4096x4096: 65,536 patches, one
 attention segment) through the vision tower of the tiny checkpoint on the kernels backend (bf16, eager and
 CUDA-graphed, the default), beside the reference backend on the same GPU. Prints the peak memory beyond the
-weights; JSON to $OUT/big_image.json.  Run: PYTHONPATH=. OUT=/tmp python3 tools/big_image_gpu.py"""
-import json, os, time
+weights; JSON to $OUT/big_image-<card>-<date>.json.  Run: PYTHONPATH=. OUT=/tmp python3 tools/big_image_gpu.py"""
+import os, time
 import torch
 import model
 from model.processor import smart_resize, IMAGE_MAX_PIXELS
@@ -73,5 +73,6 @@ for name, tower in (("9B_tower_kernels_eager", VisionTower(cfg.vision, wts, ops_
         del y, t
         torch.cuda.empty_cache()
 rec["total_gpu_bytes"] = torch.cuda.get_device_properties(0).total_memory
-with open(os.path.join(out_dir, "big_image.json"), "w") as f:
-    json.dump(rec, f, indent=1)
+from benchmarks.common import write_results  # card, commit, date, versions
+runs = rec.pop("runs")
+print("wrote", write_results("big_image", [dict(name=k, **v) for k, v in runs.items()], extra=rec, out_dir=out_dir))
