@@ -45,7 +45,7 @@ DEFAULT_CHUNK = 8192  # packed prompt tokens per prefill chunk
 # runs one of them on the reference cannot be captured in a CUDA graph
 HOST_READING_REFERENCES = ("qk_norm_rope", "decode_attention", "causal_conv1d", "fused_gated_delta_rule")
 HOST_READING_MOE = ("moe_topk", "moe_mlp")
-ROUTER_FUSED_ROWS = 64  # kernels.moe.moe_router_topk takes up to 64 tokens (decode); more: router GEMM + moe_topk
+ROUTER_FUSED_ROWS = 0  # MoE: up to this many tokens the fused kernels.moe.moe_router_topk (at most 64), else GEMM + top-k
 
 
 @dataclass
@@ -404,16 +404,18 @@ class LanguageModel:
         p = f"layers.{i}.mlp."
         if not cfg.is_moe:
             return self.linear(self.linear_silu_mul(x, p + "gate_up_proj.weight"), p + "down_proj.weight")
-        # MoE layer: router + top-k (one fused kernel for decode-sized T, else the router GEMM then top-k), then the
-        # routed experts with the sigmoid-gated shared expert fused into the combine. Nothing is read on the host
-        # (validate=False), so the decode step stays capturable; the paths depend on host sizes only.
-        k, router = cfg.num_experts_per_tok, w[p + "gate.weight"]
+        # MoE layer: the router GEMM (the skinny kernel at decode) then top-k, then the routed experts with the
+        # sigmoid-gated shared expert fused into the combine. Nothing is read on the host (validate=False), so the
+        # decode step stays capturable; the paths depend on host sizes only. (kernels.moe.moe_router_topk, the
+        # router and top-k in one launch, measured slower than the two at 1 and 8 tokens on the H200: 11.6 us vs
+        # 5.3 + 5.3, benchmarks/results/moe-H200-2026-12-02.json; ROUTER_FUSED_ROWS > 0 turns it on up to that T.)
+        k = cfg.num_experts_per_tok
         fused_router = getattr(ops, "moe_router_topk", None)
         if fused_router is not None and fused_router is not reference.moe_router_topk and \
                 x.shape[0] <= ROUTER_FUSED_ROWS:
-            weights, experts = fused_router(x, router, k)
+            weights, experts = fused_router(x, w[p + "gate.weight"], k)
         else:
-            weights, experts = self.op("moe_topk")(F.linear(x, router), k)
+            weights, experts = self.op("moe_topk")(self.linear(x, p + "gate.weight"), k)
         s = p + "shared_expert."
         return _call(self.op("moe_mlp"), x, w[p + "experts.gate_up_proj"], w[p + "experts.down_proj"], weights,
                      experts, shared_gate=w[s + "gate_proj.weight"], shared_up=w[s + "up_proj.weight"],
