@@ -1,14 +1,14 @@
 """The largest image the processor allows (16,777,216 pixels = 4096x4096: 65,536 patches, one
 attention segment) through the vision tower of the tiny checkpoint on the kernels backend (bf16, eager and
 CUDA-graphed, the default), beside the reference backend on the same GPU. Prints the peak memory beyond the
-weights; JSON to $OUT/big_image-<card>-<date>.json.  Run: PYTHONPATH=. OUT=/tmp python3 tools/big_image_gpu.py"""
+weights; JSON big_image-<card>-<date>.json in $OUT, else benchmarks/results/.  Run: PYTHONPATH=. python3 tools/big_image_gpu.py"""
 import os, time
 import torch
 import model
 from model.processor import smart_resize, IMAGE_MAX_PIXELS
 from model.tiny import ensure_tiny_checkpoint
 
-out_dir = os.environ.get("OUT", ".")
+out_dir = os.environ.get("OUT") or None  # None: benchmarks/results/
 tiny = ensure_tiny_checkpoint(os.environ.get("G1_TINY", "/tmp/g1tiny"))
 h, w = smart_resize(4096, 4096)
 assert h * w == IMAGE_MAX_PIXELS == 16777216, (h, w)
