@@ -1,7 +1,8 @@
 """The largest image the processor allows (16,777,216 pixels = 4096x4096: 65,536 patches, one
 attention segment) through the vision tower of the tiny checkpoint on the kernels backend (bf16, eager and
 CUDA-graphed, the default), beside the reference backend on the same GPU. Prints the peak memory beyond the
-weights; JSON big_image-<card>-<date>.json in $OUT, else benchmarks/results/.  Run: PYTHONPATH=. python3 tools/big_image_gpu.py"""
+weights; JSON big_image-<card>-<date>.json in $OUT, else benchmarks/results/.
+Run: PYTHONPATH=. python3 tools/big_image_gpu.py"""
 import os, time
 import torch
 import model
