@@ -40,7 +40,8 @@ _STAGES = (3, 2)            # cp.async ring depth: 3 where 200 KB of shared memo
 _LOG2E = 1.4426950408889634
 _APPEND_VECS = {torch.float32: (4, 2, 1), torch.float16: (8, 4, 2, 1), torch.bfloat16: (8, 4, 2, 1)}
 PREFETCH = 0  # tiles of K/V prefetched into L2 beyond the cp.async ring (kernel argument; 0 = none). 0 won on
-# the H200 at every goal case (b1 8k/32k/128k, b32 8k: 2 tiles cost 0-15 %, 4 tiles up to 30 %; tools/decode_attention_gpu.py)
+# the H200 at every goal case (b1 8k/32k/128k, b32 8k: 2 tiles cost 0-15 %, 4 tiles up to 30 %;
+# tools/decode_attention_gpu.py)
 # Fused merge: the split kernel's last CTAs merge the chunks (no combine kernel). Arrival counters live in one
 # buffer per device that every launch leaves zeroed, so two launches must not overlap on one device (streams
 # running decode attention concurrently); the combine kernel path has no such state.

@@ -101,6 +101,10 @@ def _qk_expr(dtype, vec: int, nv: int, ipw: int = 4, lean: bool = True) -> str:
     return f"rope::qk_norm_rope_kernel<{CTYPES[dtype]}, {vec}, {nv}, {ipw}, {cbool(lean)}>"
 
 
+def _staged_expr(dtype) -> str:
+    return f"rope::qk_norm_rope_staged<{CTYPES[dtype]}>"
+
+
 QK_TRIALS = (1, 2, 8)  # other heads-per-warp builds of the 16-bit d <= 256 variant, for timing trials
 
 
@@ -108,6 +112,7 @@ SOURCE = NvrtcSource("rope.cu", _VISION_EXPRS + tuple(_qk_expr(dt, v, n, _IPW, l
                                                       for v, n in _qk_variants(dt) for lean in (True, False))
                       + tuple(_qk_expr(dt, 8, 1, i, lean) for dt in (torch.float16, torch.bfloat16) for i in QK_TRIALS
                               for lean in (True, False))
+                      + tuple(_staged_expr(dt) for dt in (torch.float16, torch.bfloat16))
                       + ("rope::mrope_cos_sin_kernel",))
 
 
@@ -147,8 +152,32 @@ def _outs(out, n: int, shapes, dtype):
                  for i, (o, (s, dev)) in enumerate(zip(out, shapes)))
 
 
+_STAGED_SMEM = 48 * 1024  # a staged CTA's shared memory at most (no opt-in; 4 CTAs an SM on the H200)
+
+
+def _staged_tokens(dtype, d: int, r: int, H: int, q_ts: int, q_hs: int, *tensors) -> int:
+    """Tokens a CTA of the staged build takes (0: the staged build does not apply). It serves 16-bit q/k without a
+    cache write, d <= 256 and d % 8 == 0, r % 8 == 0, every tensor and row 16-byte aligned."""
+    if dtype not in (torch.float16, torch.bfloat16) or d > 256 or d % 8 or r % 8 or q_ts % 8 or q_hs % 8:
+        return 0
+    if any(t is not None and t.data_ptr() % 16 for t in tensors):
+        return 0
+    per_token = H * d * 2 + 2 * r * 4
+    return max(0, (_STAGED_SMEM - 2 * d * 2) // per_token)
+
+
 def _launch_qk(device, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, v, k_cache, v_cache, cu, lengths,
                T, Hq, Hkv, d, r, norm, eps, ipw=None, lean=None):
+    tb = 0 if k_cache is not None or ipw is not None or lean is not None else _staged_tokens(
+        q_in.dtype, d, r, Hq + Hkv, q_ts, q_hs, q_in, k_in, qw, kw, cos, sin, q_out, k_out)
+    if tb and T and Hq + Hkv:
+        ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+        smem = tb * (Hq + Hkv) * d * 2 + tb * 2 * r * 4 + 2 * d * 2
+        SOURCE.launch(device, _staged_expr(q_in.dtype), (ceil_div(T, tb), 1, 1), (256, 1, 1),
+                      q_in.data_ptr(), i64(q_ts), i32(q_hs), ptr(k_in), ptr(qw), ptr(kw), cos.data_ptr(),
+                      sin.data_ptr(), q_out.data_ptr(), ptr(k_out), i32(T), i32(Hq), i32(Hkv), i32(d), i32(r),
+                      i32(norm), f32(eps), i32(tb), shared_mem=smem)
+        return
     vec, nv = _pick_qk(q_in.dtype, d, q_in, k_in, qw, kw, q_out, k_out, v, k_cache, v_cache)
     ipw = ipw if ipw in QK_TRIALS and (vec, nv) == (8, 1) else _IPW  # a trial build, or the default
     # one warp per group of ipw q (or k, or with a cache v) heads of a token
@@ -161,7 +190,8 @@ def _launch_qk(device, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, v
     e = vec * nv
     lean = r % e == 0 and (e % 4 != 0 or (cos.data_ptr() | sin.data_ptr()) % 16 == 0) and lean is not False
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    SOURCE.launch(device, _qk_expr(q_in.dtype, vec, nv, ipw, lean), (ceil_div(warps, _WARPS), 1, 1), (32 * _WARPS, 1, 1),
+    SOURCE.launch(device, _qk_expr(q_in.dtype, vec, nv, ipw, lean), (ceil_div(warps, _WARPS), 1, 1),
+                  (32 * _WARPS, 1, 1),
                   q_in.data_ptr(), i64(q_ts), i32(q_hs), ptr(k_in), ptr(qw), ptr(kw), cos.data_ptr(), sin.data_ptr(),
                   q_out.data_ptr(), ptr(k_out), ptr(v), ptr(k_cache), ptr(v_cache), ptr(cu),
                   i32(cu is not None and cu.dtype == torch.int64), ptr(lengths),

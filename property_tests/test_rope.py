@@ -114,7 +114,7 @@ def test_decode_step_replayed_from_a_graph(B):
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        step()
+        k_seen = [step()[2].clone()]  # every k returned so far: the cache holds slots of earlier steps too
     torch.cuda.current_stream().wait_stream(side)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
@@ -128,7 +128,9 @@ def test_decode_step_replayed_from_a_graph(B):
                                          cu_seqlens=kw["cu_seqlens"], lengths=lengths)
         torch.cuda.synchronize()
         compare(SPEC, (q_g, k_g), (q_ref, k_ref), f"replay {t}", dtype)
-        _check_caches(kw["k_cache"], kw["v_cache"], kc_ref, vc_ref, k_g, kw["v"], f"replay {t}", dtype)
+        k_seen.append(k_g.clone())
+        _check_caches(kw["k_cache"], kw["v_cache"], kc_ref, vc_ref, torch.cat(k_seen), kw["v"], f"replay {t}",
+                      dtype)
         lengths += 1
 
 
@@ -144,3 +146,25 @@ def test_heads_per_warp_builds(ipw):
     compare(SPEC, (q, k), (q_ref, k_ref), f"ipw {ipw}", torch.bfloat16)
     _check_caches(kw["k_cache"], kw["v_cache"], kw_ref["k_cache"], kw_ref["v_cache"], k, kw["v"], f"ipw {ipw}",
                   torch.bfloat16)
+
+
+@pytest.mark.parametrize("T,hq,hkv,d,r,dtype", [
+    (1, 8, 2, 256, 32, torch.bfloat16), (37, 8, 2, 256, 32, torch.bfloat16), (300, 24, 4, 256, 32, torch.float16),
+    (19, 3, 1, 128, 16, torch.bfloat16), (5, 2, 3, 64, 8, torch.float16)])
+def test_staged_build(T, hq, hkv, d, r, dtype):
+    """The staged (shared-memory) build of the no-cache calls == the reference, against the warp-per-heads builds
+    too (their agreement: the same rounding points); apply_rope on the same path."""
+    assert K._staged_tokens(dtype, d, r, hq + hkv, hq * 2 * d, 2 * d) > 0, "the case must take the staged build"
+    case = build_qk_norm_rope(T, hq, hkv, d, r, dtype, seed=T)
+    args = case.on("cuda")
+    out = tuple(torch.full((T, h, d), float("nan"), dtype=dtype, device="cuda") for h in (hq, hkv))
+    q, _, k = K.qk_norm_rope(*args, out=(out[0], None, out[1]))
+    q_ref, _, k_ref = R.qk_norm_rope(*args)
+    q_w, _, k_w = K.qk_norm_rope(*args, _ipw=2)  # a warp-per-heads build
+    torch.cuda.synchronize()
+    compare(SPEC, (q, k), (q_ref, k_ref), "staged", dtype)
+    compare(SPEC, (q, k), (q_w, k_w), "staged vs warp build", dtype)
+    x, cos, sin = args[1], args[4], args[5]
+    y = torch.full_like(x, float("nan"))
+    K.apply_rope(x, cos, sin, out=y)
+    compare(REGISTRY["apply_rope"], y, R.apply_rope(x, cos, sin), "apply_rope staged", dtype)

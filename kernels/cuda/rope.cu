@@ -4,6 +4,8 @@
 //   out[j] = a cos[j] - b sin[j],  out[j + hd/2] = b cos[j] + a sin[j],  (a, b) = (x[j], x[j + hd/2]), j < hd/2,
 //   cos/sin fp32 [rows, hd/2]. fp32 math, one rounding on store.
 #include "include/convert.cuh"
+#include "include/cp_async.cuh"
+#include "include/ptx.cuh"
 #include "include/reduce.cuh"
 
 namespace rope {
@@ -339,6 +341,88 @@ __global__ void __launch_bounds__(128, (LEAN && NV * VEC * IPW <= 32) ? 6 : 1) q
                 if (crow >= 0) store_f(k_cache + crow + (long long)it * d + e, part);
             }
         }
+}
+
+// Staged qk_norm_rope / apply_rope for prefill sizes (no cache write): a CTA copies TB tokens' q and k heads, their
+// cos/sin rows and the two weights into shared memory with cp.async (bytes in flight without registers: what a
+// warp-per-heads kernel cannot keep at 55-67 % of the copy), then each warp takes (token, head) rows from shared
+// memory: a lane owns 8 consecutive elements (d <= 256, d % 8 == 0), the sum of squares is one warp_sum, the
+// rotation partner (r % 8 == 0) comes by a shuffle, and the row is written with one 16-byte store a lane.
+// Shared layout: [TB][H = Hq + Hkv][d] inputs, [TB][2][r] cos then sin, [2][d] weights (q, k).
+template <typename T>
+__global__ void __launch_bounds__(256) qk_norm_rope_staged(
+    const T* __restrict__ q_in, long long q_ts, int q_hs, const T* __restrict__ k_in, const T* __restrict__ qw,
+    const T* __restrict__ kw, const float* __restrict__ cos, const float* __restrict__ sin,
+    T* __restrict__ q_out, T* __restrict__ k_out, int ntok, int Hq, int Hkv, int d, int r, int norm, float eps,
+    int TB) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int H = Hq + Hkv, CH = d / 8;  // 16-byte chunks per head row
+    T* sx = reinterpret_cast<T*>(smem);
+    float* sc = reinterpret_cast<float*>(smem + (size_t)TB * H * d * sizeof(T));
+    T* sw = reinterpret_cast<T*>(sc + (size_t)TB * 2 * r);
+    const int t0 = blockIdx.x * TB, nt = min(TB, ntok - t0), tid = threadIdx.x;
+    const unsigned sxa = smem_u32(sx), sca = smem_u32(sc), swa = smem_u32(sw);
+    for (int c = tid; c < nt * H * CH; c += blockDim.x) {
+        const int tt = c / (H * CH), rest = c % (H * CH), h = rest / CH, ch = rest % CH;
+        const int t = t0 + tt;
+        const T* src = h < Hq ? q_in + t * q_ts + (long long)h * q_hs + ch * 8
+                              : k_in + ((long long)t * Hkv + (h - Hq)) * d + ch * 8;
+        cp_async16(sxa + (unsigned)(c * 16), src, true);
+    }
+    for (int c = tid; c < nt * 2 * (r / 4); c += blockDim.x) {  // cos rows then sin rows, 4 floats a copy
+        const int tt = c / (2 * (r / 4)), rest = c % (2 * (r / 4)), which = rest / (r / 4), j = (rest % (r / 4)) * 4;
+        const float* src = (which ? sin : cos) + (long long)(t0 + tt) * r + j;
+        cp_async16(sca + (unsigned)(((tt * 2 + which) * r + j) * 4), src, true);
+    }
+    if (norm) {
+        for (int c = tid; c < 2 * CH; c += blockDim.x)
+            cp_async16(swa + (unsigned)(c * 16), (c < CH ? qw : kw) + (c % CH) * 8, true);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+
+    const int lane = tid & 31, warp = tid >> 5, e0 = lane * 8;
+    const bool live = e0 < d;
+    const int pl = r == 0 ? lane : e0 < r ? lane + r / 8 : (e0 < 2 * r ? lane - r / 8 : lane);
+    for (int item = warp; item < nt * H; item += blockDim.x / 32) {
+        const int tt = item / H, h = item % H, t = t0 + tt;
+        const bool is_q = h < Hq;
+        float y[8];
+        if (live) {
+            const Vec<T, 8> xv = *reinterpret_cast<const Vec<T, 8>*>(sx + (size_t)item * d + e0);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) y[i] = to_f(xv.v[i]);
+        } else {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) y[i] = 0.f;
+        }
+        if (norm) {
+            float ss = 0.f;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) ss += y[i] * y[i];
+            const float inv = rsqrtf(warp_sum(ss) / (float)d + eps);
+            if (live) {
+                const Vec<T, 8> wv = *reinterpret_cast<const Vec<T, 8>*>(sw + (is_q ? 0 : d) + e0);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) y[i] = round_to<T>(y[i] * inv * (1.f + to_f(wv.v[i])));
+            }
+        }
+        if (r > 0) {
+            const int j0 = e0 < r ? e0 : e0 - r;
+            const float sg = e0 < r ? -1.f : 1.f;
+            const float* cr = sc + (size_t)tt * 2 * r;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const float p = __shfl_sync(0xffffffffu, y[i], pl);
+                if (e0 < 2 * r) y[i] = y[i] * cr[j0 + i] + p * sg * cr[r + j0 + i];
+            }
+        }
+        if (live) {
+            T* dst = is_q ? q_out + ((long long)t * Hq + h) * d : k_out + ((long long)t * Hkv + (h - Hq)) * d;
+            store_f(dst + e0, y);
+        }
+    }
 }
 
 // mRoPE tables (reference.mrope_cos_sin): one thread per (token, frequency j); the frequency's axis
