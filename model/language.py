@@ -142,9 +142,15 @@ class LanguageModel:
                 w[p + "gate_up_proj.weight"] = torch.cat([w.pop(p + "gate_proj.weight"), w.pop(p + "up_proj.weight")])
 
         # decode-sized products (<= skinny_rows rows) on the skinny tensor-core GEMM (kernels.gemm) on the kernels
-        # backend: cuBLAS's split-K tiles reach ~30 % of the copy rate at these shapes; None: F.linear everywhere
+        # backend where it is faster than cuBLAS for that call shape: measured on an H200, cuBLAS's split-K tiles
+        # reach 0.4-2.4 TB/s on the 4-15 MB matrices of the 0.8B step (the skinny kernel wins), but ~4 TB/s on the
+        # 9B's 30-200 MB ones, and its 32-row tiles beat the skinny kernel's. Each (kind, N, K, rows) is timed once,
+        # in CUDA graphs, the first time it is called outside a capture (the decode session's warm-up), and the
+        # winner kept in skinny_choice. None: F.linear everywhere; skinny_autotune=False: skinny wherever it fits.
         self.skinny = _skinny_gemm() if ops is not reference else None
         self.skinny_rows = 32
+        self.skinny_autotune = True
+        self.skinny_choice: dict = {}
         # the decode step's glue (embedding, mRoPE angles, attend lengths; greedy choice + stop rule) as one kernel
         # each (kernels.glue) on the kernels backend; None: the torch ops
         self.glue = _glue_kernels() if ops is not reference else None
@@ -153,10 +159,25 @@ class LanguageModel:
     def device(self):
         return self.embed_weight.device
 
+    def _skinny(self, kind: str, x: torch.Tensor, wt: torch.Tensor, ours, theirs) -> bool:
+        """Whether this call goes to the skinny kernel (`ours`, a closure running it) rather than cuBLAS
+        (`theirs`): it must take the operands and, with skinny_autotune, have won the timing of its shape."""
+        if self.skinny is None or x.shape[0] > self.skinny_rows or not self.skinny[1](x, wt):
+            return False
+        if not self.skinny_autotune:
+            return True
+        key = (kind, wt.shape[0], wt.shape[1], x.shape[0])
+        won = self.skinny_choice.get(key)
+        if won is None:
+            if torch.cuda.is_current_stream_capturing():
+                return True  # not timed before capture (the session's warm-up times every shape of its step)
+            won = self.skinny_choice[key] = _faster(ours, theirs)
+        return won
+
     def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        """x @ w[name].T: the skinny kernel for a few rows when it takes the operands, else cuBLAS."""
+        """x @ w[name].T: the skinny kernel for a few rows where it is the faster, else cuBLAS."""
         wt = self.w[name]
-        if self.skinny is not None and x.shape[0] <= self.skinny_rows and self.skinny[1](x, wt):
+        if self._skinny("plain", x, wt, lambda: self.skinny[0](x, wt), lambda: F.linear(x, wt)):
             return self.skinny[0](x, wt)
         return F.linear(x, wt)
 
@@ -164,7 +185,9 @@ class LanguageModel:
         """A fused projection x @ w[name].T cut by columns into `sizes`: on the skinny kernel each part is written
         contiguous (no slicing copies); on cuBLAS the parts are column views of one output."""
         wt = self.w[name]
-        if self.skinny is not None and x.shape[0] <= self.skinny_rows and self.skinny[1](x, wt):
+        # (cuBLAS's side of the timing includes the copies the callers make of non-first parts)
+        if self._skinny("split", x, wt, lambda: self.skinny[0](x, wt, split=sizes),
+                        lambda: [t.contiguous() for t in F.linear(x, wt)[:, sizes[0]:].split(list(sizes[1:]), 1)]):
             return self.skinny[0](x, wt, split=sizes)
         y, c = F.linear(x, wt), 0
         parts = []
@@ -176,9 +199,10 @@ class LanguageModel:
     def linear_silu_mul(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """silu(x @ gate.T) * (x @ up.T) from the fused [gate; up] weight w[name] (one kernel for a few rows)."""
         wt = self.w[name]
-        if self.skinny is not None and x.shape[0] <= self.skinny_rows and self.skinny[1](x, wt):
+        fused = self.op("silu_mul_fused")
+        if self._skinny("silu", x, wt, lambda: self.skinny[0](x, wt, silu_mul=True), lambda: fused(F.linear(x, wt))):
             return self.skinny[0](x, wt, silu_mul=True)
-        return self.op("silu_mul_fused")(F.linear(x, wt))
+        return fused(F.linear(x, wt))
 
     @property
     def dtype(self):
@@ -357,9 +381,11 @@ class LanguageModel:
                     o[s:e] = _attend_after_prefix(q[s:e], cache.k[i][b, : n0 + e - s], cache.v[i][b, : n0 + e - s])
         o = o.contiguous()  # a no-op for the kernels' o; the reference's may be a view
         wo = self.w[pre + "o_proj.weight"]
-        if self.skinny is not None and T <= self.skinny_rows and self.skinny[1](o.view(T, Hq * d), wo):
+        o2 = o.view(T, Hq * d)
+        if self._skinny("gate", o2, wo, lambda: self.skinny[0](o2, wo, gate=gate),
+                        lambda: F.linear(ops.sigmoid_gate(o, gate).view(T, Hq * d), wo)):
             # the output gate o * sigmoid(gate) folded into the skinny o_proj's operand load (one kernel less)
-            return self.skinny[0](o.view(T, Hq * d), wo, gate=gate)
+            return self.skinny[0](o2, wo, gate=gate)
         o = ops.sigmoid_gate(o, gate)
         return self.linear(o.reshape(T, Hq * d), pre + "o_proj.weight")
 
@@ -421,6 +447,45 @@ class LanguageModel:
                      experts, shared_gate=w[s + "gate_proj.weight"], shared_up=w[s + "up_proj.weight"],
                      shared_down=w[s + "down_proj.weight"], shared_expert_gate=w[p + "shared_expert_gate.weight"],
                      validate=False)
+
+
+def _graph_ms(fn, reps: int = 8) -> float:
+    """Device time of `reps` calls of fn, each after a small unrelated kernel (as in the model, where a norm or a
+    conv precedes each GEMM: a programmatic launch cannot overlap two calls of itself), replayed from a graph."""
+    pad = torch.empty(256, device=torch.cuda.current_device())
+
+    def body():
+        for _ in range(reps):
+            pad.zero_()
+            fn()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        body()  # loads the kernels, settles the allocator
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        body()
+    graph.replay()
+    best = float("inf")
+    for _ in range(3):
+        t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0.record()
+        graph.replay()
+        t1.record()
+        t1.synchronize()
+        best = min(best, t0.elapsed_time(t1))
+    return best
+
+
+def _faster(ours, theirs) -> bool:
+    """Whether `ours` (the skinny kernel) runs faster than `theirs` (cuBLAS); False if either fails to time."""
+    try:
+        torch.cuda.synchronize()
+        return _graph_ms(ours) < _graph_ms(theirs)
+    except Exception:  # e.g. a capture the environment does not allow: the cuBLAS path, which always works
+        torch.cuda.synchronize()
+        return False
 
 
 def _skinny_gemm():

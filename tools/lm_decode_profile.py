@@ -3,7 +3,7 @@ name, kernels per step), grouped by the op that launched it, beside the CUDA-gra
 
     python3 tools/lm_decode_profile.py                       # 0.8B, batch 1, 1024-token context
     python3 tools/lm_decode_profile.py --sizes 0.8B,4B,9B --batch 1,32 --out $OUT
-    python3 tools/lm_decode_profile.py --variants skinny,cublas,nopdl   # A/B: decode GEMMs on cuBLAS; no PDL
+    python3 tools/lm_decode_profile.py --variants skinny,cublas,skinnyonly   # A/B: skinny per shape (timed) / cuBLAS / skinny always
 
 Only the language model is built (random bf16 weights at the real shapes of tools/lm_e2e_gpu.SIZES, made on
 the GPU: seconds, no HF model). The cache lengths are set to the context (the KV slots hold zeros: decode time
@@ -132,35 +132,36 @@ def profile_step(lm, B: int, context: int, capacity: int, profile: bool = True) 
     sess.graph = graph
     labels = set(names_of(lm))
     by_name, by_op, n_kernels, total = {}, {}, 0, 0.0
-    # each kernel hangs off the CPU op whose launch it correlates with (FunctionEvent.kernels); its op group is
-    # the innermost labelled range above that op
-    for e in prof.events():
-        if e.device_type != torch.autograd.DeviceType.CPU or not e.kernels:
-            continue
-        owner, p = "other (embedding, positions, sampling, copies)", e
-        while p is not None:
-            if p.name in labels or p.name.startswith("linear"):
-                owner = p.name
-                break
-            p = p.cpu_parent
-        for k in e.kernels:
-            nm, us = k.name[:90], float(k.duration)
-            cnt, tot = by_name.get(nm, (0, 0.0))
-            by_name[nm] = (cnt + 1, tot + us)
-            cnt, tot = by_op.get(owner, (0, 0.0))
-            by_op[owner] = (cnt + 1, tot + us)
-            n_kernels += 1
-            total += us
-    if not n_kernels:  # no launch correlation kept: the device events themselves, unattributed
-        for e in prof.events():
-            if e.device_type == torch.autograd.DeviceType.CUDA and not (e.name in labels or e.name.startswith("linear")):
-                us = float(getattr(e, "device_time", 0.0) or 0.0)
-                nm = e.name[:90]
-                cnt, tot = by_name.get(nm, (0, 0.0))
-                by_name[nm] = (cnt + 1, tot + us)
-                n_kernels += 1
-                total += us
-        by_op["unattributed"] = (n_kernels, total)
+    events = prof.events()
+    labelled_name = lambda n: n in labels or n.startswith("linear")  # noqa: E731
+    # device work: kernels (torch's, cuBLAS's and our NVRTC ones launched through the driver), memsets, copies;
+    # the device-side copies of the op labels (user annotations) are not work
+    dev = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and not labelled_name(e.name)
+                  and e.name != "ProfilerStep*"), key=lambda e: e.time_range.start)
+    # the CPU calls that put work on the stream, in order: in an eager step on one stream the i-th launch is the
+    # i-th device event, and its op group is the innermost labelled range around the launch
+    launch_words = ("LaunchKernel", "Memset", "Memcpy", "cuLaunch")
+    launches = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CPU
+                       and any(w in e.name for w in launch_words)), key=lambda e: e.time_range.start)
+    paired = len(launches) == len(dev)
+    for i, k in enumerate(dev):
+        owner = "unattributed (launch count differs)" if not paired else "other (embedding, glue, sampling, copies)"
+        if paired:
+            p = launches[i]
+            while p is not None:
+                if labelled_name(p.name):
+                    owner = p.name
+                    break
+                p = p.cpu_parent
+        nm, us = k.name[:90], float(k.time_range.end - k.time_range.start)
+        cnt, tot = by_name.get(nm, (0, 0.0))
+        by_name[nm] = (cnt + 1, tot + us)
+        cnt, tot = by_op.get(owner, (0, 0.0))
+        by_op[owner] = (cnt + 1, tot + us)
+        n_kernels += 1
+        total += us
+    if not paired:
+        print(f"   (profile: {len(launches)} launches vs {len(dev)} device events: op groups not attributed)")
     del sess
     fmt = lambda d: {k: dict(kernels=c, us=round(u, 1)) for k, (c, u) in sorted(d.items(), key=lambda kv: -kv[1][1])}
     return dict(batch=B, context=context, mode=mode, kernels_per_step=n_kernels, kernel_us=round(total, 1),
@@ -210,6 +211,7 @@ def main(argv=None) -> int:
         skinny = lm.skinny
         for vi, variant in enumerate(args.variants.split(",")):
             lm.skinny = None if variant == "cublas" else skinny
+            lm.skinny_autotune = variant != "skinnyonly"
             lm.skinny_rows = 8 if variant == "skinny8" else 32
             KG.SKINNY_PDL = variant != "nopdl"
             for B in (int(b) for b in args.batch.split(",")):
