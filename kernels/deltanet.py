@@ -41,23 +41,24 @@ CHUNK_DTYPES = (torch.float16, torch.bfloat16)
 STATE_BV = (16, 32, 64)   # dv columns per state-pass CTA
 STATE_STAGES = (2, 3)     # chunks of inputs buffered by the state pass (the deepest that fits is used)
 REC_BV = (16, 32)         # dv columns per recurrent CTA of 128 threads
-# gdn_recurrent_warp builds (BV dv columns per one-warp CTA, CPL columns per lane); WARP_SHAPE is the one used
+# gdn_recurrent_warp builds (BV dv columns per one-warp CTA, CPL columns per lane); WARP_SHAPE is the one used.
+# H200, graph-replayed, batch 1 (16/16 | 16/64 heads), us: (8, 8) 3.72 | 7.47, (8, 4) 2.72 | 4.43, (4, 4) 3.38 |
+# 7.40, (16, 8) 2.72 | 5.72, (16, 4) 2.63 | 3.68; as programmatic dependent launches 0.4 us less each
 WARP_SHAPES = ((8, 8), (8, 4), (4, 4), (16, 8), (16, 4))
-WARP_SHAPE = (8, 8)
+WARP_SHAPE = (16, 4)
 WARP_MAX_HEADS = 256      # n * Hv up to which the one-warp kernel runs
-DECODE_PDL = False        # decode kernels as programmatic dependent launches (sm_90)
+DECODE_PDL = True         # the one-warp decode kernel as a programmatic dependent launch (sm_90)
 # Relative cost of one chunk step of the state pass by BV (per CTA; one CTA per SM at every BV): the pick
 # minimises waves x cost. Rough figures until measured.
 STATE_STEP_COST = {16: 1.0, 32: 1.25, 64: 1.7}
 # Hopper (sm_90a): the state pass as clusters of STATE_CLUSTER CTAs (consecutive dv blocks of one head) that share
 # the chunk's W, Q, K, Aqk rows through multicast bulk copies (1 = no cluster, the sm_80/sm_90 kernel): by BV, or
-# STATE_CLUSTER for every BV where it is set (the trials in tools/deltanet_gpu.py)
+# STATE_CLUSTER for every BV where it is set (the trials in tools/deltanet_gpu.py). Off: bitwise equal but 1.3-2.9x
+# slower on an H200 at every BV and cluster size (16/16 1x32768: 1.35 ms plain, 2.47-3.91 clustered): one bulk copy
+# a 256-byte row is far too many copy-engine operations, and the L2 reads it saves were not the limit
 STATE_CLUSTER_BY_BV = {16: 1, 32: 1, 64: 1}
 STATE_CLUSTER: int | None = None
 STATE_CLUSTERS = (2, 4, 8)
-# the state pass's copies of chunk c + NS - 1 issued by the output warps in the second phase of chunk c (off the
-# chain of dependent steps that the Vn warps run) instead of by every thread at the top of chunk c
-STATE_LATE_ISSUE = False
 RECURRENT_MAX_SEQLEN = 8  # with a max_seqlen hint at or below this, the recurrent kernel runs
 
 
@@ -270,7 +271,7 @@ def _run(q, k, v, gates, gate: bool, cu_seqlens, initial_state, scale, use_qk_l2
                 h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)), i32(direct))
         warp = isinstance(bv, tuple)
         _launch(device, _rec_expr(q.dtype, bv, gate), (D // (bv[0] if warp else bv), Hv, n), 0, *args,
-                threads=32 if warp else 128, pdl=DECODE_PDL)
+                threads=32 if warp else 128, pdl=DECODE_PDL and warp)
         return out, final_state
     slots = (T + n * (BT - 1)) // BT  # an upper bound on the chunk count that needs no read of cu_seqlens
     if slots > 65535:
@@ -290,7 +291,7 @@ def _run(q, k, v, gates, gate: bool, cu_seqlens, initial_state, scale, use_qk_l2
     ns = pick_state_stages(bv, smem_limit)
     args = (q.data_ptr(), k.data_ptr(), i64(q.stride(0)), i64(k.stride(0)), i32(Hk), i32(Hv),
             w.data_ptr(), u.data_ptr(), aqk.data_ptr(), gc.data_ptr(), rq.data_ptr(), rk.data_ptr(), cu.data_ptr(),
-            h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)), i32(T), i32(STATE_LATE_ISSUE))
+            h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)), i32(T))
     cl = STATE_CLUSTER_BY_BV.get(bv, 1) if STATE_CLUSTER is None else STATE_CLUSTER
     if cl > 1 and (D // bv) % cl == 0 and _device.is_hopper(device):
         ns = _state_mc_ns(bv)

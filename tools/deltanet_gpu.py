@@ -383,11 +383,11 @@ def trials(args) -> int:
                 saved = dict(K.STATE_STEP_COST)
                 K.STATE_STEP_COST.update({b: (0.0 if b == bv else 1e9) for b in K.STATE_BV})
                 base = run(q, k, v, g, beta, cu, h0)
-                for cl, late in [(c, lt) for c in (1,) + K.STATE_CLUSTERS for lt in (False, True)][1:]:
+                for cl in K.STATE_CLUSTERS:
                     if (128 // bv) % cl:
                         continue
-                    K.STATE_CLUSTER, K.STATE_LATE_ISSUE = cl, late
-                    key = f"bv{bv}cl{cl}{'late' if late else ''}"
+                    K.STATE_CLUSTER = cl
+                    key = f"bv{bv}cl{cl}"
                     try:
                         got = run(q, k, v, g, beta, cu, h0)
                         torch.cuda.synchronize()
@@ -396,7 +396,7 @@ def trials(args) -> int:
                             f"DIFF o {rel(got[0], base[0]):.2e} s {rel(got[1], base[1]):.2e}"
                     except Exception as e:  # noqa: BLE001
                         rec[key] = "ERR " + str(e)[:120]
-                    K.STATE_CLUSTER, K.STATE_LATE_ISSUE = None, False
+                    K.STATE_CLUSTER = None
                 K.STATE_STEP_COST.update(saved)
             emit(rec)
 
@@ -419,17 +419,15 @@ def trials(args) -> int:
         for bv in K.STATE_BV:
             K.STATE_STEP_COST.update({b: (0.0 if b == bv else 1e9) for b in K.STATE_BV})
             for cl in CLS:
-                for late in (False, True):
-                    if (128 // bv) % cl:
-                        continue
-                    K.STATE_CLUSTER, K.STATE_LATE_ISSUE = cl, late
-                    key = f"bv{bv}cl{cl}{'late' if late else ''}_ms"
-                    try:
-                        rec[key] = graph_ms(fn, 3)
-                    except Exception as e:  # noqa: BLE001
-                        rec[key] = "ERR " + str(e)[:100]
-                        torch.cuda.synchronize()
-            K.STATE_CLUSTER, K.STATE_LATE_ISSUE = None, False
+                if (128 // bv) % cl:
+                    continue
+                K.STATE_CLUSTER = cl
+                try:
+                    rec[f"bv{bv}cl{cl}_ms"] = graph_ms(fn, 3)
+                except Exception as e:  # noqa: BLE001
+                    rec[f"bv{bv}cl{cl}_ms"] = "ERR " + str(e)[:100]
+                    torch.cuda.synchronize()
+            K.STATE_CLUSTER = None
         K.STATE_STEP_COST.update(saved)
         if part == "a":
             K._launch = prep_only
@@ -444,6 +442,7 @@ def trials(args) -> int:
         return 0
     # 3. decode: our variants (direct indexing from the max_seqlen=1 hint; PDL on/off), then FLA
     cases = {}
+    shape0, pdl0 = K.WARP_SHAPE, K.DECODE_PDL
     for Hk, Hv, B in ((16, 16, 1), (16, 64, 1), (16, 16, 4), (16, 32, 1)):
         if left() < 4:
             break
@@ -462,10 +461,10 @@ def trials(args) -> int:
                 err = max(rel(oo, want[0]), rel(os_, want[1]))
                 rec[f"{shape[0]}x{shape[1]}{'p' if pdl else ''}_us"] = (round(graph_ms(ours, 20) * 1e3, 3),
                                                                          round(err, 4))
-        K.WARP_SHAPE, K.DECODE_PDL = (8, 8), False
+        K.WARP_SHAPE, K.DECODE_PDL = shape0, pdl0
         ours = lambda: K.gated_delta_rule(q, k, v, g, beta, cu, state, use_qk_l2norm=True, final_state=state,
                                           max_seqlen=None, validate=False)
-        rec["8x8_nohint_us"] = graph_ms(ours, 20) * 1e3
+        rec["default_nohint_us"] = graph_ms(ours, 20) * 1e3
         emit(rec)
     if left() > 6:
         from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule as fr

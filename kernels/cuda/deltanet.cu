@@ -52,17 +52,6 @@ __device__ __forceinline__ void load_rows128(T* s, const T* src, long long strid
     }
 }
 
-// load_rows128 by nt threads (a run-time count), this one number it
-template <typename T>
-__device__ __forceinline__ void load_rows128_n(T* s, const T* src, long long stride, int L, int it, int nt) {
-#pragma unroll 4
-    for (int i = it; i < BT * (D / 8); i += nt) {
-        const int r = i >> 4, c = (i & 15) * 8;
-        const bool ok = r < L;
-        cp_async16(smem_u32(s + r * SD + c), src + (ok ? (long long)r * stride : 0) + c, ok);
-    }
-}
-
 // C[16 x 8 NB] += A (16 x 16 KS, row-major in shared, row stride LDA) * B where B[k][n] is stored as Bt[n][k]
 // (row stride LDB): the Q K^T form.
 template <typename T, int KS, int NB, int LDA, int LDB>
@@ -462,7 +451,7 @@ __device__ __forceinline__ void chunk_state_body(
     const T* __restrict__ q, const T* __restrict__ k, long long sq, long long sk, int Hk, int Hv,
     const T* __restrict__ w, const T* __restrict__ u, const T* __restrict__ aqk, const float* __restrict__ gc,
     const float* __restrict__ rq, const float* __restrict__ rk, const int* __restrict__ cu,
-    const float* h0, float* hT, T* __restrict__ o, long long so, int ntok, int late) {
+    const float* h0, float* hT, T* __restrict__ o, long long so, int ntok) {
     using Lay = StateLayout<BV, NS>;
     constexpr int SU = Lay::SU, NB = BV / 8, NT = 256;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -477,8 +466,7 @@ __device__ __forceinline__ void chunk_state_body(
     const int nchunks = (eos - bos + BT - 1) / BT;
 
     auto stage_ptr = [&](int st) { return smem + st * Lay::STAGE_BYTES; };
-    // cp.async loads of chunk c into stage c % NS by NI threads (this one is number it)
-    auto issue = [&](int c, int it, int NI) {
+    auto issue = [&](int c) {  // cp.async loads of chunk c into stage c % NS
         unsigned char* base = stage_ptr(c % NS);
         T* sW = reinterpret_cast<T*>(base);
         T* sQ = sW + BT * SD;
@@ -487,38 +475,37 @@ __device__ __forceinline__ void chunk_state_body(
         T* sAq = sU + BT * SU;
         float* sG = reinterpret_cast<float*>(sAq + BT * SC);
         const int t0 = bos + c * BT, L = min(BT, eos - t0);
+        const long long hv = (long long)Hv * D;
         if constexpr (CL == 1) {
-            const long long hv = (long long)Hv * D;
-            load_rows128_n<T>(sW, w + (long long)t0 * hv + h * D, hv, L, it, NI);
-            load_rows128_n<T>(sQ, q + (long long)t0 * sq + kh * D, sq, L, it, NI);
-            load_rows128_n<T>(sK, k + (long long)t0 * sk + kh * D, sk, L, it, NI);
+            load_rows128<T, NT>(sW, w + (long long)t0 * hv + h * D, hv, L, tid);
+            load_rows128<T, NT>(sQ, q + (long long)t0 * sq + kh * D, sq, L, tid);
+            load_rows128<T, NT>(sK, k + (long long)t0 * sk + kh * D, sk, L, tid);
         }
         constexpr int UCH = BV / 8;  // 16-byte chunks of a U row
-        for (int i = it; i < BT * UCH; i += NI) {
+        for (int i = tid; i < BT * UCH; i += NT) {
             const int r = i / UCH, cc = (i % UCH) * 8;
             const bool ok = r < L;
             cp_async16(smem_u32(sU + r * SU + cc), u + ((long long)(t0 + (ok ? r : 0)) * Hv + h) * D + vb + cc, ok);
         }
         if constexpr (CL == 1) {
-            for (int i = it; i < BT * 8; i += NI) {
+            for (int i = tid; i < BT * 8; i += NT) {
                 const int r = i >> 3, cc = (i & 7) * 8;
                 const bool ok = r < L;
                 cp_async16(smem_u32(sAq + r * SC + cc), aqk + ((long long)(t0 + (ok ? r : 0)) * Hv + h) * BT + cc, ok);
             }
         }
-        for (int i = it; i < 3 * BT; i += NI) {  // G, rq, rk of the chunk's rows ([Hv, T] fp32; 0 past the end)
-            const int arr = i / BT, r = i % BT;
+        if (tid < 3 * BT) {  // G, rq, rk of the chunk's rows ([Hv, T] fp32; rows past the end read as 0)
+            const int arr = tid / BT, r = tid % BT;
             const float* src = (arr == 0 ? gc : arr == 1 ? rq : rk) + (long long)h * ntok + t0 + (r < L ? r : 0);
-            cp_async4(smem_u32(sG + i), src, r < L);
+            cp_async4(smem_u32(sG + tid), src, r < L);
         }
     };
     // CL > 1: this CTA's share of chunk c's W, Q, K, Aqk rows, multicast (warp 0; lane 0 first sets the stage's
     // expected bytes: all CTAs' rows land here)
     const unsigned rank = CL > 1 ? cluster_rank() : 0;
-    const int MC_WARP = late ? 4 : 0;  // late: an output warp (off the chain of dependent steps)
     auto issue_mc = [&](int c) {
         if constexpr (CL > 1) {
-            if (warp != MC_WARP) return;
+            if (warp != 0) return;
             const int st = c % NS;
             unsigned char* base = stage_ptr(st);
             T* sW = reinterpret_cast<T*>(base);
@@ -594,7 +581,7 @@ __device__ __forceinline__ void chunk_state_body(
 #pragma unroll
     for (int c = 0; c < NS - 1; ++c) {
         if (c < nchunks) {
-            issue(c, tid, NT);
+            issue(c);
             issue_mc(c);
         }
         cp_async_commit();
@@ -605,9 +592,8 @@ __device__ __forceinline__ void chunk_state_body(
         cp_async_wait<NS - 2>();  // this thread's copies of chunk c have landed
         if constexpr (CL > 1) mbar_wait(smem_u32(full + c % NS), (c / NS) & 1);  // and the multicast rows
         __syncthreads();          // (A)
-        // into the stage chunk c - 1 used: here by every thread, or (late) by the output warps after (B)
-        if (!late && c + NS - 1 < nchunks) issue(c + NS - 1, tid, NT);
-        if (!late) cp_async_commit();
+        if (c + NS - 1 < nchunks) issue(c + NS - 1);  // into the stage chunk c - 1 used
+        cp_async_commit();
         unsigned char* base = stage_ptr(c % NS);
         const T* sW = reinterpret_cast<const T*>(base);
         const T* sQ = sW + BT * SD;
@@ -645,10 +631,6 @@ __device__ __forceinline__ void chunk_state_body(
         if constexpr (CL > 1) {  // every CTA of the cluster is done with chunk c - 1: refill its stage
             cluster_wait();
             if (c + NS - 1 < nchunks) issue_mc(c + NS - 1);
-        }
-        if (late) {
-            if (!vwarp && c + NS - 1 < nchunks) issue(c + NS - 1, tid - NT / 2, NT / 2);
-            cp_async_commit();
         }
         if (!vwarp) {  // O = diag(exp(G) rq) Q S + Aqk Vn
             float o2[NB][4];
@@ -709,8 +691,8 @@ __global__ void __launch_bounds__(256) gdn_chunk_state(
     const T* __restrict__ q, const T* __restrict__ k, long long sq, long long sk, int Hk, int Hv,
     const T* __restrict__ w, const T* __restrict__ u, const T* __restrict__ aqk, const float* __restrict__ gc,
     const float* __restrict__ rq, const float* __restrict__ rk, const int* __restrict__ cu,
-    const float* h0, float* hT, T* __restrict__ o, long long so, int ntok, int late) {
-    chunk_state_body<T, BV, NS, 1>(q, k, sq, sk, Hk, Hv, w, u, aqk, gc, rq, rk, cu, h0, hT, o, so, ntok, late);
+    const float* h0, float* hT, T* __restrict__ o, long long so, int ntok) {
+    chunk_state_body<T, BV, NS, 1>(q, k, sq, sk, Hk, Hv, w, u, aqk, gc, rq, rk, cu, h0, hT, o, so, ntok);
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL) || !defined(__CUDA_ARCH__)
@@ -719,8 +701,8 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(256) gdn_chunk_stat
     const T* __restrict__ q, const T* __restrict__ k, long long sq, long long sk, int Hk, int Hv,
     const T* __restrict__ w, const T* __restrict__ u, const T* __restrict__ aqk, const float* __restrict__ gc,
     const float* __restrict__ rq, const float* __restrict__ rk, const int* __restrict__ cu,
-    const float* h0, float* hT, T* __restrict__ o, long long so, int ntok, int late) {
-    chunk_state_body<T, BV, NS, CL>(q, k, sq, sk, Hk, Hv, w, u, aqk, gc, rq, rk, cu, h0, hT, o, so, ntok, late);
+    const float* h0, float* hT, T* __restrict__ o, long long so, int ntok) {
+    chunk_state_body<T, BV, NS, CL>(q, k, sq, sk, Hk, Hv, w, u, aqk, gc, rq, rk, cu, h0, hT, o, so, ntok);
 }
 #endif
 
