@@ -112,6 +112,8 @@ PDL = True
 # memory round trip per CTA, the shared expert streaming while the router runs); False = gate_up_kernel (a warp per
 # row pair, rows walked in turn). A module switch so the benchmark can time both.
 SPLIT = True
+SPLIT_MIN_TOKENS = 2  # ... from this many tokens (H200, round s2r2: batch 1 44.5 us per layer on gate_up_kernel)
+SPLIT_WAVES = 1.0  # gate_up_split_kernel's grid: this many waves of 2 CTAs an SM over the working units
 
 
 def _launch(device: int, dtype, expr: str, grid, block, *args, shared_mem: int = 0, pdl: bool = False) -> None:
@@ -401,11 +403,16 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     else:
         sh_ptrs = (0, 0, i32(0), i32(T), 0)
     gv = vec if H % vec == 0 and _aligned(x, gate_up, *(sh[:2] if has_sh else ())) else 1
-    if SPLIT and not routed:
+    if SPLIT and T >= SPLIT_MIN_TOKENS and not routed:
         # one token: one per reduction; more: two (an expert's tokens and the shared expert's in chunks of two)
         smt = 1 if T == 1 else 2
+        # CTAs per unit: the units that do work (the distinct experts expected under uniform routing, + the shared
+        # expert) times G fill the card once (2 CTAs an SM); each CTA walks its unit's row blocks with a stride of G
+        busy = min(n_slots, E * (1.0 - (1.0 - k / E) ** T)) + has_sh
+        blocks = ceil_div(max(I, S or 0), _SPLIT_R)
+        G = max(1, min(blocks, int(SPLIT_WAVES * 2 * sms // max(1.0, busy))))
         _launch(device, x.dtype, _split_expr(x.dtype, gv, smt, 1),
-                (units + has_sh, ceil_div(max(I, S or 0), _SPLIT_R), 1), (_WARPS * 32, 1, 1), x.data_ptr(),
+                (units + has_sh, G, 1), (_WARPS * 32, 1, 1), x.data_ptr(),
                 gate_up.data_ptr(), experts.data_ptr(), i32(n_slots), i32(k), i32(H), i32(I), i32(E), act.data_ptr(),
                 *sh_ptrs, pdl=PDL)
     else:

@@ -217,11 +217,16 @@ def _bench_one(L, block, T, bw, tf, records, out_dir) -> None:
     moe.PDL = False
     rec["layer_nopdl_us"] = graph_ms(lambda: L.forward(x), n) * 1e3
     moe.PDL = pdl
-    rec["split"] = moe.SPLIT
-    if rec["path"] == "decode":  # the decode path's other gate/up kernel (moe.SPLIT switches)
-        moe.SPLIT = not moe.SPLIT
-        rec["layer_othersplit_us"] = graph_ms(lambda: L.forward(x), n) * 1e3
-        moe.SPLIT = not moe.SPLIT
+    rec["split"] = moe.SPLIT and T >= moe.SPLIT_MIN_TOKENS
+    if rec["path"] == "decode":  # both decode gate/up kernels, and the split kernel's grid (waves over the units)
+        knobs = (moe.SPLIT, moe.SPLIT_MIN_TOKENS, moe.SPLIT_WAVES)
+        moe.SPLIT = False
+        rec["layer_nosplit_us"] = graph_ms(lambda: L.forward(x), n) * 1e3
+        moe.SPLIT, moe.SPLIT_MIN_TOKENS = True, 1
+        for wv in (0.5, 1.0, 2.0):
+            moe.SPLIT_WAVES = wv
+            rec[f"layer_split_waves{wv:g}_us"] = graph_ms(lambda: L.forward(x), n) * 1e3
+        moe.SPLIT, moe.SPLIT_MIN_TOKENS, moe.SPLIT_WAVES = knobs
     if T <= moe.ROUTER_MAX_TOKENS:
         ROUTER_FUSED = not fused
         rec["layer_unfused_router_us" if fused else "layer_fused_router_us"] = graph_ms(lambda: L.forward(x), n) * 1e3
@@ -266,7 +271,8 @@ def _bench_one(L, block, T, bw, tf, records, out_dir) -> None:
           f"({rec['routed_pct_bw_floor']:5.1f}% bw, {rec['routed_pct_gemm_floor']:5.1f}% gemm)  layer "
           f"{rec['layer_us']:8.1f} us ({rec['layer_pct_bw_floor']:5.1f}% bw, {rec['layer_pct_gemm_floor']:5.1f}%"
           f" gemm){hf_s}  gmm g/u {rec['gmm_gate_up_us']:7.1f} us {rec['gmm_gate_up_TFLOPs']:5.0f} TF"
-          + "".join(f" {kk} {rec[kk]:.1f}" for kk in ("layer_unfused_us", "layer_nopdl_us", "layer_othersplit_us",
+          + "".join(f" {kk} {rec[kk]:.1f}" for kk in ("layer_unfused_us", "layer_nopdl_us", "layer_nosplit_us",
+                                         "layer_split_waves0.5_us", "layer_split_waves1_us", "layer_split_waves2_us",
                                          "layer_unfused_router_us", "layer_fused_router_us",
                                          "router_gemm_us", "topk_us", "router_topk_fused_us",
                                          "routed_routed_us", "routed_grouped_us", "route_us")

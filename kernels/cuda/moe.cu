@@ -470,15 +470,32 @@ __device__ __forceinline__ void split_load_rows(Vec<T, VEC> (&wv)[2 * R][NQ], co
     }
 }
 
-// The decode gate/up kernel, split over H (what batch 1..16 runs): grid = (n_slots (+1 with the shared expert),
-// ceil(max(I, S) / R)); CTA (u, b) takes the R gate rows i0..i0+R-1 and the R up rows of unit u's expert, each
-// warp a contiguous stretch of every row (lane-strided vectors), so the CTA's 2R rows are loaded with all their
-// loads in flight at once (one memory round trip per CTA, many CTAs per SM) and x comes from L1/L2 in the same
-// vector layout. Per-warp partial sums are reduced across the warps in shared memory; MT tokens per reduction.
+// L2 prefetches of this thread's share of gate/up rows i0..i0+R-1 (one per 128-byte line): the next row block of a
+// CTA streams from memory while it reduces the current one.
+template <typename T, int VEC, int R>
+__device__ __forceinline__ void split_prefetch_rows(const T* __restrict__ wgate, const T* __restrict__ wup, int H,
+                                                    int width, int i0, int nvec) {
+    constexpr int PER_LINE = 128 / (VEC * (int)sizeof(T)) > 0 ? 128 / (VEC * (int)sizeof(T)) : 1;
+    if (i0 >= width) return;
+    for (int q = threadIdx.x * PER_LINE; q < nvec; q += WARPS * 32 * PER_LINE)
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const int i = min(i0 + r, width - 1);
+            prefetch_l2(wgate + (size_t)i * H + (size_t)q * VEC);
+            prefetch_l2(wup + (size_t)i * H + (size_t)q * VEC);
+        }
+}
+
+// The decode gate/up kernel, split over H (what 1..16 tokens run): grid = (n_slots (+1 with the shared expert), G);
+// CTA (u, g) walks the row blocks b = g, g + G, ... of unit u's expert, a block being the R gate rows
+// i0 = b R .. i0+R-1 and the same R up rows. Each warp takes a contiguous stretch of every row (lane-strided 16-byte
+// vectors), so a block's 2R rows are loaded with all their loads in flight at once; the next block's rows are
+// prefetched into L2 meanwhile; x comes from L1/L2 in the same vector layout. Per-warp partial sums are reduced
+// across the warps in shared memory; MT tokens per reduction.
 // Unit u < n_slots is slot u: the CTA reads its expert, issues the weight loads, then (while they are in flight)
 // finds the expert's slots and exits unless u is the first of them (an expert's rows are read by one unit).
-// The shared expert's unit (sh_gate non-null, the last) does not depend on the routing: its CTAs issue their weight
-// loads before waiting for the previous kernel (so its rows stream while the router runs); x is read after it.
+// The shared expert's unit (sh_gate non-null, the last) does not depend on the routing: its CTAs issue their first
+// weight loads before waiting for the previous kernel (they stream while the router runs); x is read after it.
 template <typename T, int VEC, int R, int MT, int NQ>
 __global__ void __launch_bounds__(WARPS * 32, 2) gate_up_split_kernel(
         const T* __restrict__ x, const T* __restrict__ gate_up, const long long* __restrict__ experts, int n_slots,
@@ -492,8 +509,8 @@ __global__ void __launch_bounds__(WARPS * 32, 2) gate_up_split_kernel(
     const int u = blockIdx.x;
     const bool shared_unit = sh_gate != nullptr && u == gridDim.x - 1;
     const int width = shared_unit ? S : I;
-    const int i0 = blockIdx.y * R;
-    if (i0 >= width) return;
+    const int nblocks = (width + R - 1) / R;
+    if ((int)blockIdx.y >= nblocks) return;
     int e = 0;
     if (!shared_unit) {
         wait_for_primary_grid();  // the routing (top-k) is complete and visible
@@ -503,11 +520,11 @@ __global__ void __launch_bounds__(WARPS * 32, 2) gate_up_split_kernel(
     const T* wgate = shared_unit ? sh_gate : gate_up + (size_t)e * 2 * I * H;
     const T* wup = shared_unit ? sh_up : wgate + (size_t)I * H;
     const int nvec = H / VEC;
-    // this thread's vectors of every row: q = (warp * 32 + lane) + WARPS * 32 * n, n < NQ per pass
-    constexpr int STRIDE = WARPS * 32;
-    // the first pass's weights, loaded before anything else
+    constexpr int STRIDE = WARPS * 32;  // this thread's vectors of a row: q = tid + STRIDE n (n < NQ per pass)
+    // the first block's weights, loaded before anything else; the CTA's second block prefetched into L2
     Vec<T, VEC> wv[2 * R][NQ];
-    split_load_rows<T, VEC, R, NQ>(wv, wgate, wup, H, width, i0, tid, nvec);
+    split_load_rows<T, VEC, R, NQ>(wv, wgate, wup, H, width, blockIdx.y * R, tid, nvec);
+    split_prefetch_rows<T, VEC, R>(wgate, wup, H, width, (blockIdx.y + gridDim.y) * R, nvec);
     int count;
     if (shared_unit) {
         wait_for_primary_grid();  // x and the outputs' memory: only once the previous kernel is done
@@ -538,63 +555,70 @@ __global__ void __launch_bounds__(WARPS * 32, 2) gate_up_split_kernel(
     }
     float* dst = shared_unit ? act_sh : act;
     const int xdiv = shared_unit ? 1 : k;
-    for (int c0 = 0; c0 < count; c0 += MT) {
-        float acc[2 * R][MT];
-#pragma unroll
-        for (int r = 0; r < 2 * R; ++r)
-#pragma unroll
-            for (int j = 0; j < MT; ++j) acc[r][j] = 0.f;
-        int xrow[MT];
-#pragma unroll
-        for (int j = 0; j < MT; ++j) {
-            const int c = min(c0 + j, count - 1);
-            xrow[j] = (shared_unit ? c : list[c]) / xdiv;
+    for (int blk = blockIdx.y; blk < nblocks; blk += gridDim.y) {
+        const int i0 = blk * R;
+        if (blk != (int)blockIdx.y) {  // this block's rows (from L2: prefetched), the one after prefetched
+            split_load_rows<T, VEC, R, NQ>(wv, wgate, wup, H, width, i0, tid, nvec);
+            split_prefetch_rows<T, VEC, R>(wgate, wup, H, width, (blk + gridDim.y) * R, nvec);
         }
-        for (int q0 = 0; q0 < nvec; q0 += STRIDE * NQ) {
-            if (q0 > 0)  // H beyond one pass: the next stretch of the rows
-                split_load_rows<T, VEC, R, NQ>(wv, wgate, wup, H, width, i0, q0 + tid, nvec);
+        for (int c0 = 0; c0 < count; c0 += MT) {
+            float acc[2 * R][MT];
 #pragma unroll
-            for (int n = 0; n < NQ; ++n) {
-                const int q = q0 + tid + STRIDE * n;
-                if (q < nvec) {
+            for (int r = 0; r < 2 * R; ++r)
 #pragma unroll
-                    for (int j = 0; j < MT; ++j) {
-                        const Vec<T, VEC> xv = reinterpret_cast<const Vec<T, VEC>*>(x + (size_t)xrow[j] * H)[q];
-                        float xf[VEC];
+                for (int j = 0; j < MT; ++j) acc[r][j] = 0.f;
+            int xrow[MT];
 #pragma unroll
-                        for (int c = 0; c < VEC; ++c) xf[c] = to_f(xv.v[c]);
+            for (int j = 0; j < MT; ++j) {
+                const int c = min(c0 + j, count - 1);
+                xrow[j] = (shared_unit ? c : list[c]) / xdiv;
+            }
+            for (int q0 = 0; q0 < nvec; q0 += STRIDE * NQ) {
+                if (q0 > 0)  // H beyond one pass: the next stretch of the rows
+                    split_load_rows<T, VEC, R, NQ>(wv, wgate, wup, H, width, i0, q0 + tid, nvec);
 #pragma unroll
-                        for (int r = 0; r < 2 * R; ++r)
+                for (int n = 0; n < NQ; ++n) {
+                    const int q = q0 + tid + STRIDE * n;
+                    if (q < nvec) {
 #pragma unroll
-                            for (int c = 0; c < VEC; ++c) acc[r][j] = fmaf(to_f(wv[r][n].v[c]), xf[c], acc[r][j]);
+                        for (int j = 0; j < MT; ++j) {
+                            const Vec<T, VEC> xv = reinterpret_cast<const Vec<T, VEC>*>(x + (size_t)xrow[j] * H)[q];
+                            float xf[VEC];
+#pragma unroll
+                            for (int c = 0; c < VEC; ++c) xf[c] = to_f(xv.v[c]);
+#pragma unroll
+                            for (int r = 0; r < 2 * R; ++r)
+#pragma unroll
+                                for (int c = 0; c < VEC; ++c) acc[r][j] = fmaf(to_f(wv[r][n].v[c]), xf[c], acc[r][j]);
+                        }
                     }
                 }
             }
-        }
-        if (nvec > STRIDE * NQ && c0 + MT < count)  // the next token chunk starts from the first pass
-            split_load_rows<T, VEC, R, NQ>(wv, wgate, wup, H, width, i0, tid, nvec);
+            if (nvec > STRIDE * NQ && c0 + MT < count)  // the next token chunk starts from the first pass
+                split_load_rows<T, VEC, R, NQ>(wv, wgate, wup, H, width, i0, tid, nvec);
 #pragma unroll
-        for (int r = 0; r < 2 * R; ++r)
+            for (int r = 0; r < 2 * R; ++r)
 #pragma unroll
-            for (int j = 0; j < MT; ++j) {
-                const float v = warp_sum(acc[r][j]);
-                if (lane == 0) red[warp][r * MT + j] = v;
-            }
-        __syncthreads();
-        if (tid < R * MT) {
-            const int r = tid / MT, j = tid - r * MT;
-            if (i0 + r < width && c0 + j < count) {
-                float g = 0.f, up = 0.f;
-#pragma unroll
-                for (int w = 0; w < WARPS; ++w) {
-                    g += red[w][2 * r * MT + j];
-                    up += red[w][(2 * r + 1) * MT + j];
+                for (int j = 0; j < MT; ++j) {
+                    const float v = warp_sum(acc[r][j]);
+                    if (lane == 0) red[warp][r * MT + j] = v;
                 }
-                const int slot = shared_unit ? c0 + j : list[c0 + j];
-                dst[(size_t)slot * width + i0 + r] = g / (1.f + expf(-g)) * up;
+            __syncthreads();
+            if (tid < R * MT) {
+                const int r = tid / MT, j = tid - r * MT;
+                if (i0 + r < width && c0 + j < count) {
+                    float g = 0.f, up = 0.f;
+#pragma unroll
+                    for (int w = 0; w < WARPS; ++w) {
+                        g += red[w][2 * r * MT + j];
+                        up += red[w][(2 * r + 1) * MT + j];
+                    }
+                    const int slot = shared_unit ? c0 + j : list[c0 + j];
+                    dst[(size_t)slot * width + i0 + r] = g / (1.f + expf(-g)) * up;
+                }
             }
+            __syncthreads();  // red is reused by the next chunk
         }
-        __syncthreads();  // red is reused by the next chunk
     }
 }
 
