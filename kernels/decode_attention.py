@@ -12,8 +12,9 @@ whose slot falls outside [0, S): a wrong length can give a wrong answer, never a
 The grid of decode_attention comes from host-known sizes only: B, the heads and the capacity S (or the max_length
 hint, which only caps the split count); each CTA derives its key range from its row's length on the device, so the
 same launch serves any lengths (CTAs past a row's end exit at once). Where a row is split, a second small kernel
-merges the chunks; on sm_90 it is a programmatic dependent launch (scheduled while the split kernel runs, it waits
-for it on the device), which hides its launch latency.
+merges the chunks. On sm_90 both are programmatic dependent launches (each may be scheduled while the kernel before
+it runs and waits for it on the device before touching memory), which hides launch latency: the combine behind the
+split kernel, and the next step's split kernel behind this combine.
 """
 
 from __future__ import annotations
@@ -189,22 +190,30 @@ def _launch_decode(q, k_cache, v_cache, lengths, scale: float, max_length, o, de
     else:
         ws_o_ptr = ws_lse_ptr = ws1_o_ptr = ws1_lse_ptr = 0
     len64 = is64(lengths)
-    SOURCE.launch(device, _split_expr(q.dtype, d, stages), (splits, Hkv * groups, B), (_NW * 32, 1, 1),
-                  q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
-                  i64(k_cache.stride(0)), i64(k_cache.stride(1)), i64(v_cache.stride(0)), i64(v_cache.stride(1)),
-                  lengths.data_ptr(), len64, o.data_ptr(), ws_o_ptr, ws_lse_ptr,
-                  i32(S), i32(Hq), i32(Hkv), i32(r), i32(groups), i32(splits), f32(scale * _LOG2E), i32(PREFETCH),
-                  0 if counters is None else counters.data_ptr(), ws1_o_ptr, ws1_lse_ptr, shared_mem=smem)
+    _launch_pdl(device, _split_expr(q.dtype, d, stages), (splits, Hkv * groups, B), (_NW * 32, 1, 1),
+                q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                i64(k_cache.stride(0)), i64(k_cache.stride(1)), i64(v_cache.stride(0)), i64(v_cache.stride(1)),
+                lengths.data_ptr(), len64, o.data_ptr(), ws_o_ptr, ws_lse_ptr,
+                i32(S), i32(Hq), i32(Hkv), i32(r), i32(groups), i32(splits), f32(scale * _LOG2E), i32(PREFETCH),
+                0 if counters is None else counters.data_ptr(), ws1_o_ptr, ws1_lse_ptr, shared_mem=smem)
     if splits > 1 and counters is None:
-        args = (ws_o_ptr, ws_lse_ptr, lengths.data_ptr(), len64, o.data_ptr(), i32(S), i32(Hq), i32(splits))
-        global PDL_ERROR
-        if PDL_ERROR is None:  # scheduled while the split kernel runs; it waits for it on the device
-            try:
-                SOURCE.launch(device, _combine_expr(q.dtype, d), (Hq, B, 1), (256, 1, 1), *args, pdl=True)
-                return
-            except Exception as e:  # a driver without programmatic launches: plain stream order from now on
-                PDL_ERROR = f"{type(e).__name__}: {e}"
-        SOURCE.launch(device, _combine_expr(q.dtype, d), (Hq, B, 1), (256, 1, 1), *args)
+        _launch_pdl(device, _combine_expr(q.dtype, d), (Hq, B, d // 64), (256, 1, 1), ws_o_ptr, ws_lse_ptr,
+                    lengths.data_ptr(), len64, o.data_ptr(), i32(S), i32(Hq), i32(splits))
+
+
+def _launch_pdl(device: int, expr: str, grid, block, *args, shared_mem: int = 0) -> None:
+    """A programmatic dependent launch (sm_90): the kernel may be scheduled while the one before it runs and waits
+    for it on the device (griddepcontrol.wait; the split kernel lets its combine in at once, the combine lets the
+    next decode step's split kernel in), which hides launch latency. A driver that refuses it: plain launches
+    (stream order) from then on, PDL_ERROR says why."""
+    global PDL_ERROR
+    if PDL_ERROR is None:
+        try:
+            SOURCE.launch(device, expr, grid, block, *args, shared_mem=shared_mem, pdl=True)
+            return
+        except Exception as e:
+            PDL_ERROR = f"{type(e).__name__}: {e}"
+    SOURCE.launch(device, expr, grid, block, *args, shared_mem=shared_mem)
 
 
 _COUNTERS: dict = {}  # device -> zeroed uint32 arrival counters of the fused merge (every launch leaves them 0)

@@ -91,10 +91,10 @@ def time_case(case: Case, copy_TBps: float, log, variants: bool) -> list[dict]:
     err = check_once(case, q, kc, vc, lengths)
     fns = {"ours": ours_fn(case, q, kc, vc, lengths)}
     notes = {"ours": f"validate=False, max_length=ctx, L2 prefetch {K.PREFETCH} tiles, "
-                     + ("fused merge" if K.FUSE else "combine kernel (PDL)")}
+                     + ("fused merge" if K.FUSE else "combine kernel") + (", PDL" if K.PDL_ERROR is None else "")}
     split = case.B * case.hkv < 132  # split + combine
     if variants and split and case in CASES[:4]:  # the goal's cases: the same kernel without the programmatic launch / with other L2 prefetch depths
-        fns["ours_no_pdl"], notes["ours_no_pdl"] = _with(fns["ours"], PDL_ERROR="disabled"), "plain combine launch"
+        fns["ours_no_pdl"], notes["ours_no_pdl"] = _with(fns["ours"], PDL_ERROR="disabled"), "plain launches (no PDL)"
         fns["ours_fused"], notes["ours_fused"] = _with(fns["ours"], FUSE=True), "fused merge (no combine kernel)"
         for pf in (2, 4):
             fns[f"ours_prefetch{pf}"] = _with(fns["ours"], PREFETCH=pf)
@@ -183,7 +183,7 @@ def main() -> int:
     import kernels.decode_attention as K
 
     goals(records)
-    print(f"combine launch: {'programmatic (PDL)' if K.PDL_ERROR is None else 'plain: ' + K.PDL_ERROR}")
+    print(f"split/combine launches: {'programmatic (PDL)' if K.PDL_ERROR is None else 'plain: ' + K.PDL_ERROR}")
     print(f"wrote {path}")
     return rc
 

@@ -134,6 +134,7 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
     const int nrows = min(ROWS, r - grp * ROWS);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
     allow_dependent_launch();
+    wait_for_primary_grid();  // launched programmatically: q, the cache and lengths come from the kernels before
     const int L = row_length(lengths, len64, b, S);
     const int nact = active_chunks(L, splits);
     if (split >= nact) {
@@ -361,58 +362,59 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
 }
 
 // Merge the chunks of rows with two or more of them (the others were written by the split kernel): chunk s holds
-// its normalised output o_s and lse_s (log2 units), so out = sum_s 2^lse_s o_s / sum_s 2^lse_s. grid (Hq, B), 256
-// threads: 8 warps take every 8th chunk with a running max (one pass: the loads of lse_s and o_s do not wait for a
-// global max), a lane 8 columns of D = 256; then the 8 warps merge in shared memory.
+// its normalised output o_s and lse_s (log2 units), so out = sum_s 2^lse_s o_s / sum_s 2^lse_s. grid (Hq, B,
+// D / 64), 256 threads: a CTA merges 64 columns of one (row, head) (4 CTAs a head: a batch-1 merge of 64 chunks
+// reads 64 KB a head from L2, too much for one SM to fetch quickly); 16 groups of 16 lanes take every 16th chunk
+// with a running max (one pass: the loads of lse_s and o_s do not wait for a global max), a lane 4 columns; then
+// the 16 groups merge in shared memory.
 template <typename T, int D>
 __global__ void __launch_bounds__(256) decode_attention_combine(
     const float* __restrict__ ws_o, const float* __restrict__ ws_lse, const void* __restrict__ lengths, int len64,
     T* __restrict__ out, int S, int Hq, int splits) {
-    static_assert(D == 256, "combine: one lane per 8 columns of D = 256");
-    __shared__ float part[8][D];
-    __shared__ float wm[8], wl[8];
-    const int h = blockIdx.x, b = blockIdx.y, tid = threadIdx.x;
+    constexpr int G = 16, C = 64;  // chunk groups, columns per CTA
+    static_assert(D % C == 0, "combine: D a multiple of 64");
+    __shared__ float part[G][C];
+    __shared__ float wm[G], wl[G];
+    const int h = blockIdx.x, b = blockIdx.y, c0 = blockIdx.z * C, tid = threadIdx.x;
+    allow_dependent_launch();  // the next decode step's split kernel may be scheduled (it waits for this grid)
     wait_for_primary_grid();
     const int n = active_chunks(row_length(lengths, len64, b, S), splits);
     if (n < 2) return;
     const size_t bh = (size_t)b * Hq + h;
-    const int grp = tid >> 5, col = (tid & 31) * 8;
-    float m = f32_neg_inf(), l = 0.f, acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-#pragma unroll 8  // 64 chunks (B = 1): all of a warp's loads in flight at once
-    for (int s = grp; s < n; s += 8) {
-        const float e = ws_lse[bh * splits + s];
-        const float4* p = reinterpret_cast<const float4*>(ws_o + (bh * splits + s) * D + col);
-        const float4 x = p[0], y = p[1];
-        if (e > m) {  // a new running max: rescale what this warp has so far (m = -inf at first: factor 0)
+    const int grp = tid >> 4, col = (tid & 15) * 4;
+    float m = f32_neg_inf(), l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 4  // 64 chunks (B = 1): all of a group's loads in flight at once
+    for (int s = grp; s < n; s += G) {
+        const float e = __ldcg(ws_lse + bh * splits + s);
+        const float4 x = __ldcg(reinterpret_cast<const float4*>(ws_o + (bh * splits + s) * D + c0 + col));
+        if (e > m) {  // a new running max: rescale what this group has so far (m = -inf at first: factor 0)
             const float f = ex2(m - e);
             l *= f;
 #pragma unroll
-            for (int i = 0; i < 8; ++i) acc[i] *= f;
+            for (int i = 0; i < 4; ++i) acc[i] *= f;
             m = e;
         }
         const float w = ex2(e - m);
         l += w;
         acc[0] += w * x.x; acc[1] += w * x.y; acc[2] += w * x.z; acc[3] += w * x.w;
-        acc[4] += w * y.x; acc[5] += w * y.y; acc[6] += w * y.z; acc[7] += w * y.w;
     }
-    // a warp with no chunk (n < 8) keeps m = -inf, l = 0, acc = 0: weight 0 below
+    // a group with no chunk (n < 16) keeps m = -inf, l = 0, acc = 0: weight 0 below
 #pragma unroll
-    for (int i = 0; i < 8; ++i) part[grp][col + i] = acc[i];
-    if ((tid & 31) == 0) { wm[grp] = m; wl[grp] = l; }
+    for (int i = 0; i < 4; ++i) part[grp][col + i] = acc[i];
+    if ((tid & 15) == 0) { wm[grp] = m; wl[grp] = l; }
     __syncthreads();
+    if (tid >= C) return;
     float mx = wm[0];
 #pragma unroll
-    for (int i = 1; i < 8; ++i) mx = fmaxf(mx, wm[i]);  // finite: warp 0 has chunk 0
-    float f[8], den = 0.f;
+    for (int i = 1; i < G; ++i) mx = fmaxf(mx, wm[i]);  // finite: group 0 has chunk 0
+    float v = 0.f, den = 0.f;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) { f[i] = ex2(wm[i] - mx); den += f[i] * wl[i]; }
-    const float inv = 1.f / den;
-    for (int c = tid; c < D; c += 256) {
-        float v = 0.f;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) v += f[i] * part[i][c];
-        out[bh * D + c] = from_f<T>(v * inv);
+    for (int i = 0; i < G; ++i) {
+        const float f = ex2(wm[i] - mx);
+        den += f * wl[i];
+        v += f * part[i][tid];
     }
+    out[bh * D + c0 + tid] = from_f<T>(v / den);
 }
 
 // k, v [T, Hkv, D] contiguous -> k_cache, v_cache [B, S, Hkv, D] (row stride sb, slot stride ss, in elements; each
