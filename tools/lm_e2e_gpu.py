@@ -538,8 +538,12 @@ def main(argv=None) -> int:
 
 
 def plot(records, path):
-    """Decode tokens/s against batch size, one panel per size: ours, the HF peers and the floor (log-log)."""
-    import matplotlib
+    """Decode tokens/s against batch size, one panel per size: ours, the HF peers and the floor (log-log).
+    Without matplotlib: a plain SVG next to `path` (same name, .svg)."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        return plot_svg(records, str(Path(path).with_suffix(".svg")))
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -566,6 +570,51 @@ def plot(records, path):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+SERIES = (("ours", "#1f77b4", "qwen35-kernels (graph decode)"), ("hf_sdpa", "#ff7f0e", "HF (sdpa)"),
+          ("hf_sdpa_fla", "#2ca02c", "HF (sdpa + flash-linear-attention)"), ("floor", "#000000", "floor"))
+
+
+def plot_svg(records, path):
+    """The plot() figure as a hand-written SVG (log-log axes, one panel per size)."""
+    import math
+
+    sizes = [s for s in SIZES if any(r.get("size") == s and "tokens_per_s" in r for r in records)]
+    W, H, m = 330, 260, 45
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W * len(sizes)}" height="{H + 70}" '
+           'font-family="sans-serif" font-size="10">']
+    for n, size in enumerate(sizes):
+        rs = [r for r in records if r.get("size") == size and r.get("case", "").startswith("decode_bs")]
+        series = {impl: sorted((int(r["case"][9:]), r["tokens_per_s"]) for r in rs
+                               if r.get("impl") == impl and "tokens_per_s" in r) for impl, _, _ in SERIES[:3]}
+        series["floor"] = sorted({(int(r["case"][9:]), r["floor_tokens_per_s"]) for r in rs
+                                  if "floor_tokens_per_s" in r})
+        pts = [p for v in series.values() for p in v]
+        if not pts:
+            continue
+        bmax = max(b for b, _ in pts)
+        lo, hi = math.log10(min(y for _, y in pts)) - 0.1, math.log10(max(y for _, y in pts)) + 0.1
+        X = lambda b: n * W + m + (W - 1.5 * m) * math.log2(b) / max(math.log2(bmax), 1)  # noqa: E731
+        Y = lambda y: 20 + (H - m) * (hi - math.log10(y)) / (hi - lo)  # noqa: E731
+        out.append(f'<text x="{n * W + m}" y="12">Qwen3.5 {size} shapes, bf16 (tokens/s vs batch, log-log)</text>')
+        out.append(f'<rect x="{n * W + m}" y="20" width="{W - 1.5 * m}" height="{H - m}" fill="none" stroke="#888"/>')
+        for e in range(math.ceil(lo), math.floor(hi) + 1):
+            out.append(f'<text x="{n * W + 2}" y="{Y(10 ** e) + 3:.1f}">1e{e}</text>')
+        for b in sorted({b for b, _ in pts}):
+            out.append(f'<text x="{X(b) - 4:.1f}" y="{H - m + 34}">{b}</text>')
+        for impl, color, label in SERIES:
+            v = series.get(impl) or []
+            if v:
+                dash = ' stroke-dasharray="4,3"' if impl == "floor" else ""
+                out.append(f'<polyline fill="none" stroke="{color}"{dash} points="'
+                           + " ".join(f"{X(b):.1f},{Y(y):.1f}" for b, y in v) + '"/>')
+    for i, (_, color, label) in enumerate(SERIES):
+        out.append(f'<rect x="{10 + 200 * i}" y="{H + 45}" width="12" height="3" fill="{color}"/>'
+                   f'<text x="{26 + 200 * i}" y="{H + 50}">{label}</text>')
+    out.append("</svg>")
+    Path(path).write_text("\n".join(out))
     print(f"wrote {path}")
 
 
