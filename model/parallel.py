@@ -141,7 +141,8 @@ class Shard:
             return None  # vision tower, final norm: replicated
         leaf = name.split(".", 4)[4]  # after model.language_model.layers.{i}.
         d, hq, hkv = t.head_dim, t.num_attention_heads, t.num_key_value_heads
-        nk, nv, dk, dv = t.linear_num_key_heads, t.linear_num_value_heads, t.linear_key_head_dim, t.linear_value_head_dim
+        nk, nv = t.linear_num_key_heads, t.linear_num_value_heads
+        dk, dv = t.linear_key_head_dim, t.linear_value_head_dim
         # KV heads: a share, or (fewer heads than ranks) the one head this rank's query heads attend to
         kv = share(hkv, d) if hkv >= n else (0, r * hkv // n * d, (r * hkv // n + 1) * d)
         plan = {

@@ -21,7 +21,8 @@ import torch
 
 import model as M
 from model import parallel as P
-from tests._tiny_hf import IDS, VISION, _perturb, image_tokens, left_pad, one_torch_thread, pixels, rand_text  # noqa: F401
+from tests._tiny_hf import (IDS, VISION, _perturb, image_tokens, left_pad, one_torch_thread,  # noqa: F401
+                            pixels, rand_text)
 
 TEXT = dict(
     vocab_size=318, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
@@ -146,7 +147,8 @@ def test_ranks_match_one_process(ckpts, tmp_path, world):
             # fewer KV heads than ranks: a rank holds one whole KV head (1/Hkv of k_proj and v_proj, not 1/N)
             kv = 2 * t.layer_types.count("full_attention") * t.num_key_value_heads * t.head_dim * t.hidden_size * 4
             kvrep = kv * (1 / min(world, t.num_key_value_heads) - 1 / world)
-            assert g["lm_bytes"] <= repl + split_full / world + vpad + kvrep, f"{kind} rank {r}: holds more than its share"
+            assert g["lm_bytes"] <= repl + split_full / world + vpad + kvrep, \
+                f"{kind} rank {r}: holds more than its share"
             assert repl < 0.1 * want["lm_bytes"], f"{kind}: too little is split ({repl} of {want['lm_bytes']} bytes)"
             if kind != "kvrep":  # KV cache, conv and recurrent states: exactly the rank's heads
                 assert g["cache_bytes"] * world == want["cache_bytes"] > 0, f"{kind} rank {r}: cache not 1/{world}"
@@ -168,8 +170,8 @@ def test_check_divisible_names_every_count():
 
     t = TextConfig(num_attention_heads=8, num_key_value_heads=3, linear_num_key_heads=4, linear_num_value_heads=6,
                    intermediate_size=100)
-    with pytest.raises(ValueError, match=r"tensor_parallel=4 does not divide the checkpoint's linear_num_value_heads=6, "
-                                         r"num_key_value_heads=3 \(each must be a multiple of 4"):
+    with pytest.raises(ValueError, match=r"tensor_parallel=4 does not divide the checkpoint's "
+                                         r"linear_num_value_heads=6, num_key_value_heads=3 \(each must be a multiple of 4"):
         P.check_divisible(t, 4)
     with pytest.raises(ValueError, match=r"divide the checkpoint's num_key_value_heads=3 \(each"):
         P.check_divisible(dataclasses.replace(t, linear_num_value_heads=8), 2)
@@ -195,7 +197,9 @@ def test_load_without_torchrun_says_how_to_launch(ckpts, monkeypatch):
 def test_vision_split_balances_by_patches():
     from types import SimpleNamespace
 
-    split = lambda patches, world: P.DataParallelVision(SimpleNamespace(cfg=None), SimpleNamespace(world=world)).split(patches)  # noqa: E731
+    def split(patches, world):
+        return P.DataParallelVision(SimpleNamespace(cfg=None), SimpleNamespace(world=world)).split(patches)
+
     assert split([24, 8], 2) == [0, 1, 2]
     assert split([8, 8, 8, 8], 4) == [0, 1, 2, 3, 4]
     assert split([100, 1, 1], 2) == [0, 1, 3]
