@@ -186,7 +186,30 @@ __global__ void __launch_bounds__(128, (LEAN && NV * VEC * IPW <= 32) ? 6 : 1) q
         // b = the last sequence with cu[b] <= t: cu is non-decreasing, so the entries <= t are a prefix
         int b = -1;
         long long cub = 0, lenb = 0;
-        for (int j0 = 0; j0 < B; j0 += 32) {
+        bool more = true;  // every entry so far <= t: the prefix may go on
+        {  // the first 64 rows' entries in one round trip (decode batches), then 32 a step
+            constexpr int J = 2;
+            long long cj[J], lj[J];
+#pragma unroll
+            for (int k = 0; k < J; ++k) {
+                const int j = k * 32 + lane;
+                cj[k] = j < B ? qkrope::load_index(cu, cu64, j) : (1ll << 62);
+                lj[k] = j < B ? qkrope::load_index(lengths, len64, j) : 0;
+            }
+#pragma unroll
+            for (int k = 0; k < J; ++k) {
+                if (!more) break;  // warp-uniform
+                const unsigned m = __ballot_sync(0xffffffffu, cj[k] <= t);
+                if (m) {
+                    const int last = 31 - __clz(m);
+                    b = k * 32 + last;
+                    cub = __shfl_sync(0xffffffffu, cj[k], last);
+                    lenb = __shfl_sync(0xffffffffu, lj[k], last);
+                }
+                more = m == 0xffffffffu;
+            }
+        }
+        for (int j0 = 64; more && j0 < B; j0 += 32) {
             const int j = j0 + lane;
             const long long cj = j < B ? qkrope::load_index(cu, cu64, j) : (1ll << 62);
             const long long lj = j < B ? qkrope::load_index(lengths, len64, j) : 0;
@@ -197,7 +220,7 @@ __global__ void __launch_bounds__(128, (LEAN && NV * VEC * IPW <= 32) ? 6 : 1) q
                 cub = __shfl_sync(0xffffffffu, cj, last);
                 lenb = __shfl_sync(0xffffffffu, lj, last);
             }
-            if (m != 0xffffffffu) break;
+            more = m == 0xffffffffu;
         }
         const long long slot = lenb + t - cub;
         if (b >= 0 && slot >= 0 && slot < S) crow = (((long long)b * S + slot) * Hkv + h0) * d;
