@@ -93,7 +93,7 @@ def random_model(cfg, shard, device, backend="kernels"):
             continue
         local = shard.local_shape(name, shape) if shard is not None else shape
         g = torch.Generator(device=device).manual_seed(zlib.crc32(name.encode()))
-        weights[name] = (torch.randn(local, generator=g, device=device, dtype=torch.float32) * 0.02).to(torch.bfloat16)
+        weights[name] = torch.randn(local, generator=g, device=device, dtype=torch.bfloat16).mul_(0.02)
     return M.Model(cfg, weights, backend=backend, parallel=shard)
 
 
