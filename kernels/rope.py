@@ -164,7 +164,7 @@ def _staged_tokens(dtype, d: int, r: int, H: int, q_ts: int, q_hs: int, *tensors
     if any(t is not None and t.data_ptr() % 16 for t in tensors):
         return 0
     per_token = H * d * 2 + 2 * r * 4
-    return max(0, (_STAGED_SMEM - 2 * d * 2) // per_token)
+    return max(0, min(64, (_STAGED_SMEM - 2 * d * 2) // per_token))  # <= 64: narrow rows still spread
 
 
 def _launch_qk(device, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, v, k_cache, v_cache, cu, lengths,
