@@ -37,6 +37,7 @@ PATHS = ("decode", "grouped", "routed")
 MAX_EXPERTS = 512          # moe_topk: 16 logits per lane
 MAX_TOPK = 32              # moe_topk: one lane per kept expert
 DECODE_MAX_SLOTS = 128     # decode path: T * k (the kernel's slot list)
+DECODE_PICK_SLOTS = DECODE_MAX_SLOTS  # moe_mlp picks the decode path up to this many slots (else grouped/routed)
 _WARPS, _PAIRS = 8, 2      # moe.cu WARPS, PAIRS
 _ROUTE_THREADS = 1024
 _SMEM = 47 * 1024          # dynamic shared memory of the down kernel's act rows (48 KB default, less its static)
@@ -275,7 +276,7 @@ def grouped_ok(x, gate_up, down) -> bool:
 
 def pick_path(T: int, k: int, x, gate_up, down) -> str:
     """The path moe_mlp takes (see the module docstring): from host sizes, the dtype, alignment and the card."""
-    if T * k <= DECODE_MAX_SLOTS:
+    if T * k <= DECODE_PICK_SLOTS:
         return "decode"
     if grouped_ok(x, gate_up, down):
         return "grouped"

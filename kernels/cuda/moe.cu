@@ -470,6 +470,8 @@ __device__ __forceinline__ void split_load_rows(Vec<T, VEC> (&wv)[2 * R][NQ], co
     }
 }
 
+constexpr int SPLIT_AHEAD = 2;  // gate_up_split_kernel: row blocks of a CTA prefetched into L2 ahead of the current
+
 // L2 prefetches of this thread's share of gate/up rows i0..i0+R-1 (one per 128-byte line): the next row block of a
 // CTA streams from memory while it reduces the current one.
 template <typename T, int VEC, int R>
@@ -489,8 +491,8 @@ __device__ __forceinline__ void split_prefetch_rows(const T* __restrict__ wgate,
 // The decode gate/up kernel, split over H (what 1..16 tokens run): grid = (n_slots (+1 with the shared expert), G);
 // CTA (u, g) walks the row blocks b = g, g + G, ... of unit u's expert, a block being the R gate rows
 // i0 = b R .. i0+R-1 and the same R up rows. Each warp takes a contiguous stretch of every row (lane-strided 16-byte
-// vectors), so a block's 2R rows are loaded with all their loads in flight at once; the next block's rows are
-// prefetched into L2 meanwhile; x comes from L1/L2 in the same vector layout. Per-warp partial sums are reduced
+// vectors), so a block's 2R rows are loaded with all their loads in flight at once; the CTA's next SPLIT_AHEAD
+// blocks are prefetched into L2 meanwhile; x comes from L1/L2 in the same vector layout. Per-warp partial sums are reduced
 // across the warps in shared memory; MT tokens per reduction.
 // Unit u < n_slots is slot u: the CTA reads its expert, issues the weight loads, then (while they are in flight)
 // finds the expert's slots and exits unless u is the first of them (an expert's rows are read by one unit).
@@ -524,7 +526,9 @@ __global__ void __launch_bounds__(WARPS * 32, 2) gate_up_split_kernel(
     // the first block's weights, loaded before anything else; the CTA's second block prefetched into L2
     Vec<T, VEC> wv[2 * R][NQ];
     split_load_rows<T, VEC, R, NQ>(wv, wgate, wup, H, width, blockIdx.y * R, tid, nvec);
-    split_prefetch_rows<T, VEC, R>(wgate, wup, H, width, (blockIdx.y + gridDim.y) * R, nvec);
+#pragma unroll
+    for (int d = 1; d <= SPLIT_AHEAD; ++d)
+        split_prefetch_rows<T, VEC, R>(wgate, wup, H, width, (blockIdx.y + d * gridDim.y) * R, nvec);
     int count;
     if (shared_unit) {
         wait_for_primary_grid();  // x and the outputs' memory: only once the previous kernel is done
@@ -557,9 +561,9 @@ __global__ void __launch_bounds__(WARPS * 32, 2) gate_up_split_kernel(
     const int xdiv = shared_unit ? 1 : k;
     for (int blk = blockIdx.y; blk < nblocks; blk += gridDim.y) {
         const int i0 = blk * R;
-        if (blk != (int)blockIdx.y) {  // this block's rows (from L2: prefetched), the one after prefetched
+        if (blk != (int)blockIdx.y) {  // this block's rows (from L2: prefetched), SPLIT_AHEAD blocks on prefetched
             split_load_rows<T, VEC, R, NQ>(wv, wgate, wup, H, width, i0, tid, nvec);
-            split_prefetch_rows<T, VEC, R>(wgate, wup, H, width, (blk + gridDim.y) * R, nvec);
+            split_prefetch_rows<T, VEC, R>(wgate, wup, H, width, (blk + SPLIT_AHEAD * gridDim.y) * R, nvec);
         }
         for (int c0 = 0; c0 < count; c0 += MT) {
             float acc[2 * R][MT];
