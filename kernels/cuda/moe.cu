@@ -85,6 +85,7 @@ __device__ __forceinline__ void topk_warp(Load ld, int E, int k, float* __restri
 template <typename T, int NPL>
 __global__ void __launch_bounds__(128) topk_kernel(const T* __restrict__ logits, float* __restrict__ weights,
                                                    long long* __restrict__ experts, int T_, int E, int k) {
+    wait_for_primary_grid();   // launched programmatically: the logits (the router GEMM) are complete
     allow_dependent_launch();  // the gate/up kernel may be scheduled now (it waits for this grid to finish)
     const int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (t >= T_) return;
@@ -506,7 +507,6 @@ __global__ void __launch_bounds__(WARPS * 32, 2) gate_up_split_kernel(
     __shared__ int list[128];   // the expert's slots (n_slots <= 128)
     __shared__ int info[2];     // first-slot flag, count
     __shared__ float red[WARPS][2 * R * MT];
-    allow_dependent_launch();  // the down kernel may be scheduled (it prefetches its rows, then waits for this grid)
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int u = blockIdx.x;
     const bool shared_unit = sh_gate != nullptr && u == gridDim.x - 1;
@@ -516,6 +516,8 @@ __global__ void __launch_bounds__(WARPS * 32, 2) gate_up_split_kernel(
     int e = 0;
     if (!shared_unit) {
         wait_for_primary_grid();  // the routing (top-k) is complete and visible
+        // the down kernel may be scheduled now (it reads the experts before its own wait: only after the routing)
+        allow_dependent_launch();
         e = expert_of(experts, u, E);
         if (e < 0) return;
     }
@@ -532,6 +534,7 @@ __global__ void __launch_bounds__(WARPS * 32, 2) gate_up_split_kernel(
     int count;
     if (shared_unit) {
         wait_for_primary_grid();  // x and the outputs' memory: only once the previous kernel is done
+        allow_dependent_launch();
         count = T_;
     } else {
         if (warp == 0) {  // the expert's slots; the CTA works only if u is the first
