@@ -181,6 +181,17 @@ class Shard:
             out[0] = self.vocab_rows
         return tuple(out)
 
+    def take(self, name: str, full: torch.Tensor) -> torch.Tensor:
+        """This rank's share of an in-memory tensor `name` (as read_shards would read it from a file)."""
+        parts = self.slices(name)
+        if parts is None:
+            return full
+        pieces = [full.narrow(dim, a, b - a) for dim, a, b in parts]
+        t = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=parts[0][0])
+        if name in (EMBED, LM_HEAD) and t.shape[0] < self.vocab_rows:
+            t = torch.cat([t, t.new_zeros(self.vocab_rows - t.shape[0], *t.shape[1:])])
+        return t.contiguous()
+
     def reads(self, name: str) -> bool:
         """False for a per-expert tensor of another rank's expert (never read)."""
         m = _PER_EXPERT.match(name)

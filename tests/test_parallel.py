@@ -226,3 +226,18 @@ def test_cli_under_torchrun_writes_the_one_process_answer():
     assert two.returncode == 0, two.stderr[-2000:]
     assert two.stdout == one.stdout and one.stdout.strip()
     assert two.stderr.count("decode:") == 1  # timings from rank 0 only
+
+
+@pytest.mark.gpu
+def test_nccl_ranks_match_one_gpu_at_bf16():
+    """On a host of 2+ GPUs: tools/tp_gpu.py --check (2 NCCL ranks vs one process, bf16, 9B widths at 4 layers,
+    the decode step captured with its collectives)."""
+    import subprocess
+    import sys
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, str(root / "tools" / "tp_gpu.py"), "--check", "--gpus", "2", "--out",
+                        str(root / "benchmarks" / "results")], capture_output=True, text=True, timeout=600, cwd=root)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
