@@ -241,3 +241,19 @@ def test_nccl_ranks_match_one_gpu_at_bf16():
     p = subprocess.run([sys.executable, str(root / "tools" / "tp_gpu.py"), "--check", "--gpus", "2", "--out",
                         str(root / "benchmarks" / "results")], capture_output=True, text=True, timeout=600, cwd=root)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+
+
+def test_read_shards_equals_take_of_the_whole(ckpts):
+    """Each rank's slices read from the files (get_slice; per-expert or fused experts) = the same cut of the whole
+    tensors in memory (Shard.take, used by tools/tp_gpu.py)."""
+    from model.loader import load_weights
+
+    for kind in ("dense", "moe"):
+        cfg, full = load_weights(ckpts[kind], dtype=torch.float32)
+        for rank in range(4):
+            shard = P.Shard(rank, 4, cfg)
+            got, _ = P.read_shards(ckpts[kind], shard, dtype=torch.float32)
+            assert set(got) == set(full)
+            for name, t in full.items():
+                assert torch.equal(got[name], shard.take(name, t)), f"{kind} rank {rank}: {name}"
+                assert tuple(got[name].shape) == shard.local_shape(name, tuple(t.shape)), name
