@@ -121,36 +121,13 @@ def load_weights(path, cfg: ModelConfig | None = None, *, device="cpu", dtype=No
     progress: None = a tqdm bar for big checkpoints only (and only on a terminal).
     vision=False: the vision tower's tensors (`model.visual.*`) are skipped, neither checked, read nor allocated.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     cfg = cfg or ModelConfig.from_pretrained(path)
     target = _resolve_dtype(dtype if dtype is not None else cfg.dtype)
     files = checkpoint_files(path)
 
     with ExitStack() as stack:
-        handles, stored = [], {}  # stored: name -> (handle index, shape)
-        duplicates = []
-        for f in files:
-            try:
-                h = stack.enter_context(safe_open(str(f), framework="pt", device="cpu"))
-            except Exception as e:  # safetensors raises its own error types for corrupt headers
-                raise ValueError(f"cannot read safetensors file {str(f)!r}: {e}") from e
-            handles.append(h)
-            for k in h.keys():
-                if k.startswith("mtp."):  # multi-token-prediction head: not used (HF ignores it too)
-                    continue
-                if k in stored:
-                    duplicates.append(k)
-                stored[k] = (len(handles) - 1, tuple(h.get_slice(k).get_shape()))
-        if cfg.tie_word_embeddings:  # lm_head is the embedding; a stored copy is ignored, as HF re-ties it
-            stored.pop(LM_HEAD, None)
-        want = _on_disk_shapes(cfg, stored)
-        if not vision:  # language model only: the tower's tensors are not read
-            stored = {k: v for k, v in stored.items() if not k.startswith(VISUAL)}
-            want = {k: v for k, v in want.items() if not k.startswith(VISUAL)}
-            duplicates = [k for k in duplicates if not k.startswith(VISUAL)]
-        _check(stored, want, duplicates, path)
+        handles, stored = open_checkpoint(stack, cfg, path, files, vision)
 
         total = sum(f.stat().st_size for f in files)
         big = len(stored) >= _PROGRESS_MIN_TENSORS or total >= _PROGRESS_MIN_BYTES
@@ -167,16 +144,52 @@ def load_weights(path, cfg: ModelConfig | None = None, *, device="cpu", dtype=No
             if not m:
                 weights[k] = t
                 continue
-            group = experts[m["prefix"]]
-            group[m["proj"], int(m["e"])] = t
-            if len(group) == 3 * E:  # a layer's experts are complete: fuse them now to bound peak memory
-                weights[m["prefix"] + ".gate_up_proj"] = torch.stack(
-                    [torch.cat([group["gate", e], group["up", e]]) for e in range(E)])
-                weights[m["prefix"] + ".down_proj"] = torch.stack([group["down", e] for e in range(E)])
-                del experts[m["prefix"]]
+            add_expert(weights, experts, m, t, 0, E)
     if cfg.tie_word_embeddings:
         weights[LM_HEAD] = weights[EMBED]
     return cfg, weights
+
+
+def open_checkpoint(stack: ExitStack, cfg: ModelConfig, path: Path, files, vision: bool = True):
+    """Open every safetensors file (closed with `stack`) and index it: (handles, stored), stored = {name: (handle
+    index, shape)}. Names and shapes are checked against the config from the headers alone, before any data is
+    read; vision=False drops the tower's tensors from both sides."""
+    from safetensors import safe_open
+
+    handles, stored, duplicates = [], {}, []
+    for f in files:
+        try:
+            h = stack.enter_context(safe_open(str(f), framework="pt", device="cpu"))
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise ValueError(f"cannot read safetensors file {str(f)!r}: {e}") from e
+        handles.append(h)
+        for k in h.keys():
+            if k.startswith("mtp."):  # multi-token-prediction head: not used (HF ignores it too)
+                continue
+            if k in stored:
+                duplicates.append(k)
+            stored[k] = (len(handles) - 1, tuple(h.get_slice(k).get_shape()))
+    if cfg.tie_word_embeddings:  # lm_head is the embedding; a stored copy is ignored, as HF re-ties it
+        stored.pop(LM_HEAD, None)
+    want = _on_disk_shapes(cfg, stored)
+    if not vision:  # language model only: the tower's tensors are not read
+        stored = {k: v for k, v in stored.items() if not k.startswith(VISUAL)}
+        want = {k: v for k, v in want.items() if not k.startswith(VISUAL)}
+        duplicates = [k for k in duplicates if not k.startswith(VISUAL)]
+    _check(stored, want, duplicates, path)
+    return handles, stored
+
+
+def add_expert(weights: dict, experts: dict, m, t: torch.Tensor, e0: int, e1: int) -> None:
+    """Collect one per-expert tensor (m: its _PER_EXPERT match); once experts e0..e1-1 of its layer are all in,
+    fuse them into the layer's gate_up_proj / down_proj and drop the parts (bounds peak memory)."""
+    group = experts[m["prefix"]]
+    group[m["proj"], int(m["e"])] = t
+    if len(group) == 3 * (e1 - e0):
+        weights[m["prefix"] + ".gate_up_proj"] = torch.stack(
+            [torch.cat([group["gate", e], group["up", e]]) for e in range(e0, e1)])
+        weights[m["prefix"] + ".down_proj"] = torch.stack([group["down", e] for e in range(e0, e1)])
+        del experts[m["prefix"]]
 
 
 def _on_disk_shapes(cfg: ModelConfig, stored) -> dict[str, tuple[int, ...]]:

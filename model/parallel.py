@@ -43,8 +43,8 @@ import torch.nn.functional as F
 
 from .config import ModelConfig, TextConfig
 from .language import LanguageModel
-from .loader import (EMBED, LM, LM_HEAD, VISUAL, _PER_EXPERT, _check, _on_disk_shapes, _progress, _resolve_dtype,
-                     checkpoint_files)
+from .loader import (EMBED, LM, LM_HEAD, _PER_EXPERT, _progress, _resolve_dtype, add_expert,
+                     checkpoint_files, open_checkpoint)
 
 
 def _dist():
@@ -263,33 +263,11 @@ def read_shards(path, shard: Shard, *, device="cpu", dtype=None, progress=False,
     """This rank's tensors under their HF names (sliced; fused experts of its own experts only), and the number of
     tensor bytes it read from the files. Names and shapes are checked on the full headers first.
     progress as in model.loader.load_weights; vision=False skips the tower's tensors."""
-    from safetensors import safe_open
-
     path, cfg = Path(path), shard.config
     target = _resolve_dtype(dtype if dtype is not None else cfg.dtype)
     files = checkpoint_files(path)
     with ExitStack() as stack:
-        handles, stored, duplicates = [], {}, []
-        for f in files:
-            try:
-                h = stack.enter_context(safe_open(str(f), framework="pt", device="cpu"))
-            except Exception as e:  # safetensors raises its own error types for corrupt headers
-                raise ValueError(f"cannot read safetensors file {str(f)!r}: {e}") from e
-            handles.append(h)
-            for k in h.keys():
-                if k.startswith("mtp."):
-                    continue
-                if k in stored:
-                    duplicates.append(k)
-                stored[k] = (len(handles) - 1, tuple(h.get_slice(k).get_shape()))
-        if cfg.tie_word_embeddings:
-            stored.pop(LM_HEAD, None)
-        want = _on_disk_shapes(cfg, stored)
-        if not vision:  # language model only: the tower's tensors are not read
-            stored = {k: v for k, v in stored.items() if not k.startswith(VISUAL)}
-            want = {k: v for k, v in want.items() if not k.startswith(VISUAL)}
-            duplicates = [k for k in duplicates if not k.startswith(VISUAL)]
-        _check(stored, want, duplicates, path)
+        handles, stored = open_checkpoint(stack, cfg, path, files, vision)
 
         e0, e1 = shard.experts
         weights, nbytes = {}, 0
@@ -307,13 +285,7 @@ def read_shards(path, shard: Shard, *, device="cpu", dtype=None, progress=False,
             if not m:
                 weights[k] = t
                 continue
-            group = experts[m["prefix"]]
-            group[m["proj"], int(m["e"])] = t
-            if len(group) == 3 * (e1 - e0):  # this rank's experts of the layer are complete: fuse them
-                weights[m["prefix"] + ".gate_up_proj"] = torch.stack(
-                    [torch.cat([group["gate", e], group["up", e]]) for e in range(e0, e1)])
-                weights[m["prefix"] + ".down_proj"] = torch.stack([group["down", e] for e in range(e0, e1)])
-                del experts[m["prefix"]]
+            add_expert(weights, experts, m, t, e0, e1)  # this rank's experts only
     if cfg.tie_word_embeddings:
         weights[LM_HEAD] = weights[EMBED]
     return weights, nbytes
