@@ -16,9 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import model as M
-from model.config import ModelConfig
-from model.loader import expected_shapes
+from tests._lm_gpu import TinyModels
 
 pytestmark = pytest.mark.gpu
 
@@ -35,43 +33,7 @@ RAW = dict(
     vision_config=dict(depth=1, hidden_size=128, intermediate_size=256, num_heads=2, out_hidden_size=256,
                        num_position_embeddings=64),
 )
-_WEIGHTS: dict = {}
-_MODELS: dict = {}
-
-
-def _weights() -> dict:
-    """fp32 CPU random weights: linears ~N(0, 0.05), (1+w) norms ~N(0, 0.1), gated-norm weight ~1 + N(0, 0.1)."""
-    if not _WEIGHTS:
-        cfg = ModelConfig.from_dict(RAW)
-        g = torch.Generator().manual_seed(0)
-        for name, shape in expected_shapes(cfg).items():
-            t = torch.randn(shape, generator=g)
-            if name.endswith("A_log"):
-                t = torch.empty(shape).uniform_(0.0, 2.7, generator=g)
-            elif name.endswith("dt_bias"):
-                t = 1.0 + 0.1 * t
-            elif name.endswith("linear_attn.norm.weight") or "visual" in name and "norm" in name:
-                t = 1.0 + 0.1 * t if name.endswith("weight") else 0.1 * t
-            elif name.endswith("norm.weight") or name.endswith("layernorm.weight"):
-                t = 0.1 * t
-            elif name.endswith("conv1d.weight"):
-                t = 0.3 * t
-            else:
-                t = 0.05 * t
-            _WEIGHTS[name] = t
-    return _WEIGHTS
-
-
-def model_for(backend: str, dtype=torch.float32, graphs: bool = True) -> M.Model:
-    key = (backend, dtype)
-    if key not in _MODELS:
-        w = {k: v.to("cuda", dtype) for k, v in _weights().items()}
-        _MODELS[key] = M.Model(ModelConfig.from_dict(RAW), w, backend=backend, cuda_graphs=backend == "kernels")
-    m = _MODELS[key]
-    m.cuda_graphs = graphs and backend == "kernels"
-    m.prefill_chunk, m.decode_block = 8192, 8
-    m._sessions.clear()
-    return m
+model_for = TinyModels(RAW)
 
 
 def rows_batch(lengths=(37, 12, 64), seed=0):
