@@ -16,7 +16,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests._lm_gpu import TinyModels
+from tests._lm_gpu import (TinyModels, check_greedy_matches_reference_fp32, check_logits_match_reference,
+                           rows_batch)
 
 pytestmark = pytest.mark.gpu
 
@@ -36,20 +37,6 @@ RAW = dict(
 model_for = TinyModels(RAW)
 
 
-def rows_batch(lengths=(37, 12, 64), seed=0):
-    """Left-padded rows of different lengths; 3 rows, so the graph path pads the batch to its bucket of 4 with an
-    idle row (a zero-length prefill segment through every kernel)."""
-    g = torch.Generator().manual_seed(seed)
-    rows = [torch.randint(0, 500, (n,), generator=g).tolist() for n in lengths]
-    S = max(lengths)
-    ids = torch.zeros(len(rows), S, dtype=torch.long)
-    mask = torch.zeros(len(rows), S, dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, S - len(r):] = torch.tensor(r)
-        mask[b, S - len(r):] = 1
-    return rows, ids, mask
-
-
 def test_placement_lists_the_lm_ops():
     where = model_for("kernels").placement()
     print("\nLM ops on the reference:", sorted(k for k, v in where.items() if v == "reference"))
@@ -57,28 +44,11 @@ def test_placement_lists_the_lm_ops():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_logits_kernels_match_reference(dtype):
-    _, ids, mask = rows_batch()
-    ref = model_for("reference", dtype).logits(ids, attention_mask=mask).float()
-    got = model_for("kernels", dtype).logits(ids, attention_mask=mask).float()
-    real = mask.bool().cuda()
-    assert torch.isfinite(got[real]).all()
-    if dtype == torch.float32:
-        err = float((got[real] - ref[real]).abs().max() / ref[real].abs().max())
-        print(f"\nfp32 logits max rel diff {err:.2e}")
-        assert err < 1e-3
-    else:
-        err = float((got[real] - ref[real]).norm() / ref[real].norm())
-        print(f"\nbf16 logits rel L2 {err:.2e}")
-        assert err < 5e-2
+    check_logits_match_reference(model_for, dtype)
 
 
 def test_greedy_tokens_match_reference_fp32():
-    _, ids, mask = rows_batch()
-    ref = model_for("reference").generate_ids(ids, attention_mask=mask, max_new_tokens=16, eos_token_ids=[])
-    m = model_for("kernels")
-    got = m.generate_ids(ids, attention_mask=mask, max_new_tokens=16, eos_token_ids=[])
-    print(f"\ndecode mode: {m.last_decode_mode}")
-    assert torch.equal(got, ref), f"\nours {got[:, ids.shape[1]:].tolist()}\nref  {ref[:, ids.shape[1]:].tolist()}"
+    check_greedy_matches_reference_fp32(model_for)
 
 
 # bf16 only: the decode-attention kernel takes bf16/fp16, so an fp32 model decodes eagerly (its reference twin
