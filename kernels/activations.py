@@ -86,7 +86,8 @@ def _gate_launch(op: str, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, dev
     ty = max(1, min(_GATE_THREADS // tx, ceil_div(rows, per)))
     grid = (ctas_x, min(ceil_div(rows, ty * per), 65535), 1)
     SOURCE.launch(device, _gate_expr(a.dtype, vec, _GATE_OPS[op], per), grid, (tx, ty, 1),
-                  a.data_ptr(), b.data_ptr(), y.data_ptr(), i32(rows), i32(cols), i64(sa), i64(sb))
+                  a.data_ptr(), b.data_ptr(), y.data_ptr(), i32(rows), i32(cols), i64(sa), i64(sb),
+                  pdl=True)  # a programmatic launch (activations.cu's gate_kernel)
 
 
 def _check_pair(a_name: str, a, b_name: str, b) -> None:

@@ -96,7 +96,7 @@ def decode_prologue(tokens: torch.Tensor, embed: torch.Tensor, lengths: torch.Te
         _glue_source().launch(device, f"glue::decode_prologue<{CTYPES[embed.dtype]}>", (B, 1, 1), (128, 1, 1),
                               tokens.data_ptr(), embed.data_ptr(), lengths.data_ptr(), rope_delta.data_ptr(),
                               cos.data_ptr(), sin.data_ptr(), x.data_ptr(), co.data_ptr(), so.data_ptr(),
-                              attend.data_ptr(), i32(V), i32(H), i32(R), i32(cap))
+                              attend.data_ptr(), i32(V), i32(H), i32(R), i32(cap), pdl=True)  # glue.cu: PDL
     return x, co, so, attend
 
 
@@ -131,5 +131,5 @@ def greedy_select(logits: torch.Tensor, done: torch.Tensor, eos: torch.Tensor, p
     _glue_source().launch(device, f"glue::greedy_select<{CTYPES[logits.dtype]}>", (chunks, B, 1), (256, 1, 1),
                           logits.data_ptr(), i64(logits.stride(0)), i32(V), i32(_SELECT_CHUNK), part_v.data_ptr(),
                           part_i.data_ptr(), ticket.data_ptr(), done.data_ptr(), eos.data_ptr(), i32(eos.numel()),
-                          pad.data_ptr(), out.data_ptr())
+                          pad.data_ptr(), out.data_ptr(), pdl=True)  # a programmatic launch (glue.cu)
     return out

@@ -219,11 +219,13 @@ def _rms_launch(op: str, device, x, other, weight, y, residual_out, eps: float, 
             i64(sx), i64(so), f32(eps), f32(w_offset))
     cfg = _rms_config(cols // vec, vec == vecs[0], rows < _RMS_FEW_ROWS)
     if cfg is None:
-        SOURCE.launch(device, _rms_loop_expr(x.dtype, mode), (rows, 1, 1), (_MAX_THREADS, 1, 1), *args)
+        SOURCE.launch(device, _rms_loop_expr(x.dtype, mode), (rows, 1, 1), (_MAX_THREADS, 1, 1), *args, pdl=True)
         return
     tx, npt = cfg
     ty = max(1, _RMS_ROW_THREADS // tx)
-    SOURCE.launch(device, _rms_expr(x.dtype, vec, npt, mode), (ceil_div(rows, ty), 1, 1), (tx, ty, 1), *args)
+    # programmatic launches (norms.cu): the next kernel's launch and its weight loads overlap this one
+    SOURCE.launch(device, _rms_expr(x.dtype, vec, npt, mode), (ceil_div(rows, ty), 1, 1), (tx, ty, 1), *args,
+                  pdl=True)
 
 
 def _check_rows_input(name: str, t, shape: tuple | None = None) -> None:

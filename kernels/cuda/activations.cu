@@ -2,6 +2,7 @@
 //   TANH=true:  0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3)))   (gelu_pytorch_tanh; exact tanhf)
 //   TANH=false: 0.5 v (1 + erf(v / sqrt(2)))                       (exact GELU)
 #include "include/convert.cuh"
+#include "include/ptx.cuh"
 #include "include/reduce.cuh"
 
 namespace activations {
@@ -69,6 +70,7 @@ template <typename T, int VEC, int OP, int ROWS>
 __global__ void __launch_bounds__(256) gate_kernel(const T* __restrict__ a, const T* __restrict__ b,
                                                    T* __restrict__ y, int rows, int cols, long long sa,
                                                    long long sb) {
+    pdl_begin();  // a programmatic launch (include/ptx.cuh): let the next kernel in, wait for the previous one
     const int c = (blockIdx.x * blockDim.x + threadIdx.x) * VEC;
     if (c >= cols) return;
     for (int r0 = (blockIdx.y * blockDim.y + threadIdx.y) * ROWS; r0 < rows; r0 += gridDim.y * blockDim.y * ROWS) {

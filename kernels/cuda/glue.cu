@@ -11,6 +11,7 @@
 //   (value, index) partial; the row's last CTA to finish (a per-row ticket, reset by that CTA for the next call)
 //   reduces the partials and applies the stop rule.
 #include "include/convert.cuh"
+#include "include/ptx.cuh"
 
 namespace glue {
 using namespace qkern;
@@ -23,6 +24,7 @@ __global__ void __launch_bounds__(128) decode_prologue(const long long* __restri
                                                        T* __restrict__ x, float* __restrict__ cos_out,
                                                        float* __restrict__ sin_out, int* __restrict__ attend, int V,
                                                        int H, int R, int capacity) {
+    pdl_begin();  // a programmatic launch (include/ptx.cuh): tokens and lengths come from the previous step
     const int b = blockIdx.x;
     long long tok = tokens[b];
     if (tok < 0 || tok >= V) tok = 0;
@@ -81,6 +83,7 @@ __global__ void __launch_bounds__(SELECT_THREADS) greedy_select(const T* __restr
                                                                 const long long* __restrict__ eos, int n_eos,
                                                                 const long long* __restrict__ pad,
                                                                 long long* __restrict__ tokens) {
+    pdl_begin();  // a programmatic launch (include/ptx.cuh): the logits come from the lm_head GEMM
     const int b = blockIdx.y, c = blockIdx.x, chunks = gridDim.x;
     const T* row = logits + (size_t)b * sl;
     const int lo = c * chunk, hi = min(V, lo + chunk);

@@ -4,6 +4,7 @@
 // Any of bias, w, b may be null (no bias / scale 1 / shift 0).
 // Statistics in fp32 on the values as stored (so y matches LN of the residual_out tensor), biased variance.
 #include "include/convert.cuh"
+#include "include/ptx.cuh"
 #include "include/reduce.cuh"
 
 namespace norms {
@@ -167,6 +168,7 @@ __global__ void __launch_bounds__(1024) layer_norm_loop_kernel(
 //   GATED_RMS: n = round_T(x * rsqrt(mean(x^2) + eps));  p = round_T(w * n);  y = p * silu(z)   (HF's roundings)
 //   L2:        y = x * rsqrt(sum(x^2) + eps)                           (no weight)
 // fp32 statistics, one rounding on store (plus the named intermediate roundings), like reference/norms.py.
+// Both kernels are programmatic dependent launches (include/ptx.cuh): correct launched either way.
 enum RmsMode { RMS = 0, ADD_RMS = 1, GATED_RMS = 2, L2 = 3 };
 
 // Sum over the blockDim.x threads of a row. blockDim.x >= 32: row_sum (warp shuffles, then shared memory when a
@@ -265,13 +267,21 @@ __global__ void __launch_bounds__(1024) rms_norm_kernel(
     // are read after it (registers: 4 weight vectors more would spill under 1024-thread CTAs' 64 registers).
     constexpr bool PRE_W = NPT <= 2 && MODE != L2;
     Packed<T, VEC> xv[NPT], ov[NPT], wv[PRE_W ? NPT : 1];
+    // A programmatic launch (ptx.cuh's protocol): the next kernel may be scheduled now, and the weights (no kernel
+    // writes them) are read while the previous kernel finishes; x and other only after the wait.
+    allow_dependent_launch();
+#pragma unroll
+    for (int i = 0; i < NPT; ++i) {
+        const int c = (threadIdx.x + blockDim.x * i) * VEC;
+        if (PRE_W && live && c < cols) wv[PRE_W ? i : 0].load(w + c);
+    }
+    wait_for_primary_grid();
 #pragma unroll
     for (int i = 0; i < NPT; ++i) {
         const int c = (threadIdx.x + blockDim.x * i) * VEC;
         if (live && c < cols) {
             xv[i].load(x + row * sx + c);
             if (MODE == ADD_RMS || MODE == GATED_RMS) ov[i].load(other + row * so + c);
-            if (PRE_W) wv[PRE_W ? i : 0].load(w + c);
         }
     }
     float s = 0.f;
@@ -324,6 +334,7 @@ __global__ void __launch_bounds__(1024) rms_norm_loop_kernel(
     const T* __restrict__ x, const T* __restrict__ other, const T* __restrict__ w, T* __restrict__ y,
     T* __restrict__ residual_out, int rows, int cols, long long sx, long long so, float eps, float w_offset) {
     __shared__ float red[32];
+    pdl_begin();  // a programmatic launch (ptx.cuh): let the next kernel in, then wait for the previous one
     const size_t off = (size_t)blockIdx.x * cols;
     x += blockIdx.x * sx;
     other += blockIdx.x * so;

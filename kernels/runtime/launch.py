@@ -11,11 +11,20 @@ above the default 48 KB is allowed once per kernel, the first time a launch asks
 Arguments, in the kernel's parameter order: a Python int is a pointer (`t.data_ptr()`, or 0 for null) or any
 64-bit integer; numpy scalars (i32, i64, u32, f32 from nvrtc.py) are passed as those C types; ctypes scalars as
 they are, and a ctypes Structure by value (a TMA descriptor, kernels/runtime/tma.py, is one argument).
+
+Programmatic dependent launch (sm_90): `launch(..., pdl=True)` lets the kernel be scheduled while the previous
+kernel of the stream still runs, hiding the launch gap between the small kernels of a decode step. Only for
+kernels that follow the protocol in kernels/cuda/include/ptx.cuh (griddepcontrol.wait before the first dependent
+read or any write, in every thread; launch_dependents as early as possible). A CUDA-graph capture keeps the
+launches as programmatic edges. PDL = False (or QWEN35_PDL=0 in the environment) makes every launch a plain one
+(A/B timing); PDL_OFF = {"norms.cu", ...} does so for the kernels of those sources only; a driver that refuses a
+programmatic launch gets plain ones from then on, and PDL_ERROR says why.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 
 import numpy as np
 import torch
@@ -24,6 +33,9 @@ from . import device as _device
 from . import nvrtc
 
 _DEFAULT_SMEM = 48 * 1024
+PDL = os.environ.get("QWEN35_PDL", "1") != "0"  # programmatic dependent launches where asked for (module doc)
+PDL_OFF: set = set()  # source files (e.g. "norms.cu") whose kernels launch plainly even when asked for PDL
+PDL_ERROR: str | None = None  # why the driver refused a programmatic launch (plain launches from then on)
 # argument type -> (conversion or None, ctypes type of the kernel parameter). cuLaunchKernel's (values, types) form
 # packs Python ints and floats under c_long / c_int / c_float in C (numpy scalars would go through ctypes objects,
 # 30x slower), so numpy scalars become Python numbers first; pointers are 64-bit.
@@ -36,12 +48,12 @@ class Kernel:
     """A loaded kernel on one device: the driver handle cuLaunchKernel takes, and the dynamic shared memory it is
     allowed so far."""
 
-    __slots__ = ("name", "device", "obj", "func", "smem_allowed")
+    __slots__ = ("name", "device", "obj", "func", "smem_allowed", "file")
 
-    def __init__(self, name: str, device: int, obj):
+    def __init__(self, name: str, device: int, obj, file: str = ""):
         from cuda.bindings import driver
 
-        self.name, self.device, self.obj = name, device, obj
+        self.name, self.device, self.obj, self.file = name, device, obj, file
         h = obj.handle if hasattr(obj, "handle") else obj._handle
         # cuda.core >= 1.x loads libraries (a CUkernel, launched in the current context); older ones a CUfunction
         self.func = driver.CUfunction(int(h))
@@ -85,7 +97,7 @@ def get_kernel(file: str, expr: str, exprs: tuple[str, ...] | None = None, *, op
             raise KeyError(f"{expr!r} is not an instantiation listed for {file}")
         Device(dev).set_current()  # the primary context, which torch shares
         mod = nvrtc.compile_source(nvrtc.read_source(file), exprs, arch or _device.arch(dev), tuple(options))
-        k = _KERNELS[key] = Kernel(expr, dev, mod.get_kernel(expr))
+        k = _KERNELS[key] = Kernel(expr, dev, mod.get_kernel(expr), file)
     return k
 
 
@@ -162,8 +174,9 @@ def _launch_programmatic(kernel: Kernel, grid, block, shared_mem: int, stream, p
 
 def launch(kernel: Kernel, grid, block, *args, shared_mem: int = 0, pdl: bool = False) -> None:
     """cuLaunchKernel on torch's current stream of the kernel's device; `args` one per kernel parameter, grid and
-    block an int or a tuple of up to 3. pdl: a programmatic dependent launch on sm_90 (the kernel waits for the
-    previous one with griddepcontrol.wait; kernels/cuda/decode_attention.cu's combine); elsewhere a plain launch."""
+    block an int or a tuple of up to 3. pdl: a programmatic dependent launch on sm_90 for a kernel that follows
+    ptx.cuh's protocol (module doc; PDL / PDL_OFF turn it off); elsewhere a plain launch."""
+    global PDL_ERROR
     from cuda.bindings import driver
 
     dev = kernel.device
@@ -174,8 +187,11 @@ def launch(kernel: Kernel, grid, block, *args, shared_mem: int = 0, pdl: bool = 
         kernel.allow_shared_memory(shared_mem)
     params = _params(args)
     stream = driver.CUstream(_current_raw_stream(dev))
-    if pdl and _device.capability(dev)[0] >= 9:
-        return _launch_programmatic(kernel, grid, block, shared_mem, stream, params)
+    if pdl and PDL and PDL_ERROR is None and kernel.file not in PDL_OFF and _device.capability(dev)[0] >= 9:
+        try:
+            return _launch_programmatic(kernel, grid, block, shared_mem, stream, params)
+        except RuntimeError as e:  # a driver without it: plain launches (stream order is always correct)
+            PDL_ERROR = str(e)
     (err,) = driver.cuLaunchKernel(kernel.func, *_dim3(grid), *_dim3(block), shared_mem, stream, params, 0)
     if int(err) != 0:
         raise RuntimeError(f"cuLaunchKernel({kernel.name}) failed: {err}")

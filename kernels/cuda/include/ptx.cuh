@@ -22,10 +22,26 @@ __device__ __forceinline__ float ex2(float x) {
 // register operands the compiler does not see being read or written in the background).
 __device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r)::"memory"); }
 
-// Programmatic dependent launch (sm_90): a kernel launched with pdl=True (kernels/runtime/launch.py) may be scheduled
-// while the previous kernel of the stream still runs. allow_dependent_launch lets the next kernel be scheduled now;
-// wait_for_primary_grid waits until the previous grid has finished and its writes are visible. Without a
-// programmatic launch (or before sm_90) the stream orders the kernels and both return at once.
+// Programmatic dependent launch (PDL, sm_90). A kernel launched with pdl=True (kernels/runtime/launch.py) may be
+// scheduled while the kernel before it in the stream still runs. allow_dependent_launch (griddepcontrol
+// .launch_dependents) lets the next kernel be scheduled once every CTA of this grid has called it or exited;
+// wait_for_primary_grid (griddepcontrol.wait) blocks the calling thread until the previous grid has finished and
+// its writes are visible. Without a programmatic launch (or before sm_90) the stream orders the kernels and both
+// return at once, so a kernel written this way is correct launched either way.
+//
+// The protocol, for any kernel launched with pdl=True (the host side, its switch and fallback: launch() in
+// kernels/runtime/launch.py):
+//   * every thread calls wait_for_primary_grid() before its first read of anything an earlier kernel of the
+//     stream wrote (activations, caches, lengths, counters, a reused allocation) and before its first global
+//     write or atomic (an earlier kernel may still be reading that memory). A thread that returns without touching
+//     global memory may skip it, as long as some thread of the grid waits: then the grid cannot finish before its
+//     predecessor, so one wait covers the whole stream history, not only the previous kernel.
+//   * reads of data no kernel of the stream writes (weights, constant tables) may be issued before the wait: that
+//     is the gain (gemm.cu streams its weights before it; norms.cu loads the norm weights).
+//   * allow_dependent_launch() may come anywhere, the earlier the better (the next kernel's launch latency and its
+//     own constant loads then overlap this kernel): its dependents wait for this whole grid anyway. Trigger late
+//     only to keep the dependents' CTAs off the SMs while a grid of more than one wave is still being scheduled.
+// pdl_begin() is the common prologue: trigger, then wait (kernels with no constant data worth loading first).
 __device__ __forceinline__ void allow_dependent_launch() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
@@ -35,6 +51,10 @@ __device__ __forceinline__ void wait_for_primary_grid() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
+}
+__device__ __forceinline__ void pdl_begin() {
+    allow_dependent_launch();
+    wait_for_primary_grid();
 }
 
 }  // namespace qkern
