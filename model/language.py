@@ -300,14 +300,13 @@ class LanguageModel:
             for n in counts:
                 ccu.append(ccu[-1] + n)
             ends = [b for b in range(B) if counts[b] and done[b] + counts[b] == lengths[b]]  # rows ending here
-            sel = torch.tensor([ccu[b + 1] - 1 for b in ends], dtype=torch.int64, device=self.device)
-            h = self.forward(embeds[c0:c1], positions[:, c0:c1],
-                             torch.tensor(ccu, dtype=torch.int32, device=self.device), cache,
+            sel = _device_ints([ccu[b + 1] - 1 for b in ends], torch.int64, self.device)
+            h = self.forward(embeds[c0:c1], positions[:, c0:c1], _device_ints(ccu, torch.int32, self.device), cache,
                              start=list(done), select=sel, cu_host=ccu)
             if ends:
-                out[torch.tensor(ends, device=self.device)] = h
+                out.index_copy_(0, _device_ints(ends, torch.int64, self.device), h)
             done = [d + n for d, n in zip(done, counts)]
-            cache.lengths.copy_(torch.tensor(done, dtype=torch.int32))
+            cache.lengths.copy_(_device_ints(done, torch.int32, self.device))
         return out
 
     def decode_step(self, cache: Cache, tokens: torch.Tensor) -> torch.Tensor:
@@ -447,6 +446,15 @@ class LanguageModel:
                      experts, shared_gate=w[s + "gate_proj.weight"], shared_up=w[s + "up_proj.weight"],
                      shared_down=w[s + "down_proj.weight"], shared_expert_gate=w[p + "shared_expert_gate.weight"],
                      validate=False)
+
+
+def _device_ints(values: list[int], dtype: torch.dtype, device) -> torch.Tensor:
+    """A host list as a device tensor without a host wait: through pinned memory on a GPU (a pageable copy waits
+    for everything queued before it, so the host would stop feeding the device between prefill chunks)."""
+    t = torch.tensor(values, dtype=dtype)
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _graph_ms(fn, reps: int = 8) -> float:

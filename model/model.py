@@ -26,7 +26,11 @@ class _Batch:
     embeds: torch.Tensor  # [T, H] packed input embeddings (vision rows scattered in)
     positions: torch.Tensor  # int64 [3, T] mRoPE ids
     rope_delta: torch.Tensor  # int64 [B]
-    vision_ms: float
+    vision: "_Stopwatch"  # the vision tower and the scatter of its rows (not started: no media)
+
+    @property
+    def vision_ms(self) -> float:
+        return self.vision.ms
 
 
 def load(path, *, device="cpu", dtype=None, backend: str = "reference", progress: bool | None = None,
@@ -256,7 +260,7 @@ class Model:
         real = ids_cpu[mask]  # [T] packed real tokens, row by row
         cu = torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0).to(torch.int32)
 
-        embeds = self.lm.embed(real)
+        embeds = self.lm.embed(_to_device(real, dev))
         # images and videos go through the tower in one call; their rows then replace the placeholders
         media = []
         for grid, pixels, tok, name in ((image_grid_thw, pixel_values, cfg.image_token_id, "image"),
@@ -268,19 +272,11 @@ class Model:
             if grid is None:
                 raise ValueError(f"{name} pixel values were given without their grid_thw")
             media.append((torch.as_tensor(pixels).to(dev, self.dtype), torch.as_tensor(grid).cpu(), tok))
-        vision_ms = 0.0
         if media:
             self._need_vision()
-            _sync(dev)
-            t0 = time.perf_counter()
-            feats = self.vision(torch.cat([m[0] for m in media]), torch.cat([m[1] for m in media]))
-            counts = [int(m[1].prod(-1).sum()) // cfg.vision.spatial_merge_size ** 2 for m in media]
-            for (_, _, tok), f in zip(media, feats.split(counts)):
-                embeds = ops.scatter_image_embeds(embeds, f.to(embeds.dtype), (real == tok).to(dev))
-            _sync(dev)
-            vision_ms = (time.perf_counter() - t0) * 1e3
 
-        # mRoPE ids per row, each row taking its own images / videos (whole grids, in order)
+        # mRoPE ids per row, each row taking its own images / videos (whole grids, in order). Before the tower
+        # runs: rope_index reads the device, which would otherwise wait for the tower to finish.
         merge = cfg.vision.spatial_merge_size
         grids = {cfg.image_token_id: _grid_list(image_grid_thw), cfg.video_token_id: _grid_list(video_grid_thw)}
         used = {tok: 0 for tok in grids}
@@ -297,6 +293,12 @@ class Model:
                 if need != 0:
                     raise ValueError(f"row {b}: the number of tokens with id {tok} does not match the grids given")
                 row_grids[tok] = torch.tensor(take, dtype=torch.int64, device=dev) if take else None
+            if all(g is None for g in row_grids.values()):
+                # a text row: position p on all three axes, delta 0 (what rope_index gives), built on the device
+                # without rope_index's host reads
+                positions.append(torch.arange(len(row), dtype=torch.int64, device=dev).expand(3, -1))
+                deltas.append(0)
+                continue
             pos, delta = ops.rope_index(row.to(dev), row_grids[cfg.image_token_id], row_grids[cfg.video_token_id],
                                         cfg.image_token_id, cfg.video_token_id, merge)
             positions.append(pos)
@@ -304,9 +306,18 @@ class Model:
         for tok, glist in grids.items():
             if used[tok] != len(glist):
                 raise ValueError(f"{len(glist) - used[tok]} grid(s) for token id {tok} have no tokens in input_ids")
-        return _Batch(input_ids=ids, mask=mask, lengths=lengths, cu_seqlens=cu.to(dev), embeds=embeds,
-                      positions=torch.cat(positions, dim=1).to(dev),
-                      rope_delta=torch.tensor(deltas, dtype=torch.int64, device=dev), vision_ms=vision_ms)
+
+        vision = _Stopwatch(dev)
+        if media:
+            vision.start()
+            feats = self.vision(torch.cat([m[0] for m in media]), torch.cat([m[1] for m in media]))
+            counts = [int(m[1].prod(-1).sum()) // cfg.vision.spatial_merge_size ** 2 for m in media]
+            for (_, _, tok), f in zip(media, feats.split(counts)):
+                embeds = ops.scatter_image_embeds(embeds, f.to(embeds.dtype), _to_device(real == tok, dev))
+            vision.stop()
+        return _Batch(input_ids=ids, mask=mask, lengths=lengths, cu_seqlens=_to_device(cu, dev), embeds=embeds,
+                      positions=torch.cat(positions, dim=1),
+                      rope_delta=_to_device(torch.tensor(deltas, dtype=torch.int64), dev), vision=vision)
 
     # ---------------------------------------------------------------------------------------------- generation
     def generate_ids(self, input_ids, *, attention_mask=None, pixel_values=None, image_grid_thw=None,
@@ -496,3 +507,42 @@ def _strip(ids: list[int], eos) -> list[int]:
 def _sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A CPU tensor on `device`; to a GPU through pinned memory without a host wait (a pageable copy would wait
+    for the device to finish everything queued before it)."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+class _Stopwatch:
+    """Time of a stretch of queued work: CUDA events on a GPU (no host wait; read `ms` once the work is done,
+    or it waits for it), wall time on the CPU. 0.0 if never started."""
+
+    def __init__(self, device):
+        self.cuda = torch.device(device).type == "cuda"
+        self._t = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._t = [torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)]
+            self._t[0].record()
+        else:
+            self._t = [time.perf_counter(), None]
+
+    def stop(self) -> None:
+        if self.cuda:
+            self._t[1].record()
+        else:
+            self._t[1] = time.perf_counter()
+
+    @property
+    def ms(self) -> float:
+        if self._t is None:
+            return 0.0
+        if self.cuda:
+            self._t[1].synchronize()
+            return self._t[0].elapsed_time(self._t[1])
+        return (self._t[1] - self._t[0]) * 1e3
