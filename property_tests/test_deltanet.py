@@ -104,6 +104,27 @@ def test_decode_warp_shapes(shape, pdl, monkeypatch):
 
 
 @gpu
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+@pytest.mark.parametrize("kern,nw", (("w", None), ("t", 1), ("t", 2), ("t", 4)))
+def test_every_state_pass_build(kern, nw, dtype, monkeypatch):
+    """Both state passes (the transposed one at every warp count, the warp-specialised one) against the fp64
+    recurrence: sequences ending inside a chunk, an empty one, one of a single token, with and without a state,
+    the state updated in place (final_state is initial_state), outputs poisoned."""
+    monkeypatch.setattr(K, "STATE_KERNEL", kern)
+    monkeypatch.setattr(K, "STATE_T_NW_FORCE", nw)
+    for lengths, heads, with_state in (([1, 63, 64, 65, 0, 300], (2, 4), True), ([129, 7], (1, 1), False)):
+        case = build_gated_delta_rule(lengths, *heads, dtype, seed=11, with_state=with_state)
+        want = _oracle(case)
+        q, k, v, g, beta, cu, h0 = case.on("cuda")
+        outs = case.nan_outs("cuda")
+        _errors(K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, out=outs), want, dtype)
+        if h0 is not None:
+            got = K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, final_state=h0)
+            assert got[1] is h0
+            _errors(got, want, dtype)
+
+
+@gpu
 def test_cluster_state_pass_equals_plain(monkeypatch):
     """Hopper: the state pass in clusters sharing the chunk rows by multicast gives bitwise the plain pass's
     results (the same shared-memory tiles, the same mma order), for every BV and cluster size, on sequences that
@@ -240,5 +261,7 @@ def test_no_register_spills(arch):
 def test_shared_memory_fits():
     """Every state-pass BV fits Hopper's 227 KB; sm_80's 163 KB takes BV 16 and 32 (the pick skips the rest)."""
     assert all(K.state_smem_bytes(bv) <= 232448 for bv in K.STATE_BV)
+    assert all(K.state_t_smem_bytes(nw, 3) <= 232448 for nw in K.STATE_T_NW)
+    assert K.pick_state_t(1, 16, 108, 166912)[1] == 2  # sm_80: two stages fit at every warp count
     assert K.pick_state_bv(1, 16, 108, 166912) in (16, 32)
     assert K.prep_smem_bytes() <= 166912

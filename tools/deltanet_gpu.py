@@ -184,7 +184,13 @@ def sanitize(args) -> int:
                                  ([1, 1, 1], 1, 2, torch.bfloat16, 1), ([20, 1], 1, 1, torch.float32, None),
                                  ([1] * 80, 1, 4, torch.bfloat16, 1), ([200, 3], 1, 1, torch.bfloat16, None)):
         q, k, v, g, beta, cu, h0 = make_inputs(lens, Hk, Hv, dt)
-        K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, max_seqlen=ms)
+        # every state-pass build on the prefill cases (the transposed one at each warp count, the warp-specialised)
+        for kern, nw in ((("t", 1), ("t", 2), ("t", 4), ("w", None)) if ms is None and dt != torch.float32
+                         else ((K.STATE_KERNEL, None),)):
+            saved = K.STATE_KERNEL, K.STATE_T_NW_FORCE
+            K.STATE_KERNEL, K.STATE_T_NW_FORCE = kern, nw
+            K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, max_seqlen=ms)
+            K.STATE_KERNEL, K.STATE_T_NW_FORCE = saved
     torch.cuda.synchronize()
     print("SANITIZE RUN DONE")
     return 0
@@ -481,6 +487,107 @@ def trials(args) -> int:
     return 0
 
 
+def trials_t(args) -> int:
+    """The transposed state pass (STATE_KERNEL "t", every NW) against the warp-specialised one ("w"): errors vs the
+    fp64 recurrence on small packed shapes, then graph-replayed prefill times of both in one process."""
+    from benchmarks.common import graph_ms
+
+    T0 = time.time()
+    OUT = args.out or "/tmp"
+
+    def emit(rec):
+        rec = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in rec.items()}
+        rec["t"] = round(time.time() - T0, 1)
+        print(json.dumps(rec), flush=True)
+        with open(os.path.join(OUT, "deltanet_trials_t.jsonl"), "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    saved = K.STATE_KERNEL, K.STATE_T_NW_FORCE
+
+    def run(q, k, v, g, beta, cu, h0, kern, nw=None, ms=None):
+        K.STATE_KERNEL, K.STATE_T_NW_FORCE = kern, nw
+        try:
+            return K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, max_seqlen=ms, validate=False)
+        finally:
+            K.STATE_KERNEL, K.STATE_T_NW_FORCE = saved
+
+    fails = 0
+    for lens, Hk, Hv, dt, init in (([1, 63, 64, 65, 200, 0, 1000], 2, 4, torch.bfloat16, True),
+                                   ([300, 5, 129], 1, 2, torch.float16, True), ([130, 7], 2, 8, torch.bfloat16, False),
+                                   ([4096, 130], 16, 16, torch.bfloat16, True)):
+        q, k, v, g, beta, cu, h0 = make_inputs(lens, Hk, Hv, dt, init=init)
+        rec = {"case": f"t check {lens} {Hk}/{Hv} {dt}"}
+        ro, rs = reference64(q, k, v, g, beta, cu, h0, chunked=sum(lens) > 1500)
+        for kern, nw in (("w", None), ("t", 1), ("t", 2), ("t", 4)):
+            o, st = run(q, k, v, g, beta, cu, h0, kern, nw)
+            eo, es = rel(o, ro), rel(st, rs)
+            ok = eo <= TOL[dt] and es <= TOL[dt]
+            fails += not ok
+            rec[f"{kern}{nw or ''}"] = (eo, es, "ok" if ok else "FAIL")
+        emit(rec)
+    for Hk, Hv, lens in ((16, 16, [32768]), (16, 64, [32768]), (16, 16, [4096]), (16, 16, [1024] * 8),
+                         (16, 64, [1024] * 8), (16, 64, [4096]), (16, 32, [32768])):
+        if time.time() - T0 > args.budget:
+            break
+        q, k, v, g, beta, cu, h0 = make_inputs(lens, Hk, Hv, torch.bfloat16)
+        rec = {"case": f"t prefill {Hk}/{Hv} {len(lens)}x{lens[0]}",
+               "pick": K.pick_state_t(len(lens), Hv, *K._device_info(0))}
+        base = run(q, k, v, g, beta, cu, h0, "w")
+        for kern, nw in (("w", None), ("t", 1), ("t", 2), ("t", 4), ("t", None)):
+            fn = lambda: run(q, k, v, g, beta, cu, h0, kern, nw, max(lens))
+            got = fn()
+            rec[f"{kern}{nw or ''}_ms"] = graph_ms(fn, 3)
+            rec[f"{kern}{nw or ''}_vs_w"] = max(rel(got[0], base[0]), rel(got[1], base[1]))
+        emit(rec)
+        del q, k, v, g, beta, h0, base
+        torch.cuda.empty_cache()
+    print(f"T-CHECK {'PASSED' if fails == 0 else f'FAILED ({fails})'} in {time.time() - T0:.1f} s")
+    return int(fails > 0)
+
+
+def fla_prefill(args) -> int:
+    """FLA 0.6.0's chunk_gated_delta_rule graph-replayed on equal-length batches ([B, T, H, 128], no cu_seqlens: its
+    fastest form), beside ours; Triton's autotune results are cached (FLA sets cache_results) in TRITON_CACHE_DIR."""
+    from benchmarks.common import graph_ms, queued_ms
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+    T0 = time.time()
+    OUT = args.out or "/tmp"
+    for spec in args.fla_shapes.split(","):
+        hk, hv, B, L = (int(x) for x in spec.replace("x", "/").split("/"))
+        if time.time() - T0 > args.budget:
+            break
+        lens = [L] * B
+        q, k, v, g, beta, cu, h0 = make_inputs(lens, hk, hv, torch.bfloat16)
+        qb, kb, vb = (x.view(B, L, *x.shape[1:]) for x in (q, k, v))
+        gb, bb = g.view(B, L, hv), beta.view(B, L, hv).to(torch.bfloat16)
+        fla = lambda: chunk_gated_delta_rule(qb, kb, vb, gb, bb, scale=128 ** -0.5, initial_state=h0,
+                                             output_final_state=True, use_qk_l2norm_in_kernel=True)
+        t1 = time.time()
+        fo, fs = fla()
+        torch.cuda.synchronize()
+        rec = {"case": f"fla prefill {hk}/{hv} {B}x{L}", "first_call_s": round(time.time() - t1, 1)}
+        ours = lambda: K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, max_seqlen=L, validate=False)
+        oo, os_ = ours()
+        rec["o_rel_vs_fla"] = rel(oo, fo.reshape(oo.shape))
+        rec["state_rel_vs_fla"] = rel(os_, fs)
+        rec["fla_queued_ms"] = queued_ms(fla, 10)
+        try:
+            rec["fla_graph_ms"] = graph_ms(fla, 10)
+        except Exception as e:  # noqa: BLE001
+            rec["fla_graph_ms"] = None
+            rec["fla_graph_error"] = str(e)[:200]
+            torch.cuda.synchronize()
+        rec["ours_graph_ms"] = graph_ms(ours, 10)
+        rec["x_fla_graph"] = (rec["fla_graph_ms"] or rec["fla_queued_ms"]) / rec["ours_graph_ms"]
+        rec = {k_: (round(v_, 4) if isinstance(v_, float) else v_) for k_, v_ in rec.items()}
+        rec["commit"] = os.environ.get("QWEN35_COMMIT")
+        print(json.dumps(rec), flush=True)
+        with open(os.path.join(OUT, "deltanet_fla_prefill.jsonl"), "a") as f:
+            f.write(json.dumps(rec) + "\n")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
@@ -495,9 +602,15 @@ def main() -> int:
     ap.add_argument("--lens", default="4096,32768,8x1024", help="prefill packings (N or BxN); '' for none")
     ap.add_argument("--batches", default="1,32,256", help="decode batches; '' for none")
     ap.add_argument("--out", default=os.environ.get("OUT"))
-    ap.add_argument("--trials", choices=("a", "b"), help="launch-configuration trials (see trials())")
+    ap.add_argument("--trials", choices=("a", "b", "t"), help="launch-configuration trials (see trials(), trials_t())")
+    ap.add_argument("--fla-prefill", action="store_true", help="FLA's chunked prefill graph-replayed (fla_prefill())")
+    ap.add_argument("--fla-shapes", default="16/16/1x32768,16/64/1x32768,16/16/1x4096,16/16/8x1024",
+                    help="--fla-prefill: Hk/Hv/BxL list")
     ap.add_argument("--budget", type=float, default=50.0, help="--trials: seconds after which no new work starts")
+    ap.add_argument("--state", choices=("t", "w"), help="state-pass kernel for every call (K.STATE_KERNEL)")
     args = ap.parse_args()
+    if args.state:
+        K.STATE_KERNEL = args.state
     rc = 0
     t = time.time()
     if args.sanitize:
@@ -508,8 +621,12 @@ def main() -> int:
         rc |= sweep(args)
     if args.bench:
         rc |= bench(args)
-    if args.trials:
+    if args.trials == "t":
+        rc |= trials_t(args)
+    elif args.trials:
         rc |= trials(args)
+    if args.fla_prefill:
+        rc |= fla_prefill(args)
     print(f"done in {time.time() - t:.1f} s")
     return int(rc)
 
