@@ -74,6 +74,10 @@ def _down_expr(dtype, vec):
     return f"moe::down_kernel<{CTYPES[dtype]}, {vec}>"
 
 
+def _stream_expr(kind, dtype):
+    return f"moe::{kind}_stream_kernel<{CTYPES[dtype]}, {_vec(dtype)}>"
+
+
 def _gather_expr(dtype, vec):
     return f"moe::gather_kernel<{CTYPES[dtype]}, {vec}>"
 
@@ -98,6 +102,7 @@ def _dtype_exprs(dt) -> tuple[str, ...]:
                                                                            (True, 8))]
     out += [_split_expr(dt, *b) for b in _SPLIT_BUILDS(_vec(dt))]
     out += [_down_expr(dt, v) for v in (_vec(dt), 1)]
+    out += [_stream_expr(kind, dt) for kind in ("gate_up", "down")]
     if dt == torch.bfloat16:
         out += [f(dt, v) for f in (_gather_expr, _combine_expr) for v in (8, 1)]
     return tuple(out)
@@ -118,6 +123,16 @@ PDL = True
 SPLIT = True
 SPLIT_MIN_TOKENS = 2  # ... from this many tokens (H200, round s2r2: batch 1 44.5 us per layer on gate_up_kernel)
 SPLIT_WAVES = 1.0  # gate_up_split_kernel's grid: this many waves of 2 CTAs an SM over the working units
+
+
+# The decode path on the streaming kernels (moe.cu gate_up_stream_kernel / down_stream_kernel: cp.async.bulk rings,
+# every distinct expert's rows read once by every SM at once) where they apply (sm_90, rows of 16-byte multiples,
+# E <= 512); False = the kernels above. A module switch so the benchmark can time both.
+STREAM = False  # (on once an H200 round has run them: property tests and the A/B in tools/moe_gpu.py --decode-ab)
+STREAM_GU_STAGE = 16 * 1024   # gate/up: bytes of one stage (2R rows of H; R = 4, 2 or 1 row pairs)
+STREAM_GU_RING = 48 * 1024    # gate/up: bytes of a CTA's ring (2 CTAs an SM; the rest lets down CTAs in early)
+STREAM_DOWN_SMEM = 100 * 1024  # down: a CTA's stages (warps x stages per warp x RD rows)
+_STREAM_MAXS, _STREAM_MAXE, _STREAM_RD, _STREAM_D, _STREAM_DW = 128, 512, 8, 4, 16  # moe.cu STREAM_*
 
 
 def _launch(device: int, dtype, expr: str, grid, block, *args, shared_mem: int = 0, pdl: bool = False) -> None:
@@ -407,6 +422,10 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
         sh_ptrs = (shared_gate.data_ptr(), shared_up.data_ptr(), i32(S), i32(T), act_sh.data_ptr())
     else:
         sh_ptrs = (0, 0, i32(0), i32(T), 0)
+    if not routed and _stream_ok(x, gate_up, down, sh, T, k, E, H, I, S, device):
+        _stream(x, gate_up, down, weights, experts, sh, act, act_sh if has_sh else None, y, T, H, E, I, k, S or 0,
+                device, sms)
+        return y
     gv = vec if H % vec == 0 and _aligned(x, gate_up, *(sh[:2] if has_sh else ())) else 1
     if SPLIT and T >= SPLIT_MIN_TOKENS and not routed:
         # one token: one per reduction; more: two (an expert's tokens and the shared expert's in chunks of two)
@@ -465,3 +484,77 @@ def _grouped(x, gate_up, down, weights, experts, y, T, H, E, I, k, device, sh):
     _launch(device, x.dtype, _combine_expr(x.dtype, vec), (T, ceil_div(H // vec, block), 1), (block, 1, 1),
                   ys.data_ptr(), inv.data_ptr(), weights.data_ptr(), i32(k), i32(H), y.data_ptr(), *shp)
     return y
+
+
+# ------------------------------------------------------------------------------------------------ streaming decode
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+def _stream_plan(T, k, E, H, I, S, es, sms, has_sh):
+    """Launch shapes of the streaming decode kernels from host sizes, or None where they do not apply:
+    gate/up (R row pairs a stage, stages a CTA, CTAs), down (RD rows a tile, warps a CTA, stages a warp)."""
+    n = T * k
+    if n > _STREAM_MAXS or E > _STREAM_MAXE or T > _STREAM_MAXS:
+        return None
+    if (H * es) % 16 or (I * es) % 16 or (has_sh and (S * es) % 16):
+        return None
+    R = next((r for r in (4, 2, 1) if 2 * r * H * es <= STREAM_GU_STAGE), 1)
+    stage = 2 * R * H * es
+    ns = max(2, min(8, STREAM_GU_RING // stage))
+    if ns * stage > 160 * 1024:
+        return None
+    r_tiles = ceil_div(I, R)
+    items = (ceil_div(S, R) if has_sh else 0) + min(n, E) * r_tiles
+    G = max(1, min(2 * sms, items))
+    # down: about two row tiles an SM (RD rows each), one warp per unit (4 to 16), stages within the budget
+    W = max(I, S if has_sh else 0)
+    units = min(n, E) + has_sh
+    nw = max(4, min(_STREAM_DW, units))
+    RD = min(_STREAM_RD, _pow2_floor(ceil_div(H, 2 * sms)) if H > 2 * sms else 1)
+    RD = max(1, RD)
+    while RD > 1 and nw * RD * W * es > STREAM_DOWN_SMEM:
+        RD //= 2
+    if nw * RD * W * es > STREAM_DOWN_SMEM:
+        return None
+    d = max(1, min(_STREAM_D, ceil_div(units, nw), STREAM_DOWN_SMEM // (nw * RD * W * es)))
+    return dict(R=R, ns=ns, G=G, gu_smem=ns * stage, RD=RD, nw=nw, d=d, down_smem=nw * d * RD * W * es)
+
+
+def decode_kernels(x, gate_up, down, k: int, shared_gate=None, shared_up=None, shared_down=None) -> str:
+    """Which kernels the decode path runs for these operands (host sizes, dtype, alignment, card): "stream"
+    (gate_up_stream_kernel + down_stream_kernel), "split" (gate_up_split_kernel + down_kernel) or "warp"
+    (gate_up_kernel + down_kernel)."""
+    T, H = x.shape
+    E, I = gate_up.shape[0], down.shape[2]
+    sh = (shared_gate, shared_up, shared_down, None)
+    S = shared_gate.shape[0] if shared_gate is not None else 0
+    if _stream_ok(x, gate_up, down, sh, T, k, E, H, I, S, x.device):
+        return "stream"
+    return "split" if SPLIT and T >= SPLIT_MIN_TOKENS else "warp"
+
+
+def _stream_ok(x, gate_up, down, sh, T, k, E, H, I, S, device) -> bool:
+    if not STREAM or torch.cuda.get_device_capability(device)[0] < 9:
+        return False
+    if not _aligned(x, gate_up, down, *(sh[:3] if sh[0] is not None else ())):
+        return False
+    return _stream_plan(T, k, E, H, I, S or 0, x.element_size(), _device.sm_count(device), sh[0] is not None) \
+        is not None
+
+
+def _stream(x, gate_up, down, weights, experts, sh, act, act_sh, y, T, H, E, I, k, S, device, sms) -> None:
+    """The decode path on gate_up_stream_kernel + down_stream_kernel (two programmatic launches)."""
+    has_sh = act_sh is not None
+    p = _stream_plan(T, k, E, H, I, S, x.element_size(), sms, has_sh)
+    n = T * k
+    sg, su, sd, sgate = sh
+    _launch(device, x.dtype, _stream_expr("gate_up", x.dtype), (p["G"], 1, 1), (256, 1, 1), x.data_ptr(),
+            gate_up.data_ptr(), experts.data_ptr(), i32(n), i32(k), i32(H), i32(I), i32(E), act.data_ptr(),
+            sg.data_ptr() if has_sh else 0, su.data_ptr() if has_sh else 0, i32(S), i32(T),
+            act_sh.data_ptr() if has_sh else 0, i32(p["R"]), i32(p["ns"]), shared_mem=p["gu_smem"], pdl=PDL)
+    _launch(device, x.dtype, _stream_expr("down", x.dtype), (ceil_div(H, p["RD"]), 1, 1), (32 * p["nw"], 1, 1),
+            act.data_ptr(), down.data_ptr(), weights.data_ptr(), experts.data_ptr(), i32(n), i32(k), i32(H), i32(I),
+            i32(E), y.data_ptr(), act_sh.data_ptr() if has_sh else 0, sd.data_ptr() if has_sh else 0,
+            sgate.data_ptr() if has_sh else 0, x.data_ptr(), i32(S), i32(T), i32(p["RD"]), i32(p["d"]),
+            shared_mem=p["down_smem"], pdl=PDL)

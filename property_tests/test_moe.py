@@ -210,6 +210,66 @@ def test_decode_gate_up_kernels(split, monkeypatch):
         _check_path(case, "decode")
 
 
+@gpu
+@pytest.mark.parametrize("stream", [True, False])
+def test_decode_stream_kernels(stream, monkeypatch):
+    """The streaming decode kernels (moe.STREAM; the others where off) at the 35B-A3B and 397B-A17B widths (fewer
+    experts), 1 to 128 slots (128 tokens of one expert each, 16 tokens of 8), an expert named twice by a token,
+    every slot on one expert, a hot expert, no shared expert, a shared expert wider or narrower than the experts,
+    E = 512, widths that are not a multiple of a stage's rows, bf16/fp16/fp32; and that the stream kernels ran."""
+    moe = _kernels()
+    monkeypatch.setattr(moe, "STREAM", stream)
+    for T, H, I, S, E, k, mode, dt in ((1, 2048, 512, 512, 64, 8, "random", torch.bfloat16),
+                                       (8, 2048, 512, 512, 64, 8, "random", torch.bfloat16),
+                                       (16, 2048, 64, 96, 24, 8, "skewed", torch.bfloat16),
+                                       (2, 4096, 1024, 0, 16, 10, "same", torch.bfloat16),
+                                       (5, 256, 24, 40, 24, 8, "repeat", torch.float16),
+                                       (3, 512, 40, 72, 24, 4, "random", torch.float32),
+                                       (128, 64, 8, 16, 4, 1, "random", torch.bfloat16),
+                                       (1, 64, 16, 0, 512, 8, "random", torch.bfloat16),
+                                       (7, 4096, 8, 8, 9, 3, "random", torch.float32)):
+        case = cases.build_moe_mlp(T, H, I, E, k, dt, seed=T + H, mode=mode, shared=S or None)
+        x, gu, dn, _, _ = case.on("cuda")
+        kw = case.kwargs_on("cuda")
+        kinds = moe.decode_kernels(x, gu, dn, k, kw.get("shared_gate"), kw.get("shared_up"), kw.get("shared_down"))
+        assert (kinds == "stream") == stream, f"{case.label}: decode kernels {kinds}"
+        _check_path(case, "decode")
+
+
+@gpu
+def test_decode_stream_dropped_experts_and_graph(monkeypatch):
+    """The streaming kernels drop slots whose expert lies outside [0, E) (validate=False) and replay from a CUDA
+    graph with the routing changed in place between replays (the unit table is built on the device every call)."""
+    moe = _kernels()
+    monkeypatch.setattr(moe, "STREAM", True)
+    case = cases.build_moe_mlp(8, 256, 32, 16, 4, torch.bfloat16, seed=3, shared=48)
+    x, gu, dn, w, e = case.on("cuda")
+    kw = case.kwargs_on("cuda")
+    assert moe.decode_kernels(x, gu, dn, 4, kw["shared_gate"], kw["shared_up"], kw["shared_down"]) == "stream"
+    bad = e.clone()
+    bad[::3, 1] = 16
+    bad[1::5, 0] = -3
+    keep = (bad >= 0) & (bad < 16)
+    got = moe.moe_mlp(x, gu, dn, w, bad, **kw, validate=False, path="decode")
+    want = ref.moe_mlp(x.cpu(), gu.cpu(), dn.cpu(), (w * keep).cpu(), torch.where(keep, bad, 0).cpu(),
+                       **case.kwargs_on("cpu"))
+    compare(MLP, got, want, "stream dropped experts", torch.bfloat16)
+    ee = e.clone()
+    out = torch.empty_like(x)
+    moe.moe_mlp(x, gu, dn, w, ee, **kw, out=out, validate=False, path="decode")  # compile/load outside the capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        moe.moe_mlp(x, gu, dn, w, ee, **kw, out=out, validate=False, path="decode")
+    for seed in range(3):
+        _, e2 = cases.route(torch.Generator().manual_seed(seed), 8, 16, 4, ("random", "repeat", "same")[seed])
+        ee.copy_(e2)
+        g.replay()
+        torch.cuda.synchronize()
+        want = ref.moe_mlp(x.cpu(), gu.cpu(), dn.cpu(), w.cpu(), e2, **case.kwargs_on("cpu"))
+        compare(MLP, out, want, f"stream graph replay {seed}", torch.bfloat16)
+
+
 # ------------------------------------------------------------------------------------------------ fused router
 @gpu
 @given(T=st.sampled_from((1, 2, 8, 9, 64)), E=st.sampled_from((8, 33, 256, 512)), k=st.sampled_from((1, 8, 10)),

@@ -433,6 +433,68 @@ def model_decode(batches, layers: int, context: int, out_dir, profile: bool = Fa
     return records
 
 
+def decode_ab(sizes, tokens, out_dir, reps: int = 3) -> list[dict]:
+    """The decode path's kernels A/B in one process: the whole layer and moe_mlp alone on the streaming kernels
+    (moe.STREAM) and on the older ones, interleaved `reps` times (the median of each kept), each output checked
+    against reference.moe_mlp (fp32 on the CPU) first; the same floors as --bench."""
+    bw = copy_bandwidth_TBps()
+    tol = REGISTRY["moe_mlp"].tol[torch.bfloat16]
+    default = moe.STREAM
+    records = []
+    for size in sizes:
+        L = Layer(size)
+        H, E, k, I, S = L.H, L.E, L.k, L.I, L.S
+        for T in tokens:
+            x = torch.randn(T, H, device="cuda", dtype=torch.bfloat16)
+            w, e = moe.moe_topk(F.linear(x, L.wr), k)
+            n_hit = int(torch.unique(e).numel())
+            kw = dict(shared_gate=L.sg, shared_up=L.su, shared_down=L.sd, shared_expert_gate=L.sgate)
+            rec = dict(size=size, tokens=T, hidden=H, experts=E, topk=k, inter=I, shared=S, experts_hit=n_hit,
+                       kernels=moe.decode_kernels(x, L.gate_up, L.down, k, L.sg, L.su, L.sd))
+            uniq, inv = torch.unique(e, return_inverse=True)  # the reference in fp32 on the touched experts only
+            want = ref.moe_mlp(x.float(), L.gate_up[uniq].float(), L.down[uniq].float(), w, inv.reshape(e.shape),
+                               **{kk: v.float() for kk, v in kw.items()}).cpu()
+            times = {}
+            for stream in (True, False):
+                moe.STREAM = stream
+                got = moe.moe_mlp(x, L.gate_up, L.down, w, e, **kw, validate=False)
+                rel, mx = tol.errors(got.float().cpu(), want)
+                rec[f"{'stream' if stream else 'old'}_rel_l2"] = rel
+                rec[f"{'stream' if stream else 'old'}_ok"] = bool(rel <= tol.rel_l2 and mx <= tol.max_abs)
+            for _ in range(reps):
+                for stream in (True, False):
+                    moe.STREAM = stream
+                    tag = "stream" if stream else "old"
+                    times.setdefault(f"layer_{tag}_us", []).append(graph_ms(lambda: L.forward(x), 20) * 1e3)
+                    times.setdefault(f"mlp_{tag}_us", []).append(graph_ms(
+                        lambda: moe.moe_mlp(x, L.gate_up, L.down, w, e, **kw, validate=False), 20) * 1e3)
+            moe.STREAM = default
+            for kk, v in times.items():
+                rec[kk] = sorted(v)[len(v) // 2]
+            rec["router_gemm_us"] = graph_ms(lambda: F.linear(x, L.wr), 20) * 1e3
+            logits = F.linear(x, L.wr)
+            rec["topk_us"] = graph_ms(lambda: moe.moe_topk(logits, k), 20) * 1e3
+            mlp_bytes = n_hit * 3 * I * H * 2 + 3 * S * H * 2 + H * 2
+            layer_bytes = mlp_bytes + E * H * 2
+            for tag in ("stream", "old"):
+                rec[f"layer_{tag}_pct_bw_floor"] = 100 * layer_bytes / (bw * 1e12) / (rec[f"layer_{tag}_us"] * 1e-6)
+                rec[f"mlp_{tag}_pct_bw_floor"] = 100 * mlp_bytes / (bw * 1e12) / (rec[f"mlp_{tag}_us"] * 1e-6)
+            rec.update(layer_bytes=layer_bytes, mlp_bytes=mlp_bytes, floor_layer_us=layer_bytes / (bw * 1e6))
+            records.append(rec)
+            print(f"{size:10s} T={T:3d} hit {n_hit:3d} [{rec['kernels']}] layer stream {rec['layer_stream_us']:6.1f} us"
+                  f" ({rec['layer_stream_pct_bw_floor']:4.1f}%) old {rec['layer_old_us']:6.1f} us "
+                  f"({rec['layer_old_pct_bw_floor']:4.1f}%) | mlp stream {rec['mlp_stream_us']:6.1f} old "
+                  f"{rec['mlp_old_us']:6.1f} | floor {rec['floor_layer_us']:.1f} us | rel {rec['stream_rel_l2']:.1e}"
+                  f"/{rec['old_rel_l2']:.1e} ok {rec['stream_ok']}/{rec['old_ok']} | router {rec['router_gemm_us']:.1f}"
+                  f" topk {rec['topk_us']:.1f}", flush=True)
+            path = write_results("moe_decode_ab", records, extra=dict(copy_TBps=bw))
+            if out_dir:
+                shutil.copy(path, Path(out_dir) / path.name)
+        del L
+        torch.cuda.empty_cache()
+    return records
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true")
@@ -445,6 +507,8 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=40, help="--model-decode: decoder layers (40: the real model)")
     ap.add_argument("--context", type=int, default=1024, help="--model-decode: tokens already in the cache")
     ap.add_argument("--profile", action="store_true", help="--model-decode: also one eager step's kernels by op")
+    ap.add_argument("--decode-ab", action="store_true", help="the decode kernels A/B (streaming vs older)")
+    ap.add_argument("--reps", type=int, default=3, help="--decode-ab: interleaved repetitions")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} grouped_mm "
@@ -456,6 +520,8 @@ def main(argv=None) -> int:
         print(f"check: {bad} failures ({time.perf_counter() - t0:.1f} s)", flush=True)
     if a.bench:
         bench(a.sizes.split(","), [int(t) for t in a.tokens.split(",")], not a.no_hf, a.out)
+    if a.decode_ab:
+        decode_ab(a.sizes.split(","), [int(t) for t in a.tokens.split(",")], a.out, a.reps)
     if a.model_decode:
         model_decode([int(b) for b in a.batch.split(",")], a.layers, a.context, a.out, a.profile)
     return 1 if bad else 0

@@ -14,6 +14,7 @@
 // Experts are int64 (moe_topk's output), weights fp32; every sum is fp32, one rounding on store.
 // Slots whose expert lies outside [0, E) are dropped (contribute nothing; the wrapper's validate= checks them).
 #include "include/convert.cuh"
+#include "include/mbarrier.cuh"
 #include "include/ptx.cuh"
 #include "include/reduce.cuh"
 
@@ -796,6 +797,357 @@ __global__ void __launch_bounds__(256) combine_kernel(const T* __restrict__ y, c
         for (int i = 0; i < VEC; ++i) acc[i] = fmaf(sig, v[i], acc[i]);
     }
     store_f(out + (size_t)t * H + c, acc);
+}
+
+// ------------------------------------------------------------------------------------------------ streaming decode
+// The decode path's kernels on sm_90 bulk copies (what 1..16 tokens run where the rows are 16-byte multiples):
+//   gate_up_stream_kernel  persistent: grid = 2 CTAs an SM; the work items are (unit, tile of R gate/up row pairs),
+//                          the shared expert's tiles first (they do not depend on the routing), then every distinct
+//                          routed expert's; CTA b takes items b, b + G, ... through a ring of NS shared-memory stages
+//                          that cp.async.bulk fills (the whole ring in flight: bytes in flight without registers).
+//   down_stream_kernel     grid = output row tiles of RD rows; each warp streams whole units (an expert's RD down
+//                          rows, or the shared expert's) through its own ring of D stages and writes one partial
+//                          sum per (slot, row); the CTA then forms out[t, h] = sum_j w_j part[t k + j] + sig_t
+//                          part_sh[t] in slot order (deterministic, no atomics). Every weight byte is read once.
+// Both read the routed experts' rows only, and start streaming before their wait on the previous kernel where they
+// can: gate/up the shared expert's first tiles, down every weight (the routing is complete when it is scheduled).
+constexpr int STREAM_MAXS = 128;   // slots (T k) of the decode path
+constexpr int STREAM_MAXE = 512;   // experts (the unit table's first-slot map)
+constexpr int STREAM_NS = 8;       // gate/up stages at most
+constexpr int STREAM_MT = 4;       // gate/up tokens per reduction
+constexpr int STREAM_RD = 8;       // down rows per tile at most
+constexpr int STREAM_D = 4;        // down stages per warp at most
+constexpr int STREAM_DW = 16;      // down warps per CTA at most
+
+__device__ __forceinline__ void bulk_load(unsigned dst, const void* src, unsigned bytes, unsigned bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // weights are read once: evict them from L2 first (keeps x, act and the routing resident)
+    asm volatile(
+        "{\n.reg .b64 pol;\ncreatepolicy.fractional.L2::evict_first.b64 pol, 1.0;\n"
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
+        " [%0], [%1], %2, [%3], pol;\n}\n"
+        ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+#endif
+}
+
+// The distinct routed experts of the slot list in order of first slot: n units, unit u = expert exp[u] with the
+// slots slot[start[u] .. start[u + 1]) in slot order; es[s] = slot s's expert (-1 outside [0, E): dropped).
+struct UnitTable {
+    int n;
+    int exp[STREAM_MAXS];
+    int start[STREAM_MAXS + 1];
+    int slot[STREAM_MAXS];
+    int es[STREAM_MAXS];
+    int first[STREAM_MAXE];   // scratch: the first slot of each expert
+    int wc[4][STREAM_MAXS];   // scratch: slots of unit u among warp w's 32 slots
+    int wtot[4];
+};
+
+// Whole CTA (blockDim >= 128, a multiple of 32), n_slots <= 128, E <= 512; ends with a barrier.
+__device__ void build_units(const long long* __restrict__ experts, int n_slots, int E, UnitTable& ut) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    for (int i = tid; i < E; i += blockDim.x) ut.first[i] = 0x7fffffff;
+    for (int i = tid; i < 4 * STREAM_MAXS; i += blockDim.x) ut.wc[i / STREAM_MAXS][i % STREAM_MAXS] = 0;
+    const int s = tid;
+    const int e = s < n_slots ? expert_of(experts, s, E) : -1;
+    if (s < STREAM_MAXS) ut.es[s] = e;
+    __syncthreads();
+    if (e >= 0) atomicMin(&ut.first[e], s);
+    __syncthreads();
+    const bool is_first = e >= 0 && ut.first[e] == s;
+    unsigned fb = 0;
+    if (warp < 4) {
+        fb = __ballot_sync(0xffffffffu, is_first);
+        if (lane == 0) ut.wtot[warp] = __popc(fb);
+    }
+    __syncthreads();
+    if (is_first) {  // unit number = first slots before s
+        int r = __popc(fb & ((1u << lane) - 1u));
+        for (int w = 0; w < warp; ++w) r += ut.wtot[w];
+        ut.exp[r] = e;
+        ut.start[r] = s;            // temporarily: the unit's first slot (the slot -> unit map below reads it)
+    }
+    if (tid == 0) ut.n = ut.wtot[0] + ut.wtot[1] + ut.wtot[2] + ut.wtot[3];
+    __syncthreads();
+    // slot s's unit: the rank of its expert's first slot (a binary search over the units' first slots, ascending)
+    int u = -1;
+    if (e >= 0) {
+        const int f = ut.first[e];
+        int lo = 0, hi = ut.n - 1;
+        while (lo < hi) {
+            const int mid = (lo + hi) >> 1;
+            if (ut.start[mid] < f) lo = mid + 1; else hi = mid;
+        }
+        u = lo;
+    }
+    int pos_w = 0;
+    if (warp < 4) {  // this warp's earlier slots of the same unit, and its count of each unit
+        const unsigned valid = __ballot_sync(0xffffffffu, e >= 0);
+        const unsigned peers = __match_any_sync(0xffffffffu, u) & valid;
+        pos_w = __popc(peers & ((1u << lane) - 1u));
+        if (e >= 0 && (__ffs(peers) - 1) == lane) ut.wc[warp][u] = __popc(peers);
+    }
+    __syncthreads();
+    // start[u] = exclusive scan over units of their slot counts (warps 0..3, 32 units each)
+    int c = 0, incl = 0;
+    if (warp < 4) {
+        c = ut.wc[0][tid] + ut.wc[1][tid] + ut.wc[2][tid] + ut.wc[3][tid];
+        incl = c;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int v = __shfl_up_sync(0xffffffffu, incl, o);
+            if (lane >= o) incl += v;
+        }
+    }
+    if (warp < 4 && lane == 31) ut.wtot[warp] = incl;  // (the first-slot counts were last read before a barrier)
+    __syncthreads();
+    if (warp < 4) {
+        int base = 0;
+        for (int w = 0; w < warp; ++w) base += ut.wtot[w];
+        ut.start[tid] = base + incl - c;
+        if (tid == STREAM_MAXS - 1) ut.start[STREAM_MAXS] = base + incl;
+    }
+    __syncthreads();
+    if (e >= 0) {
+        int pos = ut.start[u] + pos_w;
+        for (int w = 0; w < warp; ++w) pos += ut.wc[w][u];
+        ut.slot[pos] = s;
+    }
+    __syncthreads();
+}
+
+// grid = G (2 CTAs an SM), block 256 (8 warps); dynamic shared memory: ns stages of 2R rows of H (gate rows
+// i0..i0+R-1, then the same up rows). Warp w takes row w % 2R of a stage over the part w / 2R of H (8 / 2R parts).
+template <typename T, int VEC>
+__global__ void __launch_bounds__(256, 2) gate_up_stream_kernel(
+        const T* __restrict__ x, const T* __restrict__ gate_up, const long long* __restrict__ experts, int n_slots,
+        int k, int H, int I, int E, float* __restrict__ act, const T* __restrict__ sh_gate,
+        const T* __restrict__ sh_up, int S, int T_, float* __restrict__ act_sh, int R, int ns) {
+    extern __shared__ __align__(128) unsigned char stage_raw[];
+    __shared__ UnitTable ut;
+    __shared__ __align__(8) unsigned long long full[STREAM_NS];
+    __shared__ float red[2][STREAM_MAXS][8];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int G = gridDim.x, b = blockIdx.x;
+    const size_t stage_elems = (size_t)2 * R * H;
+    const bool has_sh = sh_gate != nullptr;
+    const int sh_items = has_sh ? (S + R - 1) / R : 0;
+    const int r_tiles = (I + R - 1) / R;
+    if (tid == 0) {
+        for (int i = 0; i < ns; ++i) mbar_init(smem_u32(&full[i]), 1);
+        fence_mbarrier_init();
+    }
+    __syncthreads();
+    // item -> (gate rows, up rows, width, first row, unit); unit -1 = the shared expert
+    auto decode = [&](int item, const T*& wg, const T*& wu, int& width, int& i0, int& unit) {
+        if (item < sh_items) {
+            wg = sh_gate; wu = sh_up; width = S; i0 = item * R; unit = -1;
+        } else {
+            const int j = item - sh_items;
+            unit = j / r_tiles;
+            i0 = (j - unit * r_tiles) * R;
+            wg = gate_up + (size_t)ut.exp[unit] * 2 * I * H;
+            wu = wg + (size_t)I * H;
+            width = I;
+        }
+    };
+    auto issue = [&](int n) {  // the CTA's n-th item into stage n % ns (thread 0)
+        const int item = b + n * G;
+        const T *wg, *wu;
+        int width, i0, unit;
+        decode(item, wg, wu, width, i0, unit);
+        const int rows = min(R, width - i0);
+        const unsigned bytes = (unsigned)(rows * H * sizeof(T));
+        const unsigned bar = smem_u32(&full[n % ns]);
+        T* st = reinterpret_cast<T*>(stage_raw) + (size_t)(n % ns) * stage_elems;
+        mbar_arrive_expect_tx(bar, 2 * bytes);
+        bulk_load(smem_u32(st), wg + (size_t)i0 * H, bytes, bar);
+        bulk_load(smem_u32(st + (size_t)R * H), wu + (size_t)i0 * H, bytes, bar);
+    };
+    // before the wait: the shared expert's items of the ring's first stages (weights only)
+    int issued = 0;
+    if (tid == 0)
+        while (issued < ns && b + issued * G < sh_items) issue(issued++);
+    wait_for_primary_grid();   // the routing (top-k) is complete and visible; x too
+    allow_dependent_launch();  // the down kernel may be scheduled (it streams its rows before its own wait)
+    build_units(experts, n_slots, E, ut);
+    const int total = sh_items + ut.n * r_tiles;
+    if (tid == 0)
+        while (issued < ns && b + issued * G < total) issue(issued++);
+    const int rows2 = 2 * R, parts = 8 / rows2;
+    const int r = warp % rows2, part = warp / rows2;
+    const int nvec = H / VEC;
+    const int per_part = (nvec + parts - 1) / parts;
+    const int q_lo = part * per_part, q_hi = min(nvec, q_lo + per_part);
+    for (int n = 0; b + n * G < total; ++n) {
+        const int item = b + n * G;
+        const T *wg, *wu;
+        int width, i0, unit;
+        decode(item, wg, wu, width, i0, unit);
+        const int rows = min(R, width - i0);
+        const int count = unit < 0 ? T_ : ut.start[unit + 1] - ut.start[unit];
+        const int first = unit < 0 ? 0 : ut.start[unit];
+        const int buf = n & 1;
+        mbar_wait(smem_u32(&full[n % ns]), (n / ns) & 1);
+        const T* row = reinterpret_cast<const T*>(stage_raw) + (size_t)(n % ns) * stage_elems + (size_t)r * H;
+        if ((r % R) < rows) {
+            for (int c0 = 0; c0 < count; c0 += STREAM_MT) {
+                float acc[STREAM_MT];
+                const T* xr[STREAM_MT];
+#pragma unroll
+                for (int j = 0; j < STREAM_MT; ++j) {
+                    acc[j] = 0.f;
+                    const int c = min(c0 + j, count - 1);
+                    xr[j] = x + (size_t)(unit < 0 ? c : ut.slot[first + c] / k) * H;
+                }
+                for (int q = q_lo + lane; q < q_hi; q += 32) {
+                    const Vec<T, VEC> wv = reinterpret_cast<const Vec<T, VEC>*>(row)[q];
+                    float wf[VEC];
+#pragma unroll
+                    for (int c = 0; c < VEC; ++c) wf[c] = to_f(wv.v[c]);
+#pragma unroll
+                    for (int j = 0; j < STREAM_MT; ++j) {
+                        if (c0 + j < count) {
+                            const Vec<T, VEC> xv = reinterpret_cast<const Vec<T, VEC>*>(xr[j])[q];
+#pragma unroll
+                            for (int c = 0; c < VEC; ++c) acc[j] = fmaf(wf[c], to_f(xv.v[c]), acc[j]);
+                        }
+                    }
+                }
+#pragma unroll
+                for (int j = 0; j < STREAM_MT; ++j) {
+                    if (c0 + j < count) {  // (uniform over the warp)
+                        const float v = warp_sum(acc[j]);
+                        if (lane == 0) red[buf][c0 + j][warp] = v;
+                    }
+                }
+            }
+        }
+        __syncthreads();  // the stage is read and red[buf] written
+        if (tid == 0 && b + issued * G < total) issue(issued++);
+        for (int idx = tid; idx < rows * count; idx += blockDim.x) {
+            const int c = idx / rows, i = idx - c * rows;
+            float g = 0.f, up = 0.f;
+            for (int p = 0; p < parts; ++p) {
+                g += red[buf][c][p * rows2 + i];
+                up += red[buf][c][p * rows2 + R + i];
+            }
+            const float a = g / (1.f + expf(-g)) * up;
+            if (unit < 0) act_sh[(size_t)c * S + i0 + i] = a;
+            else act[(size_t)ut.slot[first + c] * I + i0 + i] = a;
+        }
+    }
+}
+
+// grid = ceil(H / RD) row tiles, block = 32 nw (nw <= 16 warps); dynamic shared memory: nw d stages of RD rows of
+// W = max(I, S) elements. Unit v: v = 0 the shared expert (when given), then the routed units; warp w streams
+// the units w, w + nw, ... through its d stages (its own barriers: no CTA barrier in the loop).
+template <typename T, int VEC>
+__global__ void __launch_bounds__(512, 1) down_stream_kernel(
+        const float* __restrict__ act, const T* __restrict__ down, const float* __restrict__ weights,
+        const long long* __restrict__ experts, int n_slots, int k, int H, int I, int E, T* __restrict__ out,
+        const float* __restrict__ act_sh, const T* __restrict__ sh_down, const T* __restrict__ sh_gate_w,
+        const T* __restrict__ x, int S, int T_, int RD, int d) {
+    extern __shared__ __align__(128) unsigned char stage_raw[];
+    __shared__ UnitTable ut;
+    __shared__ __align__(8) unsigned long long full[STREAM_DW][STREAM_D];
+    __shared__ float part[STREAM_MAXS][STREAM_RD];      // per (slot, row): down[e][h, :] . act[slot, :]
+    __shared__ float part_sh[STREAM_MAXS][STREAM_RD];   // per (token, row): sh_down[h, :] . act_sh[t, :]
+    __shared__ float sig_s[STREAM_MAXS];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
+    const int h0 = blockIdx.x * RD;
+    const int rows = min(RD, H - h0);
+    const bool has_sh = sh_down != nullptr;
+    const int W = max(I, S);
+    const size_t stage_elems = (size_t)RD * W;
+    if (tid == 0) {
+        for (int w = 0; w < nw; ++w)
+            for (int i = 0; i < d; ++i) mbar_init(smem_u32(&full[w][i]), 1);
+        fence_mbarrier_init();
+    }
+    __syncthreads();
+    auto issue = [&](int v, int m) {  // unit v into this warp's stage m % d (lane 0)
+        const bool sh = has_sh && v == 0;
+        const T* src = sh ? sh_down + (size_t)h0 * S : down + ((size_t)ut.exp[v - has_sh] * H + h0) * I;
+        const unsigned bytes = (unsigned)(rows * (sh ? S : I) * sizeof(T));
+        const unsigned bar = smem_u32(&full[warp][m % d]);
+        T* st = reinterpret_cast<T*>(stage_raw) + (size_t)(warp * d + m % d) * stage_elems;
+        mbar_arrive_expect_tx(bar, bytes);
+        bulk_load(smem_u32(st), src, bytes, bar);
+    };
+    if (has_sh && warp == 0 && lane == 0) issue(0, 0);  // the shared expert's rows need no routing
+    // the routing is complete (the gate/up kernel let this grid be scheduled only after its own wait on it)
+    build_units(experts, n_slots, E, ut);
+    const int nu = ut.n + has_sh;
+    if (lane == 0)
+        for (int m = 0; m < d; ++m) {
+            const int v = warp + m * nw;
+            if (v < nu && !(has_sh && v == 0)) issue(v, m);
+        }
+    if (has_sh)  // the shared expert's gate sigmoid(w . x[t]) per token (x is complete: it preceded the router)
+        for (int t = warp; t < T_; t += nw) {
+            float p = 0.f;
+            for (int c = lane; c < H; c += 32) p = fmaf(to_f(sh_gate_w[c]), to_f(x[(size_t)t * H + c]), p);
+            p = warp_sum(p);
+            if (lane == 0) sig_s[t] = 1.f / (1.f + expf(-p));
+        }
+    wait_for_primary_grid();   // the gate/up activations are complete and visible
+    allow_dependent_launch();
+    for (int m = 0;; ++m) {
+        const int v = warp + m * nw;
+        if (v >= nu) break;
+        const bool sh = has_sh && v == 0;
+        const int width = sh ? S : I;
+        const int u = v - has_sh;
+        const int count = sh ? T_ : ut.start[u + 1] - ut.start[u];
+        const int first = sh ? 0 : ut.start[u];
+        mbar_wait(smem_u32(&full[warp][m % d]), (m / d) & 1);
+        const T* st = reinterpret_cast<const T*>(stage_raw) + (size_t)(warp * d + m % d) * stage_elems;
+        const int nvec = width / VEC;
+        for (int c = 0; c < count; ++c) {
+            const int slot = sh ? c : ut.slot[first + c];
+            const float* a = sh ? act_sh + (size_t)c * S : act + (size_t)slot * I;
+            float acc[STREAM_RD];
+#pragma unroll
+            for (int rr = 0; rr < STREAM_RD; ++rr) acc[rr] = 0.f;
+            for (int q = lane; q < nvec; q += 32) {
+                float af[VEC];  // VEC floats: 16-byte loads (act rows are 16-byte multiples: I, S % VEC == 0)
+#pragma unroll
+                for (int c2 = 0; c2 < VEC; c2 += 4) {
+                    const float4 f = *reinterpret_cast<const float4*>(a + (size_t)q * VEC + c2);
+                    af[c2] = f.x; af[c2 + 1] = f.y; af[c2 + 2] = f.z; af[c2 + 3] = f.w;
+                }
+#pragma unroll
+                for (int rr = 0; rr < STREAM_RD; ++rr) {
+                    if (rr < rows) {
+                        const Vec<T, VEC> wv = reinterpret_cast<const Vec<T, VEC>*>(st + (size_t)rr * width)[q];
+#pragma unroll
+                        for (int c2 = 0; c2 < VEC; ++c2) acc[rr] = fmaf(to_f(wv.v[c2]), af[c2], acc[rr]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int rr = 0; rr < STREAM_RD; ++rr) {
+                if (rr < rows) {
+                    const float s = warp_sum(acc[rr]);
+                    if (lane == 0) (sh ? part_sh[c] : part[slot])[rr] = s;
+                }
+            }
+        }
+        __syncwarp();  // the stage is read: refill it with this warp's unit d ahead
+        if (lane == 0 && v + d * nw < nu) issue(v + d * nw, m + d);
+    }
+    __syncthreads();
+    for (int idx = tid; idx < T_ * rows; idx += blockDim.x) {
+        const int t = idx / rows, rr = idx - t * rows;
+        float acc = 0.f;
+        for (int j = 0; j < k; ++j) {
+            const int s = t * k + j;
+            if (ut.es[s] >= 0) acc = fmaf(weights[s], part[s][rr], acc);
+        }
+        if (has_sh) acc = fmaf(sig_s[t], part_sh[t][rr], acc);
+        out[(size_t)t * H + h0 + rr] = from_f<T>(acc);
+    }
 }
 
 }  // namespace moe
