@@ -543,12 +543,27 @@ def _stream_ok(x, gate_up, down, sh, T, k, E, H, I, S, device) -> bool:
         is not None
 
 
+_SMEM_SET: dict = {}  # (expr, device) -> the dynamic shared memory attribute set on that kernel
+
+
+def _stream_smem(device, dtype, expr, nbytes) -> None:
+    """Set the kernel's dynamic shared memory attribute to what this launch asks for: with the kernels' static
+    shared memory (unit table, barriers) the total passes the 48 KB that needs no attribute already at 48 KB of
+    stages, and launch() sets it only above 48 KB of dynamic memory."""
+    key = (expr, device)
+    if _SMEM_SET.get(key, 0) < nbytes:
+        _rt_launch.get_kernel(SOURCE.file, expr, _GROUPS[dtype], device=device).allow_shared_memory(nbytes)
+        _SMEM_SET[key] = nbytes
+
+
 def _stream(x, gate_up, down, weights, experts, sh, act, act_sh, y, T, H, E, I, k, S, device, sms) -> None:
     """The decode path on gate_up_stream_kernel + down_stream_kernel (two programmatic launches)."""
     has_sh = act_sh is not None
     p = _stream_plan(T, k, E, H, I, S, x.element_size(), sms, has_sh)
     n = T * k
     sg, su, sd, sgate = sh
+    _stream_smem(device, x.dtype, _stream_expr("gate_up", x.dtype), p["gu_smem"])
+    _stream_smem(device, x.dtype, _stream_expr("down", x.dtype), p["down_smem"])
     _launch(device, x.dtype, _stream_expr("gate_up", x.dtype), (p["G"], 1, 1), (256, 1, 1), x.data_ptr(),
             gate_up.data_ptr(), experts.data_ptr(), i32(n), i32(k), i32(H), i32(I), i32(E), act.data_ptr(),
             sg.data_ptr() if has_sh else 0, su.data_ptr() if has_sh else 0, i32(S), i32(T),

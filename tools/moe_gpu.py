@@ -433,7 +433,7 @@ def model_decode(batches, layers: int, context: int, out_dir, profile: bool = Fa
     return records
 
 
-def decode_ab(sizes, tokens, out_dir, reps: int = 3) -> list[dict]:
+def decode_ab(sizes, tokens, out_dir, reps: int = 3, sweep: bool = False) -> list[dict]:
     """The decode path's kernels A/B in one process: the whole layer and moe_mlp alone on the streaming kernels
     (moe.STREAM) and on the older ones, interleaved `reps` times (the median of each kept), each output checked
     against reference.moe_mlp (fp32 on the CPU) first; the same floors as --bench."""
@@ -468,9 +468,20 @@ def decode_ab(sizes, tokens, out_dir, reps: int = 3) -> list[dict]:
                     times.setdefault(f"layer_{tag}_us", []).append(graph_ms(lambda: L.forward(x), 20) * 1e3)
                     times.setdefault(f"mlp_{tag}_us", []).append(graph_ms(
                         lambda: moe.moe_mlp(x, L.gate_up, L.down, w, e, **kw, validate=False), 20) * 1e3)
-            moe.STREAM = default
             for kk, v in times.items():
                 rec[kk] = sorted(v)[len(v) // 2]
+            if sweep:  # the streaming kernels' knobs: gate/up stage and ring bytes, down stage budget
+                moe.STREAM = True
+                knobs = (moe.STREAM_GU_STAGE, moe.STREAM_GU_RING, moe.STREAM_DOWN_SMEM)
+                for st, ring in ((8, 48), (16, 48), (16, 64), (16, 96), (32, 64), (32, 96)):
+                    for dsm in (64, 100):
+                        moe.STREAM_GU_STAGE, moe.STREAM_GU_RING, moe.STREAM_DOWN_SMEM = st << 10, ring << 10, dsm << 10
+                        key = f"layer_stream_st{st}_ring{ring}_down{dsm}_us"
+                        rec[key] = graph_ms(lambda: L.forward(x), 20) * 1e3
+                moe.STREAM_GU_STAGE, moe.STREAM_GU_RING, moe.STREAM_DOWN_SMEM = knobs
+                best = min((v, kk) for kk, v in rec.items() if kk.startswith("layer_stream_st"))
+                print(f"   sweep best {best[1]} {best[0]:.1f} us", flush=True)
+            moe.STREAM = default
             rec["router_gemm_us"] = graph_ms(lambda: F.linear(x, L.wr), 20) * 1e3
             logits = F.linear(x, L.wr)
             rec["topk_us"] = graph_ms(lambda: moe.moe_topk(logits, k), 20) * 1e3
@@ -495,6 +506,73 @@ def decode_ab(sizes, tokens, out_dir, reps: int = 3) -> list[dict]:
     return records
 
 
+def breakdown(tokens, out_dir) -> list[dict]:
+    """The 35B-A3B layer on the grouped path, one stage at a time (graph-replayed): router GEMM, top-k, routing
+    metadata, gather, grouped gate/up, silu_mul_fused, grouped down, combine, the shared expert's three cuBLAS GEMMs
+    and its silu_mul; beside the whole layer and each GEMM's TFLOP/s (what the 8192-token layer spends where)."""
+    from kernels.activations import silu_mul, silu_mul_fused
+
+    tf = bf16_gemm_TFLOPs()
+    L = Layer("35B-A3B")
+    H, E, k, I, S = L.H, L.E, L.k, L.I, L.S
+    records = []
+    for T in tokens:
+        x = torch.randn(T, H, device="cuda", dtype=torch.bfloat16)
+        logits = F.linear(x, L.wr)
+        w, e = moe.moe_topk(logits, k)
+        offs, perm, inv, _ = moe.moe_routing(e, E)
+        n = T * k
+        xs = x[(perm // k).long()]
+        ends = offs[1:]
+        h = torch._grouped_mm(xs, L.gate_up.transpose(1, 2), offs=ends)
+        a = silu_mul_fused(h)
+        sg = F.linear(x, L.sg)
+        su = F.linear(x, L.su)
+        sa = silu_mul(sg, su)
+        dev = torch.cuda.current_device()
+        ys = torch._grouped_mm(a, L.down.transpose(1, 2), offs=ends)
+        y = torch.empty_like(x)
+        shared = F.linear(sa, L.sd)
+        gl = F.linear(x, L.sgate)
+        vec = 8
+        stages = dict(
+            router_gemm=lambda: F.linear(x, L.wr),
+            topk=lambda: moe.moe_topk(logits, k),
+            routing=lambda: moe.moe_routing(e, E),
+            gather=lambda: moe._launch(dev, x.dtype, moe._gather_expr(x.dtype, vec),
+                                       (n, moe.ceil_div(H // vec, 256), 1), (256, 1, 1), x.data_ptr(), perm.data_ptr(), offs[E:].data_ptr(), moe.i32(k),
+                                       moe.i32(H), xs.data_ptr()),
+            gmm_gate_up=lambda: torch._grouped_mm(xs, L.gate_up.transpose(1, 2), offs=ends),
+            silu_mul_fused=lambda: silu_mul_fused(h),
+            gmm_down=lambda: torch._grouped_mm(a, L.down.transpose(1, 2), offs=ends),
+            combine=lambda: moe._launch(dev, x.dtype, moe._combine_expr(x.dtype, vec),
+                                        (T, moe.ceil_div(H // vec, 256), 1), (256, 1, 1), ys.data_ptr(), inv.data_ptr(),
+                                        w.data_ptr(), moe.i32(k), moe.i32(H), y.data_ptr(), shared.data_ptr(),
+                                        gl.data_ptr()),
+            shared_gemms=lambda: (F.linear(x, L.sg), F.linear(x, L.su), F.linear(sa, L.sd), F.linear(x, L.sgate)),
+            shared_silu_mul=lambda: silu_mul(sg, su),
+            layer=lambda: L.forward(x),
+        )
+        rec = dict(size="35B-A3B", tokens=T, experts_hit=int(torch.unique(e).numel()))
+        for name, fn in stages.items():
+            rec[f"{name}_us"] = graph_ms(fn, 3 if T >= 4096 else 10) * 1e3
+        flops = dict(gmm_gate_up=2.0 * n * 2 * I * H, gmm_down=2.0 * n * I * H, shared_gemms=2.0 * T * (3 * S * H + H))
+        for name, fl in flops.items():
+            rec[f"{name}_TFLOPs"] = fl / (rec[f"{name}_us"] * 1e-6) / 1e12
+        layer_flops = sum(flops.values()) + 2.0 * T * E * H
+        rec["layer_pct_gemm_floor"] = 100 * layer_flops / (tf * 1e12) / (rec["layer_us"] * 1e-6)
+        rec["bf16_gemm_TFLOPs"] = tf
+        records.append(rec)
+        print(f"35B-A3B T={T} layer {rec['layer_us']:.0f} us ({rec['layer_pct_gemm_floor']:.0f}% of GEMM rate): "
+              + " ".join(f"{kk[:-3]} {v:.0f}" for kk, v in rec.items() if kk.endswith("_us") and kk != "layer_us")
+              + f" | gmm TF {rec['gmm_gate_up_TFLOPs']:.0f}/{rec['gmm_down_TFLOPs']:.0f} shared "
+              f"{rec['shared_gemms_TFLOPs']:.0f}", flush=True)
+        path = write_results("moe_breakdown", records, extra=dict(bf16_gemm_TFLOPs=tf))
+        if out_dir:
+            shutil.copy(path, Path(out_dir) / path.name)
+    return records
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true")
@@ -509,6 +587,8 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", action="store_true", help="--model-decode: also one eager step's kernels by op")
     ap.add_argument("--decode-ab", action="store_true", help="the decode kernels A/B (streaming vs older)")
     ap.add_argument("--reps", type=int, default=3, help="--decode-ab: interleaved repetitions")
+    ap.add_argument("--sweep", action="store_true", help="--decode-ab: also the streaming kernels' knobs")
+    ap.add_argument("--breakdown", action="store_true", help="the grouped-path layer stage by stage (--tokens)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} grouped_mm "
@@ -521,7 +601,9 @@ def main(argv=None) -> int:
     if a.bench:
         bench(a.sizes.split(","), [int(t) for t in a.tokens.split(",")], not a.no_hf, a.out)
     if a.decode_ab:
-        decode_ab(a.sizes.split(","), [int(t) for t in a.tokens.split(",")], a.out, a.reps)
+        decode_ab(a.sizes.split(","), [int(t) for t in a.tokens.split(",")], a.out, a.reps, a.sweep)
+    if a.breakdown:
+        breakdown([int(t) for t in a.tokens.split(",")], a.out)
     if a.model_decode:
         model_decode([int(b) for b in a.batch.split(",")], a.layers, a.context, a.out, a.profile)
     return 1 if bad else 0
