@@ -117,6 +117,10 @@ SOURCE = NvrtcSource("moe.cu", tuple(dict.fromkeys(e for g in _GROUPS.values() f
 # the previous kernel runs (the down kernel prefetches its rows into L2 meanwhile). A module switch so the
 # benchmark can time both.
 PDL = True
+# moe_topk lets the next kernel (the decode gate/up kernel) be scheduled before its own wait on the router GEMM,
+# so the gate/up kernel's loads that need no routing (the shared expert's rows) overlap the router GEMM; the
+# gate/up kernel still waits for the top-k grid to finish before it reads the routing. A module switch for the A/B.
+TOPK_EARLY = True
 # The decode path's gate/up kernel: True = gate_up_split_kernel (the CTA's rows split over H across its warps, one
 # memory round trip per CTA, the shared expert streaming while the router runs); False = gate_up_kernel (a warp per
 # row pair, rows walked in turn). A module switch so the benchmark can time both.
@@ -166,7 +170,7 @@ def moe_topk(router_logits: torch.Tensor, k: int, *, out=None) -> tuple[torch.Te
     npl = next(n for n in _NPL if 32 * n >= E)
     # a programmatic launch (sm_90): scheduled while the router GEMM finishes; the kernel waits for it first
     _launch(device, router_logits.dtype, _topk_expr(router_logits.dtype, npl), (ceil_div(T, 4), 1, 1), (128, 1, 1),
-            router_logits.data_ptr(), w.data_ptr(), e.data_ptr(), i32(T), i32(E), i32(k), pdl=PDL)
+            router_logits.data_ptr(), w.data_ptr(), e.data_ptr(), i32(T), i32(E), i32(k), i32(TOPK_EARLY), pdl=PDL)
     return w, e
 
 

@@ -85,9 +85,13 @@ __device__ __forceinline__ void topk_warp(Load ld, int E, int k, float* __restri
 
 template <typename T, int NPL>
 __global__ void __launch_bounds__(128) topk_kernel(const T* __restrict__ logits, float* __restrict__ weights,
-                                                   long long* __restrict__ experts, int T_, int E, int k) {
+                                                   long long* __restrict__ experts, int T_, int E, int k,
+                                                   int early) {
+    // the gate/up kernel may be scheduled now (it waits for this grid to finish); early: before this grid's own
+    // wait, so the gate/up kernel's routing-free loads (the shared expert's rows) stream while the router GEMM runs
+    if (early) allow_dependent_launch();
     wait_for_primary_grid();   // launched programmatically: the logits (the router GEMM) are complete
-    allow_dependent_launch();  // the gate/up kernel may be scheduled now (it waits for this grid to finish)
+    if (!early) allow_dependent_launch();
     const int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (t >= T_) return;
     const T* row = logits + (size_t)t * E;
