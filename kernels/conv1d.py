@@ -39,8 +39,14 @@ def _expr(dtype, vec: int, chunk: int = _CHUNK, unroll: int = _UNROLL, use_async
     return f"conv1d::causal_conv1d_kernel<{CTYPES[dtype]}, {vec}, {chunk}, {unroll}, {cbool(use_async)}>"
 
 
+def _decode_expr(dtype, vec: int) -> str:
+    return f"conv1d::causal_conv1d_decode<{CTYPES[dtype]}, {vec}>"
+
+
 SOURCE = NvrtcSource("conv1d.cu", tuple(_expr(dt, v) for dt, vs in _VECS.items() for v in vs)
-                     + tuple(_expr(dt, *t) for dt in (torch.float16, torch.bfloat16) for t in TRIALS))
+                     + tuple(_expr(dt, *t) for dt in (torch.float16, torch.bfloat16) for t in TRIALS)
+                     + tuple(_decode_expr(dt, v) for dt, vs in _VECS.items() for v in vs))
+DECODE_KERNEL = True  # max_seqlen <= 1 (a decode step): the one-token kernel (PDL, one memory round trip)
 
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -105,6 +111,12 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tenso
     # the vector width must divide C and the row stride, and every pointer must be aligned to it
     vec = vec_width(x.dtype, C if T <= 1 else math.gcd(C, x.stride(0)), x, weight, state, state_out, y,
                     candidates=_VECS[x.dtype])
+    if max_seqlen <= 1 and DECODE_KERNEL and _trial is None:
+        SOURCE.launch(device, _decode_expr(x.dtype, vec), (ceil_div(C // vec, _BLOCK), n, 1), (_BLOCK, 1, 1),
+                      x.data_ptr(), i64(x.stride(0)), weight.data_ptr(), cu_seqlens.data_ptr(),
+                      i32(cu_seqlens.dtype == torch.int64), 0 if state is None else state.data_ptr(),
+                      state_out.data_ptr(), y.data_ptr(), i32(C), i32(T), pdl=True)
+        return y, state_out
     chunk, unroll, use_async = _CHUNK, _UNROLL, None
     if _trial is not None and x.dtype != torch.float32 and vec == _VECS[x.dtype][0]:  # a timing trial (16-bit)
         vec, chunk, unroll, use_async = _trial

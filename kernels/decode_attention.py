@@ -47,6 +47,10 @@ PREFETCH = 0  # tiles of K/V prefetched into L2 beyond the cp.async ring (kernel
 # buffer per device that every launch leaves zeroed, so two launches must not overlap on one device (streams
 # running decode attention concurrently); the combine kernel path has no such state.
 FUSE = False
+# FUSE = "spin": every CTA of a row group waits (spins on an arrival counter) until all its chunks are written, then
+# merges its share of the output: one kernel, one L2 round trip for the merge, no second launch. Only where every
+# CTA of the grid is resident at once (at most one CTA an SM, grid <= SMs), else the combine kernel.
+EARLY = 0  # tiles of each CTA's chunk prefetched into L2 before waiting for the kernel before (0 = none)
 PDL_ERROR: str | None = None  # why the combine kernel's programmatic launch failed, if it did (then plain launches)
 
 
@@ -180,10 +184,12 @@ def _launch_decode(q, k_cache, v_cache, lengths, scale: float, max_length, o, de
     longest = S if max_length is None else max_length
     splits = num_splits(B * Hkv * groups, max(1, ceil_div(longest, _TILE)), sms)
     n1max = ceil_div(splits, 8)
-    counters = _counters(device, B * Hkv * groups * (n1max + 1)) if FUSE and splits > 1 else None
+    spin = FUSE == "spin" and splits > 1 and splits * Hkv * groups * B <= sms
+    tree = FUSE is True and splits > 1
+    counters = _counters(device, B * Hkv * groups * (2 if spin else n1max + 1)) if spin or tree else None
     if splits > 1:  # per chunk: the normalised partial output [D] and its log-sum-exp, fp32 (+ per group of 8)
         n = B * Hq * splits
-        n1 = B * Hq * n1max if counters is not None else 0
+        n1 = B * Hq * n1max if counters is not None and tree else 0
         ws = torch.empty((n + n1) * (d + 1), dtype=torch.float32, device=q.device)
         ws_o_ptr, ws_lse_ptr = ws.data_ptr(), ws.data_ptr() + n * d * 4
         ws1_o_ptr, ws1_lse_ptr = (ws_lse_ptr + n * 4, ws_lse_ptr + n * 4 + n1 * d * 4) if n1 else (0, 0)
@@ -195,7 +201,8 @@ def _launch_decode(q, k_cache, v_cache, lengths, scale: float, max_length, o, de
                 i64(k_cache.stride(0)), i64(k_cache.stride(1)), i64(v_cache.stride(0)), i64(v_cache.stride(1)),
                 lengths.data_ptr(), len64, o.data_ptr(), ws_o_ptr, ws_lse_ptr,
                 i32(S), i32(Hq), i32(Hkv), i32(r), i32(groups), i32(splits), f32(scale * _LOG2E), i32(PREFETCH),
-                0 if counters is None else counters.data_ptr(), ws1_o_ptr, ws1_lse_ptr, shared_mem=smem)
+                0 if counters is None else counters.data_ptr(), ws1_o_ptr, ws1_lse_ptr,
+                i32(2 if spin and counters is not None else 1), i32(EARLY), shared_mem=smem)
     if splits > 1 and counters is None:
         _launch_pdl(device, _combine_expr(q.dtype, d), (Hq, B, d // 64), (256, 1, 1), ws_o_ptr, ws_lse_ptr,
                     lengths.data_ptr(), len64, o.data_ptr(), i32(S), i32(Hq), i32(splits))

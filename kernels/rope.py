@@ -15,6 +15,7 @@ from reference._checks import check_grid_thw, check_tensor
 from reference.decode_attention import check_append_fits
 from reference.rope import inv_freq, mrope_axes
 
+from .runtime import device as _dev
 from .runtime.checks import check_cuda, check_input, check_out, check_same_dtype
 from .runtime.dispatch import CTYPES, NvrtcSource, cbool, ceil_div, split_row
 from .runtime.nvrtc import f32, i32, i64
@@ -107,6 +108,11 @@ def _staged_expr(dtype) -> str:
 
 
 QK_TRIALS = (1, 2, 8)  # other heads-per-warp builds of the 16-bit d <= 256 variant, for timing trials
+STREAM_BUILDS = ((4, 3), (2, 4), (4, 4))  # (heads per item, ring depth) builds of the streaming prefill kernel
+
+
+def _stream_expr(dtype, ipw: int, stages: int) -> str:
+    return f"rope::qk_norm_rope_stream<{CTYPES[dtype]}, {ipw}, {stages}>"
 
 
 SOURCE = NvrtcSource("rope.cu", _VISION_EXPRS + tuple(_qk_expr(dt, v, n, _IPW, lean) for dt in _MAX_VEC
@@ -114,6 +120,7 @@ SOURCE = NvrtcSource("rope.cu", _VISION_EXPRS + tuple(_qk_expr(dt, v, n, _IPW, l
                       + tuple(_qk_expr(dt, 8, 1, i, lean) for dt in (torch.float16, torch.bfloat16) for i in QK_TRIALS
                               for lean in (True, False))
                       + tuple(_staged_expr(dt) for dt in (torch.float16, torch.bfloat16))
+                      + tuple(_stream_expr(dt, i, st) for dt in (torch.float16, torch.bfloat16) for i, st in STREAM_BUILDS)
                       + ("rope::mrope_cos_sin_kernel",))
 
 
@@ -167,17 +174,42 @@ def _staged_tokens(dtype, d: int, r: int, H: int, q_ts: int, q_hs: int, *tensors
     return max(0, min(64, (_STAGED_SMEM - 2 * d * 2) // per_token))  # <= 64: narrow rows still spread
 
 
+# The prefill build where the staged one applies (16-bit, no cache, d <= 256, aligned) and T > _DECODE_TOKENS:
+# "staged", or (IPW, STAGES) of the streaming kernel (qk_norm_rope_stream, one of STREAM_BUILDS)
+PREFILL_BUILD: object = "staged"
+STREAM_CTAS_PER_SM = 4  # the streaming grid: at most this many CTAs an SM (shared memory permitting), one wave
+
+
+def _launch_stream(device, build, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, T, Hq, Hkv, d, r, norm,
+                   eps) -> None:
+    ipw, stages = build
+    smem = 8 * stages * (ipw * d * 2 + 2 * r * 4)
+    items = T * (ceil_div(Hq, ipw) + ceil_div(Hkv, ipw))
+    per_sm = max(1, min(STREAM_CTAS_PER_SM, (_dev.max_shared_memory(device) + 1024) // (smem + 1024)))
+    grid = max(1, min(ceil_div(items, 8), per_sm * _dev.sm_count(device)))
+    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    SOURCE.launch(device, _stream_expr(q_in.dtype, ipw, stages), (grid, 1, 1), (256, 1, 1),
+                  q_in.data_ptr(), i64(q_ts), i32(q_hs), ptr(k_in), ptr(qw), ptr(kw), cos.data_ptr(), sin.data_ptr(),
+                  q_out.data_ptr(), ptr(k_out), i32(T), i32(Hq), i32(Hkv), i32(d), i32(r), i32(norm), f32(eps),
+                  shared_mem=smem, pdl=True)
+
+
 def _launch_qk(device, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, v, k_cache, v_cache, cu, lengths,
-               T, Hq, Hkv, d, r, norm, eps, ipw=None, lean=None):
+               T, Hq, Hkv, d, r, norm, eps, ipw=None, lean=None, build=None):
     tb = 0 if k_cache is not None or ipw is not None or lean is not None else _staged_tokens(
         q_in.dtype, d, r, Hq + Hkv, q_ts, q_hs, q_in, k_in, qw, kw, cos, sin, q_out, k_out)
+    build = PREFILL_BUILD if build is None else build
+    if tb and T > _DECODE_TOKENS and Hq + Hkv and build != "staged":
+        _launch_stream(device, build, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, T, Hq, Hkv, d, r,
+                       norm, eps)
+        return
     if tb and T and Hq + Hkv:
         ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
         smem = tb * (Hq + Hkv) * d * 2 + tb * 2 * r * 4 + 2 * d * 2
         SOURCE.launch(device, _staged_expr(q_in.dtype), (ceil_div(T, tb), 1, 1), (256, 1, 1),
                       q_in.data_ptr(), i64(q_ts), i32(q_hs), ptr(k_in), ptr(qw), ptr(kw), cos.data_ptr(),
                       sin.data_ptr(), q_out.data_ptr(), ptr(k_out), i32(T), i32(Hq), i32(Hkv), i32(d), i32(r),
-                      i32(norm), f32(eps), i32(tb), shared_mem=smem)
+                      i32(norm), f32(eps), i32(tb), shared_mem=smem, pdl=True)
         return
     vec, nv = _pick_qk(q_in.dtype, d, q_in, k_in, qw, kw, q_out, k_out, v, k_cache, v_cache)
     if ipw is None and T <= _DECODE_TOKENS:
@@ -199,7 +231,7 @@ def _launch_qk(device, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, v
                   q_out.data_ptr(), ptr(k_out), ptr(v), ptr(k_cache), ptr(v_cache), ptr(cu),
                   i32(cu is not None and cu.dtype == torch.int64), ptr(lengths),
                   i32(lengths is not None and lengths.dtype == torch.int64), i32(T), i32(Hq), i32(Hkv), i32(d),
-                  i32(r), i32(B), i32(S), i32(norm), f32(eps))
+                  i32(r), i32(B), i32(S), i32(norm), f32(eps), pdl=True)
 
 
 def qk_norm_rope(qg: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
@@ -317,7 +349,7 @@ def mrope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float, sectio
         SOURCE.launch(device, "rope::mrope_cos_sin_kernel", (ceil_div(n * r, 256), 1, 1), (256, 1, 1),
                       positions.data_ptr(), i32(positions.dtype == torch.int64), i64(positions.stride(0)),
                       i64(positions.stride(1)), inv.data_ptr(), i32(n), i32(r), i32(s_t), i32(s_h), i32(s_w),
-                      i32(bool(interleaved)), cos.data_ptr(), sin.data_ptr())
+                      i32(bool(interleaved)), cos.data_ptr(), sin.data_ptr(), pdl=True)
     return cos, sin
 
 

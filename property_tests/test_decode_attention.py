@@ -138,15 +138,51 @@ def test_decode_attention_fused_merge(case):
 
 
 @gpu
-@pytest.mark.parametrize("fuse", [False, True])
-def test_graph_replay_fused_and_not(fuse):
+@given(case=decode_cases(max_S=900), early=st.sampled_from([0, 1, 4]))
+@example(case=dict(B=1, S=600, lengths=[600], hq=8, hkv=2, dtype=torch.bfloat16, len_dtype=torch.int32, splits=64,
+                   scale=None, seed=13), early=2)  # 60 chunks, 120 CTAs: every CTA merges 1/60 of the columns
+@example(case=dict(B=3, S=900, lengths=[900, 0, 77], hq=24, hkv=1, dtype=torch.float16, len_dtype=torch.int64,
+                   splits=9, scale=None, seed=14), early=0)  # two row groups a kv head
+@example(case=dict(B=1, S=3000, lengths=[3000], hq=32, hkv=2, dtype=torch.bfloat16, len_dtype=torch.int32,
+                   splits=None, scale=None, seed=15), early=2)
+def test_decode_attention_spin_merge(case, early):
+    """FUSE="spin": every CTA of a row group waits for its chunks and merges a share of the columns (no combine
+    kernel), with and without the early L2 prefetch; twice, so the counters must be back at 0 after a launch."""
     import kernels.decode_attention as K
 
-    saved, K.FUSE = K.FUSE, fuse
+    saved = K.FUSE, K.EARLY
+    K.FUSE, K.EARLY = "spin", early
+    try:
+        for _ in range(2):
+            _run(case)
+    finally:
+        K.FUSE, K.EARLY = saved
+
+
+@gpu
+@given(case=decode_cases(max_S=900), early=st.sampled_from([1, 2, 8]))
+def test_decode_attention_early_prefetch(case, early):
+    """EARLY: L2 prefetches of each CTA's first tiles before the wait for the kernel before change nothing."""
+    import kernels.decode_attention as K
+
+    saved, K.EARLY = K.EARLY, early
+    try:
+        _run(case)
+    finally:
+        K.EARLY = saved
+
+
+@gpu
+@pytest.mark.parametrize("fuse,early", [(False, 0), (True, 0), ("spin", 0), ("spin", 2), (False, 2)])
+def test_graph_replay_fused_and_not(fuse, early):
+    import kernels.decode_attention as K
+
+    saved = K.FUSE, K.EARLY
+    K.FUSE, K.EARLY = fuse, early
     try:
         test_decode_attention_graph_replay_with_new_lengths()
     finally:
-        K.FUSE = saved
+        K.FUSE, K.EARLY = saved
 
 
 @gpu

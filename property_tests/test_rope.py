@@ -7,6 +7,8 @@ returned outputs on random cases): what they write besides their return values, 
   * the gate is a view of qg (no copy) unless out[1] is given;
   * a decode step (mrope_cos_sin on a text position + qk_norm_rope with the cache write) captured in a CUDA
     graph and replayed with new lengths == the reference.
+  * every build of the streaming prefill kernel (kernels.rope.STREAM_BUILDS) == the reference and the warp build,
+    qk_norm_rope and apply_rope, outputs poisoned with NaN.
 GPU only (NVRTC).
 """
 
@@ -168,3 +170,30 @@ def test_staged_build(T, hq, hkv, d, r, dtype):
     y = torch.full_like(x, float("nan"))
     K.apply_rope(x, cos, sin, out=y)
     compare(REGISTRY["apply_rope"], y, R.apply_rope(x, cos, sin), "apply_rope staged", dtype)
+
+
+@settings(max_examples=12)
+@given(build=st.sampled_from(K.STREAM_BUILDS), T=st.one_of(st.integers(65, 400), st.sampled_from((65, 1000))),
+       hq=st.integers(1, 24), hkv=st.integers(1, 8),
+       dr=st.sampled_from(((256, 32), (256, 128), (128, 16), (64, 8), (16, 8), (256, 8))),
+       dtype=st.sampled_from((torch.float16, torch.bfloat16)), seed=st.integers(0, 2**31 - 1))
+def test_stream_build(build, T, hq, hkv, dr, dtype, seed):
+    """The streaming prefill kernel (every build) == the reference and the warp build; apply_rope on it too."""
+    d, r = dr
+    saved, K.PREFILL_BUILD = K.PREFILL_BUILD, build
+    try:
+        case = build_qk_norm_rope(T, hq, hkv, d, r, dtype, seed=seed)
+        args = case.on("cuda")
+        out = tuple(torch.full((T, h, d), float("nan"), dtype=dtype, device="cuda") for h in (hq, hkv))
+        q, _, k = K.qk_norm_rope(*args, out=(out[0], None, out[1]))
+        q_ref, _, k_ref = R.qk_norm_rope(*args)
+        q_w, _, k_w = K.qk_norm_rope(*args, _ipw=2)  # a warp-per-heads build
+        x, cos, sin = args[1], args[4], args[5]
+        y = torch.full_like(x, float("nan"))
+        K.apply_rope(x, cos, sin, out=y)
+        torch.cuda.synchronize()
+    finally:
+        K.PREFILL_BUILD = saved
+    compare(SPEC, (q, k), (q_ref, k_ref), f"stream {build}", dtype)
+    compare(SPEC, (q, k), (q_w, k_w), f"stream {build} vs warp build", dtype)
+    compare(REGISTRY["apply_rope"], y, R.apply_rope(x, cos, sin), f"apply_rope stream {build}", dtype)

@@ -14,6 +14,7 @@
 // still exists and copies (or keeps) its state.
 #include "include/convert.cuh"
 #include "include/cp_async.cuh"
+#include "include/ptx.cuh"
 
 namespace conv1d {
 using namespace qkern;
@@ -176,6 +177,77 @@ __global__ void __launch_bounds__(128, 4) causal_conv1d_kernel(
                 for (int e = 0; e < VEC; ++e) part[e] = raw[m * VEC + e];
                 store_f<T, VEC>(state_out + ((long long)s * C + c0) * KM + m * VEC, part);
             }
+        }
+    }
+}
+
+// The one-token decode step (the host's max_seqlen hint is <= 1: every sequence has 0 or 1 tokens). Thread:
+// VEC channels of sequence s = blockIdx.y. A programmatic dependent launch: the weights (no kernel writes them) are
+// loaded before waiting for the kernel before; then cu_seqlens, the state and x are loaded together, x at row s on
+// the guess that cu_seqlens[s] == s (every sequence one token: the decode batch), so one memory round trip; a
+// sequence elsewhere reloads its row. y = silu(w3 x + w2 s2 + w1 s1 + w0 s0); new state (s1, s2, x), or the old
+// state copied for an empty sequence. The same thread reads the state before writing it (state_out may alias).
+template <typename T, int VEC>
+__global__ void __launch_bounds__(128) causal_conv1d_decode(
+    const T* __restrict__ x, long long x_stride, const T* __restrict__ w, const void* __restrict__ cu, int cu64,
+    const T* state, T* state_out, T* __restrict__ y, int C, int T_rows) {
+    constexpr int KM = CONV_K - 1;
+    const int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * VEC;
+    if (c0 >= C) return;
+    const int s = blockIdx.y;
+    allow_dependent_launch();
+    float wt[CONV_K][VEC];  // wt[j][e] = w[c0 + e, j]
+    load_channels<T, VEC, CONV_K>(w + (long long)c0 * CONV_K, wt);
+    wait_for_primary_grid();
+    const long long start = load_index(cu, cu64, s), end = load_index(cu, cu64, s + 1);
+    float old[KM][VEC];
+    if (state != nullptr) {
+        load_channels<T, VEC, KM>(state + ((long long)s * C + c0) * KM, old);
+    } else {
+#pragma unroll
+        for (int m = 0; m < KM; ++m)
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) old[m][e] = 0.f;
+    }
+    float cur[VEC];
+    if (s < T_rows) load_f<T, VEC>(x + (long long)s * x_stride + c0, cur);
+    const bool one = end > start;
+    if (one && start != s) load_f<T, VEC>(x + start * x_stride + c0, cur);
+    float fin[KM][VEC];  // the new state, oldest first
+    if (one) {
+        float out[VEC];
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            float a = wt[CONV_K - 1][e] * cur[e];
+#pragma unroll
+            for (int m = 0; m < KM; ++m) a += wt[m][e] * old[m][e];
+            out[e] = silu_f(a);
+        }
+        store_f<T, VEC>(y + start * (long long)C + c0, out);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+#pragma unroll
+            for (int m = 0; m < KM - 1; ++m) fin[m][e] = old[m + 1][e];
+            fin[KM - 1][e] = cur[e];
+        }
+    } else {
+#pragma unroll
+        for (int m = 0; m < KM; ++m)
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) fin[m][e] = old[m][e];
+    }
+    if (state_out != nullptr) {
+        float raw[VEC * KM];  // channel-major: raw[e * KM + m]
+#pragma unroll
+        for (int e = 0; e < VEC; ++e)
+#pragma unroll
+            for (int m = 0; m < KM; ++m) raw[e * KM + m] = fin[m][e];
+#pragma unroll
+        for (int m = 0; m < KM; ++m) {
+            float part[VEC];
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) part[e] = raw[m * VEC + e];
+            store_f<T, VEC>(state_out + ((long long)s * C + c0) * KM + m * VEC, part);
         }
     }
 }

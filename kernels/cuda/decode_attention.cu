@@ -111,6 +111,88 @@ __device__ __forceinline__ void merge_partials(const float* o, const float* lse,
     }
 }
 
+// ld.acquire at GPU scope: the spin merge's arrival counter (the chunks' partials are visible once it is read).
+__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+// Before griddepcontrol.wait (so while the kernel before still runs): L2 prefetches of the first `tiles` tiles of
+// this CTA's chunk, located with the row's length as it reads now (typically the previous step's, one less: the
+// chunk may start a few slots off, and a prefetch is only a hint, so a stale length costs a few lines, never a
+// wrong answer). The length is read through L2 (ld.global.cg), never the L1/texture path: a stale line there
+// would serve the real read after the wait.
+template <int D>
+__device__ __noinline__ void early_prefetch(const void* kc, const void* vc, long long k_sb, long long k_ss,
+                                               long long v_sb, long long v_ss, const void* lengths, int is64, int b,
+                                               int kvh, int S, int splits, int split, int tiles) {
+    const long long L0 = is64 ? (long long)__ldcg(static_cast<const long long*>(lengths) + b)
+                              : (long long)__ldcg(static_cast<const int*>(lengths) + b);
+    const int L = L0 < 0 ? 0 : (L0 >= S ? S : static_cast<int>(L0) + 1);  // the coming step's length, likely
+    if (split >= active_chunks(L, splits)) return;
+    const int chunk = chunk_of(L, splits);
+    const int t0 = split * chunk, t1 = min(L, min(t0 + chunk, t0 + tiles * TILE));
+    const char* kb = static_cast<const char*>(kc) + ((size_t)b * k_sb + (size_t)kvh * D) * 2;
+    const char* vb = static_cast<const char*>(vc) + ((size_t)b * v_sb + (size_t)kvh * D) * 2;
+    constexpr int LINES = D * 2 / 128;  // 128-byte lines of one slot's head row
+    for (int i = threadIdx.x; i < (t1 - t0) * 2 * LINES; i += NW * 32) {
+        const int tok = t0 + i / (2 * LINES), line = i % (2 * LINES);
+        const char* p = line < LINES ? kb + (size_t)tok * k_ss * 2 + line * 128
+                                     : vb + (size_t)tok * v_ss * 2 + (line - LINES) * 128;
+        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+    }
+}
+
+// The spin merge's share of one row group: its nrows x D outputs as float4 items, split evenly over the nact CTAs
+// (chunks) of the group; this CTA (chunk `split`) merges items [split * per, ...). A group of lpi lanes (a power of
+// two >= min(nact, 32)) takes one item, a lane every lpi-th chunk with a running max; the group then merges by
+// xor shuffles. One L2 round trip (the partials' loads of a lane are independent).
+template <typename T, int D>
+__device__ __noinline__ void spin_merge(const float* ws_o, const float* ws_lse, size_t bh0, int splits, int nact,
+                                           int split, int nrows, T* out) {
+    const int items = nrows * (D / 4), per = (items + nact - 1) / nact;
+    const int i0 = split * per, i1 = min(items, i0 + per);
+    int lpi = 1;
+    while (lpi < nact && lpi < 32) lpi <<= 1;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane / lpi, pl = lane % lpi;
+    const int step = 32 / lpi;  // items a warp takes at once
+    for (int base = i0 + warp * step; base < i1; base += NW * step) {  // warp-uniform bounds: shuffles below
+        const int item = base + sub;
+        const bool live = item < i1;
+        const int row = live ? item / (D / 4) : 0, col = live ? (item % (D / 4)) * 4 : 0;
+        const size_t bs = (bh0 + row) * splits;
+        float m = f32_neg_inf(), l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
+        for (int s = pl; live && s < nact; s += lpi) {
+            const float e = __ldcg(ws_lse + bs + s);
+            const float4 x = __ldcg(reinterpret_cast<const float4*>(ws_o + (bs + s) * D + col));
+            const float mn = fmaxf(m, e), f = ex2(m - mn), w = ex2(e - mn);  // m = -inf at first: f = 0
+            l = l * f + w;
+            acc[0] = acc[0] * f + w * x.x; acc[1] = acc[1] * f + w * x.y;
+            acc[2] = acc[2] * f + w * x.z; acc[3] = acc[3] * f + w * x.w;
+            m = mn;
+        }
+        for (int o = lpi >> 1; o > 0; o >>= 1) {
+            const float m2 = __shfl_xor_sync(0xffffffffu, m, o), l2 = __shfl_xor_sync(0xffffffffu, l, o);
+            float a2[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) a2[i] = __shfl_xor_sync(0xffffffffu, acc[i], o);
+            const float mn = fmaxf(m, m2);
+            const float f1 = m == f32_neg_inf() ? 0.f : ex2(m - mn), f2 = m2 == f32_neg_inf() ? 0.f : ex2(m2 - mn);
+            l = l * f1 + l2 * f2;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[i] = acc[i] * f1 + a2[i] * f2;
+            m = mn;
+        }
+        if (live && pl == 0) {
+            const float inv = 1.f / l;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[i] *= inv;
+            store_f<T, 4>(out + (bh0 + row) * D + col, acc);
+        }
+    }
+}
+
 }  // namespace decode
 
 using namespace decode;
@@ -121,7 +203,7 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
     long long k_sb, long long k_ss, long long v_sb, long long v_ss, const void* __restrict__ lengths, int len64,
     T* __restrict__ out, float* __restrict__ ws_o, float* __restrict__ ws_lse,
     int S, int Hq, int Hkv, int r, int groups, int splits, float scale_log2, int prefetch,
-    unsigned* __restrict__ counters, float* __restrict__ ws1_o, float* __restrict__ ws1_lse) {
+    unsigned* __restrict__ counters, float* __restrict__ ws1_o, float* __restrict__ ws1_lse, int fuse, int early) {
     static_assert(D % 64 == 0, "head_dim must be a multiple of 64");
     constexpr int CH = D / 8;  // 16-byte chunks per row
     extern __shared__ __align__(128) unsigned char smem[];
@@ -134,6 +216,7 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
     const int nrows = min(ROWS, r - grp * ROWS);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
     allow_dependent_launch();
+    if (early > 0) early_prefetch<D>(kc, vc, k_sb, k_ss, v_sb, v_ss, lengths, len64, b, kvh, S, splits, split, early);
     wait_for_primary_grid();  // launched programmatically: q, the cache and lengths come from the kernels before
     const int L = row_length(lengths, len64, b, S);
     const int nact = active_chunks(L, splits);
@@ -324,6 +407,23 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
         }
     }
     if (direct || counters == nullptr) return;  // no fused merge: decode_attention_combine runs next
+    if (fuse == 2) {  // every CTA of the row group waits for all its chunks, then merges its share of the columns
+        __threadfence();
+        __syncthreads();
+        unsigned* arrive = counters + 2 * (b * gridDim.y + blockIdx.y);
+        if (tid == 0) {
+            atomicAdd(arrive, 1u);
+            while (ld_acquire(arrive) < (unsigned)nact) __nanosleep(20);
+        }
+        __syncthreads();
+        __threadfence();
+        spin_merge<T, D>(ws_o, ws_lse, (size_t)b * Hq + h0, splits, nact, split, nrows, out);
+        if (tid == 0 && atomicAdd(arrive + 1, 1u) == (unsigned)(nact - 1)) {  // the last to leave resets both
+            arrive[0] = 0u;
+            arrive[1] = 0u;
+        }
+        return;
+    }
 
     // Fused merge (counters given): the last CTA of each group of 8 chunks to finish merges the group, the last
     // group merger merges the groups. Each CTA counts its arrival after its partial is visible (threadfence, then

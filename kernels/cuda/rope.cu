@@ -127,15 +127,9 @@ __global__ void __launch_bounds__(128, (LEAN && NV * VEC * IPW <= 32) ? 6 : 1) q
     const int e0 = lane * E;
     const bool cache = !is_q && k_cache != nullptr;
 
-    // 1. every load first
-    Vec<T, VEC> xr[IPW][NV];
-#pragma unroll
-    for (int it = 0; it < IPW; ++it)
-#pragma unroll
-        for (int n = 0; n < NV; ++n) {
-            const int e = e0 + n * VEC;
-            if (it < nh && e < d) xr[it][n] = *reinterpret_cast<const Vec<T, VEC>*>(src + it * hs + e);
-        }
+    // 1. every load first: the weights (no kernel writes them) before waiting for the kernel before (a programmatic
+    // dependent launch), then the rest
+    allow_dependent_launch();
     float wv[E];
 #pragma unroll
     for (int i = 0; i < E; ++i) wv[i] = 0.f;
@@ -152,6 +146,15 @@ __global__ void __launch_bounds__(128, (LEAN && NV * VEC * IPW <= 32) ? 6 : 1) q
             }
         }
     }
+    wait_for_primary_grid();
+    Vec<T, VEC> xr[IPW][NV];
+#pragma unroll
+    for (int it = 0; it < IPW; ++it)
+#pragma unroll
+        for (int n = 0; n < NV; ++n) {
+            const int e = e0 + n * VEC;
+            if (it < nh && e < d) xr[it][n] = *reinterpret_cast<const Vec<T, VEC>*>(src + it * hs + e);
+        }
     float cs[E], sn[E];  // cos, and sin signed for the half the element is in (- for j < r, + for r <= j < 2r)
     if (LEAN && E % 4 == 0) {  // r % E == 0 and 16-byte aligned tables (the host checks): a lane's E angles are
         // consecutive entries of one half, float4 loads
@@ -385,6 +388,7 @@ __global__ void __launch_bounds__(256) qk_norm_rope_staged(
     T* sw = reinterpret_cast<T*>(sc + (size_t)TB * 2 * r);
     const int t0 = blockIdx.x * TB, nt = min(TB, ntok - t0), tid = threadIdx.x;
     const unsigned sxa = smem_u32(sx), sca = smem_u32(sc), swa = smem_u32(sw);
+    pdl_begin();  // a programmatic dependent launch
     for (int c = tid; c < nt * H * CH; c += blockDim.x) {
         const int tt = c / (H * CH), rest = c % (H * CH), h = rest / CH, ch = rest % CH;
         const int t = t0 + tt;
@@ -448,6 +452,116 @@ __global__ void __launch_bounds__(256) qk_norm_rope_staged(
     }
 }
 
+// Streaming qk_norm_rope / apply_rope for prefill sizes (no cache write; 16-bit, d <= 256, d % 8 == 0, r % 8 == 0,
+// 16-byte aligned): each warp walks the items (token, group of IPW heads of one kind, q groups first) with the
+// stride of the grid's warp count through its own STAGES-deep cp.async ring in shared memory: the loads of the
+// next STAGES - 1 items are in flight while an item is normalised, rotated and stored, and hold no registers. A lane
+// copies, and later reads, only its own 16 bytes of each head row and its own 8 cos and 8 sin entries, so the
+// ring needs no barrier: cp.async.wait_group alone orders a lane's copies before its reads. The weights are
+// loaded once a warp, before waiting for the kernel before (PDL). Dynamic shared memory: 8 warps x STAGES x
+// slot, slot = IPW * d * 2 + 2 * r * 4 bytes (head rows, then cos and sin).
+template <typename T, int IPW, int STAGES>
+__global__ void __launch_bounds__(256, 4) qk_norm_rope_stream(
+    const T* __restrict__ q_in, long long q_ts, int q_hs, const T* __restrict__ k_in, const T* __restrict__ qw,
+    const T* __restrict__ kw, const float* __restrict__ cos, const float* __restrict__ sin,
+    T* __restrict__ q_out, T* __restrict__ k_out, int ntok, int Hq, int Hkv, int d, int r, int norm, float eps) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int lane = threadIdx.x & 31, e0 = lane * 8;
+    const bool live = e0 < d, rot = e0 < 2 * r;
+    const int Gq = (Hq + IPW - 1) / IPW, G = Gq + (Hkv + IPW - 1) / IPW;
+    const long long items = (long long)ntok * G, nw = (long long)gridDim.x * (blockDim.x / 32);
+    const long long first = (long long)blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+    const int slot = IPW * d * 2 + 2 * r * 4;
+    const unsigned ring = smem_u32(smem) + (unsigned)((threadIdx.x >> 5) * STAGES * slot);
+    const int j0 = e0 < r ? e0 : e0 - r;
+    allow_dependent_launch();
+    Vec<T, 8> wq, wk;  // packed: converted where used
+    if (norm && live) {
+        wq = *reinterpret_cast<const Vec<T, 8>*>(qw + e0);
+        wk = *reinterpret_cast<const Vec<T, 8>*>((kw != nullptr ? kw : qw) + e0);
+    }
+    wait_for_primary_grid();
+    auto issue = [&](long long k) {  // the warp's k-th item into ring slot k % STAGES (always one commit group)
+        const long long item = first + k * nw;
+        if (item < items) {
+            const int t = (int)(item / G), g = (int)(item % G);
+            const bool is_q = g < Gq;
+            const int h0 = (is_q ? g : g - Gq) * IPW, nh = min(IPW, (is_q ? Hq : Hkv) - h0);
+            const T* src = is_q ? q_in + t * q_ts + (long long)h0 * q_hs : k_in + ((long long)t * Hkv + h0) * d;
+            const long long hs = is_q ? q_hs : d;
+            const unsigned base = ring + (unsigned)((k % STAGES) * slot);
+            if (live) {
+#pragma unroll
+                for (int h = 0; h < IPW; ++h)
+                    if (h < nh) cp_async16(base + (unsigned)((h * d + e0) * 2), src + h * hs + e0, true);
+            }
+            if (rot) {
+                const unsigned cb = base + (unsigned)(IPW * d * 2 + j0 * 4);
+                const float* cp = cos + (long long)t * r + j0;
+                const float* sp = sin + (long long)t * r + j0;
+                cp_async16(cb, cp, true);
+                cp_async16(cb + 16, cp + 4, true);
+                cp_async16(cb + (unsigned)(r * 4), sp, true);
+                cp_async16(cb + (unsigned)(r * 4) + 16, sp + 4, true);
+            }
+        }
+        cp_async_commit();
+    };
+    const float sg = e0 < r ? -1.f : 1.f;
+    const int pl = r == 0 ? lane : e0 < r ? lane + r / 8 : (rot ? lane - r / 8 : lane);
+#pragma unroll
+    for (int k = 0; k < STAGES - 1; ++k) issue(k);
+    for (long long k = 0; first + k * nw < items; ++k) {  // warp-uniform: the shuffles see every lane
+        issue(k + STAGES - 1);
+        cp_async_wait<STAGES - 1>();  // this lane's copies of item k landed
+        const long long item = first + k * nw;
+        const int t = (int)(item / G), g = (int)(item % G);
+        const bool is_q = g < Gq;
+        const int h0 = (is_q ? g : g - Gq) * IPW, nh = min(IPW, (is_q ? Hq : Hkv) - h0);
+        T* dst = is_q ? q_out + ((long long)t * Hq + h0) * d : k_out + ((long long)t * Hkv + h0) * d;
+        const unsigned char* sb = smem + ((threadIdx.x >> 5) * STAGES + (int)(k % STAGES)) * slot;
+        // the rows are read from shared memory twice (sums of squares, then the math): fewer live registers
+        float ssq[IPW];
+#pragma unroll
+        for (int h = 0; h < IPW; ++h) {
+            ssq[h] = 0.f;
+            if (h < nh && live) {
+                const Vec<T, 8> x = *reinterpret_cast<const Vec<T, 8>*>(sb + (h * d + e0) * 2);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) ssq[h] += to_f(x.v[i]) * to_f(x.v[i]);
+            }
+        }
+        if (norm) {
+#pragma unroll
+            for (int h = 0; h < IPW; ++h) ssq[h] = warp_sum(ssq[h]);
+        }
+        const float* cb = reinterpret_cast<const float*>(sb + IPW * d * 2) + j0;  // cos, then sin at + r
+        const Vec<T, 8>& w = is_q ? wq : wk;
+#pragma unroll
+        for (int h = 0; h < IPW; ++h) {
+            if (h >= nh) break;  // warp-uniform
+            const float inv = norm ? rsqrtf(ssq[h] / (float)d + eps) : 1.f;
+            float y[8];
+            Vec<T, 8> x;
+            if (live) x = *reinterpret_cast<const Vec<T, 8>*>(sb + (h * d + e0) * 2);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const float f = live ? to_f(x.v[i]) : 0.f;
+                y[i] = norm ? round_to<T>(f * inv * (1.f + to_f(w.v[i]))) : f;
+            }
+            if (r > 0) {
+#pragma unroll
+                for (int i = 0; i < 8; ++i) {
+                    const float p = __shfl_sync(0xffffffffu, y[i], pl);
+                    if (rot) y[i] = y[i] * cb[i] + p * sg * cb[r + i];
+                }
+            }
+            if (live) store_f(dst + (long long)h * d + e0, y);
+        }
+    }
+    cp_async_wait<0>();
+}
+
 // mRoPE tables (reference.mrope_cos_sin): one thread per (token, frequency j); the frequency's axis
 // (interleaved: H if j % 3 == 1 and j < 3 sH, W if j % 3 == 2 and j < 3 sW, else T; chunked: T below sT, H below
 // sT + sH, else W), angle = float(positions[axis, t]) * inv_freq[j] in fp32 (inv_freq: the reference's fp32 table,
@@ -458,6 +572,9 @@ __global__ void __launch_bounds__(256) mrope_cos_sin_kernel(
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)ntok * r) return;
     const int t = (int)(i / r), j = (int)(i % r);
+    allow_dependent_launch();  // a programmatic dependent launch: the constant table is read before the wait
+    const float f = inv_freq[j];
+    wait_for_primary_grid();
     int axis;
     if (interleaved) {
         axis = (j % 3 == 1 && j < 3 * sH) ? 1 : (j % 3 == 2 && j < 3 * sW) ? 2 : 0;
@@ -465,7 +582,7 @@ __global__ void __launch_bounds__(256) mrope_cos_sin_kernel(
         axis = (j >= sT) + (j >= sT + sH);
     }
     const long long p = qkrope::load_index(pos, pos64, axis * ps0 + t * ps1);
-    const float angle = (float)p * inv_freq[j];
+    const float angle = (float)p * f;
     float s, c;
     sincosf(angle, &s, &c);
     cos[i] = c;
