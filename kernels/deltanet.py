@@ -60,13 +60,14 @@ STATE_CLUSTER_BY_BV = {16: 1, 32: 1, 64: 1}
 STATE_CLUSTER: int | None = None
 STATE_CLUSTERS = (2, 4, 8)
 RECURRENT_MAX_SEQLEN = 8  # with a max_seqlen hint at or below this, the recurrent kernel runs
-# The transposed state pass gdn_chunk_state_t (S^T as mma fragments, one warp per 16 dv columns, one barrier a
-# chunk): STATE_T_NW warps a CTA (16 NW columns), picked by waves x STATE_T_STEP_COST (rough until measured);
-# STATE_KERNEL "t" runs it, "w" the warp-specialised gdn_chunk_state.
+# The transposed state passes (S^T as mma fragments, one barrier a chunk): "t<NW>" gdn_chunk_state_t, NW warps a
+# CTA of 16 NW dv columns, a warp each; "k<KW>" gdn_chunk_state_k, one 16-column block a CTA with its dk split over
+# KW warps (two barriers a chunk). Picked by waves x STATE_T_STEP_COST (one CTA an SM: the stages fill shared
+# memory; rough until measured); STATE_KERNEL "t" runs them, "w" the warp-specialised gdn_chunk_state.
 STATE_KERNEL = "w"
-STATE_T_NW = (1, 2, 4)
-STATE_T_STEP_COST = {1: 1.0, 2: 1.3, 4: 2.0}
-STATE_T_NW_FORCE: int | None = None  # trials: this NW for every shape
+STATE_T_BUILDS = ("t1", "t2", "t4", "k2", "k4")
+STATE_T_STEP_COST = {"t1": 1.0, "t2": 1.3, "t4": 2.0, "k2": 0.7, "k4": 0.6}
+STATE_T_FORCE: str | None = None  # trials: this build for every shape
 
 
 HOPPER_SMEM = 232448  # opt-in shared memory per block on sm_90, the most any target allows
@@ -93,28 +94,37 @@ def _state_mc_ns(bv: int) -> int:
     return max(ns for ns in STATE_STAGES if state_smem_bytes(bv, ns) + 64 <= HOPPER_SMEM)
 
 
-def state_t_smem_bytes(nw: int, ns: int) -> int:
-    """Dynamic shared memory of gdn_chunk_state_t<NW, NS>: NS stages (StateLayout<16 NW>) + a 64x24 output tile a
-    warp."""
-    su = 16 * nw + 8
+def state_t_smem_bytes(build: str, ns: int) -> int:
+    """Dynamic shared memory of a transposed state-pass build: NS stages (StateLayout of its column block), the
+    fp32 partials of the k builds, a 64x24 output tile a warp."""
+    x = int(build[1:])
+    bv = 16 * x if build[0] == "t" else 16
+    su = bv + 8
     stage = (3 * BT * (D + 8) + BT * su + BT * (BT + 8)) * 2 + 3 * BT * 4
-    return ns * stage + nw * BT * 24 * 2
+    partials = x * 2 * 32 * 32 * 4 if build[0] == "k" else 0
+    return ns * stage + partials + x * BT * 24 * 2
 
 
-def _state_t_expr(dtype, nw: int, ns: int) -> str:
-    return f"deltanet::gdn_chunk_state_t<{CTYPES[dtype]}, {nw}, {ns}>"
+def _state_t_expr(dtype, build: str, ns: int) -> str:
+    name = "gdn_chunk_state_t" if build[0] == "t" else "gdn_chunk_state_k"
+    return f"deltanet::{name}<{CTYPES[dtype]}, {build[1:]}, {ns}>"
 
 
-def pick_state_t(n: int, Hv: int, sms: int, smem_limit: int) -> tuple[int, int]:
-    """(NW, NS) of the transposed state pass: the fewest waves x step cost (one CTA an SM: the stages fill shared
-    memory), the deepest pipeline that fits."""
-    fits = [nw for nw in STATE_T_NW if state_t_smem_bytes(nw, 2) <= smem_limit]
-    if STATE_T_NW_FORCE is not None:
-        nw = STATE_T_NW_FORCE
+def state_t_columns(build: str) -> int:
+    """dv columns a CTA of the build covers."""
+    return 16 * int(build[1:]) if build[0] == "t" else 16
+
+
+def pick_state_t(n: int, Hv: int, sms: int, smem_limit: int) -> tuple[str, int]:
+    """(build, NS) of the transposed state pass: the fewest waves x step cost (one CTA an SM), the deepest
+    pipeline that fits."""
+    fits = [b for b in STATE_T_BUILDS if state_t_smem_bytes(b, 2) <= smem_limit]
+    if STATE_T_FORCE is not None:
+        build = STATE_T_FORCE
     else:
-        nw = min(fits, key=lambda nw: (-(-(n * Hv * (D // (16 * nw))) // sms)) * STATE_T_STEP_COST[nw])
-    ns = max(ns for ns in STATE_STAGES if ns == STATE_STAGES[0] or state_t_smem_bytes(nw, ns) <= smem_limit)
-    return nw, ns
+        build = min(fits, key=lambda b: (-(-(n * Hv * (D // state_t_columns(b))) // sms)) * STATE_T_STEP_COST[b])
+    ns = max(ns for ns in STATE_STAGES if ns == STATE_STAGES[0] or state_t_smem_bytes(build, ns) <= smem_limit)
+    return build, ns
 
 
 def _prep_expr(dtype, gate: bool) -> str:
@@ -136,8 +146,8 @@ SOURCE = NvrtcSource("deltanet.cu", tuple(
     [_prep_expr(dt, gate) for dt in CHUNK_DTYPES for gate in (False, True)]
     + [_state_expr(dt, bv, ns) for dt in CHUNK_DTYPES for bv in STATE_BV for ns in STATE_STAGES
        if state_smem_bytes(bv, ns) <= HOPPER_SMEM]
-    + [_state_t_expr(dt, nw, ns) for dt in CHUNK_DTYPES for nw in STATE_T_NW for ns in STATE_STAGES
-       if state_t_smem_bytes(nw, ns) <= HOPPER_SMEM]
+    + [_state_t_expr(dt, b, ns) for dt in CHUNK_DTYPES for b in STATE_T_BUILDS for ns in STATE_STAGES
+       if state_t_smem_bytes(b, ns) <= HOPPER_SMEM]
     + [_rec_expr(dt, bv, gate) for dt in DTYPES for bv in REC_BV + WARP_SHAPES for gate in (False, True)]))
 
 
@@ -326,9 +336,9 @@ def _run(q, k, v, gates, gate: bool, cu_seqlens, initial_state, scale, use_qk_l2
             w.data_ptr(), u.data_ptr(), aqk.data_ptr(), gc.data_ptr(), rq.data_ptr(), rk.data_ptr(), cu.data_ptr(),
             h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)), i32(T))
     if STATE_KERNEL == "t":
-        nw, ns = pick_state_t(n, Hv, sms, smem_limit)
-        _launch(device, _state_t_expr(q.dtype, nw, ns), (D // (16 * nw), Hv, n), state_t_smem_bytes(nw, ns), *args,
-                threads=32 * nw)
+        build, ns = pick_state_t(n, Hv, sms, smem_limit)
+        _launch(device, _state_t_expr(q.dtype, build, ns), (D // state_t_columns(build), Hv, n),
+                state_t_smem_bytes(build, ns), *args, threads=32 * int(build[1:]))
         return out, final_state
     bv = pick_state_bv(n, Hv, sms, smem_limit)
     ns = pick_state_stages(bv, smem_limit)

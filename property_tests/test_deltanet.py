@@ -105,13 +105,13 @@ def test_decode_warp_shapes(shape, pdl, monkeypatch):
 
 @gpu
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
-@pytest.mark.parametrize("kern,nw", (("w", None), ("t", 1), ("t", 2), ("t", 4)))
-def test_every_state_pass_build(kern, nw, dtype, monkeypatch):
-    """Both state passes (the transposed one at every warp count, the warp-specialised one) against the fp64
+@pytest.mark.parametrize("kern,build", [("w", None)] + [("t", b) for b in K.STATE_T_BUILDS])
+def test_every_state_pass_build(kern, build, dtype, monkeypatch):
+    """Every state pass (the transposed builds, the warp-specialised one) against the fp64
     recurrence: sequences ending inside a chunk, an empty one, one of a single token, with and without a state,
     the state updated in place (final_state is initial_state), outputs poisoned."""
     monkeypatch.setattr(K, "STATE_KERNEL", kern)
-    monkeypatch.setattr(K, "STATE_T_NW_FORCE", nw)
+    monkeypatch.setattr(K, "STATE_T_FORCE", build)
     for lengths, heads, with_state in (([1, 63, 64, 65, 0, 300], (2, 4), True), ([129, 7], (1, 1), False)):
         case = build_gated_delta_rule(lengths, *heads, dtype, seed=11, with_state=with_state)
         want = _oracle(case)
@@ -261,7 +261,7 @@ def test_no_register_spills(arch):
 def test_shared_memory_fits():
     """Every state-pass BV fits Hopper's 227 KB; sm_80's 163 KB takes BV 16 and 32 (the pick skips the rest)."""
     assert all(K.state_smem_bytes(bv) <= 232448 for bv in K.STATE_BV)
-    assert all(K.state_t_smem_bytes(nw, 3) <= 232448 for nw in K.STATE_T_NW)
+    assert all(K.state_t_smem_bytes(b, 2) <= 232448 for b in K.STATE_T_BUILDS)
     assert K.pick_state_t(1, 16, 108, 166912)[1] == 2  # sm_80: two stages fit at every warp count
     assert K.pick_state_bv(1, 16, 108, 166912) in (16, 32)
     assert K.prep_smem_bytes() <= 166912

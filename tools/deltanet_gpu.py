@@ -185,12 +185,12 @@ def sanitize(args) -> int:
                                  ([1] * 80, 1, 4, torch.bfloat16, 1), ([200, 3], 1, 1, torch.bfloat16, None)):
         q, k, v, g, beta, cu, h0 = make_inputs(lens, Hk, Hv, dt)
         # every state-pass build on the prefill cases (the transposed one at each warp count, the warp-specialised)
-        for kern, nw in ((("t", 1), ("t", 2), ("t", 4), ("w", None)) if ms is None and dt != torch.float32
-                         else ((K.STATE_KERNEL, None),)):
-            saved = K.STATE_KERNEL, K.STATE_T_NW_FORCE
-            K.STATE_KERNEL, K.STATE_T_NW_FORCE = kern, nw
+        builds = [("t", b) for b in K.STATE_T_BUILDS] + [("w", None)]
+        for kern, build in (builds if ms is None and dt != torch.float32 else ((K.STATE_KERNEL, None),)):
+            saved = K.STATE_KERNEL, K.STATE_T_FORCE
+            K.STATE_KERNEL, K.STATE_T_FORCE = kern, build
             K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, max_seqlen=ms)
-            K.STATE_KERNEL, K.STATE_T_NW_FORCE = saved
+            K.STATE_KERNEL, K.STATE_T_FORCE = saved
     torch.cuda.synchronize()
     print("SANITIZE RUN DONE")
     return 0
@@ -502,14 +502,14 @@ def trials_t(args) -> int:
         with open(os.path.join(OUT, "deltanet_trials_t.jsonl"), "a") as f:
             f.write(json.dumps(rec) + "\n")
 
-    saved = K.STATE_KERNEL, K.STATE_T_NW_FORCE
+    saved = K.STATE_KERNEL, K.STATE_T_FORCE
 
-    def run(q, k, v, g, beta, cu, h0, kern, nw=None, ms=None):
-        K.STATE_KERNEL, K.STATE_T_NW_FORCE = kern, nw
+    def run(q, k, v, g, beta, cu, h0, kern, build=None, ms=None):
+        K.STATE_KERNEL, K.STATE_T_FORCE = kern, build
         try:
             return K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, max_seqlen=ms, validate=False)
         finally:
-            K.STATE_KERNEL, K.STATE_T_NW_FORCE = saved
+            K.STATE_KERNEL, K.STATE_T_FORCE = saved
 
     fails = 0
     for lens, Hk, Hv, dt, init in (([1, 63, 64, 65, 200, 0, 1000], 2, 4, torch.bfloat16, True),
@@ -518,12 +518,12 @@ def trials_t(args) -> int:
         q, k, v, g, beta, cu, h0 = make_inputs(lens, Hk, Hv, dt, init=init)
         rec = {"case": f"t check {lens} {Hk}/{Hv} {dt}"}
         ro, rs = reference64(q, k, v, g, beta, cu, h0, chunked=sum(lens) > 1500)
-        for kern, nw in (("w", None), ("t", 1), ("t", 2), ("t", 4)):
-            o, st = run(q, k, v, g, beta, cu, h0, kern, nw)
+        for kern, build in [("w", None)] + [("t", b) for b in K.STATE_T_BUILDS]:
+            o, st = run(q, k, v, g, beta, cu, h0, kern, build)
             eo, es = rel(o, ro), rel(st, rs)
             ok = eo <= TOL[dt] and es <= TOL[dt]
             fails += not ok
-            rec[f"{kern}{nw or ''}"] = (eo, es, "ok" if ok else "FAIL")
+            rec[build or kern] = (eo, es, "ok" if ok else "FAIL")
         emit(rec)
     for Hk, Hv, lens in ((16, 16, [32768]), (16, 64, [32768]), (16, 16, [4096]), (16, 16, [1024] * 8),
                          (16, 64, [1024] * 8), (16, 64, [4096]), (16, 32, [32768])):
@@ -533,11 +533,12 @@ def trials_t(args) -> int:
         rec = {"case": f"t prefill {Hk}/{Hv} {len(lens)}x{lens[0]}",
                "pick": K.pick_state_t(len(lens), Hv, *K._device_info(0))}
         base = run(q, k, v, g, beta, cu, h0, "w")
-        for kern, nw in (("w", None), ("t", 1), ("t", 2), ("t", 4), ("t", None)):
-            fn = lambda: run(q, k, v, g, beta, cu, h0, kern, nw, max(lens))
+        for kern, build in [("w", None)] + [("t", b) for b in K.STATE_T_BUILDS] + [("t", None)]:
+            fn = lambda: run(q, k, v, g, beta, cu, h0, kern, build, max(lens))
             got = fn()
-            rec[f"{kern}{nw or ''}_ms"] = graph_ms(fn, 3)
-            rec[f"{kern}{nw or ''}_vs_w"] = max(rel(got[0], base[0]), rel(got[1], base[1]))
+            key = build or ("pick" if kern == "t" else kern)
+            rec[f"{key}_ms"] = graph_ms(fn, 3)
+            rec[f"{key}_vs_w"] = max(rel(got[0], base[0]), rel(got[1], base[1]))
         emit(rec)
         del q, k, v, g, beta, h0, base
         torch.cuda.empty_cache()
@@ -588,6 +589,17 @@ def fla_prefill(args) -> int:
     return 0
 
 
+def once(args) -> int:
+    """One prefill call per --once shape (Hk/Hv/BxL) after a warm-up call: the target of an ncu run."""
+    for spec in args.once.split(","):
+        hk, hv, B, L = (int(x) for x in spec.replace("x", "/").split("/"))
+        q, k, v, g, beta, cu, h0 = make_inputs([L] * B, hk, hv, torch.bfloat16)
+        for _ in range(2):
+            K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, max_seqlen=L, validate=False)
+        torch.cuda.synchronize()
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
@@ -607,6 +619,7 @@ def main() -> int:
     ap.add_argument("--fla-shapes", default="16/16/1x32768,16/64/1x32768,16/16/1x4096,16/16/8x1024",
                     help="--fla-prefill: Hk/Hv/BxL list")
     ap.add_argument("--budget", type=float, default=50.0, help="--trials: seconds after which no new work starts")
+    ap.add_argument("--once", help="Hk/Hv/BxL list: one prefill call each after a warm-up (for ncu)")
     ap.add_argument("--state", choices=("t", "w"), help="state-pass kernel for every call (K.STATE_KERNEL)")
     args = ap.parse_args()
     if args.state:
@@ -625,6 +638,8 @@ def main() -> int:
         rc |= trials_t(args)
     elif args.trials:
         rc |= trials(args)
+    if args.once:
+        rc |= once(args)
     if args.fla_prefill:
         rc |= fla_prefill(args)
     print(f"done in {time.time() - t:.1f} s")
