@@ -159,26 +159,29 @@ class LanguageModel:
     def device(self):
         return self.embed_weight.device
 
-    def _skinny(self, kind: str, x: torch.Tensor, wt: torch.Tensor, ours, theirs) -> bool:
-        """Whether this call goes to the skinny kernel (`ours`, a closure running it) rather than cuBLAS
-        (`theirs`): it must take the operands and, with skinny_autotune, have won the timing of its shape."""
+    def _skinny(self, kind: str, x: torch.Tensor, wt: torch.Tensor, ours, theirs):
+        """Whether this call goes to the skinny kernel rather than cuBLAS (`theirs`): False, or the keyword
+        arguments (its K split) to run it with. `ours(ksplit)` runs it. It must take the operands and, with
+        skinny_autotune, have won the timing of its shape against cuBLAS, each K split of kernels.gemm.KSPLITS
+        that leaves every warp a k step timed (the fastest kept)."""
         if self.skinny is None or x.shape[0] > self.skinny_rows or not self.skinny[1](x, wt):
             return False
         if not self.skinny_autotune:
-            return True
+            return {"ksplit": None}
         key = (kind, wt.shape[0], wt.shape[1], x.shape[0])
         won = self.skinny_choice.get(key)
         if won is None:
             if torch.cuda.is_current_stream_capturing():
-                return True  # not timed before capture (the session's warm-up times every shape of its step)
-            won = self.skinny_choice[key] = _faster(ours, theirs)
+                return {"ksplit": None}  # not timed before capture (the session's warm-up times every shape)
+            won = self.skinny_choice[key] = _fastest_skinny(ours, theirs, self.skinny[2](kind, wt))
         return won
 
     def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """x @ w[name].T: the skinny kernel for a few rows where it is the faster, else cuBLAS."""
         wt = self.w[name]
-        if self._skinny("plain", x, wt, lambda: self.skinny[0](x, wt), lambda: F.linear(x, wt)):
-            return self.skinny[0](x, wt)
+        kw = self._skinny("plain", x, wt, lambda ks: self.skinny[0](x, wt, ksplit=ks), lambda: F.linear(x, wt))
+        if kw:
+            return self.skinny[0](x, wt, **kw)
         return F.linear(x, wt)
 
     def linear_split(self, x: torch.Tensor, name: str, sizes: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
@@ -186,9 +189,10 @@ class LanguageModel:
         contiguous (no slicing copies); on cuBLAS the parts are column views of one output."""
         wt = self.w[name]
         # (cuBLAS's side of the timing includes the copies the callers make of non-first parts)
-        if self._skinny("split", x, wt, lambda: self.skinny[0](x, wt, split=sizes),
-                        lambda: [t.contiguous() for t in F.linear(x, wt)[:, sizes[0]:].split(list(sizes[1:]), 1)]):
-            return self.skinny[0](x, wt, split=sizes)
+        kw = self._skinny("split", x, wt, lambda ks: self.skinny[0](x, wt, split=sizes, ksplit=ks),
+                          lambda: [t.contiguous() for t in F.linear(x, wt)[:, sizes[0]:].split(list(sizes[1:]), 1)])
+        if kw:
+            return self.skinny[0](x, wt, split=sizes, **kw)
         y, c = F.linear(x, wt), 0
         parts = []
         for n in sizes:
@@ -200,8 +204,10 @@ class LanguageModel:
         """silu(x @ gate.T) * (x @ up.T) from the fused [gate; up] weight w[name] (one kernel for a few rows)."""
         wt = self.w[name]
         fused = self.op("silu_mul_fused")
-        if self._skinny("silu", x, wt, lambda: self.skinny[0](x, wt, silu_mul=True), lambda: fused(F.linear(x, wt))):
-            return self.skinny[0](x, wt, silu_mul=True)
+        kw = self._skinny("silu", x, wt, lambda ks: self.skinny[0](x, wt, silu_mul=True, ksplit=ks),
+                          lambda: fused(F.linear(x, wt)))
+        if kw:
+            return self.skinny[0](x, wt, silu_mul=True, **kw)
         return fused(F.linear(x, wt))
 
     @property
@@ -381,10 +387,11 @@ class LanguageModel:
         o = o.contiguous()  # a no-op for the kernels' o; the reference's may be a view
         wo = self.w[pre + "o_proj.weight"]
         o2 = o.view(T, Hq * d)
-        if self._skinny("gate", o2, wo, lambda: self.skinny[0](o2, wo, gate=gate),
-                        lambda: F.linear(ops.sigmoid_gate(o, gate).view(T, Hq * d), wo)):
+        kw = self._skinny("gate", o2, wo, lambda ks: self.skinny[0](o2, wo, gate=gate, ksplit=ks),
+                          lambda: F.linear(ops.sigmoid_gate(o, gate).view(T, Hq * d), wo))
+        if kw:
             # the output gate o * sigmoid(gate) folded into the skinny o_proj's operand load (one kernel less)
-            return self.skinny[0](o2, wo, gate=gate)
+            return self.skinny[0](o2, wo, gate=gate, **kw)
         o = ops.sigmoid_gate(o, gate)
         return self.linear(o.reshape(T, Hq * d), pre + "o_proj.weight")
 
@@ -486,23 +493,30 @@ def _graph_ms(fn, reps: int = 8) -> float:
     return best
 
 
-def _faster(ours, theirs) -> bool:
-    """Whether `ours` (the skinny kernel) runs faster than `theirs` (cuBLAS); False if either fails to time."""
+def _fastest_skinny(ours, theirs, ksplits):
+    """{"ksplit": k} for the fastest `ours(k)` (the skinny kernel) over ksplits if it runs faster than `theirs`
+    (cuBLAS), else False; False if the timing fails."""
     try:
         torch.cuda.synchronize()
-        return _graph_ms(ours) < _graph_ms(theirs)
+        best, ms = False, _graph_ms(theirs)
+        for k in ksplits:
+            t = _graph_ms(lambda: ours(k))
+            if t < ms:
+                best, ms = {"ksplit": k}, t
+        return best
     except Exception:  # e.g. a capture the environment does not allow: the cuBLAS path, which always works
         torch.cuda.synchronize()
         return False
 
 
 def _skinny_gemm():
-    """(kernels.gemm.skinny_linear, kernels.gemm.skinny_ok), or None without the kernels package."""
+    """(kernels.gemm.skinny_linear, kernels.gemm.skinny_ok, the K splits worth timing for (kind, weight)), or None
+    without the kernels package."""
     try:
-        from kernels.gemm import skinny_linear, skinny_ok
+        from kernels.gemm import skinny_ksplits, skinny_linear, skinny_ok
     except ModuleNotFoundError:
         return None
-    return skinny_linear, skinny_ok
+    return skinny_linear, skinny_ok, skinny_ksplits
 
 
 def _glue_kernels():

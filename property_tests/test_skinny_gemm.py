@@ -25,17 +25,21 @@ def _check(got, want, scale, dtype, what):
 
 @given(m=st.sampled_from((1, 2, 5, 8, 9, 16, 17, 32)), n=st.sampled_from((1, 15, 16, 17, 100, 512, 6176)),
        k=st.sampled_from((32, 64, 96, 256, 1024, 3584)), dtype=st.sampled_from((torch.bfloat16, torch.float16)),
-       strided=st.booleans(), silu=st.booleans(), seed=st.integers(0, 2**31 - 1))
-def test_skinny_linear_matches_fp32(m, n, k, dtype, strided, silu, seed):
+       strided=st.booleans(), silu=st.booleans(), ksplit=st.sampled_from((None, 1, 2, 4)),
+       seed=st.integers(0, 2**31 - 1))
+def test_skinny_linear_matches_fp32(m, n, k, dtype, strided, silu, ksplit, seed):
+    """Every build, the K split over a cluster (ksplit 2, 4: k = 32 leaves most warps without a step) included."""
     from kernels.gemm import skinny_linear
 
+    if silu and ksplit not in (None, 1):
+        ksplit = 1
     g = torch.Generator(device="cuda").manual_seed(seed)
     rows = 2 * n if silu else n
     w = (torch.randn(rows, k, device="cuda", generator=g) * 0.05).to(dtype)
     xs = torch.randn(m, k + (40 if strided else 0), device="cuda", generator=g).to(dtype)
     x = xs[:, 8:8 + k] if strided else xs  # a row-strided view (row stride k + 40, offset 16 bytes)
     out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
-    got = skinny_linear(x, w, silu_mul=silu, out=out)
+    got = skinny_linear(x, w, silu_mul=silu, out=out, ksplit=ksplit)
     assert got is out
     prod = x.double() @ w.double().T
     scale = (x.double().abs() @ w.double().abs().T)
@@ -57,16 +61,17 @@ def test_skinny_linear_real_shapes_and_graph():
         w = (torch.randn(n, k, device="cuda") * 0.03).to(dtype)
         for m in (1, 8, 32):
             x = torch.randn(m, k, device="cuda").to(dtype)
-            out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
-            skinny_linear(x, w, out=out)  # compiled / loaded before capture
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                skinny_linear(x, w, out=out)
-            out.fill_(float("nan"))
-            graph.replay()
-            torch.cuda.synchronize()
             want = x.float() @ w.float().T
-            _check(out, want, x.float().abs() @ w.float().abs().T, dtype, f"real m{m} n{n} k{k}")
+            for ks in (None, 1, 2, 4) if n <= 2048 else (None,):
+                out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+                skinny_linear(x, w, out=out, ksplit=ks)  # compiled / loaded before capture
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    skinny_linear(x, w, out=out, ksplit=ks)
+                out.fill_(float("nan"))
+                graph.replay()
+                torch.cuda.synchronize()
+                _check(out, want, x.float().abs() @ w.float().abs().T, dtype, f"real m{m} n{n} k{k} ksplit {ks}")
 
 
 def test_skinny_linear_refuses_what_it_cannot_take():
@@ -81,6 +86,9 @@ def test_skinny_linear_refuses_what_it_cannot_take():
             skinny_linear(x, w if x.shape[1] == 64 else w[:, :48].contiguous())
     with pytest.raises(ValueError, match="even row count"):
         skinny_linear(torch.zeros(1, 64, device="cuda", dtype=torch.bfloat16), w[:15], silu_mul=True)
+    for ks, silu in ((3, False), (2, True), (0, False)):
+        with pytest.raises(ValueError, match="ksplit must be"):
+            skinny_linear(torch.zeros(1, 64, device="cuda", dtype=torch.bfloat16), w, silu_mul=silu, ksplit=ks)
 
 
 @given(m=st.integers(1, 32), parts=st.lists(st.integers(0, 70), min_size=1, max_size=4),
@@ -96,8 +104,9 @@ def test_skinny_linear_split_parts(m, parts, seed):
     g = torch.Generator(device="cuda").manual_seed(seed)
     w = (torch.randn(n, 256, device="cuda", generator=g) * 0.05).to(torch.bfloat16)
     x = torch.randn(m, 256, device="cuda", generator=g).to(torch.bfloat16)
-    whole = skinny_linear(x, w)
-    got = skinny_linear(x, w, split=tuple(parts))
+    ks = 1 + seed % 3 if seed % 3 < 2 else 4  # the K split's stores go through the same column split
+    whole = skinny_linear(x, w, ksplit=ks)
+    got = skinny_linear(x, w, split=tuple(parts), ksplit=ks)
     assert len(got) == len(parts)
     c = 0
     for t, k in zip(got, parts):
@@ -109,8 +118,9 @@ def test_skinny_linear_split_parts(m, parts, seed):
 
 
 @given(m=st.sampled_from((1, 3, 8, 12, 32)), heads=st.sampled_from((1, 2, 8)), d=st.sampled_from((8, 64, 256)),
-       dtype=st.sampled_from((torch.bfloat16, torch.float16)), seed=st.integers(0, 2**31 - 1))
-def test_skinny_linear_gate_equals_sigmoid_gate_then_product(m, heads, d, dtype, seed):
+       dtype=st.sampled_from((torch.bfloat16, torch.float16)), ksplit=st.sampled_from((1, 2, 4)),
+       seed=st.integers(0, 2**31 - 1))
+def test_skinny_linear_gate_equals_sigmoid_gate_then_product(m, heads, d, dtype, ksplit, seed):
     """gate=: the o_proj of gated attention with the gate folded into the operand load equals sigmoid_gate (the
     kernel) followed by the plain skinny product, bitwise; gate is the strided half of a [M, H, 2 d] tensor."""
     from kernels.activations import sigmoid_gate
@@ -124,6 +134,6 @@ def test_skinny_linear_gate_equals_sigmoid_gate_then_product(m, heads, d, dtype,
     o = torch.randn(m, heads, d, device="cuda", generator=g).to(dtype)
     w = (torch.randn(100, k, device="cuda", generator=g) * 0.05).to(dtype)
     gate = qg[..., d:]
-    want = skinny_linear(sigmoid_gate(o, gate).view(m, k), w)
-    got = skinny_linear(o.view(m, k), w, gate=gate)
+    want = skinny_linear(sigmoid_gate(o, gate).view(m, k), w, ksplit=ksplit)
+    got = skinny_linear(o.view(m, k), w, gate=gate, ksplit=ksplit)
     assert torch.equal(got, want)

@@ -113,3 +113,68 @@ def test_rows_of_different_lengths_with_early_stop_equal_rows_alone():
         alone = alone[0, len(row):].tolist()
         assert new[r][: len(alone)] == alone, r
         assert all(t == pad for t in new[r][len(alone):])
+
+
+def test_programmatic_launch_chain_equals_plain_launches():
+    """The decode step's programmatic dependent launches (kernels/cuda/include/ptx.cuh's protocol) in a chain of
+    dependent kernels: decode_prologue -> a 64 MB skinny GEMM (a long producer) -> add_rms_norm -> silu gate ->
+    a K-split skinny GEMM -> rms_norm -> greedy_select, replayed from a CUDA graph (programmatic edges) and run
+    eagerly with PDL, equal bitwise to plain launches (launch.PDL = False). Every intermediate is poisoned with
+    NaN before each replay, so a kernel that read its input before its wait would see NaN or a stale value."""
+    import kernels.runtime.launch as L
+    from kernels.activations import silu_mul_fused
+    from kernels.gemm import skinny_linear
+    from kernels.glue import decode_prologue, greedy_select
+    from kernels.norms import add_rms_norm, rms_norm
+
+    dt, dev = torch.bfloat16, "cuda"
+    g = torch.Generator(device=dev).manual_seed(0)
+    H, N = 1024, 32768
+    embed = torch.randn(64, H, device=dev, generator=g).to(dt)
+    w1 = (torch.randn(N, H, device=dev, generator=g) * 0.03).to(dt)
+    w2 = (torch.randn(H, N // 2, device=dev, generator=g) * 0.03).to(dt)
+    nw1, nw2 = (1 + 0.1 * torch.randn(N, device=dev, generator=g)).to(dt), torch.randn(H, device=dev).to(dt)
+    res = torch.randn(1, N, device=dev, generator=g).to(dt)
+    tokens = torch.tensor([5], device=dev)
+    lengths, delta = torch.tensor([3], dtype=torch.int32, device=dev), torch.zeros(1, dtype=torch.int64, device=dev)
+    cos = sin = torch.rand(16, 32, device=dev, generator=g)
+    done, eos, pad = torch.zeros(1, dtype=torch.bool, device=dev), torch.tensor([-1], device=dev), \
+        torch.tensor(0, device=dev)
+    tok = torch.zeros(1, dtype=torch.int64, device=dev)
+
+    def chain():
+        x = decode_prologue(tokens, embed, lengths, delta, cos, sin)[0]
+        h = skinny_linear(x, w1)
+        y, r = add_rms_norm(h, res, nw1, 1e-6)
+        a = silu_mul_fused(y)
+        o = skinny_linear(a, w2, ksplit=4)
+        z = rms_norm(o, nw2, 1e-6)
+        greedy_select(z, done, eos, pad, tok)
+        return x, h, y, r, a, o, z
+
+    pdl = L.PDL
+    try:
+        L.PDL = False
+        want = [t.clone() for t in chain()] + [tok.clone()]
+        L.PDL = True
+        for _ in range(3):
+            got = list(chain()) + [tok]
+            assert all(torch.equal(a, b) for a, b in zip(got, want)), "eager PDL chain differs from plain launches"
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            chain()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outs = chain()
+        for i in range(5):
+            for t in outs:
+                t.fill_(float("nan"))
+            tok.fill_(-7)
+            graph.replay()
+            torch.cuda.synchronize()
+            for j, (a, b) in enumerate(zip(list(outs) + [tok], want)):
+                assert torch.equal(a, b), f"replay {i}: output {j} of the graphed PDL chain differs"
+    finally:
+        L.PDL = pdl

@@ -191,9 +191,11 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="0.8B")
     ap.add_argument("--batch", default="1", help="comma list of batch sizes")
     ap.add_argument("--context", type=int, default=1024)
-    ap.add_argument("--variants", default="skinny", help="comma list: skinny (default), cublas (decode GEMMs on "
-                    "F.linear), nopdl (skinny without programmatic dependent launch); variants after the first "
-                    "print only the totals and the op table")
+    ap.add_argument("--variants", default="skinny", help="comma list: skinny (default: skinny or cuBLAS and the "
+                    "K split per shape by timing), cublas (decode GEMMs on F.linear), skinnyonly (skinny wherever "
+                    "it fits, default K split), ksplit1 (no K split), nopdl (no programmatic dependent launch "
+                    "anywhere), gemmpdl (PDL in the GEMM, attention, DeltaNet and MoE kernels but not in the "
+                    "norms, gates and glue: before this session); variants after the first print only the totals")
     ap.add_argument("--profile-all", action="store_true", help="profile every variant (default: the first; the "
                     "others are timed only)")
     ap.add_argument("--top", type=int, default=25, help="kernel names printed")
@@ -202,7 +204,7 @@ def main(argv=None) -> int:
     copy = copy_bandwidth_TBps()
     print(f"{torch.cuda.get_device_name()}: copy {copy:.2f} TB/s", flush=True)
     records = []
-    import kernels.gemm as KG
+    import kernels.runtime.launch as KL
 
     for size in args.sizes.split(","):
         t0 = time.perf_counter()
@@ -211,20 +213,30 @@ def main(argv=None) -> int:
         skinny = lm.skinny
         for vi, variant in enumerate(args.variants.split(",")):
             lm.skinny = None if variant == "cublas" else skinny
+            if variant == "ksplit1":
+                lm.skinny = skinny[:2] + (lambda kind, w: (1,),)
             lm.skinny_autotune = variant != "skinnyonly"
             lm.skinny_rows = 8 if variant == "skinny8" else 32
-            KG.SKINNY_PDL = variant != "nopdl"
+            lm.skinny_choice = {}  # timed again for each variant
+            KL.PDL = variant != "nopdl"
+            KL.PDL_OFF = {"norms.cu", "activations.cu", "glue.cu"} if variant == "gemmpdl" else set()
             for B in (int(b) for b in args.batch.split(",")):
                 r = profile_step(lm, B, args.context, args.context + 64, profile=vi == 0 or args.profile_all)
                 floor_us = decode_bytes(cfg.text, B, args.context) / (copy * 1e12) * 1e6
+                choice = {f"{k[0]} {k[1]}x{k[2]} m{k[3]}": (v["ksplit"] if v else "cublas")
+                          for k, v in lm.skinny_choice.items() if k[3] == B}
                 r = dict(size=size, variant=variant, floor_us=round(floor_us, 1),
-                         floor_tokens_per_s=round(B / floor_us * 1e6, 1)) | r
+                         floor_tokens_per_s=round(B / floor_us * 1e6, 1)) | r | dict(gemm_choice=choice)
+                if vi == 0:
+                    print(f"   GEMM choice (K split or cublas): {choice}")
                 records.append(r)
                 report(r, args.top if vi == 0 else 0)
         print(f"{size}: {time.perf_counter() - t0:.1f} s", flush=True)
         del lm, skinny
         torch.cuda.empty_cache()
-    path = write_results("lm_decode_profile", records, extra=dict(copy_TBps=copy), out_dir=args.out)
+    KL.PDL, KL.PDL_OFF = True, set()
+    path = write_results("lm_decode_profile", records, extra=dict(copy_TBps=copy, pdl_error=KL.PDL_ERROR),
+                         out_dir=args.out)
     print(f"wrote {path}")
     return 0
 

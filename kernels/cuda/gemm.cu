@@ -89,15 +89,20 @@ struct SplitOut {
 // NT: 8-row tiles of x (M <= 8 NT): 1, 2 or 4 (decode batches up to 8, 16, 32). U: steps whose loads a warp
 // issues before their mmas (bytes in flight): 8 for grids of fewer CTAs than ~2 per SM (N <= ~4k: each CTA must keep
 // more loads in flight to draw its share of the bandwidth), else 4; 2 above 8 rows (registers).
-template <typename T, bool SILU, int NT, int U, bool XGATE>
-__global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ x, long long sx,
-                                                        const T* __restrict__ w, const SplitOut<T> out,
-                                                        int M, int N, int K, const T* __restrict__ gate,
-                                                        long long sg, int gd, int gh) {
+// SPLIT > 1 (skinny_gemm_split): the CTAs of a cluster of SPLIT along y split K (CTA z's warps take steps
+// warp + 8 z, + 8 SPLIT, ...: the N <= ~2k projections have too few 16-row blocks to fill the SMs), and add their
+// partial tiles through distributed shared memory (each CTA finishes the rows r % SPLIT == its rank).
+template <typename T, bool SILU, int NT, int U, bool XGATE, int SPLIT>
+__device__ __forceinline__ void skinny_body(const T* __restrict__ x, long long sx, const T* __restrict__ w,
+                                            const SplitOut<T>& out, int M, int N, int K, const T* __restrict__ gate,
+                                            long long sg, int gd, int gh) {
     constexpr int SETS = SILU ? 2 : 1;
     constexpr int COLS = 8 * NT;
+    constexpr int STRIDE = WARPS * SPLIT;  // steps between two of one warp
     __shared__ float red[WARPS][SETS][ROWS][COLS];
+    __shared__ float part[SPLIT > 1 ? SETS : 1][ROWS][SPLIT > 1 ? COLS : 1];  // SPLIT: this CTA's tile
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const int z = SPLIT > 1 ? (int)cluster_ctarank() : 0;
     const int n0 = blockIdx.x * ROWS;
     // Rows past N read row N - 1 and x rows past M read row 0: their products land in outputs that are never
     // stored (output (n, m) depends on w row n and x row m only), so the loads need no conditions.
@@ -125,13 +130,13 @@ __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ 
 #pragma unroll
         for (int j = 0; j < NT; ++j) c[s][j][0] = c[s][j][1] = c[s][j][2] = c[s][j][3] = 0.f;
     const int steps = K / KSTEP;
-    int st = warp;
+    int st = warp + WARPS * z;
     bool waited = false;
-    for (; st + (U - 1) * WARPS < steps; st += U * WARPS) {  // U steps' loads, then their mmas
+    for (; st + (U - 1) * STRIDE < steps; st += U * STRIDE) {  // U steps' loads, then their mmas
         uint4 a[U][SETS][2], b[U][NT];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            const size_t off = (size_t)(st + u * WARPS) * KSTEP;
+            const size_t off = (size_t)(st + u * STRIDE) * KSTEP;
 #pragma unroll
             for (int s = 0; s < SETS; ++s)
 #pragma unroll
@@ -144,7 +149,7 @@ __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ 
 #pragma unroll
         for (int u = 0; u < U; ++u)
 #pragma unroll
-            for (int j = 0; j < NT; ++j) b[u][j] = load_x(st + u * WARPS, j);
+            for (int j = 0; j < NT; ++j) b[u][j] = load_x(st + u * STRIDE, j);
 #pragma unroll
         for (int u = 0; u < U; ++u) mma_step<T, SETS, NT>(c, a[u], b[u]);
     }
@@ -152,8 +157,8 @@ __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ 
         uint4 a[U][SETS][2], b[U][NT];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            if (st + u * WARPS < steps) {
-                const size_t off = (size_t)(st + u * WARPS) * KSTEP;
+            if (st + u * STRIDE < steps) {
+                const size_t off = (size_t)(st + u * STRIDE) * KSTEP;
 #pragma unroll
                 for (int s = 0; s < SETS; ++s)
 #pragma unroll
@@ -166,12 +171,12 @@ __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ 
         }
 #pragma unroll
         for (int u = 0; u < U; ++u)
-            if (st + u * WARPS < steps)
+            if (st + u * STRIDE < steps)
 #pragma unroll
-                for (int j = 0; j < NT; ++j) b[u][j] = load_x(st + u * WARPS, j);
+                for (int j = 0; j < NT; ++j) b[u][j] = load_x(st + u * STRIDE, j);
 #pragma unroll
         for (int u = 0; u < U; ++u)
-            if (st + u * WARPS < steps) mma_step<T, SETS, NT>(c, a[u], b[u]);
+            if (st + u * STRIDE < steps) mma_step<T, SETS, NT>(c, a[u], b[u]);
     }
     if (!waited) wait_and_release();  // a warp without steps (K < 32 WARPS) still waits before the stores
     // c[s][j][0], [1]: row g, x rows 8j + 2q, 8j + 2q + 1; c[s][j][2], [3]: row g + 8
@@ -186,15 +191,33 @@ __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ 
         }
     }
     __syncthreads();
-    for (int t = threadIdx.x; t < ROWS * COLS; t += WARPS * 32) {
-        const int r = t / COLS, m = t % COLS, n = n0 + r;
-        if (m < M && n < N) {
-            float v[SETS];
+    if constexpr (SPLIT > 1) {  // this CTA's partial tile, then the cluster's: every CTA's part is complete
+        for (int t = threadIdx.x; t < ROWS * COLS; t += WARPS * 32) {
+            const int r = t / COLS, m = t % COLS;
 #pragma unroll
             for (int s = 0; s < SETS; ++s) {
                 float acc = 0.f;
 #pragma unroll
                 for (int i = 0; i < WARPS; ++i) acc += red[i][s][r][m];
+                part[SETS > 1 ? s : 0][r][m] = acc;
+            }
+        }
+        cluster_barrier();
+    }
+    for (int t = threadIdx.x; t < ROWS * COLS; t += WARPS * 32) {
+        const int r = t / COLS, m = t % COLS, n = n0 + r;
+        if (m < M && n < N && (SPLIT == 1 || r % SPLIT == z)) {
+            float v[SETS];
+#pragma unroll
+            for (int s = 0; s < SETS; ++s) {
+                float acc = 0.f;
+                if constexpr (SPLIT > 1) {  // the cluster's parts in rank order (the same sum in every CTA)
+#pragma unroll
+                    for (int i = 0; i < SPLIT; ++i) acc += ld_cluster_f32(&part[SETS > 1 ? s : 0][r][m], i);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < WARPS; ++i) acc += red[i][s][r][m];
+                }
                 v[s] = acc;
             }
             float val = v[0];
@@ -207,6 +230,33 @@ __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ 
             out.y[j][(size_t)m * out.sy[j] + (n - c0)] = from_f<T>(val);
         }
     }
+    if constexpr (SPLIT > 1) cluster_barrier();  // no CTA leaves while another may still read its part
+}
+
+template <typename T, bool SILU, int NT, int U, bool XGATE>
+__global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ x, long long sx,
+                                                        const T* __restrict__ w, const SplitOut<T> out,
+                                                        int M, int N, int K, const T* __restrict__ gate,
+                                                        long long sg, int gd, int gh) {
+    skinny_body<T, SILU, NT, U, XGATE, 1>(x, sx, w, out, M, N, K, gate, sg, gd, gh);
+}
+
+// grid (ceil(N / 16), SPLIT): clusters of SPLIT CTAs along y, one 16-row block, K split between them. Before
+// sm_90 (no clusters; kernels/gemm.py launches it only on sm_90) the y = 0 CTAs do the whole product alone.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define SKINNY_CLUSTER_Y(n) __cluster_dims__(1, n, 1)
+#else
+#define SKINNY_CLUSTER_Y(n)
+#endif
+template <typename T, bool SILU, int NT, int U, bool XGATE, int SPLIT>
+__global__ void SKINNY_CLUSTER_Y(SPLIT) __launch_bounds__(WARPS * 32) skinny_gemm_split(
+    const T* __restrict__ x, long long sx, const T* __restrict__ w, const SplitOut<T> out, int M, int N, int K,
+    const T* __restrict__ gate, long long sg, int gd, int gh) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    skinny_body<T, SILU, NT, U, XGATE, SPLIT>(x, sx, w, out, M, N, K, gate, sg, gd, gh);
+#else
+    if (blockIdx.y == 0) skinny_body<T, SILU, NT, U, XGATE, 1>(x, sx, w, out, M, N, K, gate, sg, gd, gh);
+#endif
 }
 
 }  // namespace gemm

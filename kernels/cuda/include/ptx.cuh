@@ -57,4 +57,31 @@ __device__ __forceinline__ void pdl_begin() {
     wait_for_primary_grid();
 }
 
+// Thread-block clusters (sm_90): the barrier over every thread of the cluster (arrive with release, wait with
+// acquire: shared-memory writes before the arrive are visible to the cluster's reads after the wait), this CTA's
+// rank, and reads of another CTA's shared memory (distributed shared memory: the address of the same variable in
+// CTA `rank`, then a 4-byte load from it). A CTA's shared memory may be read only while it runs: its owner must
+// not exit before the readers are done (a second cluster barrier).
+__device__ __forceinline__ void cluster_barrier() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ unsigned cluster_ctarank() {
+    unsigned r = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+#endif
+    return r;
+}
+__device__ __forceinline__ float ld_cluster_f32(const float* p, unsigned rank) {
+    float v = *p;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    unsigned a;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(a) : "r"(smem_u32(p)), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(a) : "memory");
+#endif
+    return v;
+}
+
 }  // namespace qkern
