@@ -1,0 +1,84 @@
+"""The prefill path on the kernels backend (GPU only): what time to first token depends on.
+
+  * a text prompt is prepared and prefilled (in chunks cut inside rows too) without one host synchronisation
+    (torch's sync debug mode set to error), and the chunked result equals one pass;
+  * an image prompt (mRoPE ids before the tower, the tower timed by CUDA events, the prefill queued behind
+    it) gives the reference backend's logits and greedy tokens in fp32, and its timings add up.
+The model is the tiny random checkpoint of tests/test_lm_kernels.py (real per-head widths).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests._lm_gpu import TinyModels, rows_batch
+
+pytestmark = pytest.mark.gpu
+
+RAW = dict(
+    model_type="qwen3_5", tie_word_embeddings=False, image_token_id=500, video_token_id=501,
+    vision_start_token_id=502, vision_end_token_id=503,
+    text_config=dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                     layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"],
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=256, linear_conv_kernel_dim=4,
+                     linear_key_head_dim=128, linear_value_head_dim=128, linear_num_key_heads=2,
+                     linear_num_value_heads=4,
+                     rope_parameters=dict(rope_type="default", rope_theta=1e7, partial_rotary_factor=0.25,
+                                          mrope_interleaved=True, mrope_section=[11, 11, 10])),
+    vision_config=dict(depth=1, hidden_size=128, intermediate_size=256, num_heads=2, out_hidden_size=256,
+                       num_position_embeddings=64),
+)
+model_for = TinyModels(RAW)
+
+
+def test_text_prefill_never_waits_for_the_device():
+    m = model_for("kernels")
+    _, ids, mask = rows_batch()  # 3 rows of 37, 12 and 64 tokens
+    m.generate_ids(ids, attention_mask=mask, max_new_tokens=1, eos_token_ids=[])  # compiles, allocates
+    b = m._prepare(ids, mask, None, None, None, None)
+    lengths = b.lengths + [0]  # an idle 4th row, as in a decode bucket
+    one = m.lm.prefill(m.lm.new_cache(4, 128), b.embeds, b.positions, lengths)
+    cache = m.lm.new_cache(4, 128)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising torch call raises
+    try:
+        b = m._prepare(ids, mask, None, None, None, None)
+        h = m.lm.prefill(cache, b.embeds, b.positions, lengths, chunk_size=50)  # chunks cut inside rows
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert cache.lengths.tolist() == lengths
+    err = float((h - one).abs().max() / one.abs().max())
+    assert err < 1e-4, f"chunked prefill differs from one pass: max rel diff {err:.2e}"
+
+
+def _image_case(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    grid = (1, 4, 6)  # 24 patches -> 6 merged tokens
+    text = lambda n: torch.randint(0, 500, (n,), generator=g).tolist()  # noqa: E731
+    rows = [text(5) + [502] + [500] * 6 + [503] + text(7), text(9)]
+    S = max(map(len, rows))
+    ids = torch.zeros(2, S, dtype=torch.long)
+    mask = torch.zeros(2, S, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, S - len(r):] = torch.tensor(r)
+        mask[b, S - len(r):] = 1
+    pixels = torch.randn(24, 1536, generator=g)
+    return dict(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=torch.tensor([grid]))
+
+
+def test_image_prompt_matches_reference_fp32():
+    case = _image_case()
+    ref_m, m = model_for("reference"), model_for("kernels")
+    ref = ref_m.logits(**case).float()
+    got = m.logits(**case).float()
+    real = case["attention_mask"].bool().cuda()
+    err = float((got[real] - ref[real]).abs().max() / ref[real].abs().max())
+    assert err < 1e-3, f"image prompt logits: max rel diff {err:.2e}"
+    want = ref_m.generate_ids(**case, max_new_tokens=8, eos_token_ids=[])
+    for _ in range(2):  # the second run replays the tower's graph and reuses the decode session
+        out = m.generate_ids(**case, max_new_tokens=8, eos_token_ids=[])
+        assert torch.equal(out, want), f"\nours {out.tolist()}\nref  {want.tolist()}"
+        t = m.last_timings
+        assert t["vision_ms"] > 0 and t["prefill_ms"] > 0
+        assert t["ttft_ms"] == pytest.approx(t["vision_ms"] + t["prefill_ms"])
