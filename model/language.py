@@ -145,8 +145,10 @@ class LanguageModel:
         # backend where it is faster than cuBLAS for that call shape: measured on an H200, cuBLAS's split-K tiles
         # reach 0.4-2.4 TB/s on the 4-15 MB matrices of the 0.8B step (the skinny kernel wins), but ~4 TB/s on the
         # 9B's 30-200 MB ones, and its 32-row tiles beat the skinny kernel's. Each (kind, N, K, rows) is timed once,
-        # in CUDA graphs, the first time it is called outside a capture (the decode session's warm-up), and the
-        # winner kept in skinny_choice. None: F.linear everywhere; skinny_autotune=False: skinny wherever it fits.
+        # in CUDA graphs, the first time it is called outside a capture (the decode session's warm-up), on copies of
+        # the weight that do not fit the L2 (as in a step, the weights come from DRAM), with each K split the skinny
+        # kernel offers, and the winner kept in skinny_choice ({"ksplit": k} or False for cuBLAS). skinny None:
+        # F.linear everywhere; skinny_autotune=False: skinny wherever it fits, at its default K split.
         self.skinny = _skinny_gemm() if ops is not reference else None
         self.skinny_rows = 32
         self.skinny_autotune = True
@@ -160,10 +162,10 @@ class LanguageModel:
         return self.embed_weight.device
 
     def _skinny(self, kind: str, x: torch.Tensor, wt: torch.Tensor, ours, theirs):
-        """Whether this call goes to the skinny kernel rather than cuBLAS (`theirs`): False, or the keyword
-        arguments (its K split) to run it with. `ours(ksplit)` runs it. It must take the operands and, with
-        skinny_autotune, have won the timing of its shape against cuBLAS, each K split of kernels.gemm.KSPLITS
-        that leaves every warp a k step timed (the fastest kept)."""
+        """Whether this call goes to the skinny kernel rather than cuBLAS: False, or the keyword arguments (its K
+        split) to run it with. `ours(ksplit, w)` and `theirs(w)` run the two on a weight w like wt (the timing's
+        copies). It must take the operands and, with skinny_autotune, have won the timing of its shape against
+        cuBLAS, each K split kernels.gemm.skinny_ksplits offers timed (the fastest kept)."""
         if self.skinny is None or x.shape[0] > self.skinny_rows or not self.skinny[1](x, wt):
             return False
         if not self.skinny_autotune:
@@ -173,13 +175,13 @@ class LanguageModel:
         if won is None:
             if torch.cuda.is_current_stream_capturing():
                 return {"ksplit": None}  # not timed before capture (the session's warm-up times every shape)
-            won = self.skinny_choice[key] = _fastest_skinny(ours, theirs, self.skinny[2](kind, wt))
+            won = self.skinny_choice[key] = _fastest_skinny(ours, theirs, wt, self.skinny[2](kind, wt))
         return won
 
     def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """x @ w[name].T: the skinny kernel for a few rows where it is the faster, else cuBLAS."""
         wt = self.w[name]
-        kw = self._skinny("plain", x, wt, lambda ks: self.skinny[0](x, wt, ksplit=ks), lambda: F.linear(x, wt))
+        kw = self._skinny("plain", x, wt, lambda ks, w: self.skinny[0](x, w, ksplit=ks), lambda w: F.linear(x, w))
         if kw:
             return self.skinny[0](x, wt, **kw)
         return F.linear(x, wt)
@@ -189,8 +191,8 @@ class LanguageModel:
         contiguous (no slicing copies); on cuBLAS the parts are column views of one output."""
         wt = self.w[name]
         # (cuBLAS's side of the timing includes the copies the callers make of non-first parts)
-        kw = self._skinny("split", x, wt, lambda ks: self.skinny[0](x, wt, split=sizes, ksplit=ks),
-                          lambda: [t.contiguous() for t in F.linear(x, wt)[:, sizes[0]:].split(list(sizes[1:]), 1)])
+        kw = self._skinny("split", x, wt, lambda ks, w: self.skinny[0](x, w, split=sizes, ksplit=ks),
+                          lambda w: [t.contiguous() for t in F.linear(x, w)[:, sizes[0]:].split(list(sizes[1:]), 1)])
         if kw:
             return self.skinny[0](x, wt, split=sizes, **kw)
         y, c = F.linear(x, wt), 0
@@ -204,8 +206,8 @@ class LanguageModel:
         """silu(x @ gate.T) * (x @ up.T) from the fused [gate; up] weight w[name] (one kernel for a few rows)."""
         wt = self.w[name]
         fused = self.op("silu_mul_fused")
-        kw = self._skinny("silu", x, wt, lambda ks: self.skinny[0](x, wt, silu_mul=True, ksplit=ks),
-                          lambda: fused(F.linear(x, wt)))
+        kw = self._skinny("silu", x, wt, lambda ks, w: self.skinny[0](x, w, silu_mul=True, ksplit=ks),
+                          lambda w: fused(F.linear(x, w)))
         if kw:
             return self.skinny[0](x, wt, silu_mul=True, **kw)
         return fused(F.linear(x, wt))
@@ -387,8 +389,8 @@ class LanguageModel:
         o = o.contiguous()  # a no-op for the kernels' o; the reference's may be a view
         wo = self.w[pre + "o_proj.weight"]
         o2 = o.view(T, Hq * d)
-        kw = self._skinny("gate", o2, wo, lambda ks: self.skinny[0](o2, wo, gate=gate, ksplit=ks),
-                          lambda: F.linear(ops.sigmoid_gate(o, gate).view(T, Hq * d), wo))
+        kw = self._skinny("gate", o2, wo, lambda ks, w: self.skinny[0](o2, w, gate=gate, ksplit=ks),
+                          lambda w: F.linear(ops.sigmoid_gate(o, gate).view(T, Hq * d), w))
         if kw:
             # the output gate o * sigmoid(gate) folded into the skinny o_proj's operand load (one kernel less)
             return self.skinny[0](o2, wo, gate=gate, **kw)
@@ -464,15 +466,18 @@ def _device_ints(values: list[int], dtype: torch.dtype, device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
-def _graph_ms(fn, reps: int = 8) -> float:
-    """Device time of `reps` calls of fn, each after a small unrelated kernel (as in the model, where a norm or a
-    conv precedes each GEMM: a programmatic launch cannot overlap two calls of itself), replayed from a graph."""
+def _graph_ms(fn, weights: list, reps: int = 8) -> float:
+    """Device time of `reps` calls fn(w), w cycling over `weights` (copies of one weight totalling more than the
+    L2, so each call reads it from DRAM, as in a decode step), each after a small unrelated kernel (as in the
+    model, where a norm or a conv precedes each GEMM: a programmatic launch cannot overlap two calls of itself),
+    replayed from a graph."""
     pad = torch.empty(256, device=torch.cuda.current_device())
+    reps = max(reps, len(weights))
 
     def body():
-        for _ in range(reps):
+        for r in range(reps):
             pad.zero_()
-            fn()
+            fn(weights[r % len(weights)])
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -493,16 +498,22 @@ def _graph_ms(fn, reps: int = 8) -> float:
     return best
 
 
-def _fastest_skinny(ours, theirs, ksplits):
-    """{"ksplit": k} for the fastest `ours(k)` (the skinny kernel) over ksplits if it runs faster than `theirs`
-    (cuBLAS), else False; False if the timing fails."""
+_TIMING_BYTES = 128 * 2**20  # weight copies the timing cycles through: above an H200's 50 MB L2
+
+
+def _fastest_skinny(ours, theirs, wt: torch.Tensor, ksplits):
+    """{"ksplit": k} for the fastest `ours(k, w)` (the skinny kernel) over ksplits if it runs faster than
+    `theirs(w)` (cuBLAS) on weights w like wt, read from DRAM, else False; False if the timing fails."""
     try:
         torch.cuda.synchronize()
-        best, ms = False, _graph_ms(theirs)
+        nbytes = wt.numel() * wt.element_size()
+        weights = [wt] + [wt.clone() for _ in range(-(-_TIMING_BYTES // nbytes) - 1)]
+        best, ms = False, _graph_ms(theirs, weights)
         for k in ksplits:
-            t = _graph_ms(lambda: ours(k))
+            t = _graph_ms(lambda w: ours(k, w), weights)
             if t < ms:
                 best, ms = {"ksplit": k}, t
+        del weights
         return best
     except Exception:  # e.g. a capture the environment does not allow: the cuBLAS path, which always works
         torch.cuda.synchronize()

@@ -81,15 +81,16 @@ def labelled(lm):
     ops = lm.ops
     names = [n for n in dir(ops) if not n.startswith("_") and callable(getattr(ops, n))]
     lm.ops = types.SimpleNamespace(**{n: wrap(n, getattr(ops, n)) for n in names})
-    lin, lin_silu = lm.linear, lm.linear_silu_mul
+    lin, lin_silu, lin_split = lm.linear, lm.linear_silu_mul, lm.linear_split
     lm.linear = lambda x, name: wrap("linear " + name.split(".")[-2], lin)(x, name)
     lm.linear_silu_mul = lambda x, name: wrap("linear+silu " + name.split(".")[-2], lin_silu)(x, name)
+    lm.linear_split = lambda x, name, sizes: wrap("linear " + name.split(".")[-2], lin_split)(x, name, sizes)
     L._keywords.cache_clear()
     try:
         yield
     finally:
         lm.ops = ops
-        del lm.linear, lm.linear_silu_mul
+        del lm.linear, lm.linear_silu_mul, lm.linear_split
         L._keywords.cache_clear()
 
 
