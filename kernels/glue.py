@@ -21,11 +21,13 @@ _BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16:
 
 
 def scatter_image_embeds(token_embeds: torch.Tensor, image_embeds: torch.Tensor, is_image: torch.Tensor, *,
-                         out: torch.Tensor | None = None) -> torch.Tensor:
+                         out: torch.Tensor | None = None, validate: bool = True) -> torch.Tensor:
     """Replace the placeholder rows, in order, by the image rows (see reference.scatter_image_embeds).
 
     token_embeds: [S, H]; image_embeds: [M, H], same dtype; is_image: bool [S] with exactly M True entries.
     Returns a new [S, H] (or `out`, same shape and dtype, not overlapping the inputs); a bit-exact copy.
+    validate=False skips the one host read (the count of True entries): for a caller that has counted them on
+    the host, so that the copy queues behind the vision tower without waiting for it.
     """
     from .numba import elementwise_launch
     from .numba.glue import scatter_rows_kernel
@@ -42,7 +44,7 @@ def scatter_image_embeds(token_embeds: torch.Tensor, image_embeds: torch.Tensor,
         check_out("out", out, (s, h), token_embeds.dtype)
     check_kernel_device(token_embeds=token_embeds, image_embeds=image_embeds, is_image=is_image, out=out)
     ordinal = torch.cumsum(is_image, 0)
-    count = int(ordinal[-1]) if s else 0  # the one host read
+    count = (int(ordinal[-1]) if s else 0) if validate else image_embeds.shape[0]  # the one host read
     if count != image_embeds.shape[0]:
         raise ValueError(f"is_image marks {count} positions but image_embeds has {image_embeds.shape[0]} rows")
     out = torch.empty_like(token_embeds) if out is None else out

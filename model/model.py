@@ -10,7 +10,7 @@ import torch
 
 from .config import ModelConfig
 from .generate import DEFAULT_BLOCK, DecodeSession, Sampling, batch_bucket, capacity_bucket, check_sampling, timed
-from .language import DEFAULT_CHUNK, LanguageModel
+from .language import DEFAULT_CHUNK, LanguageModel, _call
 from .loader import LM, LM_HEAD, VISUAL, load_weights
 from .ops import ops_for, placement, uncovered
 from .vision import VisionTower
@@ -313,7 +313,9 @@ class Model:
             feats = self.vision(torch.cat([m[0] for m in media]), torch.cat([m[1] for m in media]))
             counts = [int(m[1].prod(-1).sum()) // cfg.vision.spatial_merge_size ** 2 for m in media]
             for (_, _, tok), f in zip(media, feats.split(counts)):
-                embeds = ops.scatter_image_embeds(embeds, f.to(embeds.dtype), _to_device(real == tok, dev))
+                is_tok = real == tok  # on the host: its count equals f's rows (the grids were checked above)
+                embeds = _call(ops.scatter_image_embeds, embeds, f.to(embeds.dtype), _to_device(is_tok, dev),
+                               validate=False)
             vision.stop()
         return _Batch(input_ids=ids, mask=mask, lengths=lengths, cu_seqlens=_to_device(cu, dev), embeds=embeds,
                       positions=torch.cat(positions, dim=1),

@@ -82,3 +82,26 @@ def test_image_prompt_matches_reference_fp32():
         t = m.last_timings
         assert t["vision_ms"] > 0 and t["prefill_ms"] > 0
         assert t["ttft_ms"] == pytest.approx(t["vision_ms"] + t["prefill_ms"])
+
+
+def test_scatter_without_host_check_equals_checked():
+    """validate=False (the model counts the placeholders on the host) copies the same rows, bit for bit, with no
+    host synchronisation; validate=True still refuses a wrong count."""
+    from kernels.glue import scatter_image_embeds
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    tok = torch.randn(40, 24, device="cuda", generator=g).to(torch.bfloat16)
+    mask = torch.zeros(40, dtype=torch.bool, device="cuda")
+    mask[5:17] = True
+    mask[30] = True
+    img = torch.randn(13, 24, device="cuda", generator=g).to(torch.bfloat16)
+    want = scatter_image_embeds(tok, img, mask)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = scatter_image_embeds(tok, img, mask, validate=False)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="marks 13 positions"):
+        scatter_image_embeds(tok, img[:12], mask)
