@@ -136,6 +136,7 @@ STREAM = False  # (on once an H200 round has run them: property tests and the A/
 STREAM_GU_STAGE = 16 * 1024   # gate/up: bytes of one stage (2R rows of H; R = 4, 2 or 1 row pairs)
 STREAM_GU_RING = 48 * 1024    # gate/up: bytes of a CTA's ring (2 CTAs an SM; the rest lets down CTAs in early)
 STREAM_DOWN_SMEM = 100 * 1024  # down: a CTA's stages (warps x stages per warp x RD rows)
+STREAM_PREFETCH = True  # gate/up prefetches the shared expert's down rows into L2 before its wait on the routing
 _STREAM_MAXS, _STREAM_MAXE, _STREAM_RD, _STREAM_D, _STREAM_DW = 128, 512, 8, 4, 16  # moe.cu STREAM_*
 
 
@@ -571,7 +572,8 @@ def _stream(x, gate_up, down, weights, experts, sh, act, act_sh, y, T, H, E, I, 
     _launch(device, x.dtype, _stream_expr("gate_up", x.dtype), (p["G"], 1, 1), (256, 1, 1), x.data_ptr(),
             gate_up.data_ptr(), experts.data_ptr(), i32(n), i32(k), i32(H), i32(I), i32(E), act.data_ptr(),
             sg.data_ptr() if has_sh else 0, su.data_ptr() if has_sh else 0, i32(S), i32(T),
-            act_sh.data_ptr() if has_sh else 0, i32(p["R"]), i32(p["ns"]), shared_mem=p["gu_smem"], pdl=PDL)
+            act_sh.data_ptr() if has_sh else 0, i32(p["R"]), i32(p["ns"]),
+            sd.data_ptr() if has_sh and STREAM_PREFETCH else 0, shared_mem=p["gu_smem"], pdl=PDL)
     _launch(device, x.dtype, _stream_expr("down", x.dtype), (ceil_div(H, p["RD"]), 1, 1), (32 * p["nw"], 1, 1),
             act.data_ptr(), down.data_ptr(), weights.data_ptr(), experts.data_ptr(), i32(n), i32(k), i32(H), i32(I),
             i32(E), y.data_ptr(), act_sh.data_ptr() if has_sh else 0, sd.data_ptr() if has_sh else 0,

@@ -476,7 +476,9 @@ def decode_ab(sizes, tokens, out_dir, reps: int = 3, sweep: bool = False) -> lis
                     lambda: moe.moe_mlp(x, L.gate_up, L.down, w, e, validate=False), 20) * 1e3
             moe.STREAM, moe.TOPK_EARLY = True, False
             rec["layer_stream_topk_late_us"] = graph_ms(lambda: L.forward(x), 20) * 1e3
-            moe.TOPK_EARLY = True
+            moe.TOPK_EARLY, moe.STREAM_PREFETCH = True, False
+            rec["layer_stream_noprefetch_us"] = graph_ms(lambda: L.forward(x), 20) * 1e3
+            moe.STREAM_PREFETCH = True
             if sweep:  # the streaming kernels' knobs: gate/up stage and ring bytes, down stage budget
                 moe.STREAM = True
                 knobs = (moe.STREAM_GU_STAGE, moe.STREAM_GU_RING, moe.STREAM_DOWN_SMEM)
@@ -504,7 +506,8 @@ def decode_ab(sizes, tokens, out_dir, reps: int = 3, sweep: bool = False) -> lis
                   f"({rec['layer_old_pct_bw_floor']:4.1f}%) | mlp stream {rec['mlp_stream_us']:6.1f} old "
                   f"{rec['mlp_old_us']:6.1f} | floor {rec['floor_layer_us']:.1f} us | rel {rec['stream_rel_l2']:.1e}"
                   f"/{rec['old_rel_l2']:.1e} ok {rec['stream_ok']}/{rec['old_ok']} | router {rec['router_gemm_us']:.1f}"
-                  f" topk {rec['topk_us']:.1f} | topk late {rec['layer_stream_topk_late_us']:.1f} | no shared: "
+                  f" topk {rec['topk_us']:.1f} | topk late {rec['layer_stream_topk_late_us']:.1f} no prefetch "
+                  f"{rec['layer_stream_noprefetch_us']:.1f} | no shared: "
                   f"stream {rec['mlp_stream_noshared_us']:.1f} old {rec['mlp_old_noshared_us']:.1f}", flush=True)
             path = write_results("moe_decode_ab", records, extra=dict(copy_TBps=bw))
             if out_dir:

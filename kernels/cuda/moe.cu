@@ -926,7 +926,8 @@ template <typename T, int VEC>
 __global__ void __launch_bounds__(256, 2) gate_up_stream_kernel(
         const T* __restrict__ x, const T* __restrict__ gate_up, const long long* __restrict__ experts, int n_slots,
         int k, int H, int I, int E, float* __restrict__ act, const T* __restrict__ sh_gate,
-        const T* __restrict__ sh_up, int S, int T_, float* __restrict__ act_sh, int R, int ns) {
+        const T* __restrict__ sh_up, int S, int T_, float* __restrict__ act_sh, int R, int ns,
+        const T* __restrict__ sh_down_pf) {
     extern __shared__ __align__(128) unsigned char stage_raw[];
     __shared__ UnitTable ut;
     __shared__ __align__(8) unsigned long long full[STREAM_NS];
@@ -972,6 +973,11 @@ __global__ void __launch_bounds__(256, 2) gate_up_stream_kernel(
     int issued = 0;
     if (tid == 0)
         while (issued < ns && b + issued * G < sh_items) issue(issued++);
+    if (sh_down_pf) {  // the shared expert's down rows into L2 (the down kernel reads them): the grid's share each
+        const size_t lines = ((size_t)H * S * sizeof(T) + 127) / 128;
+        for (size_t l = (size_t)b * blockDim.x + tid; l < lines; l += (size_t)G * blockDim.x)
+            prefetch_l2(reinterpret_cast<const char*>(sh_down_pf) + l * 128);
+    }
     wait_for_primary_grid();   // the routing (top-k) is complete and visible; x too
     allow_dependent_launch();  // the down kernel may be scheduled (it streams its rows before its own wait)
     build_units(experts, n_slots, E, ut);
