@@ -922,8 +922,10 @@ __device__ void build_units(const long long* __restrict__ experts, int n_slots, 
 
 // grid = G (2 CTAs an SM), block 256 (8 warps); dynamic shared memory: ns stages of 2R rows of H (gate rows
 // i0..i0+R-1, then the same up rows). Warp w takes row w % 2R of a stage over the part w / 2R of H (8 / 2R parts).
+// Registers bounded for 3 CTAs an SM (80): two leave room for a CTA of the down kernel beside them (registers and
+// shared memory), which then streams its rows while this grid finishes.
 template <typename T, int VEC>
-__global__ void __launch_bounds__(256, 2) gate_up_stream_kernel(
+__global__ void __launch_bounds__(256, 3) gate_up_stream_kernel(
         const T* __restrict__ x, const T* __restrict__ gate_up, const long long* __restrict__ experts, int n_slots,
         int k, int H, int I, int E, float* __restrict__ act, const T* __restrict__ sh_gate,
         const T* __restrict__ sh_up, int S, int T_, float* __restrict__ act_sh, int R, int ns,
@@ -1064,6 +1066,7 @@ __global__ void __launch_bounds__(512, 1) down_stream_kernel(
     __shared__ float part[STREAM_MAXS][STREAM_RD];      // per (slot, row): down[e][h, :] . act[slot, :]
     __shared__ float part_sh[STREAM_MAXS][STREAM_RD];   // per (token, row): sh_down[h, :] . act_sh[t, :]
     __shared__ float sig_s[STREAM_MAXS];
+    __shared__ float w_s[STREAM_MAXS];                  // the routing weights (read before the wait: top-k is done)
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
     const int h0 = blockIdx.x * RD;
     const int rows = min(RD, H - h0);
@@ -1087,6 +1090,7 @@ __global__ void __launch_bounds__(512, 1) down_stream_kernel(
     };
     if (has_sh && warp == 0 && lane == 0) issue(0, 0);  // the shared expert's rows need no routing
     // the routing is complete (the gate/up kernel let this grid be scheduled only after its own wait on it)
+    if (tid < n_slots) w_s[tid] = weights[tid];
     build_units(experts, n_slots, E, ut);
     const int nu = ut.n + has_sh;
     if (lane == 0)
@@ -1153,7 +1157,7 @@ __global__ void __launch_bounds__(512, 1) down_stream_kernel(
         float acc = 0.f;
         for (int j = 0; j < k; ++j) {
             const int s = t * k + j;
-            if (ut.es[s] >= 0) acc = fmaf(weights[s], part[s][rr], acc);
+            if (ut.es[s] >= 0) acc = fmaf(w_s[s], part[s][rr], acc);
         }
         if (has_sh) acc = fmaf(sig_s[t], part_sh[t][rr], acc);
         out[(size_t)t * H + h0 + rr] = from_f<T>(acc);
