@@ -370,7 +370,8 @@ def _step_bytes(lm, B: int) -> float:
     return total + experts * (1 - (1 - k / E) ** B)
 
 
-def model_decode(batches, layers: int, context: int, out_dir, profile: bool = False) -> list[dict]:
+def model_decode(batches, layers: int, context: int, out_dir, profile: bool = False,
+                 variants: tuple[str, ...] = ("default",)) -> list[dict]:
     from model.generate import DecodeSession, Sampling
 
     bw = copy_bandwidth_TBps()
@@ -381,7 +382,10 @@ def model_decode(batches, layers: int, context: int, out_dir, profile: bool = Fa
     print(f"35B-A3B LM ({layers} layers): {wbytes / 1e9:.1f} GB of weights in {time.perf_counter() - t0:.1f} s, "
           f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB peak", flush=True)
     records = []
-    for B in batches:
+    default = moe.STREAM
+    for B, variant in [(B, v) for B in batches for v in variants]:
+        # variant: "default" (the module's switches), "stream" / "old": the decode MoE kernels (moe.STREAM)
+        moe.STREAM = default if variant == "default" else variant == "stream"
         try:
             t1 = time.perf_counter()
             sess = DecodeSession(lm, B, context + 64, Sampling(), graphs=True)
@@ -390,7 +394,7 @@ def model_decode(batches, layers: int, context: int, out_dir, profile: bool = Fa
             torch.cuda.synchronize()
             build_s = time.perf_counter() - t1
             rec = dict(model="35B-A3B", layers=layers, batch=B, context=context, mode=sess.mode,
-                       weights_GB=wbytes / 1e9, build_s=build_s)
+                       weights_GB=wbytes / 1e9, build_s=build_s, moe_kernels=variant, moe_stream=moe.STREAM)
             if sess.graph is not None:
                 n = 30
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -404,13 +408,13 @@ def model_decode(batches, layers: int, context: int, out_dir, profile: bool = Fa
                 fb = _step_bytes(lm, B)
                 rec.update(step_us=us, tokens_per_s=B / us * 1e6, step_bytes=fb,
                            floor_us=fb / (bw * 1e12) * 1e6, pct_floor=100 * fb / (bw * 1e12) / (us * 1e-6))
-                print(f"35B-A3B decode bs{B}: {us:.1f} us/step = {rec['tokens_per_s']:.0f} tok/s; floor "
+                print(f"35B-A3B decode bs{B} [{variant}]: {us:.1f} us/step = {rec['tokens_per_s']:.0f} tok/s; floor "
                       f"{rec['floor_us']:.0f} us ({rec['pct_floor']:.0f} %), graph built in {build_s:.1f} s",
                       flush=True)
             else:
                 print(f"35B-A3B decode bs{B}: no graph ({sess.mode})", flush=True)
             del sess
-            if profile:  # one eager step's kernels by op (tools/lm_decode_profile.py)
+            if profile and variant == variants[0]:  # one eager step's kernels by op (tools/lm_decode_profile.py)
                 sys.path.insert(0, str(Path(__file__).resolve().parent))
                 from lm_decode_profile import profile_step
 
@@ -426,6 +430,7 @@ def model_decode(batches, layers: int, context: int, out_dir, profile: bool = Fa
             torch.cuda.empty_cache()
         except Exception as ex:
             print(f"35B-A3B decode bs{B}: FAILED {type(ex).__name__}: {str(ex)[:300]}", flush=True)
+    moe.STREAM = default
     path = write_results("moe_model_decode", records, extra=dict(copy_TBps=bw))
     if out_dir:
         shutil.copy(path, Path(out_dir) / path.name)
@@ -551,8 +556,8 @@ def breakdown(tokens, out_dir) -> list[dict]:
             topk=lambda: moe.moe_topk(logits, k),
             routing=lambda: moe.moe_routing(e, E),
             gather=lambda: moe._launch(dev, x.dtype, moe._gather_expr(x.dtype, vec),
-                                       (n, moe.ceil_div(H // vec, 256), 1), (256, 1, 1), x.data_ptr(), perm.data_ptr(), offs[E:].data_ptr(), moe.i32(k),
-                                       moe.i32(H), xs.data_ptr()),
+                                       (n, moe.ceil_div(H // vec, 256), 1), (256, 1, 1), x.data_ptr(),
+                                       perm.data_ptr(), offs[E:].data_ptr(), moe.i32(k), moe.i32(H), xs.data_ptr()),
             gmm_gate_up=lambda: torch._grouped_mm(xs, L.gate_up.transpose(1, 2), offs=ends),
             silu_mul_fused=lambda: silu_mul_fused(h),
             gmm_down=lambda: torch._grouped_mm(a, L.down.transpose(1, 2), offs=ends),
@@ -596,6 +601,8 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=40, help="--model-decode: decoder layers (40: the real model)")
     ap.add_argument("--context", type=int, default=1024, help="--model-decode: tokens already in the cache")
     ap.add_argument("--profile", action="store_true", help="--model-decode: also one eager step's kernels by op")
+    ap.add_argument("--moe-kernels", default="default",
+                    help="--model-decode: comma list of default, stream, old (the decode MoE kernels, moe.STREAM)")
     ap.add_argument("--decode-ab", action="store_true", help="the decode kernels A/B (streaming vs older)")
     ap.add_argument("--reps", type=int, default=3, help="--decode-ab: interleaved repetitions")
     ap.add_argument("--sweep", action="store_true", help="--decode-ab: also the streaming kernels' knobs")
@@ -616,7 +623,8 @@ def main(argv=None) -> int:
     if a.breakdown:
         breakdown([int(t) for t in a.tokens.split(",")], a.out)
     if a.model_decode:
-        model_decode([int(b) for b in a.batch.split(",")], a.layers, a.context, a.out, a.profile)
+        model_decode([int(b) for b in a.batch.split(",")], a.layers, a.context, a.out, a.profile,
+                     tuple(a.moe_kernels.split(",")))
     return 1 if bad else 0
 
 
