@@ -51,6 +51,9 @@ FUSE = False
 # merges its share of the output: one kernel, one L2 round trip for the merge, no second launch. Only where every
 # CTA of the grid is resident at once (at most one CTA an SM, grid <= SMs), else the combine kernel.
 EARLY = 0  # tiles of each CTA's chunk prefetched into L2 before waiting for the kernel before (0 = none)
+# SPEC: the split kernel reads the row's length before waiting for the kernel before, and after the wait starts its
+# first copies for that guess while it reads the real length (a wrong guess is drained and restarted)
+SPEC = False  # (2: a guess one slot short, for the tests of the restart path)
 PDL_ERROR: str | None = None  # why the combine kernel's programmatic launch failed, if it did (then plain launches)
 
 
@@ -202,10 +205,10 @@ def _launch_decode(q, k_cache, v_cache, lengths, scale: float, max_length, o, de
                 lengths.data_ptr(), len64, o.data_ptr(), ws_o_ptr, ws_lse_ptr,
                 i32(S), i32(Hq), i32(Hkv), i32(r), i32(groups), i32(splits), f32(scale * _LOG2E), i32(PREFETCH),
                 0 if counters is None else counters.data_ptr(), ws1_o_ptr, ws1_lse_ptr,
-                i32(2 if spin and counters is not None else 1), i32(EARLY), shared_mem=smem)
+                i32(2 if spin and counters is not None else 1), i32(EARLY), i32(int(SPEC)), shared_mem=smem)
     if splits > 1 and counters is None:
         _launch_pdl(device, _combine_expr(q.dtype, d), (Hq, B, d // 64), (256, 1, 1), ws_o_ptr, ws_lse_ptr,
-                    lengths.data_ptr(), len64, o.data_ptr(), i32(S), i32(Hq), i32(splits))
+                    lengths.data_ptr(), len64, o.data_ptr(), i32(S), i32(Hq), i32(splits), i32(int(SPEC)))
 
 
 def _launch_pdl(device: int, expr: str, grid, block, *args, shared_mem: int = 0) -> None:

@@ -120,7 +120,8 @@ SOURCE = NvrtcSource("rope.cu", _VISION_EXPRS + tuple(_qk_expr(dt, v, n, _IPW, l
                       + tuple(_qk_expr(dt, 8, 1, i, lean) for dt in (torch.float16, torch.bfloat16) for i in QK_TRIALS
                               for lean in (True, False))
                       + tuple(_staged_expr(dt) for dt in (torch.float16, torch.bfloat16))
-                      + tuple(_stream_expr(dt, i, st) for dt in (torch.float16, torch.bfloat16) for i, st in STREAM_BUILDS)
+                      + tuple(_stream_expr(dt, i, st) for dt in (torch.float16, torch.bfloat16)
+                              for i, st in STREAM_BUILDS)
                       + ("rope::mrope_cos_sin_kernel",))
 
 
