@@ -73,8 +73,14 @@ STATE_T_FORCE: str | None = None  # trials: this build for every shape
 HOPPER_SMEM = 232448  # opt-in shared memory per block on sm_90, the most any target allows
 
 
-def prep_smem_bytes() -> int:
+# gdn_chunk_prep's compact layout (the T operands written over A: 53 KB, four CTAs an SM instead of three)
+PREP_COMPACT = False
+
+
+def prep_smem_bytes(compact: bool = False) -> int:
     """Dynamic shared memory of gdn_chunk_prep (the layout at the top of the kernel)."""
+    if compact:
+        return 2 * BT * (D + 8) * 2 + 2 * BT * (BT + 8) * 2 + 4 * BT * 4
     return 2 * BT * (D + 8) * 2 + 2 * BT * (BT + 8) * 2 + BT * (BT + 1) * 4 + 4 * BT * 4
 
 
@@ -127,8 +133,8 @@ def pick_state_t(n: int, Hv: int, sms: int, smem_limit: int) -> tuple[str, int]:
     return build, ns
 
 
-def _prep_expr(dtype, gate: bool) -> str:
-    return f"deltanet::gdn_chunk_prep<{CTYPES[dtype]}, {cbool(gate)}>"
+def _prep_expr(dtype, gate: bool, compact: bool = False) -> str:
+    return f"deltanet::gdn_chunk_prep<{CTYPES[dtype]}, {cbool(gate)}, {cbool(compact)}>"
 
 
 def _state_expr(dtype, bv: int, ns: int) -> str:
@@ -143,7 +149,7 @@ def _rec_expr(dtype, bv, gate: bool) -> str:
 
 
 SOURCE = NvrtcSource("deltanet.cu", tuple(
-    [_prep_expr(dt, gate) for dt in CHUNK_DTYPES for gate in (False, True)]
+    [_prep_expr(dt, gate, cmp) for dt in CHUNK_DTYPES for gate in (False, True) for cmp in (False, True)]
     + [_state_expr(dt, bv, ns) for dt in CHUNK_DTYPES for bv in STATE_BV for ns in STATE_STAGES
        if state_smem_bytes(bv, ns) <= HOPPER_SMEM]
     + [_state_t_expr(dt, b, ns) for dt in CHUNK_DTYPES for b in STATE_T_BUILDS for ns in STATE_STAGES
@@ -327,7 +333,7 @@ def _run(q, k, v, gates, gate: bool, cu_seqlens, initial_state, scale, use_qk_l2
     gc = torch.empty(Hv, T, dtype=torch.float32, device=q.device)  # head-major
     rq, rk = torch.empty_like(gc), torch.empty_like(gc)
     if slots > 0:
-        _launch(device, _prep_expr(q.dtype, gate), (Hv, slots, 1), prep_smem_bytes(),
+        _launch(device, _prep_expr(q.dtype, gate, PREP_COMPACT), (Hv, slots, 1), prep_smem_bytes(PREP_COMPACT),
                 q.data_ptr(), k.data_ptr(), v.data_ptr(), *gate_ptrs, cu.data_ptr(), i32(n),
                 i64(q.stride(0)), i64(k.stride(0)), i64(v.stride(0)), i32(Hk), i32(Hv), f32(scale),
                 i32(use_qk_l2norm), w.data_ptr(), u.data_ptr(), aqk.data_ptr(), gc.data_ptr(), rq.data_ptr(),

@@ -125,6 +125,20 @@ def test_every_state_pass_build(kern, build, dtype, monkeypatch):
 
 
 @gpu
+@pytest.mark.parametrize("fused", (False, True))
+def test_compact_prep_equals_plain(fused, monkeypatch):
+    """The prep's compact shared-memory layout (T operands written over A) gives bitwise the plain layout's
+    results (the same arithmetic, other addresses)."""
+    case = build_gated_delta_rule([1, 63, 64, 65, 0, 300], 2, 4, torch.bfloat16, seed=12, fused=fused)
+    f = K.fused_gated_delta_rule if fused else K.gated_delta_rule
+    monkeypatch.setattr(K, "PREP_COMPACT", False)
+    want = f(*case.on("cuda"), use_qk_l2norm=True)
+    monkeypatch.setattr(K, "PREP_COMPACT", True)
+    got = f(*case.on("cuda"), use_qk_l2norm=True)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@gpu
 def test_cluster_state_pass_equals_plain(monkeypatch):
     """Hopper: the state pass in clusters sharing the chunk rows by multicast gives bitwise the plain pass's
     results (the same shared-memory tiles, the same mma order), for every BV and cluster size, on sequences that
@@ -265,3 +279,4 @@ def test_shared_memory_fits():
     assert K.pick_state_t(1, 16, 108, 166912)[1] == 2  # sm_80: two stages fit at every warp count
     assert K.pick_state_bv(1, 16, 108, 166912) in (16, 32)
     assert K.prep_smem_bytes() <= 166912
+    assert 4 * (K.prep_smem_bytes(compact=True) + 1024) <= 233472  # the compact prep: four CTAs an SM

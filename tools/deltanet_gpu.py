@@ -539,6 +539,18 @@ def trials_t(args) -> int:
             key = build or ("pick" if kern == "t" else kern)
             rec[f"{key}_ms"] = graph_ms(fn, 3)
             rec[f"{key}_vs_w"] = max(rel(got[0], base[0]), rel(got[1], base[1]))
+        # the prep alone, in its two shared-memory layouts, and the picked build behind the compact prep
+        plain_launch, compact0 = K._launch, K.PREP_COMPACT
+        fn = lambda: run(q, k, v, g, beta, cu, h0, "t", None, max(lens))
+        for compact in (False, True):
+            K.PREP_COMPACT = compact
+            got = fn()
+            rec[f"pick{'c' if compact else ''}_ms"] = graph_ms(fn, 3)
+            rec[f"pick{'c' if compact else ''}_vs_w"] = max(rel(got[0], base[0]), rel(got[1], base[1]))
+            K._launch = lambda device, expr, *a, **kw: plain_launch(device, expr, *a, **kw) if "prep" in expr else None
+            rec[f"prep{'c' if compact else ''}_ms"] = graph_ms(fn, 3)
+            K._launch = plain_launch
+        K.PREP_COMPACT = compact0
         emit(rec)
         del q, k, v, g, beta, h0, base
         torch.cuda.empty_cache()
