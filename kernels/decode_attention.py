@@ -54,7 +54,7 @@ EARLY = 0  # tiles of each CTA's chunk prefetched into L2 before waiting for the
 # SPEC: the split kernel reads the row's length before waiting for the kernel before, and after the wait starts its
 # first copies for that guess while it reads the real length (a wrong guess is drained and restarted)
 SPEC = False  # (2: a guess one slot short, for the tests of the restart path)
-PDL_ERROR: str | None = None  # why the combine kernel's programmatic launch failed, if it did (then plain launches)
+PDL = True  # programmatic dependent launches of the split and combine kernels (False: plain, for A/B timings)
 
 
 def _split_expr(dtype, d: int, stages: int) -> str:
@@ -212,18 +212,11 @@ def _launch_decode(q, k_cache, v_cache, lengths, scale: float, max_length, o, de
 
 
 def _launch_pdl(device: int, expr: str, grid, block, *args, shared_mem: int = 0) -> None:
-    """A programmatic dependent launch (sm_90): the kernel may be scheduled while the one before it runs and waits
-    for it on the device (griddepcontrol.wait; the split kernel lets its combine in at once, the combine lets the
-    next decode step's split kernel in), which hides launch latency. A driver that refuses it: plain launches
-    (stream order) from then on, PDL_ERROR says why."""
-    global PDL_ERROR
-    if PDL_ERROR is None:
-        try:
-            SOURCE.launch(device, expr, grid, block, *args, shared_mem=shared_mem, pdl=True)
-            return
-        except Exception as e:
-            PDL_ERROR = f"{type(e).__name__}: {e}"
-    SOURCE.launch(device, expr, grid, block, *args, shared_mem=shared_mem)
+    """A programmatic dependent launch (sm_90; kernels/runtime/launch.py falls back to a plain one where the driver
+    refuses it): the kernel may be scheduled while the one before it runs and waits for it on the device
+    (griddepcontrol.wait; the split kernel lets its combine in at once, the combine lets the next decode step's
+    split kernel in), which hides launch latency."""
+    SOURCE.launch(device, expr, grid, block, *args, shared_mem=shared_mem, pdl=PDL)
 
 
 _COUNTERS: dict = {}  # device -> zeroed uint32 arrival counters of the fused merge (every launch leaves them 0)

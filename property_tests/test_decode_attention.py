@@ -112,11 +112,11 @@ def test_decode_attention_hints_and_plain_launch(case):
     plain stream order instead of the programmatic (PDL) launch."""
     import kernels.decode_attention as K
 
-    saved, K.PDL_ERROR = K.PDL_ERROR, "disabled by the test"
+    saved, K.PDL = K.PDL, False
     try:
         _run(case, max_length=max(case["lengths"]), validate=False)
     finally:
-        K.PDL_ERROR = saved
+        K.PDL = saved
 
 
 @gpu
@@ -195,13 +195,15 @@ def test_graph_replay_fused_and_not(fuse, early, spec):
 
 @gpu
 def test_programmatic_launch_works():
-    """The combine kernel's PDL launch did not fall back (on sm_90, where it exists)."""
+    """The split and combine kernels' PDL launches did not fall back (on sm_90, where they exist)."""
     import kernels.decode_attention as K
 
     _run(dict(B=1, S=3000, lengths=[3000], hq=8, hkv=2, dtype=torch.bfloat16, len_dtype=torch.int32, splits=None,
               scale=None, seed=10))
+    from kernels.runtime import launch
+
     if torch.cuda.get_device_capability()[0] >= 9:
-        assert K.PDL_ERROR is None, K.PDL_ERROR
+        assert K.PDL and launch.PDL and launch.PDL_ERROR is None, launch.PDL_ERROR
 
 
 @gpu

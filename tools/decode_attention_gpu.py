@@ -7,7 +7,8 @@ Timings (benchmarks/bench_decode_attention.py's cases; --quick: a few of them): 
 (benchmarks.common.graph_ms), best of two passes in alternating order (SDPA's efficient and math backends, 5-100x
 behind: one pass of 5 calls); us, GB/s of K and V bytes read, % of the copy ceiling measured in this run
 (benchmarks.common.copy_bandwidth_TBps), and the ratio to SDPA's best backend. --variants: also our kernel without
-the programmatic launch of the combine, with the merge fused into the split kernel, and other L2 prefetch depths.
+the programmatic launches, with the other merge (combine kernel or spin merge), without the length guess, and
+with other early L2 prefetch depths.
 JSON: <out>/decode_attention-<card>-<date>.json (card, commit, date) via benchmarks.common.write_results.
 Goals (issue 12), checked at the end ("goal ok" / "goal MISS" lines): >= 80 % of the copy in K and V bytes read from
 8k tokens of context up at batch 1 and 32; batch 1 at 8k at least 1.6x SDPA's best backend; batch 32 at least
@@ -65,7 +66,7 @@ def _splits(case: Case) -> int:
 
 
 def _with(fn, **attrs):
-    """fn run with kernels.decode_attention module settings changed (PDL_ERROR, PREFETCH) during the call, so a CUDA
+    """fn run with kernels.decode_attention module settings changed (PDL, FUSE, SPEC, EARLY) during the call, so a CUDA
     graph captures the launch as that variant."""
     import kernels.decode_attention as K
 
@@ -81,6 +82,13 @@ def _with(fn, **attrs):
     return run
 
 
+def _pdl_on() -> bool:
+    import kernels.decode_attention as K
+    from kernels.runtime import launch
+
+    return K.PDL and launch.PDL and launch.PDL_ERROR is None and torch.cuda.get_device_capability()[0] >= 9
+
+
 SLOW = ("sdpa_efficient_attention", "sdpa_math")  # 5-100x behind: one pass of 5 calls, not two of 20
 
 
@@ -90,15 +98,20 @@ def time_case(case: Case, copy_TBps: float, log, variants: bool) -> list[dict]:
     q, kc, vc, lengths = make_inputs(case)
     err = check_once(case, q, kc, vc, lengths)
     fns = {"ours": ours_fn(case, q, kc, vc, lengths)}
-    notes = {"ours": f"validate=False, max_length=ctx, L2 prefetch {K.PREFETCH} tiles, "
-                     + ("fused merge" if K.FUSE else "combine kernel") + (", PDL" if K.PDL_ERROR is None else "")}
+    merge = {False: "combine kernel", True: "tree merge in the split kernel", "spin": "spin merge in the split kernel"}
+    notes = {"ours": f"validate=False, max_length=ctx, {merge[K.FUSE]}, early L2 prefetch {K.EARLY} tiles, "
+                     f"length guess {'on' if K.SPEC else 'off'}" + (", PDL" if _pdl_on() else "")}
     split = case.B * case.hkv < 132  # split + combine
-    if variants and split and case in CASES[:4]:  # the goal's cases: the same kernel without the programmatic launch / with other L2 prefetch depths
-        fns["ours_no_pdl"], notes["ours_no_pdl"] = _with(fns["ours"], PDL_ERROR="disabled"), "plain launches (no PDL)"
-        fns["ours_fused"], notes["ours_fused"] = _with(fns["ours"], FUSE=True), "fused merge (no combine kernel)"
-        for pf in (2, 4):
-            fns[f"ours_prefetch{pf}"] = _with(fns["ours"], PREFETCH=pf)
-            notes[f"ours_prefetch{pf}"] = f"L2 prefetch {pf} tiles"
+    if variants and split and case in CASES[:4]:  # the goal's cases: the same kernel with the other choices
+        fns["ours_no_pdl"], notes["ours_no_pdl"] = _with(fns["ours"], PDL=False), "plain launches (no PDL)"
+        for name, kw, note in (("combine", dict(FUSE=False), "combine kernel"),
+                               ("spin", dict(FUSE="spin"), "spin merge (no combine kernel)"),
+                               ("no_guess", dict(SPEC=False), "no length guess"),
+                               ("no_early", dict(EARLY=0), "no early L2 prefetch"),
+                               ("early2", dict(EARLY=2), "early L2 prefetch 2 tiles")):
+            if all(getattr(K, k) == v for k, v in kw.items()):
+                continue  # the default already
+            fns[f"ours_{name}"], notes[f"ours_{name}"] = _with(fns["ours"], **kw), note
     for be in SDPA_BACKENDS:
         try:
             fns[f"sdpa_{be.lower()}"], notes[f"sdpa_{be.lower()}"] = sdpa_fn(case, q, kc, vc, be)
@@ -164,7 +177,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tests", default="ci", choices=("ci", "gpu", "none"))
     ap.add_argument("--quick", action="store_true", help="a few cases only")
-    ap.add_argument("--variants", action="store_true", help="also time ours without PDL, fused, with L2 prefetch 2 / 4")
+    ap.add_argument("--variants", action="store_true", help="also time ours without PDL, with the other merge, "
+                    "without the length guess, with other early prefetch depths")
     ap.add_argument("--out", default=os.environ.get("OUT"), help="results directory (default benchmarks/results)")
     a = ap.parse_args()
     if not torch.cuda.is_available():
@@ -183,7 +197,9 @@ def main() -> int:
     import kernels.decode_attention as K
 
     goals(records)
-    print(f"split/combine launches: {'programmatic (PDL)' if K.PDL_ERROR is None else 'plain: ' + K.PDL_ERROR}")
+    from kernels.runtime import launch
+
+    print(f"split/combine launches: {'programmatic (PDL)' if _pdl_on() else f'plain ({launch.PDL_ERROR})'}")
     print(f"wrote {path}")
     return rc
 

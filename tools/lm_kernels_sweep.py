@@ -36,7 +36,7 @@ for case in (Case(1, 8192, 8, 2), Case(1, 32768, 8, 2), Case(1, 131072, 8, 2), C
     if case.B * case.ctx <= 1 << 20:
         err = float((f().float() - reference.decode_attention(q, kc, vc, L).float()).abs().max())
         print(f"{case.tag} max err vs reference {err:.5f}", flush=True)
-    vs = {"default": f, "no_pdl": with_(f, PDL_ERROR="off")}
+    vs = {"default": f, "no_pdl": with_(f, PDL=False)}
     for be in ("FLASH_ATTENTION", "CUDNN_ATTENTION"):
         try:
             vs[be.lower()] = sdpa_fn(case, q, kc, vc, be)[0]
@@ -55,7 +55,7 @@ for case in (Case(1, 8192, 8, 2), Case(1, 32768, 8, 2), Case(1, 131072, 8, 2), C
         recs.append(dict(case=case.tag, v=name, us=us, pct=pct))
     del q, kc, vc
     torch.cuda.empty_cache()
-print(f"K.PDL_ERROR={K.PDL_ERROR}  da {time.time()-t0:.0f}s", flush=True)
+print(f"K.PDL={K.PDL}  da {time.time()-t0:.0f}s", flush=True)
 from kernels import rope as KR
 dev, bf = "cuda", torch.bfloat16
 for hq, hkv in ((8, 2), (16, 4), (24, 4)):
