@@ -136,6 +136,7 @@ STREAM = False  # (on once an H200 round has run them: property tests and the A/
 STREAM_GU_STAGE = 16 * 1024   # gate/up: bytes of one stage (2R rows of H; R = 4, 2 or 1 row pairs)
 STREAM_GU_RING = 48 * 1024    # gate/up: bytes of a CTA's ring (2 CTAs an SM; the rest lets down CTAs in early)
 STREAM_DOWN_SMEM = 100 * 1024  # down: a CTA's stages (warps x stages per warp x RD rows)
+STREAM_DOWN_WARPS = 16  # down: warps a CTA at most (one per unit below it)
 STREAM_PREFETCH = True  # gate/up prefetches the shared expert's down rows into L2 before its wait on the routing
 _STREAM_MAXS, _STREAM_MAXE, _STREAM_RD, _STREAM_D, _STREAM_DW = 128, 512, 8, 4, 16  # moe.cu STREAM_*
 
@@ -515,7 +516,7 @@ def _stream_plan(T, k, E, H, I, S, es, sms, has_sh):
     # down: about two row tiles an SM (RD rows each), one warp per unit (4 to 16), stages within the budget
     W = max(I, S if has_sh else 0)
     units = min(n, E) + has_sh
-    nw = max(4, min(_STREAM_DW, units))
+    nw = max(4, min(_STREAM_DW, STREAM_DOWN_WARPS, units))
     RD = min(_STREAM_RD, _pow2_floor(ceil_div(H, 2 * sms)) if H > 2 * sms else 1)
     RD = max(1, RD)
     while RD > 1 and nw * RD * W * es > STREAM_DOWN_SMEM:

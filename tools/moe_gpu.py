@@ -486,13 +486,14 @@ def decode_ab(sizes, tokens, out_dir, reps: int = 3, sweep: bool = False) -> lis
             moe.STREAM_PREFETCH = True
             if sweep:  # the streaming kernels' knobs: gate/up stage and ring bytes, down stage budget
                 moe.STREAM = True
-                knobs = (moe.STREAM_GU_STAGE, moe.STREAM_GU_RING, moe.STREAM_DOWN_SMEM)
+                knobs = (moe.STREAM_GU_STAGE, moe.STREAM_GU_RING, moe.STREAM_DOWN_SMEM, moe.STREAM_DOWN_WARPS)
                 for st, ring in ((8, 48), (16, 48), (16, 64), (16, 96), (32, 64), (32, 96)):
-                    for dsm in (64, 100):
-                        moe.STREAM_GU_STAGE, moe.STREAM_GU_RING, moe.STREAM_DOWN_SMEM = st << 10, ring << 10, dsm << 10
-                        key = f"layer_stream_st{st}_ring{ring}_down{dsm}_us"
+                    for dsm, dw in ((64, 16), (100, 16), (64, 8), (100, 8)):
+                        moe.STREAM_GU_STAGE, moe.STREAM_GU_RING = st << 10, ring << 10
+                        moe.STREAM_DOWN_SMEM, moe.STREAM_DOWN_WARPS = dsm << 10, dw
+                        key = f"layer_stream_st{st}_ring{ring}_down{dsm}_w{dw}_us"
                         rec[key] = graph_ms(lambda: L.forward(x), 20) * 1e3
-                moe.STREAM_GU_STAGE, moe.STREAM_GU_RING, moe.STREAM_DOWN_SMEM = knobs
+                moe.STREAM_GU_STAGE, moe.STREAM_GU_RING, moe.STREAM_DOWN_SMEM, moe.STREAM_DOWN_WARPS = knobs
                 best = min((v, kk) for kk, v in rec.items() if kk.startswith("layer_stream_st"))
                 print(f"   sweep best {best[1]} {best[0]:.1f} us", flush=True)
             moe.STREAM = default
