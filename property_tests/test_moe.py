@@ -236,6 +236,26 @@ def test_decode_stream_kernels(stream, monkeypatch):
         _check_path(case, "decode")
 
 
+def test_stream_plan_shapes():
+    """The streaming kernels' launch shapes from host sizes (no GPU): at the 35B-A3B widths on 132 SMs, one token
+    runs 2 gate/up CTAs an SM on 2-row-pair stages (16 KB, 3 in flight a CTA) and 256 down CTAs of 8 rows with a
+    warp per unit (8 routed + the shared expert); 8 tokens run 512 down CTAs of 4 rows, 16 warps; rows that are not
+    16-byte multiples, more than 512 experts or 128 slots take the other kernels."""
+    from kernels import moe
+
+    p1 = moe._stream_plan(1, 8, 256, 2048, 512, 512, 2, 132, True)
+    assert (p1["R"], p1["ns"], p1["G"], p1["gu_smem"]) == (2, 3, 264, 48 * 1024)
+    assert (p1["RD"], p1["nw"], p1["d"], p1["down_smem"]) == (8, 9, 1, 9 * 8 * 1024)
+    p8 = moe._stream_plan(8, 8, 256, 2048, 512, 512, 2, 132, True)
+    assert (p8["RD"], p8["nw"], p8["d"]) == (4, 16, 1) and p8["down_smem"] <= moe.STREAM_DOWN_SMEM
+    assert moe._stream_plan(1, 8, 256, 2044, 512, 512, 2, 132, True) is None   # H * 2 bytes not a 16-byte multiple
+    assert moe._stream_plan(1, 8, 256, 2048, 500, 512, 2, 132, True) is None   # I
+    assert moe._stream_plan(1, 8, 256, 2048, 512, 20, 2, 132, True) is None    # S
+    assert moe._stream_plan(1, 8, 256, 2048, 512, 20, 2, 132, False) is not None  # (no shared expert: S unused)
+    assert moe._stream_plan(1, 8, 513, 2048, 512, 512, 2, 132, True) is None   # E > 512
+    assert moe._stream_plan(17, 8, 256, 2048, 512, 512, 2, 132, True) is None  # 136 slots
+
+
 @gpu
 def test_decode_stream_dropped_experts_and_graph(monkeypatch):
     """The streaming kernels drop slots whose expert lies outside [0, E) (validate=False) and replay from a CUDA
