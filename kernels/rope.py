@@ -200,7 +200,8 @@ def _launch_qk(device, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, v
     tb = 0 if k_cache is not None or ipw is not None or lean is not None else _staged_tokens(
         q_in.dtype, d, r, Hq + Hkv, q_ts, q_hs, q_in, k_in, qw, kw, cos, sin, q_out, k_out)
     build = PREFILL_BUILD if build is None else build
-    if tb and T > _DECODE_TOKENS and Hq + Hkv and build != "staged":
+    if (tb and T > _DECODE_TOKENS and Hq + Hkv and build != "staged"
+            and T * (ceil_div(Hq, build[0]) + ceil_div(Hkv, build[0])) < 2**31 - 2**26):  # 32-bit items
         _launch_stream(device, build, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, T, Hq, Hkv, d, r,
                        norm, eps)
         return

@@ -469,8 +469,9 @@ __global__ void __launch_bounds__(256, 4) qk_norm_rope_stream(
     const int lane = threadIdx.x & 31, e0 = lane * 8;
     const bool live = e0 < d, rot = e0 < 2 * r;
     const int Gq = (Hq + IPW - 1) / IPW, G = Gq + (Hkv + IPW - 1) / IPW;
-    const long long items = (long long)ntok * G, nw = (long long)gridDim.x * (blockDim.x / 32);
-    const long long first = (long long)blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+    // 32-bit item arithmetic (the host keeps ntok * G below 2^31)
+    const unsigned items = (unsigned)ntok * G, nw = gridDim.x * (blockDim.x / 32);
+    const unsigned first = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
     const int slot = IPW * d * 2 + 2 * r * 4;
     const unsigned ring = smem_u32(smem) + (unsigned)((threadIdx.x >> 5) * STAGES * slot);
     const int j0 = e0 < r ? e0 : e0 - r;
@@ -481,8 +482,8 @@ __global__ void __launch_bounds__(256, 4) qk_norm_rope_stream(
         wk = *reinterpret_cast<const Vec<T, 8>*>((kw != nullptr ? kw : qw) + e0);
     }
     wait_for_primary_grid();
-    auto issue = [&](long long k) {  // the warp's k-th item into ring slot k % STAGES (always one commit group)
-        const long long item = first + k * nw;
+    auto issue = [&](unsigned k) {  // the warp's k-th item into ring slot k % STAGES (always one commit group)
+        const unsigned item = first + k * nw;
         if (item < items) {
             const int t = (int)(item / G), g = (int)(item % G);
             const bool is_q = g < Gq;
@@ -510,11 +511,11 @@ __global__ void __launch_bounds__(256, 4) qk_norm_rope_stream(
     const float sg = e0 < r ? -1.f : 1.f;
     const int pl = r == 0 ? lane : e0 < r ? lane + r / 8 : (rot ? lane - r / 8 : lane);
 #pragma unroll
-    for (int k = 0; k < STAGES - 1; ++k) issue(k);
-    for (long long k = 0; first + k * nw < items; ++k) {  // warp-uniform: the shuffles see every lane
+    for (unsigned k = 0; k < STAGES - 1; ++k) issue(k);
+    for (unsigned k = 0; first + k * nw < items; ++k) {  // warp-uniform: the shuffles see every lane
         issue(k + STAGES - 1);
         cp_async_wait<STAGES - 1>();  // this lane's copies of item k landed
-        const long long item = first + k * nw;
+        const unsigned item = first + k * nw;
         const int t = (int)(item / G), g = (int)(item % G);
         const bool is_q = g < Gq;
         const int h0 = (is_q ? g : g - Gq) * IPW, nh = min(IPW, (is_q ? Hq : Hkv) - h0);
