@@ -870,7 +870,7 @@ __global__ void __launch_bounds__(32 * NW) gdn_chunk_state_t(
             }
             const u32 an[4] = {vn[2 * ks][0], vn[2 * ks][1], vn[2 * ks + 1][0], vn[2 * ks + 1][1]};
 #pragma unroll
-            for (int nb = 0; nb < 8; nb += 2) {
+            for (int nb = 2 * ks; nb < 8; nb += 2) {  // Aqk is zero right of the diagonal: tokens j > i
                 u32 ba[4];
                 ldsm_x4(ba, smem_u32(sAq + (nb * 8 + lrow) * SC + ks * 16 + lcol));
                 Mma<T>::k16(aq[nb], an, ba[0], ba[1]);
@@ -1102,6 +1102,7 @@ __global__ void __launch_bounds__(32 * KW) gdn_chunk_state_k(
             const u32 an[4] = {vn[2 * ks][0], vn[2 * ks][1], vn[2 * ks + 1][0], vn[2 * ks + 1][1]};
 #pragma unroll
             for (int x = 0; x < OT; x += 2) {
+                if (ot0 + x < 2 * ks) continue;  // Aqk is zero right of the diagonal (warp-uniform)
                 u32 ba[4];
                 ldsm_x4(ba, smem_u32(sAq + ((ot0 + x) * 8 + lrow) * SC + ks * 16 + lcol));
                 Mma<T>::k16(oq[x], an, ba[0], ba[1]);
