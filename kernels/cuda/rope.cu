@@ -456,8 +456,8 @@ __global__ void __launch_bounds__(256) qk_norm_rope_staged(
 // 16-byte aligned): each warp walks the items (token, group of IPW heads of one kind, q groups first) with the
 // stride of the grid's warp count through its own STAGES-deep cp.async ring in shared memory: the loads of the
 // next STAGES - 1 items are in flight while an item is normalised, rotated and stored, and hold no registers. A lane
-// copies, and later reads, only its own 16 bytes of each head row and its own 8 cos and 8 sin entries, so the
-// ring needs no barrier: cp.async.wait_group alone orders a lane's copies before its reads. The weights are
+// copies, and later reads, its own 16 bytes of each head row; the cos (sin) entries a rotating lane needs are
+// copied by it or its partner lane r / 8 away, so the ring's only barriers are two __syncwarp a step. The weights are
 // loaded once a warp, before waiting for the kernel before (PDL). Dynamic shared memory: 8 warps x STAGES x
 // slot, slot = IPW * d * 2 + 2 * r * 4 bytes (head rows, then cos and sin).
 template <typename T, int IPW, int STAGES>
@@ -496,14 +496,12 @@ __global__ void __launch_bounds__(256, 4) qk_norm_rope_stream(
                 for (int h = 0; h < IPW; ++h)
                     if (h < nh) cp_async16(base + (unsigned)((h * d + e0) * 2), src + h * hs + e0, true);
             }
-            if (rot) {
-                const unsigned cb = base + (unsigned)(IPW * d * 2 + j0 * 4);
-                const float* cp = cos + (long long)t * r + j0;
-                const float* sp = sin + (long long)t * r + j0;
+            if (rot) {  // lanes of the first half copy 8 cos entries, their partners of the second half 8 sin
+                const bool second = e0 >= r;
+                const unsigned cb = base + (unsigned)(IPW * d * 2 + (second ? r + j0 : j0) * 4);
+                const float* cp = (second ? sin : cos) + (long long)t * r + j0;
                 cp_async16(cb, cp, true);
                 cp_async16(cb + 16, cp + 4, true);
-                cp_async16(cb + (unsigned)(r * 4), sp, true);
-                cp_async16(cb + (unsigned)(r * 4) + 16, sp + 4, true);
             }
         }
         cp_async_commit();
@@ -515,6 +513,7 @@ __global__ void __launch_bounds__(256, 4) qk_norm_rope_stream(
     for (unsigned k = 0; first + k * nw < items; ++k) {  // warp-uniform: the shuffles see every lane
         issue(k + STAGES - 1);
         cp_async_wait<STAGES - 1>();  // this lane's copies of item k landed
+        __syncwarp();                 // and its partner's (the cos / sin halves)
         const unsigned item = first + k * nw;
         const int t = (int)(item / G), g = (int)(item % G);
         const bool is_q = g < Gq;
@@ -559,6 +558,7 @@ __global__ void __launch_bounds__(256, 4) qk_norm_rope_stream(
             }
             if (live) store_f(dst + (long long)h * d + e0, y);
         }
+        __syncwarp();  // every lane is done with this slot before the next step's copies refill it
     }
     cp_async_wait<0>();
 }
