@@ -80,6 +80,40 @@ class Cache:
 
 
 @dataclass
+class _Pending:
+    """A decode step's RMSNorm not applied yet: the projection that consumes it folds it into the skinny kernel's
+    operand load (kernels.gemm add_rms= / gated_rms=: one kernel less) or applies it first (`apply`).
+    kind "add": add_rms_norm(x, other = residual, w, eps), which also gives res_out (the residual stream);
+    kind "gated": gated_rms_norm(x [T, H, d], other = z, w, eps), flattened to [T, H d]."""
+    kind: str
+    x: torch.Tensor
+    other: torch.Tensor
+    w: torch.Tensor
+    eps: float
+    res_out: torch.Tensor | None = None
+
+    @property
+    def shape(self):
+        return self.flat.shape
+
+    @property
+    def flat(self) -> torch.Tensor:  # the un-normed operand as the projection sees it, [T, K]
+        return self.x.reshape(self.x.shape[0], -1)
+
+    def apply(self, ops) -> torch.Tensor:
+        if self.kind == "add":
+            y, self.res_out = ops.add_rms_norm(self.x, self.other, self.w, self.eps)
+            return y
+        return ops.gated_rms_norm(self.x, self.other, self.w, self.eps).reshape(self.x.shape[0], -1)
+
+    def fold_args(self) -> dict:
+        """skinny_linear's keyword for this norm."""
+        if self.kind == "add":
+            return {"add_rms": (self.other, self.w, self.eps)}
+        return {"gated_rms": (self.other, self.w, self.eps)}
+
+
+@dataclass
 class _Pass:
     """What the layers need to know about one call: the packing and where its tokens go in the cache."""
     cu: torch.Tensor  # int32 [B+1] on the device
@@ -152,6 +186,9 @@ class LanguageModel:
         self.skinny = _skinny_gemm() if ops is not reference else None
         self.skinny_rows = 32
         self.skinny_autotune = True
+        # decode: the RMSNorms before in_proj / qkv_proj / gate_up (add_rms_norm) and out_proj (gated_rms_norm)
+        # folded into the skinny kernel's operand load where it runs (one kernel less each); False: separate ops
+        self.fold_norms = True
         self.skinny_choice: dict = {}
         # the decode step's glue (embedding, mRoPE angles, attend lengths; greedy choice + stop rule) as one kernel
         # each (kernels.glue) on the kernels backend; None: the torch ops
@@ -182,18 +219,51 @@ class LanguageModel:
                                                             lambda: self.ops.rms_norm(x, nw, 1e-6))
         return won
 
-    def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        """x @ w[name].T: the skinny kernel for a few rows where it is the faster, else cuBLAS."""
+    def linear(self, x, name: str) -> torch.Tensor:
+        """x @ w[name].T: the skinny kernel for a few rows where it is the faster, else cuBLAS. x may be a _Pending
+        norm (decode): folded into the skinny kernel, or applied first."""
         wt = self.w[name]
+        if isinstance(x, _Pending):
+            kw = self._skinny_folded("plain", x, wt, lambda xx, w, **k: self.skinny[0](xx, w, **k),
+                                     lambda xx, w: F.linear(xx, w))
+            if kw:
+                return self._fold_result(x, self.skinny[0](x.flat, wt, **kw, **x.fold_args()))
+            x = x.apply(self.ops)
         kw = self._skinny("plain", x, wt, lambda ks, w: self.skinny[0](x, w, ksplit=ks), lambda w: F.linear(x, w))
         if kw:
             return self.skinny[0](x, wt, **kw)
         return F.linear(x, wt)
 
+    def _skinny_folded(self, kind: str, pend: _Pending, wt: torch.Tensor, ours, theirs):
+        """_skinny for a projection of a _Pending norm: the skinny kernel with the norm folded in (`ours(x, w,
+        **kw)`) timed against the norm op then cuBLAS (`theirs(x, w)` on the applied norm); False where the fold
+        does not apply (kernels.gemm.fold_ok) or cuBLAS wins."""
+        if self.skinny is None or not self.skinny[3](pend.kind, pend.flat, pend.other):
+            return False
+        fa = pend.fold_args()
+        # timing: the fold on pend's operands (outputs discarded) against the separate norm + cuBLAS
+        return self._skinny(kind + "+" + pend.kind, pend.flat, wt,
+                            lambda ks, w: ours(pend.flat, w, ksplit=ks, **fa),
+                            lambda w: theirs(_Pending(pend.kind, pend.x, pend.other, pend.w, pend.eps).apply(
+                                self.ops), w))
+
+    @staticmethod
+    def _fold_result(pend: _Pending, r):
+        """A folded add_rms= call returns (result, residual_out): keep the residual on the _Pending."""
+        if pend.kind == "add":
+            r, pend.res_out = r
+        return r
+
     def linear_split(self, x: torch.Tensor, name: str, sizes: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
         """A fused projection x @ w[name].T cut by columns into `sizes`: on the skinny kernel each part is written
         contiguous (no slicing copies); on cuBLAS the parts are column views of one output."""
         wt = self.w[name]
+        if isinstance(x, _Pending):
+            kw = self._skinny_folded("split", x, wt, lambda xx, w, **k: self.skinny[0](xx, w, split=sizes, **k),
+                                     lambda xx, w: F.linear(xx, w))
+            if kw:
+                return self._fold_result(x, self.skinny[0](x.flat, wt, split=sizes, **kw, **x.fold_args()))
+            x = x.apply(self.ops)
         # (cuBLAS's side of the timing includes the copies the callers make of non-first parts)
         kw = self._skinny("split", x, wt, lambda ks, w: self.skinny[0](x, w, split=sizes, ksplit=ks),
                           lambda w: [t.contiguous() for t in F.linear(x, w)[:, sizes[0]:].split(list(sizes[1:]), 1)])
@@ -210,6 +280,12 @@ class LanguageModel:
         """silu(x @ gate.T) * (x @ up.T) from the fused [gate; up] weight w[name] (one kernel for a few rows)."""
         wt = self.w[name]
         fused = self.op("silu_mul_fused")
+        if isinstance(x, _Pending):
+            kw = self._skinny_folded("silu", x, wt, lambda xx, w, **k: self.skinny[0](xx, w, silu_mul=True, **k),
+                                     lambda xx, w: fused(F.linear(xx, w)))
+            if kw:
+                return self._fold_result(x, self.skinny[0](x.flat, wt, silu_mul=True, **kw, **x.fold_args()))
+            x = x.apply(self.ops)
         kw = self._skinny("silu", x, wt, lambda ks, w: self.skinny[0](x, w, silu_mul=True, ksplit=ks),
                           lambda w: fused(F.linear(x, w)))
         if kw:
@@ -345,24 +421,37 @@ class LanguageModel:
     def _layers(self, x, cos, sin, p: _Pass, select=None):
         cfg, ops, w = self.cfg, self.ops, self.w
         h, res = None, x
+        # at decode the norms go to the next projection as a _Pending (folded into the skinny GEMM where it runs;
+        # the residual stream then comes back on it)
+        fold = p.decode and self.fold_norms and self.skinny is not None
         for i, kind in enumerate(cfg.layer_types):
             pre = f"layers.{i}."
             if h is None:
                 h = ops.rms_norm(res, w[pre + "input_layernorm.weight"], cfg.rms_norm_eps)
             else:
-                h, res = ops.add_rms_norm(h, res, w[pre + "input_layernorm.weight"], cfg.rms_norm_eps)
+                h, res = self._add_rms(h, res, w[pre + "input_layernorm.weight"], fold)
+            x_in = h
             if kind == "full_attention":
-                h = self._attention(i, h, cos, sin, p)
+                h = self._attention(i, x_in, cos, sin, p)
             else:
-                h = self._deltanet(i, h, p)
-            h, res = ops.add_rms_norm(h, res, w[pre + "post_attention_layernorm.weight"], cfg.rms_norm_eps)
-            h = self._mlp(i, h)
+                h = self._deltanet(i, x_in, p)
+            res = x_in.res_out if isinstance(x_in, _Pending) else res
+            x_in, res = self._add_rms(h, res, w[pre + "post_attention_layernorm.weight"], fold)
+            h = self._mlp(i, x_in)
+            res = x_in.res_out if isinstance(x_in, _Pending) else res
         if select is not None:
             res = res.index_select(0, select)
             h = None if h is None else h.index_select(0, select)
         if h is None:
             return ops.rms_norm(res, w["norm.weight"], cfg.rms_norm_eps)
         return ops.add_rms_norm(h, res, w["norm.weight"], cfg.rms_norm_eps)[0]
+
+    def _add_rms(self, h, res, weight, fold: bool):
+        """(y, residual) of add_rms_norm(h, res, weight), or (a _Pending of it, None) when folding: its consumer
+        sets res_out."""
+        if fold:
+            return _Pending("add", h, res, weight, self.cfg.rms_norm_eps), None
+        return self.ops.add_rms_norm(h, res, weight, self.cfg.rms_norm_eps)
 
     def _attention(self, i, x, cos, sin, p: _Pass):
         """Gated full attention: q_proj rows are per head [q | gate]; (1+w) q/k norms; partial mRoPE; GQA."""
@@ -434,6 +523,8 @@ class LanguageModel:
                 conv_state.copy_(new_conv)
             if new_rec is not rec_state:
                 rec_state.copy_(new_rec)
+        if p.decode and self.fold_norms and self.skinny is not None:  # folded into out_proj where it can be
+            return self.linear(_Pending("gated", o, z, w[pre + "norm.weight"], cfg.rms_norm_eps), pre + "out_proj.weight")
         o = ops.gated_rms_norm(o, z, w[pre + "norm.weight"], cfg.rms_norm_eps)
         return self.linear(o.reshape(T, nv * dv), pre + "out_proj.weight")
 
@@ -442,6 +533,8 @@ class LanguageModel:
         p = f"layers.{i}.mlp."
         if not cfg.is_moe:
             return self.linear(self.linear_silu_mul(x, p + "gate_up_proj.weight"), p + "down_proj.weight")
+        if isinstance(x, _Pending):
+            x = x.apply(ops)
         # MoE layer: the router GEMM (the skinny kernel at decode) then top-k, then the routed experts with the
         # sigmoid-gated shared expert fused into the combine. Nothing is read on the host (validate=False), so the
         # decode step stays capturable; the paths depend on host sizes only. (kernels.moe.moe_router_topk, the
@@ -525,13 +618,13 @@ def _fastest_skinny(ours, theirs, wt: torch.Tensor, ksplits, pre):
 
 
 def _skinny_gemm():
-    """(kernels.gemm.skinny_linear, kernels.gemm.skinny_ok, the K splits worth timing for (kind, weight)), or None
-    without the kernels package."""
+    """(kernels.gemm.skinny_linear, kernels.gemm.skinny_ok, the K splits worth timing for (kind, weight),
+    kernels.gemm.fold_ok), or None without the kernels package."""
     try:
-        from kernels.gemm import skinny_ksplits, skinny_linear, skinny_ok
+        from kernels.gemm import fold_ok, skinny_ksplits, skinny_linear, skinny_ok
     except ModuleNotFoundError:
         return None
-    return skinny_linear, skinny_ok, skinny_ksplits
+    return skinny_linear, skinny_ok, skinny_ksplits, fold_ok
 
 
 def _glue_kernels():

@@ -137,3 +137,105 @@ def test_skinny_linear_gate_equals_sigmoid_gate_then_product(m, heads, d, dtype,
     want = skinny_linear(sigmoid_gate(o, gate).view(m, k), w, ksplit=ksplit)
     got = skinny_linear(o.view(m, k), w, gate=gate, ksplit=ksplit)
     assert torch.equal(got, want)
+
+
+ULP = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
+def _fold_check(got, y, w, silu, n, dtype, what, ulps):
+    """got against the product of the separately normed operand y (the norm kernel's output): the folded norm
+    computes y's statistics in another order, so an element may differ by an ulp or two; slack ulps * |y| |w|."""
+    prod = y.double() @ w.double().T
+    scale = y.double().abs() @ w.double().abs().T
+    slack = ulps * ULP[dtype] * scale
+    if silu:
+        gate, up = prod[:, :n].to(dtype).double(), prod[:, n:].to(dtype).double()
+        want = F.silu(gate) * up
+        bound = scale[:, :n] * up.abs() + scale[:, n:] * gate.abs() + 1.0
+        slack = (slack[:, :n] * up.abs() + slack[:, n:] * (gate.abs() + 1)) * 2
+        _check(got, want.float(), (bound + slack / 1e-5).float(), dtype, what)
+    else:
+        _check(got, prod.float(), (scale + slack / 1e-5).float(), dtype, what)
+
+
+@given(m=st.sampled_from((1, 2, 5, 8)), k=st.sampled_from((256, 1024, 2560)), n=st.sampled_from((16, 100, 1040)),
+       silu=st.booleans(), parts=st.booleans(), ksplit=st.sampled_from((None, 1, 2, 4)),
+       dtype=st.sampled_from((torch.bfloat16, torch.float16)), seed=st.integers(0, 2**31 - 1))
+def test_skinny_linear_add_rms_fold(m, k, n, silu, parts, ksplit, dtype, seed):
+    """add_rms=: the product of add_rms_norm(x, residual, w)'s y, and residual_out bitwise equal to the norm
+    kernel's; with split= and silu_mul too (the folds the model uses before in_proj, qkv_proj and gate_up)."""
+    from kernels.gemm import fold_ok, skinny_linear
+    from kernels.norms import add_rms_norm
+
+    if silu:
+        ksplit, parts = 1, False
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    rows = 2 * n if silu else n
+    w = (torch.randn(rows, k, device="cuda", generator=g) * 0.05).to(dtype)
+    x = torch.randn(m, k, device="cuda", generator=g).to(dtype)
+    res = (torch.randn(m, k, device="cuda", generator=g) * 4).to(dtype)
+    nw = (torch.randn(k, device="cuda", generator=g) * 0.5).to(dtype)
+    y, want_res = add_rms_norm(x, res, nw, 1e-6)
+    assert fold_ok("add", x, res)
+    kw = dict(silu_mul=silu, ksplit=ksplit, add_rms=(res, nw, 1e-6))
+    if parts:
+        cut = (n // 3, n - n // 3)
+        got, got_res = skinny_linear(x, w, split=cut, **kw)
+        got = torch.cat(got, 1)
+    else:
+        out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+        got, got_res = skinny_linear(x, w, out=out, **kw)
+        assert got is out
+    assert torch.equal(got_res, want_res), "residual_out differs from add_rms_norm's"
+    _fold_check(got, y, w, silu, n, dtype, f"add_rms m{m} n{n} k{k} silu {silu} ksplit {ksplit}", 1)
+
+
+@given(m=st.sampled_from((1, 3, 8)), heads=st.sampled_from((1, 4, 16)), d=st.sampled_from((8, 64, 128)),
+       n=st.sampled_from((16, 1024)), ksplit=st.sampled_from((None, 1, 2, 4)),
+       dtype=st.sampled_from((torch.bfloat16, torch.float16)), seed=st.integers(0, 2**31 - 1))
+def test_skinny_linear_gated_rms_fold(m, heads, d, n, ksplit, dtype, seed):
+    """gated_rms=: the product of gated_rms_norm(o, z, w)'s y (the DeltaNet output norm before out_proj); z a
+    strided view (the z part of a wider projection output)."""
+    from kernels.gemm import fold_ok, skinny_linear
+    from kernels.norms import gated_rms_norm
+
+    k = heads * d
+    if k % 32:
+        return
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    o = torch.randn(m, heads, d, device="cuda", generator=g).to(dtype)
+    zz = (torch.randn(m, heads, 2 * d, device="cuda", generator=g) * 2).to(dtype)
+    z = zz[..., d:]
+    nw = (1 + 0.3 * torch.randn(d, device="cuda", generator=g)).to(dtype)
+    w = (torch.randn(n, k, device="cuda", generator=g) * 0.05).to(dtype)
+    y = gated_rms_norm(o, z, nw, 1e-6).reshape(m, k)
+    assert fold_ok("gated", o.view(m, k), z)
+    out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+    got = skinny_linear(o.view(m, k), w, out=out, ksplit=ksplit, gated_rms=(z, nw, 1e-6))
+    _fold_check(got, y, w, False, n, dtype, f"gated_rms m{m} h{heads} d{d} n{n} ksplit {ksplit}", 3)
+
+
+def test_skinny_linear_folds_refuse_what_they_cannot_take():
+    from kernels.gemm import fold_ok, skinny_linear
+
+    dt = torch.bfloat16
+    w = torch.zeros(16, 256, device="cuda", dtype=dt)
+    nw = torch.ones(256, device="cuda", dtype=dt)
+    x9 = torch.zeros(9, 256, device="cuda", dtype=dt)
+    assert not fold_ok("add", x9, x9)
+    with pytest.raises(ValueError, match="add_rms takes"):
+        skinny_linear(x9, w, add_rms=(x9, nw, 1e-6))
+    x = torch.zeros(1, 256, device="cuda", dtype=dt)
+    with pytest.raises(ValueError, match="exclude one another"):
+        skinny_linear(x, w, add_rms=(x, nw, 1e-6), gated_rms=(x.view(1, 2, 128), nw[:128], 1e-6))
+    with pytest.raises(ValueError, match="residual must be"):
+        skinny_linear(x, w, add_rms=(x9, nw, 1e-6))
+    with pytest.raises(ValueError, match="norm_weight must be"):
+        skinny_linear(x, w, add_rms=(x, nw[:128], 1e-6))
+    with pytest.raises(ValueError, match="add_rms must be"):
+        skinny_linear(x, w, add_rms=(x, nw))
+    x96 = torch.zeros(1, 96, device="cuda", dtype=dt)
+    assert not fold_ok("add", x96, x96)  # K % 256
+    with pytest.raises(ValueError, match="gated_rms takes"):
+        skinny_linear(x96, torch.zeros(16, 96, device="cuda", dtype=dt),
+                      gated_rms=(x96.view(1, 4, 24), torch.ones(24, device="cuda", dtype=dt), 1e-6))

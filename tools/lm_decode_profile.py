@@ -196,7 +196,8 @@ def main(argv=None) -> int:
                     "K split per shape by timing), cublas (decode GEMMs on F.linear), skinnyonly (skinny wherever "
                     "it fits, default K split), ksplit1 (no K split), nopdl (no programmatic dependent launch "
                     "anywhere), gemmpdl (PDL in the GEMM, attention, DeltaNet and MoE kernels but not in the "
-                    "norms, gates and glue: before this session); variants after the first print only the totals")
+                    "norms, gates and glue: before this session), nofold (the norms as separate kernels, not "
+                    "folded into the skinny GEMMs); variants after the first print only the totals")
     ap.add_argument("--profile-all", action="store_true", help="profile every variant (default: the first; the "
                     "others are timed only)")
     ap.add_argument("--top", type=int, default=25, help="kernel names printed")
@@ -219,6 +220,7 @@ def main(argv=None) -> int:
             lm.skinny_autotune = variant != "skinnyonly"
             lm.skinny_rows = 8 if variant == "skinny8" else 32
             lm.skinny_choice = {}  # timed again for each variant
+            lm.fold_norms = variant != "nofold"
             KL.PDL = variant != "nopdl"
             KL.PDL_OFF = {"norms.cu", "activations.cu", "glue.cu"} if variant == "gemmpdl" else set()
             for B in (int(b) for b in args.batch.split(",")):

@@ -15,9 +15,21 @@
 // do not depend on the previous kernel, so they are issued before griddepcontrol.wait (the weight stream starts
 // while the previous kernel finishes); x is read and y written only after it. Right after the wait the kernel lets
 // its own dependents launch (e.g. down_proj behind gate_up). Without a programmatic launch the wait returns at once.
-// XGATE: the x operand is o * sigmoid(gate) (the attention output gate folded into o_proj), rounded to T as
-// activations' sigmoid_gate would store it: element k of x row m is x[m, k] and its gate gate[m * sg + (k / gd) * gh
-// + k % gd] (gate = the per-head second half of q_proj's output: gd = head dim, gh = 2 gd). gd % 8 == 0.
+// XOP: what the x operand is, computed as it is loaded (each CTA redoes it: x is small and read from L2), rounded to
+// T as the op that would otherwise store it (one kernel less a projection):
+//   X_PLAIN     x itself;
+//   X_SIGMOID   o * sigmoid(gate) (the attention output gate folded into o_proj; activations' sigmoid_gate):
+//               element k of x row m is x[m, k] and its gate other[m * so + (k / gd) * gh + k % gd] (gate = the
+//               per-head second half of q_proj's output: gd = head dim, gh = 2 gd); gd % 8 == 0;
+//   X_ADD_RMS   add_rms_norm(x, residual = other, weight xn.w)'s y: e = round(residual + x), y = e * rstd[m] *
+//               (xn.w_off + w[k]) with rstd[m] over the row of e (the norm before in_proj / qkv_proj / gate_up);
+//               the CTA at (0, 0) also writes e to xn.res_out (the residual stream); K % 256 == 0;
+//   X_GATED_RMS gated_rms_norm(x, z = other, xn.w)'s y: per group of gd: p = round(w[k % gd] * round(x * rstd)),
+//               y = p * silu(z) (the DeltaNet output norm before out_proj); z[m * so + (k / gd) * gh + k % gd];
+//               gd / 8 a power of two <= 32.
+// The norms' statistics (fp32 sums of squares of a row or group, summed in a fixed order) are computed after the
+// wait into shared memory; their builds prefetch the CTA's whole weight block into L2 before the wait instead of
+// loading the first steps into registers (the statistics need a barrier that every warp reaches first).
 // Output: y [M, N] with row stride sy, or split by columns into up to 4 tensors (a fused projection's q | k | v or
 // conv input | z | b | a, each then contiguous: no copies): columns [cut_j, cut_j+1) go to out.y[j] (row stride
 // out.sy[j]) at column n - cut_j; unused cuts are N.
@@ -86,21 +98,68 @@ struct SplitOut {
     int cut[3];  // starts of parts 1..3 (part 0 starts at 0)
 };
 
+enum XOp { X_PLAIN = 0, X_SIGMOID = 1, X_ADD_RMS = 2, X_GATED_RMS = 3 };
+
+struct XNorm {  // X_ADD_RMS / X_GATED_RMS: the norm's weight, the residual output (X_ADD_RMS), eps, weight offset
+    const void* w;
+    void* res_out;
+    long long sro;
+    float eps, w_off;
+};
+
+constexpr int STAT_MAX = 2048;  // norm partial sums a CTA keeps: M K / 256 (X_ADD_RMS), M K / gd (X_GATED_RMS)
+
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+}
+
+__device__ __forceinline__ float silu_fast(float z) { return __fdividef(z, 1.f + __expf(-z)); }
+
+// The 8 elements of x operand vector v (x's 8 at column k of row m, other's, the norm weight's, the statistic)
+template <typename T, int XOP>
+__device__ __forceinline__ uint4 x_transform(const uint4 v, const uint4 o, const uint4 nw, float st, float w_off) {
+    if constexpr (XOP == X_PLAIN) {
+        return v;
+    } else if constexpr (XOP == X_SIGMOID) {
+        return sigmoid_gated<T>(v, o);
+    } else {
+        const T* xv = reinterpret_cast<const T*>(&v);
+        const T* ov = reinterpret_cast<const T*>(&o);
+        const T* wv = reinterpret_cast<const T*>(&nw);
+        uint4 r;
+        T* rv = reinterpret_cast<T*>(&r);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            if constexpr (XOP == X_ADD_RMS) {  // norms.cu's ADD_RMS: f * rstd * (w_offset + w), rounded once
+                const float e = round_to<T>(to_f(ov[i]) + to_f(xv[i]));
+                rv[i] = from_f<T>(e * st * (w_off + to_f(wv[i])));
+            } else {  // GATED_RMS: p = round(w * round(f * rstd)); p * silu(z)
+                const float p = round_to<T>(to_f(wv[i]) * round_to<T>(to_f(xv[i]) * st));
+                rv[i] = from_f<T>(p * silu_fast(to_f(ov[i])));
+            }
+        }
+        return r;
+    }
+}
+
 // NT: 8-row tiles of x (M <= 8 NT): 1, 2 or 4 (decode batches up to 8, 16, 32). U: steps whose loads a warp
 // issues before their mmas (bytes in flight): 8 for grids of fewer CTAs than ~2 per SM (N <= ~4k: each CTA must keep
 // more loads in flight to draw its share of the bandwidth), else 4; 2 above 8 rows (registers).
 // SPLIT > 1 (skinny_gemm_split): the CTAs of a cluster of SPLIT along y split K (CTA z's warps take steps
 // warp + 8 z, + 8 SPLIT, ...: the N <= ~2k projections have too few 16-row blocks to fill the SMs), and add their
 // partial tiles through distributed shared memory (each CTA finishes the rows r % SPLIT == its rank).
-template <typename T, bool SILU, int NT, int U, bool XGATE, int SPLIT>
+template <typename T, bool SILU, int NT, int U, int XOP, int SPLIT>
 __device__ __forceinline__ void skinny_body(const T* __restrict__ x, long long sx, const T* __restrict__ w,
-                                            const SplitOut<T>& out, int M, int N, int K, const T* __restrict__ gate,
-                                            long long sg, int gd, int gh) {
+                                            const SplitOut<T>& out, int M, int N, int K, const T* __restrict__ other,
+                                            long long so, int gd, int gh, const XNorm& xn) {
     constexpr int SETS = SILU ? 2 : 1;
     constexpr int COLS = 8 * NT;
     constexpr int STRIDE = WARPS * SPLIT;  // steps between two of one warp
+    constexpr bool NORM = XOP == X_ADD_RMS || XOP == X_GATED_RMS;
     __shared__ float red[WARPS][SETS][ROWS][COLS];
     __shared__ float part[SPLIT > 1 ? SETS : 1][ROWS][SPLIT > 1 ? COLS : 1];  // SPLIT: this CTA's tile
+    __shared__ float stat[NORM ? STAT_MAX : 1];  // NORM: partial sums, then rstd per group (X_GATED_RMS)
+    __shared__ float rstd_row[NORM ? 8 * NT : 1];  // X_ADD_RMS: rstd per row
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     const int z = SPLIT > 1 ? (int)cluster_ctarank() : 0;
     const int n0 = blockIdx.x * ROWS;
@@ -114,15 +173,30 @@ __device__ __forceinline__ void skinny_body(const T* __restrict__ x, long long s
     const T* xr[NT];
 #pragma unroll
     for (int j = 0; j < NT; ++j) xr[j] = x + (size_t)(g + 8 * j < M ? g + 8 * j : 0) * sx + 8 * q;
-    const T* gr[NT];  // XGATE: the gate rows of those x rows
+    const T* gr[NT];  // XOP != X_PLAIN: the other operand's rows of those x rows
 #pragma unroll
-    for (int j = 0; j < NT; ++j) gr[j] = XGATE ? gate + (size_t)(g + 8 * j < M ? g + 8 * j : 0) * sg : nullptr;
-    // x's 8 elements of step st_ for tile j (gated when XGATE)
+    for (int j = 0; j < NT; ++j)
+        gr[j] = XOP != X_PLAIN ? other + (size_t)(g + 8 * j < M ? g + 8 * j : 0) * so : nullptr;
+    const T* nw = reinterpret_cast<const T*>(xn.w);
+    // the x operand's 8 elements of step st_ for tile j (XOP applied)
     auto load_x = [&](int st_, int j) {
         const uint4 v = load_l2(xr[j] + (size_t)st_ * KSTEP);
-        if (!XGATE) return v;
-        const int k = st_ * KSTEP + 8 * q;
-        return sigmoid_gated<T>(v, load_l2(gr[j] + (size_t)(k / gd) * gh + k % gd));
+        if constexpr (XOP == X_PLAIN) {
+            return v;
+        } else {
+            const int k = st_ * KSTEP + 8 * q, m = g + 8 * j < M ? g + 8 * j : 0;
+            const uint4 o = load_l2(gr[j] + (XOP == X_ADD_RMS ? (size_t)k : (size_t)(k / gd) * gh + k % gd));
+            uint4 wv = o;
+            float st = 0.f;
+            if constexpr (XOP == X_ADD_RMS) {
+                wv = *reinterpret_cast<const uint4*>(nw + k);
+                st = rstd_row[m];
+            } else if constexpr (XOP == X_GATED_RMS) {
+                wv = *reinterpret_cast<const uint4*>(nw + k % gd);
+                st = stat[m * (K / gd) + k / gd];
+            }
+            return x_transform<T, XOP>(v, o, wv, st, xn.w_off);
+        }
     };
     float c[SETS][NT][4];
 #pragma unroll
@@ -132,6 +206,76 @@ __device__ __forceinline__ void skinny_body(const T* __restrict__ x, long long s
     const int steps = K / KSTEP;
     int st = warp + WARPS * z;
     bool waited = false;
+    if constexpr (NORM) {
+        // the CTA's weight block into L2 (no registers held), then the wait and the norm's statistics
+#pragma unroll 4
+        for (int s2 = st; s2 < steps; s2 += STRIDE)
+#pragma unroll
+            for (int s = 0; s < SETS; ++s)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) prefetch_l2(wr[s][h] + (size_t)s2 * KSTEP);
+        wait_and_release();
+        waited = true;
+        // sums of squares of 32-vector chunks of a row (X_ADD_RMS) or of a group of gd / 8 vectors (X_GATED_RMS),
+        // 4 vectors a thread a round with their loads first; a chunk or group is lanes of one warp
+        const int kv = K / 8, total = M * kv, seg = XOP == X_ADD_RMS ? 32 : gd / 8;
+        T* ro = reinterpret_cast<T*>(xn.res_out);
+        const bool write_res = XOP == X_ADD_RMS && blockIdx.x == 0 && blockIdx.y == 0;
+        for (int base = 0; base < total; base += 4 * WARPS * 32) {
+            uint4 xv[4], ov[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int v = base + threadIdx.x + i * WARPS * 32;
+                if (v < total) {
+                    const int m = v / kv, kk = (v % kv) * 8;
+                    xv[i] = load_l2(x + (size_t)m * sx + kk);
+                    if (XOP == X_ADD_RMS) ov[i] = load_l2(other + (size_t)m * so + kk);
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int v = base + threadIdx.x + i * WARPS * 32;
+                float ss = 0.f;
+                if (v < total) {
+                    const T* xe = reinterpret_cast<const T*>(&xv[i]);
+                    if constexpr (XOP == X_ADD_RMS) {
+                        const T* oe = reinterpret_cast<const T*>(&ov[i]);
+                        uint4 e;
+                        T* ee = reinterpret_cast<T*>(&e);
+#pragma unroll
+                        for (int k2 = 0; k2 < 8; ++k2) {
+                            ee[k2] = from_f<T>(to_f(oe[k2]) + to_f(xe[k2]));
+                            const float f = to_f(ee[k2]);
+                            ss += f * f;
+                        }
+                        if (write_res) {
+                            const int m = v / kv, kk = (v % kv) * 8;
+                            *reinterpret_cast<uint4*>(ro + (size_t)m * xn.sro + kk) = e;
+                        }
+                    } else {
+#pragma unroll
+                        for (int k2 = 0; k2 < 8; ++k2) {
+                            const float f = to_f(xe[k2]);
+                            ss += f * f;
+                        }
+                    }
+                }
+                for (int o2 = seg >> 1; o2 > 0; o2 >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o2);
+                if (v < total && lane % seg == 0) stat[v / seg] = ss;
+            }
+        }
+        __syncthreads();
+        if constexpr (XOP == X_ADD_RMS) {  // the row's chunks in order
+            for (int m = threadIdx.x; m < M; m += WARPS * 32) {
+                float ss = 0.f;
+                for (int c2 = 0; c2 < kv / 32; ++c2) ss += stat[m * (kv / 32) + c2];
+                rstd_row[m] = rsqrtf(ss / K + xn.eps);
+            }
+        } else {
+            for (int p = threadIdx.x; p < M * (K / gd); p += WARPS * 32) stat[p] = rsqrtf(stat[p] / gd + xn.eps);
+        }
+        __syncthreads();
+    }
     for (; st + (U - 1) * STRIDE < steps; st += U * STRIDE) {  // U steps' loads, then their mmas
         uint4 a[U][SETS][2], b[U][NT];
 #pragma unroll
@@ -233,12 +377,12 @@ __device__ __forceinline__ void skinny_body(const T* __restrict__ x, long long s
     if constexpr (SPLIT > 1) cluster_barrier();  // no CTA leaves while another may still read its part
 }
 
-template <typename T, bool SILU, int NT, int U, bool XGATE>
+template <typename T, bool SILU, int NT, int U, int XOP>
 __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ x, long long sx,
                                                         const T* __restrict__ w, const SplitOut<T> out,
-                                                        int M, int N, int K, const T* __restrict__ gate,
-                                                        long long sg, int gd, int gh) {
-    skinny_body<T, SILU, NT, U, XGATE, 1>(x, sx, w, out, M, N, K, gate, sg, gd, gh);
+                                                        int M, int N, int K, const T* __restrict__ other,
+                                                        long long so, int gd, int gh, const XNorm xn) {
+    skinny_body<T, SILU, NT, U, XOP, 1>(x, sx, w, out, M, N, K, other, so, gd, gh, xn);
 }
 
 // grid (ceil(N / 16), SPLIT): clusters of SPLIT CTAs along y, one 16-row block, K split between them. Before
@@ -248,14 +392,14 @@ __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ 
 #else
 #define SKINNY_CLUSTER_Y(n)
 #endif
-template <typename T, bool SILU, int NT, int U, bool XGATE, int SPLIT>
+template <typename T, bool SILU, int NT, int U, int XOP, int SPLIT>
 __global__ void SKINNY_CLUSTER_Y(SPLIT) __launch_bounds__(WARPS * 32) skinny_gemm_split(
     const T* __restrict__ x, long long sx, const T* __restrict__ w, const SplitOut<T> out, int M, int N, int K,
-    const T* __restrict__ gate, long long sg, int gd, int gh) {
+    const T* __restrict__ other, long long so, int gd, int gh, const XNorm xn) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    skinny_body<T, SILU, NT, U, XGATE, SPLIT>(x, sx, w, out, M, N, K, gate, sg, gd, gh);
+    skinny_body<T, SILU, NT, U, XOP, SPLIT>(x, sx, w, out, M, N, K, other, so, gd, gh, xn);
 #else
-    if (blockIdx.y == 0) skinny_body<T, SILU, NT, U, XGATE, 1>(x, sx, w, out, M, N, K, gate, sg, gd, gh);
+    if (blockIdx.y == 0) skinny_body<T, SILU, NT, U, XOP, 1>(x, sx, w, out, M, N, K, other, so, gd, gh, xn);
 #endif
 }
 
