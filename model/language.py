@@ -524,7 +524,8 @@ class LanguageModel:
             if new_rec is not rec_state:
                 rec_state.copy_(new_rec)
         if p.decode and self.fold_norms and self.skinny is not None:  # folded into out_proj where it can be
-            return self.linear(_Pending("gated", o, z, w[pre + "norm.weight"], cfg.rms_norm_eps), pre + "out_proj.weight")
+            return self.linear(_Pending("gated", o, z, w[pre + "norm.weight"], cfg.rms_norm_eps),
+                               pre + "out_proj.weight")
         o = ops.gated_rms_norm(o, z, w[pre + "norm.weight"], cfg.rms_norm_eps)
         return self.linear(o.reshape(T, nv * dv), pre + "out_proj.weight")
 
