@@ -7,6 +7,8 @@ in the Numba simulator.
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import torch
 
@@ -57,7 +59,47 @@ def scatter_image_embeds(token_embeds: torch.Tensor, image_embeds: torch.Tensor,
 # ------------------------------------------------------------------------------------------ decode-step glue (NVRTC)
 _GLUE = NvrtcSource("glue.cu", tuple(
     [f"glue::decode_prologue<{CTYPES[dt]}>" for dt in (torch.bfloat16, torch.float16, torch.float32)]
-    + [f"glue::greedy_select<{CTYPES[dt]}>" for dt in (torch.bfloat16, torch.float16, torch.float32)]))
+    + [f"glue::greedy_select<{CTYPES[dt]}>" for dt in (torch.bfloat16, torch.float16, torch.float32)]
+    + [f"glue::split_columns<{CTYPES[dt]}, {v}>" for dt in (torch.bfloat16, torch.float16, torch.float32)
+       for v in (16 // dt.itemsize, 1)]))
+
+
+class _Parts(ctypes.Structure):
+    """glue.cu's Parts, passed by value."""
+    _fields_ = [("out", ctypes.c_uint64 * 4), ("start", ctypes.c_int * 4), ("width", ctypes.c_int * 4)]
+
+
+def split_columns(y: torch.Tensor, starts: tuple[int, ...], widths: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """Columns [starts[j], starts[j] + widths[j]) of y [T, N] (unit column stride) as contiguous [T, widths[j]]
+    tensors, up to 4 parts, in one kernel (a fused projection's parts after cuBLAS, which writes y whole: one launch
+    instead of one copy per part). Equal to y[:, s:s + w].contiguous() for each part. No host read."""
+    from .runtime.checks import check_cuda
+    from .runtime.nvrtc import i32, i64
+
+    if not isinstance(y, torch.Tensor) or y.dim() != 2 or y.stride(1) != 1 or y.dtype not in CTYPES:
+        raise ValueError(f"y must be a [T, N] float tensor with unit column stride, got "
+                         f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
+    starts, widths = tuple(int(s) for s in starts), tuple(int(w) for w in widths)
+    if not 1 <= len(starts) == len(widths) <= 4 or any(w < 0 or s < 0 or s + w > y.shape[1]
+                                                       for s, w in zip(starts, widths)):
+        raise ValueError(f"starts and widths must be 1 to 4 column ranges inside y's {y.shape[1]} columns, got "
+                         f"{starts}, {widths}")
+    device = check_cuda(y=y)
+    T = y.shape[0]
+    parts = tuple(torch.empty(T, w, dtype=y.dtype, device=y.device) for w in widths)
+    total = sum(widths)
+    if T == 0 or total == 0:
+        return parts
+    vec = 16 // y.element_size()
+    if any(v % vec for v in (*starts, *widths, y.stride(0))) or y.data_ptr() % 16:
+        vec = 1
+    spec = _Parts()
+    for j, (s, w, t) in enumerate(zip(starts, widths, parts)):
+        spec.out[j], spec.start[j], spec.width[j] = t.data_ptr(), s, w
+    row_vecs = total // vec
+    _GLUE.launch(device, f"glue::split_columns<{CTYPES[y.dtype]}, {vec}>", (-(-row_vecs // 128), T, 1),
+                 (128, 1, 1), y.data_ptr(), i64(y.stride(0)), spec, i32(row_vecs), pdl=True)
+    return parts
 
 
 def _glue_source():

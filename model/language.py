@@ -254,27 +254,38 @@ class LanguageModel:
             r, pend.res_out = r
         return r
 
-    def linear_split(self, x: torch.Tensor, name: str, sizes: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
-        """A fused projection x @ w[name].T cut by columns into `sizes`: on the skinny kernel each part is written
-        contiguous (no slicing copies); on cuBLAS the parts are column views of one output."""
+    def linear_split(self, x: torch.Tensor, name: str, sizes: tuple[int, ...], contiguous_from: int = 1
+                     ) -> tuple[torch.Tensor, ...]:
+        """A fused projection x @ w[name].T cut by columns into `sizes`; the parts from index contiguous_from on are
+        contiguous, the ones before may be column views. On the skinny kernel each part is written contiguous (no
+        copies); on cuBLAS the output is one tensor, and its parts that must be contiguous are copied out by one
+        kernel (kernels.glue.split_columns) where there is more than one row."""
         wt = self.w[name]
+        cuts = lambda y: self._cublas_parts(y, sizes, contiguous_from)  # noqa: E731
         if isinstance(x, _Pending):
             kw = self._skinny_folded("split", x, wt, lambda xx, w, **k: self.skinny[0](xx, w, split=sizes, **k),
-                                     lambda xx, w: F.linear(xx, w))
+                                     lambda xx, w: cuts(F.linear(xx, w)))
             if kw:
                 return self._fold_result(x, self.skinny[0](x.flat, wt, split=sizes, **kw, **x.fold_args()))
             x = x.apply(self.ops)
-        # (cuBLAS's side of the timing includes the copies the callers make of non-first parts)
+        # (cuBLAS's side of the timing includes the copies of its parts)
         kw = self._skinny("split", x, wt, lambda ks, w: self.skinny[0](x, w, split=sizes, ksplit=ks),
-                          lambda w: [t.contiguous() for t in F.linear(x, w)[:, sizes[0]:].split(list(sizes[1:]), 1)])
+                          lambda w: cuts(F.linear(x, w)))
         if kw:
             return self.skinny[0](x, wt, split=sizes, **kw)
-        y, c = F.linear(x, wt), 0
-        parts = []
-        for n in sizes:
-            parts.append(y[:, c: c + n])
-            c += n
-        return tuple(parts)
+        return cuts(F.linear(x, wt))
+
+    def _cublas_parts(self, y: torch.Tensor, sizes: tuple[int, ...], contiguous_from: int) -> tuple:
+        starts = [0]
+        for n in sizes[:-1]:
+            starts.append(starts[-1] + n)
+        views = [y[:, c: c + n] for c, n in zip(starts, sizes)]
+        if y.shape[0] <= 1 or contiguous_from >= len(sizes):  # one row: the views are contiguous already
+            return tuple(views)
+        split = self.glue[2] if self.glue is not None and y.is_cuda else None
+        rest = (split(y, starts[contiguous_from:], sizes[contiguous_from:]) if split is not None
+                else [t.contiguous() for t in views[contiguous_from:]])
+        return tuple(views[:contiguous_from]) + tuple(rest)
 
     def linear_silu_mul(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """silu(x @ gate.T) * (x @ up.T) from the fused [gate; up] weight w[name] (one kernel for a few rows)."""
@@ -458,7 +469,7 @@ class LanguageModel:
         cfg, ops, w = self.cfg, self.ops, self.w
         pre = f"layers.{i}.self_attn."
         T, Hq, Hkv, d = x.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        qg, k, v = self.linear_split(x, pre + "qkv_proj.weight", (Hq * 2 * d, Hkv * d, Hkv * d))
+        qg, k, v = self.linear_split(x, pre + "qkv_proj.weight", (Hq * 2 * d, Hkv * d, Hkv * d), contiguous_from=0)
         # qk_norm_rope takes contiguous rows: the skinny kernel's parts are; cuBLAS's column views get copied
         qg, k, v = qg.contiguous().view(T, Hq, 2 * d), k.contiguous().view(T, Hkv, d), v.contiguous().view(T, Hkv, d)
         # q/gate split, (1+w) q/k norms and partial mRoPE in one op; with a cache it also writes the normed,
@@ -629,12 +640,12 @@ def _skinny_gemm():
 
 
 def _glue_kernels():
-    """(kernels.glue.decode_prologue, kernels.glue.greedy_select), or None without the kernels package."""
+    """(kernels.glue.decode_prologue, greedy_select, split_columns), or None without the kernels package."""
     try:
-        from kernels.glue import decode_prologue, greedy_select
+        from kernels.glue import decode_prologue, greedy_select, split_columns
     except ModuleNotFoundError:
         return None
-    return decode_prologue, greedy_select
+    return decode_prologue, greedy_select, split_columns
 
 
 def _attend_after_prefix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -79,3 +79,27 @@ def test_greedy_select_in_a_graph():
         logits.copy_(torch.randn(4, 248320, device="cuda"))
         graph.replay()
         assert torch.equal(out, logits.argmax(-1))
+
+
+@given(T=st.integers(1, 40), widths=st.lists(st.sampled_from((0, 1, 8, 16, 24, 512, 2048)), min_size=1, max_size=4),
+       gap=st.sampled_from((0, 8, 3)), dtype=st.sampled_from((torch.bfloat16, torch.float16, torch.float32)),
+       seed=st.integers(0, 2**31 - 1))
+def test_split_columns_equals_contiguous_slices(T, widths, gap, dtype, seed):
+    """split_columns: each part bitwise y[:, s:s + w].contiguous() (vector and scalar builds: a gap of 3 columns
+    makes the starts unaligned), y a row-strided view; the parts are new contiguous tensors."""
+    from kernels.glue import split_columns
+
+    starts, c = [], gap
+    for w in widths:
+        starts.append(c)
+        c += w + gap
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    big = torch.randn(T, c + 8, device="cuda", generator=g).to(dtype)
+    y = big[:, :c]
+    got = split_columns(y, starts, widths)
+    assert len(got) == len(widths)
+    for t, s, w in zip(got, starts, widths):
+        assert t.is_contiguous() and t.shape == (T, w)
+        assert torch.equal(t, y[:, s:s + w])
+    with pytest.raises(ValueError, match="column ranges"):
+        split_columns(y, (c,), (1,))

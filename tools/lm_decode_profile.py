@@ -84,7 +84,7 @@ def labelled(lm):
     lin, lin_silu, lin_split = lm.linear, lm.linear_silu_mul, lm.linear_split
     lm.linear = lambda x, name: wrap("linear " + name.split(".")[-2], lin)(x, name)
     lm.linear_silu_mul = lambda x, name: wrap("linear+silu " + name.split(".")[-2], lin_silu)(x, name)
-    lm.linear_split = lambda x, name, sizes: wrap("linear " + name.split(".")[-2], lin_split)(x, name, sizes)
+    lm.linear_split = lambda x, name, *a, **k: wrap("linear " + name.split(".")[-2], lin_split)(x, name, *a, **k)
     L._keywords.cache_clear()
     try:
         yield

@@ -10,6 +10,11 @@
 //   one of eos[0 .. n_eos) is done from then on. grid = (chunks, B): each CTA reduces one chunk of the row to a
 //   (value, index) partial; the row's last CTA to finish (a per-row ticket, reset by that CTA for the next call)
 //   reduces the partials and applies the stop rule.
+//
+// split_columns: the column parts of a fused projection's output y [T, N] (row stride sy) copied to contiguous
+//   tensors in one launch (instead of one copy kernel a part: cuBLAS writes y whole, and the kernels after it take
+//   contiguous rows): part j = columns [c_j, c_j + n_j) -> out_j [T, n_j]. VEC elements a thread (every c_j, n_j and
+//   sy a multiple of VEC); grid (vectors of a row / 128, T).
 #include "include/convert.cuh"
 #include "include/ptx.cuh"
 
@@ -120,6 +125,27 @@ __global__ void __launch_bounds__(SELECT_THREADS) greedy_select(const T* __restr
         done[b] = stop;
         tokens[b] = tok;
     }
+}
+
+struct Parts {
+    void* out[4];
+    int start[4];  // c_j: the part's first column in y
+    int width[4];  // n_j (0 for unused parts)
+};
+
+template <typename T, int VEC>
+__global__ void __launch_bounds__(128) split_columns(const T* __restrict__ y, long long sy, const Parts p,
+                                                      int row_vecs) {
+    pdl_begin();  // a programmatic launch (include/ptx.cuh): y comes from the GEMM before
+    const int t = blockIdx.y, v = blockIdx.x * blockDim.x + threadIdx.x;
+    if (v >= row_vecs) return;
+    int c = v * VEC, j = 0;  // the v-th vector of the concatenated parts: part j, column c of it
+#pragma unroll
+    for (int i = 0; i < 3; ++i)
+        if (j == i && c >= p.width[i]) c -= p.width[i], j = i + 1;
+    using V = Vec<T, VEC>;
+    const V val = *reinterpret_cast<const V*>(y + (size_t)t * sy + p.start[j] + c);
+    *reinterpret_cast<V*>(reinterpret_cast<T*>(p.out[j]) + (size_t)t * p.width[j] + c) = val;
 }
 
 }  // namespace glue
