@@ -12,9 +12,9 @@
 //   reduces the partials and applies the stop rule.
 //
 // split_columns: the column parts of a fused projection's output y [T, N] (row stride sy) copied to contiguous
-//   tensors in one launch (instead of one copy kernel a part: cuBLAS writes y whole, and the kernels after it take
-//   contiguous rows): part j = columns [c_j, c_j + n_j) -> out_j [T, n_j]. VEC elements a thread (every c_j, n_j and
-//   sy a multiple of VEC); grid (vectors of a row / 128, T).
+//   tensors in one launch (instead of one copy kernel a part: cuBLAS writes y whole, and the kernels after it
+//   take contiguous rows): part j = columns [c_j, c_j + n_j) -> out_j [T, n_j]. VEC elements a thread (every c_j,
+//   n_j and sy a multiple of VEC); grid (vectors of a row / 128, T).
 #include "include/convert.cuh"
 #include "include/ptx.cuh"
 
