@@ -107,7 +107,9 @@ def _glue_source():
 
 
 _TICKETS: dict = {}  # (device, rows) -> int32 zeros: greedy_select's per-row tickets (each call leaves them 0)
-_SELECT_CHUNK = 8192  # logits per CTA of greedy_select (248320 -> 31 CTAs a row)
+# logits per CTA of greedy_select: 248320 -> 122 CTAs a row (8192 gave 31 CTAs a row, 8.1 us on an H200 for
+# 0.5 MB at batch 1: benchmarks/results/lm_decode_profile-H200-2026-12-02.json)
+_SELECT_CHUNK = 2048
 
 
 def decode_prologue(tokens: torch.Tensor, embed: torch.Tensor, lengths: torch.Tensor, rope_delta: torch.Tensor,

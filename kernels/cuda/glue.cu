@@ -94,6 +94,7 @@ __global__ void __launch_bounds__(SELECT_THREADS) greedy_select(const T* __restr
     const int lo = c * chunk, hi = min(V, lo + chunk);
     float bv = __int_as_float(0xff800000);
     int bi = 0x7fffffff;
+#pragma unroll 8  // 8 loads in flight a thread (the compares wait on them, not the next loads)
     for (int v = lo + threadIdx.x; v < hi; v += SELECT_THREADS) {
         const float x = to_f(row[v]);
         if (better(x, v, bv, bi)) bv = x, bi = v;
