@@ -18,7 +18,7 @@ kernels that follow the protocol in kernels/cuda/include/ptx.cuh (griddepcontrol
 read or any write, in every thread; launch_dependents as early as possible). A CUDA-graph capture keeps the
 launches as programmatic edges. PDL = False (or QWEN35_PDL=0 in the environment) makes every launch a plain one
 (A/B timing); PDL_OFF = {"norms.cu", ...} does so for the kernels of those sources only; a driver that refuses a
-programmatic launch gets plain ones from then on, and PDL_ERROR says why.
+programmatic launch of a kernel gets plain ones of it from then on, and PDL_ERROR says why.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from . import nvrtc
 _DEFAULT_SMEM = 48 * 1024
 PDL = os.environ.get("QWEN35_PDL", "1") != "0"  # programmatic dependent launches where asked for (module doc)
 PDL_OFF: set = set()  # source files (e.g. "norms.cu") whose kernels launch plainly even when asked for PDL
-PDL_ERROR: str | None = None  # why the driver refused a programmatic launch (plain launches from then on)
+PDL_ERROR: str | None = None  # why the driver last refused a programmatic launch (that kernel launches plainly)
 # argument type -> (conversion or None, ctypes type of the kernel parameter). cuLaunchKernel's (values, types) form
 # packs Python ints and floats under c_long / c_int / c_float in C (numpy scalars would go through ctypes objects,
 # 30x slower), so numpy scalars become Python numbers first; pointers are 64-bit.
@@ -48,12 +48,13 @@ class Kernel:
     """A loaded kernel on one device: the driver handle cuLaunchKernel takes, and the dynamic shared memory it is
     allowed so far."""
 
-    __slots__ = ("name", "device", "obj", "func", "smem_allowed", "file")
+    __slots__ = ("name", "device", "obj", "func", "smem_allowed", "file", "pdl_ok")
 
     def __init__(self, name: str, device: int, obj, file: str = ""):
         from cuda.bindings import driver
 
         self.name, self.device, self.obj, self.file = name, device, obj, file
+        self.pdl_ok = True  # False once the driver refused a programmatic launch of this kernel
         h = obj.handle if hasattr(obj, "handle") else obj._handle
         # cuda.core >= 1.x loads libraries (a CUkernel, launched in the current context); older ones a CUfunction
         self.func = driver.CUfunction(int(h))
@@ -187,11 +188,11 @@ def launch(kernel: Kernel, grid, block, *args, shared_mem: int = 0, pdl: bool = 
         kernel.allow_shared_memory(shared_mem)
     params = _params(args)
     stream = driver.CUstream(_current_raw_stream(dev))
-    if pdl and PDL and PDL_ERROR is None and kernel.file not in PDL_OFF and _device.capability(dev)[0] >= 9:
+    if pdl and PDL and kernel.pdl_ok and kernel.file not in PDL_OFF and _device.capability(dev)[0] >= 9:
         try:
             return _launch_programmatic(kernel, grid, block, shared_mem, stream, params)
-        except RuntimeError as e:  # a driver without it: plain launches (stream order is always correct)
-            PDL_ERROR = str(e)
+        except RuntimeError as e:  # refused (driver, launch shape): plain launches of it (stream order is correct)
+            kernel.pdl_ok, PDL_ERROR = False, str(e)
     (err,) = driver.cuLaunchKernel(kernel.func, *_dim3(grid), *_dim3(block), shared_mem, stream, params, 0)
     if int(err) != 0:
         raise RuntimeError(f"cuLaunchKernel({kernel.name}) failed: {err}")
