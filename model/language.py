@@ -367,7 +367,7 @@ class LanguageModel:
         return self._layers(x, cos, sin, p, select)
 
     def prefill(self, cache: Cache, embeds: torch.Tensor, positions: torch.Tensor, lengths: list[int], *,
-                chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+                chunk_size: int = DEFAULT_CHUNK, graphs=None) -> torch.Tensor:
         """Run packed prompts into an empty `cache`, at most `chunk_size` tokens per forward pass.
 
         embeds [T, H], positions [3, T]: the rows' tokens back to back (row b has lengths[b] >= 0 tokens;
@@ -375,6 +375,7 @@ class LanguageModel:
         too: a row's later chunk attends to its earlier tokens through the KV cache and resumes the conv and
         recurrent states. Afterwards cache.lengths = lengths. Returns each row's last hidden state [B, H]
         (final-normed; zeros for a row of 0 tokens).
+        graphs: a model.prefill_graph.PrefillGraphs, which replays a one-chunk prefill from a CUDA graph.
         """
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
@@ -389,6 +390,11 @@ class LanguageModel:
         T = cu[-1]
         if embeds.shape[0] != T or positions.shape[1] != T:
             raise ValueError(f"embeds and positions must hold sum(lengths) = {T} tokens")
+        if graphs is not None and T <= chunk_size:
+            h = graphs(self, cache, embeds, positions, lengths, cu)
+            if h is not None:
+                cache.lengths.copy_(_device_ints(lengths, torch.int32, self.device))
+                return h
         out = embeds.new_zeros(B, embeds.shape[1])
         done = [0] * B
         chunks = range(0, T, chunk_size)  # a bar on stderr for long prompts (Model.progress; after 1 s)

@@ -153,6 +153,8 @@ class Model:
             self.vision = parallel.vision(self.vision)  # data-parallel: a share of the images per rank
         self.cuda_graphs = bool(cuda_graphs)
         self.prefill_chunk = DEFAULT_CHUNK  # packed prompt tokens per prefill pass (bounds activation memory)
+        # short one-chunk prefills replayed from CUDA graphs (model.prefill_graph), with cuda_graphs; None: eager
+        self.prefill_graphs = None
         self.decode_block = DEFAULT_BLOCK  # decode steps between two host reads of the tokens
         self.max_sessions = 2  # decode sessions (static caches + graphs) kept for reuse
         self._sessions: dict = {}
@@ -375,7 +377,8 @@ class Model:
         cache.reset()
         cache.rope_delta[:B].copy_(batch.rope_delta)
         lengths = batch.lengths + [0] * (session.batch - B)
-        h = self.lm.prefill(cache, batch.embeds, batch.positions, lengths, chunk_size=self.prefill_chunk)
+        h = self.lm.prefill(cache, batch.embeds, batch.positions, lengths, chunk_size=self.prefill_chunk,
+                            graphs=self.prefill_graphs if self.cuda_graphs else None)
         if self.parallel is not None and do_sample and seed is None:
             seed = self.parallel.common_seed(self.device)  # every rank must draw the same tokens
         session.begin(self.lm.head(h), B, eos, pad, seed)  # lm_head on each row's last token only

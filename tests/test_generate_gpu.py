@@ -105,3 +105,40 @@ def test_scatter_without_host_check_equals_checked():
     assert torch.equal(got, want)
     with pytest.raises(ValueError, match="marks 13 positions"):
         scatter_image_embeds(tok, img[:12], mask)
+
+
+def test_graphed_prefill_equals_eager_and_reference():
+    """model.prefill_graph: the first prefill of a bucket runs eagerly on the padded buffers and captures, later
+    ones replay; rows of other lengths in the same bucket (different cu_seqlens, same graph) and an idle row
+    give the eager prefill's states and the reference backend's fp32 greedy tokens."""
+    from model.prefill_graph import PrefillGraphs, bucket
+
+    ref_m, m = model_for("reference"), model_for("kernels")
+    g = PrefillGraphs()
+    try:
+        for lengths in ((37, 12, 64), (40, 9, 64), (5, 100, 8)):  # 113 tokens each: one bucket
+            assert bucket(sum(lengths)) == bucket(113)
+            _, ids, mask = rows_batch(lengths, seed=sum(lengths[:1]))
+            want = ref_m.generate_ids(ids, attention_mask=mask, max_new_tokens=8, eos_token_ids=[])
+            b = m._prepare(ids, mask, None, None, None, None)
+            eager_cache, graph_cache = m.lm.new_cache(4, 128), m.lm.new_cache(4, 128)
+            h0 = m.lm.prefill(eager_cache, b.embeds, b.positions, b.lengths + [0])
+            for _ in range(2):
+                graph_cache.reset()
+                h = m.lm.prefill(graph_cache, b.embeds, b.positions, b.lengths + [0], graphs=g)
+                assert float((h - h0).abs().max() / h0.abs().max()) < 1e-5
+                assert graph_cache.lengths.tolist() == b.lengths + [0]
+                for i in graph_cache.recurrent:
+                    st, st0 = graph_cache.recurrent[i], eager_cache.recurrent[i]
+                    assert float((st - st0).abs().max() / st0.abs().max()) < 1e-5
+                    cv, cv0 = graph_cache.conv[i], eager_cache.conv[i]
+                    assert float((cv - cv0).abs().max() / cv0.abs().max()) < 1e-5
+            m.prefill_graphs = g
+            got = m.generate_ids(ids, attention_mask=mask, max_new_tokens=8, eos_token_ids=[])
+            m.prefill_graphs = None
+            assert torch.equal(got, want), f"\nours {got.tolist()}\nref  {want.tolist()}"
+    finally:
+        m.prefill_graphs = None
+    # one graph per cache: the three test caches' (captured, then replayed once) and the decode session's (captured
+    # by the first generate, replayed by the next two)
+    assert (g.captures, g.replays) == (4, 5)

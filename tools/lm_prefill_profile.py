@@ -282,6 +282,33 @@ def run_case(m, name: str, kwargs: dict, reps: int, device: str, top: int) -> di
     return rec
 
 
+def graphed_case(m, name: str, kwargs: dict, reps: int) -> dict:
+    """The same prompt with the prefill replayed from a CUDA graph (model.prefill_graph), A/B in this process:
+    timings, whether the first token equals the eager one, and the graph's capture/replay counts."""
+    from model.prefill_graph import PrefillGraphs, bucket
+
+    m.prefill_graphs = None
+    eager_tok = m.generate_ids(**kwargs)[:, -1].tolist()
+    m.prefill_graphs = g = PrefillGraphs()
+    try:
+        t0 = time.perf_counter()
+        first = m.generate_ids(**kwargs)  # eager on the padded buffers, then the capture
+        capture_s = time.perf_counter() - t0
+        timings = []
+        for _ in range(reps):
+            out = m.generate_ids(**kwargs)
+            timings.append(dict(m.last_timings))
+    finally:
+        m.prefill_graphs = None
+    best = min(timings, key=lambda t: t["ttft_ms"])
+    T = int(kwargs["input_ids"].shape[1])
+    return dict(case=name + "_graphed", tokens=T, bucket=bucket(T), first_call_s=round(capture_s, 3),
+                prefill_ms=round(best["prefill_ms"], 3), vision_ms=round(best["vision_ms"], 3),
+                ttft_ms=round(best["ttft_ms"], 3), prefill_ms_all=[round(t["prefill_ms"], 2) for t in timings],
+                captures=g.captures, replays=g.replays, first_token_eager=eager_tok,
+                first_token_padded_eager=first[:, -1].tolist(), first_token_graph=out[:, -1].tolist())
+
+
 def device_only_ms(m, kwargs, sleep_ms: float = 150.0) -> float:
     """The prefill's device time without host gaps: each LanguageModel.forward (a prefill chunk) is issued behind
     a sleep kernel of ~sleep_ms, so the host has queued all of it before the device starts; the events around it
@@ -314,6 +341,8 @@ def main(argv=None) -> int:
     ap.add_argument("--image", action="store_true", help="also the 1024x1024 image + 64-token prompt")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--ab-graphs", action="store_true", help="also each case with the prefill replayed from a "
+                    "CUDA graph (model.prefill_graph), A/B in this process")
     ap.add_argument("--device", default="cuda", help="cuda (kernels backend) or cpu (reference: the tool only)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -331,6 +360,14 @@ def main(argv=None) -> int:
         rec["wall_s"] = round(time.perf_counter() - t0, 1)
         records.append(rec)
         summary(rec)
+        if args.ab_graphs and args.device == "cuda":
+            g = graphed_case(m, name, kw, args.reps)
+            g["size"] = args.size
+            records.append(g)
+            print(f"== {args.size} {g['case']} (bucket {g['bucket']}): prefill {g['prefill_ms']} ms (all "
+                  f"{g['prefill_ms_all']}), ttft {g['ttft_ms']} ms; first call {g['first_call_s']} s; captures "
+                  f"{g['captures']} replays {g['replays']}; first token eager {g['first_token_eager']} padded "
+                  f"{g['first_token_padded_eager']} graph {g['first_token_graph']}", flush=True)
         # written after every case, so a run cut short keeps what it measured
         path = write_results("lm_prefill_profile", records, extra=dict(size=args.size), out_dir=args.out)
     print(f"wrote {path} ({time.perf_counter() - t_start:.1f} s)")
