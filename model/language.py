@@ -517,12 +517,15 @@ class LanguageModel:
         cache = p.cache
         conv_state = None if cache is None else cache.conv[i]
         rec_state = None if cache is None else cache.recurrent[i]
-        # with a cache, the states are read and updated in place (state_out / final_state = the state)
+        # with a cache, the states are read and updated in place (state_out / final_state = the state); the first
+        # pass of a prefill starts from zero states, whatever the cache holds (a reused session's needs no clearing)
+        first = cache is not None and not p.decode and not any(p.start or ())  # no row has cached tokens yet
+        conv_in, rec_in = (None, None) if first else (conv_state, rec_state)
         C = cfg.linear_conv_dim
         Z = nv * dv
         # conv input | z | b | a (contiguous parts on the skinny kernel, column views on cuBLAS)
         xc, z, b, a = self.linear_split(x, pre + "in_proj_qkvzba.weight", (C, Z, nv, nv))
-        mixed, new_conv = _call(self.op("causal_conv1d"), xc, self.conv_w[i], p.cu, conv_state,
+        mixed, new_conv = _call(self.op("causal_conv1d"), xc, self.conv_w[i], p.cu, conv_in,
                                 state_out=conv_state, max_seqlen=p.max_seqlen, validate=False)
         q = mixed[:, : nk * dk].reshape(T, nk, dk)
         k = mixed[:, nk * dk: 2 * nk * dk].reshape(T, nk, dk)
@@ -533,7 +536,7 @@ class LanguageModel:
         # (a and b must be contiguous: the skinny kernel's parts are; cuBLAS's column views get a small copy)
         A_log, dt_bias = self.gate_consts[i]
         o, new_rec = _call(self.op("fused_gated_delta_rule"), q, k, v, a.contiguous(), b.contiguous(), A_log, dt_bias,
-                           p.cu, rec_state, use_qk_l2norm=True, final_state=rec_state, max_seqlen=p.max_seqlen,
+                           p.cu, rec_in, use_qk_l2norm=True, final_state=rec_state, max_seqlen=p.max_seqlen,
                            validate=False)
         if cache is not None:
             if new_conv is not conv_state:

@@ -153,8 +153,12 @@ class Model:
             self.vision = parallel.vision(self.vision)  # data-parallel: a share of the images per rank
         self.cuda_graphs = bool(cuda_graphs)
         self.prefill_chunk = DEFAULT_CHUNK  # packed prompt tokens per prefill pass (bounds activation memory)
-        # short one-chunk prefills replayed from CUDA graphs (model.prefill_graph), with cuda_graphs; None: eager
+        # one-chunk prefills up to a model-size dependent length replayed from CUDA graphs of their token bucket
+        # (model.prefill_graph), when cuda_graphs; None: eager
         self.prefill_graphs = None
+        if self.cuda_graphs and parallel is None and self.device.type == "cuda":
+            from .prefill_graph import PrefillGraphs, token_limit
+            self.prefill_graphs = PrefillGraphs(token_limit(self.lm))
         self.decode_block = DEFAULT_BLOCK  # decode steps between two host reads of the tokens
         self.max_sessions = 2  # decode sessions (static caches + graphs) kept for reuse
         self._sessions: dict = {}
@@ -374,7 +378,10 @@ class Model:
         setup_s = time.perf_counter() - t1  # first use of a bucket: cache allocation and graph capture
         self.last_decode_mode = session.mode
         cache = session.cache
-        cache.reset()
+        # lengths and deltas to 0; the conv and recurrent states need no clearing: a prefill's first pass starts
+        # from zero states and overwrites every row's (LanguageModel._deltanet)
+        cache.lengths.zero_()
+        cache.rope_delta.zero_()
         cache.rope_delta[:B].copy_(batch.rope_delta)
         lengths = batch.lengths + [0] * (session.batch - B)
         h = self.lm.prefill(cache, batch.embeds, batch.positions, lengths, chunk_size=self.prefill_chunk,

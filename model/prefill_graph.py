@@ -1,4 +1,4 @@
-"""Short prefills replayed from CUDA graphs: one graph per (cache, token bucket, rows), captured the first time.
+"""Prefills replayed from CUDA graphs: one graph per (cache, token bucket, rows), captured the first time.
 
 A prefill of a few thousand tokens is hundreds of kernel launches whose host time (Python wrappers, torch ops,
 driver calls: ~1 ms a layer) exceeds the device time, so time to first token is the host's. A graph replays
@@ -15,8 +15,9 @@ The first prefill of a bucket runs eagerly on the padded buffers (that result is
 kernel the capture needs), then the graph is captured; later prefills of the bucket copy their inputs in and
 replay. Graphs live with their cache (a decode session's) and share one memory pool per cache (they are
 replayed one at a time, on one stream, and each output is copied out at once). Only a fresh prefill in one
-chunk qualifies (the cache empty, T <= the chunk size); a capture that fails (an op that reads the device on
-the host) turns the bucket back to eager for that cache.
+chunk qualifies (the cache empty, T <= the chunk size), of at most `max_tokens` (token_limit: where the device
+time overtakes the host's); a capture that fails (an op that reads the device on the host) turns the bucket
+back to eager for that cache.
 """
 
 from __future__ import annotations
@@ -25,8 +26,30 @@ from dataclasses import dataclass
 
 import torch
 
-MAX_TOKENS = 4096  # longer prompts keep the device busier than the host: eager (no graph memory)
 MIN_BUCKET = 64
+MAX_GRAPHS = 32  # per cache: the oldest bucket's graph goes first
+# Where a graph stops paying (token_limit): an eager prefill's host time is ~1 ms a layer, whatever the prompt
+# length (0.8B on an H200 host, tools/lm_prefill_profile.py, round s3r1: 0.84-1.33 ms a layer, 30 ms for 24
+# layers against 3.95 ms of device time at 1024 tokens), while the device time grows with the GEMM FLOPs (their
+# kernels ran at ~600 TFLOP/s there at 8192 tokens). Past about twice the crossover the host runs ahead anyway.
+HOST_MS_PER_LAYER = 1.0
+GEMM_FLOPS = 600e12
+
+
+def token_limit(lm, lo: int = 1024, hi: int = 8192) -> int:
+    """The longest prompt worth a graph for this model: the power of two (in [lo, hi]) at or below twice the
+    token count where the GEMM time of a prefill equals the eager host time (0.8B: hi; 4B: 4096; 9B: 2048)."""
+    cfg = lm.cfg
+    per_token = 0.0  # GEMM weights a token goes through (MoE: top-k of the experts)
+    for name, t in lm.w.items():
+        if name.startswith("embed") or name == "lm_head.weight" or t.dim() < 2:
+            continue
+        per_token += t.numel() if t.dim() == 2 else t[0].numel() * getattr(cfg, "num_experts_per_tok", 1)
+    cross = HOST_MS_PER_LAYER * 1e-3 * cfg.num_hidden_layers * GEMM_FLOPS / (2 * max(per_token, 1.0))
+    limit = lo
+    while limit * 2 <= min(hi, 2 * cross):
+        limit *= 2
+    return limit
 
 
 def bucket(tokens: int) -> int:
@@ -51,7 +74,7 @@ class PrefillGraphs:
     """`lm.prefill_graphs`: called by LanguageModel.prefill for a fresh one-chunk prefill; returns the rows' last
     hidden states [B, H], or None (the caller runs the eager path)."""
 
-    def __init__(self, max_tokens: int = MAX_TOKENS):
+    def __init__(self, max_tokens: int = 8192):
         self.max_tokens = max_tokens
         self.replays = 0  # for tests and tools
         self.captures = 0
@@ -83,6 +106,8 @@ class PrefillGraphs:
         hint = [0] + [Tb] * B
         if fresh:
             out = lm.forward(e.embeds, e.positions, e.cu, cache, start=[0] * B, select=e.sel, cu_host=hint)
+            while sum(isinstance(k, tuple) for k in store) >= MAX_GRAPHS:
+                store.pop(next(k for k in store if isinstance(k, tuple)))
             store[key] = e
             try:
                 pool = store.setdefault("_pool", torch.cuda.graph_pool_handle())

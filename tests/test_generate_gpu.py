@@ -142,3 +142,20 @@ def test_graphed_prefill_equals_eager_and_reference():
     # one graph per cache: the three test caches' (captured, then replayed once) and the decode session's (captured
     # by the first generate, replayed by the next two)
     assert (g.captures, g.replays) == (4, 5)
+
+
+def test_reused_session_rows_starting_in_a_later_chunk():
+    """The states of a reused session are not cleared: a prefill's first pass starts from zero states and writes
+    every row's, so rows that begin only in the second chunk (empty in the first) must still start from zero."""
+    ref_m, m = model_for("reference"), model_for("kernels")
+    m.prefill_chunk = ref_m.prefill_chunk = 50
+    try:
+        _, ids0, mask0 = rows_batch((64, 40, 20), seed=3)
+        m.generate_ids(ids0, attention_mask=mask0, max_new_tokens=4, eos_token_ids=[])  # dirties the states
+        _, ids, mask = rows_batch((60, 12, 30), seed=4)  # cu = [0, 60, 72, 102]: rows 1, 2 begin in chunk 2
+        want = ref_m.generate_ids(ids, attention_mask=mask, max_new_tokens=8, eos_token_ids=[])
+        got = m.generate_ids(ids, attention_mask=mask, max_new_tokens=8, eos_token_ids=[])
+        assert len(m._sessions) == 1  # the same session (batch bucket 4, capacity 256) both times
+        assert torch.equal(got, want), f"\nours {got.tolist()}\nref  {want.tolist()}"
+    finally:
+        m.prefill_chunk = ref_m.prefill_chunk = 8192
