@@ -14,7 +14,9 @@ Random bf16 weights at the real shapes of tools/lm_e2e_gpu.SIZES, made on the de
   * syncs: every call that made the host wait for the device (torch.cuda.set_sync_debug_mode), with its caller;
   * device: kernel busy time of the prefill beside its span, and the top kernels and top host ops
     (torch.profiler, one call);
-  * --image: the same for one 1024x1024 image + 64-token prompt (vision_ms, prefill_ms, ttft_ms).
+  * --image: the same for one 1024x1024 image + 64-token prompt (vision_ms, prefill_ms, ttft_ms);
+  * --ab-graphs: each case again with the prefill replayed from CUDA graphs (model.prefill_graph, what Model
+    does by default), A/B in one process; the cases above run with the graphs off (eager).
 JSON: benchmarks.common.write_results("lm_prefill_profile", ...) (stamped with $QWEN35_COMMIT) under --out.
 """
 
@@ -252,7 +254,17 @@ def image_case(m, device: str) -> dict:
                      eos_token_ids=[])
 
 
-def run_case(m, name: str, kwargs: dict, reps: int, device: str, top: int) -> dict:
+def run_case(m, name: str, kwargs: dict, reps: int, device: str, top: int, quick: bool = False) -> dict:
+    """The eager prefill (Model.prefill_graphs off): timings, and unless quick the host breakdown, the syncs
+    and the device profile."""
+    graphs, m.prefill_graphs = m.prefill_graphs, None
+    try:
+        return _eager_case(m, name, kwargs, reps, device, top, quick)
+    finally:
+        m.prefill_graphs = graphs
+
+
+def _eager_case(m, name, kwargs, reps, device, top, quick) -> dict:
     gen = lambda: m.generate_ids(**kwargs)  # noqa: E731
     t0 = time.perf_counter()
     gen()  # warm-up: compiles, session allocation and decode-graph capture
@@ -266,6 +278,10 @@ def run_case(m, name: str, kwargs: dict, reps: int, device: str, top: int) -> di
     rec = dict(case=name, tokens=int(kwargs["input_ids"].shape[1]), warmup_s=round(warm_s, 2),
                prefill_ms=round(best["prefill_ms"], 3), vision_ms=round(best["vision_ms"], 3),
                ttft_ms=round(best["ttft_ms"], 3), prefill_ms_all=[round(t["prefill_ms"], 2) for t in timings])
+    if device == "cuda":
+        rec["device_only_ms"] = round(device_only_ms(m, kwargs), 3)
+    if quick:
+        return rec
     # host time by phase / layer / op (mean over reps calls)
     times = HostTimes()
     with instrumented(m, times):
@@ -274,9 +290,6 @@ def run_case(m, name: str, kwargs: dict, reps: int, device: str, top: int) -> di
     rec["host"] = times.table(reps)
     rec["host_ms_by_layer"] = {int(i): round(s * 1e3 / reps, 3) for i, s in sorted(times.layers.items())}
     rec["instrumented_prefill_ms"] = round(m.last_timings["prefill_ms"], 3)
-    # the device time alone: the prefill queued behind a long sleep kernel, so the host's enqueue is hidden
-    if device == "cuda":
-        rec["device_only_ms"] = round(device_only_ms(m, kwargs), 3)
     rec["syncs"] = traced_syncs(gen)
     rec["profile"] = device_profile(gen, top)
     return rec
@@ -287,9 +300,10 @@ def graphed_case(m, name: str, kwargs: dict, reps: int) -> dict:
     timings, whether the first token equals the eager one, and the graph's capture/replay counts."""
     from model.prefill_graph import PrefillGraphs, bucket
 
+    default = m.prefill_graphs
     m.prefill_graphs = None
     eager_tok = m.generate_ids(**kwargs)[:, -1].tolist()
-    m.prefill_graphs = g = PrefillGraphs()
+    m.prefill_graphs = g = PrefillGraphs(default.max_tokens if default is not None else 8192)
     try:
         t0 = time.perf_counter()
         first = m.generate_ids(**kwargs)  # eager on the padded buffers, then the capture
@@ -299,7 +313,7 @@ def graphed_case(m, name: str, kwargs: dict, reps: int) -> dict:
             out = m.generate_ids(**kwargs)
             timings.append(dict(m.last_timings))
     finally:
-        m.prefill_graphs = None
+        m.prefill_graphs = default
     best = min(timings, key=lambda t: t["ttft_ms"])
     T = int(kwargs["input_ids"].shape[1])
     return dict(case=name + "_graphed", tokens=T, bucket=bucket(T), first_call_s=round(capture_s, 3),
@@ -341,6 +355,8 @@ def main(argv=None) -> int:
     ap.add_argument("--image", action="store_true", help="also the 1024x1024 image + 64-token prompt")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--quick", action="store_true", help="timings and device-only time only (no host "
+                    "breakdown, sync trace or profiler)")
     ap.add_argument("--ab-graphs", action="store_true", help="also each case with the prefill replayed from a "
                     "CUDA graph (model.prefill_graph), A/B in this process")
     ap.add_argument("--device", default="cuda", help="cuda (kernels backend) or cpu (reference: the tool only)")
@@ -355,7 +371,7 @@ def main(argv=None) -> int:
         cases.append(("ttft_image", image_case(m, args.device)))
     for name, kw in cases:
         t0 = time.perf_counter()
-        rec = run_case(m, name, kw, args.reps, args.device, args.top)
+        rec = run_case(m, name, kw, args.reps, args.device, args.top, args.quick)
         rec["size"] = args.size
         rec["wall_s"] = round(time.perf_counter() - t0, 1)
         records.append(rec)
@@ -375,6 +391,10 @@ def main(argv=None) -> int:
 
 
 def summary(r: dict) -> None:
+    if "profile" not in r:
+        print(f"== {r['size']} {r['case']}: prefill {r['prefill_ms']} ms (all {r['prefill_ms_all']}), vision "
+              f"{r['vision_ms']} ms, ttft {r['ttft_ms']} ms; device-only {r.get('device_only_ms')} ms", flush=True)
+        return
     p = r["profile"]
     print(f"== {r['size']} {r['case']}: prefill {r['prefill_ms']} ms (all {r['prefill_ms_all']}), vision "
           f"{r['vision_ms']} ms; device-only {r.get('device_only_ms')} ms; profile: busy {p['busy_us'] / 1e3:.2f} ms "
