@@ -133,10 +133,13 @@ SPLIT_WAVES = 1.0  # gate_up_split_kernel's grid: this many waves of 2 CTAs an S
 # every distinct expert's rows read once by every SM at once) where they apply (sm_90, rows of 16-byte multiples,
 # E <= 512); False = the kernels above. A module switch so the benchmark can time both.
 STREAM = False  # (on once an H200 round has run them: property tests and the A/B in tools/moe_gpu.py --decode-ab)
-STREAM_GU_STAGE = 16 * 1024   # gate/up: bytes of one stage (2R rows of H; R = 4, 2 or 1 row pairs)
-STREAM_GU_RING = 48 * 1024    # gate/up: bytes of a CTA's ring (2 CTAs an SM; the rest lets down CTAs in early)
+# (H200, round s3r1, 35B-A3B: 32 KB stages in a 64 KB ring beat 8 and 16 KB stages and 48/96 KB rings at 1 and 8
+# tokens; 8 down warps beat 16 at 8 tokens, 157 vs 207 us a layer)
+STREAM_GU_STAGE = 32 * 1024   # gate/up: bytes of one stage (2R rows of H; R = 4, 2 or 1 row pairs)
+STREAM_GU_RING = 64 * 1024    # gate/up: bytes of a CTA's ring (2 CTAs an SM; the rest lets down CTAs in early)
+STREAM_XS_MAX = 32 * 1024     # gate/up: x staged in shared memory up to this many bytes (T H), else read from L1/L2
 STREAM_DOWN_SMEM = 100 * 1024  # down: a CTA's stages (warps x stages per warp x RD rows)
-STREAM_DOWN_WARPS = 16  # down: warps a CTA at most (one per unit below it)
+STREAM_DOWN_WARPS = 8  # down: warps a CTA at most (one per unit below it)
 STREAM_PREFETCH = True  # gate/up prefetches the shared expert's down rows into L2 before its wait on the routing
 _STREAM_MAXS, _STREAM_MAXE, _STREAM_RD, _STREAM_D, _STREAM_DW = 128, 512, 8, 4, 16  # moe.cu STREAM_*
 
@@ -524,7 +527,8 @@ def _stream_plan(T, k, E, H, I, S, es, sms, has_sh):
     if nw * RD * W * es > STREAM_DOWN_SMEM:
         return None
     d = max(1, min(_STREAM_D, ceil_div(units, nw), STREAM_DOWN_SMEM // (nw * RD * W * es)))
-    return dict(R=R, ns=ns, G=G, gu_smem=ns * stage, RD=RD, nw=nw, d=d, down_smem=nw * d * RD * W * es)
+    xs = T * H * es if T * H * es <= STREAM_XS_MAX else 0
+    return dict(R=R, ns=ns, G=G, xs=xs, gu_smem=ns * stage + xs, RD=RD, nw=nw, d=d, down_smem=nw * d * RD * W * es)
 
 
 def decode_kernels(x, gate_up, down, k: int, shared_gate=None, shared_up=None, shared_down=None) -> str:
@@ -564,19 +568,31 @@ def _stream_smem(device, dtype, expr, nbytes) -> None:
 
 def _stream(x, gate_up, down, weights, experts, sh, act, act_sh, y, T, H, E, I, k, S, device, sms) -> None:
     """The decode path on gate_up_stream_kernel + down_stream_kernel (two programmatic launches)."""
+    p = _stream_plan(T, k, E, H, I, S, x.element_size(), sms, act_sh is not None)
+    _stream_gate_up(p, x, gate_up, experts, sh, act, act_sh, T, H, E, I, k, S, device)
+    _stream_down(p, x, down, weights, experts, sh, act, act_sh, y, T, H, E, I, k, S, device)
+
+
+def _stream_gate_up(p, x, gate_up, experts, sh, act, act_sh, T, H, E, I, k, S, device) -> None:
     has_sh = act_sh is not None
-    p = _stream_plan(T, k, E, H, I, S, x.element_size(), sms, has_sh)
-    n = T * k
-    sg, su, sd, sgate = sh
-    _stream_smem(device, x.dtype, _stream_expr("gate_up", x.dtype), p["gu_smem"])
-    _stream_smem(device, x.dtype, _stream_expr("down", x.dtype), p["down_smem"])
-    _launch(device, x.dtype, _stream_expr("gate_up", x.dtype), (p["G"], 1, 1), (256, 1, 1), x.data_ptr(),
-            gate_up.data_ptr(), experts.data_ptr(), i32(n), i32(k), i32(H), i32(I), i32(E), act.data_ptr(),
+    sg, su, sd, _ = sh
+    expr = _stream_expr("gate_up", x.dtype)
+    _stream_smem(device, x.dtype, expr, p["gu_smem"])
+    _launch(device, x.dtype, expr, (p["G"], 1, 1), (256, 1, 1), x.data_ptr(),
+            gate_up.data_ptr(), experts.data_ptr(), i32(T * k), i32(k), i32(H), i32(I), i32(E), act.data_ptr(),
             sg.data_ptr() if has_sh else 0, su.data_ptr() if has_sh else 0, i32(S), i32(T),
             act_sh.data_ptr() if has_sh else 0, i32(p["R"]), i32(p["ns"]),
-            sd.data_ptr() if has_sh and STREAM_PREFETCH else 0, shared_mem=p["gu_smem"], pdl=PDL)
-    _launch(device, x.dtype, _stream_expr("down", x.dtype), (ceil_div(H, p["RD"]), 1, 1), (32 * p["nw"], 1, 1),
-            act.data_ptr(), down.data_ptr(), weights.data_ptr(), experts.data_ptr(), i32(n), i32(k), i32(H), i32(I),
-            i32(E), y.data_ptr(), act_sh.data_ptr() if has_sh else 0, sd.data_ptr() if has_sh else 0,
+            sd.data_ptr() if has_sh and STREAM_PREFETCH else 0, i32(1 if p["xs"] else 0), shared_mem=p["gu_smem"],
+            pdl=PDL)
+
+
+def _stream_down(p, x, down, weights, experts, sh, act, act_sh, y, T, H, E, I, k, S, device) -> None:
+    has_sh = act_sh is not None
+    _, _, sd, sgate = sh
+    expr = _stream_expr("down", x.dtype)
+    _stream_smem(device, x.dtype, expr, p["down_smem"])
+    _launch(device, x.dtype, expr, (ceil_div(H, p["RD"]), 1, 1), (32 * p["nw"], 1, 1),
+            act.data_ptr(), down.data_ptr(), weights.data_ptr(), experts.data_ptr(), i32(T * k), i32(k), i32(H),
+            i32(I), i32(E), y.data_ptr(), act_sh.data_ptr() if has_sh else 0, sd.data_ptr() if has_sh else 0,
             sgate.data_ptr() if has_sh else 0, x.data_ptr(), i32(S), i32(T), i32(p["RD"]), i32(p["d"]),
             shared_mem=p["down_smem"], pdl=PDL)

@@ -238,16 +238,17 @@ def test_decode_stream_kernels(stream, monkeypatch):
 
 def test_stream_plan_shapes():
     """The streaming kernels' launch shapes from host sizes (no GPU): at the 35B-A3B widths on 132 SMs, one token
-    runs 2 gate/up CTAs an SM on 2-row-pair stages (16 KB, 3 in flight a CTA) and 256 down CTAs of 8 rows with a
-    warp per unit (8 routed + the shared expert); 8 tokens run 512 down CTAs of 4 rows, 16 warps; rows that are not
+    runs 2 gate/up CTAs an SM on 4-row-pair stages (32 KB, 2 in flight a CTA, x staged: 4 KB) and 256 down CTAs of
+    8 rows, 8 warps; 8 tokens the same with 32 KB of x; x past STREAM_XS_MAX is not staged; rows that are not
     16-byte multiples, more than 512 experts or 128 slots take the other kernels."""
     from kernels import moe
 
     p1 = moe._stream_plan(1, 8, 256, 2048, 512, 512, 2, 132, True)
-    assert (p1["R"], p1["ns"], p1["G"], p1["gu_smem"]) == (2, 3, 264, 48 * 1024)
-    assert (p1["RD"], p1["nw"], p1["d"], p1["down_smem"]) == (8, 9, 1, 9 * 8 * 1024)
+    assert (p1["R"], p1["ns"], p1["G"], p1["xs"], p1["gu_smem"]) == (4, 2, 264, 4096, 68 * 1024)
+    assert (p1["RD"], p1["nw"], p1["d"], p1["down_smem"]) == (8, 8, 1, 64 * 1024)
     p8 = moe._stream_plan(8, 8, 256, 2048, 512, 512, 2, 132, True)
-    assert (p8["RD"], p8["nw"], p8["d"]) == (4, 16, 1) and p8["down_smem"] <= moe.STREAM_DOWN_SMEM
+    assert (p8["RD"], p8["nw"], p8["d"], p8["xs"]) == (8, 8, 1, 32 * 1024) and p8["down_smem"] <= moe.STREAM_DOWN_SMEM
+    assert moe._stream_plan(16, 8, 256, 2048, 512, 512, 2, 132, True)["xs"] == 0
     assert moe._stream_plan(1, 8, 256, 2044, 512, 512, 2, 132, True) is None   # H * 2 bytes not a 16-byte multiple
     assert moe._stream_plan(1, 8, 256, 2048, 500, 512, 2, 132, True) is None   # I
     assert moe._stream_plan(1, 8, 256, 2048, 512, 20, 2, 132, True) is None    # S

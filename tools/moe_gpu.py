@@ -460,6 +460,7 @@ def decode_ab(sizes, tokens, out_dir, reps: int = 3, sweep: bool = False) -> lis
             want = ref.moe_mlp(x.float(), L.gate_up[uniq].float(), L.down[uniq].float(), w, inv.reshape(e.shape),
                                **{kk: v.float() for kk, v in kw.items()}).cpu()
             times = {}
+            mlp_bytes = n_hit * 3 * I * H * 2 + 3 * S * H * 2 + H * 2
             for stream in (True, False):
                 moe.STREAM = stream
                 got = moe.moe_mlp(x, L.gate_up, L.down, w, e, **kw, validate=False)
@@ -483,12 +484,30 @@ def decode_ab(sizes, tokens, out_dir, reps: int = 3, sweep: bool = False) -> lis
             rec["layer_stream_topk_late_us"] = graph_ms(lambda: L.forward(x), 20) * 1e3
             moe.TOPK_EARLY, moe.STREAM_PREFETCH = True, False
             rec["layer_stream_noprefetch_us"] = graph_ms(lambda: L.forward(x), 20) * 1e3
-            moe.STREAM_PREFETCH = True
+            moe.STREAM_PREFETCH, xs_max, moe.STREAM_XS_MAX = True, moe.STREAM_XS_MAX, 0
+            rec["layer_stream_nox_us"] = graph_ms(lambda: L.forward(x), 20) * 1e3
+            moe.STREAM_XS_MAX = xs_max
+            # each streaming kernel alone (graph of 20 launches of it; the inputs stay valid between them)
+            p = moe._stream_plan(T, k, E, H, I, S, 2, torch.cuda.get_device_properties(0).multi_processor_count,
+                                 True)
+            act = torch.empty(T * k, I, device="cuda")
+            act_sh = torch.empty(T, S, device="cuda")
+            y = torch.empty_like(x)
+            dev = torch.cuda.current_device()
+            sh = (L.sg, L.su, L.sd, L.sgate)
+            ee, ww = e.contiguous(), w.float().contiguous()
+            rec["gate_up_alone_us"] = graph_ms(lambda: moe._stream_gate_up(p, x, L.gate_up, ee, sh, act, act_sh, T, H,
+                                                                           E, I, k, S, dev), 20) * 1e3
+            rec["down_alone_us"] = graph_ms(lambda: moe._stream_down(p, x, L.down, ww, ee, sh, act, act_sh, y, T, H,
+                                                                     E, I, k, S, dev), 20) * 1e3
+            gu_bytes = (n_hit + 1) * 2 * I * H * 2
+            rec["gate_up_alone_TBps"] = gu_bytes / (rec["gate_up_alone_us"] * 1e-6) / 1e12
+            rec["down_alone_TBps"] = (mlp_bytes - gu_bytes) / (rec["down_alone_us"] * 1e-6) / 1e12
             if sweep:  # the streaming kernels' knobs: gate/up stage and ring bytes, down stage budget
                 moe.STREAM = True
                 knobs = (moe.STREAM_GU_STAGE, moe.STREAM_GU_RING, moe.STREAM_DOWN_SMEM, moe.STREAM_DOWN_WARPS)
-                for st, ring in ((8, 48), (16, 48), (16, 64), (16, 96), (32, 64), (32, 96)):
-                    for dsm, dw in ((64, 16), (100, 16), (64, 8), (100, 8)):
+                for st, ring in ((16, 32), (16, 48), (32, 64), (32, 96)):
+                    for dsm, dw in ((32, 8), (64, 8), (100, 8)):
                         moe.STREAM_GU_STAGE, moe.STREAM_GU_RING = st << 10, ring << 10
                         moe.STREAM_DOWN_SMEM, moe.STREAM_DOWN_WARPS = dsm << 10, dw
                         key = f"layer_stream_st{st}_ring{ring}_down{dsm}_w{dw}_us"
@@ -500,7 +519,6 @@ def decode_ab(sizes, tokens, out_dir, reps: int = 3, sweep: bool = False) -> lis
             rec["router_gemm_us"] = graph_ms(lambda: F.linear(x, L.wr), 20) * 1e3
             logits = F.linear(x, L.wr)
             rec["topk_us"] = graph_ms(lambda: moe.moe_topk(logits, k), 20) * 1e3
-            mlp_bytes = n_hit * 3 * I * H * 2 + 3 * S * H * 2 + H * 2
             layer_bytes = mlp_bytes + E * H * 2
             for tag in ("stream", "old"):
                 rec[f"layer_{tag}_pct_bw_floor"] = 100 * layer_bytes / (bw * 1e12) / (rec[f"layer_{tag}_us"] * 1e-6)
@@ -514,7 +532,10 @@ def decode_ab(sizes, tokens, out_dir, reps: int = 3, sweep: bool = False) -> lis
                   f"/{rec['old_rel_l2']:.1e} ok {rec['stream_ok']}/{rec['old_ok']} | router {rec['router_gemm_us']:.1f}"
                   f" topk {rec['topk_us']:.1f} | topk late {rec['layer_stream_topk_late_us']:.1f} no prefetch "
                   f"{rec['layer_stream_noprefetch_us']:.1f} | no shared: "
-                  f"stream {rec['mlp_stream_noshared_us']:.1f} old {rec['mlp_old_noshared_us']:.1f}", flush=True)
+                  f"stream {rec['mlp_stream_noshared_us']:.1f} old {rec['mlp_old_noshared_us']:.1f} | no x staging "
+                  f"{rec['layer_stream_nox_us']:.1f} | alone: gate/up {rec['gate_up_alone_us']:.1f} us "
+                  f"({rec['gate_up_alone_TBps']:.2f} TB/s) down {rec['down_alone_us']:.1f} us "
+                  f"({rec['down_alone_TBps']:.2f} TB/s)", flush=True)
             path = write_results("moe_decode_ab", records, extra=dict(copy_TBps=bw))
             if out_dir:
                 shutil.copy(path, Path(out_dir) / path.name)

@@ -822,6 +822,7 @@ constexpr int STREAM_MT = 4;       // gate/up tokens per reduction
 constexpr int STREAM_RD = 8;       // down rows per tile at most
 constexpr int STREAM_D = 4;        // down stages per warp at most
 constexpr int STREAM_DW = 16;      // down warps per CTA at most
+constexpr int STREAM_AV = 2;       // down: act vectors a lane held per pass (W <= 32 STREAM_AV VEC in one pass)
 
 __device__ __forceinline__ void bulk_load(unsigned dst, const void* src, unsigned bytes, unsigned bar) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -929,10 +930,11 @@ __global__ void __launch_bounds__(256, 3) gate_up_stream_kernel(
         const T* __restrict__ x, const T* __restrict__ gate_up, const long long* __restrict__ experts, int n_slots,
         int k, int H, int I, int E, float* __restrict__ act, const T* __restrict__ sh_gate,
         const T* __restrict__ sh_up, int S, int T_, float* __restrict__ act_sh, int R, int ns,
-        const T* __restrict__ sh_down_pf) {
+        const T* __restrict__ sh_down_pf, int stage_x) {
     extern __shared__ __align__(128) unsigned char stage_raw[];
     __shared__ UnitTable ut;
     __shared__ __align__(8) unsigned long long full[STREAM_NS];
+    __shared__ __align__(8) unsigned long long xbar;
     __shared__ float red[2][STREAM_MAXS][8];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int G = gridDim.x, b = blockIdx.x;
@@ -942,9 +944,13 @@ __global__ void __launch_bounds__(256, 3) gate_up_stream_kernel(
     const int r_tiles = (I + R - 1) / R;
     if (tid == 0) {
         for (int i = 0; i < ns; ++i) mbar_init(smem_u32(&full[i]), 1);
+        mbar_init(smem_u32(&xbar), 1);
         fence_mbarrier_init();
     }
     __syncthreads();
+    // stage_x: every token's x row in shared memory after the ring (one bulk copy once the wait returns), so an
+    // item's reduction reads no global memory; else x from L1/L2
+    T* xs = reinterpret_cast<T*>(stage_raw) + (size_t)ns * stage_elems;
     // item -> (gate rows, up rows, width, first row, unit); unit -1 = the shared expert
     auto decode = [&](int item, const T*& wg, const T*& wu, int& width, int& i0, int& unit) {
         if (item < sh_items) {
@@ -971,6 +977,16 @@ __global__ void __launch_bounds__(256, 3) gate_up_stream_kernel(
         bulk_load(smem_u32(st), wg + (size_t)i0 * H, bytes, bar);
         bulk_load(smem_u32(st + (size_t)R * H), wu + (size_t)i0 * H, bytes, bar);
     };
+    auto lookahead = [&](int n) {  // the CTA's n-th item into L2 (the whole CTA, a line a thread): ring refills hit L2
+        const int item = b + n * G;
+        if (item >= sh_items + ut.n * r_tiles) return;
+        const T *wg, *wu;
+        int width, i0, unit;
+        decode(item, wg, wu, width, i0, unit);
+        const int lines = (min(R, width - i0) * H * (int)sizeof(T) + 127) / 128;
+        for (int l = tid; l < 2 * lines; l += blockDim.x)
+            prefetch_l2(reinterpret_cast<const char*>((l < lines ? wg : wu) + (size_t)i0 * H) + (l % lines) * 128);
+    };
     // before the wait: the shared expert's items of the ring's first stages (weights only)
     int issued = 0;
     if (tid == 0)
@@ -982,10 +998,18 @@ __global__ void __launch_bounds__(256, 3) gate_up_stream_kernel(
     }
     wait_for_primary_grid();   // the routing (top-k) is complete and visible; x too
     allow_dependent_launch();  // the down kernel may be scheduled (it streams its rows before its own wait)
+    if (stage_x && tid == 0) {
+        const unsigned xbytes = (unsigned)((size_t)T_ * H * sizeof(T));
+        mbar_arrive_expect_tx(smem_u32(&xbar), xbytes);
+        bulk_load(smem_u32(xs), x, xbytes, smem_u32(&xbar));
+    }
     build_units(experts, n_slots, E, ut);
     const int total = sh_items + ut.n * r_tiles;
     if (tid == 0)
         while (issued < ns && b + issued * G < total) issue(issued++);
+    for (int n = ns; n < 2 * ns; ++n) lookahead(n);
+    const T* xsrc = stage_x ? xs : x;
+    if (stage_x) mbar_wait(smem_u32(&xbar), 0);
     const int rows2 = 2 * R, parts = 8 / rows2;
     const int r = warp % rows2, part = warp / rows2;
     const int nvec = H / VEC;
@@ -1010,7 +1034,7 @@ __global__ void __launch_bounds__(256, 3) gate_up_stream_kernel(
                 for (int j = 0; j < STREAM_MT; ++j) {
                     acc[j] = 0.f;
                     const int c = min(c0 + j, count - 1);
-                    xr[j] = x + (size_t)(unit < 0 ? c : ut.slot[first + c] / k) * H;
+                    xr[j] = xsrc + (size_t)(unit < 0 ? c : ut.slot[first + c] / k) * H;
                 }
                 for (int q = q_lo + lane; q < q_hi; q += 32) {
                     const Vec<T, VEC> wv = reinterpret_cast<const Vec<T, VEC>*>(row)[q];
@@ -1037,6 +1061,7 @@ __global__ void __launch_bounds__(256, 3) gate_up_stream_kernel(
         }
         __syncthreads();  // the stage is read and red[buf] written
         if (tid == 0 && b + issued * G < total) issue(issued++);
+        lookahead(n + 2 * ns);
         for (int idx = tid; idx < rows * count; idx += blockDim.x) {
             const int c = idx / rows, i = idx - c * rows;
             float g = 0.f, up = 0.f;
@@ -1055,7 +1080,7 @@ __global__ void __launch_bounds__(256, 3) gate_up_stream_kernel(
 // W = max(I, S) elements. Unit v: v = 0 the shared expert (when given), then the routed units; warp w streams
 // the units w, w + nw, ... through its d stages (its own barriers: no CTA barrier in the loop).
 template <typename T, int VEC>
-__global__ void __launch_bounds__(512, 1) down_stream_kernel(
+__global__ void __launch_bounds__(512, 2) down_stream_kernel(
         const float* __restrict__ act, const T* __restrict__ down, const float* __restrict__ weights,
         const long long* __restrict__ experts, int n_slots, int k, int H, int I, int E, T* __restrict__ out,
         const float* __restrict__ act_sh, const T* __restrict__ sh_down, const T* __restrict__ sh_gate_w,
@@ -1079,14 +1104,25 @@ __global__ void __launch_bounds__(512, 1) down_stream_kernel(
         fence_mbarrier_init();
     }
     __syncthreads();
-    auto issue = [&](int v, int m) {  // unit v into this warp's stage m % d (lane 0)
+    auto unit_rows = [&](int v, unsigned& bytes) {  // unit v's RD rows (contiguous)
         const bool sh = has_sh && v == 0;
-        const T* src = sh ? sh_down + (size_t)h0 * S : down + ((size_t)ut.exp[v - has_sh] * H + h0) * I;
-        const unsigned bytes = (unsigned)(rows * (sh ? S : I) * sizeof(T));
+        bytes = (unsigned)(rows * (sh ? S : I) * sizeof(T));
+        return sh ? sh_down + (size_t)h0 * S : down + ((size_t)ut.exp[v - has_sh] * H + h0) * I;
+    };
+    auto issue = [&](int v, int m) {  // unit v into this warp's stage m % d (lane 0)
+        unsigned bytes;
+        const T* src = unit_rows(v, bytes);
         const unsigned bar = smem_u32(&full[warp][m % d]);
         T* st = reinterpret_cast<T*>(stage_raw) + (size_t)(warp * d + m % d) * stage_elems;
         mbar_arrive_expect_tx(bar, bytes);
         bulk_load(smem_u32(st), src, bytes, bar);
+    };
+    auto lookahead = [&](int v) {  // unit v's rows into L2 (the warp, a line a lane): its ring refill hits L2
+        if (v >= ut.n + has_sh) return;
+        unsigned bytes;
+        const T* src = unit_rows(v, bytes);
+        for (unsigned l = lane; l < (bytes + 127) / 128; l += 32)
+            prefetch_l2(reinterpret_cast<const char*>(src) + l * 128);
     };
     if (has_sh && warp == 0 && lane == 0) issue(0, 0);  // the shared expert's rows need no routing
     // the routing is complete (the gate/up kernel let this grid be scheduled only after its own wait on it)
@@ -1098,6 +1134,7 @@ __global__ void __launch_bounds__(512, 1) down_stream_kernel(
             const int v = warp + m * nw;
             if (v < nu && !(has_sh && v == 0)) issue(v, m);
         }
+    for (int m = d; m < 2 * d; ++m) lookahead(warp + m * nw);
     if (has_sh)  // the shared expert's gate sigmoid(w . x[t]) per token (x is complete: it preceded the router)
         for (int t = warp; t < T_; t += nw) {
             float p = 0.f;
@@ -1115,7 +1152,6 @@ __global__ void __launch_bounds__(512, 1) down_stream_kernel(
         const int u = v - has_sh;
         const int count = sh ? T_ : ut.start[u + 1] - ut.start[u];
         const int first = sh ? 0 : ut.start[u];
-        mbar_wait(smem_u32(&full[warp][m % d]), (m / d) & 1);
         const T* st = reinterpret_cast<const T*>(stage_raw) + (size_t)(warp * d + m % d) * stage_elems;
         const int nvec = width / VEC;
         for (int c = 0; c < count; ++c) {
@@ -1124,19 +1160,33 @@ __global__ void __launch_bounds__(512, 1) down_stream_kernel(
             float acc[STREAM_RD];
 #pragma unroll
             for (int rr = 0; rr < STREAM_RD; ++rr) acc[rr] = 0.f;
-            for (int q = lane; q < nvec; q += 32) {
-                float af[VEC];  // VEC floats: 16-byte loads (act rows are 16-byte multiples: I, S % VEC == 0)
+            for (int q0 = 0; q0 < nvec; q0 += 32 * STREAM_AV) {
+                // the act vectors first (VEC floats each: 16-byte loads, act rows being 16-byte multiples), then
+                // (the unit's first pass) the wait for its weights: the loads overlap the wait
+                float af[STREAM_AV][VEC];
 #pragma unroll
-                for (int c2 = 0; c2 < VEC; c2 += 4) {
-                    const float4 f = *reinterpret_cast<const float4*>(a + (size_t)q * VEC + c2);
-                    af[c2] = f.x; af[c2 + 1] = f.y; af[c2 + 2] = f.z; af[c2 + 3] = f.w;
+                for (int i = 0; i < STREAM_AV; ++i) {
+                    const int q = q0 + lane + 32 * i;
+                    if (q < nvec)
+#pragma unroll
+                        for (int c2 = 0; c2 < VEC; c2 += 4) {
+                            const float4 f = *reinterpret_cast<const float4*>(a + (size_t)q * VEC + c2);
+                            af[i][c2] = f.x; af[i][c2 + 1] = f.y; af[i][c2 + 2] = f.z; af[i][c2 + 3] = f.w;
+                        }
                 }
+                if (c == 0 && q0 == 0) mbar_wait(smem_u32(&full[warp][m % d]), (m / d) & 1);
 #pragma unroll
-                for (int rr = 0; rr < STREAM_RD; ++rr) {
-                    if (rr < rows) {
-                        const Vec<T, VEC> wv = reinterpret_cast<const Vec<T, VEC>*>(st + (size_t)rr * width)[q];
+                for (int i = 0; i < STREAM_AV; ++i) {
+                    const int q = q0 + lane + 32 * i;
+                    if (q < nvec) {
 #pragma unroll
-                        for (int c2 = 0; c2 < VEC; ++c2) acc[rr] = fmaf(to_f(wv.v[c2]), af[c2], acc[rr]);
+                        for (int rr = 0; rr < STREAM_RD; ++rr) {
+                            if (rr < rows) {
+                                const Vec<T, VEC> wv = reinterpret_cast<const Vec<T, VEC>*>(st + (size_t)rr * width)[q];
+#pragma unroll
+                                for (int c2 = 0; c2 < VEC; ++c2) acc[rr] = fmaf(to_f(wv.v[c2]), af[i][c2], acc[rr]);
+                            }
+                        }
                     }
                 }
             }
@@ -1148,8 +1198,10 @@ __global__ void __launch_bounds__(512, 1) down_stream_kernel(
                 }
             }
         }
+        if (count == 0) mbar_wait(smem_u32(&full[warp][m % d]), (m / d) & 1);  // (every copy is waited for)
         __syncwarp();  // the stage is read: refill it with this warp's unit d ahead
         if (lane == 0 && v + d * nw < nu) issue(v + d * nw, m + d);
+        lookahead(v + 2 * d * nw);
     }
     __syncthreads();
     for (int idx = tid; idx < T_ * rows; idx += blockDim.x) {
