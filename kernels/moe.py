@@ -140,6 +140,7 @@ STREAM_GU_RING = 64 * 1024    # gate/up: bytes of a CTA's ring (2 CTAs an SM; th
 STREAM_XS_MAX = 32 * 1024     # gate/up: x staged in shared memory up to this many bytes (T H), else read from L1/L2
 STREAM_DOWN_SMEM = 100 * 1024  # down: a CTA's stages (warps x stages per warp x RD rows)
 STREAM_DOWN_WARPS = 8  # down: warps a CTA at most (one per unit below it)
+STREAM_FLAGS = 0  # moe.cu STREAM_NO_HINT (1: bulk copies without the L2 evict-first hint), STREAM_NO_LOOKAHEAD (2)
 STREAM_PREFETCH = True  # gate/up prefetches the shared expert's down rows into L2 before its wait on the routing
 _STREAM_MAXS, _STREAM_MAXE, _STREAM_RD, _STREAM_D, _STREAM_DW = 128, 512, 8, 4, 16  # moe.cu STREAM_*
 
@@ -582,8 +583,8 @@ def _stream_gate_up(p, x, gate_up, experts, sh, act, act_sh, T, H, E, I, k, S, d
             gate_up.data_ptr(), experts.data_ptr(), i32(T * k), i32(k), i32(H), i32(I), i32(E), act.data_ptr(),
             sg.data_ptr() if has_sh else 0, su.data_ptr() if has_sh else 0, i32(S), i32(T),
             act_sh.data_ptr() if has_sh else 0, i32(p["R"]), i32(p["ns"]),
-            sd.data_ptr() if has_sh and STREAM_PREFETCH else 0, i32(1 if p["xs"] else 0), shared_mem=p["gu_smem"],
-            pdl=PDL)
+            sd.data_ptr() if has_sh and STREAM_PREFETCH else 0, i32(1 if p["xs"] else 0), i32(STREAM_FLAGS),
+            shared_mem=p["gu_smem"], pdl=PDL)
 
 
 def _stream_down(p, x, down, weights, experts, sh, act, act_sh, y, T, H, E, I, k, S, device) -> None:
@@ -595,4 +596,4 @@ def _stream_down(p, x, down, weights, experts, sh, act, act_sh, y, T, H, E, I, k
             act.data_ptr(), down.data_ptr(), weights.data_ptr(), experts.data_ptr(), i32(T * k), i32(k), i32(H),
             i32(I), i32(E), y.data_ptr(), act_sh.data_ptr() if has_sh else 0, sd.data_ptr() if has_sh else 0,
             sgate.data_ptr() if has_sh else 0, x.data_ptr(), i32(S), i32(T), i32(p["RD"]), i32(p["d"]),
-            shared_mem=p["down_smem"], pdl=PDL)
+            i32(STREAM_FLAGS), shared_mem=p["down_smem"], pdl=PDL)

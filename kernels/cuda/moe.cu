@@ -824,7 +824,23 @@ constexpr int STREAM_D = 4;        // down stages per warp at most
 constexpr int STREAM_DW = 16;      // down warps per CTA at most
 constexpr int STREAM_AV = 2;       // down: act vectors a lane held per pass (W <= 32 STREAM_AV VEC in one pass)
 
-__device__ __forceinline__ void bulk_load(unsigned dst, const void* src, unsigned bytes, unsigned bar) {
+// flags of the streaming kernels (moe.STREAM_FLAGS, for A/B runs): no L2 evict-first hint on the bulk copies; no L2
+// lookahead prefetches
+constexpr int STREAM_NO_HINT = 1, STREAM_NO_LOOKAHEAD = 2;
+
+__device__ __forceinline__ void bulk_load_plain(unsigned dst, const void* src, unsigned bytes, unsigned bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+                 ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void bulk_load(unsigned dst, const void* src, unsigned bytes, unsigned bar,
+                                          int flags = 0) {
+    if (flags & STREAM_NO_HINT) {
+        bulk_load_plain(dst, src, bytes, bar);
+        return;
+    }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     // weights are read once: evict them from L2 first (keeps x, act and the routing resident)
     asm volatile(
@@ -930,7 +946,7 @@ __global__ void __launch_bounds__(256, 3) gate_up_stream_kernel(
         const T* __restrict__ x, const T* __restrict__ gate_up, const long long* __restrict__ experts, int n_slots,
         int k, int H, int I, int E, float* __restrict__ act, const T* __restrict__ sh_gate,
         const T* __restrict__ sh_up, int S, int T_, float* __restrict__ act_sh, int R, int ns,
-        const T* __restrict__ sh_down_pf, int stage_x) {
+        const T* __restrict__ sh_down_pf, int stage_x, int flags) {
     extern __shared__ __align__(128) unsigned char stage_raw[];
     __shared__ UnitTable ut;
     __shared__ __align__(8) unsigned long long full[STREAM_NS];
@@ -974,12 +990,12 @@ __global__ void __launch_bounds__(256, 3) gate_up_stream_kernel(
         const unsigned bar = smem_u32(&full[n % ns]);
         T* st = reinterpret_cast<T*>(stage_raw) + (size_t)(n % ns) * stage_elems;
         mbar_arrive_expect_tx(bar, 2 * bytes);
-        bulk_load(smem_u32(st), wg + (size_t)i0 * H, bytes, bar);
-        bulk_load(smem_u32(st + (size_t)R * H), wu + (size_t)i0 * H, bytes, bar);
+        bulk_load(smem_u32(st), wg + (size_t)i0 * H, bytes, bar, flags);
+        bulk_load(smem_u32(st + (size_t)R * H), wu + (size_t)i0 * H, bytes, bar, flags);
     };
     auto lookahead = [&](int n) {  // the CTA's n-th item into L2 (the whole CTA, a line a thread): ring refills hit L2
         const int item = b + n * G;
-        if (item >= sh_items + ut.n * r_tiles) return;
+        if ((flags & STREAM_NO_LOOKAHEAD) || item >= sh_items + ut.n * r_tiles) return;
         const T *wg, *wu;
         int width, i0, unit;
         decode(item, wg, wu, width, i0, unit);
@@ -1001,7 +1017,7 @@ __global__ void __launch_bounds__(256, 3) gate_up_stream_kernel(
     if (stage_x && tid == 0) {
         const unsigned xbytes = (unsigned)((size_t)T_ * H * sizeof(T));
         mbar_arrive_expect_tx(smem_u32(&xbar), xbytes);
-        bulk_load(smem_u32(xs), x, xbytes, smem_u32(&xbar));
+        bulk_load_plain(smem_u32(xs), x, xbytes, smem_u32(&xbar));  // (x stays in L2 for the other CTAs)
     }
     build_units(experts, n_slots, E, ut);
     const int total = sh_items + ut.n * r_tiles;
@@ -1084,7 +1100,7 @@ __global__ void __launch_bounds__(512, 2) down_stream_kernel(
         const float* __restrict__ act, const T* __restrict__ down, const float* __restrict__ weights,
         const long long* __restrict__ experts, int n_slots, int k, int H, int I, int E, T* __restrict__ out,
         const float* __restrict__ act_sh, const T* __restrict__ sh_down, const T* __restrict__ sh_gate_w,
-        const T* __restrict__ x, int S, int T_, int RD, int d) {
+        const T* __restrict__ x, int S, int T_, int RD, int d, int flags) {
     extern __shared__ __align__(128) unsigned char stage_raw[];
     __shared__ UnitTable ut;
     __shared__ __align__(8) unsigned long long full[STREAM_DW][STREAM_D];
@@ -1115,10 +1131,10 @@ __global__ void __launch_bounds__(512, 2) down_stream_kernel(
         const unsigned bar = smem_u32(&full[warp][m % d]);
         T* st = reinterpret_cast<T*>(stage_raw) + (size_t)(warp * d + m % d) * stage_elems;
         mbar_arrive_expect_tx(bar, bytes);
-        bulk_load(smem_u32(st), src, bytes, bar);
+        bulk_load(smem_u32(st), src, bytes, bar, flags);
     };
     auto lookahead = [&](int v) {  // unit v's rows into L2 (the warp, a line a lane): its ring refill hits L2
-        if (v >= ut.n + has_sh) return;
+        if ((flags & STREAM_NO_LOOKAHEAD) || v >= ut.n + has_sh) return;
         unsigned bytes;
         const T* src = unit_rows(v, bytes);
         for (unsigned l = lane; l < (bytes + 127) / 128; l += 32)
