@@ -114,7 +114,8 @@ def test_graphed_prefill_equals_eager_and_reference():
     from model.prefill_graph import PrefillGraphs, bucket
 
     ref_m, m = model_for("reference"), model_for("kernels")
-    g = PrefillGraphs()
+    default, g = m.prefill_graphs, PrefillGraphs()
+    assert default is not None  # on by default with cuda_graphs
     try:
         for lengths in ((37, 12, 64), (40, 9, 64), (5, 100, 8)):  # 113 tokens each: one bucket
             assert bucket(sum(lengths)) == bucket(113)
@@ -135,10 +136,10 @@ def test_graphed_prefill_equals_eager_and_reference():
                     assert float((cv - cv0).abs().max() / cv0.abs().max()) < 1e-5
             m.prefill_graphs = g
             got = m.generate_ids(ids, attention_mask=mask, max_new_tokens=8, eos_token_ids=[])
-            m.prefill_graphs = None
+            m.prefill_graphs = default
             assert torch.equal(got, want), f"\nours {got.tolist()}\nref  {want.tolist()}"
     finally:
-        m.prefill_graphs = None
+        m.prefill_graphs = default
     # one graph per cache: the three test caches' (captured, then replayed once) and the decode session's (captured
     # by the first generate, replayed by the next two)
     assert (g.captures, g.replays) == (4, 5)
