@@ -60,21 +60,21 @@ STATE_CLUSTER_BY_BV = {16: 1, 32: 1, 64: 1}
 STATE_CLUSTER: int | None = None
 STATE_CLUSTERS = (2, 4, 8)
 RECURRENT_MAX_SEQLEN = 8  # with a max_seqlen hint at or below this, the recurrent kernel runs
-# The transposed state passes (S^T as mma fragments, one barrier a chunk): "t<NW>" gdn_chunk_state_t, NW warps a
-# CTA of 16 NW dv columns, a warp each; "k<KW>" gdn_chunk_state_k, one 16-column block a CTA with its dk split over
-# KW warps (two barriers a chunk). Picked by waves x STATE_T_STEP_COST (one CTA an SM: the stages fill shared
-# memory; rough until measured); STATE_KERNEL "t" runs them, "w" the warp-specialised gdn_chunk_state.
+# The transposed state pass gdn_chunk_state_t<NC, KW> (S^T as mma fragments that feed the next product; one or two
+# barriers a chunk): NC groups of 16 dv columns a CTA, each split over KW warps by dk. Picked by waves x
+# STATE_T_STEP_COST (one CTA an SM: the stages fill shared memory); STATE_KERNEL "t" runs it, "w" the
+# warp-specialised gdn_chunk_state.
 STATE_KERNEL = "w"
-STATE_T_BUILDS = ("t1", "t2", "t4", "k2", "k4")
-STATE_T_STEP_COST = {"t1": 1.0, "t2": 1.3, "t4": 2.0, "k2": 0.7, "k4": 0.6}
-STATE_T_FORCE: str | None = None  # trials: this build for every shape
+STATE_T_BUILDS = ((1, 2), (1, 4), (2, 2), (2, 4), (4, 1), (4, 2))
+STATE_T_STEP_COST = {(1, 2): 1.0, (1, 4): 0.8, (2, 2): 1.2, (2, 4): 1.0, (4, 1): 2.0, (4, 2): 1.6}
+STATE_T_FORCE: tuple[int, int] | None = None  # trials: this (NC, KW) for every shape
 
 
 HOPPER_SMEM = 232448  # opt-in shared memory per block on sm_90, the most any target allows
 
 
 # gdn_chunk_prep's compact layout (the T operands written over A: 53 KB, four CTAs an SM instead of three)
-PREP_COMPACT = False
+PREP_COMPACT = True
 
 
 def prep_smem_bytes(compact: bool = False) -> int:
@@ -100,35 +100,28 @@ def _state_mc_ns(bv: int) -> int:
     return max(ns for ns in STATE_STAGES if state_smem_bytes(bv, ns) + 64 <= HOPPER_SMEM)
 
 
-def state_t_smem_bytes(build: str, ns: int) -> int:
-    """Dynamic shared memory of a transposed state-pass build: NS stages (StateLayout of its column block), the
-    fp32 partials of the k builds, a 64x24 output tile a warp."""
-    x = int(build[1:])
-    bv = 16 * x if build[0] == "t" else 16
-    su = bv + 8
+def state_t_smem_bytes(build: tuple[int, int], ns: int) -> int:
+    """Dynamic shared memory of gdn_chunk_state_t<NC, KW, NS>: NS stages (StateLayout of 16 NC columns), the fp32
+    partials of every warp when KW > 1, a 64x24 output tile a column group."""
+    nc, kw = build
+    su = 16 * nc + 8
     stage = (3 * BT * (D + 8) + BT * su + BT * (BT + 8)) * 2 + 3 * BT * 4
-    partials = x * 2 * 32 * 32 * 4 if build[0] == "k" else 0
-    return ns * stage + partials + x * BT * 24 * 2
+    partials = nc * kw * 2 * 8 * 32 * 16 if kw > 1 else 0
+    return ns * stage + partials + nc * BT * 24 * 2
 
 
-def _state_t_expr(dtype, build: str, ns: int) -> str:
-    name = "gdn_chunk_state_t" if build[0] == "t" else "gdn_chunk_state_k"
-    return f"deltanet::{name}<{CTYPES[dtype]}, {build[1:]}, {ns}>"
+def _state_t_expr(dtype, build: tuple[int, int], ns: int) -> str:
+    return f"deltanet::gdn_chunk_state_t<{CTYPES[dtype]}, {build[0]}, {build[1]}, {ns}>"
 
 
-def state_t_columns(build: str) -> int:
-    """dv columns a CTA of the build covers."""
-    return 16 * int(build[1:]) if build[0] == "t" else 16
-
-
-def pick_state_t(n: int, Hv: int, sms: int, smem_limit: int) -> tuple[str, int]:
-    """(build, NS) of the transposed state pass: the fewest waves x step cost (one CTA an SM), the deepest
+def pick_state_t(n: int, Hv: int, sms: int, smem_limit: int) -> tuple[tuple[int, int], int]:
+    """((NC, KW), NS) of the transposed state pass: the fewest waves x step cost (one CTA an SM), the deepest
     pipeline that fits."""
     fits = [b for b in STATE_T_BUILDS if state_t_smem_bytes(b, 2) <= smem_limit]
     if STATE_T_FORCE is not None:
         build = STATE_T_FORCE
     else:
-        build = min(fits, key=lambda b: (-(-(n * Hv * (D // state_t_columns(b))) // sms)) * STATE_T_STEP_COST[b])
+        build = min(fits, key=lambda b: (-(-(n * Hv * (D // (16 * b[0]))) // sms)) * STATE_T_STEP_COST[b])
     ns = max(ns for ns in STATE_STAGES if ns == STATE_STAGES[0] or state_t_smem_bytes(build, ns) <= smem_limit)
     return build, ns
 
@@ -343,8 +336,8 @@ def _run(q, k, v, gates, gate: bool, cu_seqlens, initial_state, scale, use_qk_l2
             h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)), i32(T))
     if STATE_KERNEL == "t":
         build, ns = pick_state_t(n, Hv, sms, smem_limit)
-        _launch(device, _state_t_expr(q.dtype, build, ns), (D // state_t_columns(build), Hv, n),
-                state_t_smem_bytes(build, ns), *args, threads=32 * int(build[1:]))
+        _launch(device, _state_t_expr(q.dtype, build, ns), (D // (16 * build[0]), Hv, n),
+                state_t_smem_bytes(build, ns), *args, threads=32 * build[0] * build[1])
         return out, final_state
     bv = pick_state_bv(n, Hv, sms, smem_limit)
     ns = pick_state_stages(bv, smem_limit)

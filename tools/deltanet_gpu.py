@@ -523,7 +523,7 @@ def trials_t(args) -> int:
             eo, es = rel(o, ro), rel(st, rs)
             ok = eo <= TOL[dt] and es <= TOL[dt]
             fails += not ok
-            rec[build or kern] = (eo, es, "ok" if ok else "FAIL")
+            rec[f"c{build[0]}k{build[1]}" if build else kern] = (eo, es, "ok" if ok else "FAIL")
         emit(rec)
     for Hk, Hv, lens in ((16, 16, [32768]), (16, 64, [32768]), (16, 16, [4096]), (16, 16, [1024] * 8),
                          (16, 64, [1024] * 8), (16, 64, [4096]), (16, 32, [32768])):
@@ -531,12 +531,12 @@ def trials_t(args) -> int:
             break
         q, k, v, g, beta, cu, h0 = make_inputs(lens, Hk, Hv, torch.bfloat16)
         rec = {"case": f"t prefill {Hk}/{Hv} {len(lens)}x{lens[0]}",
-               "pick": K.pick_state_t(len(lens), Hv, *K._device_info(0))}
+               "pick": list(K.pick_state_t(len(lens), Hv, *K._device_info(0))), "prep_compact": K.PREP_COMPACT}
         base = run(q, k, v, g, beta, cu, h0, "w")
         for kern, build in [("w", None)] + [("t", b) for b in K.STATE_T_BUILDS] + [("t", None)]:
             fn = lambda: run(q, k, v, g, beta, cu, h0, kern, build, max(lens))
             got = fn()
-            key = build or ("pick" if kern == "t" else kern)
+            key = f"c{build[0]}k{build[1]}" if build else ("pick" if kern == "t" else kern)
             rec[f"{key}_ms"] = graph_ms(fn, 3)
             rec[f"{key}_vs_w"] = max(rel(got[0], base[0]), rel(got[1], base[1]))
         # the prep alone, in its two shared-memory layouts, and the picked build behind the compact prep

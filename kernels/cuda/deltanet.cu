@@ -699,17 +699,21 @@ __device__ __forceinline__ void chunk_state_body(
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// gdn_chunk_state_t: the state pass with the transposed state S^T held as mma fragments (one warp per 16 dv columns)
+// gdn_chunk_state_t: the state pass with the transposed state S^T held as mma fragments
 // ---------------------------------------------------------------------------------------------------------------
 // Every product is taken transposed, so that each result's accumulator layout is the A operand of the next one
-// (the m16n8 C fragment packed in pairs is an A fragment): warp w of the CTA keeps S^T [16 dv x 128 dk] (dv
-// columns vb + 16 w ..) in fp32 registers and per chunk computes
-//   (W S)^T = S^T W^T and (Q S)^T = S^T Q^T (A = S^T from registers, B = W, Q rows by ldmatrix),
+// (the m16n8 C fragment packed in pairs is an A fragment). The CTA covers NC groups of 16 dv columns, each group
+// split over KW warps by dk: warp (g, r) keeps S^T [16 dv x 128 / KW dk] (dv columns vb + 16 g .., dk from
+// 128 r / KW) in fp32 registers and per chunk computes
+//   its partial (W S)^T = S^T W^T and (Q S)^T = S^T Q^T over its dk (A = S^T from registers, B = W, Q rows by
+//   ldmatrix); with KW > 1 the partials are exchanged in shared memory (fp32, [tile][lane] float4s: conflict-free)
+//   and every warp of the group sums all of (W S)^T and its 64 / KW output tokens' (Q S)^T;
 //   Vn^T = U^T - (W S)^T (U^T by ldmatrix.trans, in the C layout),
-//   O^T = (Q S)^T diag(exp(G) rq) + Vn^T Aqk^T,   S^T = exp(G_L) S^T + Vn^T diag(exp(G_L - G) rk) K
+//   O^T = (Q S)^T diag(exp(G) rq) + Vn^T Aqk^T for its output tokens,
+//   S^T = exp(G_L) S^T + Vn^T diag(exp(G_L - G) rk) K over its dk,
 // with Vn^T never leaving registers. S and Vn are rounded to the input dtype only as mma operands, as in
-// gdn_chunk_state. One barrier a chunk (the stage refill); no shared-memory round trip of S or Vn, and each warp
-// reads the chunk's W, Q, K, Aqk once. Outputs go through a per-warp shared tile (stmatrix) to 16-byte stores.
+// gdn_chunk_state. One barrier a chunk (the stage refill), two with KW > 1. Outputs go through a shared tile per
+// column group (stmatrix) to 16-byte stores.
 __device__ __forceinline__ void stsm_x4_t(unsigned addr, u32 r0, u32 r1, u32 r2, u32 r3) {
     asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1,%2,%3,%4};\n"
                  ::"r"(addr), "r"(r0), "r"(r1), "r"(r2), "r"(r3) : "memory");
@@ -721,20 +725,24 @@ __device__ __forceinline__ float2 unpack2(u32 x) {
     return make_float2(to_f(p[0]), to_f(p[1]));
 }
 
-template <typename T, int NW, int NS>
-__global__ void __launch_bounds__(32 * NW) gdn_chunk_state_t(
+template <typename T, int NC, int KW, int NS>
+__global__ void __launch_bounds__(32 * NC * KW) gdn_chunk_state_t(
     const T* __restrict__ q, const T* __restrict__ k, long long sq, long long sk, int Hk, int Hv,
     const T* __restrict__ w, const T* __restrict__ u, const T* __restrict__ aqk, const float* __restrict__ gc,
     const float* __restrict__ rq, const float* __restrict__ rk, const int* __restrict__ cu,
     const float* h0, float* hT, T* __restrict__ o, long long so, int ntok) {
-    constexpr int BV = 16 * NW, NT = 32 * NW, SO = 24;  // SO: row stride of the output tile (conflict-free)
+    static_assert(KW == 1 || KW == 2 || KW == 4, "dk split");
+    constexpr int BV = 16 * NC, NT = 32 * NC * KW, SO = 24;  // SO: row stride of the output tile (conflict-free)
+    constexpr int NJ = 16 / KW, KSL = 8 / KW, OT = 8 / KW;    // dk tiles, dk k-steps, output token tiles a warp
     using Lay = StateLayout<BV, NS>;
     constexpr int SU = Lay::SU;
     extern __shared__ __align__(16) unsigned char smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, t4 = lane & 3;
+    const int grp = warp / KW, part = warp % KW;
     const int vb = blockIdx.x * BV, h = blockIdx.y, s = blockIdx.z, kh = h / (Hv / Hk);
-    const int vw = vb + 16 * warp;  // this warp's dv columns
-    T* sO = reinterpret_cast<T*>(smem + NS * Lay::STAGE_BYTES) + warp * BT * SO;
+    const int vw = vb + 16 * grp, dk0 = part * (D / KW), ot0 = part * OT;
+    float4* sP = reinterpret_cast<float4*>(smem + NS * Lay::STAGE_BYTES);  // KW > 1: [warp][2][8 tiles][32 lanes]
+    T* sO = reinterpret_cast<T*>(sP + (KW > 1 ? NC * KW * 2 * 8 * 32 : 0)) + grp * BT * SO;
     const int bos = cu[s], eos = cu[s + 1];
     const int nchunks = (eos - bos + BT - 1) / BT;
     // ldmatrix / stmatrix row of this lane in a pair of 8-row tiles (lanes 16-31: the second tile) and its column
@@ -775,201 +783,9 @@ __global__ void __launch_bounds__(32 * NW) gdn_chunk_state_t(
         }
     };
 
-    // S^T in the C layout of 16 m16n8 tiles: S[j][e] = S[dk = 8 j + 2 t4 + (e & 1)][dv = vw + gq + 8 (e >> 1)]
-    float S[16][4];
-    const long long sbase = ((long long)s * Hv + h) * D * D + vw + gq;
-#pragma unroll
-    for (int j = 0; j < 16; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-            S[j][e] = h0 ? h0[sbase + (long long)(8 * j + 2 * t4 + (e & 1)) * D + 8 * (e >> 1)] : 0.f;
-
-#pragma unroll
-    for (int c = 0; c < NS - 1; ++c) {
-        if (c < nchunks) issue(c);
-        cp_async_commit();
-    }
-    for (int c = 0; c < nchunks; ++c) {
-        cp_async_wait<NS - 2>();
-        __syncthreads();  // chunk c landed for every thread; every warp is done with chunk c - 1's stage
-        if (c + NS - 1 < nchunks) issue(c + NS - 1);
-        cp_async_commit();
-        const unsigned char* base = smem + (c % NS) * Lay::STAGE_BYTES;
-        const T* sW = reinterpret_cast<const T*>(base);
-        const T* sQ = sW + BT * SD;
-        const T* sK = sQ + BT * SD;
-        const T* sU = sK + BT * SD;
-        const T* sAq = sU + BT * SU;
-        const float* sG = reinterpret_cast<const float*>(sAq + BT * SC);
-        const int t0 = bos + c * BT, L = min(BT, eos - t0);
-        const float gl = sG[L - 1];
-
-        // (W S)^T and (Q S)^T: [16 dv x 64 tokens], 8 token tiles each
-        float aw[8][4], aq[8][4];
-#pragma unroll
-        for (int nb = 0; nb < 8; ++nb)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) aw[nb][e] = aq[nb][e] = 0.f;
-#pragma unroll
-        for (int ks = 0; ks < 8; ++ks) {
-            const u32 a[4] = {pack2<T>(S[2 * ks][0], S[2 * ks][1]), pack2<T>(S[2 * ks][2], S[2 * ks][3]),
-                              pack2<T>(S[2 * ks + 1][0], S[2 * ks + 1][1]), pack2<T>(S[2 * ks + 1][2], S[2 * ks + 1][3])};
-#pragma unroll
-            for (int nb = 0; nb < 8; nb += 2) {
-                const int off = (nb * 8 + lrow) * SD + ks * 16 + lcol;
-                u32 bw[4], bq[4];
-                ldsm_x4(bw, smem_u32(sW + off));
-                ldsm_x4(bq, smem_u32(sQ + off));
-                Mma<T>::k16(aw[nb], a, bw[0], bw[1]);
-                Mma<T>::k16(aw[nb + 1], a, bw[2], bw[3]);
-                Mma<T>::k16(aq[nb], a, bq[0], bq[1]);
-                Mma<T>::k16(aq[nb + 1], a, bq[2], bq[3]);
-            }
-        }
-        // Vn^T = U^T - (W S)^T (rounded), and the scaled copy for the state update; token column of entry e of
-        // tile nb: 8 nb + 2 t4 + (e & 1)
-        u32 vn[8][2], vs[8][2];
-#pragma unroll
-        for (int nb = 0; nb < 8; nb += 2) {
-            u32 ut[4];
-            ldsm_x4_t(ut, smem_u32(sU + (nb * 8 + lrow) * SU + 16 * warp + lcol));
-#pragma unroll
-            for (int x = 0; x < 2; ++x) {
-                const int tok = (nb + x) * 8 + 2 * t4;
-                const float f0 = __expf(gl - sG[tok]) * sG[2 * BT + tok];
-                const float f1 = __expf(gl - sG[tok + 1]) * sG[2 * BT + tok + 1];
-                const float2 u0 = unpack2<T>(ut[2 * x]), u1 = unpack2<T>(ut[2 * x + 1]);
-                const float x0 = u0.x - aw[nb + x][0], x1 = u0.y - aw[nb + x][1];
-                const float x2 = u1.x - aw[nb + x][2], x3 = u1.y - aw[nb + x][3];
-                vn[nb + x][0] = pack2<T>(x0, x1);
-                vn[nb + x][1] = pack2<T>(x2, x3);
-                vs[nb + x][0] = pack2<T>(x0 * f0, x1 * f1);
-                vs[nb + x][1] = pack2<T>(x2 * f0, x3 * f1);
-                const float q0 = __expf(sG[tok]) * sG[BT + tok], q1 = __expf(sG[tok + 1]) * sG[BT + tok + 1];
-                aq[nb + x][0] *= q0;
-                aq[nb + x][1] *= q1;
-                aq[nb + x][2] *= q0;
-                aq[nb + x][3] *= q1;
-            }
-        }
-        // S^T = exp(G_L) S^T + Vs^T K (the recurrence's chain) and O^T += Vn^T Aqk^T (k = tokens)
-        const float dl = __expf(gl);
-#pragma unroll
-        for (int j = 0; j < 16; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) S[j][e] *= dl;
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks) {
-            const u32 as[4] = {vs[2 * ks][0], vs[2 * ks][1], vs[2 * ks + 1][0], vs[2 * ks + 1][1]};
-#pragma unroll
-            for (int nb = 0; nb < 16; nb += 2) {
-                u32 bk[4];
-                ldsm_x4_t(bk, smem_u32(sK + (ks * 16 + (lane & 7) + lcol) * SD + nb * 8 + (lane >> 4) * 8));
-                Mma<T>::k16(S[nb], as, bk[0], bk[1]);
-                Mma<T>::k16(S[nb + 1], as, bk[2], bk[3]);
-            }
-            const u32 an[4] = {vn[2 * ks][0], vn[2 * ks][1], vn[2 * ks + 1][0], vn[2 * ks + 1][1]};
-#pragma unroll
-            for (int nb = 2 * ks; nb < 8; nb += 2) {  // Aqk is zero right of the diagonal: tokens j > i
-                u32 ba[4];
-                ldsm_x4(ba, smem_u32(sAq + (nb * 8 + lrow) * SC + ks * 16 + lcol));
-                Mma<T>::k16(aq[nb], an, ba[0], ba[1]);
-                Mma<T>::k16(aq[nb + 1], an, ba[2], ba[3]);
-            }
-        }
-        // O^T tiles transposed into the warp's [64 tokens][16 dv] tile, then 16-byte rows to global memory
-#pragma unroll
-        for (int nb = 0; nb < 8; nb += 2) {
-#if __CUDA_ARCH__ >= 900
-            stsm_x4_t(smem_u32(sO + (nb * 8 + lrow) * SO + lcol), pack2<T>(aq[nb][0], aq[nb][1]),
-                      pack2<T>(aq[nb][2], aq[nb][3]), pack2<T>(aq[nb + 1][0], aq[nb + 1][1]),
-                      pack2<T>(aq[nb + 1][2], aq[nb + 1][3]));
-#else
-#pragma unroll
-            for (int x = 0; x < 2; ++x)
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    sO[((nb + x) * 8 + 2 * t4 + (e & 1)) * SO + gq + 8 * (e >> 1)] = from_f<T>(aq[nb + x][e]);
-#endif
-        }
-        __syncwarp();
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int idx = lane + 32 * j, row = idx >> 1, half = (idx & 1) * 8;
-            if (row < L)
-                *reinterpret_cast<uint4*>(o + (long long)(t0 + row) * so + h * D + vw + half) =
-                    *reinterpret_cast<const uint4*>(sO + row * SO + half);
-        }
-        __syncwarp();
-    }
-    cp_async_wait<0>();
-#pragma unroll
-    for (int j = 0; j < 16; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) hT[sbase + (long long)(8 * j + 2 * t4 + (e & 1)) * D + 8 * (e >> 1)] = S[j][e];
-}
-
-// gdn_chunk_state_k: gdn_chunk_state_t for one 16-column block with its dk split over KW warps (half or a quarter
-// of the mma chain a warp, for grids too small to fill the SMs' four schedulers). Warp r holds S^T columns dk
-// [128 r / KW, 128 (r + 1) / KW), computes its partial (W S)^T and (Q S)^T over them and publishes both (fp32, in
-// the fragment layout, lane-major: conflict-free); after the second barrier every warp sums the partials of
-// (W S)^T (each needs all of Vn^T for its share of the state update) and those of (Q S)^T for its 64 / KW output
-// tokens, whose rows it then writes.
-template <typename T, int KW, int NS>
-__global__ void __launch_bounds__(32 * KW) gdn_chunk_state_k(
-    const T* __restrict__ q, const T* __restrict__ k, long long sq, long long sk, int Hk, int Hv,
-    const T* __restrict__ w, const T* __restrict__ u, const T* __restrict__ aqk, const float* __restrict__ gc,
-    const float* __restrict__ rq, const float* __restrict__ rk, const int* __restrict__ cu,
-    const float* h0, float* hT, T* __restrict__ o, long long so, int ntok) {
-    constexpr int BV = 16, NT = 32 * KW, SO = 24, NJ = 16 / KW, KSL = 8 / KW, OT = 8 / KW;
-    using Lay = StateLayout<BV, NS>;
-    constexpr int SU = Lay::SU;
-    extern __shared__ __align__(16) unsigned char smem[];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, t4 = lane & 3;
-    const int vb = blockIdx.x * BV, h = blockIdx.y, s = blockIdx.z, kh = h / (Hv / Hk);
-    const int dk0 = warp * (D / KW), ot0 = warp * OT;  // this warp's dk columns of S^T, its output token tiles
-    float* sP = reinterpret_cast<float*>(smem + NS * Lay::STAGE_BYTES);  // [KW][2][32 lanes][32]
-    T* sO = reinterpret_cast<T*>(sP + KW * 2 * 32 * 32) + warp * BT * SO;
-    const int bos = cu[s], eos = cu[s + 1];
-    const int nchunks = (eos - bos + BT - 1) / BT;
-    const int lrow = (lane & 7) + ((lane >> 4) << 3), lcol = ((lane >> 3) & 1) * 8;
-
-    auto issue = [&](int c) {
-        unsigned char* base = smem + (c % NS) * Lay::STAGE_BYTES;
-        T* sW = reinterpret_cast<T*>(base);
-        T* sQ = sW + BT * SD;
-        T* sK = sQ + BT * SD;
-        T* sU = sK + BT * SD;
-        T* sAq = sU + BT * SU;
-        float* sG = reinterpret_cast<float*>(sAq + BT * SC);
-        const int t0 = bos + c * BT, L = min(BT, eos - t0);
-        const long long hv = (long long)Hv * D;
-        load_rows128<T, NT>(sW, w + (long long)t0 * hv + h * D, hv, L, tid);
-        load_rows128<T, NT>(sQ, q + (long long)t0 * sq + kh * D, sq, L, tid);
-        load_rows128<T, NT>(sK, k + (long long)t0 * sk + kh * D, sk, L, tid);
-#pragma unroll
-        for (int i = tid; i < BT * 2; i += NT) {
-            const int r = i >> 1, cc = (i & 1) * 8;
-            const bool ok = r < L;
-            cp_async16(smem_u32(sU + r * SU + cc), u + ((long long)(t0 + (ok ? r : 0)) * Hv + h) * D + vb + cc, ok);
-        }
-#pragma unroll
-        for (int i = tid; i < BT * 8; i += NT) {
-            const int r = i >> 3, cc = (i & 7) * 8;
-            const bool ok = r < L;
-            cp_async16(smem_u32(sAq + r * SC + cc), aqk + ((long long)(t0 + (ok ? r : 0)) * Hv + h) * BT + cc, ok);
-        }
-#pragma unroll
-        for (int i = tid; i < 3 * BT; i += NT) {
-            const int arr = i / BT, r = i % BT;
-            const float* src = (arr == 0 ? gc : arr == 1 ? rq : rk) + (long long)h * ntok + t0 + (r < L ? r : 0);
-            cp_async4(smem_u32(sG + i), src, r < L);
-        }
-    };
-
-    // S^T columns dk0 + 8 j + 2 t4 (+1), rows vb + gq (+8)
+    // S^T in the C layout of NJ m16n8 tiles: S[j][e] = S[dk = dk0 + 8 j + 2 t4 + (e & 1)][dv = vw + gq + 8 (e >> 1)]
     float S[NJ][4];
-    const long long sbase = ((long long)s * Hv + h) * D * D + vb + gq;
+    const long long sbase = ((long long)s * Hv + h) * D * D + vw + gq;
 #pragma unroll
     for (int j = 0; j < NJ; ++j)
 #pragma unroll
@@ -983,7 +799,7 @@ __global__ void __launch_bounds__(32 * KW) gdn_chunk_state_k(
     }
     for (int c = 0; c < nchunks; ++c) {
         cp_async_wait<NS - 2>();
-        __syncthreads();  // (A) chunk c landed; every warp is done with chunk c - 1 (its stage and the partials)
+        __syncthreads();  // chunk c landed for every thread; every warp is done with chunk c - 1 (stage, partials)
         if (c + NS - 1 < nchunks) issue(c + NS - 1);
         cp_async_commit();
         const unsigned char* base = smem + (c % NS) * Lay::STAGE_BYTES;
@@ -996,6 +812,7 @@ __global__ void __launch_bounds__(32 * KW) gdn_chunk_state_k(
         const int t0 = bos + c * BT, L = min(BT, eos - t0);
         const float gl = sG[L - 1];
 
+        // (W S)^T and (Q S)^T over this warp's dk: [16 dv x 64 tokens], 8 token tiles each
         float aw[8][4], aq[8][4];
 #pragma unroll
         for (int nb = 0; nb < 8; ++nb)
@@ -1017,18 +834,8 @@ __global__ void __launch_bounds__(32 * KW) gdn_chunk_state_k(
                 Mma<T>::k16(aq[nb + 1], a, bq[2], bq[3]);
             }
         }
-        {  // publish both partials, lane-major
-            float4* pw = reinterpret_cast<float4*>(sP + ((warp * 2 + 0) * 32 + lane) * 32);
-            float4* pq = reinterpret_cast<float4*>(sP + ((warp * 2 + 1) * 32 + lane) * 32);
-#pragma unroll
-            for (int nb = 0; nb < 8; ++nb) {
-                pw[nb] = make_float4(aw[nb][0], aw[nb][1], aw[nb][2], aw[nb][3]);
-                pq[nb] = make_float4(aq[nb][0], aq[nb][1], aq[nb][2], aq[nb][3]);
-            }
-        }
-        __syncthreads();  // (B) every partial is visible
-        // this warp's output tiles of (Q S)^T: its own partial (selected by compile-time indices: a register
-        // array indexed by the warp would go to local memory) plus the other warps'
+        // this warp's output tiles of (Q S)^T (selected with compile-time indices: a register array indexed by the
+        // warp would go to local memory); with KW > 1 the other warps' partials are added below
         float oq[OT][4];
 #pragma unroll
         for (int x = 0; x < OT; ++x)
@@ -1037,30 +844,39 @@ __global__ void __launch_bounds__(32 * KW) gdn_chunk_state_k(
                 float val = aq[x][e];
 #pragma unroll
                 for (int r = 1; r < KW; ++r)
-                    if (warp == r) val = aq[r * OT + x][e];
+                    if (part == r) val = aq[r * OT + x][e];
                 oq[x][e] = val;
             }
-#pragma unroll
-        for (int r = 1; r < KW; ++r) {
-            const int ow = (warp + r) % KW;
-            const float4* pw = reinterpret_cast<const float4*>(sP + ((ow * 2 + 0) * 32 + lane) * 32);
-            const float4* pq = reinterpret_cast<const float4*>(sP + ((ow * 2 + 1) * 32 + lane) * 32);
+        if constexpr (KW > 1) {
+            float4* mine = sP + warp * 2 * 8 * 32 + lane;
 #pragma unroll
             for (int nb = 0; nb < 8; ++nb) {
-                const float4 x = pw[nb];
-                aw[nb][0] += x.x; aw[nb][1] += x.y; aw[nb][2] += x.z; aw[nb][3] += x.w;
+                mine[nb * 32] = make_float4(aw[nb][0], aw[nb][1], aw[nb][2], aw[nb][3]);
+                mine[(8 + nb) * 32] = make_float4(aq[nb][0], aq[nb][1], aq[nb][2], aq[nb][3]);
             }
+            __syncthreads();  // every partial is visible
 #pragma unroll
-            for (int x = 0; x < OT; ++x) {
-                const float4 y = pq[ot0 + x];
-                oq[x][0] += y.x; oq[x][1] += y.y; oq[x][2] += y.z; oq[x][3] += y.w;
+            for (int r = 1; r < KW; ++r) {
+                const float4* other = sP + (grp * KW + (part + r) % KW) * 2 * 8 * 32 + lane;
+#pragma unroll
+                for (int nb = 0; nb < 8; ++nb) {
+                    const float4 x = other[nb * 32];
+                    aw[nb][0] += x.x; aw[nb][1] += x.y; aw[nb][2] += x.z; aw[nb][3] += x.w;
+                }
+#pragma unroll
+                for (int x = 0; x < OT; ++x) {
+                    const float4 y = other[(8 + ot0 + x) * 32];
+                    oq[x][0] += y.x; oq[x][1] += y.y; oq[x][2] += y.z; oq[x][3] += y.w;
+                }
             }
         }
+        // Vn^T = U^T - (W S)^T (rounded), and the scaled copy for the state update; token column of entry e of
+        // tile nb: 8 nb + 2 t4 + (e & 1)
         u32 vn[8][2], vs[8][2];
 #pragma unroll
         for (int nb = 0; nb < 8; nb += 2) {
             u32 ut[4];
-            ldsm_x4_t(ut, smem_u32(sU + (nb * 8 + lrow) * SU + lcol));
+            ldsm_x4_t(ut, smem_u32(sU + (nb * 8 + lrow) * SU + 16 * grp + lcol));
 #pragma unroll
             for (int x = 0; x < 2; ++x) {
                 const int tok = (nb + x) * 8 + 2 * t4;
@@ -1084,6 +900,7 @@ __global__ void __launch_bounds__(32 * KW) gdn_chunk_state_k(
             oq[x][2] *= q0;
             oq[x][3] *= q1;
         }
+        // S^T = exp(G_L) S^T + Vs^T K (the recurrence's chain) and O^T += Vn^T Aqk^T (k = tokens)
         const float dl = __expf(gl);
 #pragma unroll
         for (int j = 0; j < NJ; ++j)
@@ -1102,13 +919,15 @@ __global__ void __launch_bounds__(32 * KW) gdn_chunk_state_k(
             const u32 an[4] = {vn[2 * ks][0], vn[2 * ks][1], vn[2 * ks + 1][0], vn[2 * ks + 1][1]};
 #pragma unroll
             for (int x = 0; x < OT; x += 2) {
-                if (ot0 + x < 2 * ks) continue;  // Aqk is zero right of the diagonal (warp-uniform)
+                if (ot0 + x < 2 * ks) continue;  // Aqk is zero right of the diagonal: tokens j > i
                 u32 ba[4];
                 ldsm_x4(ba, smem_u32(sAq + ((ot0 + x) * 8 + lrow) * SC + ks * 16 + lcol));
                 Mma<T>::k16(oq[x], an, ba[0], ba[1]);
                 Mma<T>::k16(oq[x + 1], an, ba[2], ba[3]);
             }
         }
+        // O^T tiles transposed into the group's [64 tokens][16 dv] tile (each warp its own rows), then 16-byte rows
+        // to global memory
 #pragma unroll
         for (int x = 0; x < OT; x += 2) {
 #if __CUDA_ARCH__ >= 900
@@ -1125,10 +944,10 @@ __global__ void __launch_bounds__(32 * KW) gdn_chunk_state_k(
         }
         __syncwarp();
 #pragma unroll
-        for (int j = lane; j < OT * 16; j += 32) {  // OT * 8 rows of 2 16-byte halves
+        for (int j = lane; j < OT * 16; j += 32) {  // OT * 8 rows of two 16-byte halves
             const int row = ot0 * 8 + (j >> 1), half = (j & 1) * 8;
             if (row < L)
-                *reinterpret_cast<uint4*>(o + (long long)(t0 + row) * so + h * D + vb + half) =
+                *reinterpret_cast<uint4*>(o + (long long)(t0 + row) * so + h * D + vw + half) =
                     *reinterpret_cast<const uint4*>(sO + row * SO + half);
         }
         __syncwarp();
