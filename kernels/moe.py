@@ -548,7 +548,7 @@ def decode_kernels(x, gate_up, down, k: int, shared_gate=None, shared_up=None, s
 def _stream_ok(x, gate_up, down, sh, T, k, E, H, I, S, device) -> bool:
     if not STREAM or torch.cuda.get_device_capability(device)[0] < 9:
         return False
-    if not _aligned(x, gate_up, down, *(sh[:3] if sh[0] is not None else ())):
+    if not _aligned(x, gate_up, down, *(t for t in sh if t is not None)):
         return False
     return _stream_plan(T, k, E, H, I, S or 0, x.element_size(), _device.sm_count(device), sh[0] is not None) \
         is not None

@@ -1108,6 +1108,7 @@ __global__ void __launch_bounds__(512, 2) down_stream_kernel(
     __shared__ float part_sh[STREAM_MAXS][STREAM_RD];   // per (token, row): sh_down[h, :] . act_sh[t, :]
     __shared__ float sig_s[STREAM_MAXS];
     __shared__ float w_s[STREAM_MAXS];                  // the routing weights (read before the wait: top-k is done)
+    __shared__ float sig_red[STREAM_MAXS][STREAM_DW];   // the shared gate's partial sums per (token, warp)
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
     const int h0 = blockIdx.x * RD;
     const int rows = min(RD, H - h0);
@@ -1151,13 +1152,37 @@ __global__ void __launch_bounds__(512, 2) down_stream_kernel(
             if (v < nu && !(has_sh && v == 0)) issue(v, m);
         }
     for (int m = d; m < 2 * d; ++m) lookahead(warp + m * nw);
-    if (has_sh)  // the shared expert's gate sigmoid(w . x[t]) per token (x is complete: it preceded the router)
-        for (int t = warp; t < T_; t += nw) {
-            float p = 0.f;
-            for (int c = lane; c < H; c += 32) p = fmaf(to_f(sh_gate_w[c]), to_f(x[(size_t)t * H + c]), p);
-            p = warp_sum(p);
-            if (lane == 0) sig_s[t] = 1.f / (1.f + expf(-p));
+    if (has_sh) {  // the shared expert's gate sigmoid(w . x[t]) per token (x is complete: it preceded the router):
+        // the CTA's threads over H in 16-byte vectors, 4 tokens' loads in flight at once, partial sums per warp
+        // combined in warp order
+        const int nvh = H / VEC;
+        for (int t0 = 0; t0 < T_; t0 += 4) {
+            float p[4] = {0.f, 0.f, 0.f, 0.f};
+            for (int q = tid; q < nvh; q += blockDim.x) {
+                const Vec<T, VEC> g = reinterpret_cast<const Vec<T, VEC>*>(sh_gate_w)[q];
+                Vec<T, VEC> xv[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    if (t0 + j < T_) xv[j] = reinterpret_cast<const Vec<T, VEC>*>(x + (size_t)(t0 + j) * H)[q];
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    if (t0 + j < T_)
+#pragma unroll
+                        for (int c = 0; c < VEC; ++c) p[j] = fmaf(to_f(g.v[c]), to_f(xv[j].v[c]), p[j]);
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const float v = warp_sum(p[j]);
+                if (lane == 0 && t0 + j < T_) sig_red[t0 + j][warp] = v;
+            }
         }
+        __syncthreads();
+        for (int t = tid; t < T_; t += blockDim.x) {
+            float g = 0.f;
+            for (int w = 0; w < nw; ++w) g += sig_red[t][w];
+            sig_s[t] = 1.f / (1.f + expf(-g));
+        }
+    }
     wait_for_primary_grid();   // the gate/up activations are complete and visible
     allow_dependent_launch();
     for (int m = 0;; ++m) {
