@@ -13,7 +13,7 @@ from .runtime.device import capability, sm_count
 from .runtime.dispatch import CTYPES, NvrtcSource, ceil_div
 from .runtime.nvrtc import i32, i64
 
-__all__ = ["skinny_linear", "skinny_ok", "default_ksplit", "skinny_ksplits", "fold_ok"]
+__all__ = ["skinny_linear", "skinny_ok", "default_ksplit", "skinny_variants", "fold_ok"]
 
 SKINNY_MAX_ROWS = 32  # x rows per launch: up to 4 tiles of the mma's N = 8
 _SKINNY_TILES = (1, 2, 4)
@@ -47,11 +47,11 @@ _SKINNY_BUILDS = (("false", 1, 4), ("false", 1, 8), ("true", 1, 4), ("false", 2,
 _SMALL_GRID = 264  # CTAs: below ~2 per SM of an H200, the 8-step build
 
 
-def _skinny_expr(dtype, silu: bool, nt: int, u: int, xop: int = X_PLAIN, ksplit: int = 1) -> str:
+def _skinny_expr(dtype, silu: bool, nt: int, u: int, xop: int = X_PLAIN, ksplit: int = 1, rs: int = 1) -> str:
     b = "true" if silu else "false"
     if ksplit > 1:
         return f"gemm::skinny_gemm_split<{CTYPES[dtype]}, {b}, {nt}, {u}, {xop}, {ksplit}>"
-    return f"gemm::skinny_gemm<{CTYPES[dtype]}, {b}, {nt}, {u}, {xop}>"
+    return f"gemm::skinny_gemm<{CTYPES[dtype]}, {b}, {nt}, {u}, {xop}{', 2' if rs == 2 else ''}>"
 
 
 # K split over a cluster of 2 or 4 CTAs (gemm.cu's skinny_gemm_split) for the plain product: N = 1024-2048
@@ -63,6 +63,7 @@ _SPLIT_BUILDS = tuple((nt, 8 if nt == 1 else 2) for nt in _SKINNY_TILES)
 # before the wait, so more steps in registers only cost occupancy: the 8-step norm builds take 160+ registers)
 _NORM_U = 4
 _NORM_BUILDS = ((False, X_ADD_RMS), (True, X_ADD_RMS), (False, X_GATED_RMS))
+_WIDE_U = 4  # tile_rows=32 (two 16-row blocks a CTA, gemm.cu's RS = 2): x tile 1, 4 steps in flight
 # the gated-x builds (sigmoid_gate folded into o_proj) exist for the plain product only
 SOURCE = NvrtcSource("gemm.cu", tuple(
     [_skinny_expr(dt, s == "true", nt, u, xg) for dt in _SKINNY_DTYPES for s, nt, u in _SKINNY_BUILDS
@@ -70,19 +71,14 @@ SOURCE = NvrtcSource("gemm.cu", tuple(
     + [_skinny_expr(dt, False, nt, u, xg, ks) for dt in _SKINNY_DTYPES for nt, u in _SPLIT_BUILDS
        for xg in (X_PLAIN, X_SIGMOID) for ks in KSPLITS[1:]]
     + [_skinny_expr(dt, silu, 1, _NORM_U, xop, ks) for dt in _SKINNY_DTYPES for silu, xop in _NORM_BUILDS
-       for ks in (KSPLITS if not silu else (1,))]))
+       for ks in (KSPLITS if not silu else (1,))]
+    + [_skinny_expr(dt, False, 1, _WIDE_U, X_PLAIN, 1, 2) for dt in _SKINNY_DTYPES]))
 
 
 def default_ksplit(n: int, k: int, silu_mul: bool, device: int) -> int:
-    """The K split skinny_linear takes without ksplit=: the largest of KSPLITS whose grid still fits one wave of
-    2 CTAs an SM (the 8-step build's occupancy) with at least one k step for every warp; 1 for silu_mul and
-    before sm_90."""
-    if silu_mul or capability(device)[0] < 9:  # clusters: sm_90
-        return 1
-    ctas, steps = ceil_div(n, _SKINNY_ROWS), k // 32
-    for ks in KSPLITS[::-1]:
-        if ks == 1 or (ctas * ks <= 2 * sm_count(device) and steps >= ks * _SKINNY_THREADS // 32):
-            return ks
+    """The K split skinny_linear takes without ksplit=: 1. (The cluster split measured slower than one CTA a row
+    block at every decode shape on an H200, round s3r1, tools/skinny_gemm_ab.py: out_proj 1024 x 2048 2.59 us
+    unsplit, 3.79 split 2, 6.19 split 4; down_proj 1024 x 3584 4.47 / 4.40 / 6.79; it stays for explicit calls.)"""
     return 1
 
 
@@ -95,15 +91,15 @@ def skinny_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0)
 
 
-def skinny_ksplits(kind: str, weight: torch.Tensor) -> tuple[int, ...]:
-    """The K splits worth timing for a weight [N, K] (model.language's choice per shape): 1, and 2 / 4 where the
-    plain grid is under two waves of 2 CTAs an SM and every warp keeps a k step (not for silu_mul: kind 'silu')."""
-    if kind == "silu" or capability(weight.get_device())[0] < 9:
-        return (1,)
-    n, k = weight.shape
-    ctas = ceil_div(n, _SKINNY_ROWS)
-    return tuple(ks for ks in KSPLITS if ks == 1 or (ctas < 4 * sm_count(weight.get_device())
-                                                     and k // 32 >= ks * _SKINNY_THREADS // 32))
+def skinny_variants(kind: str, weight: torch.Tensor, rows: int) -> tuple[dict, ...]:
+    """The skinny_linear keyword sets worth timing for a weight [N, K] and `rows` x rows (model.language's choice
+    per shape): the default, and 32-row tiles (tile_rows=32) for the plain products of at most 8 rows whose 16-row
+    grid takes more than one wave of 3 CTAs an SM (in_proj 8224 x 1024: 514 CTAs; 257 with 32-row tiles)."""
+    out = ({"ksplit": 1},)
+    n = weight.shape[0]
+    if kind in ("plain", "split") and rows <= 8 and ceil_div(n, _SKINNY_ROWS) > 3 * sm_count(weight.get_device()):
+        out += ({"ksplit": 1, "tile_rows": 32},)
+    return out
 
 
 def fold_ok(kind: str, x: torch.Tensor, other: torch.Tensor) -> bool:
@@ -122,14 +118,15 @@ def fold_ok(kind: str, x: torch.Tensor, other: torch.Tensor) -> bool:
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = False, split: tuple | None = None,
                   gate: torch.Tensor | None = None, out: torch.Tensor | None = None, ksplit: int | None = None,
-                  add_rms: tuple | None = None, gated_rms: tuple | None = None):
+                  add_rms: tuple | None = None, gated_rms: tuple | None = None, tile_rows: int = 16):
     """x @ weight.T for a few rows (decode): x [M, K] (1 <= M <= 32; a row-strided view is fine), weight [N, K]
     -> [M, N] in x.dtype (fp32 accumulation, one rounding). silu_mul: weight is the fused [gate; up] [2I, K] and
     the result silu(x gate.T) * (x up.T) [M, I] (each product rounded first, as F.linear then silu_mul_fused).
     split: column counts (up to 4, summing to N) of a fused projection: returns a tuple of contiguous [M, n_j]
     tensors instead of one (no slicing copies; not with out= or silu_mul). ksplit: K split over a cluster of that
     many CTAs (1, 2, 4; not with silu_mul; default default_ksplit: the small-N projections; clusters need sm_90,
-    elsewhere it is 1). No host read (graph-capturable).
+    elsewhere it is 1). tile_rows: output features a CTA (16, or 32 for the plain product of M <= 8 rows without
+    ksplit or the x transforms below: half the CTAs). No host read (graph-capturable).
 
     The x operand may be computed on the fly from x (one kernel less; at most one of):
     gate: x * sigmoid(gate) (the attention output gate folded into o_proj; rounded as sigmoid_gate stores it):
@@ -215,6 +212,10 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = Fal
         xn.w, xn.eps = nw.data_ptr(), eps
     if ksplit is not None and (ksplit not in KSPLITS or (silu_mul and ksplit != 1)):
         raise ValueError(f"ksplit must be None or one of {KSPLITS} (1 with silu_mul), got {ksplit!r}")
+    if tile_rows not in (16, 32) or (tile_rows == 32 and (silu_mul or m > 8 or xop != X_PLAIN
+                                                          or ksplit not in (None, 1))):
+        raise ValueError(f"tile_rows must be 16, or 32 for the plain product of at most 8 rows (no silu_mul, "
+                         f"ksplit, gate, add_rms or gated_rms), got {tile_rows!r}")
     device = check_cuda(x=x, weight=weight, out=out, other=other)
     if n:
         nt = 1 if m <= 8 else 2 if m <= 16 else 4
@@ -222,13 +223,16 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = Fal
         ks = default_ksplit(n, K, silu_mul, device) if ksplit is None else ksplit
         if ks > 1 and capability(device)[0] < 9:  # no clusters: one CTA a row block (gemm.cu)
             ks = 1
-        if xop in (X_ADD_RMS, X_GATED_RMS):
+        rs = tile_rows // _SKINNY_ROWS
+        if rs == 2:
+            u, ks, ctas = _WIDE_U, 1, ceil_div(n, tile_rows)
+        elif xop in (X_ADD_RMS, X_GATED_RMS):
             u = _NORM_U
         elif ks > 1:
             u = dict(_SPLIT_BUILDS)[nt]
         else:
             u = 2 if nt > 1 else 8 if not silu_mul and ctas < _SMALL_GRID else 4
-        expr = _skinny_expr(x.dtype, silu_mul, nt, u, xop, ks)
+        expr = _skinny_expr(x.dtype, silu_mul, nt, u, xop, ks, rs)
         SOURCE.launch(device, expr, (ctas, ks, 1), (_SKINNY_THREADS, 1, 1), x.data_ptr(), i64(x.stride(0)),
                       weight.data_ptr(), spec, i32(m), i32(n), i32(K), *gargs, xn, pdl=SKINNY_PDL)
     elif res_out is not None:  # no columns: the residual stream still advances

@@ -181,14 +181,16 @@ class LanguageModel:
         # 9B's 30-200 MB ones, and its 32-row tiles beat the skinny kernel's. Each (kind, N, K, rows) is timed once,
         # in CUDA graphs, the first time it is called outside a capture (the decode session's warm-up), on copies of
         # the weight that do not fit the L2 (as in a step, the weights come from DRAM), with each K split the skinny
-        # kernel offers, and the winner kept in skinny_choice ({"ksplit": k} or False for cuBLAS). skinny None:
+        # kernel offers, and the winner kept in skinny_choice (its keywords, or False for cuBLAS). skinny None:
         # F.linear everywhere; skinny_autotune=False: skinny wherever it fits, at its default K split.
         self.skinny = _skinny_gemm() if ops is not reference else None
         self.skinny_rows = 32
         self.skinny_autotune = True
         # decode: the RMSNorms before in_proj / qkv_proj / gate_up (add_rms_norm) and out_proj (gated_rms_norm)
-        # folded into the skinny kernel's operand load where it runs (one kernel less each); False: separate ops
-        self.fold_norms = True
+        # folded into the skinny kernel's operand load where it wins the timing (one kernel less each). Off: on an
+        # H200 the fold builds lost to norm kernel + skinny/cuBLAS at every 0.8B shape (round s3r1: step 862 us
+        # folded vs 855 separate, tools/lm_decode_profile.py --variants skinny,nofold)
+        self.fold_norms = False
         self.skinny_choice: dict = {}
         # the decode step's glue (embedding, mRoPE angles, attend lengths; greedy choice + stop rule) as one kernel
         # each (kernels.glue) on the kernels backend; None: the torch ops
@@ -199,23 +201,25 @@ class LanguageModel:
         return self.embed_weight.device
 
     def _skinny(self, kind: str, x: torch.Tensor, wt: torch.Tensor, ours, theirs):
-        """Whether this call goes to the skinny kernel rather than cuBLAS: False, or the keyword arguments (its K
-        split) to run it with. `ours(ksplit, w)` and `theirs(w)` run the two on a weight w like wt (the timing's
-        copies). It must take the operands and, with skinny_autotune, have won the timing of its shape against
-        cuBLAS, each K split kernels.gemm.skinny_ksplits offers timed (the fastest kept)."""
+        """Whether this call goes to the skinny kernel rather than cuBLAS: False, or the keyword arguments (its
+        variant) to run it with (a dict, truthy even when empty). `ours(kw, w)` and `theirs(w)` run the two on a
+        weight w like wt (the timing's copies). It must take the operands and, with skinny_autotune, have won the
+        timing of its shape against cuBLAS, each variant kernels.gemm.skinny_variants offers timed (the fastest
+        kept)."""
         if self.skinny is None or x.shape[0] > self.skinny_rows or not self.skinny[1](x, wt):
             return False
         if not self.skinny_autotune:
-            return {"ksplit": None}
+            return {}
         key = (kind, wt.shape[0], wt.shape[1], x.shape[0])
         won = self.skinny_choice.get(key)
         if won is None:
             if torch.cuda.is_current_stream_capturing():
-                return {"ksplit": None}  # not timed before capture (the session's warm-up times every shape)
+                return {}  # not timed before capture (the session's warm-up times every shape)
             nw = torch.ones(x.shape[1], dtype=x.dtype, device=x.device)
             # each timed call follows an RMSNorm of its input, as in a step (a programmatic launch on the kernels
             # backend, which the skinny kernel's weight stream overlaps; cuBLAS's launch waits for it)
-            won = self.skinny_choice[key] = _fastest_skinny(ours, theirs, wt, self.skinny[2](kind, wt),
+            won = self.skinny_choice[key] = _fastest_skinny(ours, theirs, wt,
+                                                            self.skinny[2](kind, wt, x.shape[0]),
                                                             lambda: self.ops.rms_norm(x, nw, 1e-6))
         return won
 
@@ -229,7 +233,7 @@ class LanguageModel:
             if kw:
                 return self._fold_result(x, self.skinny[0](x.flat, wt, **kw, **x.fold_args()))
             x = x.apply(self.ops)
-        kw = self._skinny("plain", x, wt, lambda ks, w: self.skinny[0](x, w, ksplit=ks), lambda w: F.linear(x, w))
+        kw = self._skinny("plain", x, wt, lambda kw, w: self.skinny[0](x, w, **kw), lambda w: F.linear(x, w))
         if kw:
             return self.skinny[0](x, wt, **kw)
         return F.linear(x, wt)
@@ -243,7 +247,7 @@ class LanguageModel:
         fa = pend.fold_args()
         # timing: the fold on pend's operands (outputs discarded) against the separate norm + cuBLAS
         return self._skinny(kind + "+" + pend.kind, pend.flat, wt,
-                            lambda ks, w: ours(pend.flat, w, ksplit=ks, **fa),
+                            lambda kw, w: ours(pend.flat, w, **kw, **fa),
                             lambda w: theirs(_Pending(pend.kind, pend.x, pend.other, pend.w, pend.eps).apply(
                                 self.ops), w))
 
@@ -269,7 +273,7 @@ class LanguageModel:
                 return self._fold_result(x, self.skinny[0](x.flat, wt, split=sizes, **kw, **x.fold_args()))
             x = x.apply(self.ops)
         # (cuBLAS's side of the timing includes the copies of its parts)
-        kw = self._skinny("split", x, wt, lambda ks, w: self.skinny[0](x, w, split=sizes, ksplit=ks),
+        kw = self._skinny("split", x, wt, lambda kw, w: self.skinny[0](x, w, split=sizes, **kw),
                           lambda w: cuts(F.linear(x, w)))
         if kw:
             return self.skinny[0](x, wt, split=sizes, **kw)
@@ -297,7 +301,7 @@ class LanguageModel:
             if kw:
                 return self._fold_result(x, self.skinny[0](x.flat, wt, silu_mul=True, **kw, **x.fold_args()))
             x = x.apply(self.ops)
-        kw = self._skinny("silu", x, wt, lambda ks, w: self.skinny[0](x, w, silu_mul=True, ksplit=ks),
+        kw = self._skinny("silu", x, wt, lambda kw, w: self.skinny[0](x, w, silu_mul=True, **kw),
                           lambda w: fused(F.linear(x, w)))
         if kw:
             return self.skinny[0](x, wt, silu_mul=True, **kw)
@@ -499,7 +503,7 @@ class LanguageModel:
         o = o.contiguous()  # a no-op for the kernels' o; the reference's may be a view
         wo = self.w[pre + "o_proj.weight"]
         o2 = o.view(T, Hq * d)
-        kw = self._skinny("gate", o2, wo, lambda ks, w: self.skinny[0](o2, w, gate=gate, ksplit=ks),
+        kw = self._skinny("gate", o2, wo, lambda kw, w: self.skinny[0](o2, w, gate=gate, **kw),
                           lambda w: F.linear(ops.sigmoid_gate(o, gate).view(T, Hq * d), w))
         if kw:
             # the output gate o * sigmoid(gate) folded into the skinny o_proj's operand load (one kernel less)
@@ -618,8 +622,8 @@ def _graph_ms(fn, weights: list, pre, reps: int = 8) -> float:
 _TIMING_BYTES = 128 * 2**20  # weight copies the timing cycles through: above an H200's 50 MB L2
 
 
-def _fastest_skinny(ours, theirs, wt: torch.Tensor, ksplits, pre):
-    """{"ksplit": k} for the fastest `ours(k, w)` (the skinny kernel) over ksplits if it runs faster than
+def _fastest_skinny(ours, theirs, wt: torch.Tensor, variants, pre):
+    """The keyword dict of the fastest `ours(kw, w)` (the skinny kernel) over variants if it runs faster than
     `theirs(w)` (cuBLAS) on weights w like wt, read from DRAM, each call after `pre()`, else False; False if the
     timing fails."""
     try:
@@ -627,10 +631,10 @@ def _fastest_skinny(ours, theirs, wt: torch.Tensor, ksplits, pre):
         nbytes = wt.numel() * wt.element_size()
         weights = [wt] + [wt.clone() for _ in range(-(-_TIMING_BYTES // nbytes) - 1)]
         best, ms = False, _graph_ms(theirs, weights, pre)
-        for k in ksplits:
-            t = _graph_ms(lambda w: ours(k, w), weights, pre)
+        for kw in variants:
+            t = _graph_ms(lambda w: ours(kw, w), weights, pre)
             if t < ms:
-                best, ms = {"ksplit": k}, t
+                best, ms = dict(kw), t
         del weights
         return best
     except Exception:  # e.g. a capture the environment does not allow: the cuBLAS path, which always works
@@ -639,13 +643,13 @@ def _fastest_skinny(ours, theirs, wt: torch.Tensor, ksplits, pre):
 
 
 def _skinny_gemm():
-    """(kernels.gemm.skinny_linear, kernels.gemm.skinny_ok, the K splits worth timing for (kind, weight),
-    kernels.gemm.fold_ok), or None without the kernels package."""
+    """(kernels.gemm.skinny_linear, skinny_ok, skinny_variants (the variants worth timing for (kind, weight,
+    rows)), fold_ok), or None without the kernels package."""
     try:
-        from kernels.gemm import fold_ok, skinny_ksplits, skinny_linear, skinny_ok
+        from kernels.gemm import fold_ok, skinny_linear, skinny_ok, skinny_variants
     except ModuleNotFoundError:
         return None
-    return skinny_linear, skinny_ok, skinny_ksplits, fold_ok
+    return skinny_linear, skinny_ok, skinny_variants, fold_ok
 
 
 def _glue_kernels():

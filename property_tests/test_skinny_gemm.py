@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 pytestmark = pytest.mark.gpu
 
@@ -18,15 +18,20 @@ EPS = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
 
 
 def _check(got, want, scale, dtype, what):
-    bad = (got.float() - want).abs() > EPS[dtype] * want.abs() + 1e-5 * scale + 1e-30
-    assert not bad.any(), f"{what}: {int(bad.sum())} of {bad.numel()} outside the bound, max diff " \
-                          f"{(got.float() - want).abs().max().item():.3g}"
+    bound = EPS[dtype] * want.abs() + 1e-5 * scale + 1e-30
+    bad = (got.float() - want).abs() > bound
+    if bad.any():
+        i = tuple(int(v) for v in bad.nonzero()[0])
+        raise AssertionError(f"{what}: {int(bad.sum())} of {bad.numel()} outside the bound ({int(got.isnan().sum())} "
+                             f"NaN), max diff {(got.float() - want).abs().max().item():.3g}; first at {i}: got "
+                             f"{got[i].item():.6g} want {want[i].item():.6g} bound {bound[i].item():.3g}")
 
 
 @given(m=st.sampled_from((1, 2, 5, 8, 9, 16, 17, 32)), n=st.sampled_from((1, 15, 16, 17, 100, 512, 6176)),
        k=st.sampled_from((32, 64, 96, 256, 1024, 3584)), dtype=st.sampled_from((torch.bfloat16, torch.float16)),
        strided=st.booleans(), silu=st.booleans(), ksplit=st.sampled_from((None, 1, 2, 4)),
        seed=st.integers(0, 2**31 - 1))
+@example(m=32, n=17, k=64, dtype=torch.float16, strided=True, silu=True, ksplit=None, seed=248365)  # s3r1 failure
 def test_skinny_linear_matches_fp32(m, n, k, dtype, strided, silu, ksplit, seed):
     """Every build, the K split over a cluster (ksplit 2, 4: k = 32 leaves most warps without a step) included."""
     from kernels.gemm import skinny_linear
@@ -239,3 +244,29 @@ def test_skinny_linear_folds_refuse_what_they_cannot_take():
     with pytest.raises(ValueError, match="gated_rms takes"):
         skinny_linear(x96, torch.zeros(16, 96, device="cuda", dtype=dt),
                       gated_rms=(x96.view(1, 4, 24), torch.ones(24, device="cuda", dtype=dt), 1e-6))
+
+
+@given(m=st.sampled_from((1, 3, 8)), n=st.sampled_from((1, 16, 17, 31, 33, 100, 8224)),
+       k=st.sampled_from((32, 256, 1024)), parts=st.booleans(), dtype=st.sampled_from((torch.bfloat16, torch.float16)),
+       seed=st.integers(0, 2**31 - 1))
+def test_skinny_linear_wide_tiles_equal_narrow(m, n, k, parts, dtype, seed):
+    """tile_rows=32 (two 16-row blocks a CTA) computes every output as the 16-row build does: bitwise equal, with
+    and without split= (N not a multiple of 32: the second block's rows past N are not stored)."""
+    from kernels.gemm import skinny_linear
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    w = (torch.randn(n, k, device="cuda", generator=g) * 0.05).to(dtype)
+    x = torch.randn(m, k, device="cuda", generator=g).to(dtype)
+    if parts and n > 1:
+        cut = (n // 2, n - n // 2)
+        want = torch.cat(skinny_linear(x, w, split=cut), 1)
+        got = torch.cat(skinny_linear(x, w, split=cut, tile_rows=32), 1)
+    else:
+        want = skinny_linear(x, w)
+        out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+        got = skinny_linear(x, w, tile_rows=32, out=out)
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="tile_rows must be"):
+        skinny_linear(x, w, tile_rows=24)
+    with pytest.raises(ValueError, match="tile_rows must be"):
+        skinny_linear(x, torch.cat([w, w]), tile_rows=32, silu_mul=True)

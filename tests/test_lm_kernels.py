@@ -193,7 +193,7 @@ def test_folded_norms_match_separate_ops():
     cache = lm.new_cache(2, 64)
     lm.prefill(cache, b.embeds, b.positions, b.lengths)
     tok = ids[:, -1].to(lm.device)
-    auto = lm.skinny_autotune
+    auto, fold0 = lm.skinny_autotune, lm.fold_norms
     try:
         lm.skinny_autotune = False  # the skinny kernel everywhere, so every fold runs
         outs = []
@@ -204,7 +204,7 @@ def test_folded_norms_match_separate_ops():
             h2 = lm.decode_step(c, tok)  # a second step reads the first one's states
             outs.append((h.float(), h2.float(), c.lengths.clone()))
     finally:
-        lm.skinny_autotune, lm.fold_norms = auto, True
+        lm.skinny_autotune, lm.fold_norms = auto, fold0
     for a, r in zip(outs[0][:2], outs[1][:2]):
         err = float((a - r).norm() / r.norm())
         print(f"\nfolded vs separate norms: rel L2 {err:.2e}")

@@ -194,10 +194,10 @@ def main(argv=None) -> int:
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--variants", default="skinny", help="comma list: skinny (default: skinny or cuBLAS and the "
                     "K split per shape by timing), cublas (decode GEMMs on F.linear), skinnyonly (skinny wherever "
-                    "it fits, default K split), ksplit1 (no K split), nopdl (no programmatic dependent launch "
+                    "it fits, default variant), narrow (no 32-row tiles), nopdl (no programmatic dependent launch "
                     "anywhere), gemmpdl (PDL in the GEMM, attention, DeltaNet and MoE kernels but not in the "
-                    "norms, gates and glue: before this session), nofold (the norms as separate kernels, not "
-                    "folded into the skinny GEMMs); variants after the first print only the totals")
+                    "norms, gates and glue: before this session), fold (the norms folded into the skinny GEMMs "
+                    "where that wins the timing; off by default); variants after the first print only the totals")
     ap.add_argument("--profile-all", action="store_true", help="profile every variant (default: the first; the "
                     "others are timed only)")
     ap.add_argument("--top", type=int, default=25, help="kernel names printed")
@@ -215,18 +215,18 @@ def main(argv=None) -> int:
         skinny = lm.skinny
         for vi, variant in enumerate(args.variants.split(",")):
             lm.skinny = None if variant == "cublas" else skinny
-            if variant == "ksplit1":
-                lm.skinny = skinny[:2] + (lambda kind, w: (1,),)
+            if variant == "narrow":
+                lm.skinny = skinny[:2] + (lambda kind, w, rows: ({},),) + skinny[3:]
             lm.skinny_autotune = variant != "skinnyonly"
             lm.skinny_rows = 8 if variant == "skinny8" else 32
             lm.skinny_choice = {}  # timed again for each variant
-            lm.fold_norms = variant != "nofold"
+            lm.fold_norms = variant == "fold"
             KL.PDL = variant != "nopdl"
             KL.PDL_OFF = {"norms.cu", "activations.cu", "glue.cu"} if variant == "gemmpdl" else set()
             for B in (int(b) for b in args.batch.split(",")):
                 r = profile_step(lm, B, args.context, args.context + 64, profile=vi == 0 or args.profile_all)
                 floor_us = decode_bytes(cfg.text, B, args.context) / (copy * 1e12) * 1e6
-                choice = {f"{k[0]} {k[1]}x{k[2]} m{k[3]}": (v["ksplit"] if v else "cublas")
+                choice = {f"{k[0]} {k[1]}x{k[2]} m{k[3]}": (v if v is not False else "cublas")
                           for k, v in lm.skinny_choice.items() if k[3] == B}
                 r = dict(size=size, variant=variant, floor_us=round(floor_us, 1),
                          floor_tokens_per_s=round(B / floor_us * 1e6, 1)) | r | dict(gemm_choice=choice)

@@ -148,11 +148,14 @@ __device__ __forceinline__ uint4 x_transform(const uint4 v, const uint4 o, const
 // SPLIT > 1 (skinny_gemm_split): the CTAs of a cluster of SPLIT along y split K (CTA z's warps take steps
 // warp + 8 z, + 8 SPLIT, ...: the N <= ~2k projections have too few 16-row blocks to fill the SMs), and add their
 // partial tiles through distributed shared memory (each CTA finishes the rows r % SPLIT == its rank).
-template <typename T, bool SILU, int NT, int U, int XOP, int SPLIT>
+// RS = 2 (plain product only): a CTA computes two 16-row blocks (32 output features, the SILU build's registers):
+// half the CTAs for the large-N projections of K ~1k, whose 16-row grids take more than one wave of an H200.
+template <typename T, bool SILU, int NT, int U, int XOP, int SPLIT, int RS = 1>
 __device__ __forceinline__ void skinny_body(const T* __restrict__ x, long long sx, const T* __restrict__ w,
                                             const SplitOut<T>& out, int M, int N, int K, const T* __restrict__ other,
                                             long long so, int gd, int gh, const XNorm& xn) {
-    constexpr int SETS = SILU ? 2 : 1;
+    static_assert(RS == 1 || !SILU, "two row blocks a CTA: plain product only");
+    constexpr int SETS = SILU ? 2 : RS;
     constexpr int COLS = 8 * NT;
     constexpr int STRIDE = WARPS * SPLIT;  // steps between two of one warp
     constexpr bool NORM = XOP == X_ADD_RMS || XOP == X_GATED_RMS;
@@ -162,14 +165,17 @@ __device__ __forceinline__ void skinny_body(const T* __restrict__ x, long long s
     __shared__ float rstd_row[NORM ? 8 * NT : 1];  // X_ADD_RMS: rstd per row
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     const int z = SPLIT > 1 ? (int)cluster_ctarank() : 0;
-    const int n0 = blockIdx.x * ROWS;
+    const int n0 = blockIdx.x * ROWS * RS;
     // Rows past N read row N - 1 and x rows past M read row 0: their products land in outputs that are never
-    // stored (output (n, m) depends on w row n and x row m only), so the loads need no conditions.
+    // stored (output (n, m) depends on w row n and x row m only), so the loads need no conditions. Set s is the
+    // up half (rows N + n) for SILU, the next 16-row block for RS = 2.
     const T* wr[SETS][2];
 #pragma unroll
     for (int s = 0; s < SETS; ++s)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) wr[s][h] = w + ((size_t)s * N + min(n0 + g + 8 * h, N - 1)) * K + 8 * q;
+        for (int h = 0; h < 2; ++h)
+            wr[s][h] = w + (SILU ? (size_t)s * N + min(n0 + g + 8 * h, N - 1)
+                                 : (size_t)min(n0 + ROWS * s + g + 8 * h, N - 1)) * K + 8 * q;
     const T* xr[NT];
 #pragma unroll
     for (int j = 0; j < NT; ++j) xr[j] = x + (size_t)(g + 8 * j < M ? g + 8 * j : 0) * sx + 8 * q;
@@ -350,7 +356,7 @@ __device__ __forceinline__ void skinny_body(const T* __restrict__ x, long long s
     }
     for (int t = threadIdx.x; t < ROWS * COLS; t += WARPS * 32) {
         const int r = t / COLS, m = t % COLS, n = n0 + r;
-        if (m < M && n < N && (SPLIT == 1 || r % SPLIT == z)) {
+        if (m < M && n < N && (SPLIT == 1 || r % SPLIT == z)) {  // (RS = 2: row n + 16 is checked below)
             float v[SETS];
 #pragma unroll
             for (int s = 0; s < SETS; ++s) {
@@ -364,25 +370,30 @@ __device__ __forceinline__ void skinny_body(const T* __restrict__ x, long long s
                 }
                 v[s] = acc;
             }
-            float val = v[0];
+            auto store = [&](int nn, float val) {
+                const int j = (nn >= out.cut[0]) + (nn >= out.cut[1]) + (nn >= out.cut[2]);
+                const int c0 = j == 0 ? 0 : out.cut[j - 1];
+                out.y[j][(size_t)m * out.sy[j] + (nn - c0)] = from_f<T>(val);
+            };
             if (SILU) {  // silu_mul_fused's formula on the rounded products
                 const float gv = round_to<T>(v[0]), uv = round_to<T>(v[SETS - 1]);
-                val = __fdividef(gv, 1.f + __expf(-gv)) * uv;
+                store(n, __fdividef(gv, 1.f + __expf(-gv)) * uv);
+            } else {
+                store(n, v[0]);
+                if (RS == 2 && n + ROWS < N) store(n + ROWS, v[SETS - 1]);
             }
-            const int j = (n >= out.cut[0]) + (n >= out.cut[1]) + (n >= out.cut[2]);
-            const int c0 = j == 0 ? 0 : out.cut[j - 1];
-            out.y[j][(size_t)m * out.sy[j] + (n - c0)] = from_f<T>(val);
         }
     }
     if constexpr (SPLIT > 1) cluster_barrier();  // no CTA leaves while another may still read its part
 }
 
-template <typename T, bool SILU, int NT, int U, int XOP>
+// grid (ceil(N / (16 RS)))
+template <typename T, bool SILU, int NT, int U, int XOP, int RS = 1>
 __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ x, long long sx,
                                                         const T* __restrict__ w, const SplitOut<T> out,
                                                         int M, int N, int K, const T* __restrict__ other,
                                                         long long so, int gd, int gh, const XNorm xn) {
-    skinny_body<T, SILU, NT, U, XOP, 1>(x, sx, w, out, M, N, K, other, so, gd, gh, xn);
+    skinny_body<T, SILU, NT, U, XOP, 1, RS>(x, sx, w, out, M, N, K, other, so, gd, gh, xn);
 }
 
 // grid (ceil(N / 16), SPLIT): clusters of SPLIT CTAs along y, one 16-row block, K split between them. Before
