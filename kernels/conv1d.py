@@ -39,14 +39,21 @@ def _expr(dtype, vec: int, chunk: int = _CHUNK, unroll: int = _UNROLL, use_async
     return f"conv1d::causal_conv1d_kernel<{CTYPES[dtype]}, {vec}, {chunk}, {unroll}, {cbool(use_async)}>"
 
 
-def _decode_expr(dtype, vec: int) -> str:
-    return f"conv1d::causal_conv1d_decode<{CTYPES[dtype]}, {vec}>"
+def _coal_ok(dtype, vec: int) -> bool:
+    """The decode kernel's coalesced state path exists: a thread's 3 x vec state elements are whole 16-byte chunks."""
+    return 3 * vec * dtype.itemsize % 16 == 0
+
+
+def _decode_expr(dtype, vec: int, coal: bool = False) -> str:
+    return f"conv1d::causal_conv1d_decode<{CTYPES[dtype]}, {vec}, {cbool(coal)}>"
 
 
 SOURCE = NvrtcSource("conv1d.cu", tuple(_expr(dt, v) for dt, vs in _VECS.items() for v in vs)
                      + tuple(_expr(dt, *t) for dt in (torch.float16, torch.bfloat16) for t in TRIALS)
-                     + tuple(_decode_expr(dt, v) for dt, vs in _VECS.items() for v in vs))
+                     + tuple(_decode_expr(dt, v, c) for dt, vs in _VECS.items() for v in vs
+                             for c in ((False, True) if _coal_ok(dt, v) else (False,))))
 DECODE_KERNEL = True  # max_seqlen <= 1 (a decode step): the one-token kernel (PDL, one memory round trip)
+DECODE_COAL = False   # its coalesced state path where it exists (_coal_ok; state rows 16-byte aligned)
 
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -112,7 +119,9 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tenso
     vec = vec_width(x.dtype, C if T <= 1 else math.gcd(C, x.stride(0)), x, weight, state, state_out, y,
                     candidates=_VECS[x.dtype])
     if max_seqlen <= 1 and DECODE_KERNEL and _trial is None:
-        SOURCE.launch(device, _decode_expr(x.dtype, vec), (ceil_div(C // vec, _BLOCK), n, 1), (_BLOCK, 1, 1),
+        coal = DECODE_COAL and _coal_ok(x.dtype, vec) and all(
+            t is None or t.data_ptr() % 16 == 0 for t in (state, state_out))
+        SOURCE.launch(device, _decode_expr(x.dtype, vec, coal), (ceil_div(C // vec, _BLOCK), n, 1), (_BLOCK, 1, 1),
                       x.data_ptr(), i64(x.stride(0)), weight.data_ptr(), cu_seqlens.data_ptr(),
                       i32(cu_seqlens.dtype == torch.int64), 0 if state is None else state.data_ptr(),
                       state_out.data_ptr(), y.data_ptr(), i32(C), i32(T), pdl=True)

@@ -14,7 +14,8 @@ hint, which only caps the split count); each CTA derives its key range from its 
 same launch serves any lengths (CTAs past a row's end exit at once). Where a row is split, a second small kernel
 merges the chunks. On sm_90 both are programmatic dependent launches (each may be scheduled while the kernel before
 it runs and waits for it on the device before touching memory), which hides launch latency: the combine behind the
-split kernel, and the next step's split kernel behind this combine.
+split kernel, and the next step's split kernel behind this combine. Where a CTA's chunk is long (EARLY_MIN_TILES),
+the split kernel also prefetches its first tiles into L2 before that wait, for the length as it reads then.
 """
 
 from __future__ import annotations
@@ -47,13 +48,14 @@ PREFETCH = 0  # tiles of K/V prefetched into L2 beyond the cp.async ring (kernel
 # buffer per device that every launch leaves zeroed, so two launches must not overlap on one device (streams
 # running decode attention concurrently); the combine kernel path has no such state.
 FUSE = False
-# FUSE = "spin": every CTA of a row group waits (spins on an arrival counter) until all its chunks are written, then
-# merges its share of the output: one kernel, one L2 round trip for the merge, no second launch. Only where every
-# CTA of the grid is resident at once (at most one CTA an SM, grid <= SMs), else the combine kernel.
-EARLY = 0  # tiles of each CTA's chunk prefetched into L2 before waiting for the kernel before (0 = none)
-# SPEC: the split kernel reads the row's length before waiting for the kernel before, and after the wait starts its
-# first copies for that guess while it reads the real length (a wrong guess is drained and restarted)
-SPEC = False  # (2: a guess one slot short, for the tests of the restart path)
+# EARLY: tiles of each CTA's chunk prefetched into L2 before waiting for the kernel before (0 = none), where a
+# CTA's chunk spans at least EARLY_MIN_TILES tiles. H200 (round s3r1, 2 tiles): b1 32k 22.0 -> 21.4 us, 128k
+# 67.9 -> 66.4, b8 8k 36.7 -> 35.9, b32 8k unchanged; shorter chunks lose (b1 8k, 2 tiles a CTA: 8.40 -> 8.58 us;
+# 1k: 5.83 -> 6.07). Tried and dropped the same round: a merge in the split kernel with every CTA waiting on an
+# arrival counter (b1 8k 8.68 us, 1k 7.43: the wait costs more than the combine's launch) and starting the first
+# copies for the length read before the wait (b1 8k 9.49 us).
+EARLY = 2
+EARLY_MIN_TILES = 4
 PDL = True  # programmatic dependent launches of the split and combine kernels (False: plain, for A/B timings)
 
 
@@ -186,13 +188,12 @@ def _launch_decode(q, k_cache, v_cache, lengths, scale: float, max_length, o, de
     smem = _split_smem(d, stages)
     longest = S if max_length is None else max_length
     splits = num_splits(B * Hkv * groups, max(1, ceil_div(longest, _TILE)), sms)
+    early = EARLY if ceil_div(ceil_div(longest, splits), _TILE) >= EARLY_MIN_TILES else 0
     n1max = ceil_div(splits, 8)
-    spin = FUSE == "spin" and splits > 1 and splits * Hkv * groups * B <= sms
-    tree = FUSE is True and splits > 1
-    counters = _counters(device, B * Hkv * groups * (2 if spin else n1max + 1)) if spin or tree else None
+    counters = _counters(device, B * Hkv * groups * (n1max + 1)) if FUSE and splits > 1 else None
     if splits > 1:  # per chunk: the normalised partial output [D] and its log-sum-exp, fp32 (+ per group of 8)
         n = B * Hq * splits
-        n1 = B * Hq * n1max if counters is not None and tree else 0
+        n1 = B * Hq * n1max if counters is not None else 0
         ws = torch.empty((n + n1) * (d + 1), dtype=torch.float32, device=q.device)
         ws_o_ptr, ws_lse_ptr = ws.data_ptr(), ws.data_ptr() + n * d * 4
         ws1_o_ptr, ws1_lse_ptr = (ws_lse_ptr + n * 4, ws_lse_ptr + n * 4 + n1 * d * 4) if n1 else (0, 0)
@@ -205,10 +206,10 @@ def _launch_decode(q, k_cache, v_cache, lengths, scale: float, max_length, o, de
                 lengths.data_ptr(), len64, o.data_ptr(), ws_o_ptr, ws_lse_ptr,
                 i32(S), i32(Hq), i32(Hkv), i32(r), i32(groups), i32(splits), f32(scale * _LOG2E), i32(PREFETCH),
                 0 if counters is None else counters.data_ptr(), ws1_o_ptr, ws1_lse_ptr,
-                i32(2 if spin and counters is not None else 1), i32(EARLY), i32(int(SPEC)), shared_mem=smem)
+                i32(early), shared_mem=smem)
     if splits > 1 and counters is None:
         _launch_pdl(device, _combine_expr(q.dtype, d), (Hq, B, d // 64), (256, 1, 1), ws_o_ptr, ws_lse_ptr,
-                    lengths.data_ptr(), len64, o.data_ptr(), i32(S), i32(Hq), i32(splits), i32(int(SPEC)))
+                    lengths.data_ptr(), len64, o.data_ptr(), i32(S), i32(Hq), i32(splits))
 
 
 def _launch_pdl(device: int, expr: str, grid, block, *args, shared_mem: int = 0) -> None:

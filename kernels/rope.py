@@ -176,8 +176,12 @@ def _staged_tokens(dtype, d: int, r: int, H: int, q_ts: int, q_hs: int, *tensors
 
 
 # The prefill build where the staged one applies (16-bit, no cache, d <= 256, aligned) and T > _DECODE_TOKENS:
-# "staged", or (IPW, STAGES) of the streaming kernel (qk_norm_rope_stream, one of STREAM_BUILDS)
-PREFILL_BUILD: object = "staged"
+# "staged", "lean" (the warp-per-heads kernel, 4 heads a warp), or (IPW, STAGES) of the streaming kernel
+# (qk_norm_rope_stream, one of STREAM_BUILDS); one for qk_norm_rope, one for apply_rope. H200, 16k tokens, 8:2 /
+# 16:4 / 24:4 heads (round s3r1, .gpu_round A/B at e2c9422): qk_norm_rope lean 68/71/71 % of copy, streaming (4, 3)
+# 58/68/69 %, staged 58/60/61 %; apply_rope (8/16/24 heads) streaming (4, 3) 83/81/86 %, staged 74/84/85 %.
+QK_PREFILL: object = "lean"
+ROPE_PREFILL: object = (4, 3)
 STREAM_CTAS_PER_SM = 4  # the streaming grid: at most this many CTAs an SM (shared memory permitting), one wave
 
 
@@ -199,7 +203,10 @@ def _launch_qk(device, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, v
                T, Hq, Hkv, d, r, norm, eps, ipw=None, lean=None, build=None):
     tb = 0 if k_cache is not None or ipw is not None or lean is not None else _staged_tokens(
         q_in.dtype, d, r, Hq + Hkv, q_ts, q_hs, q_in, k_in, qw, kw, cos, sin, q_out, k_out)
-    build = PREFILL_BUILD if build is None else build
+    if build is None:
+        build = QK_PREFILL if norm else ROPE_PREFILL
+    if tb and T > _DECODE_TOKENS and build == "lean":
+        tb = 0  # the warp-per-heads kernel below
     if (tb and T > _DECODE_TOKENS and Hq + Hkv and build != "staged"
             and T * (ceil_div(Hq, build[0]) + ceil_div(Hkv, build[0])) < 2**31 - 2**26):  # 32-bit items
         _launch_stream(device, build, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, T, Hq, Hkv, d, r,

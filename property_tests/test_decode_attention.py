@@ -138,59 +138,33 @@ def test_decode_attention_fused_merge(case):
 
 
 @gpu
-@given(case=decode_cases(max_S=900), early=st.sampled_from([0, 1, 4]), spec=st.sampled_from([False, True, 2]))
-@example(case=dict(B=1, S=600, lengths=[600], hq=8, hkv=2, dtype=torch.bfloat16, len_dtype=torch.int32, splits=64,
-                   scale=None, seed=13), early=2, spec=False)  # 60 chunks: every CTA merges 1/60 of the columns
-@example(case=dict(B=3, S=900, lengths=[900, 0, 77], hq=24, hkv=1, dtype=torch.float16, len_dtype=torch.int64,
-                   splits=9, scale=None, seed=14), early=0, spec=2)  # two row groups a kv head
-@example(case=dict(B=1, S=3000, lengths=[3000], hq=32, hkv=2, dtype=torch.bfloat16, len_dtype=torch.int32,
-                   splits=None, scale=None, seed=15), early=2, spec=True)
-def test_decode_attention_spin_merge(case, early, spec):
-    """FUSE="spin": every CTA of a row group waits for its chunks and merges a share of the columns (no combine
-    kernel), with and without the early L2 prefetch; twice, so the counters must be back at 0 after a launch."""
-    import kernels.decode_attention as K
-
-    saved = K.FUSE, K.EARLY, K.SPEC
-    K.FUSE, K.EARLY, K.SPEC = "spin", early, spec
-    try:
-        for _ in range(2):
-            _run(case)
-    finally:
-        K.FUSE, K.EARLY, K.SPEC = saved
-
-
-@gpu
-@given(case=decode_cases(max_S=900), early=st.sampled_from([0, 1, 2, 8]), spec=st.sampled_from([False, True, 2]))
+@given(case=decode_cases(max_S=900), early=st.sampled_from([1, 2, 8]), min_tiles=st.sampled_from([0, 4]))
 @example(case=dict(B=2, S=700, lengths=[700, 65], hq=8, hkv=2, dtype=torch.bfloat16, len_dtype=torch.int32,
-                   splits=None, scale=None, seed=16), early=2, spec=2)
-@example(case=dict(B=3, S=200, lengths=[1, 0, 129], hq=16, hkv=4, dtype=torch.float16, len_dtype=torch.int64,
-                   splits=7, scale=None, seed=17), early=0, spec=2)
-def test_decode_attention_early_prefetch_and_guess(case, early, spec):
-    """EARLY (L2 prefetches before the wait for the kernel before) and SPEC (the first copies started for the
-    length read before the wait; SPEC = 2 guesses one slot short, so the drain-and-restart path runs) change
-    nothing, in the split kernel and the combine."""
+                   splits=2, scale=None, seed=16), early=2, min_tiles=0)
+def test_decode_attention_early_prefetch(case, early, min_tiles):
+    """EARLY (L2 prefetches of each CTA's first tiles before the wait for the kernel before, for the length read
+    before it) changes nothing."""
     import kernels.decode_attention as K
 
-    saved = K.EARLY, K.SPEC
-    K.EARLY, K.SPEC = early, spec
+    saved = K.EARLY, K.EARLY_MIN_TILES
+    K.EARLY, K.EARLY_MIN_TILES = early, min_tiles
     try:
         _run(case)
     finally:
-        K.EARLY, K.SPEC = saved
+        K.EARLY, K.EARLY_MIN_TILES = saved
 
 
 @gpu
-@pytest.mark.parametrize("fuse,early,spec", [(False, 0, False), (True, 0, False), ("spin", 0, False),
-                                              ("spin", 2, True), (False, 2, True), (False, 0, 2), ("spin", 0, 2)])
-def test_graph_replay_fused_and_not(fuse, early, spec):
+@pytest.mark.parametrize("fuse,early", [(False, 0), (True, 0), (False, 2)])
+def test_graph_replay_fused_and_not(fuse, early):
     import kernels.decode_attention as K
 
-    saved = K.FUSE, K.EARLY, K.SPEC
-    K.FUSE, K.EARLY, K.SPEC = fuse, early, spec
+    saved = K.FUSE, K.EARLY, K.EARLY_MIN_TILES
+    K.FUSE, K.EARLY, K.EARLY_MIN_TILES = fuse, early, 0
     try:
         test_decode_attention_graph_replay_with_new_lengths()
     finally:
-        K.FUSE, K.EARLY, K.SPEC = saved
+        K.FUSE, K.EARLY, K.EARLY_MIN_TILES = saved
 
 
 @gpu

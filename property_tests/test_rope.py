@@ -160,15 +160,20 @@ def test_staged_build(T, hq, hkv, d, r, dtype):
     case = build_qk_norm_rope(T, hq, hkv, d, r, dtype, seed=T)
     args = case.on("cuda")
     out = tuple(torch.full((T, h, d), float("nan"), dtype=dtype, device="cuda") for h in (hq, hkv))
-    q, _, k = K.qk_norm_rope(*args, out=(out[0], None, out[1]))
+    saved = K.QK_PREFILL, K.ROPE_PREFILL
+    K.QK_PREFILL = K.ROPE_PREFILL = "staged"
+    try:
+        q, _, k = K.qk_norm_rope(*args, out=(out[0], None, out[1]))
+        x, cos, sin = args[1], args[4], args[5]
+        y = torch.full_like(x, float("nan"))
+        K.apply_rope(x, cos, sin, out=y)
+    finally:
+        K.QK_PREFILL, K.ROPE_PREFILL = saved
     q_ref, _, k_ref = R.qk_norm_rope(*args)
     q_w, _, k_w = K.qk_norm_rope(*args, _ipw=2)  # a warp-per-heads build
     torch.cuda.synchronize()
     compare(SPEC, (q, k), (q_ref, k_ref), "staged", dtype)
     compare(SPEC, (q, k), (q_w, k_w), "staged vs warp build", dtype)
-    x, cos, sin = args[1], args[4], args[5]
-    y = torch.full_like(x, float("nan"))
-    K.apply_rope(x, cos, sin, out=y)
     compare(REGISTRY["apply_rope"], y, R.apply_rope(x, cos, sin), "apply_rope staged", dtype)
 
 
@@ -180,7 +185,8 @@ def test_staged_build(T, hq, hkv, d, r, dtype):
 def test_stream_build(build, T, hq, hkv, dr, dtype, seed):
     """The streaming prefill kernel (every build) == the reference and the warp build; apply_rope on it too."""
     d, r = dr
-    saved, K.PREFILL_BUILD = K.PREFILL_BUILD, build
+    saved = K.QK_PREFILL, K.ROPE_PREFILL
+    K.QK_PREFILL = K.ROPE_PREFILL = build
     try:
         case = build_qk_norm_rope(T, hq, hkv, d, r, dtype, seed=seed)
         args = case.on("cuda")
@@ -193,7 +199,7 @@ def test_stream_build(build, T, hq, hkv, dr, dtype, seed):
         K.apply_rope(x, cos, sin, out=y)
         torch.cuda.synchronize()
     finally:
-        K.PREFILL_BUILD = saved
+        K.QK_PREFILL, K.ROPE_PREFILL = saved
     compare(SPEC, (q, k), (q_ref, k_ref), f"stream {build}", dtype)
     compare(SPEC, (q, k), (q_w, k_w), f"stream {build} vs warp build", dtype)
     compare(REGISTRY["apply_rope"], y, R.apply_rope(x, cos, sin), f"apply_rope stream {build}", dtype)

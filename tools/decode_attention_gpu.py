@@ -7,8 +7,8 @@ Timings (benchmarks/bench_decode_attention.py's cases; --quick: a few of them): 
 (benchmarks.common.graph_ms), best of two passes in alternating order (SDPA's efficient and math backends, 5-100x
 behind: one pass of 5 calls); us, GB/s of K and V bytes read, % of the copy ceiling measured in this run
 (benchmarks.common.copy_bandwidth_TBps), and the ratio to SDPA's best backend. --variants: also our kernel without
-the programmatic launches, with the other merge (combine kernel or spin merge), without the length guess, and
-with other early L2 prefetch depths.
+the programmatic launches, with the merge fused into the split kernel, and without or always with the early L2
+prefetch.
 JSON: <out>/decode_attention-<card>-<date>.json (card, commit, date) via benchmarks.common.write_results.
 Goals (issue 12), checked at the end ("goal ok" / "goal MISS" lines): >= 80 % of the copy in K and V bytes read from
 8k tokens of context up at batch 1 and 32; batch 1 at 8k at least 1.6x SDPA's best backend; batch 32 at least
@@ -66,7 +66,7 @@ def _splits(case: Case) -> int:
 
 
 def _with(fn, **attrs):
-    """fn run with kernels.decode_attention module settings changed (PDL, FUSE, SPEC, EARLY) during the call, so a CUDA
+    """fn run with kernels.decode_attention module settings changed (PDL, FUSE, EARLY) during the call, so a CUDA
     graph captures the launch as that variant."""
     import kernels.decode_attention as K
 
@@ -98,17 +98,15 @@ def time_case(case: Case, copy_TBps: float, log, variants: bool) -> list[dict]:
     q, kc, vc, lengths = make_inputs(case)
     err = check_once(case, q, kc, vc, lengths)
     fns = {"ours": ours_fn(case, q, kc, vc, lengths)}
-    merge = {False: "combine kernel", True: "tree merge in the split kernel", "spin": "spin merge in the split kernel"}
-    notes = {"ours": f"validate=False, max_length=ctx, {merge[K.FUSE]}, early L2 prefetch {K.EARLY} tiles, "
-                     f"length guess {'on' if K.SPEC else 'off'}" + (", PDL" if _pdl_on() else "")}
+    notes = {"ours": f"validate=False, max_length=ctx, {'fused merge' if K.FUSE else 'combine kernel'}, early L2 "
+                     f"prefetch {K.EARLY} tiles where a chunk has >= {K.EARLY_MIN_TILES}"
+                     + (", PDL" if _pdl_on() else "")}
     split = case.B * case.hkv < 132  # split + combine
     if variants and split and case in CASES[:4]:  # the goal's cases: the same kernel with the other choices
         fns["ours_no_pdl"], notes["ours_no_pdl"] = _with(fns["ours"], PDL=False), "plain launches (no PDL)"
-        for name, kw, note in (("combine", dict(FUSE=False), "combine kernel"),
-                               ("spin", dict(FUSE="spin"), "spin merge (no combine kernel)"),
-                               ("no_guess", dict(SPEC=False), "no length guess"),
+        for name, kw, note in (("fused", dict(FUSE=True), "fused merge (no combine kernel)"),
                                ("no_early", dict(EARLY=0), "no early L2 prefetch"),
-                               ("early2", dict(EARLY=2), "early L2 prefetch 2 tiles")):
+                               ("early_always", dict(EARLY_MIN_TILES=0), "early L2 prefetch at any chunk length")):
             if all(getattr(K, k) == v for k, v in kw.items()):
                 continue  # the default already
             fns[f"ours_{name}"], notes[f"ours_{name}"] = _with(fns["ours"], **kw), note
@@ -177,8 +175,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tests", default="ci", choices=("ci", "gpu", "none"))
     ap.add_argument("--quick", action="store_true", help="a few cases only")
-    ap.add_argument("--variants", action="store_true", help="also time ours without PDL, with the other merge, "
-                    "without the length guess, with other early prefetch depths")
+    ap.add_argument("--variants", action="store_true", help="also time ours without PDL, with the fused merge, "
+                    "without / always with the early L2 prefetch")
     ap.add_argument("--out", default=os.environ.get("OUT"), help="results directory (default benchmarks/results)")
     a = ap.parse_args()
     if not torch.cuda.is_available():

@@ -187,12 +187,21 @@ __global__ void __launch_bounds__(128, 4) causal_conv1d_kernel(
 // the guess that cu_seqlens[s] == s (every sequence one token: the decode batch), so one memory round trip; a
 // sequence elsewhere reloads its row. y = silu(w3 x + w2 s2 + w1 s1 + w0 s0); new state (s1, s2, x), or the old
 // state copied for an empty sequence. The same thread reads the state before writing it (state_out may alias).
-template <typename T, int VEC>
+// COAL (3 * VEC * sizeof(T) a multiple of 16): a warp whose 32 threads all have channels moves its state rows
+// (32 x 3 VEC contiguous elements) as 16-byte vectors lane by lane (each load or store instruction one contiguous
+// 512-byte span) through shared memory, instead of each thread's 3 vectors at a stride of 3 VEC elements.
+template <typename T, int VEC, bool COAL>
 __global__ void __launch_bounds__(128) causal_conv1d_decode(
     const T* __restrict__ x, long long x_stride, const T* __restrict__ w, const void* __restrict__ cu, int cu64,
     const T* state, T* state_out, T* __restrict__ y, int C, int T_rows) {
     constexpr int KM = CONV_K - 1;
+    constexpr int NCH = KM * VEC * (int)sizeof(T) / 16;  // 16-byte chunks of a thread's state row (COAL)
+    static_assert(!COAL || KM * VEC * sizeof(T) % 16 == 0, "COAL: a thread's state is whole 16-byte chunks");
+    __shared__ __align__(16) unsigned char stage[COAL ? 4 * 32 * NCH * 16 : 16];  // [warp][32 * NCH chunks]
     const int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * VEC;
+    const int lane = threadIdx.x & 31;
+    const int wc0 = c0 - lane * VEC;                      // the warp's first channel
+    const bool coal = COAL && wc0 + 32 * VEC <= C;         // warp-uniform
     if (c0 >= C) return;
     const int s = blockIdx.y;
     allow_dependent_launch();
@@ -200,8 +209,16 @@ __global__ void __launch_bounds__(128) causal_conv1d_decode(
     load_channels<T, VEC, CONV_K>(w + (long long)c0 * CONV_K, wt);
     wait_for_primary_grid();
     const long long start = load_index(cu, cu64, s), end = load_index(cu, cu64, s + 1);
+    uint4* wst = reinterpret_cast<uint4*>(stage) + (threadIdx.x >> 5) * 32 * NCH;
     float old[KM][VEC];
-    if (state != nullptr) {
+    if (state != nullptr && coal) {
+        const uint4* src = reinterpret_cast<const uint4*>(state + ((long long)s * C + wc0) * KM);
+#pragma unroll
+        for (int i = 0; i < NCH; ++i) wst[i * 32 + lane] = src[i * 32 + lane];
+        __syncwarp();
+        load_channels<T, VEC, KM>(reinterpret_cast<const T*>(wst + lane * NCH), old);
+        __syncwarp();
+    } else if (state != nullptr) {
         load_channels<T, VEC, KM>(state + ((long long)s * C + c0) * KM, old);
     } else {
 #pragma unroll
@@ -242,12 +259,19 @@ __global__ void __launch_bounds__(128) causal_conv1d_decode(
         for (int e = 0; e < VEC; ++e)
 #pragma unroll
             for (int m = 0; m < KM; ++m) raw[e * KM + m] = fin[m][e];
+        T* dst = coal ? reinterpret_cast<T*>(wst + lane * NCH) : state_out + ((long long)s * C + c0) * KM;
 #pragma unroll
         for (int m = 0; m < KM; ++m) {
             float part[VEC];
 #pragma unroll
             for (int e = 0; e < VEC; ++e) part[e] = raw[m * VEC + e];
-            store_f<T, VEC>(state_out + ((long long)s * C + c0) * KM + m * VEC, part);
+            store_f<T, VEC>(dst + m * VEC, part);
+        }
+        if (coal) {
+            __syncwarp();
+            uint4* o = reinterpret_cast<uint4*>(state_out + ((long long)s * C + wc0) * KM);
+#pragma unroll
+            for (int i = 0; i < NCH; ++i) o[i * 32 + lane] = wst[i * 32 + lane];
         }
     }
 }

@@ -111,26 +111,18 @@ __device__ __forceinline__ void merge_partials(const float* o, const float* lse,
     }
 }
 
-// ld.acquire at GPU scope: the spin merge's arrival counter (the chunks' partials are visible once it is read).
-__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
-    unsigned v;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-
-// The row's length read before griddepcontrol.wait, as a guess (spec_length): in the model the lengths were
-// written many kernels before (the step's glue), so it is almost always already the value the kernel will read
-// after the wait; if not, the guess only costs time. Read through L2 (ld.global.cg), never the L1/texture path:
-// a stale line there would serve the real read after the wait.
-__device__ __forceinline__ int spec_length(const void* lengths, int is64, int b, int S) {
+// The row's length read before griddepcontrol.wait, as a guess for early_prefetch (in the model the lengths were
+// written many kernels before, by the step's glue). Read through L2 (ld.global.cg), never the L1/texture path: a
+// stale line there would serve the real read after the wait.
+__device__ __forceinline__ int guess_length(const void* lengths, int is64, int b, int S) {
     const long long L = is64 ? (long long)__ldcg(static_cast<const long long*>(lengths) + b)
                              : (long long)__ldcg(static_cast<const int*>(lengths) + b);
     return L < 0 ? 0 : (L > S ? S : static_cast<int>(L));
 }
 
 // Before griddepcontrol.wait (so while the kernel before still runs): L2 prefetches of the first `tiles` tiles of
-// this CTA's chunk for the guessed length L (a prefetch is only a hint: a wrong guess costs a few lines, never a
-// wrong answer).
+// this CTA's chunk for the guessed length L. A prefetch is only a hint: a wrong guess costs a few lines, never a
+// wrong answer. Not inlined: it stays out of the main loop's register budget.
 template <int D>
 __device__ __noinline__ void early_prefetch(const void* kc, const void* vc, long long k_sb, long long k_ss,
                                             long long v_sb, long long v_ss, int L, int b, int kvh, int splits,
@@ -149,55 +141,6 @@ __device__ __noinline__ void early_prefetch(const void* kc, const void* vc, long
     }
 }
 
-// The spin merge's share of one row group: its nrows x D outputs as float4 items, split evenly over the nact CTAs
-// (chunks) of the group; this CTA (chunk `split`) merges items [split * per, ...). A group of lpi lanes (a power of
-// two >= min(nact, 32)) takes one item, a lane every lpi-th chunk with a running max; the group then merges by
-// xor shuffles. One L2 round trip (the partials' loads of a lane are independent).
-template <typename T, int D>
-__device__ __noinline__ void spin_merge(const float* ws_o, const float* ws_lse, size_t bh0, int splits, int nact,
-                                           int split, int nrows, T* out) {
-    const int items = nrows * (D / 4), per = (items + nact - 1) / nact;
-    const int i0 = split * per, i1 = min(items, i0 + per);
-    int lpi = 1;
-    while (lpi < nact && lpi < 32) lpi <<= 1;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane / lpi, pl = lane % lpi;
-    const int step = 32 / lpi;  // items a warp takes at once
-    for (int base = i0 + warp * step; base < i1; base += NW * step) {  // warp-uniform bounds: shuffles below
-        const int item = base + sub;
-        const bool live = item < i1;
-        const int row = live ? item / (D / 4) : 0, col = live ? (item % (D / 4)) * 4 : 0;
-        const size_t bs = (bh0 + row) * splits;
-        float m = f32_neg_inf(), l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
-        for (int s = pl; live && s < nact; s += lpi) {
-            const float e = __ldcg(ws_lse + bs + s);
-            const float4 x = __ldcg(reinterpret_cast<const float4*>(ws_o + (bs + s) * D + col));
-            const float mn = fmaxf(m, e), f = ex2(m - mn), w = ex2(e - mn);  // m = -inf at first: f = 0
-            l = l * f + w;
-            acc[0] = acc[0] * f + w * x.x; acc[1] = acc[1] * f + w * x.y;
-            acc[2] = acc[2] * f + w * x.z; acc[3] = acc[3] * f + w * x.w;
-            m = mn;
-        }
-        for (int o = lpi >> 1; o > 0; o >>= 1) {
-            const float m2 = __shfl_xor_sync(0xffffffffu, m, o), l2 = __shfl_xor_sync(0xffffffffu, l, o);
-            float a2[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) a2[i] = __shfl_xor_sync(0xffffffffu, acc[i], o);
-            const float mn = fmaxf(m, m2);
-            const float f1 = m == f32_neg_inf() ? 0.f : ex2(m - mn), f2 = m2 == f32_neg_inf() ? 0.f : ex2(m2 - mn);
-            l = l * f1 + l2 * f2;
-#pragma unroll
-            for (int i = 0; i < 4; ++i) acc[i] = acc[i] * f1 + a2[i] * f2;
-            m = mn;
-        }
-        if (live && pl == 0) {
-            const float inv = 1.f / l;
-#pragma unroll
-            for (int i = 0; i < 4; ++i) acc[i] *= inv;
-            store_f<T, 4>(out + (bh0 + row) * D + col, acc);
-        }
-    }
-}
-
 }  // namespace decode
 
 using namespace decode;
@@ -208,8 +151,7 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
     long long k_sb, long long k_ss, long long v_sb, long long v_ss, const void* __restrict__ lengths, int len64,
     T* __restrict__ out, float* __restrict__ ws_o, float* __restrict__ ws_lse,
     int S, int Hq, int Hkv, int r, int groups, int splits, float scale_log2, int prefetch,
-    unsigned* __restrict__ counters, float* __restrict__ ws1_o, float* __restrict__ ws1_lse, int fuse, int early,
-    int spec) {
+    unsigned* __restrict__ counters, float* __restrict__ ws1_o, float* __restrict__ ws1_lse, int early) {
     static_assert(D % 64 == 0, "head_dim must be a multiple of 64");
     constexpr int CH = D / 8;  // 16-byte chunks per row
     extern __shared__ __align__(128) unsigned char smem[];
@@ -222,23 +164,33 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
     const int nrows = min(ROWS, r - grp * ROWS);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
     allow_dependent_launch();
-    // spec == 2 (tests): a guess one slot short, so the restart path runs
-    const int Ls = early > 0 || spec ? max(0, spec_length(lengths, len64, b, S) - (spec == 2)) : -1;
-    if (early > 0) early_prefetch<D>(kc, vc, k_sb, k_ss, v_sb, v_ss, Ls, b, kvh, splits, split, early);
+    if (early > 0)  // while the kernel before still runs (see early_prefetch)
+        early_prefetch<D>(kc, vc, k_sb, k_ss, v_sb, v_ss, guess_length(lengths, len64, b, S), b, kvh, splits, split,
+                          early);
     wait_for_primary_grid();  // launched programmatically: q, the cache and lengths come from the kernels before
+    const int L = row_length(lengths, len64, b, S);
+    const int nact = active_chunks(L, splits);
+    if (split >= nact) {
+        if (split == 0) {  // empty row: the output is the empty sum
+            for (int i = tid; i < nrows * D; i += NW * 32)
+                out[((size_t)b * Hq + h0 + i / D) * D + i % D] = from_f<T>(0.f);
+        }
+        return;
+    }
+    const int chunk = chunk_of(L, splits);
+    const int t_begin = split * chunk, t_end = min(L, t_begin + chunk);
+    const int ntiles = (t_end - t_begin + TILE - 1) / TILE;
 
     const T* kb = kc + (size_t)b * k_sb + (size_t)kvh * D;
     const T* vb = vc + (size_t)b * v_sb + (size_t)kvh * D;
     const unsigned sQa = smem_u32(sQ), sKa = smem_u32(sK), sVa = smem_u32(sV);
-    int t_begin = 0, t_end = 0, ntiles = 0;  // this CTA's slots, for a row of length Lx (false: none)
-    auto set_range = [&](int Lx) {
-        if (split >= active_chunks(Lx, splits)) return false;
-        const int chunk = chunk_of(Lx, splits);
-        t_begin = split * chunk;
-        t_end = min(Lx, t_begin + chunk);
-        ntiles = (t_end - t_begin + TILE - 1) / TILE;
-        return true;
-    };
+
+    // Q rows (zero past nrows) join the first commit group.
+    for (int c = tid; c < ROWS * CH; c += NW * 32) {
+        const int row = c / CH, col = c % CH;
+        const bool ok = row < nrows;
+        cp_async16(sQa + swz<D>(row, col), q + ((size_t)b * Hq + h0 + (ok ? row : 0)) * D + col * 8, ok);
+    }
     auto load_tile = [&](int j) {  // tile j of the chunk into ring buffer j % STAGES (always a commit group)
         if (j < ntiles) {
             const int buf = j % STAGES, tok0 = t_begin + j * TILE;
@@ -269,41 +221,8 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
             }
         }
     };
-    auto start = [&]() {  // Q rows (zero past nrows) join the first commit group, then the ring's first tiles
-        for (int c = tid; c < ROWS * CH; c += NW * 32) {
-            const int row = c / CH, col = c % CH;
-            const bool ok = row < nrows;
-            cp_async16(sQa + swz<D>(row, col), q + ((size_t)b * Hq + h0 + (ok ? row : 0)) * D + col * 8, ok);
-        }
 #pragma unroll
-        for (int j = 0; j < STAGES - 1; ++j) load_tile(j);
-    };
-    // spec: the first copies start at once for the guessed length, while the real one is read (one L2 round trip
-    // off the critical path); a guess that gives another slot range is drained and the copies restarted.
-    bool started = false;
-    int sb = 0, se = 0;
-    if (spec && set_range(Ls)) {
-        start();
-        started = true;
-        sb = t_begin;
-        se = t_end;
-    }
-    const int L = row_length(lengths, len64, b, S);
-    const int nact = active_chunks(L, splits);
-    const bool mine = set_range(L);
-    if (started && !(mine && t_begin == sb && t_end == se)) {  // CTA-uniform
-        cp_async_wait<0>();
-        __syncthreads();
-        started = false;
-    }
-    if (!mine) {
-        if (split == 0 && nact == 0) {  // empty row: the output is the empty sum
-            for (int i = tid; i < nrows * D; i += NW * 32)
-                out[((size_t)b * Hq + h0 + i / D) * D + i % D] = from_f<T>(0.f);
-        }
-        return;
-    }
-    if (!started) start();
+    for (int j = 0; j < STAGES - 1; ++j) load_tile(j);
     for (int j = 0; j < prefetch; ++j) prefetch_tile(STAGES - 1 + j);
 
     float o[D / 8][4];
@@ -438,23 +357,6 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
         }
     }
     if (direct || counters == nullptr) return;  // no fused merge: decode_attention_combine runs next
-    if (fuse == 2) {  // every CTA of the row group waits for all its chunks, then merges its share of the columns
-        __threadfence();
-        __syncthreads();
-        unsigned* arrive = counters + 2 * (b * gridDim.y + blockIdx.y);
-        if (tid == 0) {
-            atomicAdd(arrive, 1u);
-            while (ld_acquire(arrive) < (unsigned)nact) __nanosleep(20);
-        }
-        __syncthreads();
-        __threadfence();
-        spin_merge<T, D>(ws_o, ws_lse, (size_t)b * Hq + h0, splits, nact, split, nrows, out);
-        if (tid == 0 && atomicAdd(arrive + 1, 1u) == (unsigned)(nact - 1)) {  // the last to leave resets both
-            arrive[0] = 0u;
-            arrive[1] = 0u;
-        }
-        return;
-    }
 
     // Fused merge (counters given): the last CTA of each group of 8 chunks to finish merges the group, the last
     // group merger merges the groups. Each CTA counts its arrival after its partial is visible (threadfence, then
@@ -501,44 +403,34 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
 template <typename T, int D>
 __global__ void __launch_bounds__(256) decode_attention_combine(
     const float* __restrict__ ws_o, const float* __restrict__ ws_lse, const void* __restrict__ lengths, int len64,
-    T* __restrict__ out, int S, int Hq, int splits, int spec) {
+    T* __restrict__ out, int S, int Hq, int splits) {
     constexpr int G = 16, C = 64;  // chunk groups, columns per CTA
     static_assert(D % C == 0, "combine: D a multiple of 64");
     __shared__ float part[G][C];
     __shared__ float wm[G], wl[G];
     const int h = blockIdx.x, b = blockIdx.y, c0 = blockIdx.z * C, tid = threadIdx.x;
     allow_dependent_launch();  // the next decode step's split kernel may be scheduled (it waits for this grid)
-    // spec: the chunk count from the length as read before the wait (see spec_length); the partials' loads for it
-    // are issued at once after the wait, beside the real length's, and redone only if the counts differ
-    const int ns = spec ? active_chunks(max(0, spec_length(lengths, len64, b, S) - (spec == 2)), splits) : -1;
     wait_for_primary_grid();
     const int n = active_chunks(row_length(lengths, len64, b, S), splits);
+    if (n < 2) return;
     const size_t bh = (size_t)b * Hq + h;
     const int grp = tid >> 4, col = (tid & 15) * 4;
-    float m, l, acc[4];
-    auto merge = [&](int nn) {
-        m = f32_neg_inf();
-        l = 0.f;
-        acc[0] = acc[1] = acc[2] = acc[3] = 0.f;
+    float m = f32_neg_inf(), l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll 4  // 64 chunks (B = 1): all of a group's loads in flight at once
-        for (int s = grp; s < nn; s += G) {
-            const float e = __ldcg(ws_lse + bh * splits + s);
-            const float4 x = __ldcg(reinterpret_cast<const float4*>(ws_o + (bh * splits + s) * D + c0 + col));
-            if (e > m) {  // a new running max: rescale what this group has so far (m = -inf at first: factor 0)
-                const float f = ex2(m - e);
-                l *= f;
+    for (int s = grp; s < n; s += G) {
+        const float e = __ldcg(ws_lse + bh * splits + s);
+        const float4 x = __ldcg(reinterpret_cast<const float4*>(ws_o + (bh * splits + s) * D + c0 + col));
+        if (e > m) {  // a new running max: rescale what this group has so far (m = -inf at first: factor 0)
+            const float f = ex2(m - e);
+            l *= f;
 #pragma unroll
-                for (int i = 0; i < 4; ++i) acc[i] *= f;
-                m = e;
-            }
-            const float w = ex2(e - m);
-            l += w;
-            acc[0] += w * x.x; acc[1] += w * x.y; acc[2] += w * x.z; acc[3] += w * x.w;
+            for (int i = 0; i < 4; ++i) acc[i] *= f;
+            m = e;
         }
-    };
-    if (ns >= 2) merge(ns);
-    if (n < 2) return;
-    if (ns != n) merge(n);
+        const float w = ex2(e - m);
+        l += w;
+        acc[0] += w * x.x; acc[1] += w * x.y; acc[2] += w * x.z; acc[3] += w * x.w;
+    }
     // a group with no chunk (n < 16) keeps m = -inf, l = 0, acc = 0: weight 0 below
 #pragma unroll
     for (int i = 0; i < 4; ++i) part[grp][col + i] = acc[i];
