@@ -48,9 +48,9 @@ WARP_SHAPES = ((8, 8), (8, 4), (4, 4), (16, 8), (16, 4))
 WARP_SHAPE = (16, 4)
 WARP_MAX_HEADS = 256      # n * Hv up to which the one-warp kernel runs
 DECODE_PDL = True         # the one-warp decode kernel as a programmatic dependent launch (sm_90)
-# Relative cost of one chunk step of the state pass by BV (per CTA; one CTA per SM at every BV): the pick
-# minimises waves x cost. Rough figures until measured.
-STATE_STEP_COST = {16: 1.0, 32: 1.25, 64: 1.7}
+# One chunk step of the warp-specialised state pass by BV, us (a CTA an SM at every BV; H200, graph-replayed,
+# state pass = prefill - prep, round s2r2: 16/16 1x32768 BV 16 / 32 / 64, 512 steps): the pick minimises waves x cost
+STATE_STEP_COST = {16: 1.78, 32: 2.31, 64: 3.45}
 # Hopper (sm_90a): the state pass as clusters of STATE_CLUSTER CTAs (consecutive dv blocks of one head) that share
 # the chunk's W, Q, K, Aqk rows through multicast bulk copies (1 = no cluster, the sm_80/sm_90 kernel): by BV, or
 # STATE_CLUSTER for every BV where it is set (the trials in tools/deltanet_gpu.py). Off: bitwise equal but 1.3-2.9x
@@ -61,12 +61,12 @@ STATE_CLUSTER: int | None = None
 STATE_CLUSTERS = (2, 4, 8)
 RECURRENT_MAX_SEQLEN = 8  # with a max_seqlen hint at or below this, the recurrent kernel runs
 # The transposed state pass gdn_chunk_state_t<NC, KW> (S^T as mma fragments that feed the next product; one or two
-# barriers a chunk): NC groups of 16 dv columns a CTA, each split over KW warps by dk. Picked by waves x
-# STATE_T_STEP_COST (one CTA an SM: the stages fill shared memory); STATE_KERNEL "t" runs it, "w" the
-# warp-specialised gdn_chunk_state.
+# barriers a chunk): NC groups of 16 dv columns a CTA, each split over KW warps by dk. STATE_T_STEP_COST: one
+# chunk step of a CTA, us, in the units of STATE_STEP_COST (one CTA an SM: the stages fill shared memory).
+# STATE_KERNEL: "auto" picks the fewest waves x step cost over both passes, "t" / "w" only that pass.
 STATE_KERNEL = "w"
 STATE_T_BUILDS = ((1, 2), (1, 4), (2, 2), (2, 4), (4, 1), (4, 2))
-STATE_T_STEP_COST = {(1, 2): 1.0, (1, 4): 0.8, (2, 2): 1.2, (2, 4): 1.0, (4, 1): 2.0, (4, 2): 1.6}
+STATE_T_STEP_COST = {(1, 2): 1.8, (1, 4): 1.4, (2, 2): 2.2, (2, 4): 1.8, (4, 1): 2.95, (4, 2): 2.6}
 STATE_T_FORCE: tuple[int, int] | None = None  # trials: this (NC, KW) for every shape
 
 
@@ -124,6 +124,15 @@ def pick_state_t(n: int, Hv: int, sms: int, smem_limit: int) -> tuple[tuple[int,
         build = min(fits, key=lambda b: (-(-(n * Hv * (D // (16 * b[0]))) // sms)) * STATE_T_STEP_COST[b])
     ns = max(ns for ns in STATE_STAGES if ns == STATE_STAGES[0] or state_t_smem_bytes(build, ns) <= smem_limit)
     return build, ns
+
+
+def _t_wins(n: int, Hv: int, sms: int, smem_limit: int) -> bool:
+    """STATE_KERNEL "auto": the transposed pass's best waves x step cost beats the warp-specialised pass's."""
+    def cost(cols, c):
+        return (-(-(n * Hv * (D // cols)) // sms)) * c
+    build, _ = pick_state_t(n, Hv, sms, smem_limit)
+    bv = pick_state_bv(n, Hv, sms, smem_limit)
+    return cost(16 * build[0], STATE_T_STEP_COST[build]) < cost(bv, STATE_STEP_COST[bv])
 
 
 def _prep_expr(dtype, gate: bool, compact: bool = False) -> str:
@@ -334,7 +343,7 @@ def _run(q, k, v, gates, gate: bool, cu_seqlens, initial_state, scale, use_qk_l2
     args = (q.data_ptr(), k.data_ptr(), i64(q.stride(0)), i64(k.stride(0)), i32(Hk), i32(Hv),
             w.data_ptr(), u.data_ptr(), aqk.data_ptr(), gc.data_ptr(), rq.data_ptr(), rk.data_ptr(), cu.data_ptr(),
             h0, final_state.data_ptr(), out.data_ptr(), i64(out.stride(0)), i32(T))
-    if STATE_KERNEL == "t":
+    if STATE_KERNEL == "t" or (STATE_KERNEL == "auto" and _t_wins(n, Hv, sms, smem_limit)):
         build, ns = pick_state_t(n, Hv, sms, smem_limit)
         _launch(device, _state_t_expr(q.dtype, build, ns), (D // (16 * build[0]), Hv, n),
                 state_t_smem_bytes(build, ns), *args, threads=32 * build[0] * build[1])

@@ -149,6 +149,7 @@ def test_cluster_state_pass_equals_plain(monkeypatch):
         pytest.skip("the cluster build is sm_90a")
     case = build_gated_delta_rule([1, 63, 64, 65, 0, 300], 2, 4, torch.bfloat16, seed=8)
     args = case.on("cuda")
+    monkeypatch.setattr(K, "STATE_KERNEL", "w")
     for bv in K.STATE_BV:
         monkeypatch.setattr(K, "STATE_STEP_COST", {b: (0.0 if b == bv else 1e9) for b in K.STATE_BV})
         monkeypatch.setattr(K, "STATE_CLUSTER", 1)

@@ -313,6 +313,7 @@ def sweep(args) -> int:
     heads = [tuple(int(x) for x in h.split("/")) for h in args.heads.split(",")]
     lens_cases = [[int(x.split("x")[1])] * int(x.split("x")[0]) if "x" in x else [int(x)] for x in args.lens.split(",")]
     saved = dict(K.STATE_STEP_COST)
+    K.STATE_KERNEL = "w"  # the BV sweep is of the warp-specialised pass
     for Hk, Hv in heads:
         for lens in lens_cases:
             q, k, v, g, beta, cu, h0 = make_inputs(lens, Hk, Hv, torch.bfloat16)
@@ -358,6 +359,7 @@ def trials(args) -> int:
     OUT = args.out or "/tmp"
     budget = args.budget
     part = args.trials
+    K.STATE_KERNEL = "w"  # these trials are of the warp-specialised pass (BV, clusters) and the decode kernels
     CLS = (1,) if part == "a" else K.STATE_CLUSTERS
 
     def left():
@@ -632,7 +634,7 @@ def main() -> int:
                     help="--fla-prefill: Hk/Hv/BxL list")
     ap.add_argument("--budget", type=float, default=50.0, help="--trials: seconds after which no new work starts")
     ap.add_argument("--once", help="Hk/Hv/BxL list: one prefill call each after a warm-up (for ncu)")
-    ap.add_argument("--state", choices=("t", "w"), help="state-pass kernel for every call (K.STATE_KERNEL)")
+    ap.add_argument("--state", choices=("auto", "t", "w"), help="state-pass kernel for every call (K.STATE_KERNEL)")
     args = ap.parse_args()
     if args.state:
         K.STATE_KERNEL = args.state
