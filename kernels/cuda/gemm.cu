@@ -28,8 +28,8 @@
 //               y = p * silu(z) (the DeltaNet output norm before out_proj); z[m * so + (k / gd) * gh + k % gd];
 //               gd / 8 a power of two <= 32.
 // The norms' statistics (fp32 sums of squares of a row or group, summed in a fixed order) are computed after the
-// wait into shared memory; their builds prefetch the CTA's whole weight block into L2 before the wait instead of
-// loading the first steps into registers (the statistics need a barrier that every warp reaches first).
+// wait into shared memory (a barrier every warp reaches before the main loop), with the first steps' weights
+// already loaded into registers before the wait as in the other builds.
 // Output: y [M, N] with row stride sy, or split by columns into up to 4 tensors (a fused projection's q | k | v or
 // conv input | z | b | a, each then contiguous: no copies): columns [cut_j, cut_j+1) go to out.y[j] (row stride
 // out.sy[j]) at column n - cut_j; unused cuts are N.
@@ -212,25 +212,35 @@ __device__ __forceinline__ void skinny_body(const T* __restrict__ x, long long s
     const int steps = K / KSTEP;
     int st = warp + WARPS * z;
     bool waited = false;
+    // NORM: the first U steps' weights are loaded (into a0) before the wait, as the other builds do in their first
+    // loop pass; the statistics then need a barrier every warp reaches, so they come before the loop, which takes
+    // its first pass's weights from a0
+    uint4 a0[NORM ? U : 1][SETS][2];
+    bool first = NORM;
     if constexpr (NORM) {
-        // the CTA's weight block into L2 (no registers held), then the wait and the norm's statistics
-#pragma unroll 4
-        for (int s2 = st; s2 < steps; s2 += STRIDE)
 #pragma unroll
-            for (int s = 0; s < SETS; ++s)
+        for (int u = 0; u < U; ++u) {
+            if (st + u * STRIDE < steps) {
+                const size_t off = (size_t)(st + u * STRIDE) * KSTEP;
 #pragma unroll
-                for (int h = 0; h < 2; ++h) prefetch_l2(wr[s][h] + (size_t)s2 * KSTEP);
+                for (int s = 0; s < SETS; ++s)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) a0[u][s][h] = load_stream(wr[s][h] + off);
+            }
+        }
         wait_and_release();
         waited = true;
         // sums of squares of 32-vector chunks of a row (X_ADD_RMS) or of a group of gd / 8 vectors (X_GATED_RMS),
-        // 4 vectors a thread a round with their loads first; a chunk or group is lanes of one warp
+        // PV vectors a thread a round with their loads first (1 for SILU: its first steps' weights take the
+        // registers); a chunk or group is lanes of one warp
+        constexpr int PV = SILU ? 1 : 4;
         const int kv = K / 8, total = M * kv, seg = XOP == X_ADD_RMS ? 32 : gd / 8;
         T* ro = reinterpret_cast<T*>(xn.res_out);
         const bool write_res = XOP == X_ADD_RMS && blockIdx.x == 0 && blockIdx.y == 0;
-        for (int base = 0; base < total; base += 4 * WARPS * 32) {
-            uint4 xv[4], ov[4];
+        for (int base = 0; base < total; base += PV * WARPS * 32) {
+            uint4 xv[PV], ov[PV];
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
+            for (int i = 0; i < PV; ++i) {
                 const int v = base + threadIdx.x + i * WARPS * 32;
                 if (v < total) {
                     const int m = v / kv, kk = (v % kv) * 8;
@@ -239,7 +249,7 @@ __device__ __forceinline__ void skinny_body(const T* __restrict__ x, long long s
                 }
             }
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
+            for (int i = 0; i < PV; ++i) {
                 const int v = base + threadIdx.x + i * WARPS * 32;
                 float ss = 0.f;
                 if (v < total) {
@@ -290,8 +300,9 @@ __device__ __forceinline__ void skinny_body(const T* __restrict__ x, long long s
 #pragma unroll
             for (int s = 0; s < SETS; ++s)
 #pragma unroll
-                for (int h = 0; h < 2; ++h) a[u][s][h] = load_stream(wr[s][h] + off);
+                for (int h = 0; h < 2; ++h) a[u][s][h] = first ? a0[NORM ? u : 0][s][h] : load_stream(wr[s][h] + off);
         }
+        first = false;
         if (!waited) {  // the first weight loads are in flight: now wait for x
             wait_and_release();
             waited = true;
@@ -312,7 +323,8 @@ __device__ __forceinline__ void skinny_body(const T* __restrict__ x, long long s
 #pragma unroll
                 for (int s = 0; s < SETS; ++s)
 #pragma unroll
-                    for (int h = 0; h < 2; ++h) a[u][s][h] = load_stream(wr[s][h] + off);
+                    for (int h = 0; h < 2; ++h)
+                        a[u][s][h] = first ? a0[NORM ? u : 0][s][h] : load_stream(wr[s][h] + off);
             }
         }
         if (!waited) {
