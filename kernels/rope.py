@@ -99,8 +99,9 @@ def _qk_variants(dtype) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
-def _qk_expr(dtype, vec: int, nv: int, ipw: int = 4, lean: bool = True) -> str:
-    return f"rope::qk_norm_rope_kernel<{CTYPES[dtype]}, {vec}, {nv}, {ipw}, {cbool(lean)}>"
+def _qk_expr(dtype, vec: int, nv: int, ipw: int = 4, lean: bool = True, minb: int = 0) -> str:
+    tail = f", {minb}" if minb else ""
+    return f"rope::qk_norm_rope_kernel<{CTYPES[dtype]}, {vec}, {nv}, {ipw}, {cbool(lean)}{tail}>"
 
 
 def _staged_expr(dtype) -> str:
@@ -109,6 +110,7 @@ def _staged_expr(dtype) -> str:
 
 QK_TRIALS = (1, 2, 8)  # other heads-per-warp builds of the 16-bit d <= 256 variant, for timing trials
 STREAM_BUILDS = ((4, 3), (2, 4), (4, 4))  # (heads per item, ring depth) builds of the streaming prefill kernel
+LEAN_MINB_TRIALS = (4, 5, 8)  # register-budget trials of the lean 4-heads-a-warp build (CTAs an SM; the rule: 6)
 
 
 def _stream_expr(dtype, ipw: int, stages: int) -> str:
@@ -119,6 +121,8 @@ SOURCE = NvrtcSource("rope.cu", _VISION_EXPRS + tuple(_qk_expr(dt, v, n, _IPW, l
                                                       for v, n in _qk_variants(dt) for lean in (True, False))
                       + tuple(_qk_expr(dt, 8, 1, i, lean) for dt in (torch.float16, torch.bfloat16) for i in QK_TRIALS
                               for lean in (True, False))
+                      + tuple(_qk_expr(dt, 8, 1, _IPW, True, m) for dt in (torch.float16, torch.bfloat16)
+                              for m in LEAN_MINB_TRIALS)
                       + tuple(_staged_expr(dt) for dt in (torch.float16, torch.bfloat16))
                       + tuple(_stream_expr(dt, i, st) for dt in (torch.float16, torch.bfloat16)
                               for i, st in STREAM_BUILDS)
@@ -200,7 +204,7 @@ def _launch_stream(device, build, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_ou
 
 
 def _launch_qk(device, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, v, k_cache, v_cache, cu, lengths,
-               T, Hq, Hkv, d, r, norm, eps, ipw=None, lean=None, build=None):
+               T, Hq, Hkv, d, r, norm, eps, ipw=None, lean=None, build=None, minb=0):
     tb = 0 if k_cache is not None or ipw is not None or lean is not None else _staged_tokens(
         q_in.dtype, d, r, Hq + Hkv, q_ts, q_hs, q_in, k_in, qw, kw, cos, sin, q_out, k_out)
     if build is None:
@@ -234,7 +238,8 @@ def _launch_qk(device, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, v
     e = vec * nv
     lean = r % e == 0 and (e % 4 != 0 or (cos.data_ptr() | sin.data_ptr()) % 16 == 0) and lean is not False
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    SOURCE.launch(device, _qk_expr(q_in.dtype, vec, nv, ipw, lean), (ceil_div(warps, _WARPS), 1, 1),
+    minb = minb if minb in LEAN_MINB_TRIALS and lean and (vec, nv, ipw) == (8, 1, _IPW) else 0
+    SOURCE.launch(device, _qk_expr(q_in.dtype, vec, nv, ipw, lean, minb), (ceil_div(warps, _WARPS), 1, 1),
                   (32 * _WARPS, 1, 1),
                   q_in.data_ptr(), i64(q_ts), i32(q_hs), ptr(k_in), ptr(qw), ptr(kw), cos.data_ptr(), sin.data_ptr(),
                   q_out.data_ptr(), ptr(k_out), ptr(v), ptr(k_cache), ptr(v_cache), ptr(cu),

@@ -101,8 +101,9 @@ __device__ __forceinline__ long long load_index(const void* p, int is64, long lo
 
 }  // namespace qkrope
 
-template <typename T, int VEC, int NV, int IPW, bool LEAN>
-__global__ void __launch_bounds__(128, (LEAN && NV * VEC * IPW <= 32) ? 6 : 1) qk_norm_rope_kernel(
+// MINB > 0: that many CTAs an SM in __launch_bounds__ instead of the rule (timing trials of the register budget).
+template <typename T, int VEC, int NV, int IPW, bool LEAN, int MINB = 0>
+__global__ void __launch_bounds__(128, MINB > 0 ? MINB : (LEAN && NV * VEC * IPW <= 32) ? 6 : 1) qk_norm_rope_kernel(
     const T* __restrict__ q_in, long long q_ts, int q_hs, const T* __restrict__ k_in, const T* __restrict__ qw,
     const T* __restrict__ kw, const float* __restrict__ cos, const float* __restrict__ sin,
     T* __restrict__ q_out, T* __restrict__ k_out, const T* __restrict__ v_in, T* __restrict__ k_cache,
@@ -458,8 +459,10 @@ __global__ void __launch_bounds__(256) qk_norm_rope_staged(
 // next STAGES - 1 items are in flight while an item is normalised, rotated and stored, and hold no registers. A lane
 // copies, and later reads, its own 16 bytes of each head row; the cos (sin) entries a rotating lane needs are
 // copied by it or its partner lane r / 8 away, so the ring's only barriers are two __syncwarp a step. The weights are
-// loaded once a warp, before waiting for the kernel before (PDL). Dynamic shared memory: 8 warps x STAGES x
-// slot, slot = IPW * d * 2 + 2 * r * 4 bytes (head rows, then cos and sin).
+// loaded once a warp, before waiting for the kernel before (PDL). Item i is token i / G and group (i + token) % G:
+// with the plain i % G a warp whose stride is a multiple of G would only ever get one kind of group (8:2 heads:
+// a third of the warps only the half-full k group), and the q warps would set the pace. Dynamic shared memory:
+// 8 warps x STAGES x slot, slot = IPW * d * 2 + 2 * r * 4 bytes (head rows, then cos and sin).
 template <typename T, int IPW, int STAGES>
 __global__ void __launch_bounds__(256, 4) qk_norm_rope_stream(
     const T* __restrict__ q_in, long long q_ts, int q_hs, const T* __restrict__ k_in, const T* __restrict__ qw,
@@ -485,7 +488,7 @@ __global__ void __launch_bounds__(256, 4) qk_norm_rope_stream(
     auto issue = [&](unsigned k) {  // the warp's k-th item into ring slot k % STAGES (always one commit group)
         const unsigned item = first + k * nw;
         if (item < items) {
-            const int t = (int)(item / G), g = (int)(item % G);
+            const int t = (int)(item / G), g = (int)((item % G + t) % G);  // groups rotated by t: see above
             const bool is_q = g < Gq;
             const int h0 = (is_q ? g : g - Gq) * IPW, nh = min(IPW, (is_q ? Hq : Hkv) - h0);
             const T* src = is_q ? q_in + t * q_ts + (long long)h0 * q_hs : k_in + ((long long)t * Hkv + h0) * d;
@@ -515,7 +518,7 @@ __global__ void __launch_bounds__(256, 4) qk_norm_rope_stream(
         cp_async_wait<STAGES - 1>();  // this lane's copies of item k landed
         __syncwarp();                 // and its partner's (the cos / sin halves)
         const unsigned item = first + k * nw;
-        const int t = (int)(item / G), g = (int)(item % G);
+        const int t = (int)(item / G), g = (int)((item % G + t) % G);  // groups rotated by t: see above
         const bool is_q = g < Gq;
         const int h0 = (is_q ? g : g - Gq) * IPW, nh = min(IPW, (is_q ? Hq : Hkv) - h0);
         T* dst = is_q ? q_out + ((long long)t * Hq + h0) * d : k_out + ((long long)t * Hkv + h0) * d;
