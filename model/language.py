@@ -46,6 +46,10 @@ DEFAULT_CHUNK = 8192  # packed prompt tokens per prefill chunk
 HOST_READING_REFERENCES = ("qk_norm_rope", "decode_attention", "causal_conv1d", "fused_gated_delta_rule")
 HOST_READING_MOE = ("moe_topk", "moe_mlp")
 ROUTER_FUSED_ROWS = 0  # MoE: up to this many tokens the fused kernels.moe.moe_router_topk (at most 64), else GEMM + top-k
+# prefill: from this many rows a fused projection whose parts must be contiguous runs one cuBLAS GEMM per part (on
+# row slices of the fused weight, so each output is contiguous) instead of one GEMM and a copy of the parts; None:
+# never (tools/lm_prefill_profile.py --ab-split times both)
+PART_GEMM_ROWS = None
 
 
 @dataclass
@@ -240,16 +244,22 @@ class LanguageModel:
 
     def _skinny_folded(self, kind: str, pend: _Pending, wt: torch.Tensor, ours, theirs):
         """_skinny for a projection of a _Pending norm: the skinny kernel with the norm folded in (`ours(x, w,
-        **kw)`) timed against the norm op then cuBLAS (`theirs(x, w)` on the applied norm); False where the fold
-        does not apply (kernels.gemm.fold_ok) or cuBLAS wins."""
-        if self.skinny is None or not self.skinny[3](pend.kind, pend.flat, pend.other):
+        **kw, **fold_args)`) timed against the norm op then the unfolded projection as the model would run it (its
+        own choice of `ours(x, w, **kw)` or cuBLAS `theirs(x, w)`, on the applied norm); False where the fold does
+        not apply (kernels.gemm.fold_ok) or loses."""
+        if self.skinny is None or not pend.x.is_cuda or not self.skinny[3](pend.kind, pend.flat, pend.other):
             return False
         fa = pend.fold_args()
-        # timing: the fold on pend's operands (outputs discarded) against the separate norm + cuBLAS
-        return self._skinny(kind + "+" + pend.kind, pend.flat, wt,
-                            lambda kw, w: ours(pend.flat, w, **kw, **fa),
-                            lambda w: theirs(_Pending(pend.kind, pend.x, pend.other, pend.w, pend.eps).apply(
-                                self.ops), w))
+        fkind = kind + "+" + pend.kind
+        sep = None
+        if self.skinny_autotune and (fkind, wt.shape[0], wt.shape[1], pend.flat.shape[0]) not in self.skinny_choice \
+                and not torch.cuda.is_current_stream_capturing():
+            def applied():  # the separate norm (outputs discarded)
+                return _Pending(pend.kind, pend.x, pend.other, pend.w, pend.eps).apply(self.ops)
+            y0 = applied()
+            pk = self._skinny(kind, y0, wt, lambda kw, w: ours(y0, w, **kw), lambda w: theirs(y0, w))
+            sep = (lambda w: ours(applied(), w, **pk)) if pk else (lambda w: theirs(applied(), w))
+        return self._skinny(fkind, pend.flat, wt, lambda kw, w: ours(pend.flat, w, **kw, **fa), sep)
 
     @staticmethod
     def _fold_result(pend: _Pending, r):
@@ -277,7 +287,34 @@ class LanguageModel:
                           lambda w: cuts(F.linear(x, w)))
         if kw:
             return self.skinny[0](x, wt, split=sizes, **kw)
+        if PART_GEMM_ROWS is not None and x.shape[0] >= PART_GEMM_ROWS and contiguous_from < len(sizes):
+            return self._part_gemms(x, wt, sizes, contiguous_from)
         return cuts(F.linear(x, wt))
+
+    def _part_gemms(self, x, wt, sizes, contiguous_from: int) -> tuple:
+        """Long prompts: the parts before contiguous_from in one GEMM (column views of it), every later part its own
+        GEMM on its rows of the fused weight (a contiguous output, nothing copied); parts narrower than 64 columns
+        share one GEMM and are copied out (a few bytes a token)."""
+        starts = [0]
+        for n in sizes[:-1]:
+            starts.append(starts[-1] + n)
+        parts = []
+        if contiguous_from:
+            c0, c1 = 0, starts[contiguous_from]
+            y = F.linear(x, wt[c0:c1])
+            parts += [y[:, c - c0: c - c0 + n] for c, n in zip(starts[:contiguous_from], sizes[:contiguous_from])]
+        j = contiguous_from
+        while j < len(sizes):
+            k = j + 1
+            while sizes[j] < 64 and k < len(sizes) and sizes[k] < 64:  # narrow neighbours: one GEMM
+                k += 1
+            y = F.linear(x, wt[starts[j]: starts[j] + sum(sizes[j:k])])
+            if k == j + 1:
+                parts.append(y)
+            else:
+                parts += [y[:, c - starts[j]: c - starts[j] + n].contiguous() for c, n in zip(starts[j:k], sizes[j:k])]
+            j = k
+        return tuple(parts)
 
     def _cublas_parts(self, y: torch.Tensor, sizes: tuple[int, ...], contiguous_from: int) -> tuple:
         starts = [0]
