@@ -218,3 +218,19 @@ def test_capture_blockers_name_host_reading_references(dense_untied):
         assert "decode_attention" not in m.lm.capture_blockers()
     finally:
         m.lm.ops = ops
+
+
+def test_part_gemms_equal_one_gemm(dense_untied, monkeypatch):
+    """language.PART_GEMM_ROWS: a fused projection as one GEMM per contiguous part (row slices of the fused
+    weight) gives the logits of one GEMM and copied parts."""
+    import model.language as L
+
+    m = ours(dense_untied)
+    case, _ = batch_case()
+    want = m.logits(**case)
+    calls = []
+    monkeypatch.setattr(L, "PART_GEMM_ROWS", 1)
+    real = L.LanguageModel._part_gemms
+    monkeypatch.setattr(L.LanguageModel, "_part_gemms", lambda self, *a: calls.append(1) or real(self, *a))
+    got = m.logits(**case)
+    assert calls and rel(got, want) < REL

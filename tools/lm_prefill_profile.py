@@ -348,6 +348,45 @@ def device_only_ms(m, kwargs, sleep_ms: float = 150.0) -> float:
     return sum(e0.elapsed_time(e1) for e0, e1 in spans)
 
 
+def split_case(m, name: str, kwargs: dict, reps: int, rows: int = 256) -> dict:
+    """Model's default path (prefill graphs on) with language.PART_GEMM_ROWS None (one GEMM per fused projection,
+    its parts copied out) against `rows` (a GEMM per contiguous part from that many rows on), A/B in this process,
+    interleaved; and whether the first token is the same."""
+    import model.language as L
+
+    saved = L.PART_GEMM_ROWS
+    out = {}
+    try:
+        for setting in (None, rows):
+            L.PART_GEMM_ROWS = setting
+            drop_prefill_graphs(m)  # captured with the other setting
+            m.generate_ids(**kwargs)
+            m.generate_ids(**kwargs)  # the bucket's graph captured
+        res = {None: [], rows: []}
+        tok = {}
+        for _ in range(reps):
+            for setting in (None, rows):
+                L.PART_GEMM_ROWS = setting
+                drop_prefill_graphs(m)
+                m.generate_ids(**kwargs)
+                t = m.generate_ids(**kwargs)
+                res[setting].append(m.last_timings["ttft_ms"])
+                tok[setting] = t[:, -1].tolist()
+        out = dict(case=name + "_split_ab", part_gemm_rows=rows, ttft_ms_one_gemm=round(min(res[None]), 3),
+                   ttft_ms_part_gemms=round(min(res[rows]), 3), all_one_gemm=[round(v, 2) for v in res[None]],
+                   all_part_gemms=[round(v, 2) for v in res[rows]], same_first_token=tok[None] == tok[rows])
+    finally:
+        L.PART_GEMM_ROWS = saved
+        drop_prefill_graphs(m)
+    return out
+
+
+def drop_prefill_graphs(m) -> None:
+    """Forget the prefill graphs of every decode session's cache (the next prefill of a bucket captures again)."""
+    for sess in m._sessions.values():
+        sess.cache.__dict__.pop("_prefill_graphs", None)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="0.8B", help="a tools/lm_e2e_gpu.SIZES key, or smoke (toy widths)")
@@ -357,6 +396,8 @@ def main(argv=None) -> int:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--quick", action="store_true", help="timings and device-only time only (no host "
                     "breakdown, sync trace or profiler)")
+    ap.add_argument("--ab-split", action="store_true", help="also Model's default path with a GEMM per "
+                    "contiguous part of the fused projections (language.PART_GEMM_ROWS) against one GEMM, A/B")
     ap.add_argument("--ab-graphs", action="store_true", help="also each case with the prefill replayed from a "
                     "CUDA graph (model.prefill_graph), A/B in this process")
     ap.add_argument("--device", default="cuda", help="cuda (kernels backend) or cpu (reference: the tool only)")
@@ -376,6 +417,13 @@ def main(argv=None) -> int:
         rec["wall_s"] = round(time.perf_counter() - t0, 1)
         records.append(rec)
         summary(rec)
+        if args.ab_split:
+            sp = split_case(m, name, kw, args.reps)
+            sp["size"] = args.size
+            records.append(sp)
+            print(f"== {args.size} {sp['case']}: ttft one GEMM {sp['ttft_ms_one_gemm']} ms {sp['all_one_gemm']}, "
+                  f"a GEMM per part {sp['ttft_ms_part_gemms']} ms {sp['all_part_gemms']}; same first token "
+                  f"{sp['same_first_token']}", flush=True)
         if args.ab_graphs and args.device == "cuda":
             g = graphed_case(m, name, kw, args.reps)
             g["size"] = args.size
