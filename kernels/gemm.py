@@ -63,6 +63,8 @@ _SPLIT_BUILDS = tuple((nt, 8 if nt == 1 else 2) for nt in _SKINNY_TILES)
 # before the wait, so more steps in registers only cost occupancy: the 8-step norm builds take 160+ registers)
 _NORM_U = 4
 _NORM_BUILDS = ((False, X_ADD_RMS), (True, X_ADD_RMS), (False, X_GATED_RMS))
+# ... and 8 steps for the gated fold where the grid is at most one CTA an SM (out_proj N = 1024: 64 CTAs, K = 2048
+# = 8 steps a warp; the 8-step fold takes 166 registers, which one CTA an SM can spare)
 _WIDE_U = 4  # tile_rows=32 (two 16-row blocks a CTA, gemm.cu's RS = 2): x tile 1, 4 steps in flight
 # the gated-x builds (sigmoid_gate folded into o_proj) exist for the plain product only
 SOURCE = NvrtcSource("gemm.cu", tuple(
@@ -72,6 +74,7 @@ SOURCE = NvrtcSource("gemm.cu", tuple(
        for xg in (X_PLAIN, X_SIGMOID) for ks in KSPLITS[1:]]
     + [_skinny_expr(dt, silu, 1, _NORM_U, xop, ks) for dt in _SKINNY_DTYPES for silu, xop in _NORM_BUILDS
        for ks in (KSPLITS if not silu else (1,))]
+    + [_skinny_expr(dt, False, 1, 8, X_GATED_RMS) for dt in _SKINNY_DTYPES]
     + [_skinny_expr(dt, False, 1, _WIDE_U, X_PLAIN, 1, 2) for dt in _SKINNY_DTYPES]))
 
 
@@ -227,7 +230,7 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = Fal
         if rs == 2:
             u, ks, ctas = _WIDE_U, 1, ceil_div(n, tile_rows)
         elif xop in (X_ADD_RMS, X_GATED_RMS):
-            u = _NORM_U
+            u = 8 if xop == X_GATED_RMS and ks == 1 and ctas <= sm_count(device) else _NORM_U
         elif ks > 1:
             u = dict(_SPLIT_BUILDS)[nt]
         else:

@@ -196,7 +196,7 @@ def test_skinny_linear_add_rms_fold(m, k, n, silu, parts, ksplit, dtype, seed):
 
 
 @given(m=st.sampled_from((1, 3, 8)), heads=st.sampled_from((1, 4, 16)), d=st.sampled_from((8, 64, 128)),
-       n=st.sampled_from((16, 1024)), ksplit=st.sampled_from((None, 1, 2, 4)),
+       n=st.sampled_from((16, 1024, 2560)), ksplit=st.sampled_from((None, 1, 2, 4)),
        dtype=st.sampled_from((torch.bfloat16, torch.float16)), seed=st.integers(0, 2**31 - 1))
 def test_skinny_linear_gated_rms_fold(m, heads, d, n, ksplit, dtype, seed):
     """gated_rms=: the product of gated_rms_norm(o, z, w)'s y (the DeltaNet output norm before out_proj); z a
