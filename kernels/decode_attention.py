@@ -56,6 +56,9 @@ FUSE = False
 # copies for the length read before the wait (b1 8k 9.49 us).
 EARLY = 2
 EARLY_MIN_TILES = 4
+# COMBINE_ALL: every chunk writes its partial (an empty one lse = -inf, a row's only chunk too), so the combine
+# merges all `splits` entries without reading the lengths first (one dependent L2 round trip less)
+COMBINE_ALL = False
 PDL = True  # programmatic dependent launches of the split and combine kernels (False: plain, for A/B timings)
 
 
@@ -206,10 +209,10 @@ def _launch_decode(q, k_cache, v_cache, lengths, scale: float, max_length, o, de
                 lengths.data_ptr(), len64, o.data_ptr(), ws_o_ptr, ws_lse_ptr,
                 i32(S), i32(Hq), i32(Hkv), i32(r), i32(groups), i32(splits), f32(scale * _LOG2E), i32(PREFETCH),
                 0 if counters is None else counters.data_ptr(), ws1_o_ptr, ws1_lse_ptr,
-                i32(early), shared_mem=smem)
+                i32(early), i32(COMBINE_ALL and splits > 1 and counters is None), shared_mem=smem)
     if splits > 1 and counters is None:
         _launch_pdl(device, _combine_expr(q.dtype, d), (Hq, B, d // 64), (256, 1, 1), ws_o_ptr, ws_lse_ptr,
-                    lengths.data_ptr(), len64, o.data_ptr(), i32(S), i32(Hq), i32(splits))
+                    lengths.data_ptr(), len64, o.data_ptr(), i32(S), i32(Hq), i32(splits), i32(COMBINE_ALL))
 
 
 def _launch_pdl(device: int, expr: str, grid, block, *args, shared_mem: int = 0) -> None:

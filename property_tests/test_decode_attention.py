@@ -155,16 +155,33 @@ def test_decode_attention_early_prefetch(case, early, min_tiles):
 
 
 @gpu
-@pytest.mark.parametrize("fuse,early", [(False, 0), (True, 0), (False, 2)])
-def test_graph_replay_fused_and_not(fuse, early):
+@given(case=decode_cases(max_S=900))
+@example(case=dict(B=4, S=300, lengths=[0, 1, 300, 64], hq=8, hkv=2, dtype=torch.bfloat16, len_dtype=torch.int32,
+                   splits=7, scale=None, seed=18))  # an empty row, one-chunk rows, a full one
+def test_decode_attention_combine_all(case):
+    """COMBINE_ALL: every chunk writes a partial (empty ones lse = -inf) and the combine merges all of them without
+    reading the lengths; empty rows still give 0."""
     import kernels.decode_attention as K
 
-    saved = K.FUSE, K.EARLY, K.EARLY_MIN_TILES
-    K.FUSE, K.EARLY, K.EARLY_MIN_TILES = fuse, early, 0
+    saved, K.COMBINE_ALL = K.COMBINE_ALL, True
+    try:
+        _run(case)
+    finally:
+        K.COMBINE_ALL = saved
+
+
+@gpu
+@pytest.mark.parametrize("fuse,early,combine_all", [(False, 0, False), (True, 0, False), (False, 2, False),
+                                                    (False, 0, True), (True, 0, True)])
+def test_graph_replay_fused_and_not(fuse, early, combine_all):
+    import kernels.decode_attention as K
+
+    saved = K.FUSE, K.EARLY, K.EARLY_MIN_TILES, K.COMBINE_ALL
+    K.FUSE, K.EARLY, K.EARLY_MIN_TILES, K.COMBINE_ALL = fuse, early, 0, combine_all
     try:
         test_decode_attention_graph_replay_with_new_lengths()
     finally:
-        K.FUSE, K.EARLY, K.EARLY_MIN_TILES = saved
+        K.FUSE, K.EARLY, K.EARLY_MIN_TILES, K.COMBINE_ALL = saved
 
 
 @gpu

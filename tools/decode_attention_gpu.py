@@ -106,7 +106,8 @@ def time_case(case: Case, copy_TBps: float, log, variants: bool) -> list[dict]:
         fns["ours_no_pdl"], notes["ours_no_pdl"] = _with(fns["ours"], PDL=False), "plain launches (no PDL)"
         for name, kw, note in (("fused", dict(FUSE=True), "fused merge (no combine kernel)"),
                                ("no_early", dict(EARLY=0), "no early L2 prefetch"),
-                               ("early_always", dict(EARLY_MIN_TILES=0), "early L2 prefetch at any chunk length")):
+                               ("early_always", dict(EARLY_MIN_TILES=0), "early L2 prefetch at any chunk length"),
+                               ("combine_all", dict(COMBINE_ALL=True), "combine of every chunk, lengths not read")):
             if all(getattr(K, k) == v for k, v in kw.items()):
                 continue  # the default already
             fns[f"ours_{name}"], notes[f"ours_{name}"] = _with(fns["ours"], **kw), note

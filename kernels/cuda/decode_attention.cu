@@ -151,7 +151,8 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
     long long k_sb, long long k_ss, long long v_sb, long long v_ss, const void* __restrict__ lengths, int len64,
     T* __restrict__ out, float* __restrict__ ws_o, float* __restrict__ ws_lse,
     int S, int Hq, int Hkv, int r, int groups, int splits, float scale_log2, int prefetch,
-    unsigned* __restrict__ counters, float* __restrict__ ws1_o, float* __restrict__ ws1_lse, int early) {
+    unsigned* __restrict__ counters, float* __restrict__ ws1_o, float* __restrict__ ws1_lse, int early,
+    int all_partials) {
     static_assert(D % 64 == 0, "head_dim must be a multiple of 64");
     constexpr int CH = D / 8;  // 16-byte chunks per row
     extern __shared__ __align__(128) unsigned char smem[];
@@ -171,7 +172,10 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
     const int L = row_length(lengths, len64, b, S);
     const int nact = active_chunks(L, splits);
     if (split >= nact) {
-        if (split == 0) {  // empty row: the output is the empty sum
+        if (all_partials) {  // the combine merges every chunk (all_chunks): a chunk with no slot has weight 0
+            for (int i = tid; i < nrows; i += NW * 32)
+                ws_lse[((size_t)b * Hq + h0 + i) * splits + split] = f32_neg_inf();
+        } else if (split == 0) {  // empty row: the output is the empty sum
             for (int i = tid; i < nrows * D; i += NW * 32)
                 out[((size_t)b * Hq + h0 + i / D) * D + i % D] = from_f<T>(0.f);
         }
@@ -330,7 +334,7 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
         }
     }
     __syncthreads();
-    const bool direct = nact == 1;
+    const bool direct = nact == 1 && !all_partials;
     for (int i = tid; i < nrows * (D / 4); i += NW * 32) {
         const int row = i / (D / 4), col = (i % (D / 4)) * 4;
         float mm = f32_neg_inf();
@@ -403,7 +407,7 @@ __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
 template <typename T, int D>
 __global__ void __launch_bounds__(256) decode_attention_combine(
     const float* __restrict__ ws_o, const float* __restrict__ ws_lse, const void* __restrict__ lengths, int len64,
-    T* __restrict__ out, int S, int Hq, int splits) {
+    T* __restrict__ out, int S, int Hq, int splits, int all_chunks) {
     constexpr int G = 16, C = 64;  // chunk groups, columns per CTA
     static_assert(D % C == 0, "combine: D a multiple of 64");
     __shared__ float part[G][C];
@@ -411,7 +415,9 @@ __global__ void __launch_bounds__(256) decode_attention_combine(
     const int h = blockIdx.x, b = blockIdx.y, c0 = blockIdx.z * C, tid = threadIdx.x;
     allow_dependent_launch();  // the next decode step's split kernel may be scheduled (it waits for this grid)
     wait_for_primary_grid();
-    const int n = active_chunks(row_length(lengths, len64, b, S), splits);
+    // all_chunks: every chunk's partial is there (an empty one with lse = -inf), so the lengths are not read and
+    // the partials' loads start at once; else only rows of two or more chunks are merged here
+    const int n = all_chunks ? splits : active_chunks(row_length(lengths, len64, b, S), splits);
     if (n < 2) return;
     const size_t bh = (size_t)b * Hq + h;
     const int grp = tid >> 4, col = (tid & 15) * 4;
@@ -420,6 +426,7 @@ __global__ void __launch_bounds__(256) decode_attention_combine(
     for (int s = grp; s < n; s += G) {
         const float e = __ldcg(ws_lse + bh * splits + s);
         const float4 x = __ldcg(reinterpret_cast<const float4*>(ws_o + (bh * splits + s) * D + c0 + col));
+        if (e == f32_neg_inf()) continue;  // a chunk with no slot (all_chunks): its o was never written
         if (e > m) {  // a new running max: rescale what this group has so far (m = -inf at first: factor 0)
             const float f = ex2(m - e);
             l *= f;
@@ -439,7 +446,7 @@ __global__ void __launch_bounds__(256) decode_attention_combine(
     if (tid >= C) return;
     float mx = wm[0];
 #pragma unroll
-    for (int i = 1; i < G; ++i) mx = fmaxf(mx, wm[i]);  // finite: group 0 has chunk 0
+    for (int i = 1; i < G; ++i) mx = fmaxf(mx, wm[i]);  // finite unless the row is empty (all_chunks)
     float v = 0.f, den = 0.f;
 #pragma unroll
     for (int i = 0; i < G; ++i) {
@@ -447,7 +454,7 @@ __global__ void __launch_bounds__(256) decode_attention_combine(
         den += f * wl[i];
         v += f * part[i][tid];
     }
-    out[bh * D + c0 + tid] = from_f<T>(v / den);
+    out[bh * D + c0 + tid] = from_f<T>(den > 0.f ? v / den : 0.f);  // den 0 (or NaN): an empty row (all_chunks)
 }
 
 // k, v [T, Hkv, D] contiguous -> k_cache, v_cache [B, S, Hkv, D] (row stride sb, slot stride ss, in elements; each
