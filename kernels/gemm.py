@@ -65,7 +65,9 @@ _NORM_U = 4
 _NORM_BUILDS = ((False, X_ADD_RMS), (True, X_ADD_RMS), (False, X_GATED_RMS))
 # ... and 8 steps for the gated fold where the grid is at most one CTA an SM (out_proj N = 1024: 64 CTAs, K = 2048
 # = 8 steps a warp; the 8-step fold takes 166 registers, which one CTA an SM can spare)
-_WIDE_U = 4  # tile_rows=32 (two 16-row blocks a CTA, gemm.cu's RS = 2): x tile 1, 4 steps in flight
+# tile_rows=32 (two 16-row blocks a CTA, gemm.cu's RS = 2): steps in flight by x tiles (1: 4 steps, 124
+# registers; 4 (17-32 rows): 2 steps, 128 registers; 2 tiles would take 134: not built)
+_WIDE_U = {1: 4, 4: 2}
 # the gated-x builds (sigmoid_gate folded into o_proj) exist for the plain product only
 SOURCE = NvrtcSource("gemm.cu", tuple(
     [_skinny_expr(dt, s == "true", nt, u, xg) for dt in _SKINNY_DTYPES for s, nt, u in _SKINNY_BUILDS
@@ -75,7 +77,7 @@ SOURCE = NvrtcSource("gemm.cu", tuple(
     + [_skinny_expr(dt, silu, 1, _NORM_U, xop, ks) for dt in _SKINNY_DTYPES for silu, xop in _NORM_BUILDS
        for ks in (KSPLITS if not silu else (1,))]
     + [_skinny_expr(dt, False, 1, 8, X_GATED_RMS) for dt in _SKINNY_DTYPES]
-    + [_skinny_expr(dt, False, 1, _WIDE_U, X_PLAIN, 1, 2) for dt in _SKINNY_DTYPES]))
+    + [_skinny_expr(dt, False, nt, u, X_PLAIN, 1, 2) for dt in _SKINNY_DTYPES for nt, u in _WIDE_U.items()]))
 
 
 def default_ksplit(n: int, k: int, silu_mul: bool, device: int) -> int:
@@ -97,10 +99,12 @@ def skinny_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def skinny_variants(kind: str, weight: torch.Tensor, rows: int) -> tuple[dict, ...]:
     """The skinny_linear keyword sets worth timing for a weight [N, K] and `rows` x rows (model.language's choice
     per shape): the default, and 32-row tiles (tile_rows=32) for the plain products of at most 8 rows whose 16-row
-    grid takes more than one wave of 3 CTAs an SM (in_proj 8224 x 1024: 514 CTAs; 257 with 32-row tiles)."""
+    grid takes more than one wave of 3 CTAs an SM (in_proj 8224 x 1024: 514 CTAs; 257 with 32-row tiles) and of
+    17-32 rows (each x tile then feeds two row blocks)."""
     out = ({"ksplit": 1},)
     n = weight.shape[0]
-    if kind in ("plain", "split") and rows <= 8 and ceil_div(n, _SKINNY_ROWS) > 3 * sm_count(weight.get_device()):
+    if kind in ("plain", "split") and (rows > 16 or (rows <= 8 and
+                                                     ceil_div(n, _SKINNY_ROWS) > 3 * sm_count(weight.get_device()))):
         out += ({"ksplit": 1, "tile_rows": 32},)
     return out
 
@@ -128,8 +132,9 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = Fal
     split: column counts (up to 4, summing to N) of a fused projection: returns a tuple of contiguous [M, n_j]
     tensors instead of one (no slicing copies; not with out= or silu_mul). ksplit: K split over a cluster of that
     many CTAs (1, 2, 4; not with silu_mul; default default_ksplit: the small-N projections; clusters need sm_90,
-    elsewhere it is 1). tile_rows: output features a CTA (16, or 32 for the plain product of M <= 8 rows without
-    ksplit or the x transforms below: half the CTAs). No host read (graph-capturable).
+    elsewhere it is 1). tile_rows: output features a CTA (16, or 32 for the plain product of M <= 8 or 17-32 rows
+    without ksplit or the x transforms below: half the CTAs, x read half as often). No host read
+    (graph-capturable).
 
     The x operand may be computed on the fly from x (one kernel less; at most one of):
     gate: x * sigmoid(gate) (the attention output gate folded into o_proj; rounded as sigmoid_gate stores it):
@@ -215,10 +220,10 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = Fal
         xn.w, xn.eps = nw.data_ptr(), eps
     if ksplit is not None and (ksplit not in KSPLITS or (silu_mul and ksplit != 1)):
         raise ValueError(f"ksplit must be None or one of {KSPLITS} (1 with silu_mul), got {ksplit!r}")
-    if tile_rows not in (16, 32) or (tile_rows == 32 and (silu_mul or m > 8 or xop != X_PLAIN
+    if tile_rows not in (16, 32) or (tile_rows == 32 and (silu_mul or 8 < m <= 16 or xop != X_PLAIN
                                                           or ksplit not in (None, 1))):
-        raise ValueError(f"tile_rows must be 16, or 32 for the plain product of at most 8 rows (no silu_mul, "
-                         f"ksplit, gate, add_rms or gated_rms), got {tile_rows!r}")
+        raise ValueError(f"tile_rows must be 16, or 32 for the plain product of at most 8 or of 17-32 rows (no "
+                         f"silu_mul, ksplit, gate, add_rms or gated_rms), got {tile_rows!r}")
     device = check_cuda(x=x, weight=weight, out=out, other=other)
     if n:
         nt = 1 if m <= 8 else 2 if m <= 16 else 4
@@ -228,7 +233,7 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = Fal
             ks = 1
         rs = tile_rows // _SKINNY_ROWS
         if rs == 2:
-            u, ks, ctas = _WIDE_U, 1, ceil_div(n, tile_rows)
+            u, ks, ctas = _WIDE_U[nt], 1, ceil_div(n, tile_rows)
         elif xop in (X_ADD_RMS, X_GATED_RMS):
             u = 8 if xop == X_GATED_RMS and ks == 1 and ctas <= sm_count(device) else _NORM_U
         elif ks > 1:

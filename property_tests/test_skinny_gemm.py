@@ -246,7 +246,7 @@ def test_skinny_linear_folds_refuse_what_they_cannot_take():
                       gated_rms=(x96.view(1, 4, 24), torch.ones(24, device="cuda", dtype=dt), 1e-6))
 
 
-@given(m=st.sampled_from((1, 3, 8)), n=st.sampled_from((1, 16, 17, 31, 33, 100, 8224)),
+@given(m=st.sampled_from((1, 3, 8, 17, 32)), n=st.sampled_from((1, 16, 17, 31, 33, 100, 8224)),
        k=st.sampled_from((32, 256, 1024)), parts=st.booleans(), dtype=st.sampled_from((torch.bfloat16, torch.float16)),
        seed=st.integers(0, 2**31 - 1))
 def test_skinny_linear_wide_tiles_equal_narrow(m, n, k, parts, dtype, seed):
