@@ -140,6 +140,7 @@ STREAM_GU_RING = 64 * 1024    # gate/up: bytes of a CTA's ring (2 CTAs an SM; th
 STREAM_XS_MAX = 32 * 1024     # gate/up: x staged in shared memory up to this many bytes (T H), else read from L1/L2
 STREAM_DOWN_SMEM = 100 * 1024  # down: a CTA's stages (warps x stages per warp x RD rows)
 STREAM_DOWN_WARPS = 8  # down: warps a CTA at most (one per unit below it)
+STREAM_MIN_TOKENS = 1  # ... from this many tokens
 STREAM_FLAGS = 0  # moe.cu STREAM_NO_HINT (1: bulk copies without the L2 evict-first hint), STREAM_NO_LOOKAHEAD (2)
 STREAM_PREFETCH = True  # gate/up prefetches the shared expert's down rows into L2 before its wait on the routing
 _STREAM_MAXS, _STREAM_MAXE, _STREAM_RD, _STREAM_D, _STREAM_DW = 128, 512, 8, 4, 16  # moe.cu STREAM_*
@@ -546,7 +547,7 @@ def decode_kernels(x, gate_up, down, k: int, shared_gate=None, shared_up=None, s
 
 
 def _stream_ok(x, gate_up, down, sh, T, k, E, H, I, S, device) -> bool:
-    if not STREAM or torch.cuda.get_device_capability(device)[0] < 9:
+    if not STREAM or T < STREAM_MIN_TOKENS or torch.cuda.get_device_capability(device)[0] < 9:
         return False
     if not _aligned(x, gate_up, down, *(t for t in sh if t is not None)):
         return False

@@ -219,6 +219,7 @@ def test_decode_stream_kernels(stream, monkeypatch):
     E = 512, widths that are not a multiple of a stage's rows, bf16/fp16/fp32; and that the stream kernels ran."""
     moe = _kernels()
     monkeypatch.setattr(moe, "STREAM", stream)
+    monkeypatch.setattr(moe, "STREAM_MIN_TOKENS", 1)
     for T, H, I, S, E, k, mode, dt in ((1, 2048, 512, 512, 64, 8, "random", torch.bfloat16),
                                        (8, 2048, 512, 512, 64, 8, "random", torch.bfloat16),
                                        (16, 2048, 64, 96, 24, 8, "skewed", torch.bfloat16),
@@ -263,6 +264,7 @@ def test_decode_stream_dropped_experts_and_graph(monkeypatch):
     graph with the routing changed in place between replays (the unit table is built on the device every call)."""
     moe = _kernels()
     monkeypatch.setattr(moe, "STREAM", True)
+    monkeypatch.setattr(moe, "STREAM_MIN_TOKENS", 1)
     case = cases.build_moe_mlp(8, 256, 32, 16, 4, torch.bfloat16, seed=3, shared=48)
     x, gu, dn, w, e = case.on("cuda")
     kw = case.kwargs_on("cuda")

@@ -382,10 +382,12 @@ def model_decode(batches, layers: int, context: int, out_dir, profile: bool = Fa
     print(f"35B-A3B LM ({layers} layers): {wbytes / 1e9:.1f} GB of weights in {time.perf_counter() - t0:.1f} s, "
           f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB peak", flush=True)
     records = []
-    default = moe.STREAM
+    default, min_tokens = moe.STREAM, moe.STREAM_MIN_TOKENS
     for B, variant in [(B, v) for B in batches for v in variants]:
         # variant: "default" (the module's switches), "stream" / "old": the decode MoE kernels (moe.STREAM)
         moe.STREAM = default if variant == "default" else variant == "stream"
+        if variant == "stream":
+            moe.STREAM_MIN_TOKENS = 1
         try:
             t1 = time.perf_counter()
             sess = DecodeSession(lm, B, context + 64, Sampling(), graphs=True)
@@ -430,7 +432,7 @@ def model_decode(batches, layers: int, context: int, out_dir, profile: bool = Fa
             torch.cuda.empty_cache()
         except Exception as ex:
             print(f"35B-A3B decode bs{B}: FAILED {type(ex).__name__}: {str(ex)[:300]}", flush=True)
-    moe.STREAM = default
+    moe.STREAM, moe.STREAM_MIN_TOKENS = default, min_tokens
     path = write_results("moe_model_decode", records, extra=dict(copy_TBps=bw))
     if out_dir:
         shutil.copy(path, Path(out_dir) / path.name)
@@ -444,7 +446,8 @@ def decode_ab(sizes, tokens, out_dir, reps: int = 3, sweep: bool = False) -> lis
     against reference.moe_mlp (fp32 on the CPU) first; the same floors as --bench."""
     bw = copy_bandwidth_TBps()
     tol = REGISTRY["moe_mlp"].tol[torch.bfloat16]
-    default = moe.STREAM
+    default, min_tokens = moe.STREAM, moe.STREAM_MIN_TOKENS
+    moe.STREAM_MIN_TOKENS = 1  # (the A/B runs the streaming kernels at every token count)
     records = []
     for size in sizes:
         L = Layer(size)
@@ -546,6 +549,7 @@ def decode_ab(sizes, tokens, out_dir, reps: int = 3, sweep: bool = False) -> lis
                 shutil.copy(path, Path(out_dir) / path.name)
         del L
         torch.cuda.empty_cache()
+    moe.STREAM_MIN_TOKENS = min_tokens
     return records
 
 
