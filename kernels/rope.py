@@ -111,6 +111,7 @@ def _staged_expr(dtype) -> str:
 QK_TRIALS = (1, 2, 8)  # other heads-per-warp builds of the 16-bit d <= 256 variant, for timing trials
 STREAM_BUILDS = ((4, 3), (2, 4), (4, 4))  # (heads per item, ring depth) builds of the streaming prefill kernel
 LEAN_MINB_TRIALS = (4, 5, 8)  # register-budget trials of the lean 4-heads-a-warp build (CTAs an SM; the rule: 6)
+LEAN_MINB = 0  # the prefill calls' budget (0: the rule; else one of LEAN_MINB_TRIALS)
 
 
 def _stream_expr(dtype, ipw: int, stages: int) -> str:
@@ -238,6 +239,7 @@ def _launch_qk(device, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, v
     e = vec * nv
     lean = r % e == 0 and (e % 4 != 0 or (cos.data_ptr() | sin.data_ptr()) % 16 == 0) and lean is not False
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    minb = minb or (LEAN_MINB if T > _DECODE_TOKENS else 0)
     minb = minb if minb in LEAN_MINB_TRIALS and lean and (vec, nv, ipw) == (8, 1, _IPW) else 0
     SOURCE.launch(device, _qk_expr(q_in.dtype, vec, nv, ipw, lean, minb), (ceil_div(warps, _WARPS), 1, 1),
                   (32 * _WARPS, 1, 1),
