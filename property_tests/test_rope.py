@@ -203,3 +203,21 @@ def test_stream_build(build, T, hq, hkv, dr, dtype, seed):
     compare(SPEC, (q, k), (q_ref, k_ref), f"stream {build}", dtype)
     compare(SPEC, (q, k), (q_w, k_w), f"stream {build} vs warp build", dtype)
     compare(REGISTRY["apply_rope"], y, R.apply_rope(x, cos, sin), f"apply_rope stream {build}", dtype)
+
+
+@pytest.mark.parametrize("minb", K.LEAN_MINB_TRIALS)
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_lean_register_budget_builds(minb, dtype):
+    """The lean 4-heads-a-warp build at every register budget (LEAN_MINB trials) == the reference at prefill sizes."""
+    case = build_qk_norm_rope(301, 8, 2, 256, 32, dtype, seed=minb)
+    args = case.on("cuda")
+    out = (torch.full((301, 8, 256), float("nan"), dtype=dtype, device="cuda"), None,
+           torch.full((301, 2, 256), float("nan"), dtype=dtype, device="cuda"))
+    saved = K.QK_PREFILL, K.LEAN_MINB
+    K.QK_PREFILL, K.LEAN_MINB = "lean", minb
+    try:
+        q, _, k = K.qk_norm_rope(*args, out=out)
+        torch.cuda.synchronize()
+    finally:
+        K.QK_PREFILL, K.LEAN_MINB = saved
+    compare(SPEC, (q, k), R.qk_norm_rope(*args)[::2], f"lean minb {minb}", dtype)
