@@ -127,6 +127,7 @@ class _Pass:
     start: list[int] | None = None  # prefill into a cache: tokens of each row already cached (host copy)
     cu_host: list[int] | None = None
     attend: torch.Tensor | None = None  # decode: cache.lengths + 1, the slots each row's new token attends to
+    pad: torch.Tensor | None = None  # bool [T, 1, 1]: tokens past cu_seqlens[-1] (a graphed prefill's padding)
 
     @property
     def fresh(self) -> bool:
@@ -388,7 +389,8 @@ class LanguageModel:
     # ---------------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cu_seqlens: torch.Tensor,
                 cache: Cache | None = None, *, start: list[int] | None = None,
-                select: torch.Tensor | None = None, cu_host: list[int] | None = None) -> torch.Tensor:
+                select: torch.Tensor | None = None, cu_host: list[int] | None = None,
+                pad: torch.Tensor | None = None) -> torch.Tensor:
         """Run the decoder over packed tokens. Returns the final-normed hidden states [T, H] (apply `head`).
 
         x: [T, H] packed input embeddings; positions: int [3, T] mRoPE ids; cu_seqlens: int32 [B+1].
@@ -397,12 +399,15 @@ class LanguageModel:
         a prompt: default all 0, and the cache must then be empty), equal to cache.lengths. The caller
         advances cache.lengths afterwards. select: indices of the tokens to return (default all).
         cu_host: cu_seqlens as host ints, if the caller has them (saves a device read).
+        pad: bool [T, 1, 1], True at tokens past cu_seqlens[-1] (model.prefill_graph's padding): the mixers leave
+        those rows of their outputs unwritten, so they are zeroed (any garbage, a NaN say, would reach the next
+        attention layer's keys and values, where a masked probability 0 times NaN is NaN).
         """
         cu_host = cu_seqlens.tolist() if cu_host is None else list(cu_host)
         if cache is not None and cache.batch != len(cu_host) - 1:
             raise ValueError(f"the cache has {cache.batch} rows but cu_seqlens describes {len(cu_host) - 1}")
         p = _Pass(cu=cu_seqlens, max_seqlen=max((b - a for a, b in zip(cu_host, cu_host[1:])), default=0),
-                  cache=cache, start=start, cu_host=cu_host)
+                  cache=cache, start=start, cu_host=cu_host, pad=pad)
         cfg = self.cfg
         cos, sin = self.op("mrope_cos_sin")(positions, cfg.rotary_dim, cfg.rope_theta, cfg.mrope_section, True)
         return self._layers(x, cos, sin, p, select)
@@ -538,6 +543,8 @@ class LanguageModel:
                     n0 = p.start[b]
                     o[s:e] = _attend_after_prefix(q[s:e], cache.k[i][b, : n0 + e - s], cache.v[i][b, : n0 + e - s])
         o = o.contiguous()  # a no-op for the kernels' o; the reference's may be a view
+        if p.pad is not None:
+            o.masked_fill_(p.pad, 0)
         wo = self.w[pre + "o_proj.weight"]
         o2 = o.view(T, Hq * d)
         kw = self._skinny("gate", o2, wo, lambda kw, w: self.skinny[0](o2, w, gate=gate, **kw),
@@ -584,6 +591,8 @@ class LanguageModel:
                 conv_state.copy_(new_conv)
             if new_rec is not rec_state:
                 rec_state.copy_(new_rec)
+        if p.pad is not None:
+            o.masked_fill_(p.pad, 0)
         if p.decode and self.fold_norms and self.skinny is not None:  # folded into out_proj where it can be
             return self.linear(_Pending("gated", o, z, w[pre + "norm.weight"], cfg.rms_norm_eps),
                                pre + "out_proj.weight")

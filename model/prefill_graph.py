@@ -6,7 +6,9 @@ them with no host work. The graph is captured for a bucket of Tb >= T tokens and
 are packed at the front of static buffers (embeddings [Tb, H], mRoPE ids [3, Tb], cu_seqlens [B+1], the
 selected last tokens [B]) and the Tb - T padding tokens lie past cu_seqlens[-1], in no segment: the varlen
 kernels size their grids by upper bounds and leave tiles past the last segment idle (include/varlen.cuh), the
-row-wise ops (GEMMs, norms) compute the padding rows and nothing reads them. The one side effect is the KV
+row-wise ops (GEMMs, norms) compute the padding rows and nothing reads them, and the mixers' outputs, which
+leave those rows unwritten, get them zeroed (`pad`: garbage there would reach the next attention layer's keys
+and values, loaded by a real segment's last partial tile, where 0 x NaN is NaN). The one side effect is the KV
 write (qk_norm_rope writes a token past the end into the last row's slots after its prompt, or drops it past
 the capacity); those slots are rewritten by decode before they are read. Length hints (max_seqlen) are the
 bucket, an upper bound every kernel accepts.
@@ -67,6 +69,7 @@ class _Entry:
     positions: torch.Tensor
     cu: torch.Tensor
     sel: torch.Tensor
+    pad: torch.Tensor  # bool [Tb, 1, 1]: the padding tokens (the mixers' unwritten rows are zeroed)
     out: torch.Tensor | None = None
 
 
@@ -95,17 +98,20 @@ class PrefillGraphs:
             dev = embeds.device
             e = _Entry(None, torch.zeros(Tb, embeds.shape[1], dtype=embeds.dtype, device=dev),
                        torch.zeros(3, Tb, dtype=torch.int64, device=dev),
-                       torch.zeros(B + 1, dtype=torch.int32, device=dev), torch.zeros(B, dtype=torch.int64, device=dev))
+                       torch.zeros(B + 1, dtype=torch.int32, device=dev), torch.zeros(B, dtype=torch.int64, device=dev),
+                       torch.ones(Tb, 1, 1, dtype=torch.bool, device=dev))
         ends = [b for b in range(B) if lengths[b]]
         sel = [cu_host[b + 1] - 1 if lengths[b] else 0 for b in range(B)]
         e.embeds[:T].copy_(embeds)
         e.positions[:, :T].copy_(positions)
+        e.pad[:T].fill_(False)
+        e.pad[T:].fill_(True)
         e.cu.copy_(_pinned(cu_host, torch.int32), non_blocking=True)
         e.sel.copy_(_pinned(sel, torch.int64), non_blocking=True)
         # the hints the kernels get: T = Tb tokens, every row up to Tb long, no row cached before
         hint = [0] + [Tb] * B
         if fresh:
-            out = lm.forward(e.embeds, e.positions, e.cu, cache, start=[0] * B, select=e.sel, cu_host=hint)
+            out = lm.forward(e.embeds, e.positions, e.cu, cache, start=[0] * B, select=e.sel, cu_host=hint, pad=e.pad)
             while sum(isinstance(k, tuple) for k in store) >= MAX_GRAPHS:
                 store.pop(next(k for k in store if isinstance(k, tuple)))
             store[key] = e
@@ -114,7 +120,7 @@ class PrefillGraphs:
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool):
                     e.out = lm.forward(e.embeds, e.positions, e.cu, cache, start=[0] * B, select=e.sel,
-                                       cu_host=hint)
+                                       cu_host=hint, pad=e.pad)
                 e.graph = graph
                 self.captures += 1
             except Exception:  # an op that reads the device or allocates on the host under capture: stay eager
