@@ -49,8 +49,9 @@ WARP_SHAPE = (16, 4)
 WARP_MAX_HEADS = 256      # n * Hv up to which the one-warp kernel runs
 DECODE_PDL = True         # the one-warp decode kernel as a programmatic dependent launch (sm_90)
 # One chunk step of the warp-specialised state pass by BV, us (a CTA an SM at every BV; H200, graph-replayed,
-# state pass = prefill - prep, round s2r2: 16/16 1x32768 BV 16 / 32 / 64, 512 steps): the pick minimises waves x cost
-STATE_STEP_COST = {16: 1.78, 32: 2.31, 64: 3.45}
+# (prefill - prep) / 512 chunks at 1x32768 tokens, rounds s2r2/s3r2: BV 16 at 16/16 heads, 32 at 16/32, 64 at
+# 16/64, one wave each): the pick minimises waves x cost
+STATE_STEP_COST = {16: 1.76, 32: 2.35, 64: 3.31}
 # Hopper (sm_90a): the state pass as clusters of STATE_CLUSTER CTAs (consecutive dv blocks of one head) that share
 # the chunk's W, Q, K, Aqk rows through multicast bulk copies (1 = no cluster, the sm_80/sm_90 kernel): by BV, or
 # STATE_CLUSTER for every BV where it is set (the trials in tools/deltanet_gpu.py). Off: bitwise equal but 1.3-2.9x
@@ -64,9 +65,11 @@ RECURRENT_MAX_SEQLEN = 8  # with a max_seqlen hint at or below this, the recurre
 # barriers a chunk): NC groups of 16 dv columns a CTA, each split over KW warps by dk. STATE_T_STEP_COST: one
 # chunk step of a CTA, us, in the units of STATE_STEP_COST (one CTA an SM: the stages fill shared memory).
 # STATE_KERNEL: "auto" picks the fewest waves x step cost over both passes, "t" / "w" only that pass.
-STATE_KERNEL = "w"
+# Measured the same way (round s3r2: 16/16 and 16/64 heads, 1x32768): it wins where the warp-specialised pass
+# needs BV 64 (16/64 heads, packed batches), not at 16/16 x one sequence (BV 16: 1.76 us against 2.21 at best).
+STATE_KERNEL = "auto"
 STATE_T_BUILDS = ((1, 2), (1, 4), (2, 2), (2, 4), (4, 1), (4, 2))
-STATE_T_STEP_COST = {(1, 2): 1.8, (1, 4): 1.4, (2, 2): 2.2, (2, 4): 1.8, (4, 1): 2.95, (4, 2): 2.6}
+STATE_T_STEP_COST = {(1, 2): 2.80, (1, 4): 2.21, (2, 2): 2.45, (2, 4): 2.93, (4, 1): 3.0, (4, 2): 3.25}
 STATE_T_FORCE: tuple[int, int] | None = None  # trials: this (NC, KW) for every shape
 
 
