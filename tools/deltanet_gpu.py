@@ -500,6 +500,7 @@ def trials_t(args) -> int:
     def emit(rec):
         rec = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in rec.items()}
         rec["t"] = round(time.time() - T0, 1)
+        rec["commit"] = os.environ.get("QWEN35_COMMIT")
         print(json.dumps(rec), flush=True)
         with open(os.path.join(OUT, "deltanet_trials_t.jsonl"), "a") as f:
             f.write(json.dumps(rec) + "\n")
