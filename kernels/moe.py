@@ -132,7 +132,9 @@ SPLIT_WAVES = 1.0  # gate_up_split_kernel's grid: this many waves of 2 CTAs an S
 # The decode path on the streaming kernels (moe.cu gate_up_stream_kernel / down_stream_kernel: cp.async.bulk rings,
 # every distinct expert's rows read once by every SM at once) where they apply (sm_90, rows of 16-byte multiples,
 # E <= 512); False = the kernels above. A module switch so the benchmark can time both.
-STREAM = False  # (on once an H200 round has run them: property tests and the A/B in tools/moe_gpu.py --decode-ab)
+# (H200, round s3r2, 35B-A3B layer: 1 token 39.8 us vs 40.5 on the older kernels, 8 tokens 170.9 vs 357.0 us; the
+# 35B-A3B decode step at batch 1: 316 vs 310 tok/s)
+STREAM = True
 # (H200, round s3r1, 35B-A3B: 32 KB stages in a 64 KB ring beat 8 and 16 KB stages and 48/96 KB rings at 1 and 8
 # tokens; 8 down warps beat 16 at 8 tokens, 157 vs 207 us a layer)
 STREAM_GU_STAGE = 32 * 1024   # gate/up: bytes of one stage (2R rows of H; R = 4, 2 or 1 row pairs)
@@ -141,7 +143,9 @@ STREAM_XS_MAX = 32 * 1024     # gate/up: x staged in shared memory up to this ma
 STREAM_DOWN_SMEM = 100 * 1024  # down: a CTA's stages (warps x stages per warp x RD rows)
 STREAM_DOWN_WARPS = 8  # down: warps a CTA at most (one per unit below it)
 STREAM_MIN_TOKENS = 1  # ... from this many tokens
-STREAM_FLAGS = 0  # moe.cu STREAM_NO_HINT (1: bulk copies without the L2 evict-first hint), STREAM_NO_LOOKAHEAD (2)
+# moe.cu STREAM_NO_HINT (1: bulk copies without the L2 evict-first hint), STREAM_NO_LOOKAHEAD (2: no L2 prefetch of
+# the items one ring ahead; s3r2: the lookahead cost 1.0 us at 1 token, 14.7 us at 8)
+STREAM_FLAGS = 2
 STREAM_PREFETCH = True  # gate/up prefetches the shared expert's down rows into L2 before its wait on the routing
 _STREAM_MAXS, _STREAM_MAXE, _STREAM_RD, _STREAM_D, _STREAM_DW = 128, 512, 8, 4, 16  # moe.cu STREAM_*
 

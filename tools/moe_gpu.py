@@ -490,10 +490,12 @@ def decode_ab(sizes, tokens, out_dir, reps: int = 3, sweep: bool = False) -> lis
             moe.STREAM_PREFETCH, xs_max, moe.STREAM_XS_MAX = True, moe.STREAM_XS_MAX, 0
             rec["layer_stream_nox_us"] = graph_ms(lambda: L.forward(x), 20) * 1e3
             moe.STREAM_XS_MAX = xs_max
-            for fl, name in ((1, "nohint"), (2, "nolookahead")):
+            flags = moe.STREAM_FLAGS
+            for fl, name in ((flags ^ 1, "hint_flipped"), (flags ^ 2, "lookahead_flipped")):
                 moe.STREAM_FLAGS = fl
                 rec[f"layer_stream_{name}_us"] = graph_ms(lambda: L.forward(x), 20) * 1e3
-            moe.STREAM_FLAGS = 0
+            moe.STREAM_FLAGS = flags
+            rec["stream_flags"] = flags
             # each streaming kernel alone (graph of 20 launches of it; the inputs stay valid between them)
             p = moe._stream_plan(T, k, E, H, I, S, 2, torch.cuda.get_device_properties(0).multi_processor_count,
                                  True)
@@ -540,8 +542,8 @@ def decode_ab(sizes, tokens, out_dir, reps: int = 3, sweep: bool = False) -> lis
                   f" topk {rec['topk_us']:.1f} | topk late {rec['layer_stream_topk_late_us']:.1f} no prefetch "
                   f"{rec['layer_stream_noprefetch_us']:.1f} | no shared: "
                   f"stream {rec['mlp_stream_noshared_us']:.1f} old {rec['mlp_old_noshared_us']:.1f} | no x staging "
-                  f"{rec['layer_stream_nox_us']:.1f} no hint {rec['layer_stream_nohint_us']:.1f} no lookahead "
-                  f"{rec['layer_stream_nolookahead_us']:.1f} | alone: gate/up {rec['gate_up_alone_us']:.1f} us "
+                  f"{rec['layer_stream_nox_us']:.1f} hint flipped {rec['layer_stream_hint_flipped_us']:.1f} lookahead "
+                  f"flipped {rec['layer_stream_lookahead_flipped_us']:.1f} | alone: gate/up {rec['gate_up_alone_us']:.1f} us "
                   f"({rec['gate_up_alone_TBps']:.2f} TB/s) down {rec['down_alone_us']:.1f} us "
                   f"({rec['down_alone_TBps']:.2f} TB/s)", flush=True)
             path = write_results("moe_decode_ab", records, extra=dict(copy_TBps=bw))
