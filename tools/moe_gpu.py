@@ -543,7 +543,8 @@ def decode_ab(sizes, tokens, out_dir, reps: int = 3, sweep: bool = False) -> lis
                   f"{rec['layer_stream_noprefetch_us']:.1f} | no shared: "
                   f"stream {rec['mlp_stream_noshared_us']:.1f} old {rec['mlp_old_noshared_us']:.1f} | no x staging "
                   f"{rec['layer_stream_nox_us']:.1f} hint flipped {rec['layer_stream_hint_flipped_us']:.1f} "
-                  f"lookahead flipped {rec['layer_stream_lookahead_flipped_us']:.1f} | alone: gate/up {rec['gate_up_alone_us']:.1f} us "
+                  f"lookahead flipped {rec['layer_stream_lookahead_flipped_us']:.1f} | alone: gate/up "
+                  f"{rec['gate_up_alone_us']:.1f} us "
                   f"({rec['gate_up_alone_TBps']:.2f} TB/s) down {rec['down_alone_us']:.1f} us "
                   f"({rec['down_alone_TBps']:.2f} TB/s)", flush=True)
             path = write_results("moe_decode_ab", records, extra=dict(copy_TBps=bw))
