@@ -53,7 +53,10 @@ SOURCE = NvrtcSource("conv1d.cu", tuple(_expr(dt, v) for dt, vs in _VECS.items()
                      + tuple(_decode_expr(dt, v, c) for dt, vs in _VECS.items() for v in vs
                              for c in ((False, True) if _coal_ok(dt, v) else (False,))))
 DECODE_KERNEL = True  # max_seqlen <= 1 (a decode step): the one-token kernel (PDL, one memory round trip)
-DECODE_COAL = False   # its coalesced state path where it exists (_coal_ok; state rows 16-byte aligned)
+# its coalesced state path (where it exists: _coal_ok, state rows 16-byte aligned) from this many rows. H200 (round
+# s3r2): 64 rows 3.72 -> 3.38 us (0.8B), 3.94 -> 3.46 (9B), 4.24 -> 3.74 (27B); 1 row 1.68 -> 1.83 (slower)
+DECODE_COAL = True
+DECODE_COAL_MIN_ROWS = 32
 
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -119,7 +122,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tenso
     vec = vec_width(x.dtype, C if T <= 1 else math.gcd(C, x.stride(0)), x, weight, state, state_out, y,
                     candidates=_VECS[x.dtype])
     if max_seqlen <= 1 and DECODE_KERNEL and _trial is None:
-        coal = DECODE_COAL and _coal_ok(x.dtype, vec) and all(
+        coal = DECODE_COAL and n >= DECODE_COAL_MIN_ROWS and _coal_ok(x.dtype, vec) and all(
             t is None or t.data_ptr() % 16 == 0 for t in (state, state_out))
         SOURCE.launch(device, _decode_expr(x.dtype, vec, coal), (ceil_div(C // vec, _BLOCK), n, 1), (_BLOCK, 1, 1),
                       x.data_ptr(), i64(x.stride(0)), weight.data_ptr(), cu_seqlens.data_ptr(),

@@ -57,8 +57,10 @@ FUSE = False
 EARLY = 2
 EARLY_MIN_TILES = 4
 # COMBINE_ALL: every chunk writes its partial (an empty one lse = -inf, a row's only chunk too), so the combine
-# merges all `splits` entries without reading the lengths first (one dependent L2 round trip less)
-COMBINE_ALL = False
+# merges all `splits` entries without reading the lengths first (one dependent L2 round trip less). H200 (round
+# s3r2, b3ffe5b): b1 8k 8.60 -> 8.03 us, 32k 21.88 -> 21.60, 128k 67.03 -> 66.47, 1k 5.94 -> 5.62, b8 8k 36.57 ->
+# 36.04, b1 32k 16:4 36.72 -> 35.94; b32 8k 130.7 -> 131.2 (noise level).
+COMBINE_ALL = True
 PDL = True  # programmatic dependent launches of the split and combine kernels (False: plain, for A/B timings)
 
 

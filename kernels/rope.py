@@ -111,7 +111,10 @@ def _staged_expr(dtype) -> str:
 QK_TRIALS = (1, 2, 8)  # other heads-per-warp builds of the 16-bit d <= 256 variant, for timing trials
 STREAM_BUILDS = ((4, 3), (2, 4), (4, 4))  # (heads per item, ring depth) builds of the streaming prefill kernel
 LEAN_MINB_TRIALS = (4, 5, 8)  # register-budget trials of the lean 4-heads-a-warp build (CTAs an SM; the rule: 6)
-LEAN_MINB = 0  # the prefill calls' budget (0: the rule; else one of LEAN_MINB_TRIALS)
+# the prefill calls' budget (0: the rule; else one of LEAN_MINB_TRIALS). H200 (round s3r2), 16k tokens: 5 CTAs an SM
+# (94 registers, no spill) 60.7 / 105.6 / 146.8 us at 8:2 / 16:4 / 24:4 heads = 68 / 78 / 78 % of copy, the rule's
+# 6 (80 registers + 24 B spill) 60.4 / 115.8 / 160.4 us; 8 (72 B spill) 53-57 %
+LEAN_MINB = 5
 
 
 def _stream_expr(dtype, ipw: int, stages: int) -> str:
@@ -183,8 +186,9 @@ def _staged_tokens(dtype, d: int, r: int, H: int, q_ts: int, q_hs: int, *tensors
 # The prefill build where the staged one applies (16-bit, no cache, d <= 256, aligned) and T > _DECODE_TOKENS:
 # "staged", "lean" (the warp-per-heads kernel, 4 heads a warp), or (IPW, STAGES) of the streaming kernel
 # (qk_norm_rope_stream, one of STREAM_BUILDS); one for qk_norm_rope, one for apply_rope. H200, 16k tokens, 8:2 /
-# 16:4 / 24:4 heads (round s3r1, .gpu_round A/B at e2c9422): qk_norm_rope lean 68/71/71 % of copy, streaming (4, 3)
-# 58/68/69 %, staged 58/60/61 %; apply_rope (8/16/24 heads) streaming (4, 3) 83/81/86 %, staged 74/84/85 %.
+# 16:4 / 24:4 heads (rounds s3r1 / s3r2, A/B in one process): qk_norm_rope lean 68/71/71 % of copy (78 % at
+# 16:4 and 24:4 with LEAN_MINB = 5), streaming (4, 3) 63/67/68 %, staged 58/60/61 %; apply_rope (8/16/24 heads)
+# streaming (4, 3) 83/86/87 %, staged 75/84/86 %.
 QK_PREFILL: object = "lean"
 ROPE_PREFILL: object = (4, 3)
 STREAM_CTAS_PER_SM = 4  # the streaming grid: at most this many CTAs an SM (shared memory permitting), one wave

@@ -150,11 +150,12 @@ def test_decode_kernel_zero_or_one_token(lengths, C, dtype, state_kind, pad, cu6
     st_in = None if state_kind == "none" else state.clone()
     st_out = st_in if state_kind == "inplace" else nan_state
     y = torch.full((x.shape[0], C), float("nan"), dtype=dtype, device="cuda")
-    saved, K.DECODE_COAL = K.DECODE_COAL, coal
+    saved = K.DECODE_COAL, K.DECODE_COAL_MIN_ROWS
+    K.DECODE_COAL, K.DECODE_COAL_MIN_ROWS = coal, 1
     try:
         got = K.causal_conv1d(xs, w, cu, st_in, state_out=st_out, max_seqlen=1, validate=validate, out=(y, None))
     finally:
-        K.DECODE_COAL = saved
+        K.DECODE_COAL, K.DECODE_COAL_MIN_ROWS = saved
     assert got[0] is y and got[1] is st_out
     torch.cuda.synchronize()
     compare(SPEC, got, want, f"decode kernel {state_kind}, lengths {lengths}", dtype)

@@ -466,4 +466,5 @@ def test_split_kernel_does_not_spill(arch):
                                                                            logs=log)
     report = log.getvalue()
     spills = [int(x) for x in re.findall(r"(\d+) bytes spill stores", report)]
-    assert len(spills) == len(names) and not any(spills), report
+    # one line per kernel, plus one per call of the non-inlined early_prefetch (its own frame, no spill either)
+    assert len(spills) >= len(names) and not any(spills), report
