@@ -9,9 +9,11 @@ graph can capture it):
   "decode"   T k <= 128 slots: each unit is one routed expert (the first slot naming it) with all the slots that
              share it, reading only the routed experts' gate/up rows, once; silu * up in the same kernel; then one
              kernel for down + the weighted combine (reads only the routed experts' down rows). 2 launches.
-             gate/up: from SPLIT_MIN_TOKENS tokens gate_up_split_kernel (4 row pairs a step, H split over the CTA's
-             warps, the next row blocks prefetched into L2; the shared expert's loads start before the router is
-             done), below it gate_up_kernel (a warp per row pair).
+             On sm_90 with 16-byte rows (STREAM): gate_up_stream_kernel + down_stream_kernel (cp.async.bulk rings,
+             work items spread evenly over every SM; docs/moe.md). Else gate/up: from SPLIT_MIN_TOKENS tokens
+             gate_up_split_kernel (4 row pairs a step, H split over the CTA's warps, the next row blocks prefetched
+             into L2; the shared expert's loads start before the router is done), below it gate_up_kernel (a warp
+             per row pair); down: down_kernel.
   "grouped"  bf16 on a card with torch._grouped_mm (sm_90): routing metadata on the GPU (one CTA: counts,
              offsets, a stable permutation grouping the slots by expert), gather, grouped GEMM gate/up,
              silu_mul_fused, grouped GEMM down, combine back to token order. No host synchronisation.
