@@ -48,8 +48,9 @@ HOST_READING_MOE = ("moe_topk", "moe_mlp")
 ROUTER_FUSED_ROWS = 0  # MoE: up to this many tokens the fused kernels.moe.moe_router_topk (at most 64), else GEMM + top-k
 # prefill: from this many rows a fused projection whose parts must be contiguous runs one cuBLAS GEMM per part (on
 # row slices of the fused weight, so each output is contiguous) instead of one GEMM and a copy of the parts; None:
-# never (tools/lm_prefill_profile.py --ab-split times both)
-PART_GEMM_ROWS = None
+# never. H200, 0.8B, graphed prefill (tools/lm_prefill_profile.py --ab-split, round s3r2): 8192 tokens 25.9 ms
+# against 27.2 with one GEMM; 1024 tokens and the 1090-token image prompt the same (5.63 / 9.0 ms both ways)
+PART_GEMM_ROWS = 2048
 
 
 @dataclass

@@ -263,7 +263,9 @@ class Model:
             if n == 0 or not bool(mask[b, S - n:].all()):
                 raise ValueError(f"attention_mask row {b} must be left padding (0s then at least one 1)")
         ids_cpu = ids.cpu()
-        real = ids_cpu[mask]  # [T] packed real tokens, row by row
+        # [T] packed real tokens, row by row: each row's last n (left padding; slices, as a boolean index of the
+        # mask took ~2 ms at 8192 tokens on an H200 host)
+        real = torch.cat([ids_cpu[b, S - n:] for b, n in enumerate(lengths)])
         cu = torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0).to(torch.int32)
 
         embeds = self.lm.embed(_to_device(real, dev))
