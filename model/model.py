@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,7 +157,8 @@ class Model:
         # one-chunk prefills up to a model-size dependent length replayed from CUDA graphs of their token bucket
         # (model.prefill_graph), when cuda_graphs; None: eager
         self.prefill_graphs = None
-        if self.cuda_graphs and parallel is None and self.device.type == "cuda":
+        if (self.cuda_graphs and parallel is None and self.device.type == "cuda"
+                and os.environ.get("QWEN35_PREFILL_GRAPHS", "1") != "0"):
             from .prefill_graph import PrefillGraphs, token_limit
             self.prefill_graphs = PrefillGraphs(token_limit(self.lm))
         self.decode_block = DEFAULT_BLOCK  # decode steps between two host reads of the tokens
