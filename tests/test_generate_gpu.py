@@ -12,23 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests._lm_gpu import TinyModels, rows_batch
+from tests._lm_gpu import TINY_DENSE, TinyModels, rows_batch
 
 pytestmark = pytest.mark.gpu
 
-RAW = dict(
-    model_type="qwen3_5", tie_word_embeddings=False, image_token_id=500, video_token_id=501,
-    vision_start_token_id=502, vision_end_token_id=503,
-    text_config=dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                     layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"],
-                     num_attention_heads=4, num_key_value_heads=2, head_dim=256, linear_conv_kernel_dim=4,
-                     linear_key_head_dim=128, linear_value_head_dim=128, linear_num_key_heads=2,
-                     linear_num_value_heads=4,
-                     rope_parameters=dict(rope_type="default", rope_theta=1e7, partial_rotary_factor=0.25,
-                                          mrope_interleaved=True, mrope_section=[11, 11, 10])),
-    vision_config=dict(depth=1, hidden_size=128, intermediate_size=256, num_heads=2, out_hidden_size=256,
-                       num_position_embeddings=64),
-)
+RAW = TINY_DENSE
 model_for = TinyModels(RAW)
 
 
