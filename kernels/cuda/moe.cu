@@ -947,6 +947,7 @@ __global__ void __launch_bounds__(256, 3) gate_up_stream_kernel(
         int k, int H, int I, int E, float* __restrict__ act, const T* __restrict__ sh_gate,
         const T* __restrict__ sh_up, int S, int T_, float* __restrict__ act_sh, int R, int ns,
         const T* __restrict__ sh_down_pf, int stage_x, int flags) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // bulk copies and mbarriers: sm_90 only (the host picks these kernels there)
     extern __shared__ __align__(128) unsigned char stage_raw[];
     __shared__ UnitTable ut;
     __shared__ __align__(8) unsigned long long full[STREAM_NS];
@@ -1090,6 +1091,9 @@ __global__ void __launch_bounds__(256, 3) gate_up_stream_kernel(
             else act[(size_t)ut.slot[first + c] * I + i0 + i] = a;
         }
     }
+#else
+    __trap();
+#endif
 }
 
 // grid = ceil(H / RD) row tiles, block = 32 nw (nw <= 16 warps); dynamic shared memory: nw d stages of RD rows of
@@ -1101,6 +1105,7 @@ __global__ void __launch_bounds__(512, 2) down_stream_kernel(
         const long long* __restrict__ experts, int n_slots, int k, int H, int I, int E, T* __restrict__ out,
         const float* __restrict__ act_sh, const T* __restrict__ sh_down, const T* __restrict__ sh_gate_w,
         const T* __restrict__ x, int S, int T_, int RD, int d, int flags) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // bulk copies and mbarriers: sm_90 only (the host picks these kernels there)
     extern __shared__ __align__(128) unsigned char stage_raw[];
     __shared__ UnitTable ut;
     __shared__ __align__(8) unsigned long long full[STREAM_DW][STREAM_D];
@@ -1255,6 +1260,9 @@ __global__ void __launch_bounds__(512, 2) down_stream_kernel(
         if (has_sh) acc = fmaf(sig_s[t], part_sh[t][rr], acc);
         out[(size_t)t * H + h0 + rr] = from_f<T>(acc);
     }
+#else
+    __trap();
+#endif
 }
 
 }  // namespace moe
