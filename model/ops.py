@@ -31,10 +31,16 @@ def _registry() -> dict:
     """kernels.registry.REGISTRY, or {} without a kernels package."""
     try:
         from kernels.registry import REGISTRY
-    except ModuleNotFoundError as e:  # no kernels package (or no registry yet): everything on the reference
-        if e.name not in ("kernels", "kernels.registry"):
-            raise
-        return {}
+    except ModuleNotFoundError as e:
+        if e.name == "kernels":  # no kernels package: everything on the reference
+            return {}
+        if e.name == "kernels.registry":  # another distribution's `kernels`: refuse, never silently the reference
+            import kernels
+            raise ImportError(
+                f"the `kernels` package at {getattr(kernels, '__file__', '?')} is not this project's: Hugging Face's "
+                "`kernels` distribution (a dependency of transformers >= 5.25) has the same import name; run "
+                "`pip uninstall kernels` and reinstall qwen35-kernels, and keep transformers < 5.25") from None
+        raise
     return REGISTRY
 
 

@@ -143,3 +143,15 @@ def test_every_op_the_model_calls_is_placed():
     assert called, "found no op calls in model/: the patterns above are out of date"
     missing = called - set(MODEL_OPS)
     assert not missing, f"ops the model calls but model.ops.MODEL_OPS does not list: {sorted(missing)}"
+
+
+def test_a_foreign_kernels_package_is_refused(monkeypatch):
+    """Hugging Face's `kernels` distribution has this project's import name: found in its place, the kernels
+    backend must say so, not silently run every op on the reference."""
+    import sys
+    import types
+
+    monkeypatch.delitem(sys.modules, "kernels.registry", raising=False)
+    monkeypatch.setitem(sys.modules, "kernels", types.ModuleType("kernels"))
+    with pytest.raises(ImportError, match="is not this project's.*pip uninstall kernels"):
+        placement("kernels")
