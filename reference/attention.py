@@ -133,6 +133,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: tor
         denom = probs.sum(dim=-1, keepdim=True)
         out[i0:i1] = (torch.matmul(probs, vf) / denom).transpose(0, 1)  # [b, Hq, d]
         lse[:, i0:i1] = (m + denom.log()).squeeze(-1)  # log sum_j exp(scale q.k_j)
+        del mask, scores, probs  # before the next block's are made: one score block alive at a time
         i0 = i1
     out = out.to(q.dtype)
     if return_lse:

@@ -83,21 +83,24 @@ def run_capped(code: str, cap: int, timeout: int):
 
 def test_attention_of_a_long_segment_needs_no_TxT_memory():
     """16k tokens in one segment, 2 heads: [T, T] scores would be 2 GB (twice, with the masked copy), the mask
-    0.26 GB; the cap leaves about 2.6 GiB beyond what importing torch reserves (0.9 GB), and the blocked reference
-    needs about 0.3 GB."""
+    0.26 GB. The blocked reference keeps one [2, 2097, 16000] fp32 score block (0.27 GB) and its mask alive. The
+    bound is on the growth of the peak resident memory over the peak before the call, since what importing torch
+    takes differs between its builds (0.2 GB for the CPU wheel, about 0.9 GB for the CUDA one)."""
     r = run_capped("""
         import torch, importlib
         A = importlib.import_module("reference.attention")
         T = 16000
         g = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(T, 2, 8, generator=g) for _ in range(3))
+        print("before", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         out = A.attention(q, k, v, torch.tensor([0, T], dtype=torch.int32), False)
         assert out.shape == (T, 2, 8) and bool(torch.isfinite(out).all())
         print("peak_rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     """, cap=int(3.5 * GiB), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    peak = int(r.stdout.split("peak_rss")[1])
-    assert peak < 1.5 * GiB, peak
+    before = int(r.stdout.split("before")[1].split()[0])
+    growth = int(r.stdout.split("peak_rss")[1]) - before
+    assert growth < 0.75 * GiB, f"the call grew the peak resident memory by {growth / GiB:.2f} GiB"
 
 
 @pytest.mark.slow
