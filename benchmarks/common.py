@@ -56,29 +56,13 @@ def queued_ms(fn, n: int = 20) -> float:
 def graph_ms(fn, n: int = 20) -> float:
     """Device time per call of n calls captured in one CUDA graph and replayed: no host cost at all, so a short
     kernel behind a slow Python wrapper is timed as the GPU runs it (how the vision tower runs). Best of 3 replays,
-    after warm-up on a side stream (as capture requires)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    after warm-up on a side stream (as capture requires): kernels.runtime.timing.graph_replay_ms."""
+    from kernels.runtime.timing import graph_replay_ms
+
+    def body():
         for _ in range(n):
             fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(3):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        graph.replay()
-        b.record()
-        b.synchronize()
-        best = min(best, a.elapsed_time(b) / n)
-    del graph
-    return best
+    return graph_replay_ms(body, warmup=1 if n >= 3 else 3) / n
 
 
 @lru_cache(maxsize=1)

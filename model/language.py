@@ -359,9 +359,12 @@ class LanguageModel:
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.linear(h, "lm_head.weight")
 
-    def capture_blockers(self) -> list[str]:
-        """The decode step's ops that run on a reference which reads the device on the host (empty: capturable)."""
+    def capture_blockers(self, prefill: bool = False) -> list[str]:
+        """The decode step's ops (prefill=True: a prefill's, which never call decode_attention) that run on a
+        reference which reads the device on the host (empty: capturable)."""
         names = HOST_READING_REFERENCES + (HOST_READING_MOE if self.cfg.is_moe else ())
+        if prefill:
+            names = tuple(n for n in names if n != "decode_attention")
         return [n for n in names if self.op(n) is getattr(reference, n)]
 
     def new_cache(self, batch: int, capacity: int) -> Cache:
@@ -640,30 +643,15 @@ def _graph_ms(fn, weights: list, pre, reps: int = 8) -> float:
     L2, so each call reads it from DRAM, as in a decode step), each after a call of `pre` (a small kernel, as in
     the model, where a norm precedes each GEMM: a programmatic launch cannot overlap two calls of itself),
     replayed from a graph."""
+    from kernels.runtime.timing import graph_replay_ms
+
     reps = max(reps, len(weights))
 
     def body():
         for r in range(reps):
             pre()
             fn(weights[r % len(weights)])
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        body()  # loads the kernels, settles the allocator
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        body()
-    graph.replay()
-    best = float("inf")
-    for _ in range(3):
-        t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        t0.record()
-        graph.replay()
-        t1.record()
-        t1.synchronize()
-        best = min(best, t0.elapsed_time(t1))
-    return best
+    return graph_replay_ms(body)
 
 
 _TIMING_BYTES = 128 * 2**20  # weight copies the timing cycles through: above an H200's 50 MB L2
@@ -684,7 +672,7 @@ def _fastest_skinny(ours, theirs, wt: torch.Tensor, variants, pre):
                 best, ms = dict(kw), t
         del weights
         return best
-    except Exception:  # e.g. a capture the environment does not allow: the cuBLAS path, which always works
+    except RuntimeError:  # e.g. a capture the environment does not allow: the cuBLAS path, which always works
         torch.cuda.synchronize()
         return False
 

@@ -346,10 +346,10 @@ class ParallelLanguageModel(LanguageModel):
         pos = (lengths.long() + rope_delta).clamp_(0, cos_table.shape[0] - 1)
         return x, cos_table.index_select(0, pos), sin_table.index_select(0, pos), lengths + 1
 
-    def capture_blockers(self) -> list[str]:
+    def capture_blockers(self, prefill: bool = False) -> list[str]:
         ops, self.ops = self.ops, self.base_ops  # judge the ops themselves, not the expert-parallel wrapper
         try:
-            return super().capture_blockers()
+            return super().capture_blockers(prefill)
         finally:
             self.ops = ops
 

@@ -87,7 +87,7 @@ class PrefillGraphs:
         T, B = cu_host[-1], len(lengths)
         if T == 0 or T > self.max_tokens or not embeds.is_cuda or torch.cuda.is_current_stream_capturing():
             return None
-        if lm.capture_blockers():  # an op on a reference that reads the device on the host, or refuses padding
+        if lm.capture_blockers(prefill=True):  # an op on a reference that reads the device on the host, or refuses padding
             return None
         Tb = bucket(T)
         store = cache.__dict__.setdefault("_prefill_graphs", {})  # the graphs die with the cache

@@ -216,6 +216,10 @@ def test_capture_blockers_name_host_reading_references(dense_untied):
         m.lm.ops = types.SimpleNamespace(**{n: getattr(reference, n) for n in dir(reference) if not n.startswith("_")})
         m.lm.ops.decode_attention = lambda *a, **k: None  # stands in for a kernel
         assert "decode_attention" not in m.lm.capture_blockers()
+        # a prefill never calls decode attention: an fp32 model, whose decode attention is on the reference,
+        # still captures its prefills
+        m.lm.ops = ops
+        assert m.lm.capture_blockers(prefill=True) == ["qk_norm_rope", "causal_conv1d", "fused_gated_delta_rule"]
     finally:
         m.lm.ops = ops
 
@@ -234,3 +238,20 @@ def test_part_gemms_equal_one_gemm(dense_untied, monkeypatch):
     monkeypatch.setattr(L.LanguageModel, "_part_gemms", lambda self, *a: calls.append(1) or real(self, *a))
     got = m.logits(**case)
     assert calls and rel(got, want) < REL
+
+
+def test_decode_gemm_timing_picks_the_faster(monkeypatch):
+    """model.language._fastest_skinny keeps the faster of the skinny variants and cuBLAS (timer stubbed: no GPU);
+    a bug in it must raise, not silently fall back to cuBLAS."""
+    import model.language as ML
+
+    times = {"theirs": 2.0, 1: 3.0, 2: 1.0}
+    monkeypatch.setattr(ML.torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(ML, "_graph_ms", lambda fn, weights, pre: fn(weights[0]))
+    wt = torch.zeros(4, 4)
+    pick = ML._fastest_skinny(lambda kw, w: times[kw["ksplit"]], lambda w: times["theirs"], wt,
+                              [{"ksplit": 1}, {"ksplit": 2}], lambda: None)
+    assert pick == {"ksplit": 2}
+    times[2] = 5.0
+    assert ML._fastest_skinny(lambda kw, w: times[kw["ksplit"]], lambda w: times["theirs"], wt,
+                              [{"ksplit": 1}, {"ksplit": 2}], lambda: None) is False

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchmarks.common import write_results  # noqa: E402
+from kernels.runtime.timing import graph_replay_ms  # noqa: E402
 
 
 def shapes(size: str) -> list[tuple[str, str, int, int, int]]:
@@ -48,25 +49,7 @@ def shapes(size: str) -> list[tuple[str, str, int, int, int]]:
 
 def graph_us(fn, reps: int) -> float:
     """Device time per call of fn (which does `reps` calls) replayed from a CUDA graph, best of 5."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    best = float("inf")
-    for _ in range(5):
-        t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        t0.record()
-        graph.replay()
-        t1.record()
-        t1.synchronize()
-        best = min(best, t0.elapsed_time(t1) * 1e3 / reps)
-    del graph
-    return best
+    return graph_replay_ms(fn, replays=5) * 1e3 / reps
 
 
 def run_shape(name: str, kind: str, n: int, k: int, B: int, gen, ksplits=(1,)) -> dict:

@@ -1,0 +1,32 @@
+"""The one CUDA-graph timer: device time of a replayed graph, used by the model's decode GEMM choice
+(model/language.py), the benchmark suites (benchmarks/common.py) and the GPU tools."""
+
+from __future__ import annotations
+
+import torch
+
+
+def graph_replay_ms(body, *, warmup: int = 1, replays: int = 3) -> float:
+    """Device ms of one replay of a CUDA graph holding one call of body() (which may launch many kernels), the
+    best of `replays` replays. body() runs `warmup` times on a side stream first (kernel loads, allocator
+    settling: a capture allows neither) and once more to warm the graph before the timed replays."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        body()
+    graph.replay()
+    best = float("inf")
+    for _ in range(replays):
+        t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0.record()
+        graph.replay()
+        t1.record()
+        t1.synchronize()
+        best = min(best, t0.elapsed_time(t1))
+    del graph
+    return best
