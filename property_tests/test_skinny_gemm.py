@@ -19,7 +19,7 @@ EPS = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
 
 def _check(got, want, scale, dtype, what):
     bound = EPS[dtype] * want.abs() + 1e-5 * scale + 1e-30
-    bad = (got.float() - want).abs() > bound
+    bad = ~((got.float() - want).abs() <= bound)  # NaN (an unwritten, poisoned output) fails too
     if bad.any():
         i = tuple(int(v) for v in bad.nonzero()[0])
         raise AssertionError(f"{what}: {int(bad.sum())} of {bad.numel()} outside the bound ({int(got.isnan().sum())} "
