@@ -57,6 +57,15 @@ DECODE_KERNEL = True  # max_seqlen <= 1 (a decode step): the one-token kernel (P
 # s3r2): 64 rows 3.72 -> 3.38 us (0.8B), 3.94 -> 3.46 (9B), 4.24 -> 3.74 (27B); 1 row 1.68 -> 1.83 (slower)
 DECODE_COAL = True
 DECODE_COAL_MIN_ROWS = 32
+# threads per CTA of the decode kernel (a multiple of 32, at most 128): DECODE_SMALL_BLOCK below DECODE_SMALL_ROWS
+# rows, DECODE_BLOCK from there. H200 (round r2, tools/rope_conv1d_ab.py, bf16, 0.8B / 9B / 27B channels, plain
+# launches): 64 threads at 8 rows 2.58 / 2.65 / 2.58 -> 2.35 / 2.50 / 2.39 us, at 1 row 2.49 / 2.43 / 2.49 -> 2.31 /
+# 2.31 / 2.36 (PDL on: 8 rows 2.03 / 2.22 / 2.34 -> 1.87 / 1.90 / 2.00); at 64 rows 128 stays (64: 3.32 / 3.75 / 4.18
+# vs 3.30 / 3.70 / 3.98). Two or four rows a thread (the kernel's ROWS, weights loaded once) lost everywhere (64 rows:
+# 3.47-4.49 us), so only ROWS = 1 is built.
+DECODE_SMALL_ROWS = 32
+DECODE_SMALL_BLOCK = 64
+DECODE_BLOCK = 128
 
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -124,10 +133,13 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tenso
     if max_seqlen <= 1 and DECODE_KERNEL and _trial is None:
         coal = DECODE_COAL and n >= DECODE_COAL_MIN_ROWS and _coal_ok(x.dtype, vec) and all(
             t is None or t.data_ptr() % 16 == 0 for t in (state, state_out))
-        SOURCE.launch(device, _decode_expr(x.dtype, vec, coal), (ceil_div(C // vec, _BLOCK), n, 1), (_BLOCK, 1, 1),
+        block = DECODE_BLOCK if n >= DECODE_SMALL_ROWS else DECODE_SMALL_BLOCK
+        block = block if block in (32, 64, 96, 128) else _BLOCK
+        grid = (ceil_div(C // vec, block), n, 1)
+        SOURCE.launch(device, _decode_expr(x.dtype, vec, coal), grid, (block, 1, 1),
                       x.data_ptr(), i64(x.stride(0)), weight.data_ptr(), cu_seqlens.data_ptr(),
                       i32(cu_seqlens.dtype == torch.int64), 0 if state is None else state.data_ptr(),
-                      state_out.data_ptr(), y.data_ptr(), i32(C), i32(T), pdl=True)
+                      state_out.data_ptr(), y.data_ptr(), i32(C), i32(T), i32(n), pdl=True)
         return y, state_out
     chunk, unroll, use_async = _CHUNK, _UNROLL, None
     if _trial is not None and x.dtype != torch.float32 and vec == _VECS[x.dtype][0]:  # a timing trial (16-bit)

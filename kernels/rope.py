@@ -8,6 +8,8 @@ rope_index (Numba, kernels/numba/rope.py): the mRoPE position ids of a prompt.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -109,7 +111,11 @@ def _staged_expr(dtype) -> str:
 
 
 QK_TRIALS = (1, 2, 8)  # other heads-per-warp builds of the 16-bit d <= 256 variant, for timing trials
-STREAM_BUILDS = ((4, 3), (2, 4), (4, 4))  # (heads per item, ring depth) builds of the streaming prefill kernel
+# (heads per item, ring depth[, L2 prefetch bytes, streaming stores]) builds of the streaming prefill kernel; the
+# last four are timing trials (rope.cu qk_norm_rope_stream: PF, CS). H200 (round r2, tools/rope_conv1d_ab.py, 16k
+# tokens, 8 / 16 / 24 heads): PF 256 / 128 and CS stores gain nothing (apply_rope (4, 3): 41.6 / 76.3 / 113.4 us; PF
+# 256 41.7 / 77.5 / 113.8, PF 128 41.3 / 77.3 / 113.1, CS 42.0 / 78.2 / 115.2)
+STREAM_BUILDS = ((4, 3), (2, 4), (4, 4), (4, 2), (4, 3, 256, False), (4, 3, 128, False), (4, 3, 0, True))
 LEAN_MINB_TRIALS = (4, 5, 8)  # register-budget trials of the lean 4-heads-a-warp build (CTAs an SM; the rule: 6)
 # the prefill calls' budget (0: the rule; else one of LEAN_MINB_TRIALS). H200 (round s3r2), 16k tokens: 5 CTAs an SM
 # (94 registers, no spill) 60.7 / 105.6 / 146.8 us at 8:2 / 16:4 / 24:4 heads = 68 / 78 / 78 % of copy, the rule's
@@ -117,10 +123,13 @@ LEAN_MINB_TRIALS = (4, 5, 8)  # register-budget trials of the lean 4-heads-a-war
 LEAN_MINB = 5
 
 
-def _stream_expr(dtype, ipw: int, stages: int) -> str:
-    return f"rope::qk_norm_rope_stream<{CTYPES[dtype]}, {ipw}, {stages}>"
+def _stream_expr(dtype, ipw: int, stages: int, pf: int = 0, cs: bool = False) -> str:
+    tail = f", {pf}, {cbool(cs)}" if pf or cs else ""
+    return f"rope::qk_norm_rope_stream<{CTYPES[dtype]}, {ipw}, {stages}{tail}>"
 
 
+# a diagnosis build of the decode kernel's programmatic-launch prologue (rope.cu QK_PDL_MODE; tools/pdl_bisect.py)
+_QK_PDL_MODE = int(os.environ.get("QWEN35_QK_PDL_MODE", "0"))
 SOURCE = NvrtcSource("rope.cu", _VISION_EXPRS + tuple(_qk_expr(dt, v, n, _IPW, lean) for dt in _MAX_VEC
                                                       for v, n in _qk_variants(dt) for lean in (True, False))
                       + tuple(_qk_expr(dt, 8, 1, i, lean) for dt in (torch.float16, torch.bfloat16) for i in QK_TRIALS
@@ -128,9 +137,10 @@ SOURCE = NvrtcSource("rope.cu", _VISION_EXPRS + tuple(_qk_expr(dt, v, n, _IPW, l
                       + tuple(_qk_expr(dt, 8, 1, _IPW, True, m) for dt in (torch.float16, torch.bfloat16)
                               for m in LEAN_MINB_TRIALS)
                       + tuple(_staged_expr(dt) for dt in (torch.float16, torch.bfloat16))
-                      + tuple(_stream_expr(dt, i, st) for dt in (torch.float16, torch.bfloat16)
-                              for i, st in STREAM_BUILDS)
-                      + ("rope::mrope_cos_sin_kernel",))
+                      + tuple(_stream_expr(dt, *b) for dt in (torch.float16, torch.bfloat16)
+                              for b in STREAM_BUILDS)
+                      + ("rope::mrope_cos_sin_kernel",),
+                      options=(f"-DQK_PDL_MODE={_QK_PDL_MODE}",) if _QK_PDL_MODE else ())
 
 
 def _pick_qk(dtype, d: int, *tensors) -> tuple[int, int]:
@@ -190,19 +200,23 @@ def _staged_tokens(dtype, d: int, r: int, H: int, q_ts: int, q_hs: int, *tensors
 # 16:4 and 24:4 with LEAN_MINB = 5), streaming (4, 3) 63/67/68 %, staged 58/60/61 %; apply_rope (8/16/24 heads)
 # streaming (4, 3) 83/86/87 %, staged 75/84/86 %.
 QK_PREFILL: object = "lean"
-ROPE_PREFILL: object = (4, 3)
+# round r2 (plain launches): apply_rope (4, 2) 40.2 / 76.0 / 113.2 us = 83.6 / 87.1 / 87.3 % of copy vs (4, 3)
+# 41.6 / 78.3 / 113.5. qk_norm_rope: lean 61.4 / 106.3 / 146.3 us beat every streaming build (best (4, 2): 66.7 /
+# 121.1 / 167.9); the streaming kernel without the norm takes 50.5 / 95.5 / 131.9 and with q from a contiguous copy
+# the same as from qg: the norm's arithmetic, not the skipped gate half, is what the streaming qk path pays for.
+ROPE_PREFILL: object = (4, 2)
 STREAM_CTAS_PER_SM = 4  # the streaming grid: at most this many CTAs an SM (shared memory permitting), one wave
 
 
 def _launch_stream(device, build, q_in, q_ts, q_hs, k_in, qw, kw, cos, sin, q_out, k_out, T, Hq, Hkv, d, r, norm,
                    eps) -> None:
-    ipw, stages = build
+    ipw, stages = build[:2]
     smem = 8 * stages * (ipw * d * 2 + 2 * r * 4)
     items = T * (ceil_div(Hq, ipw) + ceil_div(Hkv, ipw))
     per_sm = max(1, min(STREAM_CTAS_PER_SM, (_dev.max_shared_memory(device) + 1024) // (smem + 1024)))
     grid = max(1, min(ceil_div(items, 8), per_sm * _dev.sm_count(device)))
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    SOURCE.launch(device, _stream_expr(q_in.dtype, ipw, stages), (grid, 1, 1), (256, 1, 1),
+    SOURCE.launch(device, _stream_expr(q_in.dtype, *build), (grid, 1, 1), (256, 1, 1),
                   q_in.data_ptr(), i64(q_ts), i32(q_hs), ptr(k_in), ptr(qw), ptr(kw), cos.data_ptr(), sin.data_ptr(),
                   q_out.data_ptr(), ptr(k_out), i32(T), i32(Hq), i32(Hkv), i32(d), i32(r), i32(norm), f32(eps),
                   shared_mem=smem, pdl=True)

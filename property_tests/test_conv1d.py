@@ -6,9 +6,9 @@ and the two-call split): what the model relies on in decode and what the generic
   * state_out=state in prefill too == out of place; strided x rows; the chunk loop past the grid's z limit;
   * a decode step captured in a CUDA graph and replayed step after step (new inputs copied in) == eager;
   * every timing-trial variant (kernels.conv1d.TRIALS) == the reference, so their timings compare like with like;
-  * the one-token decode kernel (max_seqlen <= 1), with and without its coalesced state path: sequences of 0 and 1
-    tokens mixed (rows not at their own index, so its guess of row s fails), no state, a separate or in-place new
-    state, strided rows, int64 cu_seqlens, outputs poisoned with NaN.
+  * the one-token decode kernel (max_seqlen <= 1), with and without its coalesced state path, at 32 to 128
+    threads a CTA: sequences of 0 and 1 tokens mixed (rows not at their own index, so its guess of row s fails), no state, a
+    separate or in-place new state, strided rows, int64 cu_seqlens, outputs poisoned with NaN.
 GPU only (NVRTC).
 """
 
@@ -138,8 +138,10 @@ def test_trial_variants(trial, dtype):
 @settings(max_examples=15)
 @given(lengths=st.lists(st.integers(0, 1), min_size=1, max_size=70), C=st.sampled_from((1, 5, 64, 1000, 1153) +
        REAL_CHANNELS), dtype=DT, state_kind=st.sampled_from(("none", "out", "inplace")), pad=st.sampled_from((0, 8, 3)),
-       cu64=st.booleans(), validate=st.booleans(), coal=st.booleans(), seed=st.integers(0, 2**31 - 1))
-def test_decode_kernel_zero_or_one_token(lengths, C, dtype, state_kind, pad, cu64, validate, coal, seed):
+       cu64=st.booleans(), validate=st.booleans(), coal=st.booleans(),
+       block=st.sampled_from((32, 64, 128)), seed=st.integers(0, 2**31 - 1))
+def test_decode_kernel_zero_or_one_token(lengths, C, dtype, state_kind, pad, cu64, validate, coal, block, seed):
+    """The one-token kernel: every build (coalesced state path or not) at 32 to 128 threads a CTA."""
     case = build_causal_conv1d(lengths, C, dtype, seed, cu_dtype=torch.int64 if cu64 else torch.int32)
     x, w, cu, state = case.on("cuda")
     want = R.causal_conv1d(x, w, cu, None if state_kind == "none" else state)
@@ -150,14 +152,18 @@ def test_decode_kernel_zero_or_one_token(lengths, C, dtype, state_kind, pad, cu6
     st_in = None if state_kind == "none" else state.clone()
     st_out = st_in if state_kind == "inplace" else nan_state
     y = torch.full((x.shape[0], C), float("nan"), dtype=dtype, device="cuda")
-    saved = K.DECODE_COAL, K.DECODE_COAL_MIN_ROWS
-    K.DECODE_COAL, K.DECODE_COAL_MIN_ROWS = coal, 1
+    names = ("DECODE_COAL", "DECODE_COAL_MIN_ROWS", "DECODE_SMALL_BLOCK", "DECODE_BLOCK")
+    saved = tuple(getattr(K, n) for n in names)
+    for n, v in zip(names, (coal, 1, block, block)):
+        setattr(K, n, v)
     try:
         got = K.causal_conv1d(xs, w, cu, st_in, state_out=st_out, max_seqlen=1, validate=validate, out=(y, None))
     finally:
-        K.DECODE_COAL, K.DECODE_COAL_MIN_ROWS = saved
+        for n, v in zip(names, saved):
+            setattr(K, n, v)
     assert got[0] is y and got[1] is st_out
     torch.cuda.synchronize()
     compare(SPEC, got, want, f"decode kernel {state_kind}, lengths {lengths}", dtype)
     if state_kind == "out":
         assert torch.equal(st_in, state), "the old state must not change when the new one goes elsewhere"
+

@@ -182,18 +182,21 @@ __global__ void __launch_bounds__(128, 4) causal_conv1d_kernel(
 }
 
 // The one-token decode step (the host's max_seqlen hint is <= 1: every sequence has 0 or 1 tokens). Thread:
-// VEC channels of sequence s = blockIdx.y. A programmatic dependent launch: the weights (no kernel writes them) are
-// loaded before waiting for the kernel before; then cu_seqlens, the state and x are loaded together, x at row s on
+// VEC channels of ROWS sequences s0 .. s0 + ROWS - 1 (s0 = blockIdx.y * ROWS; rows past n_seq exit), so the
+// weights (8 bytes a channel, as many bytes as the state's read at one row) are loaded once for ROWS rows and the
+// ROWS rows' loads are in flight together. A programmatic dependent launch: the weights (no kernel writes them) are
+// loaded before waiting for the kernel before; then cu_seqlens, the states and x are loaded together, x at row s on
 // the guess that cu_seqlens[s] == s (every sequence one token: the decode batch), so one memory round trip; a
 // sequence elsewhere reloads its row. y = silu(w3 x + w2 s2 + w1 s1 + w0 s0); new state (s1, s2, x), or the old
-// state copied for an empty sequence. The same thread reads the state before writing it (state_out may alias).
+// state copied for an empty sequence. The same thread reads a state before writing it (state_out may alias).
 // COAL (3 * VEC * sizeof(T) a multiple of 16): a warp whose 32 threads all have channels moves its state rows
 // (32 x 3 VEC contiguous elements) as 16-byte vectors lane by lane (each load or store instruction one contiguous
-// 512-byte span) through shared memory, instead of each thread's 3 vectors at a stride of 3 VEC elements.
-template <typename T, int VEC, bool COAL>
+// 512-byte span; chunk i * 32 + lane is loaded and stored by the same lane), transposed through one row of shared
+// memory a warp, instead of each thread's 3 vectors at a stride of 3 VEC elements.
+template <typename T, int VEC, bool COAL, int ROWS = 1>
 __global__ void __launch_bounds__(128) causal_conv1d_decode(
     const T* __restrict__ x, long long x_stride, const T* __restrict__ w, const void* __restrict__ cu, int cu64,
-    const T* state, T* state_out, T* __restrict__ y, int C, int T_rows) {
+    const T* state, T* state_out, T* __restrict__ y, int C, int T_rows, int n_seq) {
     constexpr int KM = CONV_K - 1;
     constexpr int NCH = KM * VEC * (int)sizeof(T) / 16;  // 16-byte chunks of a thread's state row (COAL)
     static_assert(!COAL || KM * VEC * sizeof(T) % 16 == 0, "COAL: a thread's state is whole 16-byte chunks");
@@ -203,75 +206,103 @@ __global__ void __launch_bounds__(128) causal_conv1d_decode(
     const int wc0 = c0 - lane * VEC;                      // the warp's first channel
     const bool coal = COAL && wc0 + 32 * VEC <= C;         // warp-uniform
     if (c0 >= C) return;
-    const int s = blockIdx.y;
+    const int s0 = blockIdx.y * ROWS;
+    const int nr = min(ROWS, n_seq - s0);                  // rows of this thread (CTA-uniform)
     allow_dependent_launch();
     float wt[CONV_K][VEC];  // wt[j][e] = w[c0 + e, j]
     load_channels<T, VEC, CONV_K>(w + (long long)c0 * CONV_K, wt);
     wait_for_primary_grid();
-    const long long start = load_index(cu, cu64, s), end = load_index(cu, cu64, s + 1);
+    // 1. every load of the ROWS rows first (one round trip): cu_seqlens, the state chunks, x at row s
+    long long cu_s[ROWS + 1];
+#pragma unroll
+    for (int r = 0; r <= ROWS; ++r) cu_s[r] = r <= nr ? load_index(cu, cu64, s0 + r) : 0;
+    uint4 sraw[ROWS][COAL ? NCH : 1];  // COAL: the warp's state chunks r * 32 + lane, as loaded
+    float old[ROWS][KM][VEC];
+    Vec<T, VEC> xr[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const int s = s0 + r;
+        if (r >= nr) break;
+        if (state != nullptr && coal) {
+            const uint4* src = reinterpret_cast<const uint4*>(state + ((long long)s * C + wc0) * KM);
+#pragma unroll
+            for (int i = 0; i < NCH; ++i) sraw[r][i] = src[i * 32 + lane];
+        } else if (state != nullptr) {
+            load_channels<T, VEC, KM>(state + ((long long)s * C + c0) * KM, old[r]);
+        } else {
+#pragma unroll
+            for (int m = 0; m < KM; ++m)
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) old[r][m][e] = 0.f;
+        }
+        if (s < T_rows) xr[r] = *reinterpret_cast<const Vec<T, VEC>*>(x + (long long)s * x_stride + c0);
+    }
     uint4* wst = reinterpret_cast<uint4*>(stage) + (threadIdx.x >> 5) * 32 * NCH;
-    float old[KM][VEC];
-    if (state != nullptr && coal) {
-        const uint4* src = reinterpret_cast<const uint4*>(state + ((long long)s * C + wc0) * KM);
+    // 2. row by row: the state transposed (COAL), the output, the new state
 #pragma unroll
-        for (int i = 0; i < NCH; ++i) wst[i * 32 + lane] = src[i * 32 + lane];
-        __syncwarp();
-        load_channels<T, VEC, KM>(reinterpret_cast<const T*>(wst + lane * NCH), old);
-        __syncwarp();
-    } else if (state != nullptr) {
-        load_channels<T, VEC, KM>(state + ((long long)s * C + c0) * KM, old);
-    } else {
+    for (int r = 0; r < ROWS; ++r) {
+        const int s = s0 + r;
+        if (r >= nr) break;  // CTA-uniform
+        if (state != nullptr && coal) {
 #pragma unroll
-        for (int m = 0; m < KM; ++m)
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) old[m][e] = 0.f;
-    }
-    float cur[VEC];
-    if (s < T_rows) load_f<T, VEC>(x + (long long)s * x_stride + c0, cur);
-    const bool one = end > start;
-    if (one && start != s) load_f<T, VEC>(x + start * x_stride + c0, cur);
-    float fin[KM][VEC];  // the new state, oldest first
-    if (one) {
-        float out[VEC];
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-            float a = wt[CONV_K - 1][e] * cur[e];
-#pragma unroll
-            for (int m = 0; m < KM; ++m) a += wt[m][e] * old[m][e];
-            out[e] = silu_f(a);
-        }
-        store_f<T, VEC>(y + start * (long long)C + c0, out);
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-#pragma unroll
-            for (int m = 0; m < KM - 1; ++m) fin[m][e] = old[m + 1][e];
-            fin[KM - 1][e] = cur[e];
-        }
-    } else {
-#pragma unroll
-        for (int m = 0; m < KM; ++m)
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) fin[m][e] = old[m][e];
-    }
-    if (state_out != nullptr) {
-        float raw[VEC * KM];  // channel-major: raw[e * KM + m]
-#pragma unroll
-        for (int e = 0; e < VEC; ++e)
-#pragma unroll
-            for (int m = 0; m < KM; ++m) raw[e * KM + m] = fin[m][e];
-        T* dst = coal ? reinterpret_cast<T*>(wst + lane * NCH) : state_out + ((long long)s * C + c0) * KM;
-#pragma unroll
-        for (int m = 0; m < KM; ++m) {
-            float part[VEC];
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) part[e] = raw[m * VEC + e];
-            store_f<T, VEC>(dst + m * VEC, part);
-        }
-        if (coal) {
+            for (int i = 0; i < NCH; ++i) wst[i * 32 + lane] = sraw[r][i];
             __syncwarp();
-            uint4* o = reinterpret_cast<uint4*>(state_out + ((long long)s * C + wc0) * KM);
+            load_channels<T, VEC, KM>(reinterpret_cast<const T*>(wst + lane * NCH), old[r]);
+            __syncwarp();
+        }
+        const long long start = cu_s[r], end = cu_s[r + 1];
+        const bool one = end > start;
+        float cur[VEC];
+        if (one && start != s) {
+            load_f<T, VEC>(x + start * x_stride + c0, cur);
+        } else {
 #pragma unroll
-            for (int i = 0; i < NCH; ++i) o[i * 32 + lane] = wst[i * 32 + lane];
+            for (int e = 0; e < VEC; ++e) cur[e] = s < T_rows ? to_f(xr[r].v[e]) : 0.f;
+        }
+        float fin[KM][VEC];  // the new state, oldest first
+        if (one) {
+            float out[VEC];
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                float a = wt[CONV_K - 1][e] * cur[e];
+#pragma unroll
+                for (int m = 0; m < KM; ++m) a += wt[m][e] * old[r][m][e];
+                out[e] = silu_f(a);
+            }
+            store_f<T, VEC>(y + start * (long long)C + c0, out);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+#pragma unroll
+                for (int m = 0; m < KM - 1; ++m) fin[m][e] = old[r][m + 1][e];
+                fin[KM - 1][e] = cur[e];
+            }
+        } else {
+#pragma unroll
+            for (int m = 0; m < KM; ++m)
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) fin[m][e] = old[r][m][e];
+        }
+        if (state_out != nullptr) {
+            float raw[VEC * KM];  // channel-major: raw[e * KM + m]
+#pragma unroll
+            for (int e = 0; e < VEC; ++e)
+#pragma unroll
+                for (int m = 0; m < KM; ++m) raw[e * KM + m] = fin[m][e];
+            T* dst = coal ? reinterpret_cast<T*>(wst + lane * NCH) : state_out + ((long long)s * C + c0) * KM;
+#pragma unroll
+            for (int m = 0; m < KM; ++m) {
+                float part[VEC];
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) part[e] = raw[m * VEC + e];
+                store_f<T, VEC>(dst + m * VEC, part);
+            }
+            if (coal) {
+                __syncwarp();
+                uint4* o = reinterpret_cast<uint4*>(state_out + ((long long)s * C + wc0) * KM);
+#pragma unroll
+                for (int i = 0; i < NCH; ++i) o[i * 32 + lane] = wst[i * 32 + lane];
+                __syncwarp();  // the chunks are read before the next row refills the staging row
+            }
         }
     }
 }
