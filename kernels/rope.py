@@ -8,8 +8,6 @@ rope_index (Numba, kernels/numba/rope.py): the mRoPE position ids of a prompt.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
@@ -128,8 +126,6 @@ def _stream_expr(dtype, ipw: int, stages: int, pf: int = 0, cs: bool = False) ->
     return f"rope::qk_norm_rope_stream<{CTYPES[dtype]}, {ipw}, {stages}{tail}>"
 
 
-# a diagnosis build of the decode kernel's programmatic-launch prologue (rope.cu QK_PDL_MODE; tools/pdl_bisect.py)
-_QK_PDL_MODE = int(os.environ.get("QWEN35_QK_PDL_MODE", "0"))
 SOURCE = NvrtcSource("rope.cu", _VISION_EXPRS + tuple(_qk_expr(dt, v, n, _IPW, lean) for dt in _MAX_VEC
                                                       for v, n in _qk_variants(dt) for lean in (True, False))
                       + tuple(_qk_expr(dt, 8, 1, i, lean) for dt in (torch.float16, torch.bfloat16) for i in QK_TRIALS
@@ -139,8 +135,7 @@ SOURCE = NvrtcSource("rope.cu", _VISION_EXPRS + tuple(_qk_expr(dt, v, n, _IPW, l
                       + tuple(_staged_expr(dt) for dt in (torch.float16, torch.bfloat16))
                       + tuple(_stream_expr(dt, *b) for dt in (torch.float16, torch.bfloat16)
                               for b in STREAM_BUILDS)
-                      + ("rope::mrope_cos_sin_kernel",),
-                      options=(f"-DQK_PDL_MODE={_QK_PDL_MODE}",) if _QK_PDL_MODE else ())
+                      + ("rope::mrope_cos_sin_kernel",))
 
 
 def _pick_qk(dtype, d: int, *tensors) -> tuple[int, int]:

@@ -3,7 +3,9 @@
 No GPU or driver is needed (NVRTC emits a CUBIN directly). Sources register themselves with their
 instantiations in kernels.runtime.dispatch.SOURCES when their wrapper module is imported; every op of
 kernels.registry with an nvrtc kernel must have its source registered there (or its own compile test), and a .cu
-file no wrapper registers is still compiled (syntax and template definitions) with no instantiations.
+file no wrapper registers is still compiled (syntax and template definitions) with no instantiations. The sm_90
+build of a source whose kernels wait for a primary grid also passes the PDL audit (kernels/runtime/pdl_audit.py):
+no global access before griddepcontrol.wait through a pointer the kernel does not declare safe to read early.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytest
 
 import kernels
 from kernels.registry import REGISTRY
-from kernels.runtime import nvrtc
+from kernels.runtime import nvrtc, pdl_audit
 from kernels.runtime.dispatch import SOURCES, NvrtcSource
 
 pytestmark = pytest.mark.compile
@@ -66,6 +68,10 @@ def test_every_instantiation_builds(source, arch):
         sym = mapping[e]
         sym = sym if isinstance(sym, bytes) else sym.encode()
         assert sym in code, f"{source}: {e} ({sym!r}) is not in the {arch} cubin"
+    src = nvrtc.read_source(source)
+    if arch == "sm_90" and pdl_audit.waits(src):  # the PDL protocol, checked in the machine code
+        problems = pdl_audit.audit_module(src, exprs, mod, label=source)
+        assert not problems, f"{len(problems)} global accesses before griddepcontrol.wait:\n" + "\n".join(problems[:20])
 
 
 @pytest.mark.parametrize("source", [s for s in ALL_CU if s not in SOURCES])

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,17 +46,7 @@ def main() -> None:
     ap.add_argument("--models", default="dense,moe")
     ap.add_argument("--out", default=None, help="results directory (default: none written)")
     ap.add_argument("--settings", default=None, help="comma-separated setting names (default: all)")
-    ap.add_argument("--qk-modes", default=None,
-                    help="comma-separated rope.cu QK_PDL_MODE builds: each a subprocess of settings 'on' and "
-                         "'only rope.cu' (QWEN35_QK_PDL_MODE)")
     a = ap.parse_args()
-    if a.qk_modes:
-        for mode in a.qk_modes.split(","):
-            env = dict(os.environ, QWEN35_QK_PDL_MODE=mode)
-            print(f"QK_PDL_MODE={mode}", flush=True)
-            subprocess.run([sys.executable, __file__, "--reps", str(a.reps), "--models", a.models,
-                            "--settings", "on,only rope.cu"], env=env, check=False)
-        return
     _, ids, mask = rows_batch((37, 12, 64, 5))
     kw = dict(attention_mask=mask, max_new_tokens=20, eos_token_ids=[])
     settings = [("off", False, set()), ("on", True, set())]

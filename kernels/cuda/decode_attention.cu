@@ -145,6 +145,7 @@ __device__ __noinline__ void early_prefetch(const void* kc, const void* vc, long
 
 using namespace decode;
 
+// pdl-early: lengths -- a guess of the row's length, for L2 prefetches only; the length used is read after the wait
 template <typename T, int D, int STAGES>
 __global__ void __launch_bounds__(NW * 32, 1) decode_attention_split(
     const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,

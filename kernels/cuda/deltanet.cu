@@ -960,13 +960,6 @@ __global__ void __launch_bounds__(32 * NC * KW) gdn_chunk_state_t(
             hT[sbase + (long long)(dk0 + 8 * j + 2 * t4 + (e & 1)) * D + 8 * (e >> 1)] = S[j][e];
 }
 
-// Launched as a programmatic dependent launch (sm_90), a decode kernel waits here for the previous kernel's
-// results (the state it may have written) and lets the next kernel be scheduled; a plain launch passes through.
-__device__ __forceinline__ void pdl_prologue() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;\ngriddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
 
 template <typename T, int BV, int NS>
 __global__ void __launch_bounds__(256) gdn_chunk_state(
@@ -1001,7 +994,10 @@ __global__ void __launch_bounds__(128) gdn_recurrent(
     int Hk, int Hv, float scale, int l2norm, const float* h0, float* hT, T* __restrict__ o, long long so,
     int direct) {
     constexpr int CG = BV / 4, RG = 128 / CG, RPT = D / RG;
-    pdl_prologue();
+    // a programmatic launch (ptx.cuh): the previous kernel's results (q, k, v, the state) first, then the next
+    // kernel may be scheduled
+    wait_for_primary_grid(q, k, v, cu);
+    allow_dependent_launch();
     __shared__ float s_qk[2][2][D];    // raw q, k of the token (double-buffered by token parity)
     __shared__ float s_red[2][4][3];   // per-warp sums of q.q, k.k, q.k
     __shared__ float s_dot[2][4][2][BV];  // per-warp partial S^T k, S^T q
@@ -1102,7 +1098,10 @@ __global__ void __launch_bounds__(32) gdn_recurrent_warp(
     float* hT, T* __restrict__ o, long long so, int direct) {
     constexpr int NCL = BV / CPL, RL = 32 / NCL, RPL = D / RL;
     static_assert(CPL % 4 == 0 && BV % CPL == 0 && 32 % NCL == 0, "lane mapping");
-    pdl_prologue();
+    // a programmatic launch (ptx.cuh): the previous kernel's results (q, k, v, the state) first, then the next
+    // kernel may be scheduled
+    wait_for_primary_grid(q, k, v, cu);
+    allow_dependent_launch();
     const Gates<T, GATE> gates{g, beta, ga, gb, A_log, dt_bias};
     const int lane = threadIdx.x, rl = lane / NCL, cl = lane % NCL;
     const int vb = blockIdx.x * BV, h = blockIdx.y, s = blockIdx.z, kh = h / (Hv / Hk);

@@ -400,6 +400,7 @@ __device__ __forceinline__ void skinny_body(const T* __restrict__ x, long long s
 }
 
 // grid (ceil(N / (16 RS)))
+// pdl-early: w -- the weight, streamed while the kernel before finishes
 template <typename T, bool SILU, int NT, int U, int XOP, int RS = 1>
 __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ x, long long sx,
                                                         const T* __restrict__ w, const SplitOut<T> out,
@@ -415,6 +416,7 @@ __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ 
 #else
 #define SKINNY_CLUSTER_Y(n)
 #endif
+// pdl-early: w -- the weight, streamed while the kernel before finishes
 template <typename T, bool SILU, int NT, int U, int XOP, int SPLIT>
 __global__ void SKINNY_CLUSTER_Y(SPLIT) __launch_bounds__(WARPS * 32) skinny_gemm_split(
     const T* __restrict__ x, long long sx, const T* __restrict__ w, const SplitOut<T> out, int M, int N, int K,

@@ -695,6 +695,7 @@ __device__ __forceinline__ void down_row(const float* __restrict__ a_s, const T*
 // grid = (T, row blocks); warps walk the output rows h of token t: the dot of the k concatenated rows
 // down[e_j][h, :] with w_j act[t k + j, :] (staged scaled in shared memory, k * I floats), plus, with the shared
 // expert (sh_down non-null), sh_down[h, :] . sigmoid(sh_gate_w . x[t]) act_sh[t, :] (S more floats).
+// pdl-early: experts x sh_gate_w -- written two or more kernels back: the gate/up kernel before this one triggers only after its own wait
 template <typename T, int VEC>
 __global__ void __launch_bounds__(WARPS * 32, 2) down_kernel(const float* __restrict__ act, const T* __restrict__ down,
                                                           const float* __restrict__ weights,
@@ -941,6 +942,7 @@ __device__ void build_units(const long long* __restrict__ experts, int n_slots, 
 // i0..i0+R-1, then the same up rows). Warp w takes row w % 2R of a stage over the part w / 2R of H (8 / 2R parts).
 // Registers bounded for 3 CTAs an SM (80): two leave room for a CTA of the down kernel beside them (registers and
 // shared memory), which then streams its rows while this grid finishes.
+// pdl-early: sh_gate sh_up -- the shared expert's weights
 template <typename T, int VEC>
 __global__ void __launch_bounds__(256, 3) gate_up_stream_kernel(
         const T* __restrict__ x, const T* __restrict__ gate_up, const long long* __restrict__ experts, int n_slots,
@@ -1099,6 +1101,7 @@ __global__ void __launch_bounds__(256, 3) gate_up_stream_kernel(
 // grid = ceil(H / RD) row tiles, block = 32 nw (nw <= 16 warps); dynamic shared memory: nw d stages of RD rows of
 // W = max(I, S) elements. Unit v: v = 0 the shared expert (when given), then the routed units; warp w streams
 // the units w, w + nw, ... through its d stages (its own barriers: no CTA barrier in the loop).
+// pdl-early: down sh_down sh_gate_w experts weights x -- weights, and the routing and x, written two or more kernels back: the gate/up kernel before this one triggers only after its own wait
 template <typename T, int VEC>
 __global__ void __launch_bounds__(512, 2) down_stream_kernel(
         const float* __restrict__ act, const T* __restrict__ down, const float* __restrict__ weights,

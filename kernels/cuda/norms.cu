@@ -253,6 +253,7 @@ struct Packed {
 // the reduction (from L1/L2: every row reads them), which keeps registers for the row. cols % VEC == 0, every
 // pointer VEC-aligned, cols, sx, so multiples of VEC, cols <= NPT * VEC * blockDim.x. No thread leaves before the
 // reduction.
+// pdl-early: w -- the norm weight
 template <typename T, int VEC, int NPT, int MODE>
 __global__ void __launch_bounds__(1024) rms_norm_kernel(
     const T* __restrict__ x, const T* __restrict__ other /* residual (ADD_RMS) or z (GATED_RMS) */,

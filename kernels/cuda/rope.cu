@@ -93,39 +93,16 @@ __global__ void __launch_bounds__(256) qkv_bias_rope_kernel(
 // warp-wide vote over cu_seqlens, 32 entries per step) goes to slot lengths[b] + t - cu[b] of k_cache/v_cache
 // [B, S, Hkv, d], k as rotated and v copied; slots outside [0, S) are dropped (the wrapper's validate checks
 // capacity on the host).
-#ifndef QK_PDL_MODE
-#define QK_PDL_MODE 0
-#endif
 namespace qkrope {
-
-// QK_PDL_MODE (diagnosis of the decode race, tools/pdl_bisect.py --qk-modes): 0 as documented, 1 wait first,
-// 2 the head rows through L2 (ld.global.cg), 3 no early trigger, 4 cu_seqlens and lengths through L2, 5 every
-// read after the wait through L2
-template <typename V>
-__device__ __forceinline__ V load_cg(const V* p) {
-    V v;
-    if constexpr (sizeof(V) == 16) *reinterpret_cast<uint4*>(&v) = __ldcg(reinterpret_cast<const uint4*>(p));
-    else if constexpr (sizeof(V) == 8) *reinterpret_cast<uint2*>(&v) = __ldcg(reinterpret_cast<const uint2*>(p));
-    else if constexpr (sizeof(V) == 4) *reinterpret_cast<unsigned*>(&v) = __ldcg(reinterpret_cast<const unsigned*>(p));
-    else *reinterpret_cast<unsigned short*>(&v) = __ldcg(reinterpret_cast<const unsigned short*>(p));
-    return v;
-}
 
 __device__ __forceinline__ long long load_index(const void* p, int is64, long long i) {
     return is64 ? reinterpret_cast<const long long*>(p)[i] : (long long)reinterpret_cast<const int*>(p)[i];
-}
-// the decode kernel's cu_seqlens / lengths reads (QK_PDL_MODE 4 and 5: through L2)
-__device__ __forceinline__ long long load_row_index(const void* p, int is64, long long i) {
-#if QK_PDL_MODE == 4 || QK_PDL_MODE == 5
-    return is64 ? __ldcg(reinterpret_cast<const long long*>(p) + i) : (long long)__ldcg(reinterpret_cast<const int*>(p) + i);
-#else
-    return load_index(p, is64, i);
-#endif
 }
 
 }  // namespace qkrope
 
 // MINB > 0: that many CTAs an SM in __launch_bounds__ instead of the rule (timing trials of the register budget).
+// pdl-early: qw kw -- the q and k norm weights
 template <typename T, int VEC, int NV, int IPW, bool LEAN, int MINB = 0>
 __global__ void __launch_bounds__(128, MINB > 0 ? MINB : (LEAN && NV * VEC * IPW <= 32) ? 6 : 1) qk_norm_rope_kernel(
     const T* __restrict__ q_in, long long q_ts, int q_hs, const T* __restrict__ k_in, const T* __restrict__ qw,
@@ -139,9 +116,6 @@ __global__ void __launch_bounds__(128, MINB > 0 ? MINB : (LEAN && NV * VEC * IPW
     const int Gq = (Hq + IPW - 1) / IPW, Gk = (Hkv + IPW - 1) / IPW;
     const int G = Gq + Gk * (k_cache != nullptr ? 2 : 1);  // q groups, k groups, (cache) v groups
     const long long gw = (long long)blockIdx.x * 4 + wib;  // 4 warps per CTA
-#if QK_PDL_MODE == 1
-    pdl_begin();
-#endif
     if (gw >= (long long)ntok * G) return;  // whole warps exit together
     const int t = (int)(gw / G), g = (int)(gw % G);
     const int kind = g < Gq ? 0 : g < Gq + Gk ? 1 : 2;  // 0: q heads, 1: k heads, 2: v heads (copied to the cache)
@@ -157,9 +131,7 @@ __global__ void __launch_bounds__(128, MINB > 0 ? MINB : (LEAN && NV * VEC * IPW
 
     // 1. every load first: the weights (no kernel writes them) before waiting for the kernel before (a programmatic
     // dependent launch), then the rest
-#if QK_PDL_MODE == 0 || QK_PDL_MODE == 2
     allow_dependent_launch();
-#endif
     float wv[E];
 #pragma unroll
     for (int i = 0; i < E; ++i) wv[i] = 0.f;
@@ -176,20 +148,14 @@ __global__ void __launch_bounds__(128, MINB > 0 ? MINB : (LEAN && NV * VEC * IPW
             }
         }
     }
-#if QK_PDL_MODE != 1
-    wait_for_primary_grid();
-#endif
+    wait_for_primary_grid(src, cos, sin, cu, lengths);  // q/k/v rows, the angles, the lengths: from kernels before
     Vec<T, VEC> xr[IPW][NV];
 #pragma unroll
     for (int it = 0; it < IPW; ++it)
 #pragma unroll
         for (int n = 0; n < NV; ++n) {
             const int e = e0 + n * VEC;
-#if QK_PDL_MODE == 2 || QK_PDL_MODE == 5
-            if (it < nh && e < d) xr[it][n] = qkrope::load_cg(reinterpret_cast<const Vec<T, VEC>*>(src + it * hs + e));
-#else
             if (it < nh && e < d) xr[it][n] = *reinterpret_cast<const Vec<T, VEC>*>(src + it * hs + e);
-#endif
         }
     float cs[E], sn[E];  // cos, and sin signed for the half the element is in (- for j < r, + for r <= j < 2r)
     if (LEAN && E % 4 == 0) {  // r % E == 0 and 16-byte aligned tables (the host checks): a lane's E angles are
@@ -201,13 +167,8 @@ __global__ void __launch_bounds__(128, MINB > 0 ? MINB : (LEAN && NV * VEC * IPW
             const float sg = e0 < r ? -1.f : 1.f;
 #pragma unroll
             for (int i = 0; i < E; i += 4) {
-#if QK_PDL_MODE == 5
-                const float4 c4 = __ldcg(reinterpret_cast<const float4*>(cos + (long long)t * r + j0 + i));
-                const float4 s4 = __ldcg(reinterpret_cast<const float4*>(sin + (long long)t * r + j0 + i));
-#else
                 const float4 c4 = *reinterpret_cast<const float4*>(cos + (long long)t * r + j0 + i);
                 const float4 s4 = *reinterpret_cast<const float4*>(sin + (long long)t * r + j0 + i);
-#endif
                 cs[i] = c4.x; cs[i + 1] = c4.y; cs[i + 2] = c4.z; cs[i + 3] = c4.w;
                 sn[i] = sg * s4.x; sn[i + 1] = sg * s4.y; sn[i + 2] = sg * s4.z; sn[i + 3] = sg * s4.w;
             }
@@ -237,8 +198,8 @@ __global__ void __launch_bounds__(128, MINB > 0 ? MINB : (LEAN && NV * VEC * IPW
 #pragma unroll
             for (int k = 0; k < J; ++k) {
                 const int j = k * 32 + lane;
-                cj[k] = j < B ? qkrope::load_row_index(cu, cu64, j) : (1ll << 62);
-                lj[k] = j < B ? qkrope::load_row_index(lengths, len64, j) : 0;
+                cj[k] = j < B ? qkrope::load_index(cu, cu64, j) : (1ll << 62);
+                lj[k] = j < B ? qkrope::load_index(lengths, len64, j) : 0;
             }
 #pragma unroll
             for (int k = 0; k < J; ++k) {
@@ -255,8 +216,8 @@ __global__ void __launch_bounds__(128, MINB > 0 ? MINB : (LEAN && NV * VEC * IPW
         }
         for (int j0 = 64; more && j0 < B; j0 += 32) {
             const int j = j0 + lane;
-            const long long cj = j < B ? qkrope::load_row_index(cu, cu64, j) : (1ll << 62);
-            const long long lj = j < B ? qkrope::load_row_index(lengths, len64, j) : 0;
+            const long long cj = j < B ? qkrope::load_index(cu, cu64, j) : (1ll << 62);
+            const long long lj = j < B ? qkrope::load_index(lengths, len64, j) : 0;
             const unsigned m = __ballot_sync(0xffffffffu, cj <= t);
             if (m) {
                 const int last = 31 - __clz(m);
@@ -530,6 +491,7 @@ __device__ __forceinline__ void store8(T* p, const float (&y)[8]) {
 }
 }  // namespace qkstream
 
+// pdl-early: qw kw -- the q and k norm weights
 template <typename T, int IPW, int STAGES, int PF = 0, bool CS = false>
 __global__ void __launch_bounds__(256, 4) qk_norm_rope_stream(
     const T* __restrict__ q_in, long long q_ts, int q_hs, const T* __restrict__ k_in, const T* __restrict__ qw,

@@ -16,13 +16,12 @@ Programmatic dependent launch (sm_90): `launch(..., pdl=True)` lets the kernel b
 kernel of the stream still runs, hiding the launch gap between the small kernels of a decode step. Only for
 kernels that follow the protocol in kernels/cuda/include/ptx.cuh (griddepcontrol.wait before the first dependent
 read or any write, in every thread; launch_dependents as early as possible). A CUDA-graph capture keeps the
-launches as programmatic edges. On by default except for rope.cu's kernels: with rope.cu's decode kernel launched
-programmatically, the tiny bf16 models' graph-replayed decode differs from eager decode (H200, tools/pdl_bisect.py:
-'on' and 'only rope.cu' dirty, 'on but rope.cu' clean, dense and MoE; only while the skinny GEMM, which triggers its
-dependents early, precedes it); the cause inside rope.cu is not found yet (its QK_PDL_MODE diagnosis builds).
-QWEN35_PDL=0 (or PDL = False) makes every launch a plain one (A/B timing); PDL_OFF = {"norms.cu", ...}
-(QWEN35_PDL_OFF=norms.cu,..., default rope.cu) does so for the kernels of those sources only; a driver that refuses a
-programmatic launch of a kernel gets plain ones of it from then on, and PDL_ERROR says why.
+launches as programmatic edges. On by default. kernels/runtime/pdl_audit.py checks the protocol in every kernel's
+machine code (CI runs it): rope.cu's decode kernel once read its q/k rows above the wait (invariant loads the
+compiler hoisted), which made graph-replayed decode differ from eager decode behind the early-triggering skinny
+GEMM. QWEN35_PDL=0 (or PDL = False) makes every launch a plain one (A/B timing); PDL_OFF = {"norms.cu", ...}
+(QWEN35_PDL_OFF=norms.cu,...) does so for the kernels of those sources only; a driver that refuses a programmatic
+launch of a kernel gets plain ones of it from then on, and PDL_ERROR says why.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from . import nvrtc
 _DEFAULT_SMEM = 48 * 1024
 PDL = os.environ.get("QWEN35_PDL", "1") == "1"  # programmatic dependent launches where asked for (module doc)
 # source files (e.g. "norms.cu") whose kernels launch plainly even when asked for PDL (QWEN35_PDL_OFF=a.cu,b.cu)
-PDL_OFF: set = {f for f in os.environ.get("QWEN35_PDL_OFF", "rope.cu").split(",") if f}
+PDL_OFF: set = {f for f in os.environ.get("QWEN35_PDL_OFF", "").split(",") if f}
 PDL_ERROR: str | None = None  # why the driver last refused a programmatic launch (that kernel launches plainly)
 # argument type -> (conversion or None, ctypes type of the kernel parameter). cuLaunchKernel's (values, types) form
 # packs Python ints and floats under c_long / c_int / c_float in C (numpy scalars would go through ctypes objects,

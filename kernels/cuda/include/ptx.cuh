@@ -47,9 +47,20 @@ __device__ __forceinline__ void allow_dependent_launch() {
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
-__device__ __forceinline__ void wait_for_primary_grid() {
+// wait_for_primary_grid(p, ...) also passes each pointer named through an opaque asm after the wait, so loads
+// through it cannot start before the wait. Why: the wait's memory clobber orders ordinary loads, but a load through
+// a `const T* __restrict__` parameter is an invariant load to the compiler (ld.global.nc), which it may schedule
+// above the wait, reading what the kernel before is still writing. Name every such pointer a kernel reads after
+// the wait; tools/pdl_audit.py checks the machine code of every kernel for loads above the wait.
+template <typename P>
+__device__ __forceinline__ void opaque_after_wait(P& p) {
+    asm volatile("" : "+l"(p)::"memory");
+}
+template <typename... P>
+__device__ __forceinline__ void wait_for_primary_grid(P&... after) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    (opaque_after_wait(after), ...);
 #endif
 }
 __device__ __forceinline__ void pdl_begin() {
