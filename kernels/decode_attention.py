@@ -199,9 +199,13 @@ def _launch_decode(q, k_cache, v_cache, lengths, scale: float, max_length, o, de
     if splits > 1:  # per chunk: the normalised partial output [D] and its log-sum-exp, fp32 (+ per group of 8)
         n = B * Hq * splits
         n1 = B * Hq * n1max if counters is not None else 0
+        # both [D] arrays first, then the log-sum-exps: the kernels move the [D] rows as float4, so each array
+        # must start 16-byte aligned whatever n is (ws1_o right after ws_lse was not when n % 4 != 0)
         ws = torch.empty((n + n1) * (d + 1), dtype=torch.float32, device=q.device)
-        ws_o_ptr, ws_lse_ptr = ws.data_ptr(), ws.data_ptr() + n * d * 4
-        ws1_o_ptr, ws1_lse_ptr = (ws_lse_ptr + n * 4, ws_lse_ptr + n * 4 + n1 * d * 4) if n1 else (0, 0)
+        ws_o_ptr = ws.data_ptr()
+        ws1_o_ptr = ws_o_ptr + n * d * 4 if n1 else 0
+        ws_lse_ptr = ws_o_ptr + (n + n1) * d * 4
+        ws1_lse_ptr = ws_lse_ptr + n * 4 if n1 else 0
     else:
         ws_o_ptr = ws_lse_ptr = ws1_o_ptr = ws1_lse_ptr = 0
     len64 = is64(lengths)

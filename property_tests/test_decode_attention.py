@@ -125,6 +125,8 @@ def test_decode_attention_hints_and_plain_launch(case):
                    scale=None, seed=11))  # 60 chunks: 8 groups, two merge levels
 @example(case=dict(B=3, S=900, lengths=[900, 0, 77], hq=24, hkv=4, dtype=torch.float16, len_dtype=torch.int64,
                    splits=9, scale=None, seed=12))
+@example(case=dict(B=1, S=500, lengths=[500], hq=3, hkv=1, dtype=torch.bfloat16, len_dtype=torch.int32, splits=7,
+                   scale=None, seed=13))  # B Hq splits = 21 partials: the second-level arrays still 16-byte aligned
 def test_decode_attention_fused_merge(case):
     """FUSE: the split kernel's last CTAs merge the chunks (arrival counters, no combine kernel)."""
     import kernels.decode_attention as K
