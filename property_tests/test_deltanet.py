@@ -22,6 +22,7 @@ from hypothesis import given, settings, strategies as st
 import reference as R
 from kernels import deltanet as K
 from kernels.registry import REGISTRY
+from kernels.runtime.timing import capture
 from property_tests.cases.deltanet import build_gated_delta_rule
 
 gpu = pytest.mark.gpu
@@ -212,15 +213,7 @@ def test_bitwise_repeatable_and_graph_replay():
 
     def run():
         res["x"] = K.gated_delta_rule(*args, use_qk_l2norm=True, max_seqlen=700, validate=False)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        run()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    graph.replay()
+    capture(run).replay()
     torch.cuda.synchronize()
     assert torch.equal(res["x"][0], a[0]) and torch.equal(res["x"][1], a[1])
 

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import reference as R  # noqa: E402
 from kernels import deltanet as K  # noqa: E402
+from kernels.runtime.timing import capture  # noqa: E402
 
 TOL = {torch.bfloat16: 2e-2, torch.float16: 5e-3, torch.float32: 1e-4}  # rel L2, o and final state
 
@@ -162,15 +163,7 @@ def check(args) -> int:
 
     def fn():
         outs["r"] = K.gated_delta_rule(q, k, v, g, beta, cu, h0, use_qk_l2norm=True, validate=False)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
+    capture(fn).replay()
     torch.cuda.synchronize()
     same = torch.equal(outs["r"][0], a1[0]) and torch.equal(outs["r"][1], a1[1])
     fails += not same

@@ -137,14 +137,9 @@ def collectives_ms(cfg, shard, B: int, reps: int = 20) -> float:
         for x in xs:
             dist.all_reduce(x)
         dist.all_gather(parts, part)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        step()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        step()
+    from kernels.runtime.timing import capture
+
+    g = capture(step)
     g.replay()
     torch.cuda.synchronize()
     t0 = torch.cuda.Event(enable_timing=True)

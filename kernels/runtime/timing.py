@@ -1,15 +1,15 @@
-"""The one CUDA-graph timer: device time of a replayed graph, used by the model's decode GEMM choice
-(model/language.py), the benchmark suites (benchmarks/common.py) and the GPU tools."""
+"""The one CUDA-graph capture and timer: capture() (warm-up on a side stream, then the capture) and
+graph_replay_ms (device time of a replayed graph), used by the model's decode GEMM choice (model/language.py), the
+benchmark suites (benchmarks/common.py), the GPU tests and tools."""
 
 from __future__ import annotations
 
 import torch
 
 
-def graph_replay_ms(body, *, warmup: int = 1, replays: int = 3) -> float:
-    """Device ms of one replay of a CUDA graph holding one call of body() (which may launch many kernels), the
-    best of `replays` replays. body() runs `warmup` times on a side stream first (kernel loads, allocator
-    settling: a capture allows neither) and once more to warm the graph before the timed replays."""
+def capture(body, *, warmup: int = 1) -> torch.cuda.CUDAGraph:
+    """A CUDA graph holding one call of body() (which may launch many kernels). body() runs `warmup` times on a side
+    stream first (kernel loads, allocator settling: a capture allows neither)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -19,6 +19,13 @@ def graph_replay_ms(body, *, warmup: int = 1, replays: int = 3) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         body()
+    return graph
+
+
+def graph_replay_ms(body, *, warmup: int = 1, replays: int = 3) -> float:
+    """Device ms of one replay of the graph of body() (capture()), the best of `replays` replays after one that
+    warms the graph."""
+    graph = capture(body, warmup=warmup)
     graph.replay()
     best = float("inf")
     for _ in range(replays):
