@@ -538,7 +538,10 @@ def main(argv=None) -> int:
                     records += json.loads(line[len("RECORDS "):])
         except subprocess.TimeoutExpired:
             print("the FLA peer ran past its budget: no FLA records")
-    path = write_results("lm_e2e", records, extra=dict(mode="quick" if args.quick else "full", **rates,
+    from kernels.runtime import launch as KL
+
+    pdl = dict(pdl=KL.PDL, pdl_off=sorted(KL.PDL_OFF))  # programmatic launches: on, and the sources kept plain
+    path = write_results("lm_e2e", records, extra=dict(mode="quick" if args.quick else "full", **rates, **pdl,
                                                        hf_peer=peer, models=sizes, wall_s=round(
                                                            time.perf_counter() - t_start, 1)), out_dir=args.out)
     print(f"wrote {path}")
