@@ -10,15 +10,11 @@
 
 `DecodeSession` holds one batch's static decode state (the `Cache`, the current tokens, the done mask, the
 noise buffer) and, on CUDA when every op of the step can be captured, the whole step (embedding, every layer,
-final norm, lm_head, sampling, stop update) in one CUDA graph that each token replays. Greedy sessions also
-capture a block of DEFAULT_BLOCK steps, each followed by the copy of its tokens into a static ring, as one graph
-per ring half (BLOCK_GRAPHS): a full block of the decode loop is then one graph launch instead of a launch and a
-copy per token.
+final norm, lm_head, sampling, stop update) in one CUDA graph that each token replays.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,8 +22,9 @@ from dataclasses import dataclass
 import torch
 
 DEFAULT_BLOCK = 8  # decode steps between two reads of the tokens by the host
-# greedy graph sessions: a whole block of steps in one graph (module doc); QWEN35_BLOCK_GRAPHS=0 turns it off
-BLOCK_GRAPHS = os.environ.get("QWEN35_BLOCK_GRAPHS", "1") == "1"
+# Tried and dropped: a block's 8 steps and their token copies captured as one graph (one launch a block instead of
+# a replay and a copy a token) lost on the H200 (bb279b6, same run: 0.8B 1130 and 1126 tok/s at batch 1 against
+# 1159 per-step, 18221 / 18435 against 18676 at batch 32, 9B equal; decode_block_graphs_ab-H200-2026-12-03.json).
 
 
 def filter_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0,
@@ -146,7 +143,6 @@ class DecodeSession:
                       if sampling.do_sample else None)
         self.generator = None
         self.graph = None
-        self.ring, self.block_graphs = None, []  # [2, DEFAULT_BLOCK, batch] tokens; a graph per ring half
         self.mode = "eager"
         if graphs:
             self._capture()
@@ -203,19 +199,10 @@ class DecodeSession:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self._step()
-            if BLOCK_GRAPHS and not self.sampling.do_sample:  # the noise is drawn on the host side per step
-                self.ring = torch.zeros(2, DEFAULT_BLOCK, self.batch, dtype=torch.int64, device=dev)
-                for half in range(2):
-                    g = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(g, pool=graph.pool()):  # never replayed alongside the step graph
-                        for m in range(DEFAULT_BLOCK):
-                            self._step()
-                            self.ring[half, m].copy_(self.tok)
-                    self.block_graphs.append(g)
             torch.cuda.synchronize(dev)
             self.graph, self.mode = graph, "graph"
         except Exception as e:  # an op that syncs or allocates on the host under capture: run eagerly
-            self.graph, self.ring, self.block_graphs = None, None, []
+            self.graph = None
             self.mode = f"eager: capture failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
             torch.cuda.synchronize(dev)
         self.reset()
@@ -254,16 +241,13 @@ class DecodeSession:
         until every row has stopped. The host reads the tokens once per `block` steps (and right after the first
         token, so streaming starts at once). On CUDA the reads are asynchronous and one block behind: block k's
         tokens are copied to pinned memory while block k + 1 is launched, so the GPU never waits for the host (a
-        row's stop is seen at most 2 blocks late; the extra steps only emit pad). A full block after the first token
-        is one replay of a block graph (BLOCK_GRAPHS) where the session has them and `block` is DEFAULT_BLOCK."""
+        row's stop is seen at most 2 blocks late; the extra steps only emit pad)."""
         if max_new_tokens <= 0:
             return
         dev = self.tok.device
         cuda = dev.type == "cuda"
         n = min(block, max_new_tokens)
-        whole = bool(self.block_graphs) and n == DEFAULT_BLOCK  # full blocks replay a block graph into the ring
-        bufs = list(self.ring) if whole else [torch.empty(n, self.batch, dtype=torch.int64, device=dev)
-                                               for _ in range(2)]
+        bufs = [torch.empty(n, self.batch, dtype=torch.int64, device=dev) for _ in range(2)]
         hosts = [torch.empty(n, self.batch, dtype=torch.int64, pin_memory=True) for _ in range(2)] if cuda else None
         eos = torch.tensor(sorted(set(int(e) for e in eos_ids)), dtype=torch.int64)
         finished = torch.zeros(rows, dtype=torch.bool)
@@ -272,9 +256,6 @@ class DecodeSession:
             new = None
             if step < max_new_tokens:
                 buf, m = bufs[k], 0
-                if whole and step > 0 and step + n <= max_new_tokens:  # n steps, each token into buf[m]
-                    self.block_graphs[k].replay()
-                    m = n
                 while m < n and step + m < max_new_tokens:
                     if step + m > 0:
                         self.advance()

@@ -54,30 +54,6 @@ def test_graph_decode_equals_eager(dtype):
     assert torch.equal(again, eager)
 
 
-@pytest.mark.parametrize("new_tokens", [1, 9, 17, 20])
-def test_block_graphs_equal_step_graphs(new_tokens, monkeypatch):
-    """A greedy session's block graphs (model.generate.BLOCK_GRAPHS: 8 steps and their token copies in one graph)
-    emit the tokens of the one-step graph replayed token by token: full blocks, a partial last block, early stops
-    (a row's eos seen inside a block, later tokens pad)."""
-    import model.generate as G
-
-    _, ids, mask = rows_batch((37, 12, 64, 5))
-    S = ids.shape[1]
-    m = model_for("kernels", torch.bfloat16, graphs=True)
-    monkeypatch.setattr(G, "BLOCK_GRAPHS", False)
-    free = m.generate_ids(ids, attention_mask=mask, max_new_tokens=new_tokens, eos_token_ids=[])
-    eos = [int(free[1, S + min(3, new_tokens - 1)])]
-    steps = m.generate_ids(ids, attention_mask=mask, max_new_tokens=new_tokens, eos_token_ids=eos, pad_token_id=511)
-    m = model_for("kernels", torch.bfloat16, graphs=True)  # new sessions: captured with block graphs
-    monkeypatch.setattr(G, "BLOCK_GRAPHS", True)
-    got = m.generate_ids(ids, attention_mask=mask, max_new_tokens=new_tokens, eos_token_ids=[])
-    sess = next(iter(m._sessions.values()))
-    assert m.last_decode_mode == "graph" and len(sess.block_graphs) == 2
-    assert torch.equal(got, free)
-    assert torch.equal(m.generate_ids(ids, attention_mask=mask, max_new_tokens=new_tokens, eos_token_ids=eos,
-                                      pad_token_id=511), steps)
-
-
 def test_chunked_long_prompt_equals_one_pass():
     m = model_for("kernels")
     rows, ids, _ = rows_batch((700,), seed=1)
