@@ -110,3 +110,10 @@ def test_rope_decode_kernel_needs_its_pointers_named():
     found = pdl_audit.audit_module(bare, (expr,), nvrtc.compile_source(bare, (expr,), "sm_90"), label="rope.cu")
     assert any(n in p for p in found for n in ("q_in", "k_in", "v_in", "cos", "sin")), (
         "the compiler no longer hoists these loads above a bare wait: this control no longer shows the hazard")
+
+
+def test_cli_refuses_an_unknown_source(capsys):
+    """A source with no programmatic kernels (or a typo) is an error naming the ones there are, not a silent pass."""
+    assert pdl_audit.main(["--source", "no_such.cu"]) == 2
+    err = capsys.readouterr().err
+    assert "no programmatic kernels in no_such.cu" in err and "rope.cu" in err

@@ -960,7 +960,6 @@ __global__ void __launch_bounds__(32 * NC * KW) gdn_chunk_state_t(
             hT[sbase + (long long)(dk0 + 8 * j + 2 * t4 + (e & 1)) * D + 8 * (e >> 1)] = S[j][e];
 }
 
-
 template <typename T, int BV, int NS>
 __global__ void __launch_bounds__(256) gdn_chunk_state(
     const T* __restrict__ q, const T* __restrict__ k, long long sq, long long sk, int Hk, int Hv,

@@ -1,7 +1,7 @@
 """Check the PDL protocol (kernels/cuda/include/ptx.cuh) in the machine code: no global access through a kernel
 parameter before griddepcontrol.wait, except the parameters the kernel declares safe to read early.
 
-    python3 -m kernels.runtime.pdl_audit [--arch sm_90] [--source rope.cu] [-v]   # exit status 1 on a violation
+    python3 -m kernels.runtime.pdl_audit [--source rope.cu] [-v]   # exit status 1 on a violation, 2 on bad use
 
 property_tests/test_compile.py runs it on every source's sm_90 build in CI.
 
@@ -165,6 +165,11 @@ def _parse(sass: str) -> tuple[list[str], dict[str, int]]:
     return ins, labels
 
 
+def _split_predicate(ln: str) -> tuple[bool, str]:
+    """(whether the instruction is predicated, the instruction without its @P / @!P guard)."""
+    return ln.startswith("@"), re.sub(r"^@!?U?PT?\d*\s+", "", ln)
+
+
 def early_accesses(sass: str, params: dict[int, str]) -> tuple[bool, list[tuple[str, set[str]]]]:
     """(has a wait, [(instruction, pointer parameters its address comes from)] for every global access that may
     execute before the first ACQBULK). `params`: byte offset in constant bank 0 -> name of a pointer parameter.
@@ -187,9 +192,7 @@ def early_accesses(sass: str, params: dict[int, str]) -> tuple[bool, list[tuple[
         return out
 
     def succ(i):
-        ln = ins[i]
-        pred = bool(re.match(r"^@", ln))
-        body = re.sub(r"^@!?U?PT?\d*\s+", "", ln)
+        pred, body = _split_predicate(ins[i])
         op = body.split(" ", 1)[0]
         out = []
         if op.startswith(("BRA", "JMP", "BRX")):
@@ -206,11 +209,10 @@ def early_accesses(sass: str, params: dict[int, str]) -> tuple[bool, list[tuple[
         return [j for j in out if j < stop]
 
     def step(i, state):
-        ln = ins[i]
-        pred = bool(re.match(r"^@", ln))
-        body = re.sub(r"^@!?U?PT?\d*\s+", "", ln)
+        pred, body = _split_predicate(ins[i])
         op, _, rest = body.partition(" ")
-        if _MEM_OPS.match(op) and not op.startswith(("LD", "ATOM")) or not rest:
+        stores = _MEM_OPS.match(op) and not op.startswith(("LD", "ATOM"))
+        if stores or not rest:  # writes no register
             return state
         ops = [o.strip() for o in rest.split(",")]
         dst = _regs(ops[0])
@@ -245,7 +247,7 @@ def early_accesses(sass: str, params: dict[int, str]) -> tuple[bool, list[tuple[
     hits = []
     for i in sorted(states):
         ln = ins[i]
-        body = re.sub(r"^@!?U?PT?\d*\s+", "", ln)
+        _, body = _split_predicate(ln)
         if not _MEM_OPS.match(body.split(" ", 1)[0]):
             continue
         names = set()
@@ -295,13 +297,14 @@ def audit_module(src: str, exprs: tuple[str, ...], mod, nvdisasm: str | None = N
     return problems
 
 
-def audit_source(file: str, exprs: tuple[str, ...], arch: str = "sm_90", options: tuple[str, ...] = (),
+def audit_source(file: str, exprs: tuple[str, ...], options: tuple[str, ...] = (),
                  verbose: bool = False) -> list[str]:
-    """Violations (one line each) of the instantiations `exprs` of kernels/cuda/<file>, built for `arch`."""
+    """Violations (one line each) of the instantiations `exprs` of kernels/cuda/<file>, built for sm_90 (the only
+    arch with griddepcontrol; PARAM_BASE is its parameter bank offset)."""
     from . import nvrtc
 
     src = nvrtc.read_source(file)
-    return audit_module(src, tuple(exprs), nvrtc.compile_source(src, tuple(exprs), arch, tuple(options)),
+    return audit_module(src, tuple(exprs), nvrtc.compile_source(src, tuple(exprs), "sm_90", tuple(options)),
                         verbose=verbose, label=file)
 
 
@@ -321,18 +324,26 @@ def waiting_sources() -> dict:
     return {k: s for k, s in SOURCES.items() if waits(nvrtc.read_source(k))}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--source", action="append", help="only these .cu files (repeatable)")
     ap.add_argument("-v", "--verbose", action="store_true")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     srcs = waiting_sources()
+    unknown = sorted(set(a.source or ()) - set(srcs))
+    if unknown:
+        print(f"error: no programmatic kernels in {', '.join(unknown)}; the sources with some: "
+              f"{', '.join(sorted(srcs))}", file=sys.stderr)
+        return 2
+    if nvdisasm_path() is None:
+        print("error: nvdisasm not found: pip install nvidia-cuda-nvdisasm (or put the CUDA toolkit's on PATH)",
+              file=sys.stderr)
+        return 2
     problems = []
     for name, s in sorted(srcs.items()):
         if a.source and name not in a.source:
             continue
-        p = audit_source(s.file, s.exprs, a.arch, s.options, verbose=a.verbose)
+        p = audit_source(s.file, s.exprs, s.options, verbose=a.verbose)
         print(f"{name}: {len(s.exprs)} kernels, {len(p)} violations")
         problems += p
     for p in problems:

@@ -51,7 +51,7 @@ __device__ __forceinline__ void allow_dependent_launch() {
 // through it cannot start before the wait. Why: the wait's memory clobber orders ordinary loads, but a load through
 // a `const T* __restrict__` parameter is an invariant load to the compiler (ld.global.nc), which it may schedule
 // above the wait, reading what the kernel before is still writing. Name every such pointer a kernel reads after
-// the wait; tools/pdl_audit.py checks the machine code of every kernel for loads above the wait.
+// the wait; kernels/runtime/pdl_audit.py checks the machine code of every kernel for accesses above the wait.
 template <typename P>
 __device__ __forceinline__ void opaque_after_wait(P& p) {
     asm volatile("" : "+l"(p)::"memory");
