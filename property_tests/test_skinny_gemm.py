@@ -275,3 +275,105 @@ def test_skinny_linear_wide_tiles_equal_narrow(m, n, k, parts, dtype, seed):
         skinny_linear(x, w, tile_rows=24)
     with pytest.raises(ValueError, match="tile_rows must be"):
         skinny_linear(x, torch.cat([w, w]), tile_rows=32, silu_mul=True)
+
+
+@given(m=st.sampled_from((1, 2, 5, 8, 9, 16, 17, 32)), n=st.sampled_from((1, 15, 33, 64, 100, 1030)),
+       k=st.sampled_from((64, 128, 1024, 3584)), dtype=st.sampled_from((torch.bfloat16, torch.float16)),
+       strided=st.booleans(), silu=st.booleans(), ksplit=st.sampled_from((None, 1, 2, 4, 8)),
+       seed=st.integers(0, 2**31 - 1))
+@example(m=32, n=1030, k=3584, dtype=torch.bfloat16, strided=False, silu=False, ksplit=8, seed=1)
+@example(m=1, n=15, k=64, dtype=torch.float16, strided=True, silu=True, ksplit=8, seed=2)  # 7 of 8 CTAs without a step
+def test_staged_matches_fp32_and_repeats(m, n, k, dtype, strided, silu, ksplit, seed):
+    """staged=True (shared-memory ring, K split with a last-CTA reduction) within the fp32 bound; called twice into
+    poisoned outputs, bitwise the same both times (the arrival counters are back at 0 after a launch, and the
+    partials are added in a fixed order)."""
+    from kernels.gemm import skinny_linear
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    rows = 2 * n if silu else n
+    w = (torch.randn(rows, k, device="cuda", generator=g) * 0.05).to(dtype)
+    xs = torch.randn(m, k + (40 if strided else 0), device="cuda", generator=g).to(dtype)
+    x = xs[:, 8:8 + k] if strided else xs
+    got = []
+    for _ in range(2):
+        out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+        assert skinny_linear(x, w, silu_mul=silu, out=out, ksplit=ksplit, staged=True) is out
+        got.append(out)
+    assert torch.equal(got[0], got[1]), "a second call differs"
+    prod = x.double() @ w.double().T
+    scale = x.double().abs() @ w.double().abs().T
+    what = f"staged m{m} n{n} k{k} silu {silu} ksplit {ksplit}"
+    if silu:
+        gate, up = prod[:, :n].to(dtype).double(), prod[:, n:].to(dtype).double()
+        sg = torch.sigmoid(gate)
+        flip = EPS[dtype] * (gate.abs() * (sg * (1 + gate * (1 - sg))).abs() * up.abs() + up.abs() * F.silu(gate).abs())
+        scale = scale[:, :n] * up.abs() + scale[:, n:] * gate.abs() + 1.0 + flip / 1e-5
+        _check(got[0], (F.silu(gate) * up).float(), scale.float(), dtype, what)
+    else:
+        _check(got[0], prod.float(), scale.float(), dtype, what)
+
+
+@given(m=st.integers(1, 32), parts=st.lists(st.integers(0, 150), min_size=1, max_size=4),
+       ksplit=st.sampled_from((1, 2, 4)), seed=st.integers(0, 2**31 - 1))
+def test_staged_split_parts(m, parts, ksplit, seed):
+    """staged=True with split=: each part contiguous and bitwise equal to its columns of the unsplit product."""
+    from kernels.gemm import skinny_linear
+
+    if sum(parts) == 0:
+        parts = parts[:3] + [1]
+    n = sum(parts)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    w = (torch.randn(n, 512, device="cuda", generator=g) * 0.05).to(torch.bfloat16)
+    x = torch.randn(m, 512, device="cuda", generator=g).to(torch.bfloat16)
+    whole = skinny_linear(x, w, staged=True, ksplit=ksplit)
+    got = skinny_linear(x, w, split=tuple(parts), staged=True, ksplit=ksplit)
+    c = 0
+    for t, k in zip(got, parts):
+        assert t.shape == (m, k) and t.is_contiguous()
+        assert torch.equal(t, whole[:, c: c + k])
+        c += k
+
+
+def test_staged_real_shapes_in_graphs_and_refusals():
+    """The 0.8B decode shapes at 1, 8 and 32 rows with every K split the model would time, captured in one CUDA
+    graph (one counter array for all of them, as in a decode step) and replayed twice; then bad arguments."""
+    from kernels.gemm import skinny_linear, staged_variants
+
+    dtype = torch.bfloat16
+    calls = []
+    for n, k, silu in ((8224, 1024, False), (1024, 2048, False), (7168, 1024, True), (1024, 3584, False)):
+        w = (torch.randn(n, k, device="cuda") * 0.03).to(dtype)
+        for m in (1, 8, 32):
+            x = torch.randn(m, k, device="cuda").to(dtype)
+            kind = "silu" if silu else "plain"
+            for kw in staged_variants(kind, w, m):
+                out = torch.full((m, n // 2 if silu else n), float("nan"), dtype=dtype, device="cuda")
+                calls.append((x, w, silu, kw, out))
+    assert {kw["ksplit"] for *_, kw, _ in calls} >= {1, 2, 4, 8}
+    for x, w, silu, kw, out in calls:
+        skinny_linear(x, w, silu_mul=silu, out=out, **kw)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for x, w, silu, kw, out in calls:
+            skinny_linear(x, w, silu_mul=silu, out=out, **kw)
+    for _ in range(2):
+        for *_, out in calls:
+            out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        for x, w, silu, kw, out in calls:
+            want = F.linear(x.float(), w.float())
+            if silu:
+                i = want.shape[1] // 2
+                want = F.silu(want[:, :i].to(dtype).float()) * want[:, i:].to(dtype).float()
+                assert torch.allclose(out.float(), want, rtol=2e-2, atol=2e-2), f"silu {tuple(w.shape)} {kw}"
+            else:
+                _check(out, want, x.float().abs() @ w.float().abs().T, dtype, f"graph {tuple(w.shape)} {kw}")
+    x = torch.zeros(1, 96, device="cuda", dtype=dtype)
+    with pytest.raises(ValueError, match="staged=True takes"):
+        skinny_linear(x, torch.zeros(16, 96, device="cuda", dtype=dtype), staged=True)  # K % 64
+    x = torch.zeros(2, 128, device="cuda", dtype=dtype)
+    w = torch.zeros(16, 128, device="cuda", dtype=dtype)
+    for kw in (dict(ksplit=3), dict(tile_rows=32), dict(gate=torch.zeros(2, 1, 128, device="cuda", dtype=dtype))):
+        with pytest.raises(ValueError, match="staged=True takes"):
+            skinny_linear(x, w, staged=True, **kw)

@@ -35,6 +35,7 @@
 // out.sy[j]) at column n - cut_j; unused cuts are N.
 // Requires K % 32 == 0, x rows and w 16-byte aligned, sx % 8 == 0.
 #include "include/convert.cuh"
+#include "include/cp_async.cuh"
 #include "include/mma_sm80.cuh"
 #include "include/ptx.cuh"
 
@@ -108,10 +109,6 @@ struct XNorm {  // X_ADD_RMS / X_GATED_RMS: the norm's weight, the residual outp
 };
 
 constexpr int STAT_MAX = 2048;  // norm partial sums a CTA keeps: M K / 256 (X_ADD_RMS), M K / gd (X_GATED_RMS)
-
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
-}
 
 __device__ __forceinline__ float silu_fast(float z) { return __fdividef(z, 1.f + __expf(-z)); }
 
@@ -426,6 +423,145 @@ __global__ void SKINNY_CLUSTER_Y(SPLIT) __launch_bounds__(WARPS * 32) skinny_gem
 #else
     if (blockIdx.y == 0) skinny_body<T, SILU, NT, U, XOP, 1>(x, sx, w, out, M, N, K, other, so, gd, gh, xn);
 #endif
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Staged skinny GEMM (skinny_gemm_staged): the same product for the batches where the kernel above cannot keep
+// enough bytes in flight (17-32 rows: its accumulators and x fragments leave registers for 2 steps a warp, and
+// each 16-row CTA reads all of x again from L2, twice its weight bytes) and for the N ~1k projections whose
+// 16-row grid leaves SMs idle. A CTA computes 64 weight rows (4 warps x 16) against all M x rows for a range of
+// K: 64 x 64 weight tiles and 8 NT x 64 x tiles go through a ring of STAGED_STAGES shared-memory stages
+// (cp.async, 16-byte chunks XOR-swizzled by row so the ldmatrix reads are conflict-free), so x is read once per
+// 64 rows. Before griddepcontrol.wait every CTA asks the L2 for its whole weight block (one bulk prefetch a row,
+// sm_90): the HBM stream starts under the kernel before and is not bounded by the ring, which then only covers
+// the L2's latency.
+// K split (gridDim.y = KS > 1): CTA z takes the z-th of KS equal runs of 64-wide steps and writes its fp32
+// 64 x 8 NT partial tile to the workspace ws; the last CTA of a tile to arrive at its counter (a fenced
+// atomicAdd) adds the KS partials in z order (the same sum whichever CTA is last), stores the output and
+// resets the counter to 0 for the next launch (so launches using one counter array must not run concurrently).
+// SILU: tile rows 0..31 are gate rows n0 .. n0+31 and rows 32..63 the matching up rows N + n0 ..; a CTA stores
+// 32 outputs silu(g) * u, g and u rounded to T first (as the SILU build above).
+// Requires K % 64 == 0, x rows and w 16-byte aligned, sx % 8 == 0; dynamic shared memory staged_smem(NT).
+constexpr int STAGED_ROWS = 64, STAGED_BK = 64, STAGED_WARPS = 4, STAGED_STAGES = 4;
+
+// byte offset of 16-byte chunk c (0..7) of row r in a tile of 128-byte rows, XOR-swizzled by row
+__device__ __forceinline__ unsigned staged_off(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
+
+// grid (ceil(N / (SILU ? 32 : 64)), KS); ws: KS * gridDim.x * 64 * 8 NT floats; counters: gridDim.x zeros
+// pdl-early: w -- the weight, prefetched into L2 while the kernel before finishes
+template <typename T, bool SILU, int NT>
+__global__ void __launch_bounds__(STAGED_WARPS * 32) skinny_gemm_staged(
+    const T* __restrict__ x, long long sx, const T* __restrict__ w, const SplitOut<T> out, int M, int N, int K,
+    float* __restrict__ ws, unsigned* __restrict__ counters) {
+    constexpr int XR = 8 * NT;                          // x rows staged (rows >= M are zeros)
+    constexpr int WBYTES = STAGED_ROWS * STAGED_BK * 2;  // one stage's weight tile
+    constexpr int SBYTES = WBYTES + XR * STAGED_BK * 2;
+    constexpr int OUT_ROWS = SILU ? STAGED_ROWS / 2 : STAGED_ROWS;  // output features a CTA
+    constexpr int TS = XR + 1;                          // fp32 tile row stride in the epilogue (odd: no conflicts)
+    extern __shared__ __align__(128) unsigned char smem[];
+    __shared__ int last;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+    const int ks = gridDim.y, z = blockIdx.y, tile = blockIdx.x;
+    const int n0 = tile * OUT_ROWS;
+    const int all_steps = K / STAGED_BK, per = (all_steps + ks - 1) / ks;
+    const int s0 = min(all_steps, z * per), steps = min(all_steps, s0 + per) - s0;
+    auto wrow = [&](int r) -> size_t {  // weight row of tile row r (rows past N repeat row N - 1: never stored)
+        if constexpr (SILU) return (size_t)(r < 32 ? 0 : N) + min(n0 + (r & 31), N - 1);
+        return (size_t)min(n0 + r, N - 1);
+    };
+    if (tid < STAGED_ROWS && steps > 0)
+        prefetch_l2_bulk(w + wrow(tid) * K + (size_t)s0 * STAGED_BK, (unsigned)steps * STAGED_BK * 2);
+    wait_for_primary_grid(x);
+    allow_dependent_launch();
+    const unsigned base = smem_u32(smem);
+    auto load_stage = [&](int i) {  // step s0 + i into ring slot i % STAGES
+        const unsigned st = base + (i % STAGED_STAGES) * SBYTES;
+        const size_t k0 = (size_t)(s0 + i) * STAGED_BK;
+#pragma unroll
+        for (int j = 0; j < STAGED_ROWS * 8 / (STAGED_WARPS * 32); ++j) {
+            const int c = tid + j * STAGED_WARPS * 32, r = c >> 3, ch = c & 7;
+            cp_async16(st + staged_off(r, ch), w + wrow(r) * K + k0 + 8 * ch, true);
+        }
+        for (int c = tid; c < XR * 8; c += STAGED_WARPS * 32) {
+            const int r = c >> 3, ch = c & 7;
+            cp_async16(st + WBYTES + staged_off(r, ch), x + (size_t)(r < M ? r : 0) * sx + k0 + 8 * ch, r < M);
+        }
+    };
+#pragma unroll
+    for (int i = 0; i < STAGED_STAGES - 1; ++i) {
+        if (i < steps) load_stage(i);
+        cp_async_commit();
+    }
+    float c[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
+    for (int i = 0; i < steps; ++i) {
+        cp_async_wait<STAGED_STAGES - 2>();
+        __syncthreads();  // step i landed for every thread; slot (i - 1) % STAGES is free again
+        if (i + STAGED_STAGES - 1 < steps) load_stage(i + STAGED_STAGES - 1);
+        cp_async_commit();
+        const unsigned st = base + (i % STAGED_STAGES) * SBYTES;
+#pragma unroll
+        for (int kk = 0; kk < STAGED_BK / 16; ++kk) {
+            u32 a[4];
+            ldsm_x4(a, st + staged_off(16 * warp + (lane & 15), 2 * kk + (lane >> 4)));
+#pragma unroll
+            for (int j = 0; j < NT; j += 2) {
+                if constexpr (NT == 1) {
+                    u32 b[2];
+                    ldsm_x2(b, st + WBYTES + staged_off(lane & 7, 2 * kk + ((lane >> 3) & 1)));
+                    Mma<T>::k16(c[0], a, b[0], b[1]);
+                } else {
+                    u32 b[4];  // x tiles j and j + 1: (k lo, k hi) each
+                    ldsm_x4(b, st + WBYTES + staged_off(8 * j + (lane & 7) + 8 * (lane >> 4), 2 * kk + ((lane >> 3) & 1)));
+                    Mma<T>::k16(c[j], a, b[0], b[1]);
+                    Mma<T>::k16(c[j + 1], a, b[2], b[3]);
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // the ring is free: the fp32 tile [64][TS] goes over it
+    float* tl = reinterpret_cast<float*>(smem);
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+        const int r = 16 * warp + g, m = 8 * j + 2 * q;
+        tl[r * TS + m] = c[j][0];
+        tl[r * TS + m + 1] = c[j][1];
+        tl[(r + 8) * TS + m] = c[j][2];
+        tl[(r + 8) * TS + m + 1] = c[j][3];
+    }
+    __syncthreads();
+    if (ks > 1) {  // partial tile out; the last CTA of the tile sums all of them
+        float* part = ws + ((size_t)tile * ks + z) * STAGED_ROWS * XR;
+        for (int e = tid; e < STAGED_ROWS * XR; e += STAGED_WARPS * 32) __stcg(part + e, tl[(e / XR) * TS + e % XR]);
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) last = atomicAdd(counters + tile, 1u) == (unsigned)ks - 1;
+        __syncthreads();
+        if (!last) return;
+        __threadfence();
+        const float* parts = ws + (size_t)tile * ks * STAGED_ROWS * XR;
+        for (int e = tid; e < STAGED_ROWS * XR; e += STAGED_WARPS * 32) {
+            float acc = 0.f;
+            for (int i = 0; i < ks; ++i) acc += __ldcg(parts + (size_t)i * STAGED_ROWS * XR + e);
+            tl[(e / XR) * TS + e % XR] = acc;
+        }
+        if (tid == 0) counters[tile] = 0u;
+        __syncthreads();
+    }
+    for (int e = tid; e < OUT_ROWS * XR; e += STAGED_WARPS * 32) {
+        const int r = e / XR, m = e % XR, n = n0 + r;
+        if (m >= M || n >= N) continue;
+        float v = tl[r * TS + m];
+        if constexpr (SILU) {
+            const float gv = round_to<T>(v), uv = round_to<T>(tl[(r + 32) * TS + m]);
+            v = __fdividef(gv, 1.f + __expf(-gv)) * uv;
+        }
+        const int j = (n >= out.cut[0]) + (n >= out.cut[1]) + (n >= out.cut[2]);
+        const int c0 = j == 0 ? 0 : out.cut[j - 1];
+        out.y[j][(size_t)m * out.sy[j] + (n - c0)] = from_f<T>(v);
+    }
 }
 
 }  // namespace gemm

@@ -27,10 +27,6 @@ constexpr int PAIRS = 2;        // gate/up row pairs per warp in gate_up_kernel
 constexpr int ROUTE_THREADS = 1024;
 
 
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
-}
-
 // ------------------------------------------------------------------------------------------------ top-k
 // One warp, one token: NPL logits per lane (expert e = lane + 32 i, read through ld(e) as fp32); each of the k
 // rounds takes the warp's best untaken logit (ties: the lower index). Lane j < k writes the j-th weight/expert.
