@@ -71,7 +71,7 @@ _WIDE_U = {1: 4, 4: 2}
 # the staged kernel (gemm.cu's skinny_gemm_staged): 64 weight rows a CTA through a shared-memory ring, K split
 # over the grid's y with a last-CTA reduction; x tiles of 8, 16 or 32 rows
 STAGED_KSPLITS = (1, 2, 4, 8)
-_STAGED_ROWS, _STAGED_THREADS, _STAGED_STAGES, _STAGED_BK = 64, 128, 4, 64
+_STAGED_ROWS, _STAGED_THREADS, _STAGED_STAGES, _STAGED_BK = 64, 128, 8, 64
 
 
 def _staged_expr(dtype, silu: bool, nt: int) -> str:
@@ -79,7 +79,7 @@ def _staged_expr(dtype, silu: bool, nt: int) -> str:
 
 
 def _staged_smem(nt: int) -> int:
-    return _STAGED_STAGES * (_STAGED_ROWS + 8 * nt) * _STAGED_BK * 2
+    return _STAGED_STAGES * (_STAGED_ROWS + 8 * nt) * _STAGED_BK * 2 + 16  # the ring, the last-CTA flag
 
 
 # the gated-x builds (sigmoid_gate folded into o_proj) exist for the plain product only
@@ -148,10 +148,11 @@ def skinny_variants(kind: str, weight: torch.Tensor, rows: int) -> tuple[dict, .
 
 
 def staged_variants(kind: str, weight: torch.Tensor, rows: int) -> tuple[dict, ...]:
-    """The staged kernel's K splits worth timing for kind plain / split / silu: those that keep the grid within
-    four CTAs an SM and give every CTA at least two 64-wide steps."""
+    """The staged kernel's K splits worth timing for kind plain / split / silu and more than 8 rows: those that keep
+    the grid within four CTAs an SM and give every CTA at least two 64-wide steps. (At 1-8 rows it lost to the
+    register kernel at every 0.8B shape on an H200, by 1.4-3x: tools/skinny_gemm_ab.py.)"""
     n, k = weight.shape
-    if kind not in ("plain", "split", "silu") or k % _STAGED_BK:
+    if kind not in ("plain", "split", "silu") or k % _STAGED_BK or rows <= 8:
         return ()
     tiles = ceil_div(n // 2 if kind == "silu" else n, _STAGED_ROWS // 2 if kind == "silu" else _STAGED_ROWS)
     sms = sm_count(weight.get_device())

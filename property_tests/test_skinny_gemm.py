@@ -335,7 +335,7 @@ def test_staged_split_parts(m, parts, ksplit, seed):
 
 
 def test_staged_real_shapes_in_graphs_and_refusals():
-    """The 0.8B decode shapes at 1, 8 and 32 rows with every K split the model would time, captured in one CUDA
+    """The 0.8B decode shapes at 16 and 32 rows with every K split the model would time, captured in one CUDA
     graph (one counter array for all of them, as in a decode step) and replayed twice; then bad arguments."""
     from kernels.gemm import skinny_linear, staged_variants
 
@@ -343,13 +343,15 @@ def test_staged_real_shapes_in_graphs_and_refusals():
     calls = []
     for n, k, silu in ((8224, 1024, False), (1024, 2048, False), (7168, 1024, True), (1024, 3584, False)):
         w = (torch.randn(n, k, device="cuda") * 0.03).to(dtype)
-        for m in (1, 8, 32):
+        for m in (16, 32):
             x = torch.randn(m, k, device="cuda").to(dtype)
             kind = "silu" if silu else "plain"
             for kw in staged_variants(kind, w, m):
                 out = torch.full((m, n // 2 if silu else n), float("nan"), dtype=dtype, device="cuda")
                 calls.append((x, w, silu, kw, out))
     assert {kw["ksplit"] for *_, kw, _ in calls} >= {1, 2, 4, 8}
+    x8 = torch.randn(8, 3584, device="cuda").to(dtype)  # and one call of 8 rows (one 8-row x tile)
+    calls.append((x8, w, False, dict(staged=True, ksplit=4), torch.empty(8, 1024, dtype=dtype, device="cuda")))
     for x, w, silu, kw, out in calls:
         skinny_linear(x, w, silu_mul=silu, out=out, **kw)
     graph = torch.cuda.CUDAGraph()

@@ -441,8 +441,9 @@ __global__ void SKINNY_CLUSTER_Y(SPLIT) __launch_bounds__(WARPS * 32) skinny_gem
 // resets the counter to 0 for the next launch (so launches using one counter array must not run concurrently).
 // SILU: tile rows 0..31 are gate rows n0 .. n0+31 and rows 32..63 the matching up rows N + n0 ..; a CTA stores
 // 32 outputs silu(g) * u, g and u rounded to T first (as the SILU build above).
-// Requires K % 64 == 0, x rows and w 16-byte aligned, sx % 8 == 0; dynamic shared memory staged_smem(NT).
-constexpr int STAGED_ROWS = 64, STAGED_BK = 64, STAGED_WARPS = 4, STAGED_STAGES = 4;
+// Requires K % 64 == 0, x rows and w 16-byte aligned, sx % 8 == 0; dynamic shared memory STAGES * (64 + 8 NT) *
+// 128 + 16 bytes (kernels/gemm.py: _staged_smem).
+constexpr int STAGED_ROWS = 64, STAGED_BK = 64, STAGED_WARPS = 4, STAGED_STAGES = 8;
 
 // byte offset of 16-byte chunk c (0..7) of row r in a tile of 128-byte rows, XOR-swizzled by row
 __device__ __forceinline__ unsigned staged_off(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
@@ -458,8 +459,8 @@ __global__ void __launch_bounds__(STAGED_WARPS * 32) skinny_gemm_staged(
     constexpr int SBYTES = WBYTES + XR * STAGED_BK * 2;
     constexpr int OUT_ROWS = SILU ? STAGED_ROWS / 2 : STAGED_ROWS;  // output features a CTA
     constexpr int TS = XR + 1;                          // fp32 tile row stride in the epilogue (odd: no conflicts)
-    extern __shared__ __align__(128) unsigned char smem[];
-    __shared__ int last;
+    extern __shared__ __align__(128) unsigned char smem[];  // the ring, then the last-CTA flag
+    int& last = *reinterpret_cast<int*>(smem + STAGED_STAGES * SBYTES);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
     const int ks = gridDim.y, z = blockIdx.y, tile = blockIdx.x;
     const int n0 = tile * OUT_ROWS;
