@@ -71,7 +71,7 @@ _WIDE_U = {1: 4, 4: 2}
 # the staged kernel (gemm.cu's skinny_gemm_staged): 64 weight rows a CTA through a shared-memory ring, K split
 # over the grid's y with a last-CTA reduction; x tiles of 8, 16 or 32 rows
 STAGED_KSPLITS = (1, 2, 4, 8)
-_STAGED_ROWS, _STAGED_THREADS, _STAGED_STAGES, _STAGED_BK = 64, 128, 8, 64
+_STAGED_ROWS, _STAGED_THREADS, _STAGED_STAGES, _STAGED_BK = 64, 256, 8, 64
 
 
 def _staged_expr(dtype, silu: bool, nt: int) -> str:

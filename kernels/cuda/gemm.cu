@@ -429,8 +429,10 @@ __global__ void SKINNY_CLUSTER_Y(SPLIT) __launch_bounds__(WARPS * 32) skinny_gem
 // Staged skinny GEMM (skinny_gemm_staged): the same product for the batches where the kernel above cannot keep
 // enough bytes in flight (17-32 rows: its accumulators and x fragments leave registers for 2 steps a warp, and
 // each 16-row CTA reads all of x again from L2, twice its weight bytes) and for the N ~1k projections whose
-// 16-row grid leaves SMs idle. A CTA computes 64 weight rows (4 warps x 16) against all M x rows for a range of
-// K: 64 x 64 weight tiles and 8 NT x 64 x tiles go through a ring of STAGED_STAGES shared-memory stages
+// 16-row grid leaves SMs idle. A CTA computes 64 weight rows against all M x rows for a range of K (8 warps: 4
+// groups of 16 rows, the k slices of a stage split between 2 warps; each thread's copy addresses and fragment
+// offsets set up once, so a stage costs a few instructions: with one CTA an SM the step is issue-bound
+// otherwise): 64 x 64 weight tiles and 8 NT x 64 x tiles go through a ring of STAGED_STAGES shared-memory stages
 // (cp.async, 16-byte chunks XOR-swizzled by row so the ldmatrix reads are conflict-free), so x is read once per
 // 64 rows. Before griddepcontrol.wait every CTA asks the L2 for its whole weight block (one bulk prefetch a row,
 // sm_90): the HBM stream starts under the kernel before and is not bounded by the ring, which then only covers
@@ -443,7 +445,7 @@ __global__ void SKINNY_CLUSTER_Y(SPLIT) __launch_bounds__(WARPS * 32) skinny_gem
 // 32 outputs silu(g) * u, g and u rounded to T first (as the SILU build above).
 // Requires K % 64 == 0, x rows and w 16-byte aligned, sx % 8 == 0; dynamic shared memory STAGES * (64 + 8 NT) *
 // 128 + 16 bytes (kernels/gemm.py: _staged_smem).
-constexpr int STAGED_ROWS = 64, STAGED_BK = 64, STAGED_WARPS = 4, STAGED_STAGES = 8;
+constexpr int STAGED_ROWS = 64, STAGED_BK = 64, STAGED_WARPS = 8, STAGED_STAGES = 8;
 
 // byte offset of 16-byte chunk c (0..7) of row r in a tile of 128-byte rows, XOR-swizzled by row
 __device__ __forceinline__ unsigned staged_off(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
@@ -459,6 +461,9 @@ __global__ void __launch_bounds__(STAGED_WARPS * 32) skinny_gemm_staged(
     constexpr int SBYTES = WBYTES + XR * STAGED_BK * 2;
     constexpr int OUT_ROWS = SILU ? STAGED_ROWS / 2 : STAGED_ROWS;  // output features a CTA
     constexpr int TS = XR + 1;                          // fp32 tile row stride in the epilogue (odd: no conflicts)
+    constexpr int THREADS = STAGED_WARPS * 32;
+    constexpr int WCH = STAGED_ROWS * 8 / THREADS;      // 16-byte weight chunks a thread copies a stage
+    constexpr int XCH = (XR * 8 + THREADS - 1) / THREADS;  // ... and x chunks (threads past XR * 8 copy none)
     extern __shared__ __align__(128) unsigned char smem[];  // the ring, then the last-CTA flag
     int& last = *reinterpret_cast<int*>(smem + STAGED_STAGES * SBYTES);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
@@ -472,26 +477,56 @@ __global__ void __launch_bounds__(STAGED_WARPS * 32) skinny_gemm_staged(
     };
     if (tid < STAGED_ROWS && steps > 0)
         prefetch_l2_bulk(w + wrow(tid) * K + (size_t)s0 * STAGED_BK, (unsigned)steps * STAGED_BK * 2);
+    // each thread's copies, set up once: the source at step s0 (advanced by 64 elements a step) and the offset in a
+    // stage; the loop then issues WCH + XCH cp.async a step with one add each
+    const T* wsrc[WCH];
+    unsigned wdst[WCH];
+#pragma unroll
+    for (int j = 0; j < WCH; ++j) {
+        const int c = tid + j * THREADS, r = c >> 3, ch = c & 7;
+        wsrc[j] = w + wrow(r) * K + (size_t)s0 * STAGED_BK + 8 * ch;
+        wdst[j] = staged_off(r, ch);
+    }
     wait_for_primary_grid(x);
     allow_dependent_launch();
+    const T* xsrc[XCH];
+    unsigned xdst[XCH];
+    bool xok[XCH];
+#pragma unroll
+    for (int j = 0; j < XCH; ++j) {
+        const int c = tid + j * THREADS, r = c >> 3, ch = c & 7;
+        xok[j] = c < XR * 8 && r < M;
+        xsrc[j] = x + (size_t)(xok[j] ? r : 0) * sx + (size_t)s0 * STAGED_BK + 8 * ch;
+        xdst[j] = c < XR * 8 ? WBYTES + staged_off(r, ch) : 0xffffffffu;
+    }
     const unsigned base = smem_u32(smem);
     auto load_stage = [&](int i) {  // step s0 + i into ring slot i % STAGES
         const unsigned st = base + (i % STAGED_STAGES) * SBYTES;
-        const size_t k0 = (size_t)(s0 + i) * STAGED_BK;
+        const size_t k0 = (size_t)i * STAGED_BK;
 #pragma unroll
-        for (int j = 0; j < STAGED_ROWS * 8 / (STAGED_WARPS * 32); ++j) {
-            const int c = tid + j * STAGED_WARPS * 32, r = c >> 3, ch = c & 7;
-            cp_async16(st + staged_off(r, ch), w + wrow(r) * K + k0 + 8 * ch, true);
-        }
-        for (int c = tid; c < XR * 8; c += STAGED_WARPS * 32) {
-            const int r = c >> 3, ch = c & 7;
-            cp_async16(st + WBYTES + staged_off(r, ch), x + (size_t)(r < M ? r : 0) * sx + k0 + 8 * ch, r < M);
-        }
+        for (int j = 0; j < WCH; ++j) cp_async16(st + wdst[j], wsrc[j] + k0, true);
+#pragma unroll
+        for (int j = 0; j < XCH; ++j)
+            if (xdst[j] != 0xffffffffu) cp_async16(st + xdst[j], xsrc[j] + k0, xok[j]);
     };
 #pragma unroll
     for (int i = 0; i < STAGED_STAGES - 1; ++i) {
         if (i < steps) load_stage(i);
         cp_async_commit();
+    }
+    // warp (rg = warp % 4, kh = warp / 4): tile rows 16 rg .. +15, the k16 slices kh * KK .. of every stage (the
+    // two halves' sums are added in the epilogue)
+    constexpr int KK = STAGED_BK / 16 / (STAGED_WARPS / 4);
+    const int rg = warp & 3, kh = warp >> 2;
+    unsigned aoff[KK], boff[KK][NT > 1 ? NT / 2 : 1];
+#pragma unroll
+    for (int kk = 0; kk < KK; ++kk) {
+        const int kc = 2 * (kh * KK + kk);  // the slice's first 16-byte chunk
+        aoff[kk] = staged_off(16 * rg + (lane & 15), kc + (lane >> 4));
+#pragma unroll
+        for (int j = 0; j < (NT > 1 ? NT / 2 : 1); ++j)
+            boff[kk][j] = WBYTES + (NT == 1 ? staged_off(lane & 7, kc + ((lane >> 3) & 1))
+                                            : staged_off(16 * j + (lane & 7) + 8 * (lane >> 4), kc + ((lane >> 3) & 1)));
     }
     float c[NT][4];
 #pragma unroll
@@ -503,39 +538,47 @@ __global__ void __launch_bounds__(STAGED_WARPS * 32) skinny_gemm_staged(
         cp_async_commit();
         const unsigned st = base + (i % STAGED_STAGES) * SBYTES;
 #pragma unroll
-        for (int kk = 0; kk < STAGED_BK / 16; ++kk) {
+        for (int kk = 0; kk < KK; ++kk) {
             u32 a[4];
-            ldsm_x4(a, st + staged_off(16 * warp + (lane & 15), 2 * kk + (lane >> 4)));
+            ldsm_x4(a, st + aoff[kk]);
+            if constexpr (NT == 1) {
+                u32 b[2];
+                ldsm_x2(b, st + boff[kk][0]);
+                Mma<T>::k16(c[0], a, b[0], b[1]);
+            } else {
 #pragma unroll
-            for (int j = 0; j < NT; j += 2) {
-                if constexpr (NT == 1) {
-                    u32 b[2];
-                    ldsm_x2(b, st + WBYTES + staged_off(lane & 7, 2 * kk + ((lane >> 3) & 1)));
-                    Mma<T>::k16(c[0], a, b[0], b[1]);
-                } else {
-                    u32 b[4];  // x tiles j and j + 1: (k lo, k hi) each
-                    ldsm_x4(b, st + WBYTES + staged_off(8 * j + (lane & 7) + 8 * (lane >> 4), 2 * kk + ((lane >> 3) & 1)));
-                    Mma<T>::k16(c[j], a, b[0], b[1]);
-                    Mma<T>::k16(c[j + 1], a, b[2], b[3]);
+                for (int j = 0; j < NT / 2; ++j) {
+                    u32 b[4];  // x tiles 2j and 2j + 1: (k lo, k hi) each
+                    ldsm_x4(b, st + boff[kk][j]);
+                    Mma<T>::k16(c[2 * j], a, b[0], b[1]);
+                    Mma<T>::k16(c[2 * j + 1], a, b[2], b[3]);
                 }
             }
         }
     }
     cp_async_wait<0>();
-    __syncthreads();  // the ring is free: the fp32 tile [64][TS] goes over it
+    __syncthreads();  // the ring is free: the fp32 tile [64][TS] goes over it, the k halves added in two passes
     float* tl = reinterpret_cast<float*>(smem);
 #pragma unroll
-    for (int j = 0; j < NT; ++j) {
-        const int r = 16 * warp + g, m = 8 * j + 2 * q;
-        tl[r * TS + m] = c[j][0];
-        tl[r * TS + m + 1] = c[j][1];
-        tl[(r + 8) * TS + m] = c[j][2];
-        tl[(r + 8) * TS + m + 1] = c[j][3];
+    for (int half = 0; half < STAGED_WARPS / 4; ++half) {
+        if (kh == half) {
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                const int r = 16 * rg + g, m = 8 * j + 2 * q;
+                float* t0 = tl + r * TS + m;
+                float* t1 = tl + (r + 8) * TS + m;
+                if (half == 0) {
+                    t0[0] = c[j][0], t0[1] = c[j][1], t1[0] = c[j][2], t1[1] = c[j][3];
+                } else {
+                    t0[0] += c[j][0], t0[1] += c[j][1], t1[0] += c[j][2], t1[1] += c[j][3];
+                }
+            }
+        }
+        __syncthreads();
     }
-    __syncthreads();
     if (ks > 1) {  // partial tile out; the last CTA of the tile sums all of them
         float* part = ws + ((size_t)tile * ks + z) * STAGED_ROWS * XR;
-        for (int e = tid; e < STAGED_ROWS * XR; e += STAGED_WARPS * 32) __stcg(part + e, tl[(e / XR) * TS + e % XR]);
+        for (int e = tid; e < STAGED_ROWS * XR; e += THREADS) __stcg(part + e, tl[(e / XR) * TS + e % XR]);
         __threadfence();
         __syncthreads();
         if (tid == 0) last = atomicAdd(counters + tile, 1u) == (unsigned)ks - 1;
@@ -543,7 +586,7 @@ __global__ void __launch_bounds__(STAGED_WARPS * 32) skinny_gemm_staged(
         if (!last) return;
         __threadfence();
         const float* parts = ws + (size_t)tile * ks * STAGED_ROWS * XR;
-        for (int e = tid; e < STAGED_ROWS * XR; e += STAGED_WARPS * 32) {
+        for (int e = tid; e < STAGED_ROWS * XR; e += THREADS) {
             float acc = 0.f;
             for (int i = 0; i < ks; ++i) acc += __ldcg(parts + (size_t)i * STAGED_ROWS * XR + e);
             tl[(e / XR) * TS + e % XR] = acc;
@@ -551,7 +594,7 @@ __global__ void __launch_bounds__(STAGED_WARPS * 32) skinny_gemm_staged(
         if (tid == 0) counters[tile] = 0u;
         __syncthreads();
     }
-    for (int e = tid; e < OUT_ROWS * XR; e += STAGED_WARPS * 32) {
+    for (int e = tid; e < OUT_ROWS * XR; e += THREADS) {
         const int r = e / XR, m = e % XR, n = n0 + r;
         if (m >= M || n >= N) continue;
         float v = tl[r * TS + m];
