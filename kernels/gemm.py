@@ -13,7 +13,7 @@ from .runtime.device import capability, sm_count
 from .runtime.dispatch import CTYPES, NvrtcSource, ceil_div
 from .runtime.nvrtc import i32, i64
 
-__all__ = ["skinny_linear", "skinny_ok", "default_ksplit", "skinny_variants", "staged_variants", "fold_ok"]
+__all__ = ["skinny_linear", "skinny_ok", "default_ksplit", "skinny_variants", "fold_ok"]
 
 SKINNY_MAX_ROWS = 32  # x rows per launch: up to 4 tiles of the mma's N = 8
 _SKINNY_TILES = (1, 2, 4)
@@ -68,20 +68,6 @@ _NORM_BUILDS = ((False, X_ADD_RMS), (True, X_ADD_RMS), (False, X_GATED_RMS))
 # tile_rows=32 (two 16-row blocks a CTA, gemm.cu's RS = 2): steps in flight by x tiles (1: 4 steps, 124
 # registers; 4 (17-32 rows): 2 steps, 128 registers; 2 tiles would take 134: not built)
 _WIDE_U = {1: 4, 4: 2}
-# the staged kernel (gemm.cu's skinny_gemm_staged): 64 weight rows a CTA through a shared-memory ring, K split
-# over the grid's y with a last-CTA reduction; x tiles of 8, 16 or 32 rows
-STAGED_KSPLITS = (1, 2, 4, 8)
-_STAGED_ROWS, _STAGED_THREADS, _STAGED_STAGES, _STAGED_BK = 64, 256, 8, 64
-
-
-def _staged_expr(dtype, silu: bool, nt: int) -> str:
-    return f"gemm::skinny_gemm_staged<{CTYPES[dtype]}, {'true' if silu else 'false'}, {nt}>"
-
-
-def _staged_smem(nt: int) -> int:
-    return _STAGED_STAGES * (_STAGED_ROWS + 8 * nt) * _STAGED_BK * 2 + 16  # the ring, the last-CTA flag
-
-
 # the gated-x builds (sigmoid_gate folded into o_proj) exist for the plain product only
 SOURCE = NvrtcSource("gemm.cu", tuple(
     [_skinny_expr(dt, s == "true", nt, u, xg) for dt in _SKINNY_DTYPES for s, nt, u in _SKINNY_BUILDS
@@ -91,33 +77,16 @@ SOURCE = NvrtcSource("gemm.cu", tuple(
     + [_skinny_expr(dt, silu, 1, _NORM_U, xop, ks) for dt in _SKINNY_DTYPES for silu, xop in _NORM_BUILDS
        for ks in (KSPLITS if not silu else (1,))]
     + [_skinny_expr(dt, False, 1, 8, X_GATED_RMS) for dt in _SKINNY_DTYPES]
-    + [_skinny_expr(dt, False, nt, u, X_PLAIN, 1, 2) for dt in _SKINNY_DTYPES for nt, u in _WIDE_U.items()]
-    + [_staged_expr(dt, silu, nt) for dt in _SKINNY_DTYPES for silu in (False, True) for nt in _SKINNY_TILES]))
-
-# The staged kernel's K-split workspace (fp32 partial tiles) and arrival counters, one pair per device, grown on
-# demand. Every launch leaves its counters at 0, so two staged launches with ksplit > 1 must not run concurrently
-# on one device (streams running decode steps side by side). A grown pair replaces the old one, which is kept
-# alive: CUDA graphs captured with it still point at it.
-_STAGED_SCRATCH: dict = {}
-_STAGED_RETIRED: list = []
+    + [_skinny_expr(dt, False, nt, u, X_PLAIN, 1, 2) for dt in _SKINNY_DTYPES for nt, u in _WIDE_U.items()]))
 
 
-def _staged_scratch(device: int, floats: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
-    cur = _STAGED_SCRATCH.get(device)
-    if cur is not None and cur[0].numel() >= floats and cur[1].numel() >= tiles:
-        return cur
-    if torch.cuda.is_current_stream_capturing():
-        raise RuntimeError("skinny_linear(staged=True, ksplit > 1) at a new, larger shape under CUDA-graph capture: "
-                           "call it once at that shape outside the capture first (it allocates its workspace)")
-    if cur is not None:
-        _STAGED_RETIRED.append(cur)
-        floats, tiles = max(floats, 2 * cur[0].numel()), max(tiles, 2 * cur[1].numel())
-    dev = torch.device("cuda", device)
-    cur = (torch.empty(floats, dtype=torch.float32, device=dev), torch.zeros(tiles, dtype=torch.int32, device=dev))
-    _STAGED_SCRATCH[device] = cur
-    return cur
-
-
+# Tried and dropped: a staged kernel for 17-32 rows (7fb7625: 64 weight rows a CTA of 8 warps through an 8-stage
+# cp.async shared-memory ring, x read once per 64 rows, the CTA's whole weight block bulk-prefetched into L2 before
+# the PDL wait, K split over the grid with a last-CTA reduction). It lost to cuBLAS at every 32-row decode shape of
+# 0.8B, 4B and 9B on an H200 (0.8B in_proj 13.8 against 7.4 us, down_proj 12.3 against 7.7; every K split slower
+# than none), and to this kernel at 1-8 rows by 1.4-3x: benchmarks/results/skinny_gemm_staged_ab-H200-2026-12-04.json.
+# ncu (4-warp build): one CTA an SM, DRAM at 17 %, 49 % L2 hits; the per-SM bytes in flight of 16-byte cp.async
+# stay far below what cuBLAS's TMA tiles keep (64x32 tiles, 41 % DRAM). A TMA-fed ring would be the next try.
 def default_ksplit(n: int, k: int, silu_mul: bool, device: int) -> int:
     """The K split skinny_linear takes without ksplit=: 1. (The cluster split measured slower than one CTA a row
     block at every decode shape on an H200, round s3r1, tools/skinny_gemm_ab.py: out_proj 1024 x 2048 2.59 us
@@ -144,20 +113,7 @@ def skinny_variants(kind: str, weight: torch.Tensor, rows: int) -> tuple[dict, .
     if kind in ("plain", "split") and (rows > 16 or (rows <= 8 and
                                                      ceil_div(n, _SKINNY_ROWS) > 3 * sm_count(weight.get_device()))):
         out += ({"ksplit": 1, "tile_rows": 32},)
-    return out + staged_variants(kind, weight, rows)
-
-
-def staged_variants(kind: str, weight: torch.Tensor, rows: int) -> tuple[dict, ...]:
-    """The staged kernel's K splits worth timing for kind plain / split / silu and more than 8 rows: those that keep
-    the grid within four CTAs an SM and give every CTA at least two 64-wide steps. (At 1-8 rows it lost to the
-    register kernel at every 0.8B shape on an H200, by 1.4-3x: tools/skinny_gemm_ab.py.)"""
-    n, k = weight.shape
-    if kind not in ("plain", "split", "silu") or k % _STAGED_BK or rows <= 8:
-        return ()
-    tiles = ceil_div(n // 2 if kind == "silu" else n, _STAGED_ROWS // 2 if kind == "silu" else _STAGED_ROWS)
-    sms = sm_count(weight.get_device())
-    return tuple({"staged": True, "ksplit": ks} for ks in STAGED_KSPLITS
-                 if ks == 1 or (tiles * ks <= 4 * sms and k // _STAGED_BK >= 2 * ks))
+    return out
 
 
 def fold_ok(kind: str, x: torch.Tensor, other: torch.Tensor) -> bool:
@@ -176,8 +132,7 @@ def fold_ok(kind: str, x: torch.Tensor, other: torch.Tensor) -> bool:
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = False, split: tuple | None = None,
                   gate: torch.Tensor | None = None, out: torch.Tensor | None = None, ksplit: int | None = None,
-                  add_rms: tuple | None = None, gated_rms: tuple | None = None, tile_rows: int = 16,
-                  staged: bool = False):
+                  add_rms: tuple | None = None, gated_rms: tuple | None = None, tile_rows: int = 16):
     """x @ weight.T for a few rows (decode): x [M, K] (1 <= M <= 32; a row-strided view is fine), weight [N, K]
     -> [M, N] in x.dtype (fp32 accumulation, one rounding). silu_mul: weight is the fused [gate; up] [2I, K] and
     the result silu(x gate.T) * (x up.T) [M, I] (each product rounded first, as F.linear then silu_mul_fused).
@@ -185,10 +140,8 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = Fal
     tensors instead of one (no slicing copies; not with out= or silu_mul). ksplit: K split over a cluster of that
     many CTAs (1, 2, 4; not with silu_mul; default default_ksplit: the small-N projections; clusters need sm_90,
     elsewhere it is 1). tile_rows: output features a CTA (16, or 32 for the plain product of M <= 8 or 17-32 rows
-    without ksplit or the x transforms below: half the CTAs, x read half as often). staged: the kernel that stages
-    64 weight rows and x through shared memory (K % 64 == 0; ksplit 1, 2, 4 or 8, split over the grid and reduced
-    by the last CTA of each tile; silu_mul and split= allowed, not the x transforms below nor tile_rows). No host
-    read (graph-capturable).
+    without ksplit or the x transforms below: half the CTAs, x read half as often). No host read
+    (graph-capturable).
 
     The x operand may be computed on the fly from x (one kernel less; at most one of):
     gate: x * sigmoid(gate) (the attention output gate folded into o_proj; rounded as sigmoid_gate stores it):
@@ -272,15 +225,6 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = Fal
         xop, other = X_GATED_RMS, z
         gargs = (z.data_ptr(), i64(z.stride(0)), i32(d), i32(z.stride(1)))
         xn.w, xn.eps = nw.data_ptr(), eps
-    if staged:
-        if xop != X_PLAIN or tile_rows != 16 or K % _STAGED_BK or (ksplit is not None and ksplit not in STAGED_KSPLITS):
-            raise ValueError(f"staged=True takes K % {_STAGED_BK} == 0, ksplit None or one of {STAGED_KSPLITS}, and "
-                             f"no gate, add_rms, gated_rms or tile_rows; got K = {K}, ksplit {ksplit!r}, tile_rows "
-                             f"{tile_rows!r}")
-        device = check_cuda(x=x, weight=weight, out=out)
-        if n:
-            _launch_staged(x, weight, spec, m, n, K, silu_mul, ksplit or 1, device)
-        return parts if split is not None else out
     if ksplit is not None and (ksplit not in KSPLITS or (silu_mul and ksplit != 1)):
         raise ValueError(f"ksplit must be None or one of {KSPLITS} (1 with silu_mul), got {ksplit!r}")
     if tile_rows not in (16, 32) or (tile_rows == 32 and (silu_mul or 8 < m <= 16 or xop != X_PLAIN
@@ -310,15 +254,6 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, *, silu_mul: bool = Fal
         torch.add(add_rms[0], x, out=res_out)
     result = parts if split is not None else out
     return (result, res_out) if add_rms is not None else result
-
-
-def _launch_staged(x, weight, spec, m: int, n: int, K: int, silu: bool, ks: int, device: int) -> None:
-    nt = 1 if m <= 8 else 2 if m <= 16 else 4
-    tiles = ceil_div(n, _STAGED_ROWS // 2 if silu else _STAGED_ROWS)
-    ws, counters = _staged_scratch(device, tiles * ks * _STAGED_ROWS * 8 * nt if ks > 1 else 1, tiles)
-    SOURCE.launch(device, _staged_expr(x.dtype, silu, nt), (tiles, ks, 1), (_STAGED_THREADS, 1, 1), x.data_ptr(),
-                  i64(x.stride(0)), weight.data_ptr(), spec, i32(m), i32(n), i32(K), ws.data_ptr(),
-                  counters.data_ptr(), shared_mem=_staged_smem(nt), pdl=SKINNY_PDL)
 
 
 def _desc(t) -> str:

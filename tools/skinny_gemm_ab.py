@@ -1,7 +1,6 @@
 """A/B of the decode step's GEMMs in one process: cuBLAS (F.linear, + silu_mul_fused for gate_up) against the
-skinny kernel (16-row tiles; 32-row tiles for the plain products of <= 8 rows; each K split with --ksplit) and the
-staged kernel (each K split kernels.gemm.staged_variants offers), for every decode GEMM shape of the model sizes,
-graph-replayed.
+skinny kernel (16-row tiles; 32-row tiles for the plain products of <= 8 rows; each K split with --ksplit), for
+every decode GEMM shape of the model sizes, graph-replayed.
 
     python3 tools/skinny_gemm_ab.py                          # 0.8B, 4B, 9B at batch 1 and 32
     python3 tools/skinny_gemm_ab.py --sizes 0.8B --batch 1 --out $OUT
@@ -53,9 +52,9 @@ def graph_us(fn, reps: int) -> float:
     return graph_replay_ms(fn, replays=5) * 1e3 / reps
 
 
-def run_shape(name: str, kind: str, n: int, k: int, B: int, gen, ksplits=(1,), staged: bool = True) -> dict:
+def run_shape(name: str, kind: str, n: int, k: int, B: int, gen, ksplits=(1,)) -> dict:
     from kernels.activations import sigmoid_gate, silu_mul_fused
-    from kernels.gemm import skinny_linear, skinny_ok, staged_variants
+    from kernels.gemm import skinny_linear, skinny_ok
     from kernels.norms import rms_norm
 
     dt = torch.bfloat16
@@ -91,9 +90,6 @@ def run_shape(name: str, kind: str, n: int, k: int, B: int, gen, ksplits=(1,), s
             variants[f"skinny_k{ks}"] = lambda w, kw=kw: skinny_linear(x, w, **kw)
         if kind == "plain" and B <= 8:
             variants["skinny_wide"] = lambda w: skinny_linear(x, w, tile_rows=32)
-        for kw in staged_variants(kind, ws[0], B) if staged else ():
-            kw = dict(kw, silu_mul=kind == "silu")
-            variants[f"staged_k{kw['ksplit']}"] = lambda w, kw=kw: skinny_linear(x, w, **kw)
     for v, fn in variants.items():
         us = graph_us(body(fn), reps) - norm_us
         rec[v + "_us"] = round(us, 2)
@@ -110,7 +106,6 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", default="1,32")
     ap.add_argument("--shapes", default=None, help="comma list of shape names (default all)")
     ap.add_argument("--ksplit", default="1", help="comma list of K splits to time (cluster builds: 1,2,4)")
-    ap.add_argument("--no-staged", action="store_true", help="leave out the staged kernel's variants")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -121,8 +116,7 @@ def main(argv=None) -> int:
                 if args.shapes and name not in args.shapes.split(","):
                     continue
                 r = dict(size=size, calls_per_step=calls) | run_shape(name, kind, n, k, B, gen,
-                                                                      tuple(int(v) for v in args.ksplit.split(",")),
-                                                                      not args.no_staged)
+                                                                      tuple(int(v) for v in args.ksplit.split(",")))
                 records.append(r)
                 vs = " ".join(f"{kk[:-3]} {v:.2f}" for kk, v in r.items() if kk.endswith("_us") and kk != "norm_us")
                 print(f"{size} b{B} {name} {n}x{k} ({r['MB']} MB, x{calls}): {vs} us -> {r['best']}", flush=True)

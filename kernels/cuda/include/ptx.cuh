@@ -95,13 +95,7 @@ __device__ __forceinline__ float ld_cluster_f32(const float* p, unsigned rank) {
     return v;
 }
 
-// L2 prefetches (no data returned): the 128-byte line holding p; `bytes` (a multiple of 16) from the 16-byte
-// aligned p in one bulk request (sm_90; nothing before it)
+// L2 prefetch of the 128-byte line holding p (no data returned)
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
-__device__ __forceinline__ void prefetch_l2_bulk(const void* p, unsigned bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
-#endif
-}
 
 }  // namespace qkern
