@@ -236,6 +236,10 @@ class DecodeSession:
         else:
             self._step()
 
+    def _store(self, dst: torch.Tensor) -> None:
+        """Keep this step's tokens (dst: a row of the host-read block buffer)."""
+        dst.copy_(self.tok)
+
     def tokens(self, max_new_tokens: int, rows: int, eos_ids, block: int = DEFAULT_BLOCK) -> Iterator[torch.Tensor]:
         """Yield each step's emitted tokens of the real rows (int64 [rows] on the CPU), up to max_new_tokens or
         until every row has stopped. The host reads the tokens once per `block` steps (and right after the first
@@ -259,7 +263,7 @@ class DecodeSession:
                 while m < n and step + m < max_new_tokens:
                     if step + m > 0:
                         self.advance()
-                    buf[m].copy_(self.tok)
+                    self._store(buf[m])
                     m += 1
                     if step + m == 1:
                         break
