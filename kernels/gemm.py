@@ -83,10 +83,10 @@ SOURCE = NvrtcSource("gemm.cu", tuple(
 # Tried and dropped: a staged kernel for 17-32 rows (7fb7625: 64 weight rows a CTA of 8 warps through an 8-stage
 # cp.async shared-memory ring, x read once per 64 rows, the CTA's whole weight block bulk-prefetched into L2 before
 # the PDL wait, K split over the grid with a last-CTA reduction). It lost to cuBLAS at every 32-row decode shape of
-# 0.8B, 4B and 9B on an H200 (0.8B in_proj 13.8 against 7.4 us, down_proj 12.3 against 7.7; every K split slower
-# than none), and to this kernel at 1-8 rows by 1.4-3x: benchmarks/results/skinny_gemm_staged_ab-H200-2026-12-04.json.
-# ncu (4-warp build): one CTA an SM, DRAM at 17 %, 49 % L2 hits; the per-SM bytes in flight of 16-byte cp.async
-# stay far below what cuBLAS's TMA tiles keep (64x32 tiles, 41 % DRAM). A TMA-fed ring would be the next try.
+# 0.8B, 4B and 9B on an H200 (0.8B in_proj 13.8 against 7.4 us, down_proj 12.3 at 8 K splits against 7.7; the splits
+# helped only the N <= 4096 projections): benchmarks/results/skinny_gemm_staged_ab-H200-2026-12-04.json. ncu of the
+# 4-warp build (skinny_gemm_staged_ncu-*): one CTA an SM, DRAM at 17 %, 49 % L2 hits, an instruction issued every
+# 5.8 cycles; cuBLAS's TMA-fed 64x32 tiles keep DRAM at 41 %. A TMA-fed ring would be the next try.
 def default_ksplit(n: int, k: int, silu_mul: bool, device: int) -> int:
     """The K split skinny_linear takes without ksplit=: 1. (The cluster split measured slower than one CTA a row
     block at every decode shape on an H200, round s3r1, tools/skinny_gemm_ab.py: out_proj 1024 x 2048 2.59 us

@@ -1,7 +1,8 @@
 """A/B of the decode loop's host side in one process (random weights at a model size's real shapes, bf16, H200):
 how each step's tokens reach the block buffer the host reads (a device-to-device memcpy, the default, or an
 elementwise kernel: no copy-engine hand-off between two graph replays) and how many tokens a call decodes (the
-loop's start and end amortised over 32 or 128 tokens), beside the graph replay time of one step alone.
+loop's start and end amortised over 32 or 128 tokens). The graph replay of one step alone is
+tools/lm_decode_profile.py's graph_us_per_step.
 
     python3 tools/decode_loop_ab.py --size 0.8B --batch 1 --out $OUT
 
