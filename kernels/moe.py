@@ -9,7 +9,9 @@ graph can capture it):
   "decode"   T k <= 128 slots: each unit is one routed expert (the first slot naming it) with all the slots that
              share it, reading only the routed experts' gate/up rows, once; silu * up in the same kernel; then one
              kernel for down + the weighted combine (reads only the routed experts' down rows). 2 launches.
-             On sm_90 with 16-byte rows (STREAM): gate_up_stream_kernel + down_stream_kernel (cp.async.bulk rings,
+             Up to 8 tokens in fp16/bf16 with H, I, S multiples of 32 (MMA): gate_up_mma_kernel +
+             down_mma_kernel (every unit's rows streamed into tensor-core tiles of all the tokens; docs/moe.md).
+             Else on sm_90 with 16-byte rows (STREAM): gate_up_stream_kernel + down_stream_kernel (cp.async.bulk rings,
              work items spread evenly over every SM; docs/moe.md). Else gate/up: from SPLIT_MIN_TOKENS tokens
              gate_up_split_kernel (4 row pairs a step, H split over the CTA's warps, the next row blocks prefetched
              into L2; the shared expert's loads start before the router is done), below it gate_up_kernel (a warp
@@ -80,6 +82,10 @@ def _stream_expr(kind, dtype):
     return f"moe::{kind}_stream_kernel<{CTYPES[dtype]}, {_vec(dtype)}>"
 
 
+def _mma_expr(kind, dtype, u, split=1):
+    return f"moe::{kind}_mma_kernel<{CTYPES[dtype]}, {u}, {split}>"
+
+
 def _gather_expr(dtype, vec):
     return f"moe::gather_kernel<{CTYPES[dtype]}, {vec}>"
 
@@ -96,6 +102,17 @@ _ROUTER_TMAX = 8           # tokens per pass of the fused router (fewer are pred
 ROUTER_MAX_TOKENS = 64     # the fused router is for decode: one CTA per 8 experts reads every token's row
 
 
+# The decode path for up to MMA_MAX_TOKENS tokens on the tensor cores (moe.cu gate_up_mma_kernel /
+# down_mma_kernel: each unit's rows streamed with 16-byte loads into mma.sync tiles of all the tokens, as gemm.cu's
+# skinny GEMM does for a dense weight) where it applies (fp16/bf16, H, I, S multiples of 32, 16-byte aligned);
+# it comes before the streaming kernels. A module switch so the benchmark can time both.
+MMA = True
+MMA_MAX_TOKENS = 8  # moe.cu MMA_TOKENS
+MMA_GU_U, MMA_DOWN_U = 4, 8   # k steps a warp has in flight: gate/up (two 16-row tiles), down (one)
+MMA_GU_SPLIT, MMA_DOWN_SPLIT = 1, 2  # K split over a cluster of this many CTAs (1, 2; sm_90)
+_MMA_GU_US, _MMA_DOWN_US, _MMA_SPLITS = (2, 4), (4, 8), (1, 2)  # the builds (the A/B's choices)
+
+
 def _dtype_exprs(dt) -> tuple[str, ...]:
     out = [_topk_expr(dt, n) for n in _NPL] + ["moe::route_kernel"]
     out += [_router_expr(dt, v, _ROUTER_TMAX, n) for v in (_vec(dt), 1) for n in _NPL]
@@ -105,6 +122,9 @@ def _dtype_exprs(dt) -> tuple[str, ...]:
     out += [_split_expr(dt, *b) for b in _SPLIT_BUILDS(_vec(dt))]
     out += [_down_expr(dt, v) for v in (_vec(dt), 1)]
     out += [_stream_expr(kind, dt) for kind in ("gate_up", "down")]
+    if dt != torch.float32:
+        out += [_mma_expr("gate_up", dt, u, sp) for u in _MMA_GU_US for sp in _MMA_SPLITS]
+        out += [_mma_expr("down", dt, u, sp) for u in _MMA_DOWN_US for sp in _MMA_SPLITS]
     if dt == torch.bfloat16:
         out += [f(dt, v) for f in (_gather_expr, _combine_expr) for v in (8, 1)]
     return tuple(out)
@@ -411,6 +431,9 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
 
     vec = _vec(x.dtype)
     routed = path == "routed"
+    if not routed and _mma_ok(x, gate_up, down, sh, T, k, E, H, I, S):
+        _mma(x, gate_up, down, weights, experts, sh, y, T, H, E, I, k, S or 0, device)
+        return y
     n_slots = T * k
     act = torch.empty(n_slots, I, dtype=torch.float32, device=x.device)
     # x chunk in shared memory: 1, 2, 4 or 8 rows (the kernel's chunk variants read up to the next power of two),
@@ -540,16 +563,47 @@ def _stream_plan(T, k, E, H, I, S, es, sms, has_sh):
 
 
 def decode_kernels(x, gate_up, down, k: int, shared_gate=None, shared_up=None, shared_down=None) -> str:
-    """Which kernels the decode path runs for these operands (host sizes, dtype, alignment, card): "stream"
-    (gate_up_stream_kernel + down_stream_kernel), "split" (gate_up_split_kernel + down_kernel) or "warp"
+    """Which kernels the decode path runs for these operands (host sizes, dtype, alignment, card): "mma"
+    (gate_up_mma_kernel + down_mma_kernel), "stream" (gate_up_stream_kernel + down_stream_kernel), "split" (gate_up_split_kernel + down_kernel) or "warp"
     (gate_up_kernel + down_kernel)."""
     T, H = x.shape
     E, I = gate_up.shape[0], down.shape[2]
     sh = (shared_gate, shared_up, shared_down, None)
     S = shared_gate.shape[0] if shared_gate is not None else 0
+    if _mma_ok(x, gate_up, down, sh, T, k, E, H, I, S):
+        return "mma"
     if _stream_ok(x, gate_up, down, sh, T, k, E, H, I, S, x.device):
         return "stream"
     return "split" if SPLIT and T >= SPLIT_MIN_TOKENS else "warp"
+
+
+def _mma_ok(x, gate_up, down, sh, T, k, E, H, I, S) -> bool:
+    if not MMA or T > MMA_MAX_TOKENS or T * k > _STREAM_MAXS or E > _STREAM_MAXE:
+        return False
+    if x.dtype not in (torch.bfloat16, torch.float16) or H % 32 or I % 32 or (S or 0) % 32:
+        return False
+    return _aligned(x, gate_up, down, *(t for t in sh if t is not None))
+
+
+def _mma(x, gate_up, down, weights, experts, sh, y, T, H, E, I, k, S, device) -> None:
+    """The decode path on gate_up_mma_kernel + down_mma_kernel (two programmatic launches): xd [T, S + units I]
+    holds the down projection's input, every unit's activations times the token's weight for it."""
+    sg, su, sd, sgate = sh
+    has_sh = sg is not None
+    Sp = S if has_sh else 0
+    units = min(T * k, E)
+    ldx = Sp + units * I
+    xd = torch.empty(T, ldx, dtype=x.dtype, device=x.device)
+    sm90 = torch.cuda.get_device_capability(device)[0] >= 9  # (clusters)
+    gsplit, dsplit = (MMA_GU_SPLIT, MMA_DOWN_SPLIT) if sm90 else (1, 1)
+    _launch(device, x.dtype, _mma_expr("gate_up", x.dtype, MMA_GU_U, gsplit),
+            (ceil_div(max(I, Sp), 16), gsplit, has_sh + units),
+            (256, 1, 1), x.data_ptr(), gate_up.data_ptr(), experts.data_ptr(), weights.data_ptr(), i32(T * k), i32(k),
+            i32(H), i32(I), i32(E), sg.data_ptr() if has_sh else 0, su.data_ptr() if has_sh else 0,
+            sgate.data_ptr() if has_sh else 0, i32(Sp), i32(T), xd.data_ptr(), i32(ldx), pdl=PDL)
+    _launch(device, x.dtype, _mma_expr("down", x.dtype, MMA_DOWN_U, dsplit), (ceil_div(H, 16), dsplit, 1), (256, 1, 1),
+            xd.data_ptr(), i32(ldx), down.data_ptr(), experts.data_ptr(), i32(T * k), i32(H), i32(I), i32(E),
+            sd.data_ptr() if has_sh else 0, i32(Sp), i32(T), y.data_ptr(), pdl=PDL)
 
 
 def _stream_ok(x, gate_up, down, sh, T, k, E, H, I, S, device) -> bool:

@@ -203,6 +203,7 @@ def test_decode_gate_up_kernels(split, monkeypatch):
     than the experts, 1 to 16 tokens (an expert or the shared expert with more tokens than one reduction takes)."""
     moe = _kernels()
     monkeypatch.setattr(moe, "SPLIT", split)
+    monkeypatch.setattr(moe, "MMA", False)
     for T, H, I, S, mode, dt in ((1, 2048, 64, 96, "random", torch.bfloat16), (2, 4096, 30, 0, "same", torch.bfloat16),
                                  (5, 100, 18, 40, "repeat", torch.bfloat16), (16, 256, 64, 200, "skewed", torch.float32),
                                  (3, 2048, 512, 512, "random", torch.float16)):
@@ -218,6 +219,7 @@ def test_decode_stream_kernels(stream, monkeypatch):
     every slot on one expert, a hot expert, no shared expert, a shared expert wider or narrower than the experts,
     E = 512, widths that are not a multiple of a stage's rows, bf16/fp16/fp32; and that the stream kernels ran."""
     moe = _kernels()
+    monkeypatch.setattr(moe, "MMA", False)
     monkeypatch.setattr(moe, "STREAM", stream)
     monkeypatch.setattr(moe, "STREAM_MIN_TOKENS", 1)
     for T, H, I, S, E, k, mode, dt in ((1, 2048, 512, 512, 64, 8, "random", torch.bfloat16),
@@ -234,6 +236,48 @@ def test_decode_stream_kernels(stream, monkeypatch):
         kw = case.kwargs_on("cuda")
         kinds = moe.decode_kernels(x, gu, dn, k, kw.get("shared_gate"), kw.get("shared_up"), kw.get("shared_down"))
         assert (kinds == "stream") == stream, f"{case.label}: decode kernels {kinds}"
+        _check_path(case, "decode")
+
+
+@gpu
+@given(T=st.integers(1, 8), H=st.sampled_from((32, 64, 96, 256, 2048)), I=st.sampled_from((32, 64, 96, 512)),
+       S=st.sampled_from((0, 0, 32, 64, 160)), E=st.one_of(st.integers(1, 24), st.sampled_from((64, 256, 512))),
+       k=st.integers(1, 10), mode=st.sampled_from(cases.ROUTINGS), dtype=st.sampled_from((torch.bfloat16, torch.float16)),
+       edt=st.sampled_from((torch.int64, torch.int32)), seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=40, deadline=None)
+def test_decode_mma_kernels(T, H, I, S, E, k, mode, dtype, edt, seed):
+    """The tensor-core decode kernels (moe.MMA) on random cases: 1 to 8 tokens, widths multiples of 32 up to the
+    real ones, the shared expert narrower, wider or absent, 1 to 512 experts (fewer distinct experts than slots,
+    an expert named twice by a token, every slot on one expert), bf16/fp16, int32/int64 experts; that they ran, match
+    the reference into a NaN-poisoned output, and give the same bits twice."""
+    moe = _kernels()
+    k = min(k, E)
+    case = cases.build_moe_mlp(T, H, I, E, k, dtype, seed=seed, mode=mode, experts_dtype=edt, shared=S or None)
+    x, gu, dn, _, _ = case.on("cuda")
+    kw = case.kwargs_on("cuda")
+    kinds = moe.decode_kernels(x, gu, dn, k, kw.get("shared_gate"), kw.get("shared_up"), kw.get("shared_down"))
+    assert kinds == "mma", f"{case.label}: decode kernels {kinds}"
+    _check_path(case, "decode")
+    args = case.on("cuda")
+    a = moe.moe_mlp(*args, **kw, path="decode")
+    b = moe.moe_mlp(*args, **kw, path="decode")
+    assert torch.equal(a, b), f"{case.label}: two calls differ"
+
+
+@gpu
+@pytest.mark.parametrize("gu_u,down_u,gsplit,dsplit", [(2, 8, 1, 1), (4, 4, 2, 1), (4, 8, 1, 2), (2, 4, 2, 2)])
+def test_decode_mma_builds(gu_u, down_u, gsplit, dsplit, monkeypatch):
+    """Every build of the tensor-core decode kernels (steps in flight, each kernel's K split over a cluster)
+    on cases whose K steps do not divide evenly among the warps or the cluster: 1 and 8 tokens, H = 96 and the
+    35B-A3B width, with and without the shared expert."""
+    moe = _kernels()
+    monkeypatch.setattr(moe, "MMA_GU_U", gu_u)
+    monkeypatch.setattr(moe, "MMA_DOWN_U", down_u)
+    monkeypatch.setattr(moe, "MMA_GU_SPLIT", gsplit)
+    monkeypatch.setattr(moe, "MMA_DOWN_SPLIT", dsplit)
+    for T, H, I, S, E, k, mode in ((1, 2048, 512, 512, 64, 8, "random"), (8, 96, 96, 0, 24, 3, "repeat"),
+                                   (5, 2048, 64, 160, 512, 10, "skewed")):
+        case = cases.build_moe_mlp(T, H, I, E, k, torch.bfloat16, seed=T + H, mode=mode, shared=S or None)
         _check_path(case, "decode")
 
 

@@ -4,6 +4,7 @@ timed at the 35B-A3B / 122B-A10B / 397B-A17B shapes beside HF's block and the fl
     python3 tools/moe_gpu.py --check                         # every path vs reference.moe_mlp, real widths
     python3 tools/moe_gpu.py --bench [--sizes 35B-A3B] [--tokens 1,8,64,1024,8192] [--no-hf] [--out DIR]
     python3 tools/moe_gpu.py --model-decode [--batch 1,32] [--layers 40] [--context 1024] [--out DIR]
+    python3 tools/moe_gpu.py --mma-ab --sizes 35B-A3B --tokens 1,8 [--reps 3] [--out DIR]   # decode kernel builds
 
 --model-decode: the 35B-A3B language model (random bf16 weights at the real shapes, all 40 layers, made on the GPU;
 no HF model) on the kernels backend; one decode step per token from model.generate.DecodeSession's CUDA graph,
@@ -382,10 +383,12 @@ def model_decode(batches, layers: int, context: int, out_dir, profile: bool = Fa
     print(f"35B-A3B LM ({layers} layers): {wbytes / 1e9:.1f} GB of weights in {time.perf_counter() - t0:.1f} s, "
           f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB peak", flush=True)
     records = []
-    default, min_tokens = moe.STREAM, moe.STREAM_MIN_TOKENS
+    default, default_mma, min_tokens = moe.STREAM, moe.MMA, moe.STREAM_MIN_TOKENS
     for B, variant in [(B, v) for B in batches for v in variants]:
-        # variant: "default" (the module's switches), "stream" / "old": the decode MoE kernels (moe.STREAM)
-        moe.STREAM = default if variant == "default" else variant == "stream"
+        # variant: "default" (the module's switches), "mma" / "stream" / "old": the decode MoE kernels (moe.MMA,
+        # moe.STREAM)
+        moe.MMA = default_mma if variant == "default" else variant == "mma"
+        moe.STREAM = default if variant in ("default", "mma") else variant == "stream"
         if variant == "stream":
             moe.STREAM_MIN_TOKENS = 1
         try:
@@ -432,7 +435,7 @@ def model_decode(batches, layers: int, context: int, out_dir, profile: bool = Fa
             torch.cuda.empty_cache()
         except Exception as ex:
             print(f"35B-A3B decode bs{B}: FAILED {type(ex).__name__}: {str(ex)[:300]}", flush=True)
-    moe.STREAM, moe.STREAM_MIN_TOKENS = default, min_tokens
+    moe.STREAM, moe.MMA, moe.STREAM_MIN_TOKENS = default, default_mma, min_tokens
     path = write_results("moe_model_decode", records, extra=dict(copy_TBps=bw))
     if out_dir:
         shutil.copy(path, Path(out_dir) / path.name)
@@ -556,6 +559,71 @@ def decode_ab(sizes, tokens, out_dir, reps: int = 3, sweep: bool = False) -> lis
     return records
 
 
+# --mma-ab: (name, module switches) of the decode kernels timed; the first is the default build
+MMA_VARIANTS = (("mma g4s1 d8s2", dict(MMA=True, MMA_GU_U=4, MMA_GU_SPLIT=1, MMA_DOWN_U=8, MMA_DOWN_SPLIT=2)),
+                ("mma g4s2 d8s2", dict(MMA=True, MMA_GU_U=4, MMA_GU_SPLIT=2, MMA_DOWN_U=8, MMA_DOWN_SPLIT=2)),
+                ("mma g2s2 d8s2", dict(MMA=True, MMA_GU_U=2, MMA_GU_SPLIT=2, MMA_DOWN_U=8, MMA_DOWN_SPLIT=2)),
+                ("mma g4s1 d8s1", dict(MMA=True, MMA_GU_U=4, MMA_GU_SPLIT=1, MMA_DOWN_U=8, MMA_DOWN_SPLIT=1)),
+                ("stream", dict(MMA=False, STREAM=True)))
+
+
+def mma_ab(sizes, tokens, out_dir, reps: int = 3) -> list[dict]:
+    """The decode MoE kernels' builds (MMA_VARIANTS) on one layer, graph-replayed and interleaved `reps` times
+    (median): moe_mlp alone and the whole layer (router GEMM + top-k + moe_mlp), each output first checked against
+    the fp32 reference on the touched experts; bytes and % of the copy-rate floor beside."""
+    bw = copy_bandwidth_TBps()
+    tol = REGISTRY["moe_mlp"].tol[torch.bfloat16]
+    saved = {kk: getattr(moe, kk) for _, f in MMA_VARIANTS for kk in f}
+    records = []
+    for size in sizes:
+        L = Layer(size)
+        H, E, k, I, S = L.H, L.E, L.k, L.I, L.S
+        kw = dict(shared_gate=L.sg, shared_up=L.su, shared_down=L.sd, shared_expert_gate=L.sgate)
+        for T in tokens:
+            x = torch.randn(T, H, device="cuda", dtype=torch.bfloat16)
+            w, e = moe.moe_topk(F.linear(x, L.wr), k)
+            uniq, inv = torch.unique(e, return_inverse=True)
+            want = ref.moe_mlp(x.float(), L.gate_up[uniq].float(), L.down[uniq].float(), w, inv.reshape(e.shape),
+                               **{kk: v.float() for kk, v in kw.items()}).cpu()
+            n_hit = int(uniq.numel())
+            mlp_bytes = n_hit * 3 * I * H * 2 + 3 * S * H * 2 + H * 2
+            layer_bytes = mlp_bytes + E * H * 2
+            times = {}
+            for rep in range(reps):
+                for name, flags in MMA_VARIANTS:
+                    for kk, v in flags.items():
+                        setattr(moe, kk, v)
+                    if rep == 0:
+                        got = moe.moe_mlp(x, L.gate_up, L.down, w, e, **kw, validate=False)
+                        rel, mx = tol.errors(got.float().cpu(), want)
+                        times[name] = dict(kernels=moe.decode_kernels(x, L.gate_up, L.down, k, L.sg, L.su, L.sd),
+                                           rel_l2=rel, max_abs=mx, ok=bool(rel <= tol.rel_l2 and mx <= tol.max_abs),
+                                           mlp=[], layer=[])
+                    times[name]["mlp"].append(graph_ms(
+                        lambda: moe.moe_mlp(x, L.gate_up, L.down, w, e, **kw, validate=False), 20) * 1e3)
+                    times[name]["layer"].append(graph_ms(lambda: L.forward(x), 20) * 1e3)
+            for kk, v in saved.items():
+                setattr(moe, kk, v)
+            for name, t in times.items():
+                mlp_us, layer_us = (sorted(t[c])[len(t[c]) // 2] for c in ("mlp", "layer"))
+                rec = dict(size=size, tokens=T, experts_hit=n_hit, variant=name, kernels=t["kernels"],
+                           rel_l2=t["rel_l2"], max_abs=t["max_abs"], ok=t["ok"], mlp_us=mlp_us, layer_us=layer_us,
+                           mlp_bytes=mlp_bytes, layer_bytes=layer_bytes, floor_layer_us=layer_bytes / (bw * 1e6),
+                           mlp_pct_bw_floor=100 * mlp_bytes / (bw * 1e12) / (mlp_us * 1e-6),
+                           layer_pct_bw_floor=100 * layer_bytes / (bw * 1e12) / (layer_us * 1e-6))
+                records.append(rec)
+                print(f"{size} T={T} [{name:14s}] layer {layer_us:6.1f} us ({rec['layer_pct_bw_floor']:4.1f} % of "
+                      f"floor {rec['floor_layer_us']:.1f}) moe_mlp {mlp_us:6.1f} us rel {t['rel_l2']:.1e} "
+                      f"ok {t['ok']}", flush=True)
+        del L
+        torch.cuda.empty_cache()
+    path = write_results("moe_mma_ab", records, extra=dict(copy_TBps=bw))
+    if out_dir:
+        shutil.copy(path, Path(out_dir) / path.name)
+    print(f"results: {path}")
+    return records
+
+
 def breakdown(tokens, out_dir) -> list[dict]:
     """The 35B-A3B layer on the grouped path, one stage at a time (graph-replayed): router GEMM, top-k, routing
     metadata, gather, grouped gate/up, silu_mul_fused, grouped down, combine, the shared expert's three cuBLAS GEMMs
@@ -636,7 +704,9 @@ def main(argv=None) -> int:
     ap.add_argument("--context", type=int, default=1024, help="--model-decode: tokens already in the cache")
     ap.add_argument("--profile", action="store_true", help="--model-decode: also one eager step's kernels by op")
     ap.add_argument("--moe-kernels", default="default",
-                    help="--model-decode: comma list of default, stream, old (the decode MoE kernels, moe.STREAM)")
+                    help="--model-decode: comma list of default, mma, stream, old (the decode MoE kernels: "
+                         "moe.MMA, moe.STREAM)")
+    ap.add_argument("--mma-ab", action="store_true", help="the tensor-core decode kernels' builds A/B (and stream)")
     ap.add_argument("--decode-ab", action="store_true", help="the decode kernels A/B (streaming vs older)")
     ap.add_argument("--reps", type=int, default=3, help="--decode-ab: interleaved repetitions")
     ap.add_argument("--sweep", action="store_true", help="--decode-ab: also the streaming kernels' knobs")
@@ -654,6 +724,8 @@ def main(argv=None) -> int:
         bench(a.sizes.split(","), [int(t) for t in a.tokens.split(",")], not a.no_hf, a.out)
     if a.decode_ab:
         decode_ab(a.sizes.split(","), [int(t) for t in a.tokens.split(",")], a.out, a.reps, a.sweep)
+    if a.mma_ab:
+        mma_ab(a.sizes.split(","), [int(t) for t in a.tokens.split(",")], a.out, a.reps)
     if a.breakdown:
         breakdown([int(t) for t in a.tokens.split(",")], a.out)
     if a.model_decode:

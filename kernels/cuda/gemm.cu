@@ -45,38 +45,9 @@ constexpr int WARPS = 8;    // per CTA, splitting K
 constexpr int ROWS = 16;    // output features per CTA (the mma's M)
 constexpr int KSTEP = 32;   // k per warp step (two m16n8k16)
 
-__device__ __forceinline__ uint4 load_stream(const void* p) {  // read once: no L1 allocation
-    uint4 r;  // not volatile: the compiler may hoist these loads above the previous steps' mmas
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
-    return r;
-}
-
-__device__ __forceinline__ uint4 load_l2(const void* p) {  // written by the previous kernel: from L2 (coherent)
-    uint4 r;
-    asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p) : "memory");
-    return r;
-}
-
 __device__ __forceinline__ void wait_and_release() {  // include/ptx.cuh: programmatic dependent launch
     wait_for_primary_grid();
     allow_dependent_launch();
-}
-
-// One 32-wide k step of the CTA's 16 x 8 NT tile: two m16n8k16 per 8-row tile of x on the registers loaded for it.
-template <typename T, int SETS, int NT>
-__device__ __forceinline__ void mma_step(float (&c)[SETS][NT][4], const uint4 (&a)[SETS][2], const uint4 (&b)[NT]) {
-#pragma unroll
-    for (int s = 0; s < SETS; ++s) {
-        const u32 a1[4] = {a[s][0].x, a[s][1].x, a[s][0].y, a[s][1].y};
-        const u32 a2[4] = {a[s][0].z, a[s][1].z, a[s][0].w, a[s][1].w};
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-            Mma<T>::k16(c[s][j], a1, b[j].x, b[j].y);
-            Mma<T>::k16(c[s][j], a2, b[j].z, b[j].w);
-        }
-    }
 }
 
 // o * sigmoid(g) for 8 16-bit elements, rounded once (activations.cu's gate_op SIGMOID_GATE)
@@ -308,7 +279,7 @@ __device__ __forceinline__ void skinny_body(const T* __restrict__ x, long long s
 #pragma unroll
             for (int j = 0; j < NT; ++j) b[u][j] = load_x(st + u * STRIDE, j);
 #pragma unroll
-        for (int u = 0; u < U; ++u) mma_step<T, SETS, NT>(c, a[u], b[u]);
+        for (int u = 0; u < U; ++u) mma_k32<T, SETS, NT>(c, a[u], b[u]);
     }
     if (st < steps) {  // this warp's last < U steps: the same, with the loads of the steps past K skipped
         uint4 a[U][SETS][2], b[U][NT];
@@ -334,7 +305,7 @@ __device__ __forceinline__ void skinny_body(const T* __restrict__ x, long long s
                 for (int j = 0; j < NT; ++j) b[u][j] = load_x(st + u * STRIDE, j);
 #pragma unroll
         for (int u = 0; u < U; ++u)
-            if (st + u * STRIDE < steps) mma_step<T, SETS, NT>(c, a[u], b[u]);
+            if (st + u * STRIDE < steps) mma_k32<T, SETS, NT>(c, a[u], b[u]);
     }
     if (!waited) wait_and_release();  // a warp without steps (K < 32 WARPS) still waits before the stores
     // c[s][j][0], [1]: row g, x rows 8j + 2q, 8j + 2q + 1; c[s][j][2], [3]: row g + 8
@@ -407,14 +378,9 @@ __global__ void __launch_bounds__(WARPS * 32) skinny_gemm(const T* __restrict__ 
 
 // grid (ceil(N / 16), SPLIT): clusters of SPLIT CTAs along y, one 16-row block, K split between them. Before
 // sm_90 (no clusters; kernels/gemm.py launches it only on sm_90) the y = 0 CTAs do the whole product alone.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define SKINNY_CLUSTER_Y(n) __cluster_dims__(1, n, 1)
-#else
-#define SKINNY_CLUSTER_Y(n)
-#endif
 // pdl-early: w -- the weight, streamed while the kernel before finishes
 template <typename T, bool SILU, int NT, int U, int XOP, int SPLIT>
-__global__ void SKINNY_CLUSTER_Y(SPLIT) __launch_bounds__(WARPS * 32) skinny_gemm_split(
+__global__ void QKERN_CLUSTER_Y(SPLIT) __launch_bounds__(WARPS * 32) skinny_gemm_split(
     const T* __restrict__ x, long long sx, const T* __restrict__ w, const SplitOut<T> out, int M, int N, int K,
     const T* __restrict__ other, long long so, int gd, int gh, const XNorm xn) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

@@ -11,10 +11,12 @@
 //   gather_kernel      xs[pos] = x[perm[pos] / k]           (the grouped-GEMM path's input, grouped by expert)
 //   combine_kernel     out[t] = sum_j w[t, j] * y[inv[t k + j]] (+ sigmoid(g_t) shared[t]): the grouped-GEMM
 //                      path's output back in token order
+//   gate_up_mma_kernel, down_mma_kernel: the decode path for up to 8 tokens on the tensor cores (below)
 // Experts are int64 (moe_topk's output), weights fp32; every sum is fp32, one rounding on store.
 // Slots whose expert lies outside [0, E) are dropped (contribute nothing; the wrapper's validate= checks them).
 #include "include/convert.cuh"
 #include "include/mbarrier.cuh"
+#include "include/mma_sm80.cuh"
 #include "include/ptx.cuh"
 #include "include/reduce.cuh"
 
@@ -1262,6 +1264,270 @@ __global__ void __launch_bounds__(512, 2) down_stream_kernel(
 #else
     __trap();
 #endif
+}
+
+// ------------------------------------------------------------------------------------------------ mma decode
+// The decode path for T <= 8 tokens as two weight-streaming GEMVs on the tensor cores (gemm.cu's skinny GEMM, the
+// weight rows gathered from the routed experts). A unit is the shared expert (v = 0, when given) or one distinct
+// routed expert (v = 1, 2, ... in order of first slot). Every unit is multiplied with all T tokens at once (one
+// 16 x 8 mma tile a 32-wide k step: the tokens are the 8 columns, so the products a token does not need cost no
+// bytes), and the routing enters as one weight per (token, unit):
+//   gate_up_mma_kernel  grid (ceil(max(I, S) / 16), units): CTA (r, v) takes the 16 gate and 16 up rows r of unit v
+//                       over all of H and writes xd[t, col(v) + i] = w(t, v) silu(g) u, rounded to T, with
+//                       w(t, v) = the sum of token t's routing weights over its slots naming that expert (0 where
+//                       none does) and sigmoid(gate . x_t) for the shared expert; col(v): the shared expert's S
+//                       columns first, then I per routed unit.
+//   down_mma_kernel     grid (ceil(H / 16)): out[t, h] = sum_c D[h, c] xd[t, c], D's row h being the units' down rows
+//                       h laid end to end along c (sh_down[h, :], then down[e_1][h, :], ...). Every weight byte is
+//                       read once, the sum is fp32 in a fixed order (deterministic), rounded once.
+// Requires H, I, S multiples of 32, 16-byte aligned rows and at most 128 slots, 512 experts (the host checks).
+constexpr int MMA_WARPS = 8;     // per CTA, splitting the k steps (warp w takes steps w, w + 8, ...)
+constexpr int MMA_ROWS = 16;     // weight rows of a tile (the mma's M)
+constexpr int MMA_KSTEP = 32;    // k per step (two m16n8k16)
+constexpr int MMA_TOKENS = 8;    // tokens (the mma's N)
+
+__device__ __forceinline__ void mma_wait_and_release() {
+    wait_for_primary_grid();
+    allow_dependent_launch();
+}
+
+// Whole CTA (blockDim >= 128): unit u's expert among the distinct valid experts of slots [0, n_slots) in order of
+// first slot, or -1 if there are fewer than u + 1 of them. n_slots <= 128, E <= 512. first: E ints of scratch.
+__device__ int nth_routed_expert(const long long* __restrict__ experts, int n_slots, int E, int u, int* first,
+                                 int* wtot, int* pick) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    for (int i = tid; i < E; i += blockDim.x) first[i] = 0x7fffffff;
+    if (tid == 0) *pick = -1;
+    __syncthreads();
+    const int e = tid < n_slots ? expert_of(experts, tid, E) : -1;
+    if (e >= 0) atomicMin(&first[e], tid);
+    __syncthreads();
+    const bool is_first = e >= 0 && first[e] == tid;
+    unsigned fb = 0;
+    if (warp < 4) {
+        fb = __ballot_sync(0xffffffffu, is_first);
+        if (lane == 0) wtot[warp] = __popc(fb);
+    }
+    __syncthreads();
+    if (is_first) {
+        int r = __popc(fb & ((1u << lane) - 1u));
+        for (int w = 0; w < warp; ++w) r += wtot[w];
+        if (r == u) *pick = e;
+    }
+    __syncthreads();
+    return *pick;
+}
+
+// The CTA's 16-row tile(s) over K: warp w's k steps w, w + 8, ..., U steps' weight loads (row pointers from
+// rows(st, s, h)) in flight before their mmas; xrow: this thread's x row (token g = lane / 4; rows past T repeat
+// row 0: their columns are never stored). Then the warps' partial tiles in red (the caller adds them in warp order).
+// `before_x` runs once, after the first steps' weight loads are issued and before any x load (the PDL wait).
+// Steps st0, st0 + stride, ... of this warp (st0 = warp, stride = MMA_WARPS unless K is split between CTAs).
+template <typename T, int SETS, int U, typename Rows, typename Before>
+__device__ __forceinline__ void mma_tile(int steps, int st0, int stride, Rows rows, const T* xrow, Before before_x,
+                                         float (&red)[MMA_WARPS][SETS][MMA_ROWS][MMA_TOKENS]) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    float c[SETS][1][4];
+#pragma unroll
+    for (int s = 0; s < SETS; ++s) c[s][0][0] = c[s][0][1] = c[s][0][2] = c[s][0][3] = 0.f;
+    bool waited = false;
+    for (int st = st0; st < steps || !waited; st += U * stride) {
+        uint4 a[U][SETS][2], b[U][1];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (st + u * stride < steps)
+#pragma unroll
+                for (int s = 0; s < SETS; ++s)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) a[u][s][h] = load_stream(rows(st + u * stride, s, h) + 8 * q);
+        if (!waited) {
+            before_x();
+            waited = true;
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (st + u * stride < steps) b[u][0] = load_l2(xrow + (size_t)(st + u * stride) * MMA_KSTEP + 8 * q);
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (st + u * stride < steps) mma_k32<T, SETS, 1>(c, a[u], b[u]);
+    }
+    // c[s][0][0], [1]: row g, token columns 2q, 2q + 1; c[s][0][2], [3]: row g + 8
+#pragma unroll
+    for (int s = 0; s < SETS; ++s) {
+        red[warp][s][g][2 * q] = c[s][0][0];
+        red[warp][s][g][2 * q + 1] = c[s][0][1];
+        red[warp][s][g + 8][2 * q] = c[s][0][2];
+        red[warp][s][g + 8][2 * q + 1] = c[s][0][3];
+    }
+    __syncthreads();
+}
+
+// grid (ceil(max(I, S) / 16), SPLIT, has_sh + min(n_slots, E)), block 256. xd: [T, ldx] (ldx >= S + units I).
+// U = 2 fits 3 CTAs an SM, U = 4 two. SPLIT > 1 (sm_90): the cluster of SPLIT CTAs along y splits the k steps as in
+// down_mma_kernel (CTA z finishes the rows r % SPLIT == z).
+// pdl-early: sh_gate sh_up -- the shared expert's weights (its CTAs' first loads; routed CTAs wait first)
+template <typename T, int U, int SPLIT>
+__global__ void QKERN_CLUSTER_Y(SPLIT) __launch_bounds__(MMA_WARPS * 32, U <= 2 ? 3 : 2) gate_up_mma_kernel(
+        const T* __restrict__ x, const T* __restrict__ gate_up, const long long* __restrict__ experts,
+        const float* __restrict__ weights, int n_slots, int k, int H, int I, int E, const T* __restrict__ sh_gate,
+        const T* __restrict__ sh_up, const T* __restrict__ sh_gate_w, int S, int T_, T* __restrict__ xd, int ldx) {
+    __shared__ float red[MMA_WARPS][2][MMA_ROWS][MMA_TOKENS];
+    __shared__ int first[STREAM_MAXE];
+    __shared__ int wtot[4];
+    __shared__ int pick;
+    __shared__ float wt[MMA_TOKENS];
+    __shared__ float sig_red[MMA_WARPS][MMA_TOKENS];
+    __shared__ float part[SPLIT > 1 ? 2 : 1][SPLIT > 1 ? MMA_ROWS : 1][MMA_TOKENS];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2;
+    const int z = SPLIT > 1 ? (int)cluster_ctarank() : 0;
+    const int v = blockIdx.z;  // the unit (uniform over a cluster: the early returns below are too)
+    const bool has_sh = sh_gate != nullptr;
+    const bool sh = has_sh && v == 0;
+    const int width = sh ? S : I;
+    const int n0 = blockIdx.x * MMA_ROWS;
+    if (n0 >= width) return;  // (the shared expert and the routed experts differ in width)
+    const T* wg = sh_gate;
+    int e = -1;
+    if (!sh) {  // the routing first: which expert this unit is
+        wait_for_primary_grid(experts, weights);  // (their loads stay below the wait)
+        allow_dependent_launch();
+        e = nth_routed_expert(experts, n_slots, E, v - has_sh, first, wtot, &pick);
+        if (e < 0) return;  // fewer distinct experts than the grid's units (uniform over the CTA)
+        wg = gate_up + (size_t)e * 2 * I * H;
+    }
+    const T* wu = sh ? sh_up : wg + (size_t)I * H;
+    const T* xrow = x + (size_t)(g < T_ ? g : 0) * H;
+    const int r0 = min(n0 + g, width - 1), r1 = min(n0 + g + 8, width - 1);  // rows past the width: never stored
+    auto rows = [&](int st, int s, int h) { return (s ? wu : wg) + (size_t)(h ? r1 : r0) * H + (size_t)st * MMA_KSTEP; };
+    mma_tile<T, 2, U>(H / MMA_KSTEP, warp + MMA_WARPS * z, MMA_WARPS * SPLIT, rows, xrow,
+                      [&] { if (sh) mma_wait_and_release(); }, red);
+    // the per-token weight of this unit
+    if (sh) {  // sigmoid(sh_gate_w . x_t): the CTA over H, one 8-vector a thread a pass
+        float p[MMA_TOKENS];
+#pragma unroll
+        for (int t = 0; t < MMA_TOKENS; ++t) p[t] = 0.f;
+        for (int c = tid * 8; c < H; c += blockDim.x * 8) {
+            const uint4 gv = load_stream(sh_gate_w + c);
+            const T* ge = reinterpret_cast<const T*>(&gv);
+#pragma unroll
+            for (int t = 0; t < MMA_TOKENS; ++t) {
+                if (t < T_) {
+                    const uint4 xv = load_l2(x + (size_t)t * H + c);
+                    const T* xe = reinterpret_cast<const T*>(&xv);
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) p[t] = fmaf(to_f(ge[i]), to_f(xe[i]), p[t]);
+                }
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < MMA_TOKENS; ++t) {
+            const float v = warp_sum(p[t]);
+            if (lane == 0) sig_red[warp][t] = v;
+        }
+        __syncthreads();
+        if (tid < T_) {
+            float gs = 0.f;
+            for (int w = 0; w < MMA_WARPS; ++w) gs += sig_red[w][tid];
+            wt[tid] = 1.f / (1.f + expf(-gs));
+        }
+    } else if (tid < T_) {
+        float w = 0.f;
+        for (int j = 0; j < k; ++j)
+            if (expert_of(experts, tid * k + j, E) == e) w += weights[tid * k + j];
+        wt[tid] = w;
+    }
+    if constexpr (SPLIT > 1) {  // this CTA's tiles, then the cluster's, in rank order (the same sum in every CTA)
+        for (int idx = tid; idx < 2 * MMA_ROWS * MMA_TOKENS; idx += blockDim.x) {
+            const int s2 = idx / (MMA_ROWS * MMA_TOKENS), r = idx / MMA_TOKENS % MMA_ROWS, t = idx % MMA_TOKENS;
+            float acc = 0.f;
+#pragma unroll
+            for (int w = 0; w < MMA_WARPS; ++w) acc += red[w][s2][r][t];
+            part[s2][r][t] = acc;
+        }
+        cluster_barrier();
+    } else {
+        __syncthreads();
+    }
+    const int col0 = sh ? 0 : (has_sh ? S : 0) + (v - has_sh) * I;
+    for (int idx = tid; idx < MMA_ROWS * T_; idx += blockDim.x) {
+        const int r = idx / T_, t = idx - r * T_;
+        if (n0 + r < width && (SPLIT == 1 || r % SPLIT == z)) {
+            float gs = 0.f, us = 0.f;
+            if constexpr (SPLIT > 1) {
+#pragma unroll
+                for (int i = 0; i < SPLIT; ++i) {
+                    gs += ld_cluster_f32(&part[0][r][t], i);
+                    us += ld_cluster_f32(&part[1][r][t], i);
+                }
+            } else {
+#pragma unroll
+                for (int w = 0; w < MMA_WARPS; ++w) {
+                    gs += red[w][0][r][t];
+                    us += red[w][1][r][t];
+                }
+            }
+            xd[(size_t)t * ldx + col0 + n0 + r] = from_f<T>(wt[t] * (gs / (1.f + expf(-gs)) * us));
+        }
+    }
+    if constexpr (SPLIT > 1) cluster_barrier();  // no CTA leaves while another may still read its part
+}
+
+// grid (ceil(H / 16), SPLIT), block 256; SPLIT > 1: clusters of SPLIT CTAs along y split the k steps (CTA z's
+// warps take steps warp + 8 z, + 8 SPLIT, ...) and add their tiles through distributed shared memory, each CTA
+// finishing the rows r % SPLIT == its rank (sm_90; the host launches SPLIT = 1 before it).
+// pdl-early: down sh_down experts -- the weights, and the routing, written two kernels back: the gate/up kernel before this one lets it launch only after its own wait on the top-k
+template <typename T, int U, int SPLIT>
+__global__ void QKERN_CLUSTER_Y(SPLIT) __launch_bounds__(MMA_WARPS * 32, 2) down_mma_kernel(
+        const T* __restrict__ xd, int ldx, const T* __restrict__ down, const long long* __restrict__ experts,
+        int n_slots, int H, int I, int E, const T* __restrict__ sh_down, int S, int T_, T* __restrict__ out) {
+    __shared__ float red[MMA_WARPS][1][MMA_ROWS][MMA_TOKENS];
+    __shared__ float part[SPLIT > 1 ? MMA_ROWS : 1][MMA_TOKENS];
+    __shared__ UnitTable ut;
+    __shared__ const T* ubase[STREAM_MAXS + 1];  // each unit's down rows
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
+    const int z = SPLIT > 1 ? (int)cluster_ctarank() : 0;
+    build_units(experts, n_slots, E, ut);
+    const int Sp = sh_down != nullptr ? S : 0;
+    if (tid < ut.n) ubase[tid] = down + (size_t)ut.exp[tid] * H * I;
+    __syncthreads();
+    const int n0 = blockIdx.x * MMA_ROWS;
+    const int r0 = min(n0 + g, H - 1), r1 = min(n0 + g + 8, H - 1);
+    const int per_unit = I / MMA_KSTEP;
+    const T* xrow = xd + (size_t)(g < T_ ? g : 0) * ldx;
+    auto rows = [&](int st, int, int h) {
+        const int r = h ? r1 : r0;
+        const int c = st * MMA_KSTEP;
+        if (c < Sp) return sh_down + (size_t)r * S + c;
+        const int u = (c - Sp) / MMA_KSTEP / per_unit;
+        return ubase[u] + (size_t)r * I + (c - Sp - u * I);
+    };
+    mma_tile<T, 1, U>((Sp + ut.n * I) / MMA_KSTEP, warp + MMA_WARPS * z, MMA_WARPS * SPLIT, rows, xrow,
+                      [] { mma_wait_and_release(); }, red);
+    if constexpr (SPLIT > 1) {  // this CTA's tile, then the cluster's, in rank order (the same sum in every CTA)
+        for (int idx = tid; idx < MMA_ROWS * MMA_TOKENS; idx += blockDim.x) {
+            const int r = idx / MMA_TOKENS, t = idx % MMA_TOKENS;
+            float acc = 0.f;
+#pragma unroll
+            for (int w = 0; w < MMA_WARPS; ++w) acc += red[w][0][r][t];
+            part[r][t] = acc;
+        }
+        cluster_barrier();
+    }
+    for (int idx = tid; idx < MMA_ROWS * T_; idx += blockDim.x) {
+        const int r = idx / T_, t = idx - r * T_;
+        if (n0 + r < H && (SPLIT == 1 || r % SPLIT == z)) {
+            float acc = 0.f;
+            if constexpr (SPLIT > 1) {
+#pragma unroll
+                for (int i = 0; i < SPLIT; ++i) acc += ld_cluster_f32(&part[r][t], i);
+            } else {
+#pragma unroll
+                for (int w = 0; w < MMA_WARPS; ++w) acc += red[w][0][r][t];
+            }
+            out[(size_t)t * H + n0 + r] = from_f<T>(acc);
+        }
+    }
+    if constexpr (SPLIT > 1) cluster_barrier();  // no CTA leaves while another may still read its part
 }
 
 }  // namespace moe

@@ -1,4 +1,5 @@
-// Small PTX helpers: shared-memory addresses, named barriers, the fast exp2, programmatic dependent launch.
+// Small PTX helpers: shared-memory addresses, named barriers, the fast exp2, programmatic dependent launch, the
+// 16-byte global loads of the weight-streaming kernels.
 #pragma once
 
 namespace qkern {
@@ -73,6 +74,12 @@ __device__ __forceinline__ void pdl_begin() {
 // rank, and reads of another CTA's shared memory (distributed shared memory: the address of the same variable in
 // CTA `rank`, then a 4-byte load from it). A CTA's shared memory may be read only while it runs: its owner must
 // not exit before the readers are done (a second cluster barrier).
+// A kernel attribute: clusters of n CTAs along y (sm_90; nothing before it, where the host must not launch n > 1).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define QKERN_CLUSTER_Y(n) __cluster_dims__(1, n, 1)
+#else
+#define QKERN_CLUSTER_Y(n)
+#endif
 __device__ __forceinline__ void cluster_barrier() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
@@ -97,5 +104,22 @@ __device__ __forceinline__ float ld_cluster_f32(const float* p, unsigned rank) {
 
 // L2 prefetch of the 128-byte line holding p (no data returned)
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
+
+// 16 bytes read once (weights): no L1 allocation. Not volatile: the compiler may hoist these loads above earlier
+// arithmetic, which is what keeps several steps of loads in flight.
+__device__ __forceinline__ uint4 load_stream(const void* p) {
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+}
+
+// 16 bytes written by the previous kernel: from L2 (coherent), never from a stale L1 line.
+__device__ __forceinline__ uint4 load_l2(const void* p) {
+    uint4 r;
+    asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p) : "memory");
+    return r;
+}
 
 }  // namespace qkern
