@@ -82,8 +82,9 @@ def _stream_expr(kind, dtype):
     return f"moe::{kind}_stream_kernel<{CTYPES[dtype]}, {_vec(dtype)}>"
 
 
-def _mma_expr(kind, dtype, u, split=1):
-    return f"moe::{kind}_mma_kernel<{CTYPES[dtype]}, {u}, {split}>"
+def _mma_expr(kind, dtype, split=1):
+    u = MMA_GU_U if kind == "gate_up" else MMA_DOWN_U
+    return f"moe::{kind}_mma_kernel<{CTYPES[dtype]}, {u}" + (f", {split}>" if kind == "down" else ">")
 
 
 def _gather_expr(dtype, vec):
@@ -108,9 +109,11 @@ ROUTER_MAX_TOKENS = 64     # the fused router is for decode: one CTA per 8 exper
 # it comes before the streaming kernels. A module switch so the benchmark can time both.
 MMA = True
 MMA_MAX_TOKENS = 8  # moe.cu MMA_TOKENS
-MMA_GU_U, MMA_DOWN_U = 4, 8   # k steps a warp has in flight: gate/up (two 16-row tiles), down (one)
-MMA_GU_SPLIT, MMA_DOWN_SPLIT = 1, 2  # K split over a cluster of this many CTAs (1, 2; sm_90)
-_MMA_GU_US, _MMA_DOWN_US, _MMA_SPLITS = (2, 4), (4, 8), (1, 2)  # the builds (the A/B's choices)
+# The builds: k steps a warp has in flight (gate/up: two 16-row tiles, down: one), and the down kernel's K split over
+# a cluster of CTAs (sm_90; one CTA before it). H200, 35B-A3B layer at 1 / 8 tokens (moe_mma_ab-H200-2026-12-04.json):
+# 30.3 / 123.9 us as built, 31.6 / 135.3 with the down kernel unsplit; gate/up with 2 steps (3 CTAs an SM) or split
+# over a cluster pair 33-35 / 137-146 us.
+MMA_GU_U, MMA_DOWN_U, MMA_DOWN_SPLIT = 4, 8, 2
 
 
 def _dtype_exprs(dt) -> tuple[str, ...]:
@@ -123,8 +126,7 @@ def _dtype_exprs(dt) -> tuple[str, ...]:
     out += [_down_expr(dt, v) for v in (_vec(dt), 1)]
     out += [_stream_expr(kind, dt) for kind in ("gate_up", "down")]
     if dt != torch.float32:
-        out += [_mma_expr("gate_up", dt, u, sp) for u in _MMA_GU_US for sp in _MMA_SPLITS]
-        out += [_mma_expr("down", dt, u, sp) for u in _MMA_DOWN_US for sp in _MMA_SPLITS]
+        out += [_mma_expr("gate_up", dt), _mma_expr("down", dt, 1), _mma_expr("down", dt, MMA_DOWN_SPLIT)]
     if dt == torch.bfloat16:
         out += [f(dt, v) for f in (_gather_expr, _combine_expr) for v in (8, 1)]
     return tuple(out)
@@ -594,14 +596,12 @@ def _mma(x, gate_up, down, weights, experts, sh, y, T, H, E, I, k, S, device) ->
     units = min(T * k, E)
     ldx = Sp + units * I
     xd = torch.empty(T, ldx, dtype=x.dtype, device=x.device)
-    sm90 = torch.cuda.get_device_capability(device)[0] >= 9  # (clusters)
-    gsplit, dsplit = (MMA_GU_SPLIT, MMA_DOWN_SPLIT) if sm90 else (1, 1)
-    _launch(device, x.dtype, _mma_expr("gate_up", x.dtype, MMA_GU_U, gsplit),
-            (ceil_div(max(I, Sp), 16), gsplit, has_sh + units),
+    _launch(device, x.dtype, _mma_expr("gate_up", x.dtype), (ceil_div(max(I, Sp), 16), has_sh + units, 1),
             (256, 1, 1), x.data_ptr(), gate_up.data_ptr(), experts.data_ptr(), weights.data_ptr(), i32(T * k), i32(k),
             i32(H), i32(I), i32(E), sg.data_ptr() if has_sh else 0, su.data_ptr() if has_sh else 0,
             sgate.data_ptr() if has_sh else 0, i32(Sp), i32(T), xd.data_ptr(), i32(ldx), pdl=PDL)
-    _launch(device, x.dtype, _mma_expr("down", x.dtype, MMA_DOWN_U, dsplit), (ceil_div(H, 16), dsplit, 1), (256, 1, 1),
+    split = MMA_DOWN_SPLIT if torch.cuda.get_device_capability(device)[0] >= 9 else 1  # (clusters: sm_90)
+    _launch(device, x.dtype, _mma_expr("down", x.dtype, split), (ceil_div(H, 16), split, 1), (256, 1, 1),
             xd.data_ptr(), i32(ldx), down.data_ptr(), experts.data_ptr(), i32(T * k), i32(H), i32(I), i32(E),
             sd.data_ptr() if has_sh else 0, i32(Sp), i32(T), y.data_ptr(), pdl=PDL)
 

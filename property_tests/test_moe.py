@@ -265,16 +265,13 @@ def test_decode_mma_kernels(T, H, I, S, E, k, mode, dtype, edt, seed):
 
 
 @gpu
-@pytest.mark.parametrize("gu_u,down_u,gsplit,dsplit", [(2, 8, 1, 1), (4, 4, 2, 1), (4, 8, 1, 2), (2, 4, 2, 2)])
-def test_decode_mma_builds(gu_u, down_u, gsplit, dsplit, monkeypatch):
-    """Every build of the tensor-core decode kernels (steps in flight, each kernel's K split over a cluster)
-    on cases whose K steps do not divide evenly among the warps or the cluster: 1 and 8 tokens, H = 96 and the
-    35B-A3B width, with and without the shared expert."""
+@pytest.mark.parametrize("split", [1, 2])
+def test_decode_mma_builds(split, monkeypatch):
+    """Both builds of the tensor-core down kernel (K split over a cluster or not) on cases whose K steps do not
+    divide evenly among the warps or the cluster: 1, 5 and 8 tokens, H = 96 and the 35B-A3B width, with and without
+    the shared expert."""
     moe = _kernels()
-    monkeypatch.setattr(moe, "MMA_GU_U", gu_u)
-    monkeypatch.setattr(moe, "MMA_DOWN_U", down_u)
-    monkeypatch.setattr(moe, "MMA_GU_SPLIT", gsplit)
-    monkeypatch.setattr(moe, "MMA_DOWN_SPLIT", dsplit)
+    monkeypatch.setattr(moe, "MMA_DOWN_SPLIT", split)
     for T, H, I, S, E, k, mode in ((1, 2048, 512, 512, 64, 8, "random"), (8, 96, 96, 0, 24, 3, "repeat"),
                                    (5, 2048, 64, 160, 512, 10, "skewed")):
         case = cases.build_moe_mlp(T, H, I, E, k, torch.bfloat16, seed=T + H, mode=mode, shared=S or None)

@@ -559,11 +559,8 @@ def decode_ab(sizes, tokens, out_dir, reps: int = 3, sweep: bool = False) -> lis
     return records
 
 
-# --mma-ab: (name, module switches) of the decode kernels timed; the first is the default build
-MMA_VARIANTS = (("mma g4s1 d8s2", dict(MMA=True, MMA_GU_U=4, MMA_GU_SPLIT=1, MMA_DOWN_U=8, MMA_DOWN_SPLIT=2)),
-                ("mma g4s2 d8s2", dict(MMA=True, MMA_GU_U=4, MMA_GU_SPLIT=2, MMA_DOWN_U=8, MMA_DOWN_SPLIT=2)),
-                ("mma g2s2 d8s2", dict(MMA=True, MMA_GU_U=2, MMA_GU_SPLIT=2, MMA_DOWN_U=8, MMA_DOWN_SPLIT=2)),
-                ("mma g4s1 d8s1", dict(MMA=True, MMA_GU_U=4, MMA_GU_SPLIT=1, MMA_DOWN_U=8, MMA_DOWN_SPLIT=1)),
+# --mma-ab: (name, module switches) of the decode kernels timed (the builds kernels/moe.py compiles)
+MMA_VARIANTS = (("mma", dict(MMA=True, MMA_DOWN_SPLIT=2)), ("mma down unsplit", dict(MMA=True, MMA_DOWN_SPLIT=1)),
                 ("stream", dict(MMA=False, STREAM=True)))
 
 

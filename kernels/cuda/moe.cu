@@ -1362,12 +1362,11 @@ __device__ __forceinline__ void mma_tile(int steps, int st0, int stride, Rows ro
     __syncthreads();
 }
 
-// grid (ceil(max(I, S) / 16), SPLIT, has_sh + min(n_slots, E)), block 256. xd: [T, ldx] (ldx >= S + units I).
-// U = 2 fits 3 CTAs an SM, U = 4 two. SPLIT > 1 (sm_90): the cluster of SPLIT CTAs along y splits the k steps as in
-// down_mma_kernel (CTA z finishes the rows r % SPLIT == z).
+// grid (ceil(max(I, S) / 16), has_sh + min(n_slots, E)), block 256 (two CTAs an SM). xd: [T, ldx] (ldx >= S + units I).
+// (H200, 35B-A3B: 3 CTAs an SM at U = 2, and K split over a cluster pair as in down_mma_kernel, were slower.)
 // pdl-early: sh_gate sh_up -- the shared expert's weights (its CTAs' first loads; routed CTAs wait first)
-template <typename T, int U, int SPLIT>
-__global__ void QKERN_CLUSTER_Y(SPLIT) __launch_bounds__(MMA_WARPS * 32, U <= 2 ? 3 : 2) gate_up_mma_kernel(
+template <typename T, int U>
+__global__ void __launch_bounds__(MMA_WARPS * 32, 2) gate_up_mma_kernel(
         const T* __restrict__ x, const T* __restrict__ gate_up, const long long* __restrict__ experts,
         const float* __restrict__ weights, int n_slots, int k, int H, int I, int E, const T* __restrict__ sh_gate,
         const T* __restrict__ sh_up, const T* __restrict__ sh_gate_w, int S, int T_, T* __restrict__ xd, int ldx) {
@@ -1377,10 +1376,8 @@ __global__ void QKERN_CLUSTER_Y(SPLIT) __launch_bounds__(MMA_WARPS * 32, U <= 2 
     __shared__ int pick;
     __shared__ float wt[MMA_TOKENS];
     __shared__ float sig_red[MMA_WARPS][MMA_TOKENS];
-    __shared__ float part[SPLIT > 1 ? 2 : 1][SPLIT > 1 ? MMA_ROWS : 1][MMA_TOKENS];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2;
-    const int z = SPLIT > 1 ? (int)cluster_ctarank() : 0;
-    const int v = blockIdx.z;  // the unit (uniform over a cluster: the early returns below are too)
+    const int v = blockIdx.y;  // the unit
     const bool has_sh = sh_gate != nullptr;
     const bool sh = has_sh && v == 0;
     const int width = sh ? S : I;
@@ -1399,8 +1396,7 @@ __global__ void QKERN_CLUSTER_Y(SPLIT) __launch_bounds__(MMA_WARPS * 32, U <= 2 
     const T* xrow = x + (size_t)(g < T_ ? g : 0) * H;
     const int r0 = min(n0 + g, width - 1), r1 = min(n0 + g + 8, width - 1);  // rows past the width: never stored
     auto rows = [&](int st, int s, int h) { return (s ? wu : wg) + (size_t)(h ? r1 : r0) * H + (size_t)st * MMA_KSTEP; };
-    mma_tile<T, 2, U>(H / MMA_KSTEP, warp + MMA_WARPS * z, MMA_WARPS * SPLIT, rows, xrow,
-                      [&] { if (sh) mma_wait_and_release(); }, red);
+    mma_tile<T, 2, U>(H / MMA_KSTEP, warp, MMA_WARPS, rows, xrow, [&] { if (sh) mma_wait_and_release(); }, red);
     // the per-token weight of this unit
     if (sh) {  // sigmoid(sh_gate_w . x_t): the CTA over H, one 8-vector a thread a pass
         float p[MMA_TOKENS];
@@ -1436,40 +1432,20 @@ __global__ void QKERN_CLUSTER_Y(SPLIT) __launch_bounds__(MMA_WARPS * 32, U <= 2 
             if (expert_of(experts, tid * k + j, E) == e) w += weights[tid * k + j];
         wt[tid] = w;
     }
-    if constexpr (SPLIT > 1) {  // this CTA's tiles, then the cluster's, in rank order (the same sum in every CTA)
-        for (int idx = tid; idx < 2 * MMA_ROWS * MMA_TOKENS; idx += blockDim.x) {
-            const int s2 = idx / (MMA_ROWS * MMA_TOKENS), r = idx / MMA_TOKENS % MMA_ROWS, t = idx % MMA_TOKENS;
-            float acc = 0.f;
-#pragma unroll
-            for (int w = 0; w < MMA_WARPS; ++w) acc += red[w][s2][r][t];
-            part[s2][r][t] = acc;
-        }
-        cluster_barrier();
-    } else {
-        __syncthreads();
-    }
+    __syncthreads();
     const int col0 = sh ? 0 : (has_sh ? S : 0) + (v - has_sh) * I;
     for (int idx = tid; idx < MMA_ROWS * T_; idx += blockDim.x) {
         const int r = idx / T_, t = idx - r * T_;
-        if (n0 + r < width && (SPLIT == 1 || r % SPLIT == z)) {
+        if (n0 + r < width) {
             float gs = 0.f, us = 0.f;
-            if constexpr (SPLIT > 1) {
 #pragma unroll
-                for (int i = 0; i < SPLIT; ++i) {
-                    gs += ld_cluster_f32(&part[0][r][t], i);
-                    us += ld_cluster_f32(&part[1][r][t], i);
-                }
-            } else {
-#pragma unroll
-                for (int w = 0; w < MMA_WARPS; ++w) {
-                    gs += red[w][0][r][t];
-                    us += red[w][1][r][t];
-                }
+            for (int w = 0; w < MMA_WARPS; ++w) {
+                gs += red[w][0][r][t];
+                us += red[w][1][r][t];
             }
             xd[(size_t)t * ldx + col0 + n0 + r] = from_f<T>(wt[t] * (gs / (1.f + expf(-gs)) * us));
         }
     }
-    if constexpr (SPLIT > 1) cluster_barrier();  // no CTA leaves while another may still read its part
 }
 
 // grid (ceil(H / 16), SPLIT), block 256; SPLIT > 1: clusters of SPLIT CTAs along y split the k steps (CTA z's
