@@ -110,9 +110,9 @@ ROUTER_MAX_TOKENS = 64     # the fused router is for decode: one CTA per 8 exper
 MMA = True
 MMA_MAX_TOKENS = 8  # moe.cu MMA_TOKENS
 # The builds: k steps a warp has in flight (gate/up: two 16-row tiles, down: one), and the down kernel's K split over
-# a cluster of CTAs (sm_90; one CTA before it). H200, 35B-A3B layer at 1 / 8 tokens (moe_mma_ab-H200-2026-12-04.json):
-# 30.3 / 123.9 us as built, 31.6 / 135.3 with the down kernel unsplit; gate/up with 2 steps (3 CTAs an SM) or split
-# over a cluster pair 33-35 / 137-146 us.
+# a cluster of CTAs (sm_90; one CTA before it). H200, 35B-A3B layer at 1 / 8 tokens
+# (moe_mma_ab_builds-H200-2026-12-04.json): 30.3 / 123.9 us as built, 31.6 / 135.3 with the down kernel unsplit;
+# gate/up with 2 steps (3 CTAs an SM) or split over a cluster pair 33-35 / 137-146 us.
 MMA_GU_U, MMA_DOWN_U, MMA_DOWN_SPLIT = 4, 8, 2
 
 
@@ -566,8 +566,8 @@ def _stream_plan(T, k, E, H, I, S, es, sms, has_sh):
 
 def decode_kernels(x, gate_up, down, k: int, shared_gate=None, shared_up=None, shared_down=None) -> str:
     """Which kernels the decode path runs for these operands (host sizes, dtype, alignment, card): "mma"
-    (gate_up_mma_kernel + down_mma_kernel), "stream" (gate_up_stream_kernel + down_stream_kernel), "split" (gate_up_split_kernel + down_kernel) or "warp"
-    (gate_up_kernel + down_kernel)."""
+    (gate_up_mma_kernel + down_mma_kernel), "stream" (gate_up_stream_kernel + down_stream_kernel), "split"
+    (gate_up_split_kernel + down_kernel) or "warp" (gate_up_kernel + down_kernel)."""
     T, H = x.shape
     E, I = gate_up.shape[0], down.shape[2]
     sh = (shared_gate, shared_up, shared_down, None)

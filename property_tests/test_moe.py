@@ -242,8 +242,9 @@ def test_decode_stream_kernels(stream, monkeypatch):
 @gpu
 @given(T=st.integers(1, 8), H=st.sampled_from((32, 64, 96, 256, 2048)), I=st.sampled_from((32, 64, 96, 512)),
        S=st.sampled_from((0, 0, 32, 64, 160)), E=st.one_of(st.integers(1, 24), st.sampled_from((64, 256, 512))),
-       k=st.integers(1, 10), mode=st.sampled_from(cases.ROUTINGS), dtype=st.sampled_from((torch.bfloat16, torch.float16)),
-       edt=st.sampled_from((torch.int64, torch.int32)), seed=st.integers(0, 2**31 - 1))
+       k=st.integers(1, 10), mode=st.sampled_from(cases.ROUTINGS),
+       dtype=st.sampled_from((torch.bfloat16, torch.float16)), edt=st.sampled_from((torch.int64, torch.int32)),
+       seed=st.integers(0, 2**31 - 1))
 @settings(max_examples=40, deadline=None)
 def test_decode_mma_kernels(T, H, I, S, E, k, mode, dtype, edt, seed):
     """The tensor-core decode kernels (moe.MMA) on random cases: 1 to 8 tokens, widths multiples of 32 up to the

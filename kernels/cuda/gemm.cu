@@ -45,11 +45,6 @@ constexpr int WARPS = 8;    // per CTA, splitting K
 constexpr int ROWS = 16;    // output features per CTA (the mma's M)
 constexpr int KSTEP = 32;   // k per warp step (two m16n8k16)
 
-__device__ __forceinline__ void wait_and_release() {  // include/ptx.cuh: programmatic dependent launch
-    wait_for_primary_grid();
-    allow_dependent_launch();
-}
-
 // o * sigmoid(g) for 8 16-bit elements, rounded once (activations.cu's gate_op SIGMOID_GATE)
 template <typename T>
 __device__ __forceinline__ uint4 sigmoid_gated(const uint4 o, const uint4 g) {

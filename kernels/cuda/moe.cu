@@ -1286,13 +1286,10 @@ constexpr int MMA_ROWS = 16;     // weight rows of a tile (the mma's M)
 constexpr int MMA_KSTEP = 32;    // k per step (two m16n8k16)
 constexpr int MMA_TOKENS = 8;    // tokens (the mma's N)
 
-__device__ __forceinline__ void mma_wait_and_release() {
-    wait_for_primary_grid();
-    allow_dependent_launch();
-}
-
 // Whole CTA (blockDim >= 128): unit u's expert among the distinct valid experts of slots [0, n_slots) in order of
 // first slot, or -1 if there are fewer than u + 1 of them. n_slots <= 128, E <= 512. first: E ints of scratch.
+// build_units' unit order, but only the one expert a gate/up CTA needs: 4 barriers instead of its 8, in every one
+// of the many CTAs, on the path between the routing and the first weight loads.
 __device__ int nth_routed_expert(const long long* __restrict__ experts, int n_slots, int E, int u, int* first,
                                  int* wtot, int* pick) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -1318,11 +1315,11 @@ __device__ int nth_routed_expert(const long long* __restrict__ experts, int n_sl
     return *pick;
 }
 
-// The CTA's 16-row tile(s) over K: warp w's k steps w, w + 8, ..., U steps' weight loads (row pointers from
-// rows(st, s, h)) in flight before their mmas; xrow: this thread's x row (token g = lane / 4; rows past T repeat
-// row 0: their columns are never stored). Then the warps' partial tiles in red (the caller adds them in warp order).
-// `before_x` runs once, after the first steps' weight loads are issued and before any x load (the PDL wait).
-// Steps st0, st0 + stride, ... of this warp (st0 = warp, stride = MMA_WARPS unless K is split between CTAs).
+// The CTA's SETS 16-row tiles over K: this warp's k steps st0, st0 + stride, ... (st0 = warp, stride = MMA_WARPS
+// unless K is split between CTAs), U steps' weight loads (row pointers from rows(st, s, h)) in flight before their
+// mmas; xrow: this thread's x row (token g = lane / 4; rows past T repeat row 0: their columns are never stored).
+// Then the warps' partial tiles in red (the caller adds them in warp order). `before_x` runs once, after the first
+// steps' weight loads are issued and before any x load (the PDL wait).
 template <typename T, int SETS, int U, typename Rows, typename Before>
 __device__ __forceinline__ void mma_tile(int steps, int st0, int stride, Rows rows, const T* xrow, Before before_x,
                                          float (&red)[MMA_WARPS][SETS][MMA_ROWS][MMA_TOKENS]) {
@@ -1362,7 +1359,8 @@ __device__ __forceinline__ void mma_tile(int steps, int st0, int stride, Rows ro
     __syncthreads();
 }
 
-// grid (ceil(max(I, S) / 16), has_sh + min(n_slots, E)), block 256 (two CTAs an SM). xd: [T, ldx] (ldx >= S + units I).
+// grid (ceil(max(I, S) / 16), has_sh + min(n_slots, E)), block 256 (two CTAs an SM).
+// xd: [T, ldx] (ldx >= S + units I).
 // (H200, 35B-A3B: 3 CTAs an SM at U = 2, and K split over a cluster pair as in down_mma_kernel, were slower.)
 // pdl-early: sh_gate sh_up -- the shared expert's weights (its CTAs' first loads; routed CTAs wait first)
 template <typename T, int U>
@@ -1395,8 +1393,10 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 2) gate_up_mma_kernel(
     const T* wu = sh ? sh_up : wg + (size_t)I * H;
     const T* xrow = x + (size_t)(g < T_ ? g : 0) * H;
     const int r0 = min(n0 + g, width - 1), r1 = min(n0 + g + 8, width - 1);  // rows past the width: never stored
-    auto rows = [&](int st, int s, int h) { return (s ? wu : wg) + (size_t)(h ? r1 : r0) * H + (size_t)st * MMA_KSTEP; };
-    mma_tile<T, 2, U>(H / MMA_KSTEP, warp, MMA_WARPS, rows, xrow, [&] { if (sh) mma_wait_and_release(); }, red);
+    auto rows = [&](int st, int s, int h) {
+        return (s ? wu : wg) + (size_t)(h ? r1 : r0) * H + (size_t)st * MMA_KSTEP;
+    };
+    mma_tile<T, 2, U>(H / MMA_KSTEP, warp, MMA_WARPS, rows, xrow, [&] { if (sh) wait_and_release(); }, red);
     // the per-token weight of this unit
     if (sh) {  // sigmoid(sh_gate_w . x_t): the CTA over H, one 8-vector a thread a pass
         float p[MMA_TOKENS];
@@ -1478,7 +1478,7 @@ __global__ void QKERN_CLUSTER_Y(SPLIT) __launch_bounds__(MMA_WARPS * 32, 2) down
         return ubase[u] + (size_t)r * I + (c - Sp - u * I);
     };
     mma_tile<T, 1, U>((Sp + ut.n * I) / MMA_KSTEP, warp + MMA_WARPS * z, MMA_WARPS * SPLIT, rows, xrow,
-                      [] { mma_wait_and_release(); }, red);
+                      [] { wait_and_release(); }, red);
     if constexpr (SPLIT > 1) {  // this CTA's tile, then the cluster's, in rank order (the same sum in every CTA)
         for (int idx = tid; idx < MMA_ROWS * MMA_TOKENS; idx += blockDim.x) {
             const int r = idx / MMA_TOKENS, t = idx % MMA_TOKENS;

@@ -64,6 +64,11 @@ __device__ __forceinline__ void wait_for_primary_grid(P&... after) {
     (opaque_after_wait(after), ...);
 #endif
 }
+// Wait for the primary grid, then let this grid's dependents launch (a kernel whose early work is all before here).
+__device__ __forceinline__ void wait_and_release() {
+    wait_for_primary_grid();
+    allow_dependent_launch();
+}
 __device__ __forceinline__ void pdl_begin() {
     allow_dependent_launch();
     wait_for_primary_grid();
