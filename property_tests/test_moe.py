@@ -276,6 +276,10 @@ def test_decode_mma_builds(split, monkeypatch):
     for T, H, I, S, E, k, mode in ((1, 2048, 512, 512, 64, 8, "random"), (8, 96, 96, 0, 24, 3, "repeat"),
                                    (5, 2048, 64, 160, 512, 10, "skewed")):
         case = cases.build_moe_mlp(T, H, I, E, k, torch.bfloat16, seed=T + H, mode=mode, shared=S or None)
+        x, gu, dn, _, _ = case.on("cuda")
+        kw = case.kwargs_on("cuda")
+        kinds = moe.decode_kernels(x, gu, dn, k, kw.get("shared_gate"), kw.get("shared_up"), kw.get("shared_down"))
+        assert kinds == "mma", f"{case.label}: decode kernels {kinds}"
         _check_path(case, "decode")
 
 
