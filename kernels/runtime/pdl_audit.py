@@ -309,8 +309,9 @@ def audit_source(file: str, exprs: tuple[str, ...], options: tuple[str, ...] = (
 
 
 def waits(src: str) -> bool:
-    """Whether a CUDA source's kernels may wait for a primary grid (the ones this audit concerns)."""
-    return re.search(r"\b(wait_for_primary_grid|pdl_begin)\s*\(", src) is not None
+    """Whether a CUDA source's kernels may wait for a primary grid (the ones this audit concerns): it calls the
+    wait or one of ptx.cuh's helpers around it."""
+    return re.search(r"\b(wait_for_primary_grid|pdl_begin|wait_and_release)\s*\(", src) is not None
 
 
 def waiting_sources() -> dict:
