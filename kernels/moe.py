@@ -204,7 +204,8 @@ def moe_topk(router_logits: torch.Tensor, k: int, *, out=None) -> tuple[torch.Te
         return w, e
     npl = next(n for n in _NPL if 32 * n >= E)
     # a programmatic launch (sm_90): scheduled while the router GEMM finishes; the kernel waits for it first
-    _launch(device, router_logits.dtype, _topk_expr(router_logits.dtype, npl), (ceil_div(T, 4), 1, 1), (128, 1, 1),
+    _launch(device, router_logits.dtype, _topk_expr(router_logits.dtype, npl), (ceil_div(T, 4), 1, 1),
+            (128, 1, 1),
             router_logits.data_ptr(), w.data_ptr(), e.data_ptr(), i32(T), i32(E), i32(k), i32(TOPK_EARLY), pdl=PDL)
     return w, e
 

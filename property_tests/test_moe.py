@@ -147,6 +147,24 @@ def test_topk_ties_lower_index_first(dtype):
         check_case(TOPK, "nvrtc", case, "cuda")
 
 
+@gpu
+@pytest.mark.parametrize("E", [5, 40, 256, 512])
+def test_topk_signed_zeros_inf_nan(E):
+    """-0 and +0 are equal logits (the lower index first), -inf ranks last, NaN first (as torch.sort ranks it):
+    the experts exactly as the reference's, the weights within the tolerance (NaN in both for a NaN row)."""
+    g = torch.Generator().manual_seed(E)
+    vals = torch.tensor([-0.0, 0.0, 0.5, float("-inf")])
+    logits = vals[torch.randint(0, 4, (6, E), generator=g)]
+    logits[:, 0] = 0.5  # a finite largest logit in every row
+    logits[5, E // 2] = float("nan")
+    k = min(E, 8)
+    w, e = _kernels().moe_topk(logits.cuda(), k)
+    rw, re_ = ref.moe_topk(logits, k)
+    assert torch.equal(e.cpu(), re_), "experts differ from the reference"
+    compare(TOPK, w[:5], rw[:5], f"signed zeros E={E}", torch.float32)
+    assert bool(torch.isnan(w[5]).all()) and bool(torch.isnan(rw[5]).all())
+
+
 # ------------------------------------------------------------------------------------------------ CUDA graph
 @gpu
 @pytest.mark.parametrize("T", [1, 8, 300])

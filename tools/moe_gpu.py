@@ -561,6 +561,7 @@ def decode_ab(sizes, tokens, out_dir, reps: int = 3, sweep: bool = False) -> lis
 
 # --mma-ab: (name, module switches) of the decode kernels timed (the builds kernels/moe.py compiles)
 MMA_VARIANTS = (("mma", dict(MMA=True, MMA_DOWN_SPLIT=2)), ("mma down unsplit", dict(MMA=True, MMA_DOWN_SPLIT=1)),
+                ("mma, fused router", dict(MMA=True, MMA_DOWN_SPLIT=2, ROUTER_FUSED=True)),
                 ("stream", dict(MMA=False, STREAM=True)))
 
 
@@ -570,7 +571,9 @@ def mma_ab(sizes, tokens, out_dir, reps: int = 3) -> list[dict]:
     the fp32 reference on the touched experts; bytes and % of the copy-rate floor beside."""
     bw = copy_bandwidth_TBps()
     tol = REGISTRY["moe_mlp"].tol[torch.bfloat16]
-    saved = {kk: getattr(moe, kk) for _, f in MMA_VARIANTS for kk in f}
+    global ROUTER_FUSED
+    # ROUTER_FUSED: this module's switch (Layer.forward's router), the others kernels.moe's
+    saved = {kk: getattr(moe, kk) for _, f in MMA_VARIANTS for kk in f if kk != "ROUTER_FUSED"}
     records = []
     for size in sizes:
         L = Layer(size)
@@ -578,7 +581,8 @@ def mma_ab(sizes, tokens, out_dir, reps: int = 3) -> list[dict]:
         kw = dict(shared_gate=L.sg, shared_up=L.su, shared_down=L.sd, shared_expert_gate=L.sgate)
         for T in tokens:
             x = torch.randn(T, H, device="cuda", dtype=torch.bfloat16)
-            w, e = moe.moe_topk(F.linear(x, L.wr), k)
+            logits = F.linear(x, L.wr)
+            w, e = moe.moe_topk(logits, k)
             uniq, inv = torch.unique(e, return_inverse=True)
             want = ref.moe_mlp(x.float(), L.gate_up[uniq].float(), L.down[uniq].float(), w, inv.reshape(e.shape),
                                **{kk: v.float() for kk, v in kw.items()}).cpu()
@@ -588,29 +592,34 @@ def mma_ab(sizes, tokens, out_dir, reps: int = 3) -> list[dict]:
             times = {}
             for rep in range(reps):
                 for name, flags in MMA_VARIANTS:
+                    ROUTER_FUSED = flags.get("ROUTER_FUSED", False)
                     for kk, v in flags.items():
-                        setattr(moe, kk, v)
+                        if kk != "ROUTER_FUSED":
+                            setattr(moe, kk, v)
                     if rep == 0:
                         got = moe.moe_mlp(x, L.gate_up, L.down, w, e, **kw, validate=False)
                         rel, mx = tol.errors(got.float().cpu(), want)
                         times[name] = dict(kernels=moe.decode_kernels(x, L.gate_up, L.down, k, L.sg, L.su, L.sd),
                                            rel_l2=rel, max_abs=mx, ok=bool(rel <= tol.rel_l2 and mx <= tol.max_abs),
-                                           mlp=[], layer=[])
+                                           mlp=[], layer=[], topk=[])
                     times[name]["mlp"].append(graph_ms(
                         lambda: moe.moe_mlp(x, L.gate_up, L.down, w, e, **kw, validate=False), 20) * 1e3)
                     times[name]["layer"].append(graph_ms(lambda: L.forward(x), 20) * 1e3)
+                    times[name]["topk"].append(graph_ms(lambda: moe.moe_topk(logits, k), 20) * 1e3)
             for kk, v in saved.items():
                 setattr(moe, kk, v)
+            ROUTER_FUSED = False
             for name, t in times.items():
-                mlp_us, layer_us = (sorted(t[c])[len(t[c]) // 2] for c in ("mlp", "layer"))
+                mlp_us, layer_us, topk_us = (sorted(t[c])[len(t[c]) // 2] for c in ("mlp", "layer", "topk"))
                 rec = dict(size=size, tokens=T, experts_hit=n_hit, variant=name, kernels=t["kernels"],
                            rel_l2=t["rel_l2"], max_abs=t["max_abs"], ok=t["ok"], mlp_us=mlp_us, layer_us=layer_us,
+                           topk_us=topk_us,
                            mlp_bytes=mlp_bytes, layer_bytes=layer_bytes, floor_layer_us=layer_bytes / (bw * 1e6),
                            mlp_pct_bw_floor=100 * mlp_bytes / (bw * 1e12) / (mlp_us * 1e-6),
                            layer_pct_bw_floor=100 * layer_bytes / (bw * 1e12) / (layer_us * 1e-6))
                 records.append(rec)
                 print(f"{size} T={T} [{name:14s}] layer {layer_us:6.1f} us ({rec['layer_pct_bw_floor']:4.1f} % of "
-                      f"floor {rec['floor_layer_us']:.1f}) moe_mlp {mlp_us:6.1f} us rel {t['rel_l2']:.1e} "
+                      f"floor {rec['floor_layer_us']:.1f}) moe_mlp {mlp_us:6.1f} us top-k {topk_us:5.1f} us rel {t['rel_l2']:.1e} "
                       f"ok {t['ok']}", flush=True)
         del L
         torch.cuda.empty_cache()

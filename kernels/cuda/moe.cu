@@ -1,7 +1,7 @@
 // Mixture of experts (reference/moe.py): router top-k, routing metadata, the routed SwiGLU experts.
 //
-//   topk_kernel        one warp per token: softmax over E <= 512 logits, the k <= 16 largest (ranked by logit,
-//                      equal logits: lower index first), weights renormalised over the k
+//   topk_kernel        one warp per token: softmax over E <= 512 logits, the k <= 32 largest (ranked by logit,
+//                      equal logits: lower index first; NaN first, as torch.sort), weights renormalised over the k
 //   route_kernel       one CTA: tokens per expert -> offsets[E+1], the stable permutation grouping the token-slots
 //                      by expert (perm[pos] = slot, inv[slot] = pos), the non-empty experts in ascending order
 //   gate_up_kernel     act[slot, i] = silu(G_e x_t)_i * (U_e x_t)_i for the slots of one expert per CTA, reading
@@ -30,42 +30,56 @@ constexpr int ROUTE_THREADS = 1024;
 
 
 // ------------------------------------------------------------------------------------------------ top-k
-// One warp, one token: NPL logits per lane (expert e = lane + 32 i, read through ld(e) as fp32); each of the k
-// rounds takes the warp's best untaken logit (ties: the lower index). Lane j < k writes the j-th weight/expert.
+// A logit's rank key: larger logit, larger key; -0 and +0 equal (they compare equal as fp32); NaN above +inf (as
+// torch.sort ranks it). The key 0 lies below every logit's (-inf's is 0x007fffff): it marks a taken or absent one.
+__device__ __forceinline__ unsigned rank_key(float v) {
+    if (v != v) return 0xffffffffu;
+    const unsigned u = v == 0.f ? 0u : __float_as_uint(v);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float key_logit(unsigned key) {
+    if (key == 0xffffffffu) return f32_nan();
+    return __uint_as_float((key & 0x80000000u) ? (key ^ 0x80000000u) : ~key);
+}
+__device__ __forceinline__ unsigned warp_max_u32(unsigned v) {  // redux.sync (sm_80): one instruction
+    unsigned r;
+    asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;\n" : "=r"(r) : "r"(v));
+    return r;
+}
+
+// One warp, one token: NPL logits per lane (expert e = lane + 32 i, read through ld(e) as fp32), each held as
+// (rank key << 32) | ~e, so that one unsigned order ranks by logit and, among equal logits, the lower index
+// first. Each of the k rounds: every lane's largest entry (a tree over its registers), the warp's largest key and
+// then, among the lanes holding it, the largest low word (the lowest index), both by redux.sync; the owner lane
+// clears that entry. Lane j < k writes the j-th weight/expert.
 template <int NPL, typename Load>
 __device__ __forceinline__ void topk_warp(Load ld, int E, int k, float* __restrict__ weights,
                                           long long* __restrict__ experts) {
     const int lane = threadIdx.x & 31;
-    float v[NPL];
+    unsigned long long c[NPL];
 #pragma unroll
     for (int i = 0; i < NPL; ++i) {
         const int e = lane + 32 * i;
-        v[i] = e < E ? ld(e) : f32_neg_inf();
+        c[i] = e < E ? ((unsigned long long)rank_key(ld(e)) << 32) | (0xffffffffu - (unsigned)e) : 0ull;
     }
-    unsigned taken = 0;
     float my_v = 0.f, top = 0.f;
     int my_e = 0;
     for (int j = 0; j < k; ++j) {
-        float bv = f32_neg_inf();
-        int be = 0x7fffffff;
+        unsigned long long t[NPL];
 #pragma unroll
-        for (int i = 0; i < NPL; ++i) {
-            const int e = lane + 32 * i;
-            if (e < E && !(taken >> i & 1u) && (v[i] > bv || (v[i] == bv && e < be))) {
-                bv = v[i];
-                be = e;
-            }
-        }
+        for (int i = 0; i < NPL; ++i) t[i] = c[i];
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            const int oe = __shfl_xor_sync(0xffffffffu, be, o);
-            if (ov > bv || (ov == bv && oe < be)) {
-                bv = ov;
-                be = oe;
-            }
-        }
-        if (be < E && (be & 31) == lane) taken |= 1u << (be >> 5);  // (be = E+: NaN logits only)
+        for (int s = 1; s < NPL; s <<= 1)
+#pragma unroll
+            for (int i = 0; i + s < NPL; i += 2 * s) t[i] = t[i] > t[i + s] ? t[i] : t[i + s];
+        const unsigned hi = warp_max_u32((unsigned)(t[0] >> 32));
+        const unsigned lo = warp_max_u32((unsigned)(t[0] >> 32) == hi ? (unsigned)t[0] : 0u);
+        const int be = (int)(0xffffffffu - lo);
+        const float bv = key_logit(hi);
+        if ((be & 31) == lane)
+#pragma unroll
+            for (int i = 0; i < NPL; ++i)
+                if (i == (be >> 5)) c[i] = 0ull;
         if (j == 0) top = bv;
         if (lane == j) {
             my_v = bv;
