@@ -114,6 +114,8 @@ MMA_MAX_TOKENS = 8  # moe.cu MMA_TOKENS
 # (moe_mma_ab_builds-H200-2026-12-04.json): 30.3 / 123.9 us as built, 31.6 / 135.3 with the down kernel unsplit;
 # gate/up with 2 steps (3 CTAs an SM) or split over a cluster pair 33-35 / 137-146 us.
 MMA_GU_U, MMA_DOWN_U, MMA_DOWN_SPLIT = 4, 8, 2
+# The weight loads of the gate/up and of the down kernel carry the L2 evict_first policy (read once).
+MMA_GU_EVICT_FIRST, MMA_DOWN_EVICT_FIRST = True, True
 
 
 def _dtype_exprs(dt) -> tuple[str, ...]:
@@ -600,11 +602,12 @@ def _mma(x, gate_up, down, weights, experts, sh, y, T, H, E, I, k, S, device) ->
     _launch(device, x.dtype, _mma_expr("gate_up", x.dtype), (ceil_div(max(I, Sp), 16), has_sh + units, 1),
             (256, 1, 1), x.data_ptr(), gate_up.data_ptr(), experts.data_ptr(), weights.data_ptr(), i32(T * k), i32(k),
             i32(H), i32(I), i32(E), sg.data_ptr() if has_sh else 0, su.data_ptr() if has_sh else 0,
-            sgate.data_ptr() if has_sh else 0, i32(Sp), i32(T), xd.data_ptr(), i32(ldx), pdl=PDL)
+            sgate.data_ptr() if has_sh else 0, i32(Sp), i32(T), xd.data_ptr(), i32(ldx), i32(MMA_GU_EVICT_FIRST),
+            pdl=PDL)
     split = MMA_DOWN_SPLIT if torch.cuda.get_device_capability(device)[0] >= 9 else 1  # (clusters: sm_90)
     _launch(device, x.dtype, _mma_expr("down", x.dtype, split), (ceil_div(H, 16), split, 1), (256, 1, 1),
             xd.data_ptr(), i32(ldx), down.data_ptr(), experts.data_ptr(), i32(T * k), i32(H), i32(I), i32(E),
-            sd.data_ptr() if has_sh else 0, i32(Sp), i32(T), y.data_ptr(), pdl=PDL)
+            sd.data_ptr() if has_sh else 0, i32(Sp), i32(T), y.data_ptr(), i32(MMA_DOWN_EVICT_FIRST), pdl=PDL)
 
 
 def _stream_ok(x, gate_up, down, sh, T, k, E, H, I, S, device) -> bool:

@@ -284,13 +284,15 @@ def test_decode_mma_kernels(T, H, I, S, E, k, mode, dtype, edt, seed):
 
 
 @gpu
-@pytest.mark.parametrize("split", [1, 2])
-def test_decode_mma_builds(split, monkeypatch):
-    """Both builds of the tensor-core down kernel (K split over a cluster or not) on cases whose K steps do not
-    divide evenly among the warps or the cluster: 1, 5 and 8 tokens, H = 96 and the 35B-A3B width, with and without
-    the shared expert."""
+@pytest.mark.parametrize("split,evict_first", [(1, False), (2, True)])
+def test_decode_mma_builds(split, evict_first, monkeypatch):
+    """Both builds of the tensor-core down kernel (K split over a cluster or not; weight loads with and without the
+    L2 evict_first policy) on cases whose K steps do not divide evenly among the warps or the cluster: 1, 5 and 8
+    tokens, H = 96 and the 35B-A3B width, with and without the shared expert."""
     moe = _kernels()
     monkeypatch.setattr(moe, "MMA_DOWN_SPLIT", split)
+    monkeypatch.setattr(moe, "MMA_GU_EVICT_FIRST", evict_first)
+    monkeypatch.setattr(moe, "MMA_DOWN_EVICT_FIRST", evict_first)
     for T, H, I, S, E, k, mode in ((1, 2048, 512, 512, 64, 8, "random"), (8, 96, 96, 0, 24, 3, "repeat"),
                                    (5, 2048, 64, 160, 512, 10, "skewed")):
         case = cases.build_moe_mlp(T, H, I, E, k, torch.bfloat16, seed=T + H, mode=mode, shared=S or None)

@@ -94,7 +94,7 @@ def labelled(lm):
         L._keywords.cache_clear()
 
 
-def profile_step(lm, B: int, context: int, capacity: int, profile: bool = True) -> dict:
+def profile_step(lm, B: int, context: int, capacity: int, profile: bool = True, timeline: bool = False) -> dict:
     """Kernels of one eager step by name and by op, kernels per step, and the graph replay time per step."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -116,13 +116,17 @@ def profile_step(lm, B: int, context: int, capacity: int, profile: bool = True) 
         torch.cuda.synchronize()
         graph_us = start.elapsed_time(end) * 1e3 / n
         print(f"   bs{B}: graph replay {graph_us:.1f} us/step = {B / graph_us * 1e6:.1f} tok/s", flush=True)
+        if timeline:
+            tl = graph_timeline(sess.graph)
+            print_timeline(tl)
         sess.cache.lengths.fill_(context)
+    tl = dict(tl, by_kernel=dict(list(tl["by_kernel"].items())[:30])) if timeline and sess.graph is not None else None
     if not profile:
         del sess
         return dict(batch=B, context=context, mode=mode, kernels_per_step=None, kernel_us=None,
                     graph_us_per_step=None if graph_us is None else round(graph_us, 1),
                     graph_tokens_per_s=None if graph_us is None else round(B / graph_us * 1e6, 1), by_op={},
-                    by_kernel={})
+                    by_kernel={}, timeline=tl)
     graph, sess.graph = sess.graph, None  # the profiled step runs eagerly
     with labelled(lm):
         sess.advance()
@@ -168,7 +172,44 @@ def profile_step(lm, B: int, context: int, capacity: int, profile: bool = True) 
     return dict(batch=B, context=context, mode=mode, kernels_per_step=n_kernels, kernel_us=round(total, 1),
                 graph_us_per_step=None if graph_us is None else round(graph_us, 1),
                 graph_tokens_per_s=None if graph_us is None else round(B / graph_us * 1e6, 1),
-                by_op=fmt(by_op), by_kernel=fmt(by_name))
+                by_op=fmt(by_op), by_kernel=fmt(by_name), timeline=tl)
+
+
+def graph_timeline(graph, reps: int = 5, calls: int = 1) -> dict:
+    """Where a captured step's wall time goes as the graph runs (kernels overlap under PDL, so the eager busy time
+    is not it): `reps` replays under torch.profiler, kernels sorted by start; each kernel is charged the time from
+    the latest end before it to its own end (0 if it ends inside an earlier kernel), so the charges sum to the
+    wall time. Per step (or per call, of `calls` captured in the graph): wall, busy (sum of durations) and, by kernel
+    name, launches, duration and charge."""
+    from torch.profiler import ProfilerActivity, profile
+
+    graph.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            graph.replay()
+        torch.cuda.synchronize()
+    ks = sorted(((float(e.time_range.start), float(e.time_range.end), e.name) for e in prof.events()
+                 if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda k: k[0])
+    if not ks:
+        return dict(wall_us=None, busy_us=None, kernels=0, by_kernel={})
+    by, latest = {}, ks[0][0]
+    for start, end, name in ks:
+        charge = max(0.0, end - latest)
+        latest = max(latest, end)
+        n, dur, ch = by.get(name[:90], (0, 0.0, 0.0))
+        by[name[:90]] = (n + 1, dur + end - start, ch + charge)
+    per = lambda v: round(v / (reps * calls), 2)  # noqa: E731
+    return dict(wall_us=per(latest - ks[0][0]), busy_us=per(sum(e - s for s, e, _ in ks)),
+                kernels=len(ks) // (reps * calls),
+                by_kernel={k: dict(kernels=n // (reps * calls), us=per(d), charged_us=per(c))
+                           for k, (n, d, c) in sorted(by.items(), key=lambda kv: -kv[1][2])})
+
+
+def print_timeline(t: dict, top: int = 20) -> None:
+    print(f"   graph timeline: {t['kernels']} kernels, wall {t['wall_us']} us, busy {t['busy_us']} us", flush=True)
+    for k, v in list(t["by_kernel"].items())[:top]:
+        print(f"   charged {v['charged_us']:8.1f} us  ran {v['us']:8.1f} us {v['kernels']:4d} x  {k}", flush=True)
 
 
 def names_of(lm) -> list[str]:
@@ -200,6 +241,8 @@ def main(argv=None) -> int:
                     "where that wins the timing; off by default); variants after the first print only the totals")
     ap.add_argument("--profile-all", action="store_true", help="profile every variant (default: the first; the "
                     "others are timed only)")
+    ap.add_argument("--timeline", action="store_true", help="also the graph-replayed step kernel by kernel "
+                    "(first variant)")
     ap.add_argument("--top", type=int, default=25, help="kernel names printed")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -224,7 +267,8 @@ def main(argv=None) -> int:
             KL.PDL = variant != "nopdl"
             KL.PDL_OFF = {"norms.cu", "activations.cu", "glue.cu"} if variant == "gemmpdl" else set()
             for B in (int(b) for b in args.batch.split(",")):
-                r = profile_step(lm, B, args.context, args.context + 64, profile=vi == 0 or args.profile_all)
+                r = profile_step(lm, B, args.context, args.context + 64, profile=vi == 0 or args.profile_all,
+                                 timeline=args.timeline and vi == 0)
                 floor_us = decode_bytes(cfg.text, B, args.context) / (copy * 1e12) * 1e6
                 choice = {f"{k[0]} {k[1]}x{k[2]} m{k[3]}": (v if v is not False else "cublas")
                           for k, v in lm.skinny_choice.items() if k[3] == B}

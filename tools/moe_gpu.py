@@ -372,7 +372,7 @@ def _step_bytes(lm, B: int) -> float:
 
 
 def model_decode(batches, layers: int, context: int, out_dir, profile: bool = False,
-                 variants: tuple[str, ...] = ("default",)) -> list[dict]:
+                 variants: tuple[str, ...] = ("default",), timeline: bool = False) -> list[dict]:
     from model.generate import DecodeSession, Sampling
 
     bw = copy_bandwidth_TBps()
@@ -384,10 +384,14 @@ def model_decode(batches, layers: int, context: int, out_dir, profile: bool = Fa
           f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB peak", flush=True)
     records = []
     default, default_mma, min_tokens = moe.STREAM, moe.MMA, moe.STREAM_MIN_TOKENS
+    mma_defaults = {kk: getattr(moe, kk) for kk in _MMA_PLAIN}
     for B, variant in [(B, v) for B in batches for v in variants]:
         # variant: "default" (the module's switches), "mma" / "stream" / "old": the decode MoE kernels (moe.MMA,
         # moe.STREAM)
-        moe.MMA = default_mma if variant == "default" else variant == "mma"
+        # "mma plain": the tensor-core kernels without the L2 evict_first policy
+        for kk, v in (_MMA_PLAIN if variant == "mma plain" else mma_defaults).items():
+            setattr(moe, kk, v)
+        moe.MMA = default_mma if variant == "default" else variant in ("mma", "mma plain")
         moe.STREAM = default if variant in ("default", "mma") else variant == "stream"
         if variant == "stream":
             moe.STREAM_MIN_TOKENS = 1
@@ -416,6 +420,13 @@ def model_decode(batches, layers: int, context: int, out_dir, profile: bool = Fa
                 print(f"35B-A3B decode bs{B} [{variant}]: {us:.1f} us/step = {rec['tokens_per_s']:.0f} tok/s; floor "
                       f"{rec['floor_us']:.0f} us ({rec['pct_floor']:.0f} %), graph built in {build_s:.1f} s",
                       flush=True)
+                if timeline:  # the replayed step kernel by kernel (tools/lm_decode_profile.py)
+                    sys.path.insert(0, str(Path(__file__).resolve().parent))
+                    from lm_decode_profile import graph_timeline, print_timeline
+
+                    tl = graph_timeline(sess.graph)
+                    rec["timeline"] = tl | dict(by_kernel=dict(list(tl["by_kernel"].items())[:30]))
+                    print_timeline(tl)
             else:
                 print(f"35B-A3B decode bs{B}: no graph ({sess.mode})", flush=True)
             del sess
@@ -436,6 +447,8 @@ def model_decode(batches, layers: int, context: int, out_dir, profile: bool = Fa
         except Exception as ex:
             print(f"35B-A3B decode bs{B}: FAILED {type(ex).__name__}: {str(ex)[:300]}", flush=True)
     moe.STREAM, moe.MMA, moe.STREAM_MIN_TOKENS = default, default_mma, min_tokens
+    for kk, v in mma_defaults.items():
+        setattr(moe, kk, v)
     path = write_results("moe_model_decode", records, extra=dict(copy_TBps=bw))
     if out_dir:
         shutil.copy(path, Path(out_dir) / path.name)
@@ -560,12 +573,33 @@ def decode_ab(sizes, tokens, out_dir, reps: int = 3, sweep: bool = False) -> lis
 
 
 # --mma-ab: (name, module switches) of the decode kernels timed (the builds kernels/moe.py compiles)
-MMA_VARIANTS = (("mma", dict(MMA=True, MMA_DOWN_SPLIT=2)), ("mma down unsplit", dict(MMA=True, MMA_DOWN_SPLIT=1)),
-                ("mma, fused router", dict(MMA=True, MMA_DOWN_SPLIT=2, ROUTER_FUSED=True)),
+_MMA_PLAIN = dict(MMA=True, MMA_GU_EVICT_FIRST=False, MMA_DOWN_EVICT_FIRST=False)  # as before evict_first
+MMA_VARIANTS = (("mma", dict(MMA=True, MMA_GU_EVICT_FIRST=True, MMA_DOWN_EVICT_FIRST=True)),
+                ("mma, no evict_first", _MMA_PLAIN),
+                ("mma, gate/up evict_first", dict(_MMA_PLAIN, MMA_GU_EVICT_FIRST=True)),
+                ("mma, fused router", dict(MMA=True, MMA_GU_EVICT_FIRST=True, MMA_DOWN_EVICT_FIRST=True,
+                                           ROUTER_FUSED=True)),
                 ("stream", dict(MMA=False, STREAM=True)))
 
 
-def mma_ab(sizes, tokens, out_dir, reps: int = 3) -> list[dict]:
+def _calls_timeline(fn, n: int = 20) -> dict:
+    """graph_timeline (tools/lm_decode_profile.py) of n calls of fn captured in one graph, per call."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from lm_decode_profile import graph_timeline
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(n):
+            fn()
+    return graph_timeline(g, reps=3, calls=n)
+
+
+def mma_ab(sizes, tokens, out_dir, reps: int = 3, timeline: bool = False) -> list[dict]:
     """The decode MoE kernels' builds (MMA_VARIANTS) on one layer, graph-replayed and interleaved `reps` times
     (median): moe_mlp alone and the whole layer (router GEMM + top-k + moe_mlp), each output first checked against
     the fp32 reference on the touched experts; bytes and % of the copy-rate floor beside."""
@@ -606,6 +640,8 @@ def mma_ab(sizes, tokens, out_dir, reps: int = 3) -> list[dict]:
                         lambda: moe.moe_mlp(x, L.gate_up, L.down, w, e, **kw, validate=False), 20) * 1e3)
                     times[name]["layer"].append(graph_ms(lambda: L.forward(x), 20) * 1e3)
                     times[name]["topk"].append(graph_ms(lambda: moe.moe_topk(logits, k), 20) * 1e3)
+                    if rep == 0 and timeline:  # the layer kernel by kernel, as the graph runs it
+                        times[name]["timeline"] = _calls_timeline(lambda: L.forward(x))
             for kk, v in saved.items():
                 setattr(moe, kk, v)
             ROUTER_FUSED = False
@@ -613,7 +649,7 @@ def mma_ab(sizes, tokens, out_dir, reps: int = 3) -> list[dict]:
                 mlp_us, layer_us, topk_us = (sorted(t[c])[len(t[c]) // 2] for c in ("mlp", "layer", "topk"))
                 rec = dict(size=size, tokens=T, experts_hit=n_hit, variant=name, kernels=t["kernels"],
                            rel_l2=t["rel_l2"], max_abs=t["max_abs"], ok=t["ok"], mlp_us=mlp_us, layer_us=layer_us,
-                           topk_us=topk_us,
+                           topk_us=topk_us, timeline=t.get("timeline"),
                            mlp_bytes=mlp_bytes, layer_bytes=layer_bytes, floor_layer_us=layer_bytes / (bw * 1e6),
                            mlp_pct_bw_floor=100 * mlp_bytes / (bw * 1e12) / (mlp_us * 1e-6),
                            layer_pct_bw_floor=100 * layer_bytes / (bw * 1e12) / (layer_us * 1e-6))
@@ -621,6 +657,9 @@ def mma_ab(sizes, tokens, out_dir, reps: int = 3) -> list[dict]:
                 print(f"{size} T={T} [{name:14s}] layer {layer_us:6.1f} us ({rec['layer_pct_bw_floor']:4.1f} % of "
                       f"floor {rec['floor_layer_us']:.1f}) moe_mlp {mlp_us:6.1f} us top-k {topk_us:5.1f} us rel {t['rel_l2']:.1e} "
                       f"ok {t['ok']}", flush=True)
+                if t.get("timeline"):
+                    for kk, v in t["timeline"]["by_kernel"].items():
+                        print(f"      charged {v['charged_us']:6.2f} us ran {v['us']:6.2f} us {v['kernels']} x {kk[:70]}")
         del L
         torch.cuda.empty_cache()
     path = write_results("moe_mma_ab", records, extra=dict(copy_TBps=bw))
@@ -709,8 +748,9 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=40, help="--model-decode: decoder layers (40: the real model)")
     ap.add_argument("--context", type=int, default=1024, help="--model-decode: tokens already in the cache")
     ap.add_argument("--profile", action="store_true", help="--model-decode: also one eager step's kernels by op")
+    ap.add_argument("--timeline", action="store_true", help="--model-decode, --mma-ab: the graph-replayed step / layer kernel by kernel")
     ap.add_argument("--moe-kernels", default="default",
-                    help="--model-decode: comma list of default, mma, stream, old (the decode MoE kernels: "
+                    help="--model-decode: comma list of default, mma, mma plain, stream, old (the decode MoE kernels: "
                          "moe.MMA, moe.STREAM)")
     ap.add_argument("--mma-ab", action="store_true", help="the tensor-core decode kernels' builds A/B (and stream)")
     ap.add_argument("--decode-ab", action="store_true", help="the decode kernels A/B (streaming vs older)")
@@ -731,12 +771,12 @@ def main(argv=None) -> int:
     if a.decode_ab:
         decode_ab(a.sizes.split(","), [int(t) for t in a.tokens.split(",")], a.out, a.reps, a.sweep)
     if a.mma_ab:
-        mma_ab(a.sizes.split(","), [int(t) for t in a.tokens.split(",")], a.out, a.reps)
+        mma_ab(a.sizes.split(","), [int(t) for t in a.tokens.split(",")], a.out, a.reps, a.timeline)
     if a.breakdown:
         breakdown([int(t) for t in a.tokens.split(",")], a.out)
     if a.model_decode:
         model_decode([int(b) for b in a.batch.split(",")], a.layers, a.context, a.out, a.profile,
-                     tuple(a.moe_kernels.split(",")))
+                     tuple(a.moe_kernels.split(",")), a.timeline)
     return 1 if bad else 0
 
 

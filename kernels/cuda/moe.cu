@@ -1334,9 +1334,10 @@ __device__ int nth_routed_expert(const long long* __restrict__ experts, int n_sl
 // mmas; xrow: this thread's x row (token g = lane / 4; rows past T repeat row 0: their columns are never stored).
 // Then the warps' partial tiles in red (the caller adds them in warp order). `before_x` runs once, after the first
 // steps' weight loads are issued and before any x load (the PDL wait).
+// pol: the weight loads' L2 policy (l2_policy).
 template <typename T, int SETS, int U, typename Rows, typename Before>
 __device__ __forceinline__ void mma_tile(int steps, int st0, int stride, Rows rows, const T* xrow, Before before_x,
-                                         float (&red)[MMA_WARPS][SETS][MMA_ROWS][MMA_TOKENS]) {
+                                         float (&red)[MMA_WARPS][SETS][MMA_ROWS][MMA_TOKENS], unsigned long long pol) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     float c[SETS][1][4];
 #pragma unroll
@@ -1350,7 +1351,7 @@ __device__ __forceinline__ void mma_tile(int steps, int st0, int stride, Rows ro
 #pragma unroll
                 for (int s = 0; s < SETS; ++s)
 #pragma unroll
-                    for (int h = 0; h < 2; ++h) a[u][s][h] = load_stream(rows(st + u * stride, s, h) + 8 * q);
+                    for (int h = 0; h < 2; ++h) a[u][s][h] = load_stream(rows(st + u * stride, s, h) + 8 * q, pol);
         if (!waited) {
             before_x();
             waited = true;
@@ -1374,14 +1375,16 @@ __device__ __forceinline__ void mma_tile(int steps, int st0, int stride, Rows ro
 }
 
 // grid (ceil(max(I, S) / 16), has_sh + min(n_slots, E)), block 256 (two CTAs an SM).
-// xd: [T, ldx] (ldx >= S + units I).
-// (H200, 35B-A3B: 3 CTAs an SM at U = 2, and K split over a cluster pair as in down_mma_kernel, were slower.)
+// xd: [T, ldx] (ldx >= S + units I). evict_first: the weight loads carry the L2 evict_first policy (read once).
+// (H200, 35B-A3B, moe_mma_ab-H200-2026-12-04.json: 3 CTAs an SM at U = 2, K split over a cluster pair as in
+// down_mma_kernel, 8-row CTAs of 4 warps (six an SM), and the down rows prefetched into L2 here were all slower.)
 // pdl-early: sh_gate sh_up -- the shared expert's weights (its CTAs' first loads; routed CTAs wait first)
 template <typename T, int U>
 __global__ void __launch_bounds__(MMA_WARPS * 32, 2) gate_up_mma_kernel(
         const T* __restrict__ x, const T* __restrict__ gate_up, const long long* __restrict__ experts,
         const float* __restrict__ weights, int n_slots, int k, int H, int I, int E, const T* __restrict__ sh_gate,
-        const T* __restrict__ sh_up, const T* __restrict__ sh_gate_w, int S, int T_, T* __restrict__ xd, int ldx) {
+        const T* __restrict__ sh_up, const T* __restrict__ sh_gate_w, int S, int T_, T* __restrict__ xd, int ldx,
+        int evict_first) {
     __shared__ float red[MMA_WARPS][2][MMA_ROWS][MMA_TOKENS];
     __shared__ int first[STREAM_MAXE];
     __shared__ int wtot[4];
@@ -1410,7 +1413,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 2) gate_up_mma_kernel(
     auto rows = [&](int st, int s, int h) {
         return (s ? wu : wg) + (size_t)(h ? r1 : r0) * H + (size_t)st * MMA_KSTEP;
     };
-    mma_tile<T, 2, U>(H / MMA_KSTEP, warp, MMA_WARPS, rows, xrow, [&] { if (sh) wait_and_release(); }, red);
+    mma_tile<T, 2, U>(H / MMA_KSTEP, warp, MMA_WARPS, rows, xrow, [&] { if (sh) wait_and_release(); }, red,
+                      l2_policy(evict_first != 0));
     // the per-token weight of this unit
     if (sh) {  // sigmoid(sh_gate_w . x_t): the CTA over H, one 8-vector a thread a pass
         float p[MMA_TOKENS];
@@ -1464,12 +1468,14 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 2) gate_up_mma_kernel(
 
 // grid (ceil(H / 16), SPLIT), block 256; SPLIT > 1: clusters of SPLIT CTAs along y split the k steps (CTA z's
 // warps take steps warp + 8 z, + 8 SPLIT, ...) and add their tiles through distributed shared memory, each CTA
-// finishing the rows r % SPLIT == its rank (sm_90; the host launches SPLIT = 1 before it).
+// finishing the rows r % SPLIT == its rank (sm_90; the host launches SPLIT = 1 before it). evict_first: as in
+// gate_up_mma_kernel.
 // pdl-early: down sh_down experts -- the weights, and the routing, written two kernels back: the gate/up kernel before this one lets it launch only after its own wait on the top-k
 template <typename T, int U, int SPLIT>
 __global__ void QKERN_CLUSTER_Y(SPLIT) __launch_bounds__(MMA_WARPS * 32, 2) down_mma_kernel(
         const T* __restrict__ xd, int ldx, const T* __restrict__ down, const long long* __restrict__ experts,
-        int n_slots, int H, int I, int E, const T* __restrict__ sh_down, int S, int T_, T* __restrict__ out) {
+        int n_slots, int H, int I, int E, const T* __restrict__ sh_down, int S, int T_, T* __restrict__ out,
+        int evict_first) {
     __shared__ float red[MMA_WARPS][1][MMA_ROWS][MMA_TOKENS];
     __shared__ float part[SPLIT > 1 ? MMA_ROWS : 1][MMA_TOKENS];
     __shared__ UnitTable ut;
@@ -1492,7 +1498,7 @@ __global__ void QKERN_CLUSTER_Y(SPLIT) __launch_bounds__(MMA_WARPS * 32, 2) down
         return ubase[u] + (size_t)r * I + (c - Sp - u * I);
     };
     mma_tile<T, 1, U>((Sp + ut.n * I) / MMA_KSTEP, warp + MMA_WARPS * z, MMA_WARPS * SPLIT, rows, xrow,
-                      [] { wait_and_release(); }, red);
+                      [] { wait_and_release(); }, red, l2_policy(evict_first != 0));
     if constexpr (SPLIT > 1) {  // this CTA's tile, then the cluster's, in rank order (the same sum in every CTA)
         for (int idx = tid; idx < MMA_ROWS * MMA_TOKENS; idx += blockDim.x) {
             const int r = idx / MMA_TOKENS, t = idx % MMA_TOKENS;

@@ -110,12 +110,31 @@ __device__ __forceinline__ float ld_cluster_f32(const float* p, unsigned rank) {
 // L2 prefetch of the 128-byte line holding p (no data returned)
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
 
+// An L2 cache policy for loads that pass a hint: evict_first (data read once, which then leaves L2 before lines
+// that will be read again, e.g. prefetched ones) or evict_normal (the default policy, as a plain load).
+__device__ __forceinline__ unsigned long long l2_policy(bool evict_first) {
+    unsigned long long pol;
+    if (evict_first)
+        asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(pol));
+    else
+        asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(pol));
+    return pol;
+}
+
 // 16 bytes read once (weights): no L1 allocation. Not volatile: the compiler may hoist these loads above earlier
 // arithmetic, which is what keeps several steps of loads in flight.
 __device__ __forceinline__ uint4 load_stream(const void* p) {
     uint4 r;
     asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
         : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+}
+
+// load_stream with an L2 policy from l2_policy.
+__device__ __forceinline__ uint4 load_stream(const void* p, unsigned long long pol) {
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;\n"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p), "l"(pol));
     return r;
 }
 
