@@ -587,16 +587,12 @@ def _calls_timeline(fn, n: int = 20) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from lm_decode_profile import graph_timeline
 
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
+    from kernels.runtime.timing import capture
+
+    def body():
         for _ in range(n):
             fn()
-    return graph_timeline(g, reps=3, calls=n)
+    return graph_timeline(capture(body), reps=3, calls=n)
 
 
 def mma_ab(sizes, tokens, out_dir, reps: int = 3, timeline: bool = False) -> list[dict]:
