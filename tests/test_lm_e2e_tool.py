@@ -1,6 +1,6 @@
 """tools/lm_e2e_gpu.py's CPU-side parts: the floors' arithmetic, the configs it builds, the case plan and the
 time estimates of --budget-s, and tools/lm_decode_profile.py's op-labelling wrapper (the model must compute the
-same thing through it)."""
+same thing through it) and its graph timeline's charges."""
 
 from __future__ import annotations
 
@@ -70,3 +70,13 @@ def test_plan_pieces_and_estimates():
     for case in ("decode_bs1", "decode_bs128", "prefill_8192", "ttft_image1024_64tok", "decode_step_profile_bs1"):
         assert E.estimate_s("0.8B", "ours", case) < E.estimate_s("9B", "ours", case) < 70
         assert E.estimate_s("0.8B", "ours", case) <= E.estimate_s("0.8B", "hf_sdpa", case)
+
+
+def test_timeline_charges():
+    """The graph timeline's charges: overlapped kernels (PDL) are charged only past the latest end before them, a
+    gap goes to the kernel after it, and the charges add up to the wall time (not the summed durations)."""
+    ks = [(20.0, 25.0, "a"), (0.0, 10.0, "a"), (5.0, 12.0, "b"), (6.0, 9.0, "c"), (12.0, 13.0, "c")]
+    wall, by = P.charges(ks)
+    assert wall == 25.0
+    assert by == {"a": (2, 15.0, 22.0), "b": (1, 7.0, 2.0), "c": (2, 4.0, 1.0)}
+    assert sum(c for _, _, c in by.values()) == wall

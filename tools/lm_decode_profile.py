@@ -189,21 +189,29 @@ def graph_timeline(graph, reps: int = 5, calls: int = 1) -> dict:
         for _ in range(reps):
             graph.replay()
         torch.cuda.synchronize()
-    ks = sorted(((float(e.time_range.start), float(e.time_range.end), e.name) for e in prof.events()
-                 if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda k: k[0])
+    ks = [(float(e.time_range.start), float(e.time_range.end), e.name) for e in prof.events()
+          if e.device_type == torch.autograd.DeviceType.CUDA]
     if not ks:
         return dict(wall_us=None, busy_us=None, kernels=0, by_kernel={})
+    wall, by = charges(ks)
+    per = lambda v: round(v / (reps * calls), 2)  # noqa: E731
+    return dict(wall_us=per(wall), busy_us=per(sum(e - s for s, e, _ in ks)), kernels=len(ks) // (reps * calls),
+                by_kernel={k: dict(kernels=n // (reps * calls), us=per(d), charged_us=per(c))
+                           for k, (n, d, c) in sorted(by.items(), key=lambda kv: -kv[1][2])})
+
+
+def charges(kernels) -> tuple[float, dict]:
+    """(wall, {name: (launches, summed duration, charge)}) of (start, end, name) intervals: in order of start, each
+    is charged from the latest end before it to its own end (0 inside an earlier one), so the charges sum to the
+    wall time, last end - first start."""
+    ks = sorted(kernels, key=lambda k: k[0])
     by, latest = {}, ks[0][0]
     for start, end, name in ks:
         charge = max(0.0, end - latest)
         latest = max(latest, end)
         n, dur, ch = by.get(name[:90], (0, 0.0, 0.0))
         by[name[:90]] = (n + 1, dur + end - start, ch + charge)
-    per = lambda v: round(v / (reps * calls), 2)  # noqa: E731
-    return dict(wall_us=per(latest - ks[0][0]), busy_us=per(sum(e - s for s, e, _ in ks)),
-                kernels=len(ks) // (reps * calls),
-                by_kernel={k: dict(kernels=n // (reps * calls), us=per(d), charged_us=per(c))
-                           for k, (n, d, c) in sorted(by.items(), key=lambda kv: -kv[1][2])})
+    return latest - ks[0][0], by
 
 
 def print_timeline(t: dict, top: int = 20) -> None:
