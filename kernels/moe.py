@@ -394,41 +394,9 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     experts [T, k] int32/int64.
     path: None (picked from T k, the dtype and the card), "decode", "grouped" (bf16, sm_90) or "routed".
     Returns [T, H] in x.dtype (into `out` if given)."""
-    return _moe_mlp(x, gate_up, down, weights, experts, sh=(shared_gate, shared_up, shared_down, shared_expert_gate),
-                    out=out, validate=validate, path=path)
-
-
-def moe_topk_mlp(x: torch.Tensor, router_logits: torch.Tensor, k: int, gate_up: torch.Tensor, down: torch.Tensor,
-                 *, shared_gate: torch.Tensor | None = None, shared_up: torch.Tensor | None = None,
-                 shared_down: torch.Tensor | None = None, shared_expert_gate: torch.Tensor | None = None,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
-    """reference.moe_topk_mlp: moe_mlp(x, gate_up, down, *moe_topk(router_logits, k), shared...): the MoE layer
-    after its router GEMM. router_logits [T, E] in x's dtype or fp32, contiguous; the rest as moe_mlp.
-    On the tensor-core decode kernels (up to 8 tokens, logits in x's dtype; moe.decode_kernels "mma") the gate/up
-    kernel ranks the logits itself, so the top-k costs no launch of its own; elsewhere moe_topk, then moe_mlp.
-    Returns [T, H] in x.dtype (into `out` if given)."""
-    check_input("router_logits", router_logits, ndim=2)
-    check_input("x", x, ndim=2)
-    check_input("gate_up", gate_up, ndim=3)
-    T, E = x.shape[0], gate_up.shape[0]
-    if tuple(router_logits.shape) != (T, E):
-        raise ValueError(f"router_logits must have shape (T, E) = ({T}, {E}) (x's rows, gate_up's experts), got "
-                         f"{tuple(router_logits.shape)}")
-    _check_k(k, E)
-    if E > MAX_EXPERTS:
-        raise ValueError(f"router_logits has E={E} experts; the kernels take at most {MAX_EXPERTS}")
-    if k > MAX_TOPK:
-        raise ValueError(f"k={k}: the kernels keep at most {MAX_TOPK} experts per token")
-    weights, experts = _topk_outs(T, k, x.device, None)  # written by the top-k (either way) before any read
-    return _moe_mlp(x, gate_up, down, weights, experts, sh=(shared_gate, shared_up, shared_down, shared_expert_gate),
-                    out=out, validate=False, path=None, logits=router_logits)
-
-
-def _moe_mlp(x, gate_up, down, weights, experts, *, sh, out, validate, path, logits=None) -> torch.Tensor:
-    """moe_mlp; logits (moe_topk_mlp): weights / experts are outputs, the routing of these logits."""
-    shared_gate, shared_up, shared_down, shared_expert_gate = sh
     T, H, E, I, k = _check_mlp(x, gate_up, down, weights, experts, out)
     S = check_shared(x, shared_gate, shared_up, shared_down, shared_expert_gate)
+    sh = (shared_gate, shared_up, shared_down, shared_expert_gate)
     if S is not None:
         for name, t in zip(("shared_gate", "shared_up", "shared_down", "shared_expert_gate"), sh):
             check_input(name, t, shape=tuple(t.shape))
@@ -450,7 +418,7 @@ def _moe_mlp(x, gate_up, down, weights, experts, *, sh, out, validate, path, log
             raise ValueError(f"experts must lie in [0, E={E}), got min {lo}, max {hi}")
     device = check_cuda(x=x, gate_up=gate_up, down=down, weights=weights, experts=experts, out=out,
                         shared_gate=shared_gate, shared_up=shared_up, shared_down=shared_down,
-                        shared_expert_gate=shared_expert_gate, router_logits=logits)
+                        shared_expert_gate=shared_expert_gate)
     if path is None:
         path = pick_path(T, k, x, gate_up, down)
     elif path == "grouped" and not grouped_ok(x, gate_up, down):
@@ -464,17 +432,13 @@ def _moe_mlp(x, gate_up, down, weights, experts, *, sh, out, validate, path, log
     if weights.dtype != torch.float32:
         weights = weights.float()
     experts, weights = experts.contiguous(), weights.contiguous()
-    mma = path == "decode" and _mma_ok(x, gate_up, down, sh, T, k, E, H, I, S)
-    if logits is not None and not (mma and logits.dtype == x.dtype):
-        moe_topk(logits, k, out=(weights, experts))  # the routing first, then any path
-        logits = None
     if path == "grouped":
         return _grouped(x, gate_up, down, weights, experts, y, T, H, E, I, k, device, sh)
 
     vec = _vec(x.dtype)
     routed = path == "routed"
-    if mma:
-        _mma(x, gate_up, down, weights, experts, sh, y, T, H, E, I, k, S or 0, device, logits)
+    if not routed and _mma_ok(x, gate_up, down, sh, T, k, E, H, I, S):
+        _mma(x, gate_up, down, weights, experts, sh, y, T, H, E, I, k, S or 0, device)
         return y
     n_slots = T * k
     act = torch.empty(n_slots, I, dtype=torch.float32, device=x.device)
@@ -627,11 +591,9 @@ def _mma_ok(x, gate_up, down, sh, T, k, E, H, I, S) -> bool:
     return _aligned(x, gate_up, down, *(t for t in sh if t is not None))
 
 
-def _mma(x, gate_up, down, weights, experts, sh, y, T, H, E, I, k, S, device, logits=None) -> None:
+def _mma(x, gate_up, down, weights, experts, sh, y, T, H, E, I, k, S, device) -> None:
     """The decode path on gate_up_mma_kernel + down_mma_kernel (two programmatic launches): xd [T, S + units I]
-    holds the down projection's input, every unit's activations times the token's weight for it. logits
-    (moe_topk_mlp): the gate/up kernel ranks them itself and writes the routing into weights / experts (then
-    outputs, [T, k] fp32 / int64) for the down kernel."""
+    holds the down projection's input, every unit's activations times the token's weight for it."""
     sg, su, sd, sgate = sh
     has_sh = sg is not None
     Sp = S if has_sh else 0
@@ -642,12 +604,11 @@ def _mma(x, gate_up, down, weights, experts, sh, y, T, H, E, I, k, S, device, lo
             (256, 1, 1), x.data_ptr(), gate_up.data_ptr(), experts.data_ptr(), weights.data_ptr(), i32(T * k), i32(k),
             i32(H), i32(I), i32(E), sg.data_ptr() if has_sh else 0, su.data_ptr() if has_sh else 0,
             sgate.data_ptr() if has_sh else 0, i32(Sp), i32(T), xd.data_ptr(), i32(ldx), i32(MMA_GU_EVICT_FIRST),
-            0 if logits is None else logits.data_ptr(), weights.data_ptr(), experts.data_ptr(), pdl=PDL)
+            pdl=PDL)
     split = MMA_DOWN_SPLIT if torch.cuda.get_device_capability(device)[0] >= 9 else 1  # (clusters: sm_90)
     _launch(device, x.dtype, _mma_expr("down", x.dtype, split), (ceil_div(H, 16), split, 1), (256, 1, 1),
             xd.data_ptr(), i32(ldx), down.data_ptr(), experts.data_ptr(), i32(T * k), i32(H), i32(I), i32(E),
-            sd.data_ptr() if has_sh else 0, i32(Sp), i32(T), y.data_ptr(), i32(MMA_DOWN_EVICT_FIRST),
-            i32(logits is not None), pdl=PDL)
+            sd.data_ptr() if has_sh else 0, i32(Sp), i32(T), y.data_ptr(), i32(MMA_DOWN_EVICT_FIRST), pdl=PDL)
 
 
 def _stream_ok(x, gate_up, down, sh, T, k, E, H, I, S, device) -> bool:

@@ -390,7 +390,6 @@ REGISTRY: dict[str, OpSpec] = {s.name: s for s in (
     _spec("moe_router_topk", nvrtc=moe_kernels.moe_router_topk, covers=_moe_covers),  # decode: T <= 64
     _spec("moe_mlp", nvrtc=moe_kernels.moe_mlp, covers=_moe_covers, tol=_MOE_MLP_TOL, flops=_moe_mlp_flops,
           min_bytes=_moe_mlp_bytes),
-    _spec("moe_topk_mlp", nvrtc=moe_kernels.moe_topk_mlp, covers=_moe_covers, tol=_MOE_MLP_TOL),
 )}
 
 

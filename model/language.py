@@ -44,7 +44,7 @@ DEFAULT_CHUNK = 8192  # packed prompt tokens per prefill chunk
 # ops of the decode step whose reference reads device values on the host (lengths, cu_seqlens): a step that
 # runs one of them on the reference cannot be captured in a CUDA graph
 HOST_READING_REFERENCES = ("qk_norm_rope", "decode_attention", "causal_conv1d", "fused_gated_delta_rule")
-HOST_READING_MOE = ("moe_topk", "moe_mlp", "moe_topk_mlp")
+HOST_READING_MOE = ("moe_topk", "moe_mlp")
 ROUTER_FUSED_ROWS = 0  # MoE: up to this many tokens the fused kernels.moe.moe_router_topk (at most 64), else GEMM + top-k
 # prefill: from this many rows a fused projection whose parts must be contiguous runs one cuBLAS GEMM per part (on
 # row slices of the fused weight, so each output is contiguous) instead of one GEMM and a copy of the parts; None:
@@ -615,23 +615,18 @@ class LanguageModel:
         # decode step stays capturable; the paths depend on host sizes only. (kernels.moe.moe_router_topk, the
         # router and top-k in one launch, measured slower than the two at 1 and 8 tokens on the H200: 11.6 us vs
         # 5.3 + 5.3, benchmarks/results/moe-H200-2026-12-02.json; ROUTER_FUSED_ROWS > 0 turns it on up to that T.)
-        # The top-k and the experts are one op (moe_topk_mlp) where the namespace has it: at decode its kernel ranks
-        # the logits inside the gate/up kernel, one launch less a layer (docs/moe.md, round s6).
         k = cfg.num_experts_per_tok
-        s = p + "shared_expert."
-        shared = dict(shared_gate=w[s + "gate_proj.weight"], shared_up=w[s + "up_proj.weight"],
-                      shared_down=w[s + "down_proj.weight"], shared_expert_gate=w[p + "shared_expert_gate.weight"])
-        gate_up, down = w[p + "experts.gate_up_proj"], w[p + "experts.down_proj"]
         fused_router = getattr(ops, "moe_router_topk", None)
-        topk_mlp = getattr(ops, "moe_topk_mlp", None)
         if fused_router is not None and fused_router is not reference.moe_router_topk and \
                 x.shape[0] <= ROUTER_FUSED_ROWS:
             weights, experts = fused_router(x, w[p + "gate.weight"], k)
-        elif topk_mlp is not None:
-            return topk_mlp(x, self.linear(x, p + "gate.weight"), k, gate_up, down, **shared)
         else:
             weights, experts = self.op("moe_topk")(self.linear(x, p + "gate.weight"), k)
-        return _call(self.op("moe_mlp"), x, gate_up, down, weights, experts, **shared, validate=False)
+        s = p + "shared_expert."
+        return _call(self.op("moe_mlp"), x, w[p + "experts.gate_up_proj"], w[p + "experts.down_proj"], weights,
+                     experts, shared_gate=w[s + "gate_proj.weight"], shared_up=w[s + "up_proj.weight"],
+                     shared_down=w[s + "down_proj.weight"], shared_expert_gate=w[p + "shared_expert_gate.weight"],
+                     validate=False)
 
 
 def _device_ints(values: list[int], dtype: torch.dtype, device) -> torch.Tensor:

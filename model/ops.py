@@ -22,7 +22,7 @@ MODEL_OPS = (
     "rope_index", "scatter_image_embeds",
     "rms_norm", "add_rms_norm", "mrope_cos_sin", "apply_rope", "sigmoid_gate", "silu_mul",
     "causal_conv1d", "gated_delta_rule", "gated_rms_norm", "decode_attention", "moe_topk", "moe_mlp",
-    "moe_router_topk", "moe_topk_mlp",
+    "moe_router_topk",
     "kv_cache_append", "qk_norm_rope", "silu_mul_fused", "fused_gated_delta_rule",
 )
 

@@ -383,7 +383,6 @@ class _ExpertParallelOps:
                       *args, **kwargs)
 
         self.moe_mlp = moe_mlp
-        self.moe_topk_mlp = None  # its routing would be over global ids: the model routes, then calls moe_mlp above
 
     def __getattr__(self, name):
         return getattr(self._base, name)

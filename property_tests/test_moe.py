@@ -1,7 +1,6 @@
-"""The moe family beyond the generic registry tests (property_tests/test_ops.py covers moe_topk / moe_mlp /
-moe_topk_mlp on the default path): every moe_mlp path forced on random cases, moe_topk_mlp's top-k inside the gate/up
-kernel, the routing metadata against a CPU counting sort, the order rule on tied logits, repeated and out-of-range
-experts without validation, and CUDA-graph capture.
+"""The moe family beyond the generic registry tests (property_tests/test_ops.py covers moe_topk / moe_mlp on the
+default path): every moe_mlp path forced on random cases, the routing metadata against a CPU counting sort, the
+order rule on tied logits, repeated and out-of-range experts without validation, and CUDA-graph capture.
 """
 
 from __future__ import annotations
@@ -302,41 +301,6 @@ def test_decode_mma_builds(split, evict_first, monkeypatch):
         kinds = moe.decode_kernels(x, gu, dn, k, kw.get("shared_gate"), kw.get("shared_up"), kw.get("shared_down"))
         assert kinds == "mma", f"{case.label}: decode kernels {kinds}"
         _check_path(case, "decode")
-
-
-@gpu
-@given(T=st.integers(1, 8), H=st.sampled_from((32, 96, 256, 2048)), I=st.sampled_from((32, 64, 512)),
-       S=st.sampled_from((0, 0, 32, 160)), E=st.one_of(st.integers(1, 24), st.sampled_from((64, 256, 512))),
-       k=st.integers(1, 10), mode=st.sampled_from(cases.LOGITS), dtype=st.sampled_from((torch.bfloat16, torch.float16)),
-       seed=st.integers(0, 2**31 - 1))
-@settings(max_examples=30, deadline=None)
-def test_topk_mlp_ranks_in_gate_up(T, H, I, S, E, k, mode, dtype, seed, monkeypatch):
-    """moe_topk_mlp on the tensor-core kernels ranks the logits inside the gate/up kernel (moe_topk is never
-    called): random, tied, all-equal and wide logits, 1-512 experts, with and without the shared expert; against the
-    reference into a NaN-poisoned output, the same bits twice, and the same bits as moe_topk then moe_mlp (the
-    same kernels with the routing given: the hand-off of the routing to the down kernel is exact)."""
-    moe = _kernels()
-    k = min(k, E)
-    case = cases.build_moe_topk_mlp(T, H, I, E, k, dtype, seed=seed, mode=mode, shared=S or None)
-    args, kw = case.on("cuda"), case.kwargs_on("cuda")
-    x, logits, _, gu, dn = args
-    assert moe.decode_kernels(x, gu, dn, k, kw.get("shared_gate"), kw.get("shared_up"), kw.get("shared_down")) == "mma"
-    w, e = moe.moe_topk(logits, k)
-    two = moe.moe_mlp(x, gu, dn, w, e, **kw)
-    want = ref.moe_topk_mlp(*args, **kw)
-
-    def no_topk(*a, **k):
-        raise AssertionError("moe_topk_mlp launched the top-k kernel on the tensor-core path")
-    with monkeypatch.context() as m:
-        m.setattr(moe, "moe_topk", no_topk)
-        outp = case.nan_outs("cuda")
-        got = moe.moe_topk_mlp(*args, **kw, out=outp)
-        again = moe.moe_topk_mlp(*args, **kw)
-    torch.cuda.synchronize()
-    assert got is outp
-    compare(REGISTRY["moe_topk_mlp"], got, want, f"moe_topk_mlp {case.label}", case.dtype)
-    assert torch.equal(got, again), f"{case.label}: two calls differ"
-    assert torch.equal(got, two), f"{case.label}: differs from moe_topk + moe_mlp on the same kernels"
 
 
 def test_stream_plan_shapes():

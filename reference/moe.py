@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ._checks import check_float, check_same_device, check_tensor
 
-__all__ = ["moe_topk", "moe_router_topk", "moe_mlp", "moe_topk_mlp"]
+__all__ = ["moe_topk", "moe_router_topk", "moe_mlp"]
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -139,25 +139,3 @@ def moe_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
         y = act @ down[e].to(acc).T  # [m, H]
         out.index_add_(0, rows, y * weights[rows, slots].to(acc)[:, None])
     return out.to(x.dtype)
-
-
-def moe_topk_mlp(x: torch.Tensor, router_logits: torch.Tensor, k: int, gate_up: torch.Tensor, down: torch.Tensor, *,
-                 shared_gate: torch.Tensor | None = None, shared_up: torch.Tensor | None = None,
-                 shared_down: torch.Tensor | None = None,
-                 shared_expert_gate: torch.Tensor | None = None) -> torch.Tensor:
-    """The MoE layer after its router GEMM: moe_mlp(x, gate_up, down, *moe_topk(router_logits, k), shared...), one
-    op so that a kernel may rank the experts where it reads them (no launch of its own for the top-k).
-
-    x: [T, H]; router_logits: [T, E] float (x @ W_router^T); k: 1 <= k <= E; the rest as moe_mlp.
-    Returns [T, H] in x.dtype.
-    """
-    check_float("x", x, ndim=2)
-    check_float("router_logits", router_logits, ndim=2)
-    check_float("gate_up", gate_up, ndim=3)
-    T, E = x.shape[0], gate_up.shape[0]
-    if tuple(router_logits.shape) != (T, E):
-        raise ValueError(f"router_logits must have shape (T, E) = ({T}, {E}) (x's rows, gate_up's experts), got "
-                         f"{tuple(router_logits.shape)}")
-    weights, experts = moe_topk(router_logits, k)
-    return moe_mlp(x, gate_up, down, weights, experts, shared_gate=shared_gate, shared_up=shared_up,
-                   shared_down=shared_down, shared_expert_gate=shared_expert_gate, validate=False)

@@ -117,7 +117,6 @@ def check() -> int:
 
 
 ROUTER_FUSED = False  # Layer.forward's router for decode sizes: the model's (GEMM + moe_topk; the fused one is timed too)
-TOPK_IN_MLP = True  # Layer.forward: the router GEMM then moe_topk_mlp, as the model (else moe_topk, then moe_mlp)
 
 
 class Layer:
@@ -143,9 +142,6 @@ class Layer:
         than 64 tokens), moe_mlp with the shared expert fused."""
         if x.shape[0] <= moe.ROUTER_MAX_TOKENS and ROUTER_FUSED:
             w, e = moe.moe_router_topk(x, self.wr, self.k)
-        elif TOPK_IN_MLP:
-            return moe.moe_topk_mlp(x, F.linear(x, self.wr), self.k, self.gate_up, self.down, shared_gate=self.sg,
-                                    shared_up=self.su, shared_down=self.sd, shared_expert_gate=self.sgate)
         else:
             w, e = moe.moe_topk(F.linear(x, self.wr), self.k)
         return moe.moe_mlp(x, self.gate_up, self.down, w, e, shared_gate=self.sg, shared_up=self.su,
@@ -389,17 +385,14 @@ def model_decode(batches, layers: int, context: int, out_dir, profile: bool = Fa
     records = []
     default, default_mma, min_tokens = moe.STREAM, moe.MMA, moe.STREAM_MIN_TOKENS
     mma_defaults = {kk: getattr(moe, kk) for kk in _MMA_PLAIN}
-    topk_mlp = lm.ops.moe_topk_mlp
     for B, variant in [(B, v) for B in batches for v in variants]:
         # variant: "default" (the module's switches), "mma" / "stream" / "old": the decode MoE kernels (moe.MMA,
         # moe.STREAM)
-        # "topk launch": the model's moe_topk then moe_mlp instead of moe_topk_mlp (the top-k in its own kernel)
-        lm.ops.moe_topk_mlp = None if variant == "topk launch" else topk_mlp
         # "mma plain": the tensor-core kernels without the L2 evict_first policy
         for kk, v in (_MMA_PLAIN if variant == "mma plain" else mma_defaults).items():
             setattr(moe, kk, v)
-        moe.MMA = default_mma if variant in ("default", "topk launch") else variant in ("mma", "mma plain")
-        moe.STREAM = default if variant in ("default", "mma", "topk launch") else variant == "stream"
+        moe.MMA = default_mma if variant == "default" else variant in ("mma", "mma plain")
+        moe.STREAM = default if variant in ("default", "mma") else variant == "stream"
         if variant == "stream":
             moe.STREAM_MIN_TOKENS = 1
         try:
@@ -456,7 +449,6 @@ def model_decode(batches, layers: int, context: int, out_dir, profile: bool = Fa
     moe.STREAM, moe.MMA, moe.STREAM_MIN_TOKENS = default, default_mma, min_tokens
     for kk, v in mma_defaults.items():
         setattr(moe, kk, v)
-    lm.ops.moe_topk_mlp = topk_mlp
     path = write_results("moe_model_decode", records, extra=dict(copy_TBps=bw))
     if out_dir:
         shutil.copy(path, Path(out_dir) / path.name)
@@ -583,9 +575,10 @@ def decode_ab(sizes, tokens, out_dir, reps: int = 3, sweep: bool = False) -> lis
 # --mma-ab: (name, module switches) of the decode kernels timed (the builds kernels/moe.py compiles)
 _MMA_PLAIN = dict(MMA=True, MMA_GU_EVICT_FIRST=False, MMA_DOWN_EVICT_FIRST=False)  # as before evict_first
 MMA_VARIANTS = (("mma", dict(MMA=True, MMA_GU_EVICT_FIRST=True, MMA_DOWN_EVICT_FIRST=True)),
-                ("mma, top-k launch", dict(MMA=True, MMA_GU_EVICT_FIRST=True, MMA_DOWN_EVICT_FIRST=True,
-                                           TOPK_IN_MLP=False)),
-                ("mma, no evict_first", dict(_MMA_PLAIN, TOPK_IN_MLP=False)),
+                ("mma, no evict_first", _MMA_PLAIN),
+                ("mma, gate/up evict_first", dict(_MMA_PLAIN, MMA_GU_EVICT_FIRST=True)),
+                ("mma, fused router", dict(MMA=True, MMA_GU_EVICT_FIRST=True, MMA_DOWN_EVICT_FIRST=True,
+                                           ROUTER_FUSED=True)),
                 ("stream", dict(MMA=False, STREAM=True)))
 
 
@@ -608,10 +601,9 @@ def mma_ab(sizes, tokens, out_dir, reps: int = 3, timeline: bool = False) -> lis
     the fp32 reference on the touched experts; bytes and % of the copy-rate floor beside."""
     bw = copy_bandwidth_TBps()
     tol = REGISTRY["moe_mlp"].tol[torch.bfloat16]
-    global ROUTER_FUSED, TOPK_IN_MLP
-    # ROUTER_FUSED, TOPK_IN_MLP: this module's switches (Layer.forward's routing), the others kernels.moe's
-    mine = ("ROUTER_FUSED", "TOPK_IN_MLP")
-    saved = {kk: getattr(moe, kk) for _, f in MMA_VARIANTS for kk in f if kk not in mine}
+    global ROUTER_FUSED
+    # ROUTER_FUSED: this module's switch (Layer.forward's router), the others kernels.moe's
+    saved = {kk: getattr(moe, kk) for _, f in MMA_VARIANTS for kk in f if kk != "ROUTER_FUSED"}
     records = []
     for size in sizes:
         L = Layer(size)
@@ -630,9 +622,9 @@ def mma_ab(sizes, tokens, out_dir, reps: int = 3, timeline: bool = False) -> lis
             times = {}
             for rep in range(reps):
                 for name, flags in MMA_VARIANTS:
-                    ROUTER_FUSED, TOPK_IN_MLP = flags.get("ROUTER_FUSED", False), flags.get("TOPK_IN_MLP", True)
+                    ROUTER_FUSED = flags.get("ROUTER_FUSED", False)
                     for kk, v in flags.items():
-                        if kk not in mine:
+                        if kk != "ROUTER_FUSED":
                             setattr(moe, kk, v)
                     if rep == 0:
                         got = moe.moe_mlp(x, L.gate_up, L.down, w, e, **kw, validate=False)
@@ -648,7 +640,7 @@ def mma_ab(sizes, tokens, out_dir, reps: int = 3, timeline: bool = False) -> lis
                         times[name]["timeline"] = _calls_timeline(lambda: L.forward(x))
             for kk, v in saved.items():
                 setattr(moe, kk, v)
-            ROUTER_FUSED, TOPK_IN_MLP = False, True
+            ROUTER_FUSED = False
             for name, t in times.items():
                 mlp_us, layer_us, topk_us = (sorted(t[c])[len(t[c]) // 2] for c in ("mlp", "layer", "topk"))
                 rec = dict(size=size, tokens=T, experts_hit=n_hit, variant=name, kernels=t["kernels"],
@@ -754,7 +746,7 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", action="store_true", help="--model-decode: also one eager step's kernels by op")
     ap.add_argument("--timeline", action="store_true", help="--model-decode, --mma-ab: the graph-replayed step / layer kernel by kernel")
     ap.add_argument("--moe-kernels", default="default",
-                    help="--model-decode: comma list of default, mma, mma plain, topk launch, stream, old (the decode MoE kernels: "
+                    help="--model-decode: comma list of default, mma, mma plain, stream, old (the decode MoE kernels: "
                          "moe.MMA, moe.STREAM)")
     ap.add_argument("--mma-ab", action="store_true", help="the tensor-core decode kernels' builds A/B (and stream)")
     ap.add_argument("--decode-ab", action="store_true", help="the decode kernels A/B (streaming vs older)")

@@ -1376,9 +1376,6 @@ __device__ __forceinline__ void mma_tile(int steps, int st0, int stride, Rows ro
 
 // grid (ceil(max(I, S) / 16), has_sh + min(n_slots, E)), block 256 (two CTAs an SM).
 // xd: [T, ldx] (ldx >= S + units I). evict_first: the weight loads carry the L2 evict_first policy (read once).
-// logits (moe_topk_mlp; else null and the routing is experts / weights): [T, E] router logits; after its wait every
-// routed CTA ranks them itself (warp t: token t, topk_warp, into shared memory), so no top-k kernel runs between the
-// router GEMM and this one; CTA (0, first routed unit) writes the routing to e_out / w_out for the down kernel.
 // (H200, 35B-A3B, moe_mma_ab-H200-2026-12-04.json: 3 CTAs an SM at U = 2, K split over a cluster pair as in
 // down_mma_kernel, 8-row CTAs of 4 warps (six an SM), and the down rows prefetched into L2 here were all slower.)
 // pdl-early: sh_gate sh_up -- the shared expert's weights (its CTAs' first loads; routed CTAs wait first)
@@ -1387,10 +1384,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 2) gate_up_mma_kernel(
         const T* __restrict__ x, const T* __restrict__ gate_up, const long long* __restrict__ experts,
         const float* __restrict__ weights, int n_slots, int k, int H, int I, int E, const T* __restrict__ sh_gate,
         const T* __restrict__ sh_up, const T* __restrict__ sh_gate_w, int S, int T_, T* __restrict__ xd, int ldx,
-        int evict_first, const T* __restrict__ logits, float* __restrict__ w_out, long long* __restrict__ e_out) {
+        int evict_first) {
     __shared__ float red[MMA_WARPS][2][MMA_ROWS][MMA_TOKENS];
-    __shared__ float w_s[STREAM_MAXS];      // the routing, when this kernel ranks the logits itself
-    __shared__ long long e_s[STREAM_MAXS];
     __shared__ int first[STREAM_MAXE];
     __shared__ int wtot[4];
     __shared__ int pick;
@@ -1405,25 +1400,10 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 2) gate_up_mma_kernel(
     if (n0 >= width) return;  // (the shared expert and the routed experts differ in width)
     const T* wg = sh_gate;
     int e = -1;
-    const long long* ex = experts;  // the routing: given, or ranked here into shared memory
-    const float* wts = weights;
     if (!sh) {  // the routing first: which expert this unit is
-        wait_for_primary_grid(experts, weights, logits);  // (their loads stay below the wait)
+        wait_for_primary_grid(experts, weights);  // (their loads stay below the wait)
         allow_dependent_launch();
-        if (logits != nullptr) {  // moe_topk_mlp: warp t ranks token t's logits (every routed CTA: no top-k launch)
-            if (warp < T_)
-                topk_warp<STREAM_MAXE / 32>([&](int i) { return to_f(logits[(size_t)warp * E + i]); }, E, k,
-                                            w_s + warp * k, e_s + warp * k);
-            __syncthreads();
-            ex = e_s;
-            wts = w_s;
-            if (blockIdx.x == 0 && v == (int)has_sh)  // one CTA hands the routing to the down kernel
-                for (int i = tid; i < n_slots; i += blockDim.x) {
-                    e_out[i] = e_s[i];
-                    w_out[i] = w_s[i];
-                }
-        }
-        e = nth_routed_expert(ex, n_slots, E, v - has_sh, first, wtot, &pick);
+        e = nth_routed_expert(experts, n_slots, E, v - has_sh, first, wtot, &pick);
         if (e < 0) return;  // fewer distinct experts than the grid's units (uniform over the CTA)
         wg = gate_up + (size_t)e * 2 * I * H;
     }
@@ -1467,7 +1447,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 2) gate_up_mma_kernel(
     } else if (tid < T_) {
         float w = 0.f;
         for (int j = 0; j < k; ++j)
-            if (expert_of(ex, tid * k + j, E) == e) w += wts[tid * k + j];
+            if (expert_of(experts, tid * k + j, E) == e) w += weights[tid * k + j];
         wt[tid] = w;
     }
     __syncthreads();
@@ -1489,21 +1469,19 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 2) gate_up_mma_kernel(
 // grid (ceil(H / 16), SPLIT), block 256; SPLIT > 1: clusters of SPLIT CTAs along y split the k steps (CTA z's
 // warps take steps warp + 8 z, + 8 SPLIT, ...) and add their tiles through distributed shared memory, each CTA
 // finishing the rows r % SPLIT == its rank (sm_90; the host launches SPLIT = 1 before it). evict_first: as in
-// gate_up_mma_kernel. units_late: the routing was written by the gate/up kernel (its logits mode), so the unit
-// table is built after the wait, not before.
+// gate_up_mma_kernel.
 // pdl-early: down sh_down experts -- the weights, and the routing, written two kernels back: the gate/up kernel before this one lets it launch only after its own wait on the top-k
 template <typename T, int U, int SPLIT>
 __global__ void QKERN_CLUSTER_Y(SPLIT) __launch_bounds__(MMA_WARPS * 32, 2) down_mma_kernel(
         const T* __restrict__ xd, int ldx, const T* __restrict__ down, const long long* __restrict__ experts,
         int n_slots, int H, int I, int E, const T* __restrict__ sh_down, int S, int T_, T* __restrict__ out,
-        int evict_first, int units_late) {
+        int evict_first) {
     __shared__ float red[MMA_WARPS][1][MMA_ROWS][MMA_TOKENS];
     __shared__ float part[SPLIT > 1 ? MMA_ROWS : 1][MMA_TOKENS];
     __shared__ UnitTable ut;
     __shared__ const T* ubase[STREAM_MAXS + 1];  // each unit's down rows
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
     const int z = SPLIT > 1 ? (int)cluster_ctarank() : 0;
-    if (units_late) wait_for_primary_grid(experts);  // the routing comes from the gate/up kernel itself
     build_units(experts, n_slots, E, ut);
     const int Sp = sh_down != nullptr ? S : 0;
     if (tid < ut.n) ubase[tid] = down + (size_t)ut.exp[tid] * H * I;

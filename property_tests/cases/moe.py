@@ -1,5 +1,4 @@
-"""Inputs of the moe family (moe_topk, moe_router_topk, moe_mlp, moe_topk_mlp): builders, strategies, real shapes,
-bad inputs, peers.
+"""Inputs of the moe family (moe_topk, moe_mlp): builders, strategies, real shapes, bad inputs, peers.
 The functions are found by name from kernels.registry (x_cases, x_example, x_real, x_bad, x_peers).
 
 Routing modes of moe_mlp's experts [T, k]:
@@ -302,78 +301,6 @@ def moe_mlp_peers(args) -> dict:
         return out
 
     return {"hf_loop": hf_loop}
-
-
-# ------------------------------------------------------------------------------------------------ moe_topk_mlp
-def build_moe_topk_mlp(T, H, I, E, k, dtype, seed=0, mode="random", shared=None, logits_dtype=None) -> Case:
-    """moe_mlp's x and experts (build_moe_mlp), router logits as build_moe_topk's `mode` in logits_dtype (default:
-    x's dtype, what the router GEMM gives)."""
-    m = build_moe_mlp(T, H, I, E, k, dtype, seed=seed, shared=shared)
-    x, gate_up, down = m.args[:3]
-    logits = build_moe_topk(T, E, k, logits_dtype or dtype, seed=seed + 1, mode=mode).args[0]
-    return Case("moe_topk_mlp", (x, logits, k, gate_up, down), (((T, H), dtype),),
-                f"T{T}-H{H}-I{I}-E{E}-k{k}-{mode}" + (f"-S{shared}" if shared else "")
-                + (f"-logits {logits_dtype}" if logits_dtype else ""), m.kwargs)
-
-
-@st.composite
-def _moe_topk_mlp(draw, small):
-    E = draw(st.one_of(st.integers(1, 24), st.sampled_from((64, 256, 512))))
-    k = draw(st.integers(1, min(E, 10)))
-    T = draw(st.one_of(st.integers(1, 8), st.integers(0, 20), st.sampled_from((64, 300))))
-    H = draw(st.one_of(st.sampled_from((32, 64, 96, 256)), st.integers(1, 80)))
-    I = draw(st.one_of(st.sampled_from((32, 64, 96)), st.integers(1, 40)))
-    dtype = draw(dtypes(small))
-    return build_moe_topk_mlp(T, H, I, E, k, dtype, draw(seeds), draw(st.sampled_from(LOGITS)),
-                              draw(st.sampled_from((None, None, 32, 24, 64))),
-                              draw(st.sampled_from((None, None, torch.float32))))
-
-
-def moe_topk_mlp_cases(small: bool = False):
-    return _moe_topk_mlp(small)
-
-
-def moe_topk_mlp_example(dtype=torch.bfloat16) -> Case:
-    return build_moe_topk_mlp(3, 64, 32, 12, 3, dtype, mode="ties", shared=32)
-
-
-def moe_topk_mlp_real(dtype=torch.bfloat16, tokens: int = 4096) -> list[Case]:
-    out = []
-    for size, s in MOE_SIZES.items():
-        c = build_moe_topk_mlp(tokens, s["hidden"], s["inter"], min(s["experts"], REAL_EXPERTS), s["topk"], dtype,
-                               seed=s["hidden"])
-        c.label = f"{size}-{c.label}(of {s['experts']})"
-        out.append(c)
-    return out
-
-
-def moe_topk_mlp_bad(device) -> list[Bad]:
-    x, logits, k, gu, dn = moe_topk_mlp_example(torch.float32).on(device)
-    T, E = logits.shape
-    return [
-        Bad("logits rows", (x, logits[:-1].contiguous(), k, gu, dn), "router_logits must have shape", reference=True),
-        Bad("logits experts", (x, logits[:, :-1].contiguous(), k, gu, dn), "router_logits must have shape",
-            reference=True),
-        Bad("logits 1-D", (x, logits[0], k, gu, dn), "router_logits must have 2 dimensions", reference=True),
-        Bad("logits int", (x, logits.int(), k, gu, dn), "router_logits must have dtype", reference=True),
-        Bad("k zero", (x, logits, 0, gu, dn), "k must lie in", reference=True),
-        Bad("k > E", (x, logits, E + 1, gu, dn), "k must lie in", reference=True),
-        Bad("k float", (x, logits, 2.0, gu, dn), "k must be an int", TypeError, reference=True),
-        Bad("gate_up dtype", (x, logits, k, gu.half(), dn), "gate_up must have the input dtype"),
-        Bad("down width", (x, logits, k, gu, dn[..., :-1].contiguous()), "down must have shape", reference=True),
-        Bad("out dtype", (x, logits, k, gu, dn), "out must have dtype", kwargs=dict(out=torch.empty_like(x).half())),
-    ]
-
-
-def moe_topk_mlp_peers(args) -> dict:
-    """HF's block after the router GEMM: its top-k, then its experts loop."""
-    x, logits, k, gate_up, down = args
-
-    def hf():
-        w, e = moe_topk_peers((logits, k))["torch"]()
-        return moe_mlp_peers((x, gate_up, down, w, e))["hf_loop"]()
-
-    return {"hf": hf}
 
 
 def _labelled(size: str, c: Case) -> Case:
