@@ -9,7 +9,8 @@ timed at the 35B-A3B / 122B-A10B / 397B-A17B shapes beside HF's block and the fl
 --model-decode: the 35B-A3B language model (random bf16 weights at the real shapes, all 40 layers, made on the GPU;
 no HF model) on the kernels backend; one decode step per token from model.generate.DecodeSession's CUDA graph,
 cache lengths at --context; tokens/s at each batch beside the floor (weights read per step at the copy rate: every
-non-expert weight + the distinct experts the step's routing touches, estimated as E (1 - (1 - k/E)^B) per layer).
+non-expert weight + the distinct experts the step's routing touched, counted in one eager step; the uniform-routing
+expectation E (1 - (1 - k/E)^B) a layer beside it). Each row starts from its own random token.
 
 Timed (bf16, random weights at the real shapes, all E experts; routing from our router top-k on random logits):
   routed    moe_mlp alone (weights/experts given), graph-replayed
@@ -355,9 +356,10 @@ def build_moe_lm(layers: int = 40, dtype=torch.bfloat16):
     return LanguageModel(cfg.text, w, ops_for("kernels", cfg, dtype)), cfg
 
 
-def _step_bytes(lm, B: int) -> float:
-    """Weight bytes one decode step reads at batch B: everything but the routed experts, plus the expected distinct
-    experts per layer (E (1 - (1 - k/E)^B) under uniform routing)."""
+def _step_bytes(lm, B: int, touched: list[int] | None = None) -> float:
+    """Weight bytes one decode step reads at batch B: everything but the routed experts, plus the distinct experts
+    each layer's routing touched (`touched`, counted in a step), else their expectation under uniform routing
+    (E (1 - (1 - k/E)^B) a layer)."""
     t = lm.cfg
     total, experts = 0, 0
     for name, v in lm.w.items():
@@ -368,7 +370,28 @@ def _step_bytes(lm, B: int) -> float:
         else:
             total += v.numel() * v.element_size()
     E, k = t.num_experts, t.num_experts_per_tok
+    if touched is not None:
+        return total + experts / (E * t.num_hidden_layers) * sum(touched)
     return total + experts * (1 - (1 - k / E) ** B)
+
+
+def _touched_experts(lm, sess) -> list[int]:
+    """The distinct experts each MoE layer's routing picks in one eager step of sess (read on the host)."""
+    counts, ops = [], lm.ops
+    topk = ops.moe_topk
+
+    def counting(logits, k, **kw):
+        w, e = topk(logits, k, **kw)
+        counts.append(int(torch.unique(e).numel()))
+        return w, e
+    graph, sess.graph = sess.graph, None
+    ops.moe_topk = counting
+    try:
+        sess.advance()
+        torch.cuda.synchronize()
+    finally:
+        ops.moe_topk, sess.graph = topk, graph
+    return counts
 
 
 def model_decode(batches, layers: int, context: int, out_dir, profile: bool = False,
@@ -399,6 +422,10 @@ def model_decode(batches, layers: int, context: int, out_dir, profile: bool = Fa
             t1 = time.perf_counter()
             sess = DecodeSession(lm, B, context + 64, Sampling(), graphs=True)
             sess.cache.lengths.fill_(context)
+            # distinct tokens a row: rows that start alike stay alike (greedy, equal caches) and route alike, so a
+            # batch of them would read only one row's experts
+            sess.tok.copy_(torch.randint(0, cfg.text.vocab_size, (B,), device="cuda",
+                                         generator=torch.Generator(device="cuda").manual_seed(B)))
             sess.advance()
             torch.cuda.synchronize()
             build_s = time.perf_counter() - t1
@@ -414,11 +441,14 @@ def model_decode(batches, layers: int, context: int, out_dir, profile: bool = Fa
                 end.record()
                 torch.cuda.synchronize()
                 us = start.elapsed_time(end) * 1e3 / n
-                fb = _step_bytes(lm, B)
-                rec.update(step_us=us, tokens_per_s=B / us * 1e6, step_bytes=fb,
-                           floor_us=fb / (bw * 1e12) * 1e6, pct_floor=100 * fb / (bw * 1e12) / (us * 1e-6))
+                touched = _touched_experts(lm, sess)
+                fb, fu = _step_bytes(lm, B, touched), _step_bytes(lm, B)
+                rec.update(step_us=us, tokens_per_s=B / us * 1e6, step_bytes=fb, experts_touched=touched,
+                           floor_us=fb / (bw * 1e12) * 1e6, pct_floor=100 * fb / (bw * 1e12) / (us * 1e-6),
+                           floor_uniform_us=fu / (bw * 1e12) * 1e6)
                 print(f"35B-A3B decode bs{B} [{variant}]: {us:.1f} us/step = {rec['tokens_per_s']:.0f} tok/s; floor "
-                      f"{rec['floor_us']:.0f} us ({rec['pct_floor']:.0f} %), graph built in {build_s:.1f} s",
+                      f"{rec['floor_us']:.0f} us ({rec['pct_floor']:.0f} %; {sum(touched) / len(touched):.1f} experts "
+                      f"a layer; uniform routing: {rec['floor_uniform_us']:.0f} us), graph built in {build_s:.1f} s",
                       flush=True)
                 if timeline:  # the replayed step kernel by kernel (tools/lm_decode_profile.py)
                     sys.path.insert(0, str(Path(__file__).resolve().parent))
