@@ -1,6 +1,6 @@
 """tools/lm_e2e_gpu.py's CPU-side parts: the floors' arithmetic, the configs it builds, the case plan and the
 time estimates of --budget-s, and tools/lm_decode_profile.py's op-labelling wrapper (the model must compute the
-same thing through it) and its graph timeline's charges."""
+same thing through it) and its graph timeline's charges; tools/moe_gpu.py's decode floor."""
 
 from __future__ import annotations
 
@@ -80,3 +80,24 @@ def test_timeline_charges():
     assert wall == 25.0
     assert by == {"a": (2, 15.0, 22.0), "b": (1, 7.0, 2.0), "c": (2, 4.0, 1.0)}
     assert sum(c for _, _, c in by.values()) == wall
+
+
+def test_moe_step_bytes_count_touched_experts():
+    """tools/moe_gpu.py's decode floor: the non-expert weights (not the embedding, a gather) plus, per layer, the
+    experts the routing touched, or their uniform-routing expectation when no count is given."""
+    import types
+
+    spec = importlib.util.spec_from_file_location("moe_gpu", Path(__file__).parents[1] / "tools" / "moe_gpu.py")
+    G = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(G)
+    E, k, L = 8, 2, 2
+    w = {"embed_tokens.weight": torch.zeros(100, 4), "lm_head.weight": torch.zeros(10, 4)}
+    for i in range(L):
+        w[f"layers.{i}.mlp.experts.gate_up_proj"] = torch.zeros(E, 6, 4)
+        w[f"layers.{i}.mlp.experts.down_proj"] = torch.zeros(E, 4, 3)
+    lm = types.SimpleNamespace(cfg=types.SimpleNamespace(num_experts=E, num_experts_per_tok=k, num_hidden_layers=L),
+                               w=w)
+    per_expert = (6 * 4 + 4 * 3) * 4  # fp32 bytes of one expert's gate/up and down
+    assert G._step_bytes(lm, 1, [2, 5]) == 10 * 4 * 4 + 7 * per_expert
+    assert G._step_bytes(lm, 1) == pytest.approx(10 * 4 * 4 + L * E * per_expert * k / E)
+    assert G._step_bytes(lm, 32) == pytest.approx(10 * 4 * 4 + L * E * per_expert * (1 - (1 - k / E) ** 32))
