@@ -605,14 +605,14 @@ def _mma(x, gate_up, down, weights, experts, sh, y, T, H, E, I, k, S, device) ->
             i32(H), i32(I), i32(E), sg.data_ptr() if has_sh else 0, su.data_ptr() if has_sh else 0,
             sgate.data_ptr() if has_sh else 0, i32(Sp), i32(T), xd.data_ptr(), i32(ldx), i32(MMA_GU_EVICT_FIRST),
             pdl=PDL)
-    split = MMA_DOWN_SPLIT if torch.cuda.get_device_capability(device)[0] >= 9 else 1  # (clusters: sm_90)
+    split = MMA_DOWN_SPLIT if _device.capability(device)[0] >= 9 else 1  # (clusters: sm_90)
     _launch(device, x.dtype, _mma_expr("down", x.dtype, split), (ceil_div(H, 16), split, 1), (256, 1, 1),
             xd.data_ptr(), i32(ldx), down.data_ptr(), experts.data_ptr(), i32(T * k), i32(H), i32(I), i32(E),
             sd.data_ptr() if has_sh else 0, i32(Sp), i32(T), y.data_ptr(), i32(MMA_DOWN_EVICT_FIRST), pdl=PDL)
 
 
 def _stream_ok(x, gate_up, down, sh, T, k, E, H, I, S, device) -> bool:
-    if not STREAM or T < STREAM_MIN_TOKENS or torch.cuda.get_device_capability(device)[0] < 9:
+    if not STREAM or T < STREAM_MIN_TOKENS or _device.capability(device)[0] < 9:
         return False
     if not _aligned(x, gate_up, down, *(t for t in sh if t is not None)):
         return False

@@ -3,8 +3,8 @@ timed at the 35B-A3B / 122B-A10B / 397B-A17B shapes beside HF's block and the fl
 
     python3 tools/moe_gpu.py --check                         # every path vs reference.moe_mlp, real widths
     python3 tools/moe_gpu.py --bench [--sizes 35B-A3B] [--tokens 1,8,64,1024,8192] [--no-hf] [--out DIR]
-    python3 tools/moe_gpu.py --model-decode [--batch 1,32] [--layers 40] [--context 1024] [--out DIR]
-    python3 tools/moe_gpu.py --mma-ab --sizes 35B-A3B --tokens 1,8 [--reps 3] [--out DIR]   # decode kernel builds
+    python3 tools/moe_gpu.py --model-decode [--batch 1,32] [--layers 40] [--context 1024] [--timeline] [--out DIR]
+    python3 tools/moe_gpu.py --mma-ab --sizes 35B-A3B --tokens 1,8 [--reps 3] [--timeline] [--out DIR]  # builds
 
 --model-decode: the 35B-A3B language model (random bf16 weights at the real shapes, all 40 layers, made on the GPU;
 no HF model) on the kernels backend; one decode step per token from model.generate.DecodeSession's CUDA graph,
@@ -117,7 +117,8 @@ def check() -> int:
     return bad
 
 
-ROUTER_FUSED = False  # Layer.forward's router for decode sizes: the model's (GEMM + moe_topk; the fused one is timed too)
+# Layer.forward's router for decode sizes: the model's (GEMM + moe_topk) unless True (the fused one is timed too)
+ROUTER_FUSED = False
 
 
 class Layer:
@@ -681,11 +682,13 @@ def mma_ab(sizes, tokens, out_dir, reps: int = 3, timeline: bool = False) -> lis
                            layer_pct_bw_floor=100 * layer_bytes / (bw * 1e12) / (layer_us * 1e-6))
                 records.append(rec)
                 print(f"{size} T={T} [{name:14s}] layer {layer_us:6.1f} us ({rec['layer_pct_bw_floor']:4.1f} % of "
-                      f"floor {rec['floor_layer_us']:.1f}) moe_mlp {mlp_us:6.1f} us top-k {topk_us:5.1f} us rel {t['rel_l2']:.1e} "
+                      f"floor {rec['floor_layer_us']:.1f}) moe_mlp {mlp_us:6.1f} us top-k {topk_us:5.1f} us "
+                      f"rel {t['rel_l2']:.1e} "
                       f"ok {t['ok']}", flush=True)
                 if t.get("timeline"):
                     for kk, v in t["timeline"]["by_kernel"].items():
-                        print(f"      charged {v['charged_us']:6.2f} us ran {v['us']:6.2f} us {v['kernels']} x {kk[:70]}")
+                        print(f"      charged {v['charged_us']:6.2f} us ran {v['us']:6.2f} us {v['kernels']} x "
+                              f"{kk[:70]}")
         del L
         torch.cuda.empty_cache()
     path = write_results("moe_mma_ab", records, extra=dict(copy_TBps=bw))
@@ -774,7 +777,8 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=40, help="--model-decode: decoder layers (40: the real model)")
     ap.add_argument("--context", type=int, default=1024, help="--model-decode: tokens already in the cache")
     ap.add_argument("--profile", action="store_true", help="--model-decode: also one eager step's kernels by op")
-    ap.add_argument("--timeline", action="store_true", help="--model-decode, --mma-ab: the graph-replayed step / layer kernel by kernel")
+    ap.add_argument("--timeline", action="store_true",
+                    help="--model-decode, --mma-ab: the graph-replayed step / layer kernel by kernel")
     ap.add_argument("--moe-kernels", default="default",
                     help="--model-decode: comma list of default, mma, mma plain, stream, old (the decode MoE kernels: "
                          "moe.MMA, moe.STREAM)")
